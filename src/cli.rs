@@ -1,0 +1,346 @@
+//! `cli` defines the command line (clap) and runs each command. `main` only
+//! parses, calls [`run`] and turns the result into an exit code.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
+
+use crate::client::{Client, ClientError};
+use crate::config::{Config, Env, Overrides};
+use crate::error::{Error, exit};
+use crate::lifecycle;
+use crate::store::Origin;
+use crate::stores::Stores;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "splitsign",
+    version,
+    about = "Sign JWTs with an Ed25519 key split between a file and a SQLite database"
+)]
+pub struct Cli {
+    /// Config file (TOML). Default: /etc/splitsign/config.toml if it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the file shares (overrides the config).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub shares_dir: Option<PathBuf>,
+    /// SQLite database (overrides the config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Unix socket of the daemon (overrides the config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (creates the first key on first start).
+    Serve,
+    /// Create the first key offline, optionally with an offline recovery share.
+    Init {
+        /// Also write a third share (x = 3) here, mode 0600, for offline keeping.
+        #[arg(long, value_name = "PATH")]
+        recovery_share: Option<PathBuf>,
+    },
+    /// Import an existing Ed25519 key (PKCS#8 PEM) as the first key.
+    Import {
+        /// The PKCS#8 PEM file ("-----BEGIN PRIVATE KEY-----").
+        #[arg(long, value_name = "FILE")]
+        pem: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        recovery_share: Option<PathBuf>,
+    },
+    /// Ask the daemon for a token; prints it.
+    Sign {
+        /// A string claim, NAME=VALUE (repeatable).
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+        /// Claims as a JSON object, merged before --claim.
+        #[arg(long = "claims-json", value_name = "JSON")]
+        claims_json: Option<String>,
+        /// Lifetime, e.g. 90s, 5m, 1h (default: the daemon's default_ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Print the whole response as JSON instead of the token alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the daemon to verify a token ("-" reads it from stdin). Exit 0 if
+    /// valid, 3 if not.
+    Verify {
+        token: String,
+        /// Also require this audience.
+        #[arg(long)]
+        aud: Option<String>,
+    },
+    /// Print the published keys (JWKS).
+    Jwks,
+    /// Show the daemon's keys and their states.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let mut message = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            message.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        Failure {
+            code: e.exit_code(),
+            message,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let code = match &e {
+            ClientError::Connect { .. } => exit::UNAVAILABLE,
+            _ => exit::FAILURE,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure {
+        code: exit::USAGE,
+        message,
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let overrides = Overrides {
+        config: cli.config,
+        shares_dir: cli.shares_dir,
+        db: cli.db,
+        socket: cli.socket,
+    };
+    let cfg = Config::load(&overrides, &Env::from_process())?;
+    match cli.command {
+        Command::Serve => Ok(crate::daemon::serve(cfg)?),
+        Command::Init { recovery_share } => create_first(&cfg, None, recovery_share),
+        Command::Import {
+            pem,
+            recovery_share,
+        } => create_first(&cfg, Some(pem), recovery_share),
+        Command::Sign {
+            claims,
+            claims_json,
+            ttl,
+            json,
+        } => {
+            let mut map = match claims_json {
+                None => Map::new(),
+                Some(j) => match serde_json::from_str(&j) {
+                    Ok(Value::Object(m)) => m,
+                    _ => return Err(usage("--claims-json must be a JSON object".into())),
+                },
+            };
+            for c in claims {
+                let (k, v) = c
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("--claim {c:?} is not NAME=VALUE")))?;
+                map.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            let mut client = Client::connect(&cfg.socket)?;
+            let s = client.sign(&map, ttl.map(|d| d.as_secs().max(1)))?;
+            if json {
+                let v = serde_json::json!({"token": s.token, "kid": s.kid, "exp": s.exp, "jti": s.jti});
+                println!("{v}");
+            } else {
+                println!("{}", s.token);
+            }
+            Ok(())
+        }
+        Command::Verify { token, aud } => {
+            let token = if token == "-" {
+                let mut t = String::new();
+                std::io::stdin()
+                    .take(1024 * 1024)
+                    .read_to_string(&mut t)
+                    .map_err(|e| usage(format!("reading the token from stdin: {e}")))?;
+                t.trim().to_owned()
+            } else {
+                token
+            };
+            let mut client = Client::connect(&cfg.socket)?;
+            match client.verify(&token, aud.as_deref()) {
+                Ok(v) => {
+                    let out = serde_json::json!({"kid": v.kid, "claims": v.claims});
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&out).expect("JSON serializes")
+                    );
+                    Ok(())
+                }
+                Err(ClientError::Daemon { code, message }) if is_token_error(&code) => {
+                    Err(Failure {
+                        code: exit::INVALID_TOKEN,
+                        message: format!("token is not valid: {message} ({code})"),
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Jwks => {
+            let jwks = Client::connect(&cfg.socket)?.jwks()?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&jwks).expect("JSON serializes")
+            );
+            Ok(())
+        }
+        Command::Status { json } => {
+            let status = Client::connect(&cfg.socket)?.status()?;
+            if json {
+                println!("{status}");
+            } else {
+                print!("{}", render_status(&status));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn is_token_error(code: &str) -> bool {
+    matches!(
+        code,
+        "invalid_token" | "unknown_key" | "token_expired" | "token_not_yet_valid" | "audience_mismatch"
+    )
+}
+
+/// `init` and `import`: create the first key of a deployment offline.
+fn create_first(
+    cfg: &Config,
+    pem: Option<PathBuf>,
+    recovery: Option<PathBuf>,
+) -> Result<(), Failure> {
+    crate::secmem::harden_process()
+        .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
+    // Read the PEM before touching the stores, so a bad file changes nothing.
+    let imported = match &pem {
+        None => None,
+        Some(path) => Some(read_pem(path)?),
+    };
+    let mut stores = Stores::open(cfg, true)?;
+    let now = lifecycle::now();
+    stores.reconcile(now)?;
+    if !stores.store.is_empty()? {
+        let kids: Vec<String> = stores.store.keys()?.into_iter().map(|k| k.kid).collect();
+        return Err(usage(format!(
+            "the stores are already initialised (key {}); nothing was changed",
+            kids.join(", ")
+        )));
+    }
+    let (seed, origin) = match imported {
+        Some(seed) => (seed, Origin::Imported),
+        None => (lifecycle::random_seed()?, Origin::Generated),
+    };
+    let row = lifecycle::create_key(
+        &mut stores.store,
+        &stores.dir,
+        cfg,
+        &seed,
+        origin,
+        now,
+        recovery.as_deref(),
+    )?;
+    println!("{} key {}", if pem.is_some() { "imported" } else { "created" }, row.kid);
+    println!(
+        "  file share:     {}",
+        stores.dir.share_path(&row.kid, row.share_generation).display()
+    );
+    println!("  database share: {}", stores.store.path().display());
+    if let Some(r) = &recovery {
+        println!(
+            "  recovery share: {} (move it offline; with either store it rebuilds the key)",
+            r.display()
+        );
+    }
+    if let Some(p) = &pem {
+        println!(
+            "  the key is now split; delete {} once you have checked `splitsign serve` starts",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+fn read_pem(path: &std::path::Path) -> Result<zeroize::Zeroizing<[u8; 32]>, Failure> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
+        .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&text).map_err(|_| {
+        usage(format!(
+            "{} is not a PKCS#8 PEM Ed25519 private key (\"-----BEGIN PRIVATE KEY-----\")",
+            path.display()
+        ))
+    })?;
+    Ok(zeroize::Zeroizing::new(key.to_bytes()))
+}
+
+/// A readable table of `status`.
+fn render_status(status: &Value) -> String {
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let t = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_i64)
+            .and_then(|secs| {
+                std::time::UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(secs).ok()?))
+            })
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!(
+        "issuer {}  alg {}  active key {}  uptime {}s\n\n{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+        s(status, "issuer"),
+        s(status, "alg"),
+        s(status, "active_kid"),
+        status.get("uptime_s").and_then(Value::as_u64).unwrap_or(0),
+        "KID",
+        "STATE",
+        "ACTIVATES",
+        "DEACTIVATES",
+        "RETIRES"
+    );
+    for k in status
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+            s(k, "kid"),
+            s(k, "state"),
+            t(k, "activate_at"),
+            t(k, "deactivate_at"),
+            t(k, "retire_at")
+        ));
+    }
+    out
+}

@@ -1,0 +1,209 @@
+//! `client` talks to a running daemon over its socket. The CLI uses it; a
+//! Rust app server can too. It is blocking and holds one connection; make
+//! one `Client` per thread, or pipeline with [`Client::send`] and
+//! [`Client::receive`].
+//!
+//! ```no_run
+//! let mut c = splitsign::client::Client::connect("var/splitsign.sock")?;
+//! let mut claims = serde_json::Map::new();
+//! claims.insert("sub".into(), "alice".into());
+//! let signed = c.sign(&claims, Some(300))?;
+//! let verified = c.verify(&signed.token, None)?;
+//! assert_eq!(verified.claims["sub"], "alice");
+//! # Ok::<(), splitsign::client::ClientError>(())
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+/// Longest response line accepted from the daemon.
+const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the daemon at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon sent an invalid response: {0}")]
+    Protocol(String),
+    /// The daemon answered with an error; `code` is one of the stable codes
+    /// of `protocol::Code`.
+    #[error("{message} ({code})")]
+    Daemon { code: String, message: String },
+}
+
+impl ClientError {
+    /// The daemon's error code, if the daemon answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Daemon { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SignedToken {
+    pub token: String,
+    pub kid: String,
+    pub exp: i64,
+    pub jti: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub claims: Map<String, Value>,
+    pub kid: String,
+}
+
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        let writer = stream.try_clone()?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 1,
+        })
+    }
+
+    /// Send one request without waiting; returns its id.
+    pub fn send(&mut self, op: &str, mut fields: Map<String, Value>) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        fields.insert("id".into(), id.into());
+        fields.insert("op".into(), op.into());
+        let mut line = serde_json::to_vec(&fields).expect("a JSON map serializes");
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        Ok(id)
+    }
+
+    /// Read the next response; it must carry `id`. Returns its fields on
+    /// `ok: true`, the daemon's error otherwise.
+    pub fn receive(&mut self, id: u64) -> Result<Map<String, Value>, ClientError> {
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_RESPONSE)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Err(ClientError::Protocol("connection closed".into()));
+        }
+        if line.last() != Some(&b'\n') {
+            return Err(ClientError::Protocol("response line is truncated or too long".into()));
+        }
+        let Value::Object(mut obj) = serde_json::from_slice(&line)
+            .map_err(|_| ClientError::Protocol("response is not JSON".into()))?
+        else {
+            return Err(ClientError::Protocol("response is not a JSON object".into()));
+        };
+        if obj.get("ok") == Some(&Value::Bool(false)) {
+            let err = obj.remove("error").unwrap_or_default();
+            let field = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            return Err(ClientError::Daemon {
+                code: field("code"),
+                message: field("message"),
+            });
+        }
+        if obj.get("id").and_then(Value::as_u64) != Some(id) {
+            return Err(ClientError::Protocol(format!(
+                "expected the response to request {id}"
+            )));
+        }
+        Ok(obj)
+    }
+
+    /// Send one request and wait for its response.
+    pub fn call(
+        &mut self,
+        op: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Map<String, Value>, ClientError> {
+        let id = self.send(op, fields)?;
+        self.receive(id)
+    }
+
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        self.call("ping", Map::new()).map(|_| ())
+    }
+
+    /// Sign `claims` with an optional TTL in seconds.
+    pub fn sign(
+        &mut self,
+        claims: &Map<String, Value>,
+        ttl: Option<u64>,
+    ) -> Result<SignedToken, ClientError> {
+        let mut f = Map::new();
+        f.insert("claims".into(), Value::Object(claims.clone()));
+        if let Some(t) = ttl {
+            f.insert("ttl".into(), t.into());
+        }
+        let r = self.call("sign", f)?;
+        let s = |k: &str| {
+            r.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ClientError::Protocol(format!("sign response lacks `{k}`")))
+        };
+        Ok(SignedToken {
+            token: s("token")?,
+            kid: s("kid")?,
+            jti: s("jti")?,
+            exp: r
+                .get("exp")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| ClientError::Protocol("sign response lacks `exp`".into()))?,
+        })
+    }
+
+    /// Ask the daemon to verify `token` (optionally for audience `aud`).
+    pub fn verify(&mut self, token: &str, aud: Option<&str>) -> Result<VerifiedToken, ClientError> {
+        let mut f = Map::new();
+        f.insert("token".into(), token.into());
+        if let Some(a) = aud {
+            f.insert("aud".into(), a.into());
+        }
+        let mut r = self.call("verify", f)?;
+        let Some(Value::Object(claims)) = r.remove("claims") else {
+            return Err(ClientError::Protocol("verify response lacks `claims`".into()));
+        };
+        let kid = r
+            .get("kid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok(VerifiedToken { claims, kid })
+    }
+
+    /// The published keys, as a JWKS object.
+    pub fn jwks(&mut self) -> Result<Value, ClientError> {
+        self.call("jwks", Map::new())?
+            .remove("jwks")
+            .ok_or_else(|| ClientError::Protocol("jwks response lacks `jwks`".into()))
+    }
+
+    /// The daemon's status object.
+    pub fn status(&mut self) -> Result<Value, ClientError> {
+        self.call("status", Map::new())?
+            .remove("status")
+            .ok_or_else(|| ClientError::Protocol("status response lacks `status`".into()))
+    }
+}

@@ -1,0 +1,367 @@
+//! `config` turns a TOML file, the environment and command-line flags into
+//! one validated [`Config`]. Nothing else reads raw settings.
+//!
+//! Precedence: built-in defaults < TOML file < environment
+//! (`STATE_DIRECTORY`, `RUNTIME_DIRECTORY`) < flags. The file is
+//! `--config PATH` or, when it exists, `/etc/splitsign/config.toml`. With no
+//! file and no systemd environment, the daemon runs from the current
+//! directory: shares in `./keys`, database and socket in `./var`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const SYSTEM_CONFIG: &str = "/etc/splitsign/config.toml";
+/// A config file larger than this is refused before it is parsed.
+const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+/// The JWS `alg` label the daemon writes and accepts. Both name the same
+/// algorithm (Ed25519, RFC 8037); `Ed25519` is the fully-specified name of
+/// RFC 9864, `EdDSA` the label most verifiers know today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AlgLabel {
+    EdDSA,
+    Ed25519,
+}
+
+impl AlgLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlgLabel::EdDSA => "EdDSA",
+            AlgLabel::Ed25519 => "Ed25519",
+        }
+    }
+}
+
+/// The settings file, as written by an operator. Every field is optional;
+/// unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    issuer: Option<String>,
+    alg: Option<AlgLabel>,
+    shares_dir: Option<PathBuf>,
+    db: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    socket_mode: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    default_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    max_ttl: Option<Duration>,
+    max_token_bytes: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde::option")]
+    rotation_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    leeway: Option<Duration>,
+}
+
+/// Path overrides given on the command line.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub shares_dir: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+}
+
+/// Where the settings came from, for the startup log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    /// No file: zero-config local run, or systemd directories.
+    Defaults,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub origin: Origin,
+    pub issuer: String,
+    pub alg: AlgLabel,
+    pub shares_dir: PathBuf,
+    pub db: PathBuf,
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub max_token_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub rotation_interval: Duration,
+    pub leeway: Duration,
+}
+
+/// What the process environment contributes (read once, passed in so that
+/// tests need not mutate the environment).
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    pub state_directory: Option<String>,
+    pub runtime_directory: Option<String>,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            state_directory: std::env::var("STATE_DIRECTORY").ok(),
+            runtime_directory: std::env::var("RUNTIME_DIRECTORY").ok(),
+        }
+    }
+}
+
+impl Config {
+    /// Load the file (if any), apply the environment and flags, validate.
+    pub fn load(overrides: &Overrides, env: &Env) -> Result<Config> {
+        let path = match &overrides.config {
+            Some(p) => Some(p.clone()),
+            None if Path::new(SYSTEM_CONFIG).exists() => Some(PathBuf::from(SYSTEM_CONFIG)),
+            None => None,
+        };
+        let (file, origin) = match path {
+            Some(path) => (read_file(&path)?, Origin::File(path)),
+            None => (FileConfig::default(), Origin::Defaults),
+        };
+        Config::build(file, origin, overrides, env)
+    }
+
+    fn build(file: FileConfig, origin: Origin, ov: &Overrides, env: &Env) -> Result<Config> {
+        // Default store locations: a config file means a system install; with
+        // no file we run from the current directory. systemd's
+        // StateDirectory= lists "shares" then "db" (colon-separated).
+        let state_dirs: Vec<PathBuf> = env
+            .state_directory
+            .as_deref()
+            .map(|s| s.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect())
+            .unwrap_or_default();
+        let (def_shares, def_db) = match (state_dirs.as_slice(), &origin) {
+            ([shares, db, ..], _) => (shares.clone(), db.join("splitsign.db")),
+            ([one], _) => (one.join("shares"), one.join("db").join("splitsign.db")),
+            ([], Origin::File(_)) => (
+                PathBuf::from("/var/lib/splitsign/shares"),
+                PathBuf::from("/var/lib/splitsign/db/splitsign.db"),
+            ),
+            ([], Origin::Defaults) => (PathBuf::from("keys"), PathBuf::from("var/splitsign.db")),
+        };
+        let def_socket = match (env.runtime_directory.as_deref(), &origin) {
+            (Some(rt), _) if !rt.is_empty() => {
+                PathBuf::from(rt.split(':').next().unwrap_or(rt)).join("sign.sock")
+            }
+            (_, Origin::File(_)) => PathBuf::from("/run/splitsign/sign.sock"),
+            (_, Origin::Defaults) => PathBuf::from("var/splitsign.sock"),
+        };
+
+        let socket_mode = match &file.socket_mode {
+            None => 0o660,
+            Some(s) => parse_mode(s)?,
+        };
+        let cfg = Config {
+            origin,
+            issuer: file.issuer.unwrap_or_else(|| "splitsign".to_owned()),
+            alg: file.alg.unwrap_or(AlgLabel::EdDSA),
+            shares_dir: ov.shares_dir.clone().or(file.shares_dir).unwrap_or(def_shares),
+            db: ov.db.clone().or(file.db).unwrap_or(def_db),
+            socket: ov.socket.clone().or(file.socket).unwrap_or(def_socket),
+            socket_mode,
+            default_ttl: file.default_ttl.unwrap_or(Duration::from_secs(15 * 60)),
+            max_ttl: file.max_ttl.unwrap_or(Duration::from_secs(60 * 60)),
+            max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
+            max_frame_bytes: file.max_frame_bytes.unwrap_or(64 * 1024),
+            max_connections: file.max_connections.unwrap_or(1024),
+            rotation_interval: file
+                .rotation_interval
+                .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+            leeway: file.leeway.unwrap_or(Duration::from_secs(60)),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
+        if self.issuer.is_empty() || self.issuer.len() > 256 {
+            return bad("issuer", "must be 1 to 256 bytes long".into());
+        }
+        if self.issuer.chars().any(char::is_control) {
+            return bad("issuer", "must not contain control characters".into());
+        }
+        if self.max_ttl < Duration::from_secs(1) || self.max_ttl > Duration::from_secs(366 * 86400)
+        {
+            return bad("max_ttl", "must be between 1s and 366d".into());
+        }
+        if self.default_ttl < Duration::from_secs(1) || self.default_ttl > self.max_ttl {
+            return bad(
+                "default_ttl",
+                format!(
+                    "must be between 1s and max_ttl ({})",
+                    humantime::format_duration(self.max_ttl)
+                ),
+            );
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes) {
+            return bad("max_frame_bytes", "must be between 1024 and 16777216".into());
+        }
+        if self.max_token_bytes < 256 || self.max_token_bytes + 256 > self.max_frame_bytes {
+            return bad(
+                "max_token_bytes",
+                "must be at least 256 and leave 256 bytes of a response frame (max_frame_bytes)"
+                    .into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return bad("max_connections", "must be between 1 and 1000000".into());
+        }
+        if self.rotation_interval < Duration::from_secs(1)
+            || self.rotation_interval > Duration::from_secs(3650 * 86400)
+        {
+            return bad("rotation_interval", "must be between 1s and 3650d".into());
+        }
+        if self.leeway > Duration::from_secs(600) {
+            return bad("leeway", "must be at most 10m".into());
+        }
+        for (key, p) in [
+            ("shares_dir", &self.shares_dir),
+            ("db", &self.db),
+            ("socket", &self.socket),
+        ] {
+            if p.as_os_str().is_empty() {
+                return bad(key, "must not be empty".into());
+            }
+        }
+        // sockaddr_un.sun_path holds 108 bytes including the NUL.
+        if self.socket.as_os_str().len() > 107 {
+            return bad("socket", "path is longer than 107 bytes (a Unix socket limit)".into());
+        }
+        if self.shares_dir == self.db.parent().unwrap_or(Path::new("")) {
+            return bad(
+                "shares_dir",
+                "must differ from the database directory: the two shares must live in two stores"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|source| Error::ReadConfig {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|source| Error::ReadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::Config {
+            path: path.to_owned(),
+            message: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        });
+    }
+    toml::from_str(&text).map_err(|e| Error::Config {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+/// Parse an octal file mode such as `"0660"`. Bits for "other" users are
+/// refused: they would let every local account ask for tokens.
+fn parse_mode(s: &str) -> Result<u32> {
+    let bad = |message: String| Error::Setting {
+        key: "socket_mode",
+        message,
+    };
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| bad(format!("{s:?} is not an octal mode such as \"0660\"")))?;
+    if mode > 0o777 {
+        return Err(bad(format!("{s:?} is larger than 0777")));
+    }
+    if mode & 0o007 != 0 {
+        return Err(bad(format!(
+            "{s:?} grants access to other users; use a group (0660)"
+        )));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(bad(format!("{s:?} must let the owner read and write (0600)")));
+    }
+    Ok(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| Error::Config {
+            path: "t.toml".into(),
+            message: e.to_string(),
+        })?;
+        Config::build(
+            file,
+            Origin::File("t.toml".into()),
+            &Overrides::default(),
+            &Env::default(),
+        )
+    }
+
+    #[test]
+    fn zero_config_uses_the_current_directory() {
+        let c = Config::build(
+            FileConfig::default(),
+            Origin::Defaults,
+            &Overrides::default(),
+            &Env::default(),
+        )
+        .unwrap();
+        assert_eq!(c.shares_dir, PathBuf::from("keys"));
+        assert_eq!(c.db, PathBuf::from("var/splitsign.db"));
+        assert_eq!(c.socket, PathBuf::from("var/splitsign.sock"));
+        assert_eq!(c.default_ttl, Duration::from_secs(900));
+        assert_eq!(c.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn state_directory_lists_shares_then_db() {
+        let env = Env {
+            state_directory: Some("/var/lib/splitsign/shares:/var/lib/splitsign/db".into()),
+            runtime_directory: None,
+        };
+        let c = Config::build(FileConfig::default(), Origin::Defaults, &Overrides::default(), &env)
+            .unwrap();
+        assert_eq!(c.shares_dir, PathBuf::from("/var/lib/splitsign/shares"));
+        assert_eq!(c.db, PathBuf::from("/var/lib/splitsign/db/splitsign.db"));
+    }
+
+    #[test]
+    fn durations_and_values_parse() {
+        let c = from_toml("issuer = \"https://a.example\"\ndefault_ttl = \"5m\"\nmax_ttl = \"2h\"\nalg = \"Ed25519\"\nsocket_mode = \"0600\"").unwrap();
+        assert_eq!(c.default_ttl, Duration::from_secs(300));
+        assert_eq!(c.max_ttl, Duration::from_secs(7200));
+        assert_eq!(c.alg, AlgLabel::Ed25519);
+        assert_eq!(c.socket_mode, 0o600);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_key() {
+        let e = from_toml("isuer = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("isuer"), "{e}");
+        let e = from_toml("default_ttl = \"2h\"").unwrap_err().to_string();
+        assert!(e.contains("default_ttl"), "{e}");
+        let e = from_toml("max_ttl = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("max_ttl"), "{e}");
+        let e = from_toml("socket_mode = \"0666\"").unwrap_err().to_string();
+        assert!(e.contains("socket_mode") && e.contains("other"), "{e}");
+        let e = from_toml("alg = \"HS256\"").unwrap_err().to_string();
+        assert!(e.contains("alg"), "{e}");
+        let e = from_toml("shares_dir = \"/d\"\ndb = \"/d/x.db\"").unwrap_err().to_string();
+        assert!(e.contains("shares_dir"), "{e}");
+    }
+}

@@ -1,0 +1,126 @@
+//! `error` names every step that can fail and maps failures to exit codes.
+//!
+//! Messages name a path, a kid or a config key, never secret bytes or the
+//! content of a request. The protocol has its own, stable error codes
+//! (`protocol::Code`); this type is for the daemon's and the CLI's own steps.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Exit codes of the `splitsign` binary (documented in the README).
+pub mod exit {
+    /// Runtime failure: I/O, the database, the socket.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line or bad configuration.
+    pub const USAGE: u8 = 2;
+    /// `verify`: the token is not valid (bad signature, expired, unknown key…).
+    pub const INVALID_TOKEN: u8 = 3;
+    /// The daemon could not be reached.
+    pub const UNAVAILABLE: u8 = 69;
+    /// A key store is unusable: a share is missing, corrupt, unsafe or does
+    /// not rebuild the stored public key. Restarting cannot fix it, so the
+    /// systemd unit lists it in `RestartPreventExitStatus=`.
+    pub const KEY_STORE: u8 = 65;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading config file {path}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("invalid setting `{key}`: {message}")]
+    Setting { key: &'static str, message: String },
+
+    #[error("file share {path}: {reason}")]
+    FileShare { path: PathBuf, reason: String },
+    #[error("share directory {path}: {reason}")]
+    ShareDir { path: PathBuf, reason: String },
+    #[error("writing file share {path}")]
+    WriteShare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("database share of key {kid} in {db}: {reason}")]
+    DbShare {
+        kid: String,
+        db: PathBuf,
+        reason: String,
+    },
+    #[error("key row {kid} in {db}: {reason}")]
+    KeyRow {
+        kid: String,
+        db: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "shares of key {kid} do not rebuild its public key (file share {file}, database {db}); \
+         one of the two stores was altered or mixed with another deployment's"
+    )]
+    SharesMismatch {
+        kid: String,
+        file: PathBuf,
+        db: PathBuf,
+    },
+    #[error("key store: {0}")]
+    KeyStore(String),
+
+    #[error("database {path}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: migrating the schema")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: rusqlite_migration::Error,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("generating randomness: {0}")]
+    Random(String),
+}
+
+impl Error {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::ReadConfig { .. }
+            | Error::Config { .. }
+            | Error::Setting { .. }
+            | Error::Usage(_) => exit::USAGE,
+            Error::FileShare { .. }
+            | Error::ShareDir { .. }
+            | Error::DbShare { .. }
+            | Error::KeyRow { .. }
+            | Error::SharesMismatch { .. }
+            | Error::KeyStore(_) => exit::KEY_STORE,
+            Error::WriteShare { .. }
+            | Error::Database { .. }
+            | Error::Migrate { .. }
+            | Error::Io { .. }
+            | Error::Random(_) => exit::FAILURE,
+        }
+    }
+
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

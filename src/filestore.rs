@@ -1,0 +1,327 @@
+//! `filestore` keeps the file shares: one file per key and share generation
+//! in the share directory. It writes them durably and refuses to read any
+//! file that another user could have read or replaced. It never sees a
+//! whole key.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{OFlags, RenameFlags};
+
+use crate::error::{Error, Result};
+use crate::shares::{self, KeyShare, Slot};
+
+const SUFFIX: &str = ".share";
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+fn nofollow() -> i32 {
+    (OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32
+}
+
+/// The share directory, checked to be private to this uid.
+#[derive(Debug, Clone)]
+pub struct ShareDir {
+    path: PathBuf,
+}
+
+/// A file found in the share directory.
+#[derive(Debug)]
+pub enum Entry {
+    Share {
+        kid: String,
+        generation: u32,
+        path: PathBuf,
+    },
+    /// A temp file left by an interrupted write.
+    Temp(PathBuf),
+    /// Anything else; left alone and reported.
+    Foreign(PathBuf),
+}
+
+impl ShareDir {
+    /// Open the share directory, creating it (mode 0700) if it is missing.
+    pub fn open_or_create(path: &Path) -> Result<ShareDir> {
+        if !path.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(Error::io("creating share directory", path))?;
+        }
+        ShareDir::open(path)
+    }
+
+    /// Open an existing share directory and check it: a directory owned by
+    /// this uid with no group or other permission bits.
+    pub fn open(path: &Path) -> Result<ShareDir> {
+        let bad = |reason: String| Error::ShareDir {
+            path: path.to_owned(),
+            reason,
+        };
+        let meta = std::fs::symlink_metadata(path).map_err(|e| bad(e.to_string()))?;
+        if !meta.is_dir() {
+            return Err(bad("is not a directory".into()));
+        }
+        if meta.uid() != euid() {
+            return Err(bad(format!(
+                "is owned by uid {}, not by this process (uid {})",
+                meta.uid(),
+                euid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(bad(format!(
+                "has mode {:04o}; it must be private (0700)",
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(ShareDir {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the share of `kid` at `generation` lives.
+    pub fn share_path(&self, kid: &str, generation: u32) -> PathBuf {
+        self.path.join(format!("{kid}.{generation}{SUFFIX}"))
+    }
+
+    /// Write a new share file durably: a unique temp name created with
+    /// O_EXCL and mode 0600, fsync, rename without replacing anything,
+    /// fsync of the directory. A crash leaves either no file under the
+    /// final name or the complete one.
+    pub fn write_new(&self, share: &KeyShare) -> Result<PathBuf> {
+        debug_assert_eq!(share.slot, Slot::File);
+        let final_path = self.share_path(&share.kid, share.generation);
+        let tmp = self.path.join(format!(
+            ".{}.{}.tmp-{}",
+            share.kid,
+            share.generation,
+            random_hex()?
+        ));
+        let wrap = |source| Error::WriteShare {
+            path: final_path.clone(),
+            source,
+        };
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nofollow())
+                .open(&tmp)?;
+            file.write_all(&shares::encode_file(share))?;
+            file.sync_all()?;
+            drop(file);
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                &final_path,
+                RenameFlags::NOREPLACE,
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(wrap(e));
+        }
+        self.sync().map_err(wrap)?;
+        Ok(final_path)
+    }
+
+    /// Read and parse the file share of `kid` at `generation`. The open
+    /// file is checked (fstat, not the path): a regular file, owned by this
+    /// uid, no group or other bits, one link. The contents must name the
+    /// same kid and generation and x = 1.
+    pub fn read(&self, kid: &str, generation: u32) -> Result<KeyShare> {
+        let path = self.share_path(kid, generation);
+        let bad = |reason: String| Error::FileShare {
+            path: path.clone(),
+            reason,
+        };
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nofollow() | OFlags::NONBLOCK.bits() as i32)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad("is missing".into()));
+            }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(bad("is a symbolic link".into()));
+            }
+            Err(e) => return Err(bad(format!("cannot be opened: {e}"))),
+        };
+        check_private_file(&file).map_err(bad)?;
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(shares::MAX_SHARE_FILE + 1));
+        file.take(shares::MAX_SHARE_FILE as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("cannot be read: {e}")))?;
+        let share = shares::decode_file(&bytes).map_err(bad)?;
+        if share.slot != Slot::File {
+            return Err(bad(format!(
+                "holds a {} (x = {}), not a file share (x = 1)",
+                share.slot.name(),
+                share.slot.x()
+            )));
+        }
+        if share.kid != kid || share.generation != generation {
+            return Err(bad(format!(
+                "holds the share of key {} generation {}, not of key {kid} generation {generation}",
+                share.kid, share.generation
+            )));
+        }
+        Ok(share)
+    }
+
+    /// Everything in the directory, classified.
+    pub fn list(&self) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let rd = std::fs::read_dir(&self.path).map_err(Error::io("listing", &self.path))?;
+        for ent in rd {
+            let ent = ent.map_err(Error::io("listing", &self.path))?;
+            let path = ent.path();
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else {
+                out.push(Entry::Foreign(path));
+                continue;
+            };
+            if name.starts_with('.') && name.contains(".tmp-") {
+                out.push(Entry::Temp(path));
+            } else if let Some((kid, generation)) = parse_share_name(name) {
+                out.push(Entry::Share {
+                    kid,
+                    generation,
+                    path,
+                });
+            } else {
+                out.push(Entry::Foreign(path));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroy a share file: overwrite its bytes, fsync, unlink, fsync the
+    /// directory. (Overwriting is best effort on journaling or copy-on-write
+    /// file systems; the unlink is what counts.)
+    pub fn destroy(&self, path: &Path) -> Result<()> {
+        if let Ok(mut f) = OpenOptions::new()
+            .write(true)
+            .custom_flags(nofollow())
+            .open(path)
+            && let Ok(meta) = f.metadata()
+            && meta.is_file()
+            && meta.len() <= shares::MAX_SHARE_FILE as u64
+        {
+            let _ = f.write_all(&vec![0u8; meta.len() as usize]);
+            let _ = f.sync_all();
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing", path)(e)),
+        }
+        self.sync().map_err(Error::io("syncing directory", &self.path))
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        File::open(&self.path)?.sync_all()
+    }
+}
+
+/// `<kid>.<generation>.share`
+fn parse_share_name(name: &str) -> Option<(String, u32)> {
+    let stem = name.strip_suffix(SUFFIX)?;
+    let (kid, generation) = stem.rsplit_once('.')?;
+    if !shares::is_valid_kid(kid) {
+        return None;
+    }
+    let generation: u32 = generation.parse().ok()?;
+    Some((kid.to_owned(), generation))
+}
+
+/// fstat checks on an open share file, shared with the recovery share reader.
+pub fn check_private_file(file: &File) -> Result<(), String> {
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot be examined: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.uid() != euid() {
+        return Err(format!(
+            "is owned by uid {}, not by this process (uid {})",
+            meta.uid(),
+            euid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "has mode {:04o}; a share must not be readable by group or others (0600)",
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.nlink() != 1 {
+        return Err(format!(
+            "has {} hard links; a share must have exactly one",
+            meta.nlink()
+        ));
+    }
+    Ok(())
+}
+
+/// Write an offline recovery share (x = 3) to a new file, mode 0600. Never
+/// overwrites an existing file.
+pub fn write_recovery(path: &Path, share: &KeyShare) -> Result<()> {
+    let wrap = |source| Error::WriteShare {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(wrap)?;
+    file.write_all(&shares::encode_file(share)).map_err(wrap)?;
+    file.sync_all().map_err(wrap)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent).and_then(|d| d.sync_all()).map_err(wrap)
+}
+
+fn random_hex() -> Result<String> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_names_parse_strictly() {
+        let kid = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k";
+        assert_eq!(
+            parse_share_name(&format!("{kid}.3.share")),
+            Some((kid.to_owned(), 3))
+        );
+        assert_eq!(parse_share_name(&format!("{kid}.share")), None);
+        assert_eq!(parse_share_name("x.1.share"), None);
+        assert_eq!(parse_share_name(&format!("{kid}.-1.share")), None);
+    }
+}

@@ -1,0 +1,222 @@
+//! `keyring` holds the keys in memory: the one signing key (in a locked
+//! page) and the public keys that verify and are published. A [`KeySet`] is
+//! immutable; the daemon swaps a new one in when keys change, so the sign
+//! path clones an `Arc` out of the lock and never holds the lock while it
+//! signs.
+//!
+//! A key's state is a pure function of its stored timestamps and the time.
+
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ed25519_dalek::VerifyingKey;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::AlgLabel;
+use crate::secmem::LockedKey;
+use crate::store::KeyRow;
+
+/// Where a key is in its life (DESIGN: pending → active → retiring → retired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Published, does not sign yet.
+    Pending,
+    /// The key that signs.
+    Active,
+    /// Published for verification only; its shares are destroyed.
+    Retiring,
+    /// Dropped from the JWKS; tokens it signed no longer verify.
+    Retired,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Active => "active",
+            State::Retiring => "retiring",
+            State::Retired => "retired",
+        }
+    }
+    /// Whether a key in this state must have both shares.
+    pub fn needs_shares(self) -> bool {
+        matches!(self, State::Pending | State::Active)
+    }
+    /// Whether the key is in the JWKS.
+    pub fn is_published(self) -> bool {
+        !matches!(self, State::Retired)
+    }
+    /// Whether tokens signed by this key verify now.
+    pub fn verifies(self) -> bool {
+        matches!(self, State::Active | State::Retiring)
+    }
+}
+
+/// The state of `row` at `now` (Unix seconds).
+pub fn state(row: &KeyRow, now: i64) -> State {
+    if now < row.activate_at {
+        State::Pending
+    } else if now < row.deactivate_at {
+        State::Active
+    } else if now < row.retire_at {
+        State::Retiring
+    } else {
+        State::Retired
+    }
+}
+
+/// The key that signs, with its pre-encoded JWS header.
+pub struct Signer {
+    pub kid: String,
+    /// base64url of `{"alg":…,"typ":"JWT","kid":…}` (RFC 7515 §7.1).
+    pub header_b64: String,
+    pub key: LockedKey,
+    pub retire_at: i64,
+}
+
+impl Signer {
+    pub fn new(row: &KeyRow, key: LockedKey, alg: AlgLabel) -> Signer {
+        let header = serde_json::json!({"alg": alg.as_str(), "typ": "JWT", "kid": row.kid});
+        Signer {
+            kid: row.kid.clone(),
+            header_b64: B64.encode(header.to_string()),
+            key,
+            retire_at: row.retire_at,
+        }
+    }
+}
+
+/// A published public key.
+pub struct Published {
+    pub row: KeyRow,
+    pub key: VerifyingKey,
+}
+
+/// One consistent view of all keys.
+pub struct KeySet {
+    pub signer: Option<Arc<Signer>>,
+    /// Pending signing keys, already rebuilt and locked, waiting for their
+    /// activation time.
+    pub pending: Vec<Arc<Signer>>,
+    pub published: Vec<Published>,
+    pub jwks: Box<RawValue>,
+}
+
+#[derive(Serialize)]
+struct Jwk<'a> {
+    kty: &'static str,
+    crv: &'static str,
+    x: String,
+    kid: &'a str,
+    alg: &'static str,
+    #[serde(rename = "use")]
+    use_: &'static str,
+}
+
+impl KeySet {
+    /// Build a key set; `published` must hold every key not yet retired.
+    pub fn new(
+        signer: Option<Arc<Signer>>,
+        pending: Vec<Arc<Signer>>,
+        published: Vec<Published>,
+        alg: AlgLabel,
+    ) -> KeySet {
+        let keys: Vec<Jwk> = published
+            .iter()
+            .map(|p| Jwk {
+                kty: "OKP",
+                crv: "Ed25519",
+                x: B64.encode(p.row.public_key),
+                kid: &p.row.kid,
+                alg: alg.as_str(),
+                use_: "sig",
+            })
+            .collect();
+        let json = serde_json::to_string(&serde_json::json!({ "keys": keys }))
+            .expect("a JWKS always serializes");
+        let jwks = RawValue::from_string(json).expect("serde_json output is valid JSON");
+        KeySet {
+            signer,
+            pending,
+            published,
+            jwks,
+        }
+    }
+
+    /// The verifying key for `kid`, if tokens signed by it verify at `now`.
+    pub fn verifier(&self, kid: &str, now: i64) -> Option<&Published> {
+        self.published
+            .iter()
+            .find(|p| p.row.kid == kid && state(&p.row, now).verifies())
+    }
+}
+
+/// The current key set, swapped atomically.
+pub struct Keyring {
+    current: RwLock<Arc<KeySet>>,
+}
+
+impl Keyring {
+    pub fn new(set: KeySet) -> Keyring {
+        Keyring {
+            current: RwLock::new(Arc::new(set)),
+        }
+    }
+
+    /// A snapshot of the keys. The read lock is held only for the `Arc`
+    /// clone; a poisoned lock still holds a consistent set (swaps are a
+    /// single assignment), so it is used as is.
+    pub fn snapshot(&self) -> Arc<KeySet> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    pub fn replace(&self, set: KeySet) {
+        let set = Arc::new(set);
+        match self.current.write() {
+            Ok(mut g) => *g = set,
+            Err(p) => *p.into_inner() = set,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Origin;
+
+    fn row(activate: i64, deactivate: i64, retire: i64) -> KeyRow {
+        KeyRow {
+            kid: "k".into(),
+            public_key: [0; 32],
+            origin: Origin::Generated,
+            created_at: activate - 10,
+            activate_at: activate,
+            deactivate_at: deactivate,
+            retire_at: retire,
+            share_generation: 1,
+            verified: true,
+        }
+    }
+
+    #[test]
+    fn state_is_a_function_of_timestamps() {
+        let r = row(100, 200, 300);
+        assert_eq!(state(&r, 0), State::Pending);
+        assert_eq!(state(&r, 99), State::Pending);
+        assert_eq!(state(&r, 100), State::Active);
+        assert_eq!(state(&r, 199), State::Active);
+        assert_eq!(state(&r, 200), State::Retiring);
+        assert_eq!(state(&r, 299), State::Retiring);
+        assert_eq!(state(&r, 300), State::Retired);
+        assert!(State::Active.needs_shares() && State::Pending.needs_shares());
+        assert!(!State::Retiring.needs_shares());
+        assert!(State::Retiring.verifies() && !State::Pending.verifies());
+        assert!(!State::Retired.is_published());
+    }
+}

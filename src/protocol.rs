@@ -1,0 +1,473 @@
+//! `protocol` is wire format v1: one JSON object per `\n`-terminated line,
+//! each way. It parses requests into typed [`Request`]s with bounded,
+//! hostile-input-safe checks, and encodes responses. Error messages name the
+//! field at fault, never the value sent.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// Stable machine-readable error codes. Clients branch on these; the
+/// message is for humans and may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// The line is not valid JSON.
+    InvalidJson,
+    /// The line is not UTF-8.
+    InvalidUtf8,
+    /// Valid JSON, but not a well-formed request (missing or mistyped field,
+    /// unknown field, claims not an object…).
+    InvalidRequest,
+    /// `op` names no operation.
+    UnknownOp,
+    /// The line is longer than the frame limit; the connection is closed.
+    FrameTooLong,
+    /// A claim only the daemon may set was supplied.
+    ReservedClaim,
+    /// `ttl` exceeds `max_ttl`.
+    TtlTooLong,
+    /// The signed token would exceed `max_token_bytes`.
+    TokenTooLarge,
+    /// The token is malformed, its signature or header is wrong, or its
+    /// issuer is not ours.
+    InvalidToken,
+    /// No published key with the token's kid verifies now.
+    UnknownKey,
+    TokenExpired,
+    TokenNotYetValid,
+    /// `verify` was given an `aud` the token does not carry.
+    AudienceMismatch,
+    /// The daemon has no key that may sign (fail closed).
+    Unavailable,
+    /// Something failed inside the daemon; details are in its log.
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidJson => "invalid_json",
+            Code::InvalidUtf8 => "invalid_utf8",
+            Code::InvalidRequest => "invalid_request",
+            Code::UnknownOp => "unknown_op",
+            Code::FrameTooLong => "frame_too_long",
+            Code::ReservedClaim => "reserved_claim",
+            Code::TtlTooLong => "ttl_too_long",
+            Code::TokenTooLarge => "token_too_large",
+            Code::InvalidToken => "invalid_token",
+            Code::UnknownKey => "unknown_key",
+            Code::TokenExpired => "token_expired",
+            Code::TokenNotYetValid => "token_not_yet_valid",
+            Code::AudienceMismatch => "audience_mismatch",
+            Code::Unavailable => "unavailable",
+            Code::Internal => "internal",
+        }
+    }
+
+    pub const ALL: [Code; 15] = [
+        Code::InvalidJson,
+        Code::InvalidUtf8,
+        Code::InvalidRequest,
+        Code::UnknownOp,
+        Code::FrameTooLong,
+        Code::ReservedClaim,
+        Code::TtlTooLong,
+        Code::TokenTooLarge,
+        Code::InvalidToken,
+        Code::UnknownKey,
+        Code::TokenExpired,
+        Code::TokenNotYetValid,
+        Code::AudienceMismatch,
+        Code::Unavailable,
+        Code::Internal,
+    ];
+
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A failed request: code, human message, and the id to echo (if known).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub id: Option<Value>,
+    pub code: Code,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(id: Option<Value>, code: Code, message: impl Into<String>) -> Failure {
+        Failure {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Ping,
+    Sign {
+        claims: Map<String, Value>,
+        ttl: Option<u64>,
+    },
+    Verify {
+        token: String,
+        aud: Option<String>,
+    },
+    Jwks,
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: Option<Value>,
+    pub op: Op,
+}
+
+/// Longest accepted `id` string; ids are echoed, so they are bounded.
+const MAX_ID_LEN: usize = 128;
+
+/// Parse one line (without its `\n`).
+pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
+    let text = std::str::from_utf8(line)
+        .map_err(|_| Failure::new(None, Code::InvalidUtf8, "request is not valid UTF-8"))?;
+    // serde_json bounds nesting depth (128) by default; never lift it.
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Failure::new(None, Code::InvalidJson, json_error(&e)))?;
+    let Value::Object(mut obj) = value else {
+        return Err(Failure::new(
+            None,
+            Code::InvalidRequest,
+            "request must be a JSON object",
+        ));
+    };
+    let id = match obj.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Number(_)) => Some(v),
+        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(Value::String(s)),
+        Some(_) => {
+            return Err(Failure::new(
+                None,
+                Code::InvalidRequest,
+                format!("field `id` must be a number or a string of at most {MAX_ID_LEN} bytes"),
+            ));
+        }
+    };
+    let fail = |code, msg: String| Err(Failure::new(id.clone(), code, msg));
+    let op_name = match obj.remove("op") {
+        Some(Value::String(s)) => s,
+        Some(_) => return fail(Code::InvalidRequest, "field `op` must be a string".into()),
+        None => return fail(Code::InvalidRequest, "field `op` is missing".into()),
+    };
+    let allowed: &[&str] = match op_name.as_str() {
+        "ping" | "jwks" | "status" => &[],
+        "sign" => &["claims", "ttl"],
+        "verify" => &["token", "aud"],
+        _ => {
+            let shown: String = op_name.chars().take(32).filter(|c| !c.is_control()).collect();
+            return fail(Code::UnknownOp, format!("unknown op {shown:?}"));
+        }
+    };
+    if let Some(extra) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let shown: String = extra.chars().take(32).filter(|c| !c.is_control()).collect();
+        return fail(
+            Code::InvalidRequest,
+            format!("field {shown:?} is not valid for op {op_name:?}"),
+        );
+    }
+    let op = match op_name.as_str() {
+        "ping" => Op::Ping,
+        "jwks" => Op::Jwks,
+        "status" => Op::Status,
+        "sign" => {
+            let claims = match obj.remove("claims") {
+                Some(Value::Object(m)) => m,
+                None => Map::new(),
+                Some(_) => {
+                    return fail(
+                        Code::InvalidRequest,
+                        "field `claims` must be a JSON object".into(),
+                    );
+                }
+            };
+            let ttl = match obj.remove("ttl") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(t) if t >= 1 => Some(t),
+                    _ => {
+                        return fail(
+                            Code::InvalidRequest,
+                            "field `ttl` must be a positive integer (seconds)".into(),
+                        );
+                    }
+                },
+                Some(_) => {
+                    return fail(
+                        Code::InvalidRequest,
+                        "field `ttl` must be a positive integer (seconds)".into(),
+                    );
+                }
+            };
+            Op::Sign { claims, ttl }
+        }
+        "verify" => {
+            let token = match obj.remove("token") {
+                Some(Value::String(s)) => s,
+                Some(_) => return fail(Code::InvalidRequest, "field `token` must be a string".into()),
+                None => return fail(Code::InvalidRequest, "field `token` is missing".into()),
+            };
+            let aud = match obj.remove("aud") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s),
+                Some(_) => return fail(Code::InvalidRequest, "field `aud` must be a string".into()),
+            };
+            Op::Verify { token, aud }
+        }
+        _ => unreachable!("op names were matched above"),
+    };
+    Ok(Request { id, op })
+}
+
+/// serde_json's message without the echoed input: category and position.
+fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Eof => "truncated JSON",
+        Category::Syntax => "malformed JSON",
+        Category::Data => "invalid JSON value",
+        Category::Io => "unreadable input",
+    };
+    format!("{what} at column {}", e.column())
+}
+
+// ---------------------------------------------------------------------------
+// Responses. Each is appended to an output buffer followed by `\n`.
+// ---------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+    ok: bool,
+    #[serde(flatten)]
+    body: T,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorInner<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorInner<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+/// Append a success response with `body`'s fields.
+pub fn write_ok<T: Serialize>(out: &mut Vec<u8>, id: Option<&Value>, body: T) {
+    let env = Envelope { id, ok: true, body };
+    serde_json::to_writer(&mut *out, &env).expect("responses always serialize");
+    out.push(b'\n');
+}
+
+/// Append an error response.
+pub fn write_error(out: &mut Vec<u8>, f: &Failure) {
+    let env = Envelope {
+        id: f.id.as_ref(),
+        ok: false,
+        body: ErrorBody {
+            error: ErrorInner {
+                code: f.code.as_str(),
+                message: &f.message,
+            },
+        },
+    };
+    serde_json::to_writer(&mut *out, &env).expect("responses always serialize");
+    out.push(b'\n');
+}
+
+#[derive(Serialize)]
+pub struct SignOk<'a> {
+    pub token: &'a str,
+    pub kid: &'a str,
+    pub exp: i64,
+    pub jti: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct VerifyOk<'a> {
+    pub claims: &'a Map<String, Value>,
+    pub kid: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct JwksOk<'a> {
+    pub jwks: &'a RawValue,
+}
+
+#[derive(Serialize)]
+pub struct PingOk {
+    pub pong: bool,
+}
+
+// ---------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------
+
+/// What the line splitter found.
+#[derive(Debug, PartialEq)]
+pub enum Frame<'a> {
+    Line(&'a [u8]),
+    /// A line (or the unterminated rest of the buffer) exceeds the limit.
+    TooLong,
+}
+
+/// Splits `\n`-terminated lines out of a read buffer without copying.
+/// `scanned` remembers how far the buffer was searched, so a slow client
+/// sending a long line costs linear, not quadratic, time.
+#[derive(Debug)]
+pub struct LineSplitter {
+    max: usize,
+    start: usize,
+    scanned: usize,
+}
+
+impl LineSplitter {
+    pub fn new(max: usize) -> LineSplitter {
+        LineSplitter {
+            max,
+            start: 0,
+            scanned: 0,
+        }
+    }
+
+    /// The next complete line in `buf`, if any. A trailing `\r` is dropped.
+    pub fn next<'b>(&mut self, buf: &'b [u8]) -> Option<Frame<'b>> {
+        let from = self.scanned.max(self.start);
+        match buf[from..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let end = from + i;
+                let mut line = &buf[self.start..end];
+                self.start = end + 1;
+                self.scanned = self.start;
+                if line.len() > self.max {
+                    return Some(Frame::TooLong);
+                }
+                if let [rest @ .., b'\r'] = line {
+                    line = rest;
+                }
+                Some(Frame::Line(line))
+            }
+            None => {
+                self.scanned = buf.len();
+                if buf.len() - self.start > self.max {
+                    Some(Frame::TooLong)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Bytes consumed so far; the caller drops them from its buffer and
+    /// then calls [`LineSplitter::reset`].
+    pub fn consumed(&self) -> usize {
+        self.start
+    }
+
+    pub fn reset(&mut self) {
+        self.scanned -= self.start;
+        self.start = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_each_op() {
+        let r = parse_request(br#"{"id":1,"op":"sign","claims":{"sub":"a"},"ttl":60}"#).unwrap();
+        assert_eq!(r.id, Some(Value::from(1)));
+        let Op::Sign { claims, ttl } = r.op else {
+            panic!()
+        };
+        assert_eq!(claims["sub"], "a");
+        assert_eq!(ttl, Some(60));
+        assert_eq!(parse_request(br#"{"op":"ping"}"#).unwrap().op, Op::Ping);
+        assert!(matches!(
+            parse_request(br#"{"op":"verify","token":"x","aud":"api"}"#).unwrap().op,
+            Op::Verify { .. }
+        ));
+    }
+
+    #[test]
+    fn errors_have_codes_and_keep_the_id() {
+        let code = |b: &[u8]| parse_request(b).unwrap_err().code;
+        assert_eq!(code(b"{nope"), Code::InvalidJson);
+        assert_eq!(code(b"{\"op\":\"ping\"\xff}"), Code::InvalidUtf8);
+        assert_eq!(code(b"[1]"), Code::InvalidRequest);
+        assert_eq!(code(br#"{"op":"fly"}"#), Code::UnknownOp);
+        assert_eq!(code(br#"{"op":"sign","claims":[1]}"#), Code::InvalidRequest);
+        assert_eq!(code(br#"{"op":"sign","ttl":"5m"}"#), Code::InvalidRequest);
+        assert_eq!(code(br#"{"op":"sign","ttl":0}"#), Code::InvalidRequest);
+        assert_eq!(code(br#"{"op":"sign","token":"x"}"#), Code::InvalidRequest);
+        assert_eq!(code(br#"{"op":7}"#), Code::InvalidRequest);
+        assert_eq!(code(br#"{"op":"verify"}"#), Code::InvalidRequest);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(code(deep.as_bytes()), Code::InvalidJson);
+        let f = parse_request(br#"{"id":"a","op":"fly"}"#).unwrap_err();
+        assert_eq!(f.id, Some(Value::from("a")));
+    }
+
+    #[test]
+    fn messages_do_not_echo_values() {
+        let f = parse_request(br#"{"op":"sign","ttl":"secret-value"}"#).unwrap_err();
+        assert!(!f.message.contains("secret-value"), "{}", f.message);
+        let f = parse_request(br#"{"op":"sign","claims":{"a":"secret-value"#).unwrap_err();
+        assert!(!f.message.contains("secret-value"), "{}", f.message);
+    }
+
+    #[test]
+    fn splitter_finds_lines_and_limits_length() {
+        let mut s = LineSplitter::new(8);
+        let buf = b"{\"a\":1}\r\nabc\n12345";
+        assert_eq!(s.next(buf), Some(Frame::Line(b"{\"a\":1}")));
+        assert_eq!(s.next(buf), Some(Frame::Line(b"abc")));
+        assert_eq!(s.next(buf), None);
+        assert_eq!(s.consumed(), 13);
+        let mut s = LineSplitter::new(4);
+        assert_eq!(s.next(b"123456"), Some(Frame::TooLong));
+        let mut s = LineSplitter::new(4);
+        assert_eq!(s.next(b"12345\n"), Some(Frame::TooLong));
+    }
+
+    proptest! {
+        #[test]
+        fn splitter_round_trips(lines in proptest::collection::vec("[a-z{}\":,0-9]{0,20}", 0..20), cut in 0usize..400) {
+            let joined: Vec<u8> = lines.iter().flat_map(|l| l.bytes().chain([b'\n'])).collect();
+            let cut = cut.min(joined.len());
+            // Feed in two reads, as a socket would.
+            let mut s = LineSplitter::new(64);
+            let mut buf = joined[..cut].to_vec();
+            let mut got = Vec::new();
+            while let Some(Frame::Line(l)) = s.next(&buf) { got.push(l.to_vec()); }
+            let used = s.consumed();
+            buf.drain(..used);
+            s.reset();
+            buf.extend_from_slice(&joined[cut..]);
+            while let Some(Frame::Line(l)) = s.next(&buf) { got.push(l.to_vec()); }
+            let want: Vec<Vec<u8>> = lines.iter().map(|l| l.as_bytes().to_vec()).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_request(&bytes);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! `store` persists keys in SQLite: public keys, lifecycle timestamps and the
+//! database share (x = 2) of each key that can still sign. It never sees a
+//! whole key.
+//!
+//! Every row read back is treated as hostile: kids must be thumbprints of
+//! their public keys, timestamps ordered, share lengths exact.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+use crate::error::{Error, Result};
+use crate::shares::{self, KeyShare, ShareY, Slot};
+
+const MIGRATION_ARRAY: &[M] = &[M::up(include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
+
+/// Where a key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Generated,
+    Imported,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Generated => "generated",
+            Origin::Imported => "imported",
+        }
+    }
+}
+
+/// One key as the database records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub kid: String,
+    pub public_key: [u8; 32],
+    pub origin: Origin,
+    pub created_at: i64,
+    pub activate_at: i64,
+    pub deactivate_at: i64,
+    pub retire_at: i64,
+    pub share_generation: u32,
+    pub verified: bool,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open (or create) the database and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db_err = |source| Error::Database {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::KeyStore(format!(
+                "database {}: could not enable WAL (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        // FULL: a committed key or share survives power loss. secure_delete:
+        // a deleted share's bytes are overwritten, not left in free pages.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err)?;
+        MIGRATIONS
+            .to_latest(&mut conn)
+            .map_err(|source| Error::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        |source| Error::Database {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Insert a key row and its database share in one transaction.
+    pub fn insert_key(&mut self, row: &KeyRow, share: &KeyShare) -> Result<()> {
+        debug_assert_eq!(share.slot, Slot::Database);
+        let path = self.path.clone();
+        let db_err = |source| Error::Database {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO keys (kid, public_key, origin, created_at, activate_at, deactivate_at,
+                               retire_at, share_generation, verified)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+            params![
+                row.kid,
+                &row.public_key[..],
+                row.origin.as_str(),
+                row.created_at,
+                row.activate_at,
+                row.deactivate_at,
+                row.retire_at,
+                row.share_generation,
+            ],
+        )
+        .map_err(db_err)?;
+        insert_share(&tx, share).map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// Mark a key as complete: both shares were read back and checked.
+    pub fn mark_verified(&self, kid: &str) -> Result<()> {
+        self.conn
+            .execute("UPDATE keys SET verified = 1 WHERE kid = ?1", [kid])
+            .map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// Delete a key and its database share (an interrupted creation), then
+    /// checkpoint so that the share's bytes leave the WAL too.
+    pub fn discard_key(&self, kid: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM keys WHERE kid = ?1", [kid])
+            .map_err(self.db_err())?;
+        self.checkpoint()
+    }
+
+    /// Delete every database share of `kid` (the key stopped signing).
+    /// Returns whether there was one.
+    pub fn delete_db_shares(&self, kid: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM db_shares WHERE kid = ?1", [kid])
+            .map_err(self.db_err())?;
+        if n > 0 {
+            self.checkpoint()?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Truncating WAL checkpoint: with secure_delete, deleted share bytes are
+    /// then gone from both the database file and its WAL.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(self.db_err())
+    }
+
+    /// Every key row, oldest first, each validated.
+    pub fn keys(&self) -> Result<Vec<KeyRow>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT kid, public_key, origin, created_at, activate_at, deactivate_at,
+                        retire_at, share_generation, verified
+                 FROM keys ORDER BY activate_at, created_at, kid",
+            )
+            .map_err(self.db_err())?;
+        let raw = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    [r.get::<_, i64>(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            })
+            .map_err(self.db_err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.db_err())?;
+        raw.into_iter()
+            .map(|(kid, pk, origin, ts, generation, verified)| {
+                let bad = |reason: &str| Error::KeyRow {
+                    kid: printable(&kid),
+                    db: self.path.clone(),
+                    reason: reason.to_owned(),
+                };
+                let public_key: [u8; 32] = pk
+                    .try_into()
+                    .map_err(|_| bad("public key is not 32 bytes"))?;
+                if !shares::is_valid_kid(&kid) || shares::thumbprint(&public_key) != kid {
+                    return Err(bad("kid is not the thumbprint of the stored public key"));
+                }
+                let origin = match origin.as_str() {
+                    "generated" => Origin::Generated,
+                    "imported" => Origin::Imported,
+                    _ => return Err(bad("unknown origin")),
+                };
+                let [created_at, activate_at, deactivate_at, retire_at] = ts;
+                if !(created_at <= activate_at
+                    && activate_at < deactivate_at
+                    && deactivate_at <= retire_at)
+                {
+                    return Err(bad("timestamps are out of order"));
+                }
+                let share_generation =
+                    u32::try_from(generation).map_err(|_| bad("share generation out of range"))?;
+                Ok(KeyRow {
+                    kid,
+                    public_key,
+                    origin,
+                    created_at,
+                    activate_at,
+                    deactivate_at,
+                    retire_at,
+                    share_generation,
+                    verified: verified == 1,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the database has ever recorded a key.
+    pub fn is_empty(&self) -> Result<bool> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM keys", [], |r| r.get(0))
+            .map_err(self.db_err())?;
+        Ok(n == 0)
+    }
+
+    /// The database share of `row` at its current generation, checked: x = 2,
+    /// 32 bytes, checksum intact.
+    pub fn db_share(&self, row: &KeyRow) -> Result<KeyShare> {
+        let bad = |reason: &str| Error::DbShare {
+            kid: row.kid.clone(),
+            db: self.path.clone(),
+            reason: reason.to_owned(),
+        };
+        let found = self
+            .conn
+            .query_row(
+                "SELECT x, y, checksum FROM db_shares WHERE kid = ?1 AND generation = ?2",
+                params![row.kid, row.share_generation],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(1)?),
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.db_err())?;
+        let Some((x, y, checksum)) = found else {
+            return Err(bad(&format!(
+                "is missing (no row for generation {})",
+                row.share_generation
+            )));
+        };
+        if x != i64::from(Slot::Database.x()) {
+            return Err(bad(&format!("has x = {x}, expected 2")));
+        }
+        let y = ShareY::from_slice(&y).ok_or_else(|| bad("is not 32 bytes"))?;
+        if checksum[..] != shares::db_checksum(&row.kid, row.share_generation, 2, &y)[..] {
+            return Err(bad("fails its checksum (altered)"));
+        }
+        Ok(KeyShare {
+            kid: row.kid.clone(),
+            generation: row.share_generation,
+            slot: Slot::Database,
+            public_key: row.public_key,
+            y,
+        })
+    }
+}
+
+fn insert_share(conn: &Connection, share: &KeyShare) -> rusqlite::Result<()> {
+    let sum = shares::db_checksum(&share.kid, share.generation, share.slot.x(), &share.y);
+    conn.execute(
+        "INSERT INTO db_shares (kid, generation, x, y, checksum) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            share.kid,
+            share.generation,
+            share.slot.x(),
+            &share.y.as_bytes()[..],
+            &sum[..]
+        ],
+    )?;
+    Ok(())
+}
+
+/// A kid from the database, made safe to print in an error.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        MIGRATIONS.validate().unwrap();
+    }
+}

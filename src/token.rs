@@ -1,0 +1,240 @@
+//! `token` builds and checks compact JWS tokens (RFC 7515 §7.1) and applies
+//! the claims policy. Signing is done by hand: a pre-encoded header,
+//! serde_json claims, base64url and an ed25519-dalek signature; it never
+//! re-parses a key per token.
+//!
+//! The daemon alone sets `iss`, `iat`, `nbf`, `exp` and `jti` (RFC 8725
+//! §3.10, §3.12); a request that supplies one is rejected, never silently
+//! overwritten. Verification accepts only the configured `alg` label with a
+//! header of exactly `alg`, `typ` and `kid` (no `jku`, `jwk`, `x5u`, `crit`:
+//! RFC 8725 §3.1) and uses `verify_strict`.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ed25519_dalek::{Signature, Signer as _};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::AlgLabel;
+use crate::keyring::{KeySet, Signer};
+
+/// Claims only the daemon sets.
+pub const RESERVED: [&str; 5] = ["iss", "iat", "nbf", "exp", "jti"];
+
+/// Length of an Ed25519 signature in base64url.
+const SIG_B64_LEN: usize = 86;
+
+/// Settings the token code needs, derived once from the config.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub issuer: String,
+    /// `issuer` as a JSON string literal, encoded once.
+    issuer_json: String,
+    pub alg: AlgLabel,
+    pub default_ttl: u64,
+    pub max_ttl: u64,
+    pub max_token_bytes: usize,
+    pub leeway: u64,
+}
+
+impl Policy {
+    pub fn new(cfg: &crate::config::Config) -> Policy {
+        Policy {
+            issuer: cfg.issuer.clone(),
+            issuer_json: serde_json::to_string(&cfg.issuer).expect("a string serializes"),
+            alg: cfg.alg,
+            default_ttl: cfg.default_ttl.as_secs(),
+            max_ttl: cfg.max_ttl.as_secs(),
+            max_token_bytes: cfg.max_token_bytes,
+            leeway: cfg.leeway.as_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignError {
+    ReservedClaim(String),
+    TtlTooLong { ttl: u64, max: u64 },
+    TokenTooLarge { size: usize, max: usize },
+    Random,
+}
+
+/// A signed token.
+#[derive(Debug)]
+pub struct Signed {
+    pub token: String,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// Sign `claims` (already known to be a JSON object) with `signer`.
+pub fn sign(
+    signer: &Signer,
+    policy: &Policy,
+    claims: &Map<String, Value>,
+    ttl: Option<u64>,
+    now: i64,
+) -> Result<Signed, SignError> {
+    if let Some(name) = claims.keys().find(|k| RESERVED.contains(&k.as_str())) {
+        return Err(SignError::ReservedClaim(name.clone()));
+    }
+    let ttl = ttl.unwrap_or(policy.default_ttl);
+    if ttl > policy.max_ttl {
+        return Err(SignError::TtlTooLong {
+            ttl,
+            max: policy.max_ttl,
+        });
+    }
+    // Never outlive the key's publication: no exp past its retire_at.
+    let exp = now.saturating_add(ttl as i64).min(signer.retire_at);
+
+    let mut jti_bytes = [0u8; 16];
+    getrandom::fill(&mut jti_bytes).map_err(|_| SignError::Random)?;
+    let jti = B64.encode(jti_bytes);
+
+    let mut payload = Vec::with_capacity(128 + policy.issuer_json.len());
+    payload.extend_from_slice(b"{\"iss\":");
+    payload.extend_from_slice(policy.issuer_json.as_bytes());
+    for (name, value) in [("iat", now), ("nbf", now), ("exp", exp)] {
+        payload.extend_from_slice(b",\"");
+        payload.extend_from_slice(name.as_bytes());
+        payload.extend_from_slice(b"\":");
+        payload.extend_from_slice(itoa(value).as_bytes());
+    }
+    payload.extend_from_slice(b",\"jti\":\"");
+    payload.extend_from_slice(jti.as_bytes());
+    payload.push(b'"');
+    for (name, value) in claims {
+        payload.push(b',');
+        serde_json::to_writer(&mut payload, name).expect("writing to a Vec cannot fail");
+        payload.push(b':');
+        serde_json::to_writer(&mut payload, value).expect("writing to a Vec cannot fail");
+    }
+    payload.push(b'}');
+
+    let size = signer.header_b64.len() + 2 + b64_len(payload.len()) + SIG_B64_LEN;
+    if size > policy.max_token_bytes {
+        return Err(SignError::TokenTooLarge {
+            size,
+            max: policy.max_token_bytes,
+        });
+    }
+    let mut token = String::with_capacity(size);
+    token.push_str(&signer.header_b64);
+    token.push('.');
+    B64.encode_string(&payload, &mut token);
+    let signature = signer.key.key().sign(token.as_bytes());
+    token.push('.');
+    B64.encode_string(signature.to_bytes(), &mut token);
+    debug_assert_eq!(token.len(), size);
+    Ok(Signed { token, exp, jti })
+}
+
+fn b64_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
+}
+
+fn itoa(v: i64) -> String {
+    v.to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Malformed, wrong header, bad signature, wrong issuer.
+    Invalid(&'static str),
+    /// No published key with that kid verifies now.
+    UnknownKey,
+    Expired,
+    NotYetValid,
+    AudienceMismatch,
+}
+
+/// A token that passed every check.
+#[derive(Debug)]
+pub struct Verified {
+    pub kid: String,
+    pub claims: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    typ: Option<String>,
+    kid: String,
+}
+
+/// Check a compact JWS against the key set, the issuer and the time.
+pub fn verify(
+    keys: &KeySet,
+    policy: &Policy,
+    token: &str,
+    audience: Option<&str>,
+    now: i64,
+) -> Result<Verified, VerifyError> {
+    use VerifyError::Invalid;
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Invalid("not a compact JWS (three base64url parts)"));
+    };
+    if h.len() > 1024 {
+        return Err(Invalid("header is too long"));
+    }
+    let header_bytes = B64.decode(h).map_err(|_| Invalid("header is not base64url"))?;
+    let header: Header = serde_json::from_slice(&header_bytes)
+        .map_err(|_| Invalid("header must be a JSON object of exactly alg, typ and kid"))?;
+    if header.alg != policy.alg.as_str() {
+        return Err(Invalid("alg is not the one this daemon signs with"));
+    }
+    if header.typ.as_deref().is_some_and(|t| t != "JWT") {
+        return Err(Invalid("typ must be JWT"));
+    }
+    let key = keys
+        .verifier(&header.kid, now)
+        .ok_or(VerifyError::UnknownKey)?;
+    let mut sig = [0u8; 64];
+    match B64.decode_slice(s, &mut sig) {
+        Ok(64) => {}
+        _ => return Err(Invalid("signature is not 64 base64url bytes")),
+    }
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    key.key
+        .verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig))
+        .map_err(|_| Invalid("signature does not verify"))?;
+
+    let payload = B64.decode(p).map_err(|_| Invalid("payload is not base64url"))?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&payload).map_err(|_| Invalid("payload is not a JSON object"))?;
+    let int = |name: &str| claims.get(name).and_then(Value::as_i64);
+    let leeway = policy.leeway as i64;
+    let exp = int("exp").ok_or(Invalid("exp is missing or not an integer"))?;
+    int("iat").ok_or(Invalid("iat is missing or not an integer"))?;
+    if claims.get("iss").and_then(Value::as_str) != Some(policy.issuer.as_str()) {
+        return Err(Invalid("iss is not this daemon's issuer"));
+    }
+    if now.saturating_sub(leeway) >= exp {
+        return Err(VerifyError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf.as_i64().ok_or(Invalid("nbf is not an integer"))?;
+        if now.saturating_add(leeway) < nbf {
+            return Err(VerifyError::NotYetValid);
+        }
+    }
+    if let Some(want) = audience {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => a == want,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(want)),
+            _ => false,
+        };
+        if !ok {
+            return Err(VerifyError::AudienceMismatch);
+        }
+    }
+    Ok(Verified {
+        kid: header.kid,
+        claims,
+    })
+}
