@@ -167,7 +167,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let mut client = Client::connect(&cfg.socket)?;
             let s = client.sign(&map, ttl.map(|d| d.as_secs().max(1)))?;
             if json {
-                let v = serde_json::json!({"token": s.token, "kid": s.kid, "exp": s.exp, "jti": s.jti});
+                let v =
+                    serde_json::json!({"token": s.token, "kid": s.kid, "exp": s.exp, "jti": s.jti});
                 println!("{v}");
             } else {
                 println!("{}", s.token);
@@ -227,7 +228,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 fn is_token_error(code: &str) -> bool {
     matches!(
         code,
-        "invalid_token" | "unknown_key" | "token_expired" | "token_not_yet_valid" | "audience_mismatch"
+        "invalid_token"
+            | "unknown_key"
+            | "token_expired"
+            | "token_not_yet_valid"
+            | "audience_mismatch"
     )
 }
 
@@ -267,10 +272,17 @@ fn create_first(
         now,
         recovery.as_deref(),
     )?;
-    println!("{} key {}", if pem.is_some() { "imported" } else { "created" }, row.kid);
+    println!(
+        "{} key {}",
+        if pem.is_some() { "imported" } else { "created" },
+        row.kid
+    );
     println!(
         "  file share:     {}",
-        stores.dir.share_path(&row.kid, row.share_generation).display()
+        stores
+            .dir
+            .share_path(&row.kid, row.share_generation)
+            .display()
     );
     println!("  database share: {}", stores.store.path().display());
     if let Some(r) = &recovery {

@@ -108,12 +108,16 @@ impl Client {
             return Err(ClientError::Protocol("connection closed".into()));
         }
         if line.last() != Some(&b'\n') {
-            return Err(ClientError::Protocol("response line is truncated or too long".into()));
+            return Err(ClientError::Protocol(
+                "response line is truncated or too long".into(),
+            ));
         }
         let Value::Object(mut obj) = serde_json::from_slice(&line)
             .map_err(|_| ClientError::Protocol("response is not JSON".into()))?
         else {
-            return Err(ClientError::Protocol("response is not a JSON object".into()));
+            return Err(ClientError::Protocol(
+                "response is not a JSON object".into(),
+            ));
         };
         if obj.get("ok") == Some(&Value::Bool(false)) {
             let err = obj.remove("error").unwrap_or_default();
@@ -183,7 +187,9 @@ impl Client {
         }
         let mut r = self.call("verify", f)?;
         let Some(Value::Object(claims)) = r.remove("claims") else {
-            return Err(ClientError::Protocol("verify response lacks `claims`".into()));
+            return Err(ClientError::Protocol(
+                "verify response lacks `claims`".into(),
+            ));
         };
         let kid = r
             .get("kid")

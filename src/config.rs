@@ -135,7 +135,12 @@ impl Config {
         let state_dirs: Vec<PathBuf> = env
             .state_directory
             .as_deref()
-            .map(|s| s.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect())
+            .map(|s| {
+                s.split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         let (def_shares, def_db) = match (state_dirs.as_slice(), &origin) {
             ([shares, db, ..], _) => (shares.clone(), db.join("splitsign.db")),
@@ -162,7 +167,11 @@ impl Config {
             origin,
             issuer: file.issuer.unwrap_or_else(|| "splitsign".to_owned()),
             alg: file.alg.unwrap_or(AlgLabel::EdDSA),
-            shares_dir: ov.shares_dir.clone().or(file.shares_dir).unwrap_or(def_shares),
+            shares_dir: ov
+                .shares_dir
+                .clone()
+                .or(file.shares_dir)
+                .unwrap_or(def_shares),
             db: ov.db.clone().or(file.db).unwrap_or(def_db),
             socket: ov.socket.clone().or(file.socket).unwrap_or(def_socket),
             socket_mode,
@@ -175,6 +184,21 @@ impl Config {
                 .rotation_interval
                 .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
             leeway: file.leeway.unwrap_or(Duration::from_secs(60)),
+        };
+        // Relative paths are relative to the working directory; make them
+        // absolute once so logs and errors name exactly one file.
+        let abs = |p: PathBuf| {
+            if p.as_os_str().is_empty() {
+                p
+            } else {
+                std::path::absolute(&p).unwrap_or(p)
+            }
+        };
+        let cfg = Config {
+            shares_dir: abs(cfg.shares_dir),
+            db: abs(cfg.db),
+            socket: abs(cfg.socket),
+            ..cfg
         };
         cfg.validate()?;
         Ok(cfg)
@@ -202,7 +226,10 @@ impl Config {
             );
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes) {
-            return bad("max_frame_bytes", "must be between 1024 and 16777216".into());
+            return bad(
+                "max_frame_bytes",
+                "must be between 1024 and 16777216".into(),
+            );
         }
         if self.max_token_bytes < 256 || self.max_token_bytes + 256 > self.max_frame_bytes {
             return bad(
@@ -233,7 +260,10 @@ impl Config {
         }
         // sockaddr_un.sun_path holds 108 bytes including the NUL.
         if self.socket.as_os_str().len() > 107 {
-            return bad("socket", "path is longer than 107 bytes (a Unix socket limit)".into());
+            return bad(
+                "socket",
+                "path is longer than 107 bytes (a Unix socket limit)".into(),
+            );
         }
         if self.shares_dir == self.db.parent().unwrap_or(Path::new("")) {
             return bad(
@@ -290,7 +320,9 @@ fn parse_mode(s: &str) -> Result<u32> {
         )));
     }
     if mode & 0o600 != 0o600 {
-        return Err(bad(format!("{s:?} must let the owner read and write (0600)")));
+        return Err(bad(format!(
+            "{s:?} must let the owner read and write (0600)"
+        )));
     }
     Ok(mode)
 }
@@ -321,9 +353,10 @@ mod tests {
             &Env::default(),
         )
         .unwrap();
-        assert_eq!(c.shares_dir, PathBuf::from("keys"));
-        assert_eq!(c.db, PathBuf::from("var/splitsign.db"));
-        assert_eq!(c.socket, PathBuf::from("var/splitsign.sock"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.shares_dir, cwd.join("keys"));
+        assert_eq!(c.db, cwd.join("var/splitsign.db"));
+        assert_eq!(c.socket, cwd.join("var/splitsign.sock"));
         assert_eq!(c.default_ttl, Duration::from_secs(900));
         assert_eq!(c.socket_mode, 0o660);
     }
@@ -334,8 +367,13 @@ mod tests {
             state_directory: Some("/var/lib/splitsign/shares:/var/lib/splitsign/db".into()),
             runtime_directory: None,
         };
-        let c = Config::build(FileConfig::default(), Origin::Defaults, &Overrides::default(), &env)
-            .unwrap();
+        let c = Config::build(
+            FileConfig::default(),
+            Origin::Defaults,
+            &Overrides::default(),
+            &env,
+        )
+        .unwrap();
         assert_eq!(c.shares_dir, PathBuf::from("/var/lib/splitsign/shares"));
         assert_eq!(c.db, PathBuf::from("/var/lib/splitsign/db/splitsign.db"));
     }
@@ -361,7 +399,9 @@ mod tests {
         assert!(e.contains("socket_mode") && e.contains("other"), "{e}");
         let e = from_toml("alg = \"HS256\"").unwrap_err().to_string();
         assert!(e.contains("alg"), "{e}");
-        let e = from_toml("shares_dir = \"/d\"\ndb = \"/d/x.db\"").unwrap_err().to_string();
+        let e = from_toml("shares_dir = \"/d\"\ndb = \"/d/x.db\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("shares_dir"), "{e}");
     }
 }

@@ -12,15 +12,14 @@ use crate::error::{Error, Result};
 use crate::keyring::Keyring;
 use crate::lifecycle;
 use crate::server::{self, Limits, Service};
-use crate::stores::Stores;
 use crate::store::Origin;
+use crate::stores::Stores;
 use crate::token::Policy;
 
 pub fn serve(cfg: Config) -> Result<()> {
     let started = Instant::now();
-    crate::secmem::harden_process().map_err(|e| {
-        Error::KeyStore(format!("cannot make the process non-dumpable: {e}"))
-    })?;
+    crate::secmem::harden_process()
+        .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
     match &cfg.origin {
         ConfigOrigin::File(p) => tracing::info!(config = %p.display(), "loaded config"),
         ConfigOrigin::Defaults => tracing::info!("no config file; using built-in defaults"),

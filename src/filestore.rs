@@ -231,7 +231,8 @@ impl ShareDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("removing", path)(e)),
         }
-        self.sync().map_err(Error::io("syncing directory", &self.path))
+        self.sync()
+            .map_err(Error::io("syncing directory", &self.path))
     }
 
     fn sync(&self) -> std::io::Result<()> {

@@ -69,7 +69,9 @@ pub fn create_key(
     let public_key = SigningKey::from_bytes(seed).verifying_key().to_bytes();
     let kid = shares::thumbprint(&public_key);
     if store.keys()?.iter().any(|k| k.kid == kid) {
-        return Err(Error::Usage(format!("key {kid} is already in the database")));
+        return Err(Error::Usage(format!(
+            "key {kid} is already in the database"
+        )));
     }
     let (deactivate_at, retire_at) = schedule(cfg, now, now);
     let row = KeyRow {

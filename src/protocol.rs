@@ -166,7 +166,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
         "sign" => &["claims", "ttl"],
         "verify" => &["token", "aud"],
         _ => {
-            let shown: String = op_name.chars().take(32).filter(|c| !c.is_control()).collect();
+            let shown: String = op_name
+                .chars()
+                .take(32)
+                .filter(|c| !c.is_control())
+                .collect();
             return fail(Code::UnknownOp, format!("unknown op {shown:?}"));
         }
     };
@@ -215,13 +219,20 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
         "verify" => {
             let token = match obj.remove("token") {
                 Some(Value::String(s)) => s,
-                Some(_) => return fail(Code::InvalidRequest, "field `token` must be a string".into()),
+                Some(_) => {
+                    return fail(
+                        Code::InvalidRequest,
+                        "field `token` must be a string".into(),
+                    );
+                }
                 None => return fail(Code::InvalidRequest, "field `token` is missing".into()),
             };
             let aud = match obj.remove("aud") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s),
-                Some(_) => return fail(Code::InvalidRequest, "field `aud` must be a string".into()),
+                Some(_) => {
+                    return fail(Code::InvalidRequest, "field `aud` must be a string".into());
+                }
             };
             Op::Verify { token, aud }
         }
@@ -400,7 +411,9 @@ mod tests {
         assert_eq!(ttl, Some(60));
         assert_eq!(parse_request(br#"{"op":"ping"}"#).unwrap().op, Op::Ping);
         assert!(matches!(
-            parse_request(br#"{"op":"verify","token":"x","aud":"api"}"#).unwrap().op,
+            parse_request(br#"{"op":"verify","token":"x","aud":"api"}"#)
+                .unwrap()
+                .op,
             Op::Verify { .. }
         ));
     }

@@ -131,10 +131,13 @@ impl Service {
                                 Code::UnknownKey,
                                 "no published key with the token's kid verifies now".into(),
                             ),
-                            VerifyError::Expired => (Code::TokenExpired, "token has expired".into()),
-                            VerifyError::NotYetValid => {
-                                (Code::TokenNotYetValid, "token is not valid yet (nbf)".into())
+                            VerifyError::Expired => {
+                                (Code::TokenExpired, "token has expired".into())
                             }
+                            VerifyError::NotYetValid => (
+                                Code::TokenNotYetValid,
+                                "token is not valid yet (nbf)".into(),
+                            ),
                             VerifyError::AudienceMismatch => (
                                 Code::AudienceMismatch,
                                 "token is not issued for that audience".into(),

@@ -97,7 +97,8 @@ pub fn split(seed: &[u8; SEED_LEN]) -> Split {
     for share in dealer.take(3) {
         // Clear intermediates: `Vec::from(&Share)` is a plain Vec.
         let bytes = Zeroizing::new(Vec::from(&share));
-        let y = ShareY::from_slice(&bytes[1..]).expect("sharks yields 32-byte y for a 32-byte seed");
+        let y =
+            ShareY::from_slice(&bytes[1..]).expect("sharks yields 32-byte y for a 32-byte seed");
         out.push(y);
     }
     let recovery = out.pop().expect("three shares");
@@ -137,7 +138,10 @@ pub fn recover(a: &KeyShare, b: &KeyShare) -> Result<SigningKey, RecoverError> {
         return Err(RecoverError::DifferentKeys(a.kid.clone(), b.kid.clone()));
     }
     if a.generation != b.generation {
-        return Err(RecoverError::DifferentGenerations(a.generation, b.generation));
+        return Err(RecoverError::DifferentGenerations(
+            a.generation,
+            b.generation,
+        ));
     }
     if a.public_key != b.public_key {
         return Err(RecoverError::PublicKeysDiffer);
@@ -167,7 +171,9 @@ fn combine(xa: Slot, ya: &ShareY, xb: Slot, yb: &ShareY) -> Result<SigningKey, R
     );
     let mut seed = Zeroizing::new([0u8; SEED_LEN]);
     if secret.len() != SEED_LEN {
-        return Err(RecoverError::Sharks("recovered secret has the wrong length"));
+        return Err(RecoverError::Sharks(
+            "recovered secret has the wrong length",
+        ));
     }
     seed.copy_from_slice(&secret);
     Ok(SigningKey::from_bytes(&seed))
@@ -423,6 +429,9 @@ mod tests {
             .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
             .unwrap();
         let pk: [u8; 32] = x.try_into().unwrap();
-        assert_eq!(thumbprint(&pk), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(
+            thumbprint(&pk),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 }

@@ -175,14 +175,17 @@ pub fn verify(
 ) -> Result<Verified, VerifyError> {
     use VerifyError::Invalid;
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Invalid("not a compact JWS (three base64url parts)"));
     };
     if h.len() > 1024 {
         return Err(Invalid("header is too long"));
     }
-    let header_bytes = B64.decode(h).map_err(|_| Invalid("header is not base64url"))?;
+    let header_bytes = B64
+        .decode(h)
+        .map_err(|_| Invalid("header is not base64url"))?;
     let header: Header = serde_json::from_slice(&header_bytes)
         .map_err(|_| Invalid("header must be a JSON object of exactly alg, typ and kid"))?;
     if header.alg != policy.alg.as_str() {
@@ -204,7 +207,9 @@ pub fn verify(
         .verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig))
         .map_err(|_| Invalid("signature does not verify"))?;
 
-    let payload = B64.decode(p).map_err(|_| Invalid("payload is not base64url"))?;
+    let payload = B64
+        .decode(p)
+        .map_err(|_| Invalid("payload is not base64url"))?;
     let claims: Map<String, Value> =
         serde_json::from_slice(&payload).map_err(|_| Invalid("payload is not a JSON object"))?;
     let int = |name: &str| claims.get(name).and_then(Value::as_i64);

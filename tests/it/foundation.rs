@@ -1,0 +1,366 @@
+//! End to end: init → serve → sign → verify against the JWKS, restarts,
+//! import, CLI, pipelining.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::util::{Daemon, Dir, code, ok};
+
+/// RFC 7638 thumbprint computed independently of the daemon's code.
+fn thumbprint(x_b64: &str) -> String {
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x_b64}"}}"#);
+    B64.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Verify `token` with jsonwebtoken against the key of `jwks` named by its kid.
+pub fn verify_with_jwks(token: &str, jwks: &Value, aud: &str) -> Value {
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::EdDSA);
+    let kid = header.kid.expect("kid");
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .expect("kid is published");
+    let x = jwk["x"].as_str().unwrap();
+    assert_eq!(B64.decode(x).unwrap().len(), 32);
+    let key = DecodingKey::from_ed_components(x).unwrap();
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_issuer(&["splitsign"]);
+    v.set_audience(&[aud]);
+    v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
+    v.leeway = 0;
+    jsonwebtoken::decode::<Value>(token, &key, &v)
+        .expect("token verifies with jsonwebtoken")
+        .claims
+}
+
+#[test]
+fn signed_token_verifies_with_jsonwebtoken_against_the_socket_jwks() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let mut c = d.conn();
+    let signed = ok(c.request(
+        json!({"id":1,"op":"sign","claims":{"sub":"alice","aud":"api","scope":"read"},"ttl":900}),
+    ));
+    assert_eq!(signed["id"], 1);
+    let jwks = ok(c.request(json!({"id":"j","op":"jwks"})))["jwks"].clone();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let k = &keys[0];
+    assert_eq!(
+        (
+            k["kty"].as_str(),
+            k["crv"].as_str(),
+            k["alg"].as_str(),
+            k["use"].as_str()
+        ),
+        (Some("OKP"), Some("Ed25519"), Some("EdDSA"), Some("sig"))
+    );
+    assert_eq!(k["kid"], thumbprint(k["x"].as_str().unwrap()));
+    assert_eq!(signed["kid"], k["kid"]);
+
+    let token = signed["token"].as_str().unwrap();
+    let claims = verify_with_jwks(token, &jwks, "api");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["scope"], "read");
+    assert_eq!(claims["exp"], signed["exp"]);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 22, "128-bit jti");
+
+    // The header is exactly alg, typ, kid.
+    let header: Value =
+        serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header, json!({"alg":"EdDSA","typ":"JWT","kid":k["kid"]}));
+
+    // And the daemon verifies it too.
+    let v = ok(c.request(json!({"op":"verify","token":token,"aud":"api"})));
+    assert_eq!(v["claims"]["sub"], "alice");
+    assert_eq!(v["kid"], k["kid"]);
+    assert_eq!(
+        code(&c.request(json!({"op":"verify","token":token,"aud":"admin"}))),
+        "audience_mismatch"
+    );
+}
+
+#[test]
+fn restart_keeps_the_kid_and_earlier_tokens_verify() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let s = ok(d.conn().sign(json!({"sub":"a","aud":"api"})));
+    let jwks1 = ok(d.conn().request(json!({"op":"jwks"})))["jwks"].clone();
+    d.stop();
+    let d = Daemon::start(&dir);
+    let jwks2 = ok(d.conn().request(json!({"op":"jwks"})))["jwks"].clone();
+    assert_eq!(jwks1, jwks2);
+    let token = s["token"].as_str().unwrap();
+    ok(d.conn().request(json!({"op":"verify","token":token})));
+    verify_with_jwks(token, &jwks2, "api");
+    assert_eq!(dir.key_count(), 1);
+    let s2 = ok(d.conn().sign(json!({"sub":"b"})));
+    assert_eq!(s2["kid"], s["kid"]);
+}
+
+#[test]
+fn reserved_claims_ttl_and_size_limits() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let mut c = d.conn();
+    for claim in ["iss", "iat", "nbf", "exp", "jti"] {
+        let r = c.request(json!({"id":claim,"op":"sign","claims":{"sub":"x", claim: 1}}));
+        assert_eq!(code(&r), "reserved_claim", "{claim}");
+        assert!(r["error"]["message"].as_str().unwrap().contains(claim));
+        assert_eq!(r["id"], claim);
+    }
+    // Default ttl is 15 minutes; max_ttl 1h by default.
+    let s = ok(c.sign(json!({"sub":"x"})));
+    let claims = ok(c.request(json!({"op":"verify","token":s["token"]})))["claims"].clone();
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    assert_eq!(
+        code(&c.request(json!({"op":"sign","claims":{},"ttl":3601}))),
+        "ttl_too_long"
+    );
+    ok(c.request(json!({"op":"sign","claims":{},"ttl":3600})));
+    // max_token_bytes is 8192 by default: a big claim is refused, a
+    // slightly smaller one passes.
+    let big = "x".repeat(6000);
+    assert_eq!(
+        code(&c.request(json!({"op":"sign","claims":{"blob":big}}))),
+        "token_too_large"
+    );
+    let fits = "x".repeat(5500);
+    let t = ok(c.request(json!({"op":"sign","claims":{"blob":fits}})));
+    assert!(t["token"].as_str().unwrap().len() <= 8192);
+}
+
+#[test]
+fn ed25519_alg_label_from_config() {
+    let dir = Dir::new();
+    let cfg = dir.write_config(
+        "issuer = \"https://auth.example\"\nalg = \"Ed25519\"\nshares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n",
+    );
+    let d = Daemon::start_with(&dir, &["--config", cfg.to_str().unwrap()]).unwrap();
+    let mut c = d.conn();
+    let s = ok(c.sign(json!({"sub":"x"})));
+    let token = s["token"].as_str().unwrap();
+    let header: Value =
+        serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["alg"], "Ed25519");
+    let v = ok(c.request(json!({"op":"verify","token":token})));
+    assert_eq!(v["claims"]["iss"], "https://auth.example");
+    let jwks = ok(c.request(json!({"op":"jwks"})));
+    assert_eq!(jwks["jwks"]["keys"][0]["alg"], "Ed25519");
+}
+
+#[test]
+fn pipelined_requests_come_back_in_order() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let mut c = d.conn();
+    let mut batch = Vec::new();
+    for i in 0..1000 {
+        batch.extend_from_slice(
+            format!("{{\"id\":{i},\"op\":\"sign\",\"claims\":{{\"sub\":\"u{i}\"}}}}\n").as_bytes(),
+        );
+    }
+    // Write from another thread: the daemon answers while we still write.
+    let mut w = c.writer.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        w.write_all(&batch).unwrap();
+    });
+    for i in 0..1000 {
+        let r = ok(c.recv().expect("response"));
+        assert_eq!(r["id"], i);
+        let payload = r["token"].as_str().unwrap().split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["sub"], format!("u{i}"));
+    }
+    writer.join().unwrap();
+}
+
+#[test]
+fn cli_sign_verify_jwks_status() {
+    let dir = Dir::new();
+    let _d = Daemon::start(&dir);
+    let out = dir.run(&[
+        "sign",
+        "--claim",
+        "sub=alice",
+        "--claim",
+        "aud=api",
+        "--ttl",
+        "5m",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = dir.run(&["verify", &token]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["claims"]["sub"], "alice");
+    let claims = &v["claims"];
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        300
+    );
+
+    // A tampered token: exit code 3, and a reason on stderr.
+    let mut bad = token.clone();
+    bad.pop();
+    bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let out = dir.run(&["verify", &bad]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_token"));
+
+    let out = dir.run(&["jwks"]);
+    let jwks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_owned();
+
+    let out = dir.run(&["status"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&kid) && text.contains("active"), "{text}");
+    let out = dir.run(&["status", "--json"]);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["active_kid"], kid.as_str());
+
+    // A reserved claim from the CLI gets the daemon's code.
+    let out = dir.run(&["sign", "--claim", "exp=1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reserved_claim"));
+}
+
+#[test]
+fn cli_without_a_daemon_says_so() {
+    let dir = Dir::new();
+    let out = dir.run(&["sign", "--claim", "sub=a"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("splitsign.sock"));
+}
+
+#[test]
+fn init_with_recovery_share_then_serve() {
+    let dir = Dir::new();
+    let out = dir.run(&["init", "--recovery-share", "recovery.share"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let kid = text.split_whitespace().nth(2).unwrap().to_owned();
+    let rec = dir.path().join("recovery.share");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&rec).unwrap().contains("\nx 3\n"));
+
+    // A second init changes nothing.
+    let out = dir.run(&["init"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already initialised"));
+
+    let d = Daemon::start(&dir);
+    let s = ok(d.conn().sign(json!({"sub":"a"})));
+    assert_eq!(s["kid"], kid.as_str());
+    assert_eq!(dir.key_count(), 1);
+
+    // While the daemon runs, offline commands are refused (store lock).
+    let out = dir.run(&["init"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
+
+#[test]
+fn import_keeps_an_existing_pem_key() {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let dir = Dir::new();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    let pem = key.to_pkcs8_pem(Default::default()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), pem.as_bytes()).unwrap();
+    let out = dir.run(&["import", "--pem", "key.pem"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let d = Daemon::start(&dir);
+    let jwks = ok(d.conn().request(json!({"op":"jwks"})))["jwks"].clone();
+    assert_eq!(
+        jwks["keys"][0]["x"],
+        B64.encode(key.verifying_key().to_bytes())
+    );
+    let s = ok(d.conn().sign(json!({"sub":"a","aud":"api"})));
+    verify_with_jwks(s["token"].as_str().unwrap(), &jwks, "api");
+
+    // Garbage is refused with the file named, and nothing is created.
+    let dir2 = Dir::new();
+    std::fs::write(dir2.path().join("bad.pem"), "not a key").unwrap();
+    let out = dir2.run(&["import", "--pem", "bad.pem"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.pem"));
+    assert!(!dir2.db().exists());
+}
+
+#[test]
+fn bad_config_is_refused_with_file_and_key() {
+    let dir = Dir::new();
+    let cfg = dir.write_config("issuer = \"x\"\nmax_tll = \"1h\"\n");
+    let out = dir.run(&["--config", cfg.to_str().unwrap(), "serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.toml") && err.contains("max_tll"),
+        "{err}"
+    );
+    let cfg = dir.write_config("default_ttl = \"2h\"\n");
+    let out = dir.run(&["--config", cfg.to_str().unwrap(), "serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("default_ttl"));
+    assert!(!dir.db().exists(), "nothing is created on a bad config");
+}
+
+#[test]
+fn after_kill_9_the_stale_socket_is_replaced_and_the_key_kept() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let kid = ok(d.conn().sign(json!({})))["kid"].clone();
+    d.kill();
+    assert!(
+        dir.socket().exists(),
+        "a killed daemon leaves its socket behind"
+    );
+    let d = Daemon::start(&dir);
+    assert_eq!(ok(d.conn().sign(json!({})))["kid"], kid);
+    assert_eq!(dir.key_count(), 1);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_stores_is_refused() {
+    let dir = Dir::new();
+    let _d = Daemon::start(&dir);
+    let e = Daemon::start_with(&dir, &[]).err().expect("refused");
+    assert_eq!(e.status.code(), Some(2));
+    assert!(
+        e.stderr.contains("in use by another splitsign process"),
+        "{}",
+        e.stderr
+    );
+}
