@@ -128,7 +128,10 @@ impl Daemon {
                 d.child = None;
                 return Err(Exited { status, stderr });
             }
-            if let Ok(mut c) = Conn::open(&d.socket)
+            // Ready means this process logged "ready" (another daemon may
+            // answer on the same socket path) and then answers ping.
+            if d.log().contains(" ready ")
+                && let Ok(mut c) = Conn::open(&d.socket)
                 && c.request(json!({"op":"ping"}))["ok"] == true
             {
                 return Ok(d);
