@@ -39,19 +39,44 @@ pub enum Entry {
     },
     /// A temp file left by an interrupted write.
     Temp(PathBuf),
+    /// The directory's own README and .gitignore; ignored.
+    Known(PathBuf),
     /// Anything else; left alone and reported.
     Foreign(PathBuf),
 }
 
 impl ShareDir {
     /// Open the share directory, creating it (mode 0700) if it is missing.
+    /// A directory of ours that holds no share yet but has loose
+    /// permissions (a fresh `git clone` makes `keys/` 0755) is made 0700:
+    /// nothing in it can have leaked. One that already holds shares is
+    /// refused by [`ShareDir::open`].
     pub fn open_or_create(path: &Path) -> Result<ShareDir> {
+        use std::os::unix::fs::PermissionsExt;
         if !path.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(path)
                 .map_err(Error::io("creating share directory", path))?;
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.is_dir()
+            && meta.uid() == euid()
+            && meta.mode() & 0o077 != 0
+        {
+            let unchecked = ShareDir {
+                path: path.to_owned(),
+            };
+            let holds_shares = unchecked
+                .list()?
+                .iter()
+                .any(|e| !matches!(e, Entry::Known(_)));
+            if !holds_shares {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                    .map_err(Error::io("making the share directory private", path))?;
+                tracing::info!(path = %path.display(), "made the new share directory private (0700)");
+            }
         }
         ShareDir::open(path)
     }
@@ -196,7 +221,9 @@ impl ShareDir {
                 out.push(Entry::Foreign(path));
                 continue;
             };
-            if name.starts_with('.') && name.contains(".tmp-") {
+            if name == "README.md" || name == ".gitignore" {
+                out.push(Entry::Known(path));
+            } else if name.starts_with('.') && name.contains(".tmp-") {
                 out.push(Entry::Temp(path));
             } else if let Some((kid, generation)) = parse_share_name(name) {
                 out.push(Entry::Share {

@@ -200,6 +200,7 @@ pub fn reconcile(store: &Store, dir: &ShareDir, now: i64) -> Result<Reconciled> 
                 }
             }
             Entry::Foreign(path) => done.foreign.push(path),
+            Entry::Known(_) => {}
         }
     }
     Ok(done)

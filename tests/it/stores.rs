@@ -452,3 +452,17 @@ fn a_token_built_by_jsonwebtoken_with_the_real_key_verifies() {
     let r = c.request(json!({"op":"verify","token":mk(now - 3600)}));
     assert_eq!(r["error"]["code"], "token_expired", "{r}");
 }
+
+#[test]
+fn a_fresh_checkouts_loose_share_directory_is_made_private() {
+    // `git clone` creates keys/ as 0755 with its README: no share can have
+    // leaked, so the daemon tightens it instead of refusing.
+    let dir = Dir::new();
+    std::fs::create_dir(dir.keys()).unwrap();
+    std::fs::set_permissions(dir.keys(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.keys().join("README.md"), "shares live here").unwrap();
+    let d = Daemon::start(&dir);
+    let mode = std::fs::metadata(dir.keys()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(!d.log().contains("unexpected file"), "README is expected");
+}
