@@ -17,8 +17,10 @@ CREATE TABLE keys (
     -- 1 once both shares were read back and rebuilt the public key. A row
     -- with 0 is an interrupted creation: discarded at start, never used.
     verified         INTEGER NOT NULL DEFAULT 0 CHECK (verified IN (0, 1)),
+    -- activate_at = deactivate_at: a key retired by an emergency rotation
+    -- in the second it was activated; it never signs.
     CHECK (created_at <= activate_at
-           AND activate_at < deactivate_at
+           AND activate_at <= deactivate_at
            AND deactivate_at <= retire_at)
 ) STRICT;
 

@@ -81,11 +81,37 @@ pub enum Command {
     },
     /// Print the published keys (JWKS).
     Jwks,
-    /// Show the daemon's keys and their states.
+    /// Show every key with its state, timestamps and the next transition
+    /// (from the daemon, or from the database when no daemon runs).
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate now: a new key signs at once; the old key's tokens keep
+    /// verifying until they expire. Through the daemon if one runs, else
+    /// offline on the stores (also the way back when a store is lost).
+    Rotate {
+        /// Retire the current key at once: its tokens stop verifying.
+        #[arg(long)]
+        emergency: bool,
+    },
+    /// Re-split the keys into fresh shares (after a suspected leak of one
+    /// store). Capped per key; beyond the cap, rotate.
+    Reshare {
+        /// Offline only: also write a new offline recovery share for the
+        /// active key (the old one stops working).
+        #[arg(long, value_name = "PATH")]
+        recovery_share: Option<PathBuf>,
+    },
+    /// Rebuild a lost file share or database share from the other store and
+    /// the offline recovery share. Offline (stop the daemon first).
+    Recover {
+        #[arg(long, value_name = "FILE")]
+        recovery_share: PathBuf,
+    },
+    /// Check both stores offline: every key that may sign must rebuild from
+    /// its two shares. Exit 0, or 65 with the reason.
+    Check,
 }
 
 /// A command's failure, with the exit code it maps to.
@@ -214,7 +240,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { json } => {
-            let status = Client::connect(&cfg.socket)?.status()?;
+            let status = match Client::connect(&cfg.socket) {
+                Ok(mut c) => c.status()?,
+                Err(e) if e.no_daemon() => offline_status(&cfg)?,
+                Err(e) => return Err(e.into()),
+            };
             if json {
                 println!("{status}");
             } else {
@@ -222,7 +252,210 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Rotate { emergency } => match Client::connect(&cfg.socket) {
+            Ok(mut c) => {
+                let mut f = Map::new();
+                f.insert("emergency".into(), emergency.into());
+                let r = c.call("rotate", f)?;
+                println!(
+                    "rotated: key {} signs now{}",
+                    r.get("kid").and_then(Value::as_str).unwrap_or("?"),
+                    previous_note(r.get("previous").and_then(Value::as_str), emergency)
+                );
+                Ok(())
+            }
+            Err(e) if e.no_daemon() => {
+                crate::secmem::harden_process().map_err(|e| {
+                    Error::KeyStore(format!("cannot make the process non-dumpable: {e}"))
+                })?;
+                let mut stores = Stores::open(&cfg, false)?;
+                let now = lifecycle::wall_now();
+                let (new, previous) = {
+                    let s = &mut stores;
+                    lifecycle::rotate_now(&mut s.store, &s.dir, &cfg, now, emergency)?
+                };
+                stores.reconcile(now)?;
+                println!(
+                    "rotated (offline): key {} signs now{}",
+                    new.row.kid,
+                    previous_note(previous.as_deref(), emergency)
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Reshare { recovery_share } => match Client::connect(&cfg.socket) {
+            Ok(mut c) => {
+                if recovery_share.is_some() {
+                    return Err(usage(
+                        "--recovery-share works offline only: a daemon is running, and it                          never writes key material outside its stores. Stop it, or reshare                          without --recovery-share"
+                            .into(),
+                    ));
+                }
+                let r = c.call("reshare", Map::new())?;
+                for k in r
+                    .get("keys")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    println!(
+                        "re-split key {} into share generation {}",
+                        k["kid"].as_str().unwrap_or("?"),
+                        k["generation"]
+                    );
+                }
+                Ok(())
+            }
+            Err(e) if e.no_daemon() => offline_reshare(&cfg, recovery_share),
+            Err(e) => Err(e.into()),
+        },
+        Command::Recover { recovery_share } => {
+            if !Client::connect(&cfg.socket).is_err_and(|e| e.no_daemon()) {
+                return Err(usage(
+                    "a daemon is running, so the key is intact in its memory: run                      `splitsign reshare` to write fresh shares, or stop the daemon to recover                      from the recovery share"
+                        .into(),
+                ));
+            }
+            crate::secmem::harden_process().map_err(|e| {
+                Error::KeyStore(format!("cannot make the process non-dumpable: {e}"))
+            })?;
+            let mut stores = Stores::open(&cfg, false)?;
+            let now = lifecycle::wall_now();
+            let (kid, what) = {
+                let s = &mut stores;
+                lifecycle::recover(&mut s.store, &s.dir, &recovery_share, now)?
+            };
+            match what {
+                lifecycle::Recovered::Nothing => {
+                    println!("key {kid}: both shares are intact; nothing to recover")
+                }
+                lifecycle::Recovered::FileShare => println!(
+                    "key {kid}: rebuilt the file share {}",
+                    stores
+                        .dir
+                        .share_path(&kid, current_generation(&stores, &kid)?)
+                        .display()
+                ),
+                lifecycle::Recovered::DatabaseShare => println!(
+                    "key {kid}: rebuilt the database share in {}",
+                    stores.store.path().display()
+                ),
+            }
+            Ok(())
+        }
+        Command::Check => check(&cfg),
     }
+}
+
+fn previous_note(previous: Option<&str>, emergency: bool) -> String {
+    match (previous, emergency) {
+        (None, _) => String::new(),
+        (Some(p), true) => format!("; key {p} is retired, its tokens no longer verify"),
+        (Some(p), false) => {
+            format!("; key {p} no longer signs, its tokens verify until they expire")
+        }
+    }
+}
+
+fn current_generation(stores: &Stores, kid: &str) -> Result<u32, Failure> {
+    Ok(stores
+        .store
+        .keys()?
+        .into_iter()
+        .find(|r| r.kid == kid)
+        .map(|r| r.share_generation)
+        .unwrap_or(1))
+}
+
+fn offline_reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
+    crate::secmem::harden_process()
+        .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
+    let mut stores = Stores::open(cfg, false)?;
+    let now = lifecycle::wall_now();
+    stores.reconcile(now)?;
+    let rows = stores.store.keys()?;
+    let active = lifecycle::active(&rows, now).map(|r| r.kid.clone());
+    for row in rows
+        .iter()
+        .filter(|r| r.verified && crate::keyring::state(r, now).needs_shares())
+    {
+        let key = lifecycle::unseal_key(&stores.store, &stores.dir, row)?;
+        let rec = recovery
+            .as_deref()
+            .filter(|_| active.as_deref() == Some(row.kid.as_str()));
+        let s = &mut stores;
+        let g = lifecycle::reshare(&mut s.store, &s.dir, row, &key, rec)?;
+        println!("re-split key {} into share generation {g}", row.kid);
+        if let Some(p) = rec {
+            println!(
+                "  new recovery share: {} (the previous one no longer works)",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `check`: rebuild every key that may sign from its two shares, read-only.
+fn check(cfg: &Config) -> Result<(), Failure> {
+    crate::secmem::harden_process()
+        .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
+    let dir = crate::filestore::ShareDir::open(&cfg.shares_dir)?;
+    let store = crate::store::Store::open_read_only(&cfg.db)?;
+    let now = lifecycle::wall_now();
+    let rows = store.keys()?;
+    if rows.iter().all(|r| !r.verified) {
+        return Err(Error::KeyStore(format!("database {} holds no key", cfg.db.display())).into());
+    }
+    for row in rows.iter().filter(|r| r.verified) {
+        let state = crate::keyring::state(row, now);
+        if state.needs_shares() {
+            lifecycle::unseal_key(&store, &dir, row)?;
+            println!(
+                "key {} ({}): file share and database share rebuild its public key",
+                row.kid,
+                state.as_str()
+            );
+        } else {
+            println!("key {} ({}): public key only", row.kid, state.as_str());
+        }
+    }
+    if lifecycle::active(&rows, now).is_none() {
+        println!("no key is active now: the daemon will create one when it starts");
+    }
+    println!("ok");
+    Ok(())
+}
+
+/// `status` without a daemon: the same fields, read from the database.
+fn offline_status(cfg: &Config) -> Result<Value, Failure> {
+    let store = crate::store::Store::open_read_only(&cfg.db)?;
+    let now = lifecycle::wall_now();
+    let rows: Vec<_> = store.keys()?.into_iter().filter(|r| r.verified).collect();
+    let keys: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "kid": r.kid,
+                "state": crate::keyring::state(r, now).as_str(),
+                "origin": match r.origin { Origin::Generated => "generated", Origin::Imported => "imported" },
+                "created_at": r.created_at,
+                "activate_at": r.activate_at,
+                "deactivate_at": r.deactivate_at,
+                "retire_at": r.retire_at,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "daemon": "not running",
+        "issuer": cfg.issuer,
+        "alg": cfg.alg.as_str(),
+        "active_kid": lifecycle::active(&rows, now).map(|r| r.kid.clone()),
+        "now": now,
+        "next_transition": lifecycle::next_event(&rows, now, cfg),
+        "keys": keys,
+    }))
 }
 
 fn is_token_error(code: &str) -> bool {
@@ -250,7 +483,7 @@ fn create_first(
         Some(path) => Some(read_pem(path)?),
     };
     let mut stores = Stores::open(cfg, true)?;
-    let now = lifecycle::now();
+    let now = lifecycle::wall_now();
     stores.reconcile(now)?;
     if !stores.store.is_empty()? {
         let kids: Vec<String> = stores.store.keys()?.into_iter().map(|k| k.kid).collect();
@@ -270,8 +503,13 @@ fn create_first(
         &seed,
         origin,
         now,
-        recovery.as_deref(),
-    )?;
+        lifecycle::Creation {
+            activate_at: now,
+            recovery: recovery.as_deref(),
+            ..Default::default()
+        },
+    )?
+    .row;
     println!(
         "{} key {}",
         if pem.is_some() { "imported" } else { "created" },
@@ -327,12 +565,16 @@ fn render_status(status: &Value) -> String {
             .map(|t| humantime::format_rfc3339_seconds(t).to_string())
             .unwrap_or_else(|| "-".into())
     };
+    let daemon = match status.get("uptime_s").and_then(Value::as_u64) {
+        Some(up) => format!("daemon up {up}s"),
+        None => "daemon not running".into(),
+    };
     let mut out = format!(
-        "issuer {}  alg {}  active key {}  uptime {}s\n\n{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+        "issuer {}  alg {}  {daemon}\nactive key       {}\nnext transition  {}\n\n{:<44} {:<9} {:<21} {:<21} {:<21}\n",
         s(status, "issuer"),
         s(status, "alg"),
         s(status, "active_kid"),
-        status.get("uptime_s").and_then(Value::as_u64).unwrap_or(0),
+        t(status, "next_transition"),
         "KID",
         "STATE",
         "ACTIVATES",

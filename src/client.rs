@@ -41,6 +41,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether no daemon listens at the socket (missing, or refused): the
+    /// one case where admin commands fall back to working offline. Any
+    /// other failure (permission denied…) is reported, never worked around.
+    pub fn no_daemon(&self) -> bool {
+        matches!(self, ClientError::Connect { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
+    }
+
     /// The daemon's error code, if the daemon answered with one.
     pub fn code(&self) -> Option<&str> {
         match self {

@@ -58,6 +58,11 @@ struct FileConfig {
     rotation_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
     leeway: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    prepublish: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    jwks_max_age: Option<Duration>,
+    jwks_file: Option<PathBuf>,
 }
 
 /// Path overrides given on the command line.
@@ -94,6 +99,13 @@ pub struct Config {
     pub max_connections: usize,
     pub rotation_interval: Duration,
     pub leeway: Duration,
+    /// How long before its activation the next key is created and published.
+    pub prepublish: Duration,
+    /// The longest time verifiers cache the JWKS (the Cache-Control max-age
+    /// the operator serves it with). The prepublish lead must cover it.
+    pub jwks_max_age: Duration,
+    /// Where to write the JWKS for a web server to serve, if anywhere.
+    pub jwks_file: Option<PathBuf>,
 }
 
 /// What the process environment contributes (read once, passed in so that
@@ -184,6 +196,9 @@ impl Config {
                 .rotation_interval
                 .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
             leeway: file.leeway.unwrap_or(Duration::from_secs(60)),
+            prepublish: file.prepublish.unwrap_or(Duration::from_secs(3600)),
+            jwks_max_age: file.jwks_max_age.unwrap_or(Duration::from_secs(900)),
+            jwks_file: file.jwks_file,
         };
         // Relative paths are relative to the working directory; make them
         // absolute once so logs and errors name exactly one file.
@@ -198,6 +213,7 @@ impl Config {
             shares_dir: abs(cfg.shares_dir),
             db: abs(cfg.db),
             socket: abs(cfg.socket),
+            jwks_file: cfg.jwks_file.map(abs),
             ..cfg
         };
         cfg.validate()?;
@@ -248,6 +264,33 @@ impl Config {
         }
         if self.leeway > Duration::from_secs(600) {
             return bad("leeway", "must be at most 10m".into());
+        }
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        if self.prepublish >= self.rotation_interval {
+            return bad(
+                "prepublish",
+                format!(
+                    "must be shorter than rotation_interval ({})",
+                    fmt(self.rotation_interval)
+                ),
+            );
+        }
+        if self.prepublish < self.jwks_max_age {
+            return bad(
+                "prepublish",
+                format!(
+                    "must be at least jwks_max_age ({}): verifiers that cache the JWKS must \
+                     learn a key before it signs",
+                    fmt(self.jwks_max_age)
+                ),
+            );
+        }
+        if self
+            .jwks_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return bad("jwks_file", "must not be empty".into());
         }
         for (key, p) in [
             ("shares_dir", &self.shares_dir),

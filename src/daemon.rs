@@ -1,20 +1,23 @@
 //! `daemon` wires the parts together for `splitsign serve`: config →
-//! hardening → stores → reconcile → unseal → socket → serve → shutdown.
-//! It holds no logic of its own beyond ordering and logging.
+//! hardening → stores → manager (reconcile, unseal, schedule) → socket →
+//! serve, with the lifecycle timer beside it → shutdown. It holds no logic
+//! of its own beyond ordering and logging.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Origin as ConfigOrigin};
 use crate::error::{Error, Result};
-use crate::keyring::Keyring;
-use crate::lifecycle;
+use crate::manager::Manager;
 use crate::server::{self, Limits, Service};
-use crate::store::Origin;
 use crate::stores::Stores;
 use crate::token::Policy;
+
+/// Longest sleep of the lifecycle timer, so that a change of the system
+/// clock is noticed within this long.
+const MAX_TIMER: Duration = Duration::from_secs(30);
 
 pub fn serve(cfg: Config) -> Result<()> {
     let started = Instant::now();
@@ -32,56 +35,37 @@ pub fn serve(cfg: Config) -> Result<()> {
         "stores and socket"
     );
 
-    let mut stores = Stores::open(&cfg, true)?;
-    let now = lifecycle::now();
-    stores.reconcile(now)?;
-
-    if stores.store.is_empty()? {
-        let seed = lifecycle::random_seed()?;
-        let row = lifecycle::create_key(
-            &mut stores.store,
-            &stores.dir,
-            &cfg,
-            &seed,
-            Origin::Generated,
-            now,
-            None,
-        )?;
-        tracing::info!(kid = %row.kid, "first start: created the first signing key");
-    }
-
-    let (mut keys, mut unlocked) = lifecycle::load_keyset(&stores.store, &stores.dir, &cfg, now)?;
-    if keys.signer.is_none() {
-        // Every key's signing period ended while the daemon was down: this
-        // is the scheduled rotation, late. (A key whose shares are broken
-        // never gets here: load_keyset failed above.)
-        let seed = lifecycle::random_seed()?;
-        let row = lifecycle::create_key(
-            &mut stores.store,
-            &stores.dir,
-            &cfg,
-            &seed,
-            Origin::Generated,
-            now,
-            None,
-        )?;
-        tracing::info!(kid = %row.kid, "no key was active (rotation overdue); created a new signing key");
-        (keys, unlocked) = lifecycle::load_keyset(&stores.store, &stores.dir, &cfg, now)?;
-    }
-    for (kid, e) in &unlocked {
-        tracing::warn!(%kid, error = %e, "could not mlock the key page (raise LimitMEMLOCK / RLIMIT_MEMLOCK); the key may be swapped");
-    }
-    let active = keys
-        .signer
-        .as_ref()
+    let stores = Stores::open(&cfg, true)?;
+    let manager = Manager::start(stores, cfg.clone()).inspect_err(|e| {
+        if e.exit_code() == crate::error::exit::KEY_STORE {
+            tracing::error!(
+                "the keys cannot be unsealed; nothing was changed. To get back: \
+                 `splitsign recover --recovery-share FILE` rebuilds a lost share from the \
+                 offline recovery share; without one, `splitsign rotate` (offline) makes a \
+                 new key and keeps the old public key published until its tokens expire"
+            );
+        }
+    })?;
+    let manager = Arc::new(manager);
+    let now = manager.clock.now();
+    let active = manager
+        .keyring
+        .snapshot()
+        .signer_at(now)
         .map(|s| s.kid.clone())
         .ok_or_else(|| Error::KeyStore("no active key after unsealing".into()))?;
 
     let (std_listener, bound) = server::bind(&cfg.socket, cfg.socket_mode)?;
+    let own_uid = rustix::process::geteuid().as_raw();
     let service = Arc::new(Service {
-        keyring: Keyring::new(keys),
+        manager: Arc::clone(&manager),
         policy: Policy::new(&cfg),
         started,
+        admin_uids: if own_uid == 0 {
+            vec![0]
+        } else {
+            vec![0, own_uid]
+        },
     });
     let limits = Limits {
         max_connections: cfg.max_connections,
@@ -98,6 +82,7 @@ pub fn serve(cfg: Config) -> Result<()> {
             .map_err(Error::io("registering socket", &cfg.socket))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
+        let timer = tokio::spawn(lifecycle_timer(Arc::clone(&manager), shutdown.clone()));
         tracing::info!(
             kid = %active,
             socket = %socket_path.display(),
@@ -105,12 +90,60 @@ pub fn serve(cfg: Config) -> Result<()> {
             "ready"
         );
         server::run(listener, service, limits, shutdown).await;
+        let _ = timer.await;
         Ok::<_, Error>(())
     })?;
     drop(bound);
-    drop(stores);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Run the schedule: sleep until the next key event (at most
+/// [`MAX_TIMER`]), then let the manager do what is due. Failures (a locked
+/// database, a full disk) are logged and retried; signing goes on with the
+/// keys in memory.
+async fn lifecycle_timer(manager: Arc<Manager>, shutdown: CancellationToken) {
+    let mut next: Option<i64> = None;
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let wait = match next {
+            Some(t) => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                Duration::from_millis(
+                    (t * 1000 - now_ms).clamp(0, MAX_TIMER.as_millis() as i64) as u64
+                )
+            }
+            None => Duration::ZERO,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let m = Arc::clone(&manager);
+        match tokio::task::spawn_blocking(move || m.tick()).await {
+            Ok(Ok(n)) => {
+                retry = Duration::from_secs(1);
+                // With no event ahead, look again after MAX_TIMER.
+                next = Some(n.unwrap_or(i64::MAX / 2000));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, retry_s = retry.as_secs(), "key schedule step failed; the current keys stay in use");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(Duration::from_secs(60));
+                next = None;
+            }
+            Err(_) => {
+                tracing::error!("key schedule step panicked");
+                next = None;
+            }
+        }
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -68,12 +68,14 @@ pub fn state(row: &KeyRow, now: i64) -> State {
     }
 }
 
-/// The key that signs, with its pre-encoded JWS header.
+/// A key that signs (or will), with its pre-encoded JWS header.
 pub struct Signer {
     pub kid: String,
     /// base64url of `{"alg":…,"typ":"JWT","kid":…}` (RFC 7515 §7.1).
     pub header_b64: String,
     pub key: LockedKey,
+    pub activate_at: i64,
+    pub deactivate_at: i64,
     pub retire_at: i64,
 }
 
@@ -90,6 +92,8 @@ impl Signer {
             kid: row.kid.clone(),
             header_b64: B64.encode(header),
             key,
+            activate_at: row.activate_at,
+            deactivate_at: row.deactivate_at,
             retire_at: row.retire_at,
         }
     }
@@ -103,10 +107,11 @@ pub struct Published {
 
 /// One consistent view of all keys.
 pub struct KeySet {
-    pub signer: Option<Arc<Signer>>,
-    /// Pending signing keys, already rebuilt and locked, waiting for their
-    /// activation time.
-    pub pending: Vec<Arc<Signer>>,
+    /// The active key and any pending ones, rebuilt and locked, in order of
+    /// activation. The sign path picks by time ([`KeySet::signer_at`]), so a
+    /// pending key takes over at its `activate_at` to the second, without
+    /// waiting for the daemon's timer.
+    pub signers: Vec<Arc<Signer>>,
     pub published: Vec<Published>,
     pub jwks: Box<RawValue>,
 }
@@ -124,12 +129,8 @@ struct Jwk<'a> {
 
 impl KeySet {
     /// Build a key set; `published` must hold every key not yet retired.
-    pub fn new(
-        signer: Option<Arc<Signer>>,
-        pending: Vec<Arc<Signer>>,
-        published: Vec<Published>,
-        alg: AlgLabel,
-    ) -> KeySet {
+    pub fn new(mut signers: Vec<Arc<Signer>>, published: Vec<Published>, alg: AlgLabel) -> KeySet {
+        signers.sort_by_key(|s| s.activate_at);
         let keys: Vec<Jwk> = published
             .iter()
             .map(|p| Jwk {
@@ -145,11 +146,24 @@ impl KeySet {
             .expect("a JWKS always serializes");
         let jwks = RawValue::from_string(json).expect("serde_json output is valid JSON");
         KeySet {
-            signer,
-            pending,
+            signers,
             published,
             jwks,
         }
+    }
+
+    /// The key that signs at `now`: the latest-activated signer whose
+    /// signing period contains `now`.
+    pub fn signer_at(&self, now: i64) -> Option<&Arc<Signer>> {
+        self.signers
+            .iter()
+            .rev()
+            .find(|s| s.activate_at <= now && now < s.deactivate_at)
+    }
+
+    /// The in-memory signer of `kid`, if it is held.
+    pub fn signer_of(&self, kid: &str) -> Option<&Arc<Signer>> {
+        self.signers.iter().find(|s| s.kid == kid)
     }
 
     /// The verifying key for `kid`, if tokens signed by it verify at `now`.

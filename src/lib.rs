@@ -12,7 +12,9 @@
 //! - [`filestore`]: the file share directory (durable writes, strict reads).
 //! - [`store`]: SQLite: key rows, database shares.
 //! - [`stores`]: both stores opened together under one lock.
-//! - [`lifecycle`]: creating keys, reconciling the stores, unsealing.
+//! - [`lifecycle`]: creating, rotating, re-splitting and recovering keys;
+//!   reconciling the stores; what the schedule asks for (pure).
+//! - [`manager`]: key changes while the daemon runs; the JWKS file.
 //! - [`secmem`]: non-dumpable process, locked key pages.
 //! - [`keyring`]: keys in memory, key states, JWKS.
 //! - [`token`]: JWS building and checking; the claims policy.
@@ -30,6 +32,7 @@ pub mod error;
 pub mod filestore;
 pub mod keyring;
 pub mod lifecycle;
+pub mod manager;
 pub mod protocol;
 pub mod secmem;
 pub mod server;

@@ -1,33 +1,83 @@
 //! `lifecycle` runs the sequences that touch both stores: creating a key,
-//! reconciling the stores at start, and unsealing the keys into memory.
+//! rotating, re-splitting, recovering a lost share, reconciling the stores
+//! at start, and unsealing keys into memory. It also decides, as a pure
+//! function of the stored timestamps and the time, what is due next.
 //!
 //! Creating a key (DESIGN, "Key lifecycle"): seed in memory → split → file
-//! share written durably → one transaction inserts the key row and the
-//! database share → both shares are read back and must rebuild the public
-//! key → only then is the row marked verified and may the key be published.
-//! A crash at any point leaves either no key or an unverified row, which
-//! the next start discards.
+//! share written durably → one transaction inserts the key row (unverified)
+//! and the database share → both shares are read back and must rebuild the
+//! public key → one transaction marks the row verified and, for a rotation,
+//! ends the old key's signing period. That last commit is the only moment
+//! the set of keys changes; a crash before it leaves an unverified row and
+//! perhaps a file, which the next start discards. Activation needs no write
+//! at all: a key is active because of its timestamps.
+//!
+//! Deactivating: the key's database share is deleted (secure_delete and a
+//! WAL checkpoint), then its file removed; a crash between leaves a file
+//! share no signing key owns, which reconciliation removes.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::filestore::{Entry, ShareDir};
+use crate::filestore::{self, Entry, ShareDir};
 use crate::keyring::{self, KeySet, Published, Signer, State};
 use crate::secmem::LockedKey;
 use crate::shares::{self, KeyShare, Slot};
-use crate::store::{KeyRow, Origin, Store};
+use crate::store::{KeyRow, Origin, Store, Supersede};
 
-/// The current time in Unix seconds.
-pub fn now() -> i64 {
+/// How many times one key may be split (its share generations). Each split
+/// of the same secret with `sharks` 0.5 leaks a little (RUSTSEC-2024-0398:
+/// a share rules out one value per secret byte); 16 splits still leave more
+/// than 253 bits. Past the cap the answer is a rotation.
+pub const MAX_GENERATIONS: u32 = 16;
+
+/// The current wall-clock time in Unix seconds.
+pub fn wall_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The daemon's clock: wall time that never goes backwards. After the
+/// system clock is set back, key states keep following the latest time
+/// seen, so the active key stays active (and a warning is logged) instead
+/// of an older key, whose shares are gone, becoming "active" again.
+#[derive(Debug)]
+pub struct Clock {
+    high: AtomicI64,
+    warned_at: AtomicI64,
+}
+
+impl Clock {
+    /// Start at least at `floor` (the newest key's `created_at`).
+    pub fn new(floor: i64) -> Clock {
+        Clock {
+            high: AtomicI64::new(floor),
+            warned_at: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    pub fn now(&self) -> i64 {
+        let wall = wall_now();
+        let prev = self.high.fetch_max(wall, Ordering::Relaxed);
+        if wall >= prev {
+            return wall;
+        }
+        if prev - wall > 1 && self.warned_at.swap(prev, Ordering::Relaxed) != prev {
+            tracing::warn!(
+                behind_s = prev - wall,
+                "the system clock went backwards; keeping the current keys and using the latest time seen"
+            );
+        }
+        prev
+    }
 }
 
 /// A fresh random seed.
@@ -37,18 +87,32 @@ pub fn random_seed() -> Result<Zeroizing<[u8; 32]>> {
     Ok(seed)
 }
 
-/// The timestamps of a key that activates at `activate_at`.
-pub fn schedule(cfg: &Config, created_at: i64, activate_at: i64) -> (i64, i64) {
+/// `deactivate_at` and `retire_at` of a key that activates at `activate_at`.
+/// Retirement waits until the last token the key may sign has expired (plus
+/// clock leeway), so no token outlives its key's publication.
+pub fn schedule(cfg: &Config, activate_at: i64) -> (i64, i64) {
     let deactivate_at = activate_at + cfg.rotation_interval.as_secs() as i64;
-    // No token outlives its key's publication: retire only after the last
-    // token the key may sign has expired (plus clock leeway).
     let retire_at = deactivate_at + cfg.max_ttl.as_secs() as i64 + cfg.leeway.as_secs() as i64;
-    debug_assert!(created_at <= activate_at);
     (deactivate_at, retire_at)
 }
 
-/// Create a key from `seed`, store its shares, read them back and check
-/// them. With `recovery`, also write the offline share (x = 3) there.
+/// What a new key does to the keys already there.
+#[derive(Debug, Default)]
+pub struct Creation<'a> {
+    pub activate_at: i64,
+    pub supersede: Vec<Supersede>,
+    /// Pending keys that the new key replaces (deleted in the commit).
+    pub drop: Vec<String>,
+    pub recovery: Option<&'a Path>,
+}
+
+/// A key just created: its row and the key rebuilt from its stored shares.
+pub struct NewKey {
+    pub row: KeyRow,
+    pub key: SigningKey,
+}
+
+/// Create a key from `seed` per `c`; see the module docs for the sequence.
 pub fn create_key(
     store: &mut Store,
     dir: &ShareDir,
@@ -56,9 +120,9 @@ pub fn create_key(
     seed: &Zeroizing<[u8; 32]>,
     origin: Origin,
     now: i64,
-    recovery: Option<&Path>,
-) -> Result<KeyRow> {
-    if let Some(p) = recovery
+    c: Creation<'_>,
+) -> Result<NewKey> {
+    if let Some(p) = c.recovery
         && p.exists()
     {
         return Err(Error::Usage(format!(
@@ -73,13 +137,13 @@ pub fn create_key(
             "key {kid} is already in the database"
         )));
     }
-    let (deactivate_at, retire_at) = schedule(cfg, now, now);
+    let (deactivate_at, retire_at) = schedule(cfg, c.activate_at);
     let row = KeyRow {
         kid: kid.clone(),
         public_key,
         origin,
-        created_at: now,
-        activate_at: now,
+        created_at: now.min(c.activate_at),
+        activate_at: c.activate_at,
         deactivate_at,
         retire_at,
         share_generation: 1,
@@ -99,35 +163,358 @@ pub fn create_key(
 
     // 1. File share, durably.
     let file_path = dir.write_new(&file_share)?;
-    // 2. Key row + database share, one transaction. On failure the file is
-    //    an orphan: remove it now (the next start would, too).
+    // 2. Key row (unverified) + database share, one transaction.
     if let Err(e) = store.insert_key(&row, &db_share) {
         let _ = dir.destroy(&file_path);
         return Err(e);
     }
-    // 3. Read both back from the stores and rebuild.
-    let check = || -> Result<()> {
-        let f = dir.read(&kid, 1)?;
-        let d = store.db_share(&row)?;
-        shares::recover(&f, &d).map_err(|_| Error::SharesMismatch {
-            kid: kid.clone(),
-            file: file_path.clone(),
+    // 3. Read both back from the stores and rebuild; 4. commit.
+    let finish = |store: &mut Store| -> Result<SigningKey> {
+        let key = unseal_key(store, dir, &row)?;
+        if let Some(p) = c.recovery {
+            filestore::write_recovery(p, &recovery_share)?;
+        }
+        store.commit_key(&kid, &c.supersede, &c.drop)?;
+        Ok(key)
+    };
+    match finish(store) {
+        Ok(key) => Ok(NewKey {
+            row: KeyRow {
+                verified: true,
+                ..row
+            },
+            key,
+        }),
+        Err(e) => {
+            let _ = store.discard_key(&kid);
+            let _ = dir.destroy(&file_path);
+            Err(e)
+        }
+    }
+}
+
+/// The active key at `now`: the latest-activated verified key in its
+/// signing period.
+pub fn active(rows: &[KeyRow], now: i64) -> Option<&KeyRow> {
+    rows.iter()
+        .filter(|r| r.verified && keyring::state(r, now) == State::Active)
+        .max_by_key(|r| r.activate_at)
+}
+
+/// What the schedule asks for at `now`. Pure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing to create.
+    Nothing,
+    /// Create the next key now, to activate at the given time (pre-publish).
+    Next(i64),
+    /// No key is active (the daemon was down, or the clock jumped): create
+    /// one key active now. One, not one per missed interval.
+    Now,
+}
+
+pub fn due(rows: &[KeyRow], now: i64, cfg: &Config) -> Due {
+    let verified = || rows.iter().filter(|r| r.verified);
+    let pending_after = |t: i64| verified().any(|r| r.activate_at >= t && now < r.activate_at);
+    match active(rows, now) {
+        None => Due::Now,
+        Some(a) => {
+            let lead = cfg.prepublish.as_secs() as i64;
+            if now >= a.deactivate_at - lead && !pending_after(a.deactivate_at) {
+                Due::Next(a.deactivate_at.max(now))
+            } else {
+                Due::Nothing
+            }
+        }
+    }
+}
+
+/// The next time at which something changes for these keys: an activation,
+/// a deactivation, a retirement, or the pre-publication of the next key.
+pub fn next_event(rows: &[KeyRow], now: i64, cfg: &Config) -> Option<i64> {
+    let mut times: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.verified)
+        .flat_map(|r| [r.activate_at, r.deactivate_at, r.retire_at])
+        .collect();
+    if let Some(a) = active(rows, now) {
+        times.push(a.deactivate_at - cfg.prepublish.as_secs() as i64);
+    }
+    times.into_iter().filter(|&t| t > now).min()
+}
+
+/// Apply what is due: create the next or a replacement key. Returns the
+/// key created, if any. Shares of keys that stopped signing are destroyed
+/// by [`reconcile`], which the caller runs next.
+pub fn run_due(
+    store: &mut Store,
+    dir: &ShareDir,
+    cfg: &Config,
+    now: i64,
+) -> Result<Option<NewKey>> {
+    let rows = store.keys()?;
+    let activate_at = match due(&rows, now, cfg) {
+        Due::Nothing => return Ok(None),
+        Due::Next(t) => t,
+        Due::Now => now,
+    };
+    let seed = random_seed()?;
+    let new = create_key(
+        store,
+        dir,
+        cfg,
+        &seed,
+        Origin::Generated,
+        now,
+        Creation {
+            activate_at,
+            ..Creation::default()
+        },
+    )?;
+    Ok(Some(new))
+}
+
+/// Rotate now: a new key becomes active at once, pending keys are dropped,
+/// and the current key stops signing. Its tokens keep verifying until its
+/// stored `retire_at`; with `emergency`, it is retired at once and its
+/// tokens stop verifying. Works without rebuilding the old key, so it is
+/// also the way back when a store of the active key is lost.
+pub fn rotate_now(
+    store: &mut Store,
+    dir: &ShareDir,
+    cfg: &Config,
+    now: i64,
+    emergency: bool,
+) -> Result<(NewKey, Option<String>)> {
+    let rows = store.keys()?;
+    let old = active(&rows, now).cloned();
+    let mut supersede = Vec::new();
+    if let Some(o) = &old {
+        let end = now.max(o.activate_at);
+        supersede.push(Supersede {
+            kid: o.kid.clone(),
+            deactivate_at: end,
+            retire_at: if emergency { end } else { o.retire_at.max(end) },
+        });
+    }
+    let drop = rows
+        .iter()
+        .filter(|r| r.verified && keyring::state(r, now) == State::Pending)
+        .map(|r| r.kid.clone())
+        .collect();
+    let seed = random_seed()?;
+    let new = create_key(
+        store,
+        dir,
+        cfg,
+        &seed,
+        Origin::Generated,
+        now,
+        Creation {
+            activate_at: now,
+            supersede,
+            drop,
+            recovery: None,
+        },
+    )?;
+    Ok((new, old.map(|o| o.kid)))
+}
+
+/// Re-split `key` (the key of `row`) into a new share generation, so that
+/// shares stolen before are useless. With `recovery`, also write a new
+/// offline share (the old one stops working). Returns the new generation.
+pub fn reshare(
+    store: &mut Store,
+    dir: &ShareDir,
+    row: &KeyRow,
+    key: &SigningKey,
+    recovery: Option<&Path>,
+) -> Result<u32> {
+    if row.share_generation >= MAX_GENERATIONS {
+        return Err(Error::Usage(format!(
+            "key {} has been split {} times, the cap (each split of the same key leaks a \
+             little, RUSTSEC-2024-0398); rotate instead: `splitsign rotate`",
+            row.kid, row.share_generation
+        )));
+    }
+    if let Some(p) = recovery
+        && p.exists()
+    {
+        return Err(Error::Usage(format!(
+            "recovery share {} already exists; choose a new path",
+            p.display()
+        )));
+    }
+    if key.verifying_key().to_bytes() != row.public_key {
+        return Err(Error::KeyStore(format!(
+            "the key in memory is not key {}",
+            row.kid
+        )));
+    }
+    let generation = row.share_generation + 1;
+    let seed = Zeroizing::new(key.to_bytes());
+    let split = shares::split(&seed);
+    let share = |slot, y| KeyShare {
+        kid: row.kid.clone(),
+        generation,
+        slot,
+        public_key: row.public_key,
+        y,
+    };
+    let file_share = share(Slot::File, split.file);
+    let db_share = share(Slot::Database, split.database);
+    let recovery_share = share(Slot::Recovery, split.recovery);
+
+    let new_file = dir.write_new(&file_share)?;
+    let staged = (|| -> Result<()> {
+        // The new pair must rebuild the key before it replaces the old one.
+        let back = dir.read(&row.kid, generation)?;
+        shares::recover(&back, &db_share).map_err(|_| Error::SharesMismatch {
+            kid: row.kid.clone(),
+            file: new_file.clone(),
             db: store.path().to_owned(),
         })?;
         if let Some(p) = recovery {
-            crate::filestore::write_recovery(p, &recovery_share)?;
+            filestore::write_recovery(p, &recovery_share)?;
         }
-        store.mark_verified(&kid)
-    };
-    if let Err(e) = check() {
-        let _ = store.discard_key(&kid);
-        let _ = dir.destroy(&file_path);
+        Ok(())
+    })();
+    if let Err(e) = staged {
+        let _ = dir.destroy(&new_file);
         return Err(e);
     }
-    Ok(KeyRow {
-        verified: true,
-        ..row
-    })
+    // Commit point: the database switches generation in one transaction.
+    store.commit_reshare(&db_share, row.share_generation)?;
+    let new_row = KeyRow {
+        share_generation: generation,
+        ..row.clone()
+    };
+    unseal_key(store, dir, &new_row)?;
+    dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
+    Ok(generation)
+}
+
+/// Which store `recover` rebuilt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovered {
+    Nothing,
+    FileShare,
+    DatabaseShare,
+}
+
+/// Rebuild a lost or damaged file share or database share of a key from the
+/// other store plus the offline recovery share (x = 3), after the
+/// public-key check. The rebuilt share is the same point of the same split,
+/// so the recovery share stays valid.
+pub fn recover(
+    store: &mut Store,
+    dir: &ShareDir,
+    recovery_path: &Path,
+    now: i64,
+) -> Result<(String, Recovered)> {
+    let rec = read_recovery(recovery_path)?;
+    let rows = store.keys()?;
+    let Some(row) = rows.iter().find(|r| r.kid == rec.kid && r.verified) else {
+        return Err(Error::Usage(format!(
+            "recovery share {} belongs to key {}, which the database does not hold",
+            recovery_path.display(),
+            rec.kid
+        )));
+    };
+    if !keyring::state(row, now).needs_shares() {
+        return Err(Error::Usage(format!(
+            "key {} no longer signs (it is {}); there is nothing to recover",
+            row.kid,
+            keyring::state(row, now).as_str()
+        )));
+    }
+    if rec.generation != row.share_generation {
+        return Err(Error::Usage(format!(
+            "recovery share {} is of share generation {}, but key {} is at generation {} \
+             (it was re-split since); it cannot rebuild this key",
+            recovery_path.display(),
+            rec.generation,
+            row.kid,
+            row.share_generation
+        )));
+    }
+    let file = dir.read(&row.kid, row.share_generation);
+    let db = store.db_share(row);
+    let mismatch = || Error::SharesMismatch {
+        kid: row.kid.clone(),
+        file: recovery_path.to_owned(),
+        db: store.path().to_owned(),
+    };
+    let file_ok = file
+        .as_ref()
+        .ok()
+        .filter(|f| shares::recover(f, &rec).is_ok());
+    let db_ok = db
+        .as_ref()
+        .ok()
+        .filter(|d| shares::recover(d, &rec).is_ok());
+    match (file_ok, db_ok) {
+        (Some(_), Some(_)) => Ok((row.kid.clone(), Recovered::Nothing)),
+        (None, Some(d)) => {
+            let y = shares::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
+            let share = KeyShare {
+                kid: row.kid.clone(),
+                generation: row.share_generation,
+                slot: Slot::File,
+                public_key: row.public_key,
+                y,
+            };
+            dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
+            dir.write_new(&share)?;
+            unseal_key(store, dir, row)?;
+            Ok((row.kid.clone(), Recovered::FileShare))
+        }
+        (Some(f), None) => {
+            let y = shares::derive(f, &rec, Slot::Database).map_err(|_| mismatch())?;
+            let share = KeyShare {
+                kid: row.kid.clone(),
+                generation: row.share_generation,
+                slot: Slot::Database,
+                public_key: row.public_key,
+                y,
+            };
+            store.restore_db_share(&share)?;
+            unseal_key(store, dir, row)?;
+            Ok((row.kid.clone(), Recovered::DatabaseShare))
+        }
+        (None, None) => Err(Error::KeyStore(format!(
+            "neither store's share of key {} rebuilds the key with recovery share {}; \
+             it cannot be recovered. `splitsign rotate` makes a new key (tokens of the old \
+             one keep verifying until they expire)",
+            row.kid,
+            recovery_path.display()
+        ))),
+    }
+}
+
+/// Read an offline recovery share (x = 3), with the same file checks as a
+/// file share.
+fn read_recovery(path: &Path) -> Result<KeyShare> {
+    use std::io::Read;
+    let bad = |reason: String| Error::FileShare {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot be opened: {e}")))?;
+    filestore::check_private_file(&file).map_err(bad)?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(shares::MAX_SHARE_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("cannot be read: {e}")))?;
+    let share = shares::decode_file(&bytes).map_err(bad)?;
+    if share.slot != Slot::Recovery {
+        return Err(bad(format!(
+            "holds a {} (x = {}), not a recovery share (x = 3)",
+            share.slot.name(),
+            share.slot.x()
+        )));
+    }
+    Ok(share)
 }
 
 /// What reconciliation did, for the log.
@@ -140,9 +527,10 @@ pub struct Reconciled {
     pub foreign: Vec<std::path::PathBuf>,
 }
 
-/// Bring the two stores into agreement before anything is unsealed: drop
-/// interrupted creations, temp files and file shares that no signing key
-/// owns. It never touches the shares of a key that may sign.
+/// Bring the two stores into agreement: drop interrupted creations, temp
+/// files, the shares of keys that no longer sign, and file shares that no
+/// signing key owns. It never touches the current shares of a key that may
+/// sign.
 pub fn reconcile(store: &Store, dir: &ShareDir, now: i64) -> Result<Reconciled> {
     let mut done = Reconciled::default();
     let rows = store.keys()?;
@@ -224,39 +612,47 @@ pub fn unseal_key(store: &Store, dir: &ShareDir, row: &KeyRow) -> Result<Signing
     })
 }
 
-/// Unseal every key that may sign and build the in-memory key set.
-/// Returns the set and, for the log, the kids whose pages could not be
-/// locked.
-pub fn load_keyset(
+/// Build the in-memory key set at `now`. Keys that may sign are taken from
+/// `held` (already in memory) or else unsealed from the stores. Returns the
+/// set and the kids whose key pages could not be mlock'ed.
+pub fn build_keyset(
     store: &Store,
     dir: &ShareDir,
     cfg: &Config,
     now: i64,
+    held: &[Arc<Signer>],
+    mut fresh: Vec<NewKey>,
 ) -> Result<(KeySet, Vec<(String, std::io::Error)>)> {
-    let mut signer = None;
-    let mut pending = Vec::new();
+    let mut signers = Vec::new();
     let mut published = Vec::new();
     let mut unlocked = Vec::new();
     for row in store.keys()?.into_iter().filter(|r| r.verified) {
         let state = keyring::state(&row, now);
         if state.needs_shares() {
-            let (key, lock_err) = LockedKey::new(unseal_key(store, dir, &row)?);
-            if let Some(e) = lock_err {
-                unlocked.push((row.kid.clone(), e));
-            }
-            let s = Arc::new(Signer::new(&row, key, cfg.alg));
-            if state == State::Active {
-                if signer.is_some() {
-                    return Err(Error::KeyStore(format!(
-                        "database {}: more than one key is active now (second: {})",
-                        store.path().display(),
-                        row.kid
-                    )));
-                }
-                signer = Some(s);
+            let same = |s: &&Arc<Signer>| {
+                s.kid == row.kid
+                    && s.activate_at == row.activate_at
+                    && s.deactivate_at == row.deactivate_at
+                    && s.retire_at == row.retire_at
+            };
+            let signer = if let Some(s) = held.iter().find(same) {
+                Arc::clone(s)
             } else {
-                pending.push(s);
-            }
+                let key = match fresh.iter().position(|n| n.row.kid == row.kid) {
+                    Some(i) => fresh.swap_remove(i).key,
+                    None => match held.iter().find(|s| s.kid == row.kid) {
+                        // Same key, new timestamps (a rotation ended its period).
+                        Some(s) => s.key.key().clone(),
+                        None => unseal_key(store, dir, &row)?,
+                    },
+                };
+                let (locked, err) = LockedKey::new(key);
+                if let Some(e) = err {
+                    unlocked.push((row.kid.clone(), e));
+                }
+                Arc::new(Signer::new(&row, locked, cfg.alg))
+            };
+            signers.push(signer);
         }
         if state.is_published() {
             let key = ed25519_dalek::VerifyingKey::from_bytes(&row.public_key).map_err(|_| {
@@ -269,5 +665,91 @@ pub fn load_keyset(
             published.push(Published { row, key });
         }
     }
-    Ok((KeySet::new(signer, pending, published, cfg.alg), unlocked))
+    Ok((KeySet::new(signers, published, cfg.alg), unlocked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Env, Overrides};
+
+    fn cfg() -> Config {
+        // rotation 100s, prepublish 10s, max_ttl 20s, leeway 0.
+        let dir = std::env::temp_dir();
+        let p = dir.join(format!("splitsign-lc-{}.toml", std::process::id()));
+        std::fs::write(
+            &p,
+            "rotation_interval = \"100s\"\nprepublish = \"10s\"\njwks_max_age = \"5s\"\nmax_ttl = \"20s\"\ndefault_ttl = \"10s\"\nleeway = \"0s\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            &Overrides {
+                config: Some(p.clone()),
+                ..Overrides::default()
+            },
+            &Env::default(),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(p);
+        c
+    }
+
+    fn row(kid: &str, activate: i64, cfg: &Config) -> KeyRow {
+        let (d, r) = schedule(cfg, activate);
+        KeyRow {
+            kid: kid.into(),
+            public_key: [0; 32],
+            origin: Origin::Generated,
+            created_at: activate,
+            activate_at: activate,
+            deactivate_at: d,
+            retire_at: r,
+            share_generation: 1,
+            verified: true,
+        }
+    }
+
+    #[test]
+    fn the_next_key_is_due_prepublish_before_the_switch() {
+        let c = cfg();
+        let a = row("a", 1000, &c);
+        assert_eq!(due(std::slice::from_ref(&a), 1000, &c), Due::Nothing);
+        assert_eq!(due(std::slice::from_ref(&a), 1089, &c), Due::Nothing);
+        assert_eq!(due(std::slice::from_ref(&a), 1090, &c), Due::Next(1100));
+        // Once the next key exists, nothing more is due.
+        let b = row("b", 1100, &c);
+        assert_eq!(due(&[a.clone(), b.clone()], 1095, &c), Due::Nothing);
+        // At 1100 b is active, a retiring.
+        assert_eq!(active(&[a.clone(), b.clone()], 1100).unwrap().kid, "b");
+        assert_eq!(keyring::state(&a, 1100), State::Retiring);
+        assert_eq!(next_event(&[a, b], 1095, &c), Some(1100));
+    }
+
+    #[test]
+    fn a_clock_jump_forward_asks_for_one_key_not_a_catch_up() {
+        let c = cfg();
+        let a = row("a", 1000, &c);
+        let year = 365 * 86400;
+        assert_eq!(due(std::slice::from_ref(&a), 1000 + year, &c), Due::Now);
+        let b = row("b", 1000 + year, &c);
+        assert_eq!(due(&[a, b], 1000 + year, &c), Due::Nothing);
+    }
+
+    #[test]
+    fn retire_covers_the_last_token() {
+        let c = cfg();
+        let a = row("a", 1000, &c);
+        // A token signed the second before deactivation with max_ttl expires
+        // no later than retire_at.
+        assert!(a.deactivate_at - 1 + c.max_ttl.as_secs() as i64 <= a.retire_at);
+    }
+
+    #[test]
+    fn the_clock_never_goes_backwards() {
+        let c = Clock::new(wall_now() + 3600);
+        assert!(c.now() >= wall_now() + 3599);
+        let c = Clock::new(0);
+        let a = c.now();
+        assert!(c.now() >= a);
+    }
 }

@@ -39,6 +39,11 @@ pub enum Code {
     AudienceMismatch,
     /// The daemon has no key that may sign (fail closed).
     Unavailable,
+    /// The peer may not use this op (admin ops need an admin uid).
+    Forbidden,
+    /// An admin op could not be completed (e.g. the reshare cap); the
+    /// message says why. Nothing was changed.
+    Refused,
     /// Something failed inside the daemon; details are in its log.
     Internal,
 }
@@ -60,11 +65,13 @@ impl Code {
             Code::TokenNotYetValid => "token_not_yet_valid",
             Code::AudienceMismatch => "audience_mismatch",
             Code::Unavailable => "unavailable",
+            Code::Forbidden => "forbidden",
+            Code::Refused => "refused",
             Code::Internal => "internal",
         }
     }
 
-    pub const ALL: [Code; 15] = [
+    pub const ALL: [Code; 17] = [
         Code::InvalidJson,
         Code::InvalidUtf8,
         Code::InvalidRequest,
@@ -79,6 +86,8 @@ impl Code {
         Code::TokenNotYetValid,
         Code::AudienceMismatch,
         Code::Unavailable,
+        Code::Forbidden,
+        Code::Refused,
         Code::Internal,
     ];
 
@@ -118,6 +127,19 @@ pub enum Op {
     },
     Jwks,
     Status,
+    /// Admin: rotate now; with `emergency`, retire the current key at once.
+    Rotate {
+        emergency: bool,
+    },
+    /// Admin: re-split the keys that hold shares.
+    Reshare,
+}
+
+impl Op {
+    /// Whether only admin peers may use this op.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Op::Rotate { .. } | Op::Reshare)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +184,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
         None => return fail(Code::InvalidRequest, "field `op` is missing".into()),
     };
     let allowed: &[&str] = match op_name.as_str() {
-        "ping" | "jwks" | "status" => &[],
+        "ping" | "jwks" | "status" | "reshare" => &[],
+        "rotate" => &["emergency"],
         "sign" => &["claims", "ttl"],
         "verify" => &["token", "aud"],
         _ => {
@@ -185,6 +208,20 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
         "ping" => Op::Ping,
         "jwks" => Op::Jwks,
         "status" => Op::Status,
+        "reshare" => Op::Reshare,
+        "rotate" => {
+            let emergency = match obj.remove("emergency") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => b,
+                Some(_) => {
+                    return fail(
+                        Code::InvalidRequest,
+                        "field `emergency` must be a boolean".into(),
+                    );
+                }
+            };
+            Op::Rotate { emergency }
+        }
         "sign" => {
             let claims = match obj.remove("claims") {
                 Some(Value::Object(m)) => m,

@@ -22,16 +22,32 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
-use crate::keyring::{self, Keyring};
-use crate::lifecycle::now;
-use crate::protocol::{self, Code, Failure, Frame, LineSplitter, Op};
+use crate::keyring;
+use crate::manager::Manager;
+use crate::protocol::{self, Code, Failure, Frame, LineSplitter, Op, Request};
 use crate::token::{self, Policy, SignError, VerifyError};
 
-/// What every connection shares: the keys and the policy.
+/// What every connection shares: the keys (through the manager), the
+/// policy, and who may use admin ops.
 pub struct Service {
-    pub keyring: Keyring,
+    pub manager: Arc<Manager>,
     pub policy: Policy,
     pub started: Instant,
+    /// Peers with these uids may use admin ops (default: root and the
+    /// daemon's own uid).
+    pub admin_uids: Vec<u32>,
+}
+
+/// The connecting process, from SO_PEERCRED at accept time.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+}
+
+/// An admin request, run off the connection's task on a blocking thread.
+pub struct AdminJob {
+    req: Request,
 }
 
 #[derive(Serialize)]
@@ -52,7 +68,27 @@ struct StatusBody<'a> {
     alg: &'static str,
     active_kid: Option<&'a str>,
     uptime_s: u64,
+    now: i64,
+    next_transition: Option<i64>,
     keys: Vec<KeyStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct RotateOk<'a> {
+    kid: &'a str,
+    previous: Option<&'a str>,
+    emergency: bool,
+}
+
+#[derive(Serialize)]
+struct ReshareKey<'a> {
+    kid: &'a str,
+    generation: u32,
+}
+
+#[derive(Serialize)]
+struct ReshareOk<'a> {
+    keys: Vec<ReshareKey<'a>>,
 }
 
 #[derive(Serialize)]
@@ -61,25 +97,42 @@ struct StatusOk<'a> {
 }
 
 impl Service {
-    /// Answer one request line, appending the response to `out`.
-    pub fn handle(&self, line: &[u8], out: &mut Vec<u8>) {
+    /// Answer one request line, appending the response to `out`. Admin
+    /// ops are handed back as an [`AdminJob`] for [`Service::run_admin`].
+    pub fn handle(&self, line: &[u8], peer: Peer, out: &mut Vec<u8>) -> Option<AdminJob> {
         let req = match protocol::parse_request(line) {
             Ok(r) => r,
-            Err(f) => return protocol::write_error(out, &f),
+            Err(f) => {
+                protocol::write_error(out, &f);
+                return None;
+            }
         };
         let id = req.id.as_ref();
         let fail = |code, msg: String| Failure::new(req.id.clone(), code, msg);
+        if req.op.is_admin() {
+            if !self.admin_uids.contains(&peer.uid) {
+                tracing::warn!(uid = peer.uid, pid = ?peer.pid, "admin op refused: not an admin uid");
+                protocol::write_error(
+                    out,
+                    &fail(Code::Forbidden, "admin ops need an admin uid".into()),
+                );
+                return None;
+            }
+            return Some(AdminJob { req });
+        }
+        let now = self.manager.clock.now();
         match &req.op {
             Op::Ping => protocol::write_ok(out, id, protocol::PingOk { pong: true }),
             Op::Sign { claims, ttl } => {
-                let keys = self.keyring.snapshot();
-                let Some(signer) = keys.signer.as_deref() else {
-                    return protocol::write_error(
+                let keys = self.manager.keyring.snapshot();
+                let Some(signer) = keys.signer_at(now) else {
+                    protocol::write_error(
                         out,
                         &fail(Code::Unavailable, "no key may sign now".into()),
                     );
+                    return None;
                 };
-                match token::sign(signer, &self.policy, claims, *ttl, now()) {
+                match token::sign(signer, &self.policy, claims, *ttl, now) {
                     Ok(s) => protocol::write_ok(
                         out,
                         id,
@@ -114,8 +167,8 @@ impl Service {
                 }
             }
             Op::Verify { token, aud } => {
-                let keys = self.keyring.snapshot();
-                match token::verify(&keys, &self.policy, token, aud.as_deref(), now()) {
+                let keys = self.manager.keyring.snapshot();
+                match token::verify(&keys, &self.policy, token, aud.as_deref(), now) {
                     Ok(v) => protocol::write_ok(
                         out,
                         id,
@@ -148,18 +201,24 @@ impl Service {
                 }
             }
             Op::Jwks => {
-                let keys = self.keyring.snapshot();
+                let keys = self.manager.keyring.snapshot();
                 protocol::write_ok(out, id, protocol::JwksOk { jwks: &keys.jwks });
             }
             Op::Status => {
-                let keys = self.keyring.snapshot();
-                let now = now();
+                let keys = self.manager.keyring.snapshot();
+                let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
                 let body = StatusBody {
                     version: env!("CARGO_PKG_VERSION"),
                     issuer: &self.policy.issuer,
                     alg: self.policy.alg.as_str(),
-                    active_kid: keys.signer.as_deref().map(|s| s.kid.as_str()),
+                    active_kid: keys.signer_at(now).map(|s| s.kid.as_str()),
                     uptime_s: self.started.elapsed().as_secs(),
+                    now,
+                    next_transition: crate::lifecycle::next_event(
+                        &rows,
+                        now,
+                        self.manager.config(),
+                    ),
                     keys: keys
                         .published
                         .iter()
@@ -179,6 +238,63 @@ impl Service {
                 };
                 protocol::write_ok(out, id, StatusOk { status: body });
             }
+            Op::Rotate { .. } | Op::Reshare => unreachable!("admin ops return above"),
+        }
+        None
+    }
+
+    /// Run an admin op on a blocking thread and append its response.
+    pub async fn run_admin(&self, job: AdminJob, peer: Peer, out: &mut Vec<u8>) {
+        let manager = Arc::clone(&self.manager);
+        let op = job.req.op.clone();
+        tracing::info!(uid = peer.uid, pid = ?peer.pid, op = ?op, "admin op");
+        let result = tokio::task::spawn_blocking(move || match op {
+            Op::Rotate { emergency } => manager.rotate(emergency).map(|r| (Some(r), None)),
+            Op::Reshare => manager.reshare().map(|r| (None, Some(r))),
+            _ => unreachable!("only admin ops become jobs"),
+        })
+        .await;
+        let id = job.req.id.as_ref();
+        match result {
+            Ok(Ok((Some(r), _))) => {
+                let emergency = matches!(job.req.op, Op::Rotate { emergency: true });
+                protocol::write_ok(
+                    out,
+                    id,
+                    RotateOk {
+                        kid: &r.kid,
+                        previous: r.previous.as_deref(),
+                        emergency,
+                    },
+                )
+            }
+            Ok(Ok((None, Some(keys)))) => protocol::write_ok(
+                out,
+                id,
+                ReshareOk {
+                    keys: keys
+                        .iter()
+                        .map(|(kid, generation)| ReshareKey {
+                            kid,
+                            generation: *generation,
+                        })
+                        .collect(),
+                },
+            ),
+            Ok(Ok(_)) => unreachable!("each op returns its own result"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "admin op failed");
+                let code = if matches!(e, Error::Usage(_)) {
+                    Code::Refused
+                } else {
+                    Code::Internal
+                };
+                protocol::write_error(out, &Failure::new(job.req.id.clone(), code, e.to_string()));
+            }
+            Err(_) => protocol::write_error(
+                out,
+                &Failure::new(job.req.id.clone(), Code::Internal, "admin op panicked"),
+            ),
         }
     }
 }
@@ -309,6 +425,14 @@ async fn connection(
     max_frame: usize,
     shutdown: &CancellationToken,
 ) {
+    // SO_PEERCRED, read before any byte: who connected, as the kernel says.
+    let Ok(cred) = stream.peer_cred() else {
+        return;
+    };
+    let peer = Peer {
+        uid: cred.uid(),
+        pid: cred.pid(),
+    };
     let (mut rd, mut wr) = stream.split();
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -330,8 +454,10 @@ async fn connection(
         while let Some(frame) = splitter.next(&inbuf) {
             match frame {
                 Frame::Line(line) => {
-                    if !line.trim_ascii().is_empty() {
-                        service.handle(line, &mut out);
+                    if !line.trim_ascii().is_empty()
+                        && let Some(job) = service.handle(line, peer, &mut out)
+                    {
+                        service.run_admin(job, peer, &mut out).await;
                     }
                 }
                 Frame::TooLong => {
@@ -351,8 +477,11 @@ async fn connection(
         inbuf.advance(splitter.consumed());
         splitter.reset();
         // A last line without `\n` before EOF (e.g. `printf … | socat`).
-        if eof && !inbuf.is_empty() && !inbuf.trim_ascii().is_empty() {
-            service.handle(&inbuf, &mut out);
+        if eof
+            && !inbuf.trim_ascii().is_empty()
+            && let Some(job) = service.handle(&inbuf, peer, &mut out)
+        {
+            service.run_admin(job, peer, &mut out).await;
         }
         if !out.is_empty() {
             if wr.write_all(&out).await.is_err() {

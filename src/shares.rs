@@ -153,6 +153,40 @@ pub fn recover(a: &KeyShare, b: &KeyShare) -> Result<SigningKey, RecoverError> {
     Ok(key)
 }
 
+/// The share of the same split at `target`'s x, computed from two shares
+/// whose key was already checked with [`recover`] (used to rebuild a lost
+/// store's share from the other store and the offline recovery share, so
+/// the recovery share stays valid).
+///
+/// In GF(2^8) addition is XOR, so f(x XOR t) is a polynomial of the same
+/// degree as f; interpolating the shifted points at 0 gives f(t). That lets
+/// `sharks` itself do the field arithmetic.
+pub fn derive(a: &KeyShare, b: &KeyShare, target: Slot) -> Result<ShareY, RecoverError> {
+    if a.slot == b.slot {
+        return Err(RecoverError::SameSlot(a.slot.x()));
+    }
+    let t = target.x();
+    let shifted = |s: &KeyShare| {
+        let mut v = Zeroizing::new(Vec::with_capacity(SEED_LEN + 1));
+        v.push(s.slot.x() ^ t);
+        v.extend_from_slice(s.y.as_bytes());
+        v
+    };
+    let (ba, bb) = (shifted(a), shifted(b));
+    if ba[0] == 0 || bb[0] == 0 {
+        // The target is one of the inputs: nothing to derive.
+        return Err(RecoverError::SameSlot(t));
+    }
+    let sa = Share::try_from(&ba[..]).map_err(RecoverError::Sharks)?;
+    let sb = Share::try_from(&bb[..]).map_err(RecoverError::Sharks)?;
+    let y = Zeroizing::new(
+        Sharks(THRESHOLD)
+            .recover([&sa, &sb])
+            .map_err(RecoverError::Sharks)?,
+    );
+    ShareY::from_slice(&y).ok_or(RecoverError::Sharks("derived share has the wrong length"))
+}
+
 /// Interpolate two shares with pinned, distinct, non-zero x. No public-key
 /// check: callers use [`recover`].
 fn combine(xa: Slot, ya: &ShareY, xb: Slot, yb: &ShareY) -> Result<SigningKey, RecoverError> {
@@ -359,6 +393,14 @@ mod tests {
             y[i] ^= flip;
             d.y = ShareY::from_slice(&y).unwrap();
             prop_assert_eq!(recover(&f, &d).unwrap_err(), RecoverError::Mismatch);
+        }
+
+        #[test]
+        fn a_lost_share_is_derived_exactly(seed in any::<[u8; 32]>()) {
+            let (f, d, r) = shares_of(&seed);
+            prop_assert_eq!(*derive(&f, &r, Slot::Database).unwrap().as_bytes(), *d.y.as_bytes());
+            prop_assert_eq!(*derive(&d, &r, Slot::File).unwrap().as_bytes(), *f.y.as_bytes());
+            prop_assert_eq!(*derive(&f, &d, Slot::Recovery).unwrap().as_bytes(), *r.y.as_bytes());
         }
 
         #[test]

@@ -33,6 +33,14 @@ impl Origin {
     }
 }
 
+/// New end of a superseded key's signing period (and publication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supersede {
+    pub kid: String,
+    pub deactivate_at: i64,
+    pub retire_at: i64,
+}
+
 /// One key as the database records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
@@ -94,6 +102,43 @@ impl Store {
         &self.path
     }
 
+    /// Open an existing database read-only (for `check` and offline
+    /// `status`, which may run beside a daemon). The schema must be the
+    /// one this binary knows.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        use rusqlite::OpenFlags;
+        let db_err = |source| Error::Database {
+            path: path.to_owned(),
+            source,
+        };
+        if !path.exists() {
+            return Err(Error::KeyStore(format!(
+                "database {} does not exist (run `splitsign init` first)",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if version != MIGRATION_ARRAY.len() as i64 {
+            return Err(Error::KeyStore(format!(
+                "database {} has schema version {version}; this splitsign knows {}",
+                path.display(),
+                MIGRATION_ARRAY.len()
+            )));
+        }
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
     fn db_err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
         |source| Error::Database {
             path: self.path.clone(),
@@ -130,12 +175,101 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
-    /// Mark a key as complete: both shares were read back and checked.
-    pub fn mark_verified(&self, kid: &str) -> Result<()> {
-        self.conn
+    /// The commit point of a key creation, in one transaction: mark `kid`
+    /// verified (both shares were read back and checked), end the signing
+    /// period of the keys it supersedes, and drop the pending keys it
+    /// replaces. Before this commit the new key does not exist for anyone;
+    /// after it, the old timestamps and the new key hold together.
+    pub fn commit_key(
+        &mut self,
+        kid: &str,
+        supersede: &[Supersede],
+        drop: &[String],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let db_err = |source| Error::Database {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(db_err)?;
+        let n = tx
             .execute("UPDATE keys SET verified = 1 WHERE kid = ?1", [kid])
-            .map_err(self.db_err())?;
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(Error::KeyStore(format!(
+                "database {}: key {kid} vanished before its creation was committed",
+                path.display()
+            )));
+        }
+        for s in supersede {
+            tx.execute(
+                "UPDATE keys SET deactivate_at = ?2, retire_at = ?3 WHERE kid = ?1",
+                params![s.kid, s.deactivate_at, s.retire_at],
+            )
+            .map_err(db_err)?;
+        }
+        for k in drop {
+            tx.execute("DELETE FROM keys WHERE kid = ?1", [k])
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        if !drop.is_empty() {
+            self.checkpoint()?;
+        }
         Ok(())
+    }
+
+    /// The commit point of a re-split: the new database share becomes the
+    /// key's current generation and the old one is deleted, in one
+    /// transaction. (The new file share was written before; the old one is
+    /// removed after.)
+    pub fn commit_reshare(&mut self, share: &KeyShare, old_generation: u32) -> Result<()> {
+        let path = self.path.clone();
+        let db_err = |source| Error::Database {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(db_err)?;
+        insert_share(&tx, share).map_err(db_err)?;
+        let n = tx
+            .execute(
+                "UPDATE keys SET share_generation = ?2 WHERE kid = ?1 AND share_generation = ?3",
+                params![share.kid, share.generation, old_generation],
+            )
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(Error::KeyStore(format!(
+                "database {}: key {} is not at share generation {old_generation}",
+                path.display(),
+                share.kid
+            )));
+        }
+        tx.execute(
+            "DELETE FROM db_shares WHERE kid = ?1 AND generation <> ?2",
+            params![share.kid, share.generation],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        self.checkpoint()
+    }
+
+    /// Put back a lost or damaged database share at the key's current
+    /// generation (recovery from the offline share).
+    pub fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
+        let path = self.path.clone();
+        let db_err = |source| Error::Database {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "DELETE FROM db_shares WHERE kid = ?1 AND generation = ?2",
+            params![share.kid, share.generation],
+        )
+        .map_err(db_err)?;
+        insert_share(&tx, share).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        self.checkpoint()
     }
 
     /// Delete a key and its database share (an interrupted creation), then
@@ -212,7 +346,7 @@ impl Store {
                 };
                 let [created_at, activate_at, deactivate_at, retire_at] = ts;
                 if !(created_at <= activate_at
-                    && activate_at < deactivate_at
+                    && activate_at <= deactivate_at
                     && deactivate_at <= retire_at)
                 {
                     return Err(bad("timestamps are out of order"));

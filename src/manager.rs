@@ -1,0 +1,209 @@
+//! `manager` changes keys while the daemon runs: the scheduled rotation
+//! (pre-publish, activation, share destruction, retirement), the admin
+//! operations `rotate` and `reshare`, and the JWKS file. Each change runs
+//! against the stores under one mutex, on a blocking thread, then swaps a
+//! new key set into the keyring; the sign path never waits for it.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keyring::Keyring;
+use crate::lifecycle::{self, Clock, NewKey};
+use crate::stores::Stores;
+
+pub struct Manager {
+    /// std Mutex: held only by blocking tasks, never across an `.await`.
+    stores: Mutex<Stores>,
+    pub keyring: Arc<Keyring>,
+    pub clock: Arc<Clock>,
+    cfg: Config,
+    jwks_written: Mutex<Option<String>>,
+}
+
+/// Result of a `rotate`.
+#[derive(Debug)]
+pub struct Rotated {
+    pub kid: String,
+    pub previous: Option<String>,
+}
+
+impl Manager {
+    /// Reconcile, unseal, create the first or an overdue key, and build the
+    /// first key set. Fails (exit 65) without creating anything if a key
+    /// that may sign cannot be rebuilt.
+    pub fn start(mut stores: Stores, cfg: Config) -> Result<Manager> {
+        let floor = stores
+            .store
+            .keys()?
+            .iter()
+            .map(|r| r.created_at)
+            .max()
+            .unwrap_or(0);
+        let clock = Arc::new(Clock::new(floor));
+        let now = clock.now();
+        stores.reconcile(now)?;
+        // Unseal what exists before creating anything: a broken store must
+        // stop the daemon, never be papered over with a new key.
+        let (set, unlocked) =
+            lifecycle::build_keyset(&stores.store, &stores.dir, &cfg, now, &[], Vec::new())?;
+        log_unlocked(&unlocked);
+        let first = stores.store.is_empty()?;
+        let created = lifecycle::run_due(&mut stores.store, &stores.dir, &cfg, now)?;
+        if let Some(n) = &created {
+            if first {
+                tracing::info!(kid = %n.row.kid, "first start: created the first signing key");
+            } else if n.row.activate_at <= now {
+                tracing::info!(kid = %n.row.kid, "no key was active (rotation overdue); created a new signing key");
+            } else {
+                tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
+            }
+        }
+        let m = Manager {
+            stores: Mutex::new(stores),
+            keyring: Arc::new(Keyring::new(set)),
+            clock,
+            cfg,
+            jwks_written: Mutex::new(None),
+        };
+        let stores = m.lock();
+        m.refresh(&stores, now, created.into_iter().collect())?;
+        drop(stores);
+        Ok(m)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stores> {
+        // A panic while holding the stores leaves them as the last
+        // committed transaction left them; carry on with the guard.
+        self.stores.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Do what the schedule asks for now; returns when to run next.
+    pub fn tick(&self) -> Result<Option<i64>> {
+        let mut stores = self.lock();
+        let now = self.clock.now();
+        let created = {
+            let s = &mut *stores;
+            lifecycle::run_due(&mut s.store, &s.dir, &self.cfg, now)?
+        };
+        if let Some(n) = &created {
+            if n.row.activate_at > now {
+                tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
+            } else {
+                tracing::info!(kid = %n.row.kid, "no key was active; created a new signing key");
+            }
+        }
+        self.refresh(&stores, now, created.into_iter().collect())?;
+        let rows = stores.store.keys()?;
+        Ok(lifecycle::next_event(&rows, now, &self.cfg))
+    }
+
+    /// Rotate now (admin). See [`lifecycle::rotate_now`].
+    pub fn rotate(&self, emergency: bool) -> Result<Rotated> {
+        let mut stores = self.lock();
+        let now = self.clock.now();
+        let (new, previous) = {
+            let s = &mut *stores;
+            lifecycle::rotate_now(&mut s.store, &s.dir, &self.cfg, now, emergency)?
+        };
+        let kid = new.row.kid.clone();
+        tracing::warn!(%kid, previous = ?previous, emergency, "rotated by an admin");
+        self.refresh(&stores, now, vec![new])?;
+        Ok(Rotated { kid, previous })
+    }
+
+    /// Re-split every key that holds shares (admin), from the keys in
+    /// memory. Returns each kid with its new share generation.
+    pub fn reshare(&self) -> Result<Vec<(String, u32)>> {
+        let mut stores = self.lock();
+        let now = self.clock.now();
+        let keys = self.keyring.snapshot();
+        let mut done = Vec::new();
+        for row in stores.store.keys()? {
+            let Some(signer) = keys.signer_of(&row.kid) else {
+                continue;
+            };
+            if !row.verified || !crate::keyring::state(&row, now).needs_shares() {
+                continue;
+            }
+            let s = &mut *stores;
+            let g = lifecycle::reshare(&mut s.store, &s.dir, &row, signer.key.key(), None)?;
+            tracing::warn!(kid = %row.kid, generation = g, "re-split by an admin");
+            done.push((row.kid, g));
+        }
+        self.refresh(&stores, now, Vec::new())?;
+        Ok(done)
+    }
+
+    /// Destroy what no longer signs, rebuild the key set, swap it in, and
+    /// rewrite the JWKS file if it changed.
+    fn refresh(&self, stores: &Stores, now: i64, fresh: Vec<NewKey>) -> Result<()> {
+        stores.reconcile(now)?;
+        let held = self.keyring.snapshot().signers.clone();
+        let (set, unlocked) =
+            lifecycle::build_keyset(&stores.store, &stores.dir, &self.cfg, now, &held, fresh)?;
+        log_unlocked(&unlocked);
+        let jwks = set.jwks.get().to_owned();
+        self.keyring.replace(set);
+        if let Some(path) = &self.cfg.jwks_file {
+            let mut last = self.jwks_written.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_deref() != Some(jwks.as_str()) {
+                write_public_file(path, jwks.as_bytes())?;
+                tracing::info!(path = %path.display(), "wrote the JWKS file");
+                *last = Some(jwks);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+}
+
+fn log_unlocked(unlocked: &[(String, std::io::Error)]) {
+    for (kid, e) in unlocked {
+        tracing::warn!(%kid, error = %e, "could not mlock the key page (raise LimitMEMLOCK / RLIMIT_MEMLOCK); the key may be swapped");
+    }
+}
+
+/// Write a public file atomically: temp name in the same directory, mode
+/// 0644, fsync, rename over the old one, fsync the directory.
+pub fn write_public_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("jwks_file {} has no file name", path.display())))?;
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| Error::Random(e.to_string()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    let io = Error::io("writing JWKS file", path);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        // The daemon's umask is 0077; the JWKS is public by design.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(bytes)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
