@@ -1,6 +1,8 @@
 //! Integration tests: each runs the real `splitsign` binary against a temp
 //! directory and speaks the wire protocol.
+mod crash;
 mod foundation;
 mod hostile_input;
+mod lifecycle;
 mod stores;
 mod util;

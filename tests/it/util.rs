@@ -106,10 +106,19 @@ impl Daemon {
     }
 
     pub fn start_with(dir: &Dir, extra: &[&str]) -> Result<Daemon, Exited> {
+        Daemon::start_with_env(dir, extra, &[])
+    }
+
+    pub fn start_with_env(
+        dir: &Dir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, Exited> {
         let socket = socket_of(dir, extra);
         let stderr = dir.path().join(format!("daemon-{}.log", unique()));
         let child = dir
             .cmd()
+            .envs(env.iter().copied())
             .args(extra)
             .arg("serve")
             .stdout(Stdio::null())
