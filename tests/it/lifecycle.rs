@@ -147,6 +147,10 @@ fn three_scheduled_rotations_prepublish_destroy_and_retire() {
             keys[kid].seen_pending,
             "{kid} was published as pending before it signed"
         );
+        assert!(
+            keys[kid].first_seen < keys[kid].activate_at as f64,
+            "{kid} was published before its activation"
+        );
     }
     assert!(checked_destroyed.len() >= 2, "{checked_destroyed:?}");
     assert!(!checked_retired.is_empty(), "a key was seen retired");
