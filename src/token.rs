@@ -243,3 +243,88 @@ pub fn verify(
         claims,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyring::{KeySet, Published};
+    use crate::secmem::LockedKey;
+    use crate::store::{KeyRow, Origin};
+    use std::sync::Arc;
+
+    fn setup(retire_at: i64) -> (Arc<Signer>, KeySet, Policy) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let pk = key.verifying_key();
+        let row = KeyRow {
+            kid: crate::shares::thumbprint(&pk.to_bytes()),
+            public_key: pk.to_bytes(),
+            origin: Origin::Generated,
+            created_at: 0,
+            activate_at: 0,
+            deactivate_at: retire_at - 1,
+            retire_at,
+            share_generation: 1,
+            verified: true,
+        };
+        let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, AlgLabel::EdDSA));
+        let set = KeySet::new(
+            vec![Arc::clone(&signer)],
+            vec![Published { row, key: pk }],
+            AlgLabel::EdDSA,
+        );
+        let policy = Policy {
+            issuer: "iss".into(),
+            issuer_json: "\"iss\"".into(),
+            alg: AlgLabel::EdDSA,
+            default_ttl: 60,
+            max_ttl: 3600,
+            max_token_bytes: 4096,
+            leeway: 0,
+        };
+        (signer, set, policy)
+    }
+
+    #[test]
+    fn exp_never_passes_the_keys_retire_at() {
+        let (signer, set, policy) = setup(1000);
+        let s = sign(&signer, &policy, &Map::new(), Some(3600), 900).unwrap();
+        assert_eq!(s.exp, 1000);
+        let v = verify(&set, &policy, &s.token, None, 950).unwrap();
+        assert_eq!(v.claims["exp"], 1000);
+        assert_eq!(
+            verify(&set, &policy, &s.token, None, 1000).unwrap_err(),
+            VerifyError::UnknownKey
+        );
+    }
+
+    #[test]
+    fn exp_and_nbf_are_checked_with_leeway() {
+        let (signer, set, mut policy) = setup(1_000_000);
+        let s = sign(&signer, &policy, &Map::new(), Some(60), 1000).unwrap();
+        assert!(verify(&set, &policy, &s.token, None, 1059).is_ok());
+        assert_eq!(
+            verify(&set, &policy, &s.token, None, 1060).unwrap_err(),
+            VerifyError::Expired
+        );
+        assert_eq!(
+            verify(&set, &policy, &s.token, None, 999).unwrap_err(),
+            VerifyError::NotYetValid
+        );
+        policy.leeway = 5;
+        assert!(verify(&set, &policy, &s.token, None, 1064).is_ok());
+        assert!(verify(&set, &policy, &s.token, None, 995).is_ok());
+    }
+
+    #[test]
+    fn reserved_claims_are_refused_not_overwritten() {
+        let (signer, _, policy) = setup(1_000_000);
+        for name in RESERVED {
+            let mut m = Map::new();
+            m.insert(name.into(), 1.into());
+            assert_eq!(
+                sign(&signer, &policy, &m, None, 0).unwrap_err(),
+                SignError::ReservedClaim(name.into())
+            );
+        }
+    }
+}
