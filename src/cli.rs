@@ -165,7 +165,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     };
     let cfg = Config::load(&overrides, &Env::from_process())?;
     match cli.command {
-        Command::Serve => Ok(crate::daemon::serve(cfg)?),
+        Command::Serve => Ok(crate::daemon::serve(cfg, overrides)?),
         Command::Init { recovery_share } => create_first(&cfg, None, recovery_share),
         Command::Import {
             pem,

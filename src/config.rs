@@ -140,6 +140,21 @@ impl Config {
         Config::build(file, origin, overrides, env)
     }
 
+    /// Parse settings from TOML text (no file, no environment); for tests
+    /// and tools.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| Error::Config {
+            path: "<inline>".into(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Config::build(
+            file,
+            Origin::File("<inline>".into()),
+            &Overrides::default(),
+            &Env::default(),
+        )
+    }
+
     fn build(file: FileConfig, origin: Origin, ov: &Overrides, env: &Env) -> Result<Config> {
         // Default store locations: a config file means a system install; with
         // no file we run from the current directory. systemd's

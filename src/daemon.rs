@@ -1,25 +1,28 @@
 //! `daemon` wires the parts together for `splitsign serve`: config →
-//! hardening → stores → manager (reconcile, unseal, schedule) → socket →
-//! serve, with the lifecycle timer beside it → shutdown. It holds no logic
-//! of its own beyond ordering and logging.
+//! hardening → stores → manager (reconcile, unseal, schedule) → listener
+//! (from systemd or bound here) → READY → serve, with the lifecycle timer,
+//! the watchdog and the signal handlers beside it → STOPPING → exit. It
+//! holds no logic of its own beyond ordering and logging.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Origin as ConfigOrigin};
+use crate::config::{Config, Env, Origin as ConfigOrigin, Overrides};
 use crate::error::{Error, Result};
 use crate::manager::Manager;
 use crate::server::{self, Limits, Service};
 use crate::stores::Stores;
+use crate::systemd;
 use crate::token::Policy;
 
 /// Longest sleep of the lifecycle timer, so that a change of the system
 /// clock is noticed within this long.
 const MAX_TIMER: Duration = Duration::from_secs(30);
 
-pub fn serve(cfg: Config) -> Result<()> {
+pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let started = Instant::now();
     crate::secmem::harden_process()
         .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
@@ -34,6 +37,8 @@ pub fn serve(cfg: Config) -> Result<()> {
         issuer = %cfg.issuer,
         "stores and socket"
     );
+    // Adopt systemd's socket before anything else can open a descriptor.
+    let activated = systemd::take_listener()?;
 
     let stores = Stores::open(&cfg, true)?;
     let manager = Manager::start(stores, cfg.clone()).inspect_err(|e| {
@@ -47,26 +52,24 @@ pub fn serve(cfg: Config) -> Result<()> {
         }
     })?;
     let manager = Arc::new(manager);
-    let now = manager.clock.now();
-    let active = manager
-        .keyring
-        .snapshot()
-        .signer_at(now)
-        .map(|s| s.kid.clone())
-        .ok_or_else(|| Error::KeyStore("no active key after unsealing".into()))?;
 
-    let (std_listener, bound) = server::bind(&cfg.socket, cfg.socket_mode)?;
+    let (std_listener, bound) = match activated {
+        Some(l) => {
+            tracing::info!("using the socket passed by systemd (LISTEN_FDS)");
+            (l, None)
+        }
+        None => {
+            let (l, b) = server::bind(&cfg.socket, cfg.socket_mode)?;
+            (l, Some(b))
+        }
+    };
     let own_uid = rustix::process::geteuid().as_raw();
-    let service = Arc::new(Service {
-        manager: Arc::clone(&manager),
-        policy: Policy::new(&cfg),
+    let service = Arc::new(Service::new(
+        Arc::clone(&manager),
+        Policy::new(&cfg),
         started,
-        admin_uids: if own_uid == 0 {
-            vec![0]
-        } else {
-            vec![0, own_uid]
-        },
-    });
+        if own_uid == 0 { vec![0] } else { vec![0, own_uid] },
+    ));
     let limits = Limits {
         max_connections: cfg.max_connections,
         max_frame_bytes: cfg.max_frame_bytes,
@@ -76,19 +79,34 @@ pub fn serve(cfg: Config) -> Result<()> {
         .enable_all()
         .build()
         .map_err(Error::io("starting the async runtime", "tokio"))?;
-    let socket_path = bound.path.clone();
     runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .map_err(Error::io("registering socket", &cfg.socket))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
-        let timer = tokio::spawn(lifecycle_timer(Arc::clone(&manager), shutdown.clone()));
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(signals(
+            Arc::clone(&service),
+            overrides,
+            cfg.clone(),
+            Arc::clone(&wake),
+            shutdown.clone(),
+        ));
+        let timer = tokio::spawn(lifecycle_timer(
+            Arc::clone(&manager),
+            Arc::clone(&wake),
+            shutdown.clone(),
+        ));
+        if let Some(interval) = systemd::watchdog_interval() {
+            tokio::spawn(watchdog(Arc::clone(&service), interval, shutdown.clone()));
+        }
+        let status = manager.status_line();
         tracing::info!(
-            kid = %active,
-            socket = %socket_path.display(),
+            status = %status,
+            socket = %cfg.socket.display(),
             startup_ms = started.elapsed().as_millis() as u64,
             "ready"
         );
+        systemd::ready(&status);
         server::run(listener, service, limits, shutdown).await;
         let _ = timer.await;
         Ok::<_, Error>(())
@@ -99,11 +117,12 @@ pub fn serve(cfg: Config) -> Result<()> {
 }
 
 /// Run the schedule: sleep until the next key event (at most
-/// [`MAX_TIMER`]), then let the manager do what is due. Failures (a locked
-/// database, a full disk) are logged and retried; signing goes on with the
-/// keys in memory.
-async fn lifecycle_timer(manager: Arc<Manager>, shutdown: CancellationToken) {
-    let mut next: Option<i64> = None;
+/// [`MAX_TIMER`], or until woken by a reload), then let the manager do what
+/// is due. Failures (a locked database, a full disk) are logged and
+/// retried; signing goes on with the keys in memory.
+async fn lifecycle_timer(manager: Arc<Manager>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    // Run once right away: the schedule may have moved while starting.
+    let mut next: Option<i64> = Some(0);
     let mut retry = Duration::from_secs(1);
     loop {
         let wait = match next {
@@ -113,21 +132,29 @@ async fn lifecycle_timer(manager: Arc<Manager>, shutdown: CancellationToken) {
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0);
                 Duration::from_millis(
-                    (t * 1000 - now_ms).clamp(0, MAX_TIMER.as_millis() as i64) as u64
+                    t.saturating_mul(1000)
+                        .saturating_sub(now_ms)
+                        .clamp(0, MAX_TIMER.as_millis() as i64) as u64,
                 )
             }
-            None => Duration::ZERO,
+            None => MAX_TIMER,
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
         }
         let m = Arc::clone(&manager);
-        match tokio::task::spawn_blocking(move || m.tick()).await {
+        match tokio::task::spawn_blocking(move || {
+            let next = m.tick();
+            systemd::status(&m.status_line());
+            next
+        })
+        .await
+        {
             Ok(Ok(n)) => {
                 retry = Duration::from_secs(1);
-                // With no event ahead, look again after MAX_TIMER.
-                next = Some(n.unwrap_or(i64::MAX / 2000));
+                next = n;
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, retry_s = retry.as_secs(), "key schedule step failed; the current keys stay in use");
@@ -136,28 +163,99 @@ async fn lifecycle_timer(manager: Arc<Manager>, shutdown: CancellationToken) {
                     _ = tokio::time::sleep(retry) => {}
                 }
                 retry = (retry * 2).min(Duration::from_secs(60));
-                next = None;
+                next = Some(0);
             }
             Err(_) => {
                 tracing::error!("key schedule step panicked");
-                next = None;
+                next = Some(0);
             }
         }
     }
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// Ping systemd's watchdog every half interval, but only while the daemon
+/// is healthy: a stuck accept loop or a sign path that cannot sign stops
+/// the pings, and systemd restarts the service.
+async fn watchdog(service: Arc<Service>, interval: Duration, shutdown: CancellationToken) {
+    let period = interval / 2;
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if service.healthy(period) {
+            if !healthy {
+                tracing::info!("healthy again; watchdog pings resume");
+            }
+            healthy = true;
+            systemd::watchdog();
+        } else if healthy {
+            healthy = false;
+            tracing::error!("unhealthy (accept loop failing or no key signs); withholding watchdog pings");
+        }
+    }
+}
+
+/// SIGTERM/SIGINT: stop. SIGHUP: reload the config.
+async fn signals(
+    service: Arc<Service>,
+    overrides: Overrides,
+    mut running: Config,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => {
+                systemd::reloading();
+                match reload(&service, &overrides, &running) {
+                    Ok(cfg) => {
+                        tracing::info!("SIGHUP: reloaded the config");
+                        running = cfg;
+                        wake.notify_one();
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; keeping the running config"),
+                }
+                systemd::ready(&service.manager.status_line());
+            }
+        }
     }
+    systemd::stopping();
     shutdown.cancel();
+}
+
+/// Load and validate the config again and apply what can change while
+/// running. Paths and socket settings need a restart: a reload that
+/// changes them is refused whole.
+fn reload(service: &Service, overrides: &Overrides, running: &Config) -> Result<Config> {
+    let new = Config::load(overrides, &Env::from_process())?;
+    let fixed = [
+        ("shares_dir", new.shares_dir != running.shares_dir),
+        ("db", new.db != running.db),
+        ("socket", new.socket != running.socket),
+        ("socket_mode", new.socket_mode != running.socket_mode),
+        ("max_frame_bytes", new.max_frame_bytes != running.max_frame_bytes),
+        ("max_connections", new.max_connections != running.max_connections),
+    ];
+    if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+        return Err(Error::Setting {
+            key,
+            message: "cannot change on reload; restart the daemon".into(),
+        });
+    }
+    service.set_policy(Policy::new(&new));
+    service.manager.set_config(new.clone());
+    Ok(new)
 }

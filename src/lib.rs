@@ -20,6 +20,7 @@
 //! - [`token`]: JWS building and checking; the claims policy.
 //! - [`protocol`]: wire format v1: requests, responses, error codes, lines.
 //! - [`server`]: socket, accept loop, connections.
+//! - [`systemd`]: socket activation, sd_notify, watchdog.
 //! - [`client`]: a blocking client for the CLI and Rust app servers.
 //! - [`daemon`]: wiring for `splitsign serve`.
 #![deny(unsafe_code)]
@@ -39,4 +40,5 @@ pub mod server;
 pub mod shares;
 pub mod store;
 pub mod stores;
+pub mod systemd;
 pub mod token;

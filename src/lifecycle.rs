@@ -671,27 +671,13 @@ pub fn build_keyset(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Env, Overrides};
 
     fn cfg() -> Config {
         // rotation 100s, prepublish 10s, max_ttl 20s, leeway 0.
-        let dir = std::env::temp_dir();
-        let p = dir.join(format!("splitsign-lc-{}.toml", std::process::id()));
-        std::fs::write(
-            &p,
+        Config::from_toml(
             "rotation_interval = \"100s\"\nprepublish = \"10s\"\njwks_max_age = \"5s\"\nmax_ttl = \"20s\"\ndefault_ttl = \"10s\"\nleeway = \"0s\"\n",
         )
-        .unwrap();
-        let c = Config::load(
-            &Overrides {
-                config: Some(p.clone()),
-                ..Overrides::default()
-            },
-            &Env::default(),
-        )
-        .unwrap();
-        let _ = std::fs::remove_file(p);
-        c
+        .unwrap()
     }
 
     fn row(kid: &str, activate: i64, cfg: &Config) -> KeyRow {

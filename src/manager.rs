@@ -5,7 +5,7 @@
 //! new key set into the keyring; the sign path never waits for it.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -18,7 +18,8 @@ pub struct Manager {
     stores: Mutex<Stores>,
     pub keyring: Arc<Keyring>,
     pub clock: Arc<Clock>,
-    cfg: Config,
+    /// Swapped on reload; stored key timestamps never change with it.
+    cfg: RwLock<Arc<Config>>,
     jwks_written: Mutex<Option<String>>,
 }
 
@@ -64,7 +65,7 @@ impl Manager {
             stores: Mutex::new(stores),
             keyring: Arc::new(Keyring::new(set)),
             clock,
-            cfg,
+            cfg: RwLock::new(Arc::new(cfg)),
             jwks_written: Mutex::new(None),
         };
         let stores = m.lock();
@@ -83,9 +84,10 @@ impl Manager {
     pub fn tick(&self) -> Result<Option<i64>> {
         let mut stores = self.lock();
         let now = self.clock.now();
+        let cfg = self.config();
         let created = {
             let s = &mut *stores;
-            lifecycle::run_due(&mut s.store, &s.dir, &self.cfg, now)?
+            lifecycle::run_due(&mut s.store, &s.dir, &cfg, now)?
         };
         if let Some(n) = &created {
             if n.row.activate_at > now {
@@ -96,16 +98,17 @@ impl Manager {
         }
         self.refresh(&stores, now, created.into_iter().collect())?;
         let rows = stores.store.keys()?;
-        Ok(lifecycle::next_event(&rows, now, &self.cfg))
+        Ok(lifecycle::next_event(&rows, now, &cfg))
     }
 
     /// Rotate now (admin). See [`lifecycle::rotate_now`].
     pub fn rotate(&self, emergency: bool) -> Result<Rotated> {
         let mut stores = self.lock();
         let now = self.clock.now();
+        let cfg = self.config();
         let (new, previous) = {
             let s = &mut *stores;
-            lifecycle::rotate_now(&mut s.store, &s.dir, &self.cfg, now, emergency)?
+            lifecycle::rotate_now(&mut s.store, &s.dir, &cfg, now, emergency)?
         };
         let kid = new.row.kid.clone();
         tracing::warn!(%kid, previous = ?previous, emergency, "rotated by an admin");
@@ -140,13 +143,14 @@ impl Manager {
     /// rewrite the JWKS file if it changed.
     fn refresh(&self, stores: &Stores, now: i64, fresh: Vec<NewKey>) -> Result<()> {
         stores.reconcile(now)?;
+        let cfg = self.config();
         let held = self.keyring.snapshot().signers.clone();
         let (set, unlocked) =
-            lifecycle::build_keyset(&stores.store, &stores.dir, &self.cfg, now, &held, fresh)?;
+            lifecycle::build_keyset(&stores.store, &stores.dir, &cfg, now, &held, fresh)?;
         log_unlocked(&unlocked);
         let jwks = set.jwks.get().to_owned();
         self.keyring.replace(set);
-        if let Some(path) = &self.cfg.jwks_file {
+        if let Some(path) = &cfg.jwks_file {
             let mut last = self.jwks_written.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_deref() != Some(jwks.as_str()) {
                 write_public_file(path, jwks.as_bytes())?;
@@ -157,8 +161,38 @@ impl Manager {
         Ok(())
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    pub fn config(&self) -> Arc<Config> {
+        match self.cfg.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Take a new (validated) config: the schedule, TTLs and JWKS file
+    /// follow it from now on. Keys already created keep their timestamps.
+    pub fn set_config(&self, cfg: Config) {
+        let cfg = Arc::new(cfg);
+        match self.cfg.write() {
+            Ok(mut g) => *g = cfg,
+            Err(p) => *p.into_inner() = cfg,
+        }
+        // Rewrite the JWKS file on the next refresh (its path or alg may differ).
+        *self.jwks_written.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// A one-line summary for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let now = self.clock.now();
+        let keys = self.keyring.snapshot();
+        let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
+        let next = lifecycle::next_event(&rows, now, &self.config())
+            .and_then(|t| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t as u64)))
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_else(|| "-".into());
+        match keys.signer_at(now) {
+            Some(s) => format!("active key {}; next transition {next}", s.kid),
+            None => "no active key".into(),
+        }
     }
 }
 

@@ -12,6 +12,12 @@ use ed25519_dalek::SigningKey;
 pub fn harden_process() -> std::io::Result<()> {
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
     set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    // Under systemd LimitCORE=0 has already done it, and a seccomp filter
+    // may refuse the call: only set what is not set.
+    let core = rustix::process::getrlimit(Resource::Core);
+    if core.current == Some(0) && core.maximum == Some(0) {
+        return Ok(());
+    }
     setrlimit(
         Resource::Core,
         Rlimit {

@@ -10,7 +10,8 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -31,11 +32,32 @@ use crate::token::{self, Policy, SignError, VerifyError};
 /// policy, and who may use admin ops.
 pub struct Service {
     pub manager: Arc<Manager>,
-    pub policy: Policy,
+    /// Swapped as a whole on reload; requests clone the `Arc`.
+    policy: RwLock<Arc<Policy>>,
     pub started: Instant,
     /// Peers with these uids may use admin ops (default: root and the
     /// daemon's own uid).
     pub admin_uids: Vec<u32>,
+    pub health: Health,
+}
+
+/// What the watchdog looks at besides a test signature: whether the accept
+/// loop is stuck failing (EMFILE and the like).
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix seconds since when accept() has failed without a success; 0
+    /// when it is fine.
+    accept_failing_since: AtomicI64,
+}
+
+impl Health {
+    /// How long accept() has been failing, if it is.
+    pub fn accept_failing_for(&self, now: i64) -> Option<i64> {
+        match self.accept_failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(now - since),
+        }
+    }
 }
 
 /// The connecting process, from SO_PEERCRED at accept time.
@@ -97,6 +119,48 @@ struct StatusOk<'a> {
 }
 
 impl Service {
+    pub fn new(manager: Arc<Manager>, policy: Policy, started: Instant, admin_uids: Vec<u32>) -> Service {
+        Service {
+            manager,
+            policy: RwLock::new(Arc::new(policy)),
+            started,
+            admin_uids,
+            health: Health::default(),
+        }
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        let policy = Arc::new(policy);
+        match self.policy.write() {
+            Ok(mut g) => *g = policy,
+            Err(p) => *p.into_inner() = policy,
+        }
+    }
+
+    /// The watchdog's check: accept() is not stuck failing for more than
+    /// `grace`, and the key that should sign now signs a test token.
+    pub fn healthy(&self, grace: Duration) -> bool {
+        let now = self.manager.clock.now();
+        if self
+            .health
+            .accept_failing_for(now)
+            .is_some_and(|d| d as u64 >= grace.as_secs().max(1))
+        {
+            return false;
+        }
+        let keys = self.manager.keyring.snapshot();
+        keys.signer_at(now).is_some_and(|s| {
+            token::sign(s, &self.policy(), &serde_json::Map::new(), Some(1), now).is_ok()
+        })
+    }
+
     /// Answer one request line, appending the response to `out`. Admin
     /// ops are handed back as an [`AdminJob`] for [`Service::run_admin`].
     pub fn handle(&self, line: &[u8], peer: Peer, out: &mut Vec<u8>) -> Option<AdminJob> {
@@ -121,6 +185,7 @@ impl Service {
             return Some(AdminJob { req });
         }
         let now = self.manager.clock.now();
+        let policy = self.policy();
         match &req.op {
             Op::Ping => protocol::write_ok(out, id, protocol::PingOk { pong: true }),
             Op::Sign { claims, ttl } => {
@@ -132,7 +197,7 @@ impl Service {
                     );
                     return None;
                 };
-                match token::sign(signer, &self.policy, claims, *ttl, now) {
+                match token::sign(signer, &policy, claims, *ttl, now) {
                     Ok(s) => protocol::write_ok(
                         out,
                         id,
@@ -168,7 +233,7 @@ impl Service {
             }
             Op::Verify { token, aud } => {
                 let keys = self.manager.keyring.snapshot();
-                match token::verify(&keys, &self.policy, token, aud.as_deref(), now) {
+                match token::verify(&keys, &policy, token, aud.as_deref(), now) {
                     Ok(v) => protocol::write_ok(
                         out,
                         id,
@@ -209,15 +274,15 @@ impl Service {
                 let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
                 let body = StatusBody {
                     version: env!("CARGO_PKG_VERSION"),
-                    issuer: &self.policy.issuer,
-                    alg: self.policy.alg.as_str(),
+                    issuer: &policy.issuer,
+                    alg: policy.alg.as_str(),
                     active_kid: keys.signer_at(now).map(|s| s.kid.as_str()),
                     uptime_s: self.started.elapsed().as_secs(),
                     now,
                     next_transition: crate::lifecycle::next_event(
                         &rows,
                         now,
-                        self.manager.config(),
+                        &self.manager.config(),
                     ),
                     keys: keys
                         .published
@@ -391,9 +456,20 @@ pub async fn run(
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => { backoff = Duration::from_millis(5); s }
+                Ok((s, _)) => {
+                    backoff = Duration::from_millis(5);
+                    service.health.accept_failing_since.store(0, Ordering::Relaxed);
+                    s
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off rather than spin.
+                    // EMFILE and friends: back off rather than spin, and let
+                    // the watchdog know if it lasts.
+                    let _ = service.health.accept_failing_since.compare_exchange(
+                        0,
+                        service.manager.clock.now(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     tracing::warn!(error = %e, "accept failed; backing off");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
