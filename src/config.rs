@@ -182,7 +182,9 @@ impl Config {
             (Some(rt), _) if !rt.is_empty() => {
                 PathBuf::from(rt.split(':').next().unwrap_or(rt)).join("sign.sock")
             }
+            // A config file, or systemd's StateDirectory=: a system install.
             (_, Origin::File(_)) => PathBuf::from("/run/splitsign/sign.sock"),
+            _ if !state_dirs.is_empty() => PathBuf::from("/run/splitsign/sign.sock"),
             (_, Origin::Defaults) => PathBuf::from("var/splitsign.sock"),
         };
 

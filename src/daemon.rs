@@ -68,7 +68,11 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         Arc::clone(&manager),
         Policy::new(&cfg),
         started,
-        if own_uid == 0 { vec![0] } else { vec![0, own_uid] },
+        if own_uid == 0 {
+            vec![0]
+        } else {
+            vec![0, own_uid]
+        },
     ));
     let limits = Limits {
         max_connections: cfg.max_connections,
@@ -192,7 +196,9 @@ async fn watchdog(service: Arc<Service>, interval: Duration, shutdown: Cancellat
             systemd::watchdog();
         } else if healthy {
             healthy = false;
-            tracing::error!("unhealthy (accept loop failing or no key signs); withholding watchdog pings");
+            tracing::error!(
+                "unhealthy (accept loop failing or no key signs); withholding watchdog pings"
+            );
         }
     }
 }
@@ -246,8 +252,14 @@ fn reload(service: &Service, overrides: &Overrides, running: &Config) -> Result<
         ("db", new.db != running.db),
         ("socket", new.socket != running.socket),
         ("socket_mode", new.socket_mode != running.socket_mode),
-        ("max_frame_bytes", new.max_frame_bytes != running.max_frame_bytes),
-        ("max_connections", new.max_connections != running.max_connections),
+        (
+            "max_frame_bytes",
+            new.max_frame_bytes != running.max_frame_bytes,
+        ),
+        (
+            "max_connections",
+            new.max_connections != running.max_connections,
+        ),
     ];
     if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
         return Err(Error::Setting {

@@ -186,7 +186,9 @@ impl Manager {
         let keys = self.keyring.snapshot();
         let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
         let next = lifecycle::next_event(&rows, now, &self.config())
-            .and_then(|t| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t as u64)))
+            .and_then(|t| {
+                std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t as u64))
+            })
             .map(|t| humantime::format_rfc3339_seconds(t).to_string())
             .unwrap_or_else(|| "-".into());
         match keys.signer_at(now) {

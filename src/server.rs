@@ -119,7 +119,12 @@ struct StatusOk<'a> {
 }
 
 impl Service {
-    pub fn new(manager: Arc<Manager>, policy: Policy, started: Instant, admin_uids: Vec<u32>) -> Service {
+    pub fn new(
+        manager: Arc<Manager>,
+        policy: Policy,
+        started: Instant,
+        admin_uids: Vec<u32>,
+    ) -> Service {
         Service {
             manager,
             policy: RwLock::new(Arc::new(policy)),

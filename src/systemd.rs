@@ -32,7 +32,9 @@ pub fn take_listener() -> Result<Option<std::os::unix::net::UnixListener>> {
     }
     let chosen = match fds.iter().find(|(_, name)| name == FD_NAME) {
         Some(&(fd, _)) => fd,
-        None if fds.len() == 1 && matches!(fds[0].1.as_str(), "" | "unknown" | "stored") => fds[0].0,
+        None if fds.len() == 1 && matches!(fds[0].1.as_str(), "" | "unknown" | "stored") => {
+            fds[0].0
+        }
         None => {
             let names: Vec<&str> = fds.iter().map(|(_, n)| n.as_str()).collect();
             return Err(bad(format!(
@@ -46,11 +48,15 @@ pub fn take_listener() -> Result<Option<std::os::unix::net::UnixListener>> {
     // it stays open for the life of the process and nothing else uses it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(chosen) };
     use rustix::net::sockopt;
-    let is_unix = sockopt::socket_domain(borrowed).is_ok_and(|d| d == rustix::net::AddressFamily::UNIX);
-    let is_stream = sockopt::socket_type(borrowed).is_ok_and(|t| t == rustix::net::SocketType::STREAM);
+    let is_unix =
+        sockopt::socket_domain(borrowed).is_ok_and(|d| d == rustix::net::AddressFamily::UNIX);
+    let is_stream =
+        sockopt::socket_type(borrowed).is_ok_and(|t| t == rustix::net::SocketType::STREAM);
     let listening = sockopt::socket_acceptconn(borrowed).unwrap_or(false);
     if !(is_unix && is_stream && listening) {
-        return Err(bad(format!("fd {chosen} is not a listening Unix stream socket")));
+        return Err(bad(format!(
+            "fd {chosen} is not a listening Unix stream socket"
+        )));
     }
     // SAFETY: checked above to be a listening AF_UNIX stream socket that this
     // process owns; ownership moves into the listener, which closes it.

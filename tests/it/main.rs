@@ -5,4 +5,5 @@ mod foundation;
 mod hostile_input;
 mod lifecycle;
 mod stores;
+mod systemd;
 mod util;

@@ -1,0 +1,411 @@
+//! systemd integration without systemd: the units pass `systemd-analyze`,
+//! and the real binary is started the way systemd starts it, with a
+//! listening socket as fd 3 (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES) and a
+//! datagram NOTIFY_SOCKET owned by the test.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::util::{BIN, Conn, Dir, ok};
+
+fn units_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd")
+}
+
+/// The units with ExecStart pointing at the binary under test (verify
+/// checks that the command exists).
+fn units_for_test(dir: &Dir) -> PathBuf {
+    let out = dir.path().join("units");
+    std::fs::create_dir_all(&out).unwrap();
+    for name in ["splitsign.socket", "splitsign.service"] {
+        let text = std::fs::read_to_string(units_dir().join(name)).unwrap();
+        std::fs::write(
+            out.join(name),
+            text.replace("/usr/local/bin/splitsign", BIN),
+        )
+        .unwrap();
+    }
+    out
+}
+
+fn systemd_analyze() -> &'static str {
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "these tests need systemd-analyze (apt-get install systemd; .ci/run installs it)"
+    );
+    "systemd-analyze"
+}
+
+#[test]
+fn units_verify_without_a_word() {
+    let dir = Dir::new();
+    let units = units_for_test(&dir);
+    let out = Command::new(systemd_analyze())
+        .arg("verify")
+        .arg(units.join("splitsign.socket"))
+        .arg(units.join("splitsign.service"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
+}
+
+#[test]
+fn service_sandbox_scores_at_most_1_0() {
+    let out = Command::new(systemd_analyze())
+        .args(["security", "--offline=true"])
+        .arg(units_dir().join("splitsign.service"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for splitsign.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in:\n{text}"));
+    println!("systemd-analyze security score: {score}");
+    assert!(score <= 1.0, "exposure {score} > 1.0:\n{text}");
+}
+
+/// What systemd gives the daemon: the listener and a notify socket.
+struct Manager {
+    log: PathBuf,
+    listener: UnixListener,
+    socket: PathBuf,
+    notify: UnixDatagram,
+    notify_path: PathBuf,
+}
+
+impl Manager {
+    fn new(dir: &Dir) -> Manager {
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let socket = run.join("sign.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let notify_path = run.join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Manager {
+            log: dir.path().join("daemon.log"),
+            listener,
+            socket,
+            notify,
+            notify_path,
+        }
+    }
+
+    /// Start `serve` as systemd would: fd 3 = the listener, LISTEN_PID = the
+    /// daemon's pid (set by `sh` right before `exec`).
+    fn spawn(&self, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let fd = self.listener.as_raw_fd();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+            .arg(BIN)
+            .args(args)
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("JOURNAL_STREAM")
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", "splitsign")
+            .env("NOTIFY_SOCKET", &self.notify_path)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap());
+        // SAFETY (test): only async-signal-safe dup2 between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || as_fd3(fd));
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// The next notify message, waiting up to `t`.
+    fn next(&self, t: Duration) -> Option<String> {
+        let deadline = Instant::now() + t;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    }
+
+    /// Wait for a message containing `what`; returns it.
+    fn expect(&self, what: &str, t: Duration) -> String {
+        let deadline = Instant::now() + t;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Some(m) = self.next(Duration::from_millis(200)) {
+                if m.lines().any(|l| l == what || l.starts_with(what)) {
+                    return m;
+                }
+                seen.push(m);
+            }
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        panic!("no {what:?} from the daemon; got {seen:?}; log:\n{log}");
+    }
+}
+
+/// Make `fd` the child's fd 3 without close-on-exec (between fork and exec).
+fn as_fd3(fd: i32) -> std::io::Result<()> {
+    // SAFETY (test): dup2 and fcntl are async-signal-safe. dup2(3, 3) would
+    // keep FD_CLOEXEC, so that case clears it instead.
+    let r = unsafe {
+        if fd == 3 {
+            libc::fcntl(3, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, 3)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_child(child), sig).unwrap();
+}
+
+fn wait_exit(child: &mut Child, t: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn socket_activation_ready_watchdog_reload_stop() {
+    let dir = Dir::new();
+    let m = Manager::new(&dir);
+    let mut child = m.spawn(&dir, &[], &[("WATCHDOG_USEC", "1000000")]);
+    let ready = m.expect("READY=1", Duration::from_secs(20));
+    let status = ready
+        .lines()
+        .find(|l| l.starts_with("STATUS="))
+        .expect("STATUS with READY");
+    assert!(status.contains("active key"), "{status}");
+
+    // It serves on the socket systemd passed, not on one of its own.
+    let mut c = Conn::open(&m.socket).unwrap();
+    let kid = ok(c.sign(json!({"sub":"a"})))["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        status.contains(&kid),
+        "STATUS names the active kid: {status}"
+    );
+    assert!(
+        !dir.socket().exists(),
+        "no self-bound socket under socket activation"
+    );
+
+    // WATCHDOG=1 every half interval (0.5 s): count them over 2.5 s.
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        if m.next(Duration::from_millis(100))
+            .is_some_and(|msg| msg.contains("WATCHDOG=1"))
+        {
+            pings += 1;
+        }
+    }
+    assert!(
+        (3..=7).contains(&pings),
+        "{pings} watchdog pings in 2.5 s at a 0.5 s period"
+    );
+
+    // SIGHUP: RELOADING=1, then READY=1 again.
+    signal(&child, rustix::process::Signal::HUP);
+    m.expect("RELOADING=1", Duration::from_secs(5));
+    m.expect("READY=1", Duration::from_secs(5));
+    ok(c.sign(json!({})));
+
+    // SIGTERM: STOPPING=1, then exit 0; the socket (systemd's) stays.
+    signal(&child, rustix::process::Signal::TERM);
+    m.expect("STOPPING=1", Duration::from_secs(5));
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    assert!(
+        m.socket.exists(),
+        "the daemon leaves systemd's socket alone"
+    );
+}
+
+#[test]
+fn a_client_connecting_during_a_restart_is_served_by_the_next_instance() {
+    let dir = Dir::new();
+    let m = Manager::new(&dir);
+    let mut first = m.spawn(&dir, &[], &[]);
+    m.expect("READY=1", Duration::from_secs(20));
+    let kid = ok(Conn::open(&m.socket).unwrap().sign(json!({})))["kid"].clone();
+    signal(&first, rustix::process::Signal::TERM);
+    m.expect("STOPPING=1", Duration::from_secs(5));
+    assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
+
+    // No daemon runs now. The connection waits in the listener's backlog.
+    let mut c = Conn::open(&m.socket).expect("connect while no daemon runs");
+    c.send_raw(b"{\"id\":1,\"op\":\"sign\",\"claims\":{\"sub\":\"between\"}}\n");
+    let mut second = m.spawn(&dir, &[], &[]);
+    let r = ok(c.recv().expect("served by the next instance"));
+    assert_eq!(r["id"], 1);
+    assert_eq!(r["kid"], kid, "same key after the restart");
+    signal(&second, rustix::process::Signal::TERM);
+    assert!(wait_exit(&mut second, Duration::from_secs(15)).success());
+}
+
+#[test]
+fn reload_applies_a_valid_config_and_refuses_a_bad_one() {
+    let dir = Dir::new();
+    let m = Manager::new(&dir);
+    let cfg = |ttl: &str| {
+        format!(
+            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\ndefault_ttl = \"{ttl}\"\n",
+            m.socket.display()
+        )
+    };
+    let path = dir.write_config(&cfg("5m"));
+    let mut child = m.spawn(&dir, &["--config", path.to_str().unwrap()], &[]);
+    m.expect("READY=1", Duration::from_secs(20));
+    let mut c = Conn::open(&m.socket).unwrap();
+    let lifetime = |c: &mut Conn| {
+        let t = ok(c.sign(json!({})));
+        let v = ok(c.request(json!({"op":"verify","token":t["token"]})));
+        v["claims"]["exp"].as_i64().unwrap() - v["claims"]["iat"].as_i64().unwrap()
+    };
+    assert_eq!(lifetime(&mut c), 300);
+
+    // A config that fails validation: refused, the old one stays.
+    dir.write_config(&format!("{}max_ttl = \"1m\"\n", cfg("2m")));
+    signal(&child, rustix::process::Signal::HUP);
+    m.expect("RELOADING=1", Duration::from_secs(5));
+    m.expect("READY=1", Duration::from_secs(5));
+    assert_eq!(lifetime(&mut c), 300);
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("reload refused") && log.contains("default_ttl"),
+        "{log}"
+    );
+
+    // A path change needs a restart: refused too.
+    dir.write_config(&cfg("2m").replace("var/splitsign.db", "var/other.db"));
+    signal(&child, rustix::process::Signal::HUP);
+    m.expect("READY=1", Duration::from_secs(5));
+    assert_eq!(lifetime(&mut c), 300);
+
+    // A valid change applies, on the same connection.
+    dir.write_config(&cfg("2m"));
+    signal(&child, rustix::process::Signal::HUP);
+    m.expect("READY=1", Duration::from_secs(5));
+    assert_eq!(lifetime(&mut c), 120);
+    signal(&child, rustix::process::Signal::TERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
+#[test]
+fn a_stalled_accept_loop_stops_the_watchdog() {
+    // With RLIMIT_NOFILE at 48, enough idle clients make accept() fail with
+    // EMFILE: the daemon stops pinging until they go away.
+    let dir = Dir::new();
+    let m = Manager::new(&dir);
+    let fd = m.listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("STATE_DIRECTORY")
+        .env("LISTEN_FDS", "1")
+        .env("NOTIFY_SOCKET", &m.notify_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap());
+    // SAFETY (test): only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            as_fd3(fd)
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    m.expect("READY=1", Duration::from_secs(20));
+    m.expect("WATCHDOG=1", Duration::from_secs(3));
+
+    let mut clients: Vec<Conn> = (0..60).map(|_| Conn::open(&m.socket).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Drain what was sent before the stall was noticed, then count.
+    while m.next(Duration::from_millis(50)).is_some() {}
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        if m.next(Duration::from_millis(100))
+            .is_some_and(|s| s.contains("WATCHDOG=1"))
+        {
+            pings += 1;
+        }
+    }
+    assert_eq!(pings, 0, "no pings while accept() fails");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("withholding watchdog pings"), "{log}");
+
+    clients.clear();
+    m.expect("WATCHDOG=1", Duration::from_secs(5));
+    ok(Conn::open(&m.socket).unwrap().sign(json!({})));
+    signal(&child, rustix::process::Signal::TERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
+#[test]
+fn an_fd_that_is_not_a_listening_unix_socket_is_refused() {
+    let dir = Dir::new();
+    let file = std::fs::File::create(dir.path().join("not-a-socket")).unwrap();
+    let fd = file.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("STATE_DIRECTORY")
+        .env("LISTEN_FDS", "1");
+    // SAFETY (test): only dup2 between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || as_fd3(fd));
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a listening Unix stream socket"));
+}
