@@ -112,6 +112,36 @@ pub enum Command {
     /// Check both stores offline: every key that may sign must rebuild from
     /// its two shares. Exit 0, or 65 with the reason.
     Check,
+    /// Revoke a token (by jti and exp, or whole) or every token of a
+    /// subject issued before an instant. Through the daemon if one runs,
+    /// else offline (jti or sub only).
+    Revoke {
+        #[arg(long, conflicts_with_all = ["token", "sub"], requires = "exp")]
+        jti: Option<String>,
+        /// The revoked token's exp (Unix seconds), with --jti.
+        #[arg(long)]
+        exp: Option<i64>,
+        #[arg(long, conflicts_with = "sub")]
+        token: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+        /// With --sub: tokens issued before this Unix time (default: now).
+        #[arg(long, requires = "sub")]
+        before: Option<i64>,
+    },
+    /// List the audit log, or check its hash chain (--verify: exit 0 if
+    /// intact, 65 naming the first broken record).
+    Audit {
+        #[arg(long)]
+        verify: bool,
+        /// First record to list.
+        #[arg(long, default_value_t = 1)]
+        from: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A command's failure, with the exit code it maps to.
@@ -345,7 +375,143 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Check => check(&cfg),
+        Command::Revoke {
+            jti,
+            exp,
+            token,
+            sub,
+            before,
+        } => revoke(&cfg, jti, exp, token, sub, before),
+        Command::Audit {
+            verify,
+            from,
+            limit,
+            json,
+        } => audit(&cfg, verify, from, limit, json),
     }
+}
+
+fn revoke(
+    cfg: &Config,
+    jti: Option<String>,
+    exp: Option<i64>,
+    token: Option<String>,
+    sub: Option<String>,
+    before: Option<i64>,
+) -> Result<(), Failure> {
+    let mut f = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            f.insert(k.into(), v);
+        }
+    };
+    put("jti", jti.clone().map(Value::from));
+    put("exp", exp.map(Value::from));
+    put("token", token.clone().map(Value::from));
+    put("sub", sub.clone().map(Value::from));
+    put("before", before.map(Value::from));
+    if f.is_empty() {
+        return Err(usage("give --jti with --exp, --token, or --sub".into()));
+    }
+    match Client::connect(&cfg.socket) {
+        Ok(mut c) => {
+            let r = c.call("revoke", f)?;
+            println!(
+                "revoked {} {} until {}",
+                r.get("revoked").and_then(Value::as_str).unwrap_or("?"),
+                r.get("value").and_then(Value::as_str).unwrap_or("?"),
+                r.get("until").and_then(Value::as_i64).unwrap_or(0)
+            );
+            Ok(())
+        }
+        Err(e) if e.no_daemon() => {
+            let stores = Stores::open(cfg, false)?;
+            let now = lifecycle::wall_now();
+            let leeway = cfg.leeway.as_secs() as i64;
+            let row = match (jti, exp, sub) {
+                (Some(jti), Some(exp), None) => crate::store::Revocation::Jti {
+                    jti,
+                    expires_at: exp + leeway,
+                },
+                (None, None, Some(sub)) => {
+                    let before = before.unwrap_or(now);
+                    crate::store::Revocation::Sub {
+                        sub,
+                        before,
+                        expires_at: before + cfg.max_ttl.as_secs() as i64 + leeway,
+                    }
+                }
+                _ => {
+                    return Err(usage(
+                        "offline, revoke takes --jti with --exp, or --sub (a whole --token needs the daemon to check it)".into(),
+                    ));
+                }
+            };
+            stores.store.add_revocation(&row, now)?;
+            let mut stores = stores;
+            let (op_jti, op_sub) = match &row {
+                crate::store::Revocation::Jti { jti, .. } => (Some(jti.clone()), None),
+                crate::store::Revocation::Sub { sub, .. } => (None, Some(sub.clone())),
+            };
+            stores.store.audit(&[crate::audit::Record {
+                at: now,
+                uid: Some(rustix::process::getuid().as_raw()),
+                pid: Some(std::process::id() as i32),
+                op: "revoke",
+                jti: op_jti,
+                sub: op_sub,
+                result: "ok",
+                ..Default::default()
+            }])?;
+            println!("revoked (offline); the daemon applies it when it starts");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Result<(), Failure> {
+    let store = crate::store::Store::open_read_only(&cfg.db)?;
+    let conn = store.connection();
+    let db_err = |source| Error::Database {
+        path: cfg.db.clone(),
+        source,
+    };
+    if verify {
+        return match crate::audit::verify(conn).map_err(db_err)? {
+            crate::audit::Verdict::Intact { records, head } => {
+                println!("audit log intact: {records} records; head {head}");
+                Ok(())
+            }
+            crate::audit::Verdict::Broken { seq, reason } => Err(Failure {
+                code: exit::KEY_STORE,
+                message: format!("audit log broken at record {seq}: {reason}"),
+            }),
+        };
+    }
+    let rows = crate::audit::list(conn, from, limit.clamp(1, 100_000)).map_err(db_err)?;
+    for r in rows {
+        if json {
+            println!("{}", serde_json::to_string(&r).expect("JSON serializes"));
+        } else {
+            println!(
+                "{:>6} {} uid={} pid={} {:<8} {:<14} kid={} sub={} jti={}",
+                r.seq,
+                std::time::UNIX_EPOCH
+                    .checked_add(Duration::from_secs(r.at.max(0) as u64))
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .unwrap_or_default(),
+                r.uid.map(|u| u.to_string()).unwrap_or("-".into()),
+                r.pid.map(|u| u.to_string()).unwrap_or("-".into()),
+                r.op,
+                r.result,
+                r.kid.as_deref().unwrap_or("-"),
+                r.sub.as_deref().unwrap_or("-"),
+                r.jti.as_deref().unwrap_or("-"),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn previous_note(previous: Option<&str>, emergency: bool) -> String {

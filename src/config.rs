@@ -36,6 +36,50 @@ impl AlgLabel {
     }
 }
 
+/// What to do when key pages cannot be locked in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlockMode {
+    /// Log a warning and go on (the key may be swapped out).
+    Warn,
+    /// Refuse to start.
+    Require,
+}
+
+/// One `[[policy]]` table: which peers it matches and what they may do.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub name: String,
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Matched against the peer's primary gid (SO_PEERCRED carries no
+    /// supplementary groups).
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Allowed ops; default: ping, sign, verify, jwks, status.
+    pub ops: Option<Vec<String>>,
+    /// Allowed values of `aud`; default: any.
+    pub audiences: Option<Vec<String>>,
+    /// Claims the daemon sets for this client, replacing what it sends.
+    #[serde(default)]
+    pub forced_claims: toml::Table,
+    /// Set `sub` to the peer's user name.
+    #[serde(default)]
+    pub sub_from_peer: bool,
+    /// Claim names the client may send; default: any (but reserved ones).
+    pub claims: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_ttl: Option<Duration>,
+    /// May use admin ops (rotate, reshare, revoke).
+    #[serde(default)]
+    pub admin: bool,
+}
+
 /// The settings file, as written by an operator. Every field is optional;
 /// unknown keys are refused.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +98,17 @@ struct FileConfig {
     max_token_bytes: Option<usize>,
     max_frame_bytes: Option<usize>,
     max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde::option")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    write_timeout: Option<Duration>,
+    mlock: Option<MlockMode>,
+    audit: Option<bool>,
+    admin_uids: Option<Vec<u32>>,
+    #[serde(default)]
+    policy: Vec<PolicyFile>,
     #[serde(default, with = "humantime_serde::option")]
     rotation_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
@@ -97,6 +152,22 @@ pub struct Config {
     pub max_token_bytes: usize,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
+    /// Close a connection with no request for this long.
+    pub idle_timeout: Duration,
+    /// Close a connection whose started request line is not finished within
+    /// this long (slow clients).
+    pub read_timeout: Duration,
+    /// Close a connection that does not take its responses within this long.
+    pub write_timeout: Duration,
+    pub mlock: MlockMode,
+    /// Keep the audit log (default on; off only to measure its cost).
+    pub audit: bool,
+    /// Peers with these uids may use admin ops. Default: root and the
+    /// daemon's own uid.
+    pub admin_uids: Option<Vec<u32>>,
+    /// Per-client policies, first match wins. Empty: every peer that can
+    /// connect may use the non-admin ops under the global limits.
+    pub policies: Vec<PolicyFile>,
     pub rotation_interval: Duration,
     pub leeway: Duration,
     /// How long before its activation the next key is created and published.
@@ -209,6 +280,13 @@ impl Config {
             max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
             max_frame_bytes: file.max_frame_bytes.unwrap_or(64 * 1024),
             max_connections: file.max_connections.unwrap_or(1024),
+            idle_timeout: file.idle_timeout.unwrap_or(Duration::from_secs(300)),
+            read_timeout: file.read_timeout.unwrap_or(Duration::from_secs(10)),
+            write_timeout: file.write_timeout.unwrap_or(Duration::from_secs(10)),
+            mlock: file.mlock.unwrap_or(MlockMode::Warn),
+            audit: file.audit.unwrap_or(true),
+            admin_uids: file.admin_uids,
+            policies: file.policy,
             rotation_interval: file
                 .rotation_interval
                 .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
@@ -278,6 +356,53 @@ impl Config {
             || self.rotation_interval > Duration::from_secs(3650 * 86400)
         {
             return bad("rotation_interval", "must be between 1s and 3650d".into());
+        }
+        for (key, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(86400) {
+                return bad(key, "must be between 100ms and 1d".into());
+            }
+        }
+        for p in &self.policies {
+            if p.name.is_empty() {
+                return bad("policy.name", "every [[policy]] needs a name".into());
+            }
+            if p.uids.is_empty() && p.users.is_empty() && p.gids.is_empty() && p.groups.is_empty() {
+                return bad(
+                    "policy",
+                    format!(
+                        "policy {:?} matches nobody: give uids, users, gids or groups",
+                        p.name
+                    ),
+                );
+            }
+            for op in p.ops.iter().flatten() {
+                if !crate::access::KNOWN_OPS.contains(&op.as_str()) {
+                    return bad(
+                        "policy.ops",
+                        format!("policy {:?}: unknown op {op:?}", p.name),
+                    );
+                }
+            }
+            for name in p.forced_claims.keys().chain(p.claims.iter().flatten()) {
+                if crate::token::RESERVED.contains(&name.as_str()) {
+                    return bad(
+                        "policy",
+                        format!("policy {:?}: claim {name:?} is set by the daemon", p.name),
+                    );
+                }
+            }
+            if p.max_ttl
+                .is_some_and(|t| t < Duration::from_secs(1) || t > self.max_ttl)
+            {
+                return bad(
+                    "policy.max_ttl",
+                    format!("policy {:?}: must be between 1s and max_ttl", p.name),
+                );
+            }
         }
         if self.leeway > Duration::from_secs(600) {
             return bad("leeway", "must be at most 10m".into());

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::config::{Config, Env, Origin as ConfigOrigin, Overrides};
 use crate::error::{Error, Result};
 use crate::manager::Manager;
-use crate::server::{self, Limits, Service};
+use crate::server::{self, Limits};
+use crate::service::Service;
 use crate::stores::Stores;
 use crate::systemd;
 use crate::token::Policy;
@@ -37,6 +39,8 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         issuer = %cfg.issuer,
         "stores and socket"
     );
+    // Check the access policies (user and group names) before anything else.
+    Access::new(&cfg)?;
     // Adopt systemd's socket before anything else can open a descriptor.
     let activated = systemd::take_listener()?;
 
@@ -63,20 +67,25 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
             (l, Some(b))
         }
     };
-    let own_uid = rustix::process::geteuid().as_raw();
+    let audit = if cfg.audit {
+        Some(crate::audit::Writer::start(cfg.db.clone())?)
+    } else {
+        tracing::warn!("the audit log is off (audit = false)");
+        None
+    };
     let service = Arc::new(Service::new(
         Arc::clone(&manager),
         Policy::new(&cfg),
+        Access::new(&cfg)?,
         started,
-        if own_uid == 0 {
-            vec![0]
-        } else {
-            vec![0, own_uid]
-        },
+        audit,
     ));
     let limits = Limits {
         max_connections: cfg.max_connections,
         max_frame_bytes: cfg.max_frame_bytes,
+        idle_timeout: cfg.idle_timeout,
+        read_timeout: cfg.read_timeout,
+        write_timeout: cfg.write_timeout,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -267,7 +276,7 @@ fn reload(service: &Service, overrides: &Overrides, running: &Config) -> Result<
             message: "cannot change on reload; restart the daemon".into(),
         });
     }
-    service.set_policy(Policy::new(&new));
+    service.set_policies(Policy::new(&new), Access::new(&new)?);
     service.manager.set_config(new.clone());
     Ok(new)
 }

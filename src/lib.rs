@@ -4,6 +4,8 @@
 //! at start and answers sign/verify requests on a Unix socket.
 //!
 //! # Layout
+//! - [`access`]: client policies by peer uid/gid; claim rules.
+//! - [`audit`]: the hash-chained audit log and its group-commit writer.
 //! - [`cli`]: the command line; `main` only parses and maps exit codes.
 //! - [`config`]: TOML + environment + flags → one validated `Config`.
 //! - [`error`]: errors named after the step that failed; exit codes.
@@ -19,12 +21,15 @@
 //! - [`keyring`]: keys in memory, key states, JWKS.
 //! - [`token`]: JWS building and checking; the claims policy.
 //! - [`protocol`]: wire format v1: requests, responses, error codes, lines.
-//! - [`server`]: socket, accept loop, connections.
+//! - [`server`]: socket, accept loop, connections, limits.
+//! - [`service`]: answering requests: policy, sign, verify, admin ops.
 //! - [`systemd`]: socket activation, sd_notify, watchdog.
 //! - [`client`]: a blocking client for the CLI and Rust app servers.
 //! - [`daemon`]: wiring for `splitsign serve`.
 #![deny(unsafe_code)]
 
+pub mod access;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -37,6 +42,7 @@ pub mod manager;
 pub mod protocol;
 pub mod secmem;
 pub mod server;
+pub mod service;
 pub mod shares;
 pub mod store;
 pub mod stores;

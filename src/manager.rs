@@ -4,6 +4,7 @@
 //! against the stores under one mutex, on a blocking thread, then swaps a
 //! new key set into the keyring; the sign path never waits for it.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -11,6 +12,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keyring::Keyring;
 use crate::lifecycle::{self, Clock, NewKey};
+use crate::store::Revocation;
 use crate::stores::Stores;
 
 pub struct Manager {
@@ -21,6 +23,41 @@ pub struct Manager {
     /// Swapped on reload; stored key timestamps never change with it.
     cfg: RwLock<Arc<Config>>,
     jwks_written: Mutex<Option<String>>,
+    revoked: RwLock<Arc<Revocations>>,
+}
+
+/// Revoked tokens and subjects, held in memory for `verify`.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    jti: HashMap<String, i64>,
+    sub: HashMap<String, i64>,
+}
+
+impl Revocations {
+    fn from_rows(rows: Vec<Revocation>) -> Revocations {
+        let mut r = Revocations::default();
+        for row in rows {
+            r.add(row);
+        }
+        r
+    }
+
+    fn add(&mut self, row: Revocation) {
+        match row {
+            Revocation::Jti { jti, expires_at } => {
+                self.jti.insert(jti, expires_at);
+            }
+            Revocation::Sub { sub, before, .. } => {
+                self.sub.insert(sub, before);
+            }
+        }
+    }
+
+    /// Whether a token with these claims is revoked.
+    pub fn is_revoked(&self, jti: Option<&str>, sub: Option<&str>, iat: i64) -> bool {
+        jti.is_some_and(|j| self.jti.contains_key(j))
+            || sub.is_some_and(|s| self.sub.get(s).is_some_and(|&before| iat < before))
+    }
 }
 
 /// Result of a `rotate`.
@@ -49,7 +86,7 @@ impl Manager {
         // stop the daemon, never be papered over with a new key.
         let (set, unlocked) =
             lifecycle::build_keyset(&stores.store, &stores.dir, &cfg, now, &[], Vec::new())?;
-        log_unlocked(&unlocked);
+        check_unlocked(&unlocked, &cfg)?;
         let first = stores.store.is_empty()?;
         let created = lifecycle::run_due(&mut stores.store, &stores.dir, &cfg, now)?;
         if let Some(n) = &created {
@@ -61,7 +98,9 @@ impl Manager {
                 tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
             }
         }
+        let revoked = Revocations::from_rows(stores.store.revocations(now)?);
         let m = Manager {
+            revoked: RwLock::new(Arc::new(revoked)),
             stores: Mutex::new(stores),
             keyring: Arc::new(Keyring::new(set)),
             clock,
@@ -97,6 +136,9 @@ impl Manager {
             }
         }
         self.refresh(&stores, now, created.into_iter().collect())?;
+        // Purge revocations that no longer cover any valid token.
+        let revoked = Revocations::from_rows(stores.store.revocations(now)?);
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(revoked);
         let rows = stores.store.keys()?;
         Ok(lifecycle::next_event(&rows, now, &cfg))
     }
@@ -139,6 +181,50 @@ impl Manager {
         Ok(done)
     }
 
+    /// The revocations in force.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        match self.revoked.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Revoke (admin): store durably, then take effect for `verify`.
+    pub fn revoke(
+        &self,
+        target: crate::protocol::RevokeTarget,
+        policy: &crate::token::Policy,
+    ) -> Result<Revocation> {
+        let stores = self.lock();
+        let now = self.clock.now();
+        let cfg = self.config();
+        let keys = self.keyring.snapshot();
+        let row = crate::service::Service::revocation_for(
+            &target,
+            &keys,
+            policy,
+            cfg.max_ttl.as_secs() as i64,
+            now,
+        )?;
+        stores.store.add_revocation(&row, now)?;
+        let mut all = Revocations::from_rows(stores.store.revocations(now)?);
+        all.add(row.clone());
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
+        tracing::warn!(
+            kind = match row {
+                Revocation::Jti { .. } => "jti",
+                Revocation::Sub { .. } => "sub",
+            },
+            "revoked by an admin"
+        );
+        Ok(row)
+    }
+
+    /// The database path, for the audit writer.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.lock().store.path().to_owned()
+    }
+
     /// Destroy what no longer signs, rebuild the key set, swap it in, and
     /// rewrite the JWKS file if it changed.
     fn refresh(&self, stores: &Stores, now: i64, fresh: Vec<NewKey>) -> Result<()> {
@@ -147,7 +233,7 @@ impl Manager {
         let held = self.keyring.snapshot().signers.clone();
         let (set, unlocked) =
             lifecycle::build_keyset(&stores.store, &stores.dir, &cfg, now, &held, fresh)?;
-        log_unlocked(&unlocked);
+        check_unlocked(&unlocked, &cfg)?;
         let jwks = set.jwks.get().to_owned();
         self.keyring.replace(set);
         if let Some(path) = &cfg.jwks_file {
@@ -198,10 +284,21 @@ impl Manager {
     }
 }
 
-fn log_unlocked(unlocked: &[(String, std::io::Error)]) {
+/// Key pages that could not be locked: a warning, or (with
+/// `mlock = "require"`) a refusal.
+fn check_unlocked(unlocked: &[(String, std::io::Error)], cfg: &Config) -> Result<()> {
+    if let Some((kid, e)) = unlocked.first()
+        && cfg.mlock == crate::config::MlockMode::Require
+    {
+        return Err(Error::Usage(format!(
+            "cannot lock the page of key {kid} in memory ({e}); raise RLIMIT_MEMLOCK \
+             (LimitMEMLOCK=) or set mlock = \"warn\""
+        )));
+    }
     for (kid, e) in unlocked {
         tracing::warn!(%kid, error = %e, "could not mlock the key page (raise LimitMEMLOCK / RLIMIT_MEMLOCK); the key may be swapped");
     }
+    Ok(())
 }
 
 /// Write a public file atomically: temp name in the same directory, mode

@@ -44,6 +44,17 @@ pub enum Code {
     /// An admin op could not be completed (e.g. the reshare cap); the
     /// message says why. Nothing was changed.
     Refused,
+    /// The peer (by uid/gid) may not use this op, or matches no policy.
+    /// (Also: admin ops from a non-admin peer.)
+    /// A claim name, or an `aud`, that the client's policy does not allow.
+    ForbiddenClaim,
+    /// The token was revoked (by jti, or by sub before an instant).
+    Revoked,
+    /// `verify` was given a fingerprint that does not match the token's
+    /// binding, or the token is bound and no fingerprint was given.
+    FingerprintMismatch,
+    /// The audit record could not be committed; no token was issued.
+    AuditUnavailable,
     /// Something failed inside the daemon; details are in its log.
     Internal,
 }
@@ -67,11 +78,15 @@ impl Code {
             Code::Unavailable => "unavailable",
             Code::Forbidden => "forbidden",
             Code::Refused => "refused",
+            Code::ForbiddenClaim => "forbidden_claim",
+            Code::Revoked => "revoked",
+            Code::FingerprintMismatch => "fingerprint_mismatch",
+            Code::AuditUnavailable => "audit_unavailable",
             Code::Internal => "internal",
         }
     }
 
-    pub const ALL: [Code; 17] = [
+    pub const ALL: [Code; 21] = [
         Code::InvalidJson,
         Code::InvalidUtf8,
         Code::InvalidRequest,
@@ -88,6 +103,10 @@ impl Code {
         Code::Unavailable,
         Code::Forbidden,
         Code::Refused,
+        Code::ForbiddenClaim,
+        Code::Revoked,
+        Code::FingerprintMismatch,
+        Code::AuditUnavailable,
         Code::Internal,
     ];
 
@@ -120,10 +139,14 @@ pub enum Op {
     Sign {
         claims: Map<String, Value>,
         ttl: Option<u64>,
+        /// Client fingerprint to bind the token to (only its SHA-256 goes
+        /// into the token).
+        fingerprint: Option<String>,
     },
     Verify {
         token: String,
         aud: Option<String>,
+        fingerprint: Option<String>,
     },
     Jwks,
     Status,
@@ -133,12 +156,26 @@ pub enum Op {
     },
     /// Admin: re-split the keys that hold shares.
     Reshare,
+    /// Admin: revoke a token or a subject.
+    Revoke(RevokeTarget),
+}
+
+/// What `revoke` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RevokeTarget {
+    /// One token by `jti`, kept until its `exp`.
+    Jti { jti: String, exp: i64 },
+    /// One token, given whole (its signature is checked; jti and exp are
+    /// read from it).
+    Token(String),
+    /// Every token for `sub` issued before `before` (default: now).
+    Sub { sub: String, before: Option<i64> },
 }
 
 impl Op {
     /// Whether only admin peers may use this op.
     pub fn is_admin(&self) -> bool {
-        matches!(self, Op::Rotate { .. } | Op::Reshare)
+        matches!(self, Op::Rotate { .. } | Op::Reshare | Op::Revoke(_))
     }
 }
 
@@ -156,8 +193,17 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
     let text = std::str::from_utf8(line)
         .map_err(|_| Failure::new(None, Code::InvalidUtf8, "request is not valid UTF-8"))?;
     // serde_json bounds nesting depth (128) by default; never lift it.
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Failure::new(None, Code::InvalidJson, json_error(&e)))?;
+    let value: Value = parse_strict(text).map_err(|e| {
+        if e.to_string().starts_with(DUPLICATE) {
+            Failure::new(
+                None,
+                Code::InvalidRequest,
+                "a JSON object has the same member name twice",
+            )
+        } else {
+            Failure::new(None, Code::InvalidJson, json_error(&e))
+        }
+    })?;
     let Value::Object(mut obj) = value else {
         return Err(Failure::new(
             None,
@@ -186,8 +232,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
     let allowed: &[&str] = match op_name.as_str() {
         "ping" | "jwks" | "status" | "reshare" => &[],
         "rotate" => &["emergency"],
-        "sign" => &["claims", "ttl"],
-        "verify" => &["token", "aud"],
+        "revoke" => &["jti", "exp", "token", "sub", "before"],
+        "sign" => &["claims", "ttl", "fingerprint"],
+        "verify" => &["token", "aud", "fingerprint"],
         _ => {
             let shown: String = op_name
                 .chars()
@@ -251,7 +298,57 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
                     );
                 }
             };
-            Op::Sign { claims, ttl }
+            let fingerprint = match opt_string(&mut obj, "fingerprint") {
+                Ok(f) => f,
+                Err(m) => return fail(Code::InvalidRequest, m),
+            };
+            Op::Sign {
+                claims,
+                ttl,
+                fingerprint,
+            }
+        }
+        "revoke" => {
+            let mut s = |k| opt_string(&mut obj, k);
+            let (jti, token, sub) = match (s("jti"), s("token"), s("sub")) {
+                (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+                (Err(m), _, _) | (_, Err(m), _) | (_, _, Err(m)) => {
+                    return fail(Code::InvalidRequest, m);
+                }
+            };
+            let mut int = |k: &str| match obj.remove(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) if n.as_i64().is_some() => Ok(n.as_i64()),
+                Some(_) => Err(format!("field `{k}` must be an integer (Unix seconds)")),
+            };
+            let (exp, before) = match (int("exp"), int("before")) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(m), _) | (_, Err(m)) => return fail(Code::InvalidRequest, m),
+            };
+            let target = match (jti, token, sub) {
+                (Some(jti), None, None) => match exp {
+                    Some(exp) if before.is_none() => RevokeTarget::Jti { jti, exp },
+                    _ => {
+                        return fail(
+                            Code::InvalidRequest,
+                            "revoke by `jti` needs the token's `exp`".into(),
+                        );
+                    }
+                },
+                (None, Some(token), None) if exp.is_none() && before.is_none() => {
+                    RevokeTarget::Token(token)
+                }
+                (None, None, Some(sub)) if exp.is_none() => RevokeTarget::Sub { sub, before },
+                _ => {
+                    return fail(
+                        Code::InvalidRequest,
+                        "revoke takes exactly one of `jti` (with `exp`), `token`, or `sub` \
+                         (with an optional `before`)"
+                            .into(),
+                    );
+                }
+            };
+            Op::Revoke(target)
         }
         "verify" => {
             let token = match obj.remove("token") {
@@ -264,18 +361,99 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
                 }
                 None => return fail(Code::InvalidRequest, "field `token` is missing".into()),
             };
-            let aud = match obj.remove("aud") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s),
-                Some(_) => {
-                    return fail(Code::InvalidRequest, "field `aud` must be a string".into());
-                }
+            let (aud, fingerprint) = match (
+                opt_string(&mut obj, "aud"),
+                opt_string(&mut obj, "fingerprint"),
+            ) {
+                (Ok(a), Ok(f)) => (a, f),
+                (Err(m), _) | (_, Err(m)) => return fail(Code::InvalidRequest, m),
             };
-            Op::Verify { token, aud }
+            Op::Verify {
+                token,
+                aud,
+                fingerprint,
+            }
         }
         _ => unreachable!("op names were matched above"),
     };
     Ok(Request { id, op })
+}
+
+/// An optional string field.
+fn opt_string(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("field `{key}` must be a string")),
+    }
+}
+
+/// Parse JSON into a `Value`, refusing duplicate member names in any object
+/// (RFC 7519 §4 lets a JWT processor reject them; a claim given twice is
+/// ambiguous, so it is never signed).
+fn parse_strict(text: &str) -> Result<Value, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+const DUPLICATE: &str = "duplicate member name";
+
+struct Strict;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(Strict)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(x) = seq.next_element_seed(Strict)? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if m.contains_key(&k) {
+                return Err(serde::de::Error::custom(DUPLICATE));
+            }
+            let v = map.next_value_seed(Strict)?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
 }
 
 /// serde_json's message without the echoed input: category and position.
@@ -441,7 +619,7 @@ mod tests {
     fn parses_each_op() {
         let r = parse_request(br#"{"id":1,"op":"sign","claims":{"sub":"a"},"ttl":60}"#).unwrap();
         assert_eq!(r.id, Some(Value::from(1)));
-        let Op::Sign { claims, ttl } = r.op else {
+        let Op::Sign { claims, ttl, .. } = r.op else {
             panic!()
         };
         assert_eq!(claims["sub"], "a");
@@ -468,6 +646,25 @@ mod tests {
         assert_eq!(code(br#"{"op":"sign","token":"x"}"#), Code::InvalidRequest);
         assert_eq!(code(br#"{"op":7}"#), Code::InvalidRequest);
         assert_eq!(code(br#"{"op":"verify"}"#), Code::InvalidRequest);
+        assert_eq!(
+            code(br#"{"op":"sign","claims":{"sub":"a","sub":"b"}}"#),
+            Code::InvalidRequest
+        );
+        assert_eq!(code(br#"{"op":"ping","op":"ping"}"#), Code::InvalidRequest);
+        assert_eq!(code(br#"{"op":"revoke","jti":"x"}"#), Code::InvalidRequest);
+        assert_eq!(
+            code(br#"{"op":"revoke","jti":"x","exp":1,"sub":"a"}"#),
+            Code::InvalidRequest
+        );
+        assert!(matches!(
+            parse_request(br#"{"op":"revoke","sub":"a","before":5}"#)
+                .unwrap()
+                .op,
+            Op::Revoke(RevokeTarget::Sub {
+                before: Some(5),
+                ..
+            })
+        ));
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(code(deep.as_bytes()), Code::InvalidJson);
         let f = parse_request(br#"{"id":"a","op":"fly"}"#).unwrap_err();

@@ -1,373 +1,33 @@
 //! `server` owns the Unix socket: binding, the accept loop with a connection
-//! limit, and one task per connection that reads lines, answers them in
-//! order and writes the answers in batches.
+//! limit, and one task per connection that checks the peer, reads lines,
+//! answers them in order and writes the answers in batches.
 //!
-//! A request crosses few hops: read → split line → parse → `Service::handle`
-//! (sign or verify inline; ~20–40 µs of CPU, cheaper than a thread hop) →
+//! A request crosses few hops: read → split line → parse → authorize →
+//! sign or verify inline (~20–40 µs of CPU, cheaper than a thread hop) →
 //! append the response. Responses for everything already read are written
-//! with one `write_all`; the connection reads no more until they are
-//! written, which is the backpressure on pipelining clients.
+//! with one `write_all` once their audit records are committed; the
+//! connection reads no more until they are written, which is the
+//! backpressure on pipelining clients.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use serde::Serialize;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::Record;
 use crate::error::{Error, Result};
-use crate::keyring;
-use crate::manager::Manager;
-use crate::protocol::{self, Code, Failure, Frame, LineSplitter, Op, Request};
-use crate::token::{self, Policy, SignError, VerifyError};
-
-/// What every connection shares: the keys (through the manager), the
-/// policy, and who may use admin ops.
-pub struct Service {
-    pub manager: Arc<Manager>,
-    /// Swapped as a whole on reload; requests clone the `Arc`.
-    policy: RwLock<Arc<Policy>>,
-    pub started: Instant,
-    /// Peers with these uids may use admin ops (default: root and the
-    /// daemon's own uid).
-    pub admin_uids: Vec<u32>,
-    pub health: Health,
-}
-
-/// What the watchdog looks at besides a test signature: whether the accept
-/// loop is stuck failing (EMFILE and the like).
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Unix seconds since when accept() has failed without a success; 0
-    /// when it is fine.
-    accept_failing_since: AtomicI64,
-}
-
-impl Health {
-    /// How long accept() has been failing, if it is.
-    pub fn accept_failing_for(&self, now: i64) -> Option<i64> {
-        match self.accept_failing_since.load(Ordering::Relaxed) {
-            0 => None,
-            since => Some(now - since),
-        }
-    }
-}
-
-/// The connecting process, from SO_PEERCRED at accept time.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub uid: u32,
-    pub pid: Option<i32>,
-}
-
-/// An admin request, run off the connection's task on a blocking thread.
-pub struct AdminJob {
-    req: Request,
-}
-
-#[derive(Serialize)]
-struct KeyStatus<'a> {
-    kid: &'a str,
-    state: &'static str,
-    origin: &'static str,
-    created_at: i64,
-    activate_at: i64,
-    deactivate_at: i64,
-    retire_at: i64,
-}
-
-#[derive(Serialize)]
-struct StatusBody<'a> {
-    version: &'static str,
-    issuer: &'a str,
-    alg: &'static str,
-    active_kid: Option<&'a str>,
-    uptime_s: u64,
-    now: i64,
-    next_transition: Option<i64>,
-    keys: Vec<KeyStatus<'a>>,
-}
-
-#[derive(Serialize)]
-struct RotateOk<'a> {
-    kid: &'a str,
-    previous: Option<&'a str>,
-    emergency: bool,
-}
-
-#[derive(Serialize)]
-struct ReshareKey<'a> {
-    kid: &'a str,
-    generation: u32,
-}
-
-#[derive(Serialize)]
-struct ReshareOk<'a> {
-    keys: Vec<ReshareKey<'a>>,
-}
-
-#[derive(Serialize)]
-struct StatusOk<'a> {
-    status: StatusBody<'a>,
-}
-
-impl Service {
-    pub fn new(
-        manager: Arc<Manager>,
-        policy: Policy,
-        started: Instant,
-        admin_uids: Vec<u32>,
-    ) -> Service {
-        Service {
-            manager,
-            policy: RwLock::new(Arc::new(policy)),
-            started,
-            admin_uids,
-            health: Health::default(),
-        }
-    }
-
-    pub fn policy(&self) -> Arc<Policy> {
-        match self.policy.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
-    }
-
-    pub fn set_policy(&self, policy: Policy) {
-        let policy = Arc::new(policy);
-        match self.policy.write() {
-            Ok(mut g) => *g = policy,
-            Err(p) => *p.into_inner() = policy,
-        }
-    }
-
-    /// The watchdog's check: accept() is not stuck failing for more than
-    /// `grace`, and the key that should sign now signs a test token.
-    pub fn healthy(&self, grace: Duration) -> bool {
-        let now = self.manager.clock.now();
-        if self
-            .health
-            .accept_failing_for(now)
-            .is_some_and(|d| d as u64 >= grace.as_secs().max(1))
-        {
-            return false;
-        }
-        let keys = self.manager.keyring.snapshot();
-        keys.signer_at(now).is_some_and(|s| {
-            token::sign(s, &self.policy(), &serde_json::Map::new(), Some(1), now).is_ok()
-        })
-    }
-
-    /// Answer one request line, appending the response to `out`. Admin
-    /// ops are handed back as an [`AdminJob`] for [`Service::run_admin`].
-    pub fn handle(&self, line: &[u8], peer: Peer, out: &mut Vec<u8>) -> Option<AdminJob> {
-        let req = match protocol::parse_request(line) {
-            Ok(r) => r,
-            Err(f) => {
-                protocol::write_error(out, &f);
-                return None;
-            }
-        };
-        let id = req.id.as_ref();
-        let fail = |code, msg: String| Failure::new(req.id.clone(), code, msg);
-        if req.op.is_admin() {
-            if !self.admin_uids.contains(&peer.uid) {
-                tracing::warn!(uid = peer.uid, pid = ?peer.pid, "admin op refused: not an admin uid");
-                protocol::write_error(
-                    out,
-                    &fail(Code::Forbidden, "admin ops need an admin uid".into()),
-                );
-                return None;
-            }
-            return Some(AdminJob { req });
-        }
-        let now = self.manager.clock.now();
-        let policy = self.policy();
-        match &req.op {
-            Op::Ping => protocol::write_ok(out, id, protocol::PingOk { pong: true }),
-            Op::Sign { claims, ttl } => {
-                let keys = self.manager.keyring.snapshot();
-                let Some(signer) = keys.signer_at(now) else {
-                    protocol::write_error(
-                        out,
-                        &fail(Code::Unavailable, "no key may sign now".into()),
-                    );
-                    return None;
-                };
-                match token::sign(signer, &policy, claims, *ttl, now) {
-                    Ok(s) => protocol::write_ok(
-                        out,
-                        id,
-                        protocol::SignOk {
-                            token: &s.token,
-                            kid: &signer.kid,
-                            exp: s.exp,
-                            jti: &s.jti,
-                        },
-                    ),
-                    Err(e) => {
-                        let (code, msg) = match e {
-                            SignError::ReservedClaim(name) => (
-                                Code::ReservedClaim,
-                                format!("claim {name:?} is set by the daemon"),
-                            ),
-                            SignError::TtlTooLong { ttl, max } => (
-                                Code::TtlTooLong,
-                                format!("ttl {ttl}s exceeds max_ttl {max}s"),
-                            ),
-                            SignError::TokenTooLarge { size, max } => (
-                                Code::TokenTooLarge,
-                                format!("token would be {size} bytes; max_token_bytes is {max}"),
-                            ),
-                            SignError::Random => {
-                                tracing::error!("the OS random generator failed");
-                                (Code::Internal, "internal error".into())
-                            }
-                        };
-                        protocol::write_error(out, &fail(code, msg));
-                    }
-                }
-            }
-            Op::Verify { token, aud } => {
-                let keys = self.manager.keyring.snapshot();
-                match token::verify(&keys, &policy, token, aud.as_deref(), now) {
-                    Ok(v) => protocol::write_ok(
-                        out,
-                        id,
-                        protocol::VerifyOk {
-                            claims: &v.claims,
-                            kid: &v.kid,
-                        },
-                    ),
-                    Err(e) => {
-                        let (code, msg) = match e {
-                            VerifyError::Invalid(why) => (Code::InvalidToken, why.to_owned()),
-                            VerifyError::UnknownKey => (
-                                Code::UnknownKey,
-                                "no published key with the token's kid verifies now".into(),
-                            ),
-                            VerifyError::Expired => {
-                                (Code::TokenExpired, "token has expired".into())
-                            }
-                            VerifyError::NotYetValid => (
-                                Code::TokenNotYetValid,
-                                "token is not valid yet (nbf)".into(),
-                            ),
-                            VerifyError::AudienceMismatch => (
-                                Code::AudienceMismatch,
-                                "token is not issued for that audience".into(),
-                            ),
-                        };
-                        protocol::write_error(out, &fail(code, msg));
-                    }
-                }
-            }
-            Op::Jwks => {
-                let keys = self.manager.keyring.snapshot();
-                protocol::write_ok(out, id, protocol::JwksOk { jwks: &keys.jwks });
-            }
-            Op::Status => {
-                let keys = self.manager.keyring.snapshot();
-                let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
-                let body = StatusBody {
-                    version: env!("CARGO_PKG_VERSION"),
-                    issuer: &policy.issuer,
-                    alg: policy.alg.as_str(),
-                    active_kid: keys.signer_at(now).map(|s| s.kid.as_str()),
-                    uptime_s: self.started.elapsed().as_secs(),
-                    now,
-                    next_transition: crate::lifecycle::next_event(
-                        &rows,
-                        now,
-                        &self.manager.config(),
-                    ),
-                    keys: keys
-                        .published
-                        .iter()
-                        .map(|p| KeyStatus {
-                            kid: &p.row.kid,
-                            state: keyring::state(&p.row, now).as_str(),
-                            origin: match p.row.origin {
-                                crate::store::Origin::Generated => "generated",
-                                crate::store::Origin::Imported => "imported",
-                            },
-                            created_at: p.row.created_at,
-                            activate_at: p.row.activate_at,
-                            deactivate_at: p.row.deactivate_at,
-                            retire_at: p.row.retire_at,
-                        })
-                        .collect(),
-                };
-                protocol::write_ok(out, id, StatusOk { status: body });
-            }
-            Op::Rotate { .. } | Op::Reshare => unreachable!("admin ops return above"),
-        }
-        None
-    }
-
-    /// Run an admin op on a blocking thread and append its response.
-    pub async fn run_admin(&self, job: AdminJob, peer: Peer, out: &mut Vec<u8>) {
-        let manager = Arc::clone(&self.manager);
-        let op = job.req.op.clone();
-        tracing::info!(uid = peer.uid, pid = ?peer.pid, op = ?op, "admin op");
-        let result = tokio::task::spawn_blocking(move || match op {
-            Op::Rotate { emergency } => manager.rotate(emergency).map(|r| (Some(r), None)),
-            Op::Reshare => manager.reshare().map(|r| (None, Some(r))),
-            _ => unreachable!("only admin ops become jobs"),
-        })
-        .await;
-        let id = job.req.id.as_ref();
-        match result {
-            Ok(Ok((Some(r), _))) => {
-                let emergency = matches!(job.req.op, Op::Rotate { emergency: true });
-                protocol::write_ok(
-                    out,
-                    id,
-                    RotateOk {
-                        kid: &r.kid,
-                        previous: r.previous.as_deref(),
-                        emergency,
-                    },
-                )
-            }
-            Ok(Ok((None, Some(keys)))) => protocol::write_ok(
-                out,
-                id,
-                ReshareOk {
-                    keys: keys
-                        .iter()
-                        .map(|(kid, generation)| ReshareKey {
-                            kid,
-                            generation: *generation,
-                        })
-                        .collect(),
-                },
-            ),
-            Ok(Ok(_)) => unreachable!("each op returns its own result"),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "admin op failed");
-                let code = if matches!(e, Error::Usage(_)) {
-                    Code::Refused
-                } else {
-                    Code::Internal
-                };
-                protocol::write_error(out, &Failure::new(job.req.id.clone(), code, e.to_string()));
-            }
-            Err(_) => protocol::write_error(
-                out,
-                &Failure::new(job.req.id.clone(), Code::Internal, "admin op panicked"),
-            ),
-        }
-    }
-}
+use crate::protocol::{self, Code, Failure, Frame, LineSplitter};
+use crate::service::{Handled, Peer, Service};
 
 /// A socket this process bound, removed again on drop if it is still ours.
 pub struct BoundSocket {
@@ -438,6 +98,9 @@ pub fn bind(path: &Path, mode: u32) -> Result<(std::os::unix::net::UnixListener,
 pub struct Limits {
     pub max_connections: usize,
     pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 /// Accept and serve until `shutdown` is cancelled, then wait (bounded) for
@@ -485,7 +148,7 @@ pub async fn run(
         let service = Arc::clone(&service);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            connection(stream, &service, limits.max_frame_bytes, &shutdown).await;
+            connection(stream, &service, limits, &shutdown).await;
             drop(permit);
         });
     }
@@ -500,30 +163,79 @@ pub async fn run(
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// One response in a batch: where it is in the output buffer, and whether
+/// it carries a token (withheld if the audit commit fails).
+struct Segment {
+    start: usize,
+    end: usize,
+    id: Option<Value>,
+    token: bool,
+}
+
 async fn connection(
     mut stream: UnixStream,
     service: &Service,
-    max_frame: usize,
+    limits: Limits,
     shutdown: &CancellationToken,
 ) {
     // SO_PEERCRED, read before any byte: who connected, as the kernel says.
     let Ok(cred) = stream.peer_cred() else {
         return;
     };
+    let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+    let Some(policy) = service.access().for_peer(uid, gid) else {
+        tracing::warn!(uid, gid, pid = ?pid, "connection refused: no policy matches this peer");
+        let now = service.manager.clock.now();
+        if let Some(a) = &service.audit {
+            a.commit(vec![Record {
+                at: now,
+                uid: Some(uid),
+                pid,
+                op: "connect",
+                result: Code::Forbidden.as_str(),
+                ..Record::default()
+            }])
+            .await;
+        }
+        let mut out = Vec::new();
+        protocol::write_error(
+            &mut out,
+            &Failure::new(None, Code::Forbidden, "this peer may not use the daemon"),
+        );
+        let _ = tokio::time::timeout(limits.write_timeout, stream.write_all(&out)).await;
+        let _ = stream.shutdown().await;
+        return;
+    };
     let peer = Peer {
-        uid: cred.uid(),
-        pid: cred.pid(),
+        uid,
+        gid,
+        pid,
+        policy,
     };
     let (mut rd, mut wr) = stream.split();
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut splitter = LineSplitter::new(max_frame);
+    let mut splitter = LineSplitter::new(limits.max_frame_bytes);
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
+    let mut last_request = Instant::now();
+    let mut partial_since: Option<Instant> = None;
     loop {
         if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
             inbuf.reserve(READ_CHUNK);
         }
+        // A started line must finish within read_timeout (slow clients);
+        // an idle connection closes after idle_timeout.
+        let deadline = match partial_since {
+            Some(t) => t + limits.read_timeout,
+            None => last_request + limits.idle_timeout,
+        };
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::debug!(uid, "closing a connection: read or idle timeout");
+                break;
+            }
             r = rd.read_buf(&mut inbuf) => r,
         };
         let eof = match read {
@@ -533,40 +245,90 @@ async fn connection(
         };
         let mut close = eof;
         while let Some(frame) = splitter.next(&inbuf) {
-            match frame {
-                Frame::Line(line) => {
-                    if !line.trim_ascii().is_empty()
-                        && let Some(job) = service.handle(line, peer, &mut out)
-                    {
-                        service.run_admin(job, peer, &mut out).await;
+            let start = out.len();
+            let (id, token) = match frame {
+                Frame::Line(line) if line.trim_ascii().is_empty() => continue,
+                Frame::Line(line) => match service.handle(line, &peer, &mut out, &mut records) {
+                    Handled::Done { token } => (None, token),
+                    Handled::Admin(req) => {
+                        service.run_admin(req, &peer, &mut out, &mut records).await;
+                        (None, false)
                     }
-                }
+                },
                 Frame::TooLong => {
                     protocol::write_error(
                         &mut out,
                         &Failure::new(
                             None,
                             Code::FrameTooLong,
-                            format!("request line exceeds {max_frame} bytes; closing"),
+                            format!(
+                                "request line exceeds {} bytes; closing",
+                                limits.max_frame_bytes
+                            ),
                         ),
                     );
                     close = true;
+                    segments.push(Segment {
+                        start,
+                        end: out.len(),
+                        id: None,
+                        token: false,
+                    });
                     break;
                 }
-            }
+            };
+            segments.push(Segment {
+                start,
+                end: out.len(),
+                id,
+                token,
+            });
         }
         inbuf.advance(splitter.consumed());
         splitter.reset();
         // A last line without `\n` before EOF (e.g. `printf … | socat`).
-        if eof
-            && !inbuf.trim_ascii().is_empty()
-            && let Some(job) = service.handle(&inbuf, peer, &mut out)
-        {
-            service.run_admin(job, peer, &mut out).await;
+        if eof && !inbuf.trim_ascii().is_empty() {
+            let start = out.len();
+            let token = match service.handle(&inbuf, &peer, &mut out, &mut records) {
+                Handled::Done { token } => token,
+                Handled::Admin(req) => {
+                    service.run_admin(req, &peer, &mut out, &mut records).await;
+                    false
+                }
+            };
+            segments.push(Segment {
+                start,
+                end: out.len(),
+                id: None,
+                token,
+            });
         }
+        if !segments.is_empty() {
+            last_request = Instant::now();
+        }
+        partial_since = if inbuf.is_empty() {
+            None
+        } else {
+            partial_since.or(Some(Instant::now()))
+        };
+        // Group commit: the records of this batch are durable before any
+        // reply they cover leaves. If they cannot be written, no token does.
+        if !records.is_empty()
+            && let Some(audit) = &service.audit
+            && !audit.commit(std::mem::take(&mut records)).await
+        {
+            out = withhold_tokens(&out, &segments);
+        }
+        records.clear();
+        segments.clear();
         if !out.is_empty() {
-            if wr.write_all(&out).await.is_err() {
-                break;
+            match tokio::time::timeout(limits.write_timeout, wr.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::debug!(uid, "closing a connection that does not read its responses");
+                    break;
+                }
             }
             out.clear();
         }
@@ -574,5 +336,31 @@ async fn connection(
             break;
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+}
+
+/// Rebuild a batch's output with every token-carrying response replaced by
+/// an `audit_unavailable` error (the id is read back from the response).
+fn withhold_tokens(out: &[u8], segments: &[Segment]) -> Vec<u8> {
+    let mut rebuilt = Vec::with_capacity(out.len());
+    for s in segments {
+        if s.token {
+            let id = s.id.clone().or_else(|| {
+                serde_json::from_slice::<Value>(&out[s.start..s.end])
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+            });
+            protocol::write_error(
+                &mut rebuilt,
+                &Failure::new(
+                    id,
+                    Code::AuditUnavailable,
+                    "the audit log cannot be written; no token was issued",
+                ),
+            );
+        } else {
+            rebuilt.extend_from_slice(&out[s.start..s.end]);
+        }
+    }
+    rebuilt
 }

@@ -14,7 +14,10 @@ use rusqlite_migration::{M, Migrations};
 use crate::error::{Error, Result};
 use crate::shares::{self, KeyShare, ShareY, Slot};
 
-const MIGRATION_ARRAY: &[M] = &[M::up(include_str!("../migrations/0001_init.sql"))];
+const MIGRATION_ARRAY: &[M] = &[
+    M::up(include_str!("../migrations/0001_init.sql")),
+    M::up(include_str!("../migrations/0002_revocations_audit.sql")),
+];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
 /// Where a key came from.
@@ -444,6 +447,97 @@ fn printable(s: &str) -> String {
         .take(64)
         .map(|c| if c.is_ascii_graphic() { c } else { '?' })
         .collect()
+}
+
+/// Bring a test connection to the current schema.
+#[cfg(test)]
+pub fn migrate_for_test(conn: &mut Connection) {
+    MIGRATIONS.to_latest(conn).unwrap();
+}
+
+/// A revocation, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Jti {
+        jti: String,
+        expires_at: i64,
+    },
+    Sub {
+        sub: String,
+        before: i64,
+        expires_at: i64,
+    },
+}
+
+impl Store {
+    /// Record a revocation (replacing an older one of the same jti or sub).
+    pub fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
+        let (kind, value, before, expires_at) = match r {
+            Revocation::Jti { jti, expires_at } => ("jti", jti, None, *expires_at),
+            Revocation::Sub {
+                sub,
+                before,
+                expires_at,
+            } => ("sub", sub, Some(*before), *expires_at),
+        };
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO revocations (kind, value, before, expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![kind, value, before, expires_at, now],
+            )
+            .map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// Revocations still in force at `now`; older ones are purged.
+    pub fn revocations(&self, now: i64) -> Result<Vec<Revocation>> {
+        self.conn
+            .execute("DELETE FROM revocations WHERE expires_at < ?1", [now])
+            .map_err(self.db_err())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, value, before, expires_at FROM revocations")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(self.db_err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.db_err())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(kind, value, before, expires_at)| match kind.as_str() {
+                "jti" => Some(Revocation::Jti {
+                    jti: value,
+                    expires_at,
+                }),
+                "sub" => Some(Revocation::Sub {
+                    sub: value,
+                    before: before?,
+                    expires_at,
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Append audit records (offline admin commands).
+    pub fn audit(&mut self, records: &[crate::audit::Record]) -> Result<()> {
+        let path = self.path.clone();
+        crate::audit::append(&mut self.conn, records)
+            .map_err(|source| Error::Database { path, source })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
 }
 
 #[cfg(test)]

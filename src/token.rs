@@ -18,8 +18,18 @@ use serde_json::{Map, Value};
 use crate::config::AlgLabel;
 use crate::keyring::{KeySet, Signer};
 
-/// Claims only the daemon sets.
-pub const RESERVED: [&str; 5] = ["iss", "iat", "nbf", "exp", "jti"];
+/// Claims only the daemon sets. `fph` is the SHA-256 of a client
+/// fingerprint (token binding, set from the sign request's `fingerprint`).
+pub const RESERVED: [&str; 6] = ["iss", "iat", "nbf", "exp", "jti", FINGERPRINT_CLAIM];
+
+/// The claim holding base64url(SHA-256(fingerprint)).
+pub const FINGERPRINT_CLAIM: &str = "fph";
+
+/// base64url(SHA-256(fingerprint)), as stored in the `fph` claim.
+pub fn fingerprint_hash(fingerprint: &str) -> String {
+    use sha2::Digest;
+    B64.encode(sha2::Sha256::digest(fingerprint.as_bytes()))
+}
 
 /// Length of an Ed25519 signature in base64url.
 const SIG_B64_LEN: usize = 86;

@@ -1,0 +1,614 @@
+//! `service` answers requests: it applies the peer's policy, signs,
+//! verifies (with revocation and token binding), serves the JWKS and
+//! status, and hands admin ops to the manager. It produces the audit
+//! records of what it did; the connection commits them before it replies.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::access::{Access, ClientPolicy, Refusal};
+use crate::audit::Record;
+use crate::error::Error;
+use crate::keyring;
+use crate::manager::Manager;
+use crate::protocol::{self, Code, Failure, Op, Request, RevokeTarget};
+use crate::token::{self, Policy, SignError, VerifyError};
+
+/// What every connection shares.
+pub struct Service {
+    pub manager: Arc<Manager>,
+    /// Token settings and access policies, swapped whole on reload;
+    /// requests clone the `Arc`s.
+    policy: RwLock<Arc<Policy>>,
+    access: RwLock<Arc<Access>>,
+    pub started: Instant,
+    pub health: Health,
+    pub audit: Option<crate::audit::Writer>,
+}
+
+/// What the watchdog looks at besides a test signature: whether the accept
+/// loop is stuck failing (EMFILE and the like).
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix seconds since when accept() has failed without a success; 0
+    /// when it is fine.
+    pub accept_failing_since: AtomicI64,
+}
+
+impl Health {
+    /// How long accept() has been failing, if it is.
+    pub fn accept_failing_for(&self, now: i64) -> Option<i64> {
+        match self.accept_failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(now - since),
+        }
+    }
+}
+
+/// The connected process and its policy, fixed at accept time.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+    pub policy: Arc<ClientPolicy>,
+}
+
+/// The result of handling one line.
+pub enum Handled {
+    /// The response is in `out`. `token` is true when it carries a signed
+    /// token, which must not leave before its audit record is committed.
+    Done { token: bool },
+    /// An admin op to run with [`Service::run_admin`].
+    Admin(Request),
+}
+
+#[derive(Serialize)]
+struct KeyStatus<'a> {
+    kid: &'a str,
+    state: &'static str,
+    origin: &'static str,
+    created_at: i64,
+    activate_at: i64,
+    deactivate_at: i64,
+    retire_at: i64,
+}
+
+#[derive(Serialize)]
+struct StatusBody<'a> {
+    version: &'static str,
+    issuer: &'a str,
+    alg: &'static str,
+    active_kid: Option<&'a str>,
+    uptime_s: u64,
+    now: i64,
+    next_transition: Option<i64>,
+    keys: Vec<KeyStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct StatusOk<'a> {
+    status: StatusBody<'a>,
+}
+
+#[derive(Serialize)]
+struct RotateOk<'a> {
+    kid: &'a str,
+    previous: Option<&'a str>,
+    emergency: bool,
+}
+
+#[derive(Serialize)]
+struct ReshareKey<'a> {
+    kid: &'a str,
+    generation: u32,
+}
+
+#[derive(Serialize)]
+struct ReshareOk<'a> {
+    keys: Vec<ReshareKey<'a>>,
+}
+
+#[derive(Serialize)]
+struct RevokeOk<'a> {
+    revoked: &'static str,
+    value: &'a str,
+    until: i64,
+}
+
+impl Service {
+    pub fn new(
+        manager: Arc<Manager>,
+        policy: Policy,
+        access: Access,
+        started: Instant,
+        audit: Option<crate::audit::Writer>,
+    ) -> Service {
+        Service {
+            manager,
+            policy: RwLock::new(Arc::new(policy)),
+            access: RwLock::new(Arc::new(access)),
+            started,
+            health: Health::default(),
+            audit,
+        }
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        read(&self.policy)
+    }
+
+    pub fn access(&self) -> Arc<Access> {
+        read(&self.access)
+    }
+
+    /// Take a reloaded config's token settings and access policies.
+    pub fn set_policies(&self, policy: Policy, access: Access) {
+        write(&self.policy, policy);
+        write(&self.access, access);
+    }
+
+    /// The watchdog's check: accept() is not stuck failing for more than
+    /// `grace`, and the key that should sign now signs a test token.
+    pub fn healthy(&self, grace: Duration) -> bool {
+        let now = self.manager.clock.now();
+        if self
+            .health
+            .accept_failing_for(now)
+            .is_some_and(|d| d as u64 >= grace.as_secs().max(1))
+        {
+            return false;
+        }
+        let keys = self.manager.keyring.snapshot();
+        keys.signer_at(now)
+            .is_some_and(|s| token::sign(s, &self.policy(), &Map::new(), Some(1), now).is_ok())
+    }
+
+    fn record(&self, peer: &Peer, op: &'static str, now: i64) -> Record {
+        Record {
+            at: now,
+            uid: Some(peer.uid),
+            pid: peer.pid,
+            op,
+            result: "ok",
+            ..Record::default()
+        }
+    }
+
+    /// Answer one request line into `out`, adding audit records to `audit`.
+    pub fn handle(
+        &self,
+        line: &[u8],
+        peer: &Peer,
+        out: &mut Vec<u8>,
+        audit: &mut Vec<Record>,
+    ) -> Handled {
+        let done = Handled::Done { token: false };
+        let req = match protocol::parse_request(line) {
+            Ok(r) => r,
+            Err(f) => {
+                protocol::write_error(out, &f);
+                return done;
+            }
+        };
+        let now = self.manager.clock.now();
+        let fail = |out: &mut Vec<u8>, code, msg: String| {
+            protocol::write_error(out, &Failure::new(req.id.clone(), code, msg));
+        };
+        if let Err(Refusal::Op(op)) = peer.policy.allows(&req.op) {
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, policy = %peer.policy.name, %op, "op refused by policy");
+            let mut r = self.record(peer, crate::access::op_name(&req.op), now);
+            r.result = Code::Forbidden.as_str();
+            audit.push(r);
+            fail(
+                out,
+                Code::Forbidden,
+                format!("op {op:?} is not allowed for this client"),
+            );
+            return done;
+        }
+        if req.op.is_admin() {
+            return Handled::Admin(req);
+        }
+        let id = req.id.as_ref();
+        let policy = self.policy();
+        match req.op {
+            Op::Ping => protocol::write_ok(out, id, protocol::PingOk { pong: true }),
+            Op::Sign {
+                mut claims,
+                ttl,
+                fingerprint,
+            } => {
+                let mut rec = self.record(peer, "sign", now);
+                let result =
+                    self.sign(peer, &policy, &mut claims, ttl, fingerprint.as_deref(), now);
+                rec.sub = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+                match result {
+                    Ok((s, kid)) => {
+                        rec.kid = Some(kid.clone());
+                        rec.jti = Some(s.jti.clone());
+                        audit.push(rec);
+                        protocol::write_ok(
+                            out,
+                            id,
+                            protocol::SignOk {
+                                token: &s.token,
+                                kid: &kid,
+                                exp: s.exp,
+                                jti: &s.jti,
+                            },
+                        );
+                        return Handled::Done { token: true };
+                    }
+                    Err((code, msg)) => {
+                        rec.result = code.as_str();
+                        audit.push(rec);
+                        fail(out, code, msg);
+                    }
+                }
+            }
+            Op::Verify {
+                token,
+                aud,
+                fingerprint,
+            } => match self.verify(&policy, &token, aud.as_deref(), fingerprint.as_deref(), now) {
+                Ok(v) => protocol::write_ok(
+                    out,
+                    id,
+                    protocol::VerifyOk {
+                        claims: &v.claims,
+                        kid: &v.kid,
+                    },
+                ),
+                Err((code, msg)) => {
+                    let mut rec = self.record(peer, "verify", now);
+                    rec.result = code.as_str();
+                    audit.push(rec);
+                    fail(out, code, msg);
+                }
+            },
+            Op::Jwks => {
+                let keys = self.manager.keyring.snapshot();
+                protocol::write_ok(out, id, protocol::JwksOk { jwks: &keys.jwks });
+            }
+            Op::Status => {
+                let keys = self.manager.keyring.snapshot();
+                let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
+                let body = StatusBody {
+                    version: env!("CARGO_PKG_VERSION"),
+                    issuer: &policy.issuer,
+                    alg: policy.alg.as_str(),
+                    active_kid: keys.signer_at(now).map(|s| s.kid.as_str()),
+                    uptime_s: self.started.elapsed().as_secs(),
+                    now,
+                    next_transition: crate::lifecycle::next_event(
+                        &rows,
+                        now,
+                        &self.manager.config(),
+                    ),
+                    keys: keys
+                        .published
+                        .iter()
+                        .map(|p| KeyStatus {
+                            kid: &p.row.kid,
+                            state: keyring::state(&p.row, now).as_str(),
+                            origin: match p.row.origin {
+                                crate::store::Origin::Generated => "generated",
+                                crate::store::Origin::Imported => "imported",
+                            },
+                            created_at: p.row.created_at,
+                            activate_at: p.row.activate_at,
+                            deactivate_at: p.row.deactivate_at,
+                            retire_at: p.row.retire_at,
+                        })
+                        .collect(),
+                };
+                protocol::write_ok(out, id, StatusOk { status: body });
+            }
+            Op::Rotate { .. } | Op::Reshare | Op::Revoke(_) => {
+                unreachable!("admin ops return above")
+            }
+        }
+        done
+    }
+
+    /// The sign path: policy, then token. Returns the token and its kid.
+    fn sign(
+        &self,
+        peer: &Peer,
+        policy: &Policy,
+        claims: &mut Map<String, Value>,
+        ttl: Option<u64>,
+        fingerprint: Option<&str>,
+        now: i64,
+    ) -> Result<(token::Signed, String), (Code, String)> {
+        // Reserved claims first: a client never learns more from a policy
+        // refusal than from this one.
+        if let Some(name) = claims
+            .keys()
+            .find(|k| token::RESERVED.contains(&k.as_str()))
+        {
+            return Err((
+                Code::ReservedClaim,
+                format!("claim {name:?} is set by the daemon"),
+            ));
+        }
+        let client = &peer.policy;
+        let name = if client_needs_name(client) {
+            self.access().user_name(peer.uid)
+        } else {
+            String::new()
+        };
+        client.apply(claims, &name).map_err(|r| match r {
+            Refusal::Claim(c) => (
+                Code::ForbiddenClaim,
+                format!("claim {:?} is not allowed for this client", truncate(&c)),
+            ),
+            Refusal::Audience => (
+                Code::ForbiddenClaim,
+                "this `aud` is not allowed for this client".into(),
+            ),
+            Refusal::Op(op) => (Code::Forbidden, format!("op {op:?} is not allowed")),
+        })?;
+        if let Some(f) = fingerprint {
+            claims.insert(
+                token::FINGERPRINT_CLAIM.into(),
+                Value::String(token::fingerprint_hash(f)),
+            );
+        }
+        let max = client
+            .max_ttl
+            .map_or(policy.max_ttl, |m| m.min(policy.max_ttl));
+        let ttl = ttl.or(Some(policy.default_ttl.min(max)));
+        if let Some(t) = ttl
+            && t > max
+        {
+            return Err((
+                Code::TtlTooLong,
+                format!("ttl {t}s exceeds this client's max_ttl {max}s"),
+            ));
+        }
+        let keys = self.manager.keyring.snapshot();
+        let Some(signer) = keys.signer_at(now) else {
+            return Err((Code::Unavailable, "no key may sign now".into()));
+        };
+        match token::sign(signer, policy, claims, ttl, now) {
+            Ok(s) => Ok((s, signer.kid.clone())),
+            Err(e) => Err(match e {
+                SignError::ReservedClaim(name) => (
+                    Code::ReservedClaim,
+                    format!("claim {name:?} is set by the daemon"),
+                ),
+                SignError::TtlTooLong { ttl, max } => (
+                    Code::TtlTooLong,
+                    format!("ttl {ttl}s exceeds max_ttl {max}s"),
+                ),
+                SignError::TokenTooLarge { size, max } => (
+                    Code::TokenTooLarge,
+                    format!("token would be {size} bytes; max_token_bytes is {max}"),
+                ),
+                SignError::Random => {
+                    tracing::error!("the OS random generator failed");
+                    (Code::Internal, "internal error".into())
+                }
+            }),
+        }
+    }
+
+    /// The verify path: signature and claims, then revocation and binding.
+    fn verify(
+        &self,
+        policy: &Policy,
+        token: &str,
+        aud: Option<&str>,
+        fingerprint: Option<&str>,
+        now: i64,
+    ) -> Result<token::Verified, (Code, String)> {
+        let keys = self.manager.keyring.snapshot();
+        let v = token::verify(&keys, policy, token, aud, now).map_err(|e| match e {
+            VerifyError::Invalid(why) => (Code::InvalidToken, why.to_owned()),
+            VerifyError::UnknownKey => (
+                Code::UnknownKey,
+                "no published key with the token's kid verifies now".into(),
+            ),
+            VerifyError::Expired => (Code::TokenExpired, "token has expired".into()),
+            VerifyError::NotYetValid => (
+                Code::TokenNotYetValid,
+                "token is not valid yet (nbf)".into(),
+            ),
+            VerifyError::AudienceMismatch => (
+                Code::AudienceMismatch,
+                "token is not issued for that audience".into(),
+            ),
+        })?;
+        let claim = |k: &str| v.claims.get(k).and_then(Value::as_str);
+        let iat = v
+            .claims
+            .get("iat")
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::MIN);
+        if self
+            .manager
+            .revocations()
+            .is_revoked(claim("jti"), claim("sub"), iat)
+        {
+            return Err((Code::Revoked, "token has been revoked".into()));
+        }
+        let bound = claim(token::FINGERPRINT_CLAIM);
+        let given = fingerprint.map(token::fingerprint_hash);
+        if bound != given.as_deref() {
+            return Err((
+                Code::FingerprintMismatch,
+                "the fingerprint does not match the token's binding".into(),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Run an admin op on a blocking thread and append its response.
+    pub async fn run_admin(
+        &self,
+        req: Request,
+        peer: &Peer,
+        out: &mut Vec<u8>,
+        audit: &mut Vec<Record>,
+    ) {
+        let manager = Arc::clone(&self.manager);
+        let policy = self.policy();
+        let op = req.op.clone();
+        let name = crate::access::op_name(&op);
+        tracing::info!(uid = peer.uid, pid = ?peer.pid, op = name, "admin op");
+        let result = tokio::task::spawn_blocking(move || match op {
+            Op::Rotate { emergency } => manager.rotate(emergency).map(Admin::Rotated),
+            Op::Reshare => manager.reshare().map(Admin::Reshared),
+            Op::Revoke(target) => manager.revoke(target, &policy).map(Admin::Revoked),
+            _ => unreachable!("only admin ops become jobs"),
+        })
+        .await;
+        let id = req.id.as_ref();
+        let mut rec = self.record(peer, name, self.manager.clock.now());
+        match result {
+            Ok(Ok(Admin::Rotated(r))) => {
+                rec.kid = Some(r.kid.clone());
+                let emergency = matches!(req.op, Op::Rotate { emergency: true });
+                protocol::write_ok(
+                    out,
+                    id,
+                    RotateOk {
+                        kid: &r.kid,
+                        previous: r.previous.as_deref(),
+                        emergency,
+                    },
+                )
+            }
+            Ok(Ok(Admin::Reshared(keys))) => protocol::write_ok(
+                out,
+                id,
+                ReshareOk {
+                    keys: keys
+                        .iter()
+                        .map(|(kid, generation)| ReshareKey {
+                            kid,
+                            generation: *generation,
+                        })
+                        .collect(),
+                },
+            ),
+            Ok(Ok(Admin::Revoked(r))) => {
+                let (kind, value, until) = match &r {
+                    crate::store::Revocation::Jti { jti, expires_at } => ("jti", jti, *expires_at),
+                    crate::store::Revocation::Sub {
+                        sub, expires_at, ..
+                    } => ("sub", sub, *expires_at),
+                };
+                if kind == "jti" {
+                    rec.jti = Some(value.clone());
+                } else {
+                    rec.sub = Some(value.clone());
+                }
+                protocol::write_ok(
+                    out,
+                    id,
+                    RevokeOk {
+                        revoked: kind,
+                        value,
+                        until,
+                    },
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, op = name, "admin op failed");
+                let code = if matches!(e, Error::Usage(_)) {
+                    Code::Refused
+                } else {
+                    Code::Internal
+                };
+                rec.result = code.as_str();
+                protocol::write_error(out, &Failure::new(req.id.clone(), code, e.to_string()));
+            }
+            Err(_) => {
+                rec.result = Code::Internal.as_str();
+                protocol::write_error(
+                    out,
+                    &Failure::new(req.id.clone(), Code::Internal, "admin op panicked"),
+                );
+            }
+        }
+        audit.push(rec);
+    }
+
+    /// Apply a revoke target, for the manager: returns what to store.
+    pub fn revocation_for(
+        target: &RevokeTarget,
+        keys: &keyring::KeySet,
+        policy: &Policy,
+        max_ttl: i64,
+        now: i64,
+    ) -> Result<crate::store::Revocation, Error> {
+        let leeway = policy.leeway as i64;
+        Ok(match target {
+            RevokeTarget::Jti { jti, exp } => crate::store::Revocation::Jti {
+                jti: jti.clone(),
+                expires_at: exp + leeway,
+            },
+            RevokeTarget::Token(t) => {
+                let v = token::verify(keys, policy, t, None, now).map_err(|e| {
+                    Error::Usage(format!("cannot revoke that token: {e:?} (only a valid token can be revoked by value)"))
+                })?;
+                let jti = v
+                    .claims
+                    .get("jti")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let exp = v.claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+                crate::store::Revocation::Jti {
+                    jti,
+                    expires_at: exp + leeway,
+                }
+            }
+            RevokeTarget::Sub { sub, before } => {
+                let before = before.unwrap_or(now);
+                crate::store::Revocation::Sub {
+                    sub: sub.clone(),
+                    before,
+                    // Every token issued before `before` expires by then.
+                    expires_at: before + max_ttl + leeway,
+                }
+            }
+        })
+    }
+}
+
+enum Admin {
+    Rotated(crate::manager::Rotated),
+    Reshared(Vec<(String, u32)>),
+    Revoked(crate::store::Revocation),
+}
+
+fn client_needs_name(p: &ClientPolicy) -> bool {
+    p.sub_from_peer()
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).filter(|c| !c.is_control()).collect()
+}
+
+fn read<T>(l: &RwLock<Arc<T>>) -> Arc<T> {
+    match l.read() {
+        Ok(g) => Arc::clone(&g),
+        Err(p) => Arc::clone(&p.into_inner()),
+    }
+}
+
+fn write<T>(l: &RwLock<Arc<T>>, v: T) {
+    let v = Arc::new(v);
+    match l.write() {
+        Ok(mut g) => *g = v,
+        Err(p) => *p.into_inner() = v,
+    }
+}
