@@ -164,8 +164,9 @@ impl Service {
             return false;
         }
         let keys = self.manager.keyring.snapshot();
-        keys.signer_at(now)
-            .is_some_and(|s| token::sign(s, &self.policy(), &Map::new(), Some(1), now).is_ok())
+        keys.signer_at(now).is_some_and(|s| {
+            token::sign(s, &self.policy(), &Map::new(), Some(1), now, None).is_ok()
+        })
     }
 
     fn record(&self, peer: &Peer, op: &'static str, now: i64) -> Record {
@@ -354,12 +355,6 @@ impl Service {
             ),
             Refusal::Op(op) => (Code::Forbidden, format!("op {op:?} is not allowed")),
         })?;
-        if let Some(f) = fingerprint {
-            claims.insert(
-                token::FINGERPRINT_CLAIM.into(),
-                Value::String(token::fingerprint_hash(f)),
-            );
-        }
         let max = client
             .max_ttl
             .map_or(policy.max_ttl, |m| m.min(policy.max_ttl));
@@ -376,7 +371,7 @@ impl Service {
         let Some(signer) = keys.signer_at(now) else {
             return Err((Code::Unavailable, "no key may sign now".into()));
         };
-        match token::sign(signer, policy, claims, ttl, now) {
+        match token::sign(signer, policy, claims, ttl, now, fingerprint) {
             Ok(s) => Ok((s, signer.kid.clone())),
             Err(e) => Err(match e {
                 SignError::ReservedClaim(name) => (

@@ -77,13 +77,15 @@ pub struct Signed {
     pub jti: String,
 }
 
-/// Sign `claims` (already known to be a JSON object) with `signer`.
+/// Sign `claims` (already known to be a JSON object) with `signer`. With
+/// `fingerprint`, the token is bound to it: only its hash goes in `fph`.
 pub fn sign(
     signer: &Signer,
     policy: &Policy,
     claims: &Map<String, Value>,
     ttl: Option<u64>,
     now: i64,
+    fingerprint: Option<&str>,
 ) -> Result<Signed, SignError> {
     if let Some(name) = claims.keys().find(|k| RESERVED.contains(&k.as_str())) {
         return Err(SignError::ReservedClaim(name.clone()));
@@ -114,6 +116,11 @@ pub fn sign(
     payload.extend_from_slice(b",\"jti\":\"");
     payload.extend_from_slice(jti.as_bytes());
     payload.push(b'"');
+    if let Some(f) = fingerprint {
+        payload.extend_from_slice(b",\"fph\":\"");
+        payload.extend_from_slice(fingerprint_hash(f).as_bytes());
+        payload.push(b'"');
+    }
     for (name, value) in claims {
         payload.push(b',');
         serde_json::to_writer(&mut payload, name).expect("writing to a Vec cannot fail");
@@ -297,7 +304,7 @@ mod tests {
     #[test]
     fn exp_never_passes_the_keys_retire_at() {
         let (signer, set, policy) = setup(1000);
-        let s = sign(&signer, &policy, &Map::new(), Some(3600), 900).unwrap();
+        let s = sign(&signer, &policy, &Map::new(), Some(3600), 900, None).unwrap();
         assert_eq!(s.exp, 1000);
         let v = verify(&set, &policy, &s.token, None, 950).unwrap();
         assert_eq!(v.claims["exp"], 1000);
@@ -310,7 +317,7 @@ mod tests {
     #[test]
     fn exp_and_nbf_are_checked_with_leeway() {
         let (signer, set, mut policy) = setup(1_000_000);
-        let s = sign(&signer, &policy, &Map::new(), Some(60), 1000).unwrap();
+        let s = sign(&signer, &policy, &Map::new(), Some(60), 1000, None).unwrap();
         assert!(verify(&set, &policy, &s.token, None, 1059).is_ok());
         assert_eq!(
             verify(&set, &policy, &s.token, None, 1060).unwrap_err(),
@@ -332,7 +339,7 @@ mod tests {
             let mut m = Map::new();
             m.insert(name.into(), 1.into());
             assert_eq!(
-                sign(&signer, &policy, &m, None, 0).unwrap_err(),
+                sign(&signer, &policy, &m, None, 0, None).unwrap_err(),
                 SignError::ReservedClaim(name.into())
             );
         }

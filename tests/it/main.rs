@@ -1,5 +1,6 @@
 //! Integration tests: each runs the real `splitsign` binary against a temp
 //! directory and speaks the wire protocol.
+mod access;
 mod crash;
 mod foundation;
 mod hostile_input;

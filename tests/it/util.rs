@@ -158,6 +158,10 @@ impl Daemon {
         Conn::open(&self.socket).expect("connect")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
