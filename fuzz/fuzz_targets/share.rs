@@ -1,0 +1,22 @@
+//! Share parsing and recovery: a hostile share file must be refused or, if
+//! it parses, must never rebuild a key other than the one it names.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use splitsign::shares::{self, KeyShare, ShareY, Slot};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(share) = shares::decode_file(data) else {
+        return;
+    };
+    // Pair it with a database share of the key it claims to belong to.
+    let other = KeyShare {
+        kid: share.kid.clone(),
+        generation: share.generation,
+        slot: if share.slot == Slot::Database { Slot::File } else { Slot::Database },
+        public_key: share.public_key,
+        y: ShareY::from_slice(&[7u8; 32]).unwrap(),
+    };
+    if let Ok(key) = shares::recover(&share, &other) {
+        assert_eq!(key.verifying_key().to_bytes(), share.public_key);
+    }
+});
