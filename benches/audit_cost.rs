@@ -68,8 +68,16 @@ fn run(sock: &Path, conns: usize, depth: usize, secs: f64) -> f64 {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 0.3 } else { 3.0 };
-    println!("splitsign audit cost: sign throughput over the socket (release daemon, {} cores shared by client and daemon)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    println!("{:<24} {:>14} {:>14} {:>8}", "load", "audit on /s", "audit off /s", "on/off");
+    println!(
+        "splitsign audit cost: sign throughput over the socket (release daemon, {} cores shared by client and daemon)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "{:<24} {:>14} {:>14} {:>8}",
+        "load", "audit on /s", "audit off /s", "on/off"
+    );
     for (conns, depth) in [(1, 1), (1, 32), (16, 1), (16, 32)] {
         let mut rates = Vec::new();
         for audit in [true, false] {

@@ -1,7 +1,11 @@
 //! `client` talks to a running daemon over its socket. The CLI uses it; a
-//! Rust app server can too. It is blocking and holds one connection; make
-//! one `Client` per thread, or pipeline with [`Client::send`] and
-//! [`Client::receive`].
+//! Rust app server can too (see `examples/rust_client.rs`).
+//!
+//! A [`Client`] is blocking and holds one connection. Pipeline on it with
+//! [`Client::send`] (many requests) then [`Client::receive`] (their
+//! responses, in order). From many threads or tasks, share a [`Pool`]: each
+//! call borrows an idle connection, or opens one. Errors carry the daemon's
+//! stable error code ([`ClientError::code`], [`ClientError::kind`]).
 //!
 //! ```no_run
 //! let mut c = splitsign::client::Client::connect("var/splitsign.sock")?;
@@ -55,6 +59,12 @@ impl ClientError {
             ClientError::Daemon { code, .. } => Some(code),
             _ => None,
         }
+    }
+
+    /// The daemon's error code as a [`Code`](crate::protocol::Code), if it
+    /// is one this client knows.
+    pub fn kind(&self) -> Option<crate::protocol::Code> {
+        self.code().and_then(crate::protocol::Code::parse)
     }
 }
 
@@ -219,5 +229,54 @@ impl Client {
         self.call("status", Map::new())?
             .remove("status")
             .ok_or_else(|| ClientError::Protocol("status response lacks `status`".into()))
+    }
+}
+
+/// Connections shared by many threads (or blocking tasks): each call takes
+/// an idle connection or opens one, and puts it back after a clean answer.
+pub struct Pool {
+    path: PathBuf,
+    idle: std::sync::Mutex<Vec<Client>>,
+}
+
+impl Pool {
+    pub fn new(path: impl AsRef<Path>) -> Pool {
+        Pool {
+            path: path.as_ref().to_owned(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Run `f` on a connection. A connection that failed below the protocol
+    /// (I/O, a bad response) is dropped, not reused.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut client = match taken {
+            Some(c) => c,
+            None => Client::connect(&self.path)?,
+        };
+        let result = f(&mut client);
+        if matches!(result, Ok(_) | Err(ClientError::Daemon { .. })) {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(client);
+        }
+        result
+    }
+
+    pub fn sign(
+        &self,
+        claims: &Map<String, Value>,
+        ttl: Option<u64>,
+    ) -> Result<SignedToken, ClientError> {
+        self.with(|c| c.sign(claims, ttl))
+    }
+
+    pub fn verify(&self, token: &str, aud: Option<&str>) -> Result<VerifiedToken, ClientError> {
+        self.with(|c| c.verify(token, aud))
     }
 }

@@ -366,3 +366,36 @@ fn a_second_daemon_on_the_same_stores_is_refused() {
         e.stderr
     );
 }
+
+#[test]
+fn the_rust_client_pool_serves_many_threads_and_types_errors() {
+    use splitsign::client::{ClientError, Pool};
+    use splitsign::protocol::Code;
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let pool = std::sync::Arc::new(Pool::new(&d.socket));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let pool = std::sync::Arc::clone(&pool);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let mut claims = serde_json::Map::new();
+                    claims.insert("sub".into(), format!("t{t}-{i}").into());
+                    let s = pool.sign(&claims, Some(60)).unwrap();
+                    assert_eq!(
+                        pool.verify(&s.token, None).unwrap().claims["sub"],
+                        format!("t{t}-{i}")
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut bad = serde_json::Map::new();
+    bad.insert("exp".into(), 1.into());
+    let e: ClientError = pool.sign(&bad, None).unwrap_err();
+    assert_eq!(e.kind(), Some(Code::ReservedClaim));
+    assert_eq!(e.code(), Some("reserved_claim"));
+}

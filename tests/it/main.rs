@@ -2,6 +2,7 @@
 //! directory and speaks the wire protocol.
 mod access;
 mod crash;
+mod examples;
 mod foundation;
 mod hostile_input;
 mod lifecycle;

@@ -1,0 +1,50 @@
+// splitsign from Node.js: sign a token over the Unix socket (the `net`
+// module), fetch the JWKS, and verify the token locally with `jose`, as a
+// verifier on another host would.
+//
+//   SPLITSIGN_SOCKET=var/splitsign.sock node client.mjs alice
+import net from "node:net";
+import { createLocalJWKSet, jwtVerify } from "jose";
+
+/** A connection that sends JSON lines and resolves responses in order. */
+function connect(path) {
+  const socket = net.createConnection(path);
+  const waiting = [];
+  let buffer = "";
+  socket.setEncoding("utf8");
+  socket.on("data", (chunk) => {
+    buffer += chunk;
+    for (let i; (i = buffer.indexOf("\n")) >= 0; buffer = buffer.slice(i + 1)) {
+      const response = JSON.parse(buffer.slice(0, i));
+      const { resolve, reject } = waiting.shift();
+      if (response.ok) resolve(response);
+      else reject(new Error(`${response.error.code}: ${response.error.message}`));
+    }
+  });
+  socket.on("error", (e) => waiting.splice(0).forEach(({ reject }) => reject(e)));
+  return {
+    call(request) {
+      return new Promise((resolve, reject) => {
+        waiting.push({ resolve, reject });
+        socket.write(JSON.stringify(request) + "\n");
+      });
+    },
+    close() {
+      socket.end();
+    },
+  };
+}
+
+const subject = process.argv[2] ?? "alice";
+const daemon = connect(process.env.SPLITSIGN_SOCKET);
+const { token } = await daemon.call({ id: 1, op: "sign", claims: { sub: subject, aud: "api" }, ttl: 300 });
+const { jwks } = await daemon.call({ id: 2, op: "jwks" });
+daemon.close();
+
+// Verify locally: the key named by the token's kid, EdDSA only.
+const { payload } = await jwtVerify(token, createLocalJWKSet(jwks), {
+  algorithms: ["EdDSA"],
+  audience: "api",
+  issuer: process.env.SPLITSIGN_ISSUER ?? "splitsign",
+});
+console.log(payload.sub);

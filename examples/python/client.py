@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""splitsign from Python: sign a token over the Unix socket, fetch the JWKS,
+and verify the token locally with PyJWT, as a verifier on another host would.
+
+    SPLITSIGN_SOCKET=var/splitsign.sock python3 client.py alice
+
+Needs only the standard library to talk to the daemon; PyJWT (with
+`cryptography`, for EdDSA) only for the local verification.
+"""
+import json
+import os
+import socket
+import sys
+
+import jwt  # PyJWT
+
+
+def call(f, request):
+    """Send one request line, read one response line; raise on an error."""
+    f.write(json.dumps(request) + "\n")
+    f.flush()
+    response = json.loads(f.readline())
+    if not response["ok"]:
+        error = response["error"]
+        raise RuntimeError(f"{error['code']}: {error['message']}")
+    return response
+
+
+def main():
+    subject = sys.argv[1] if len(sys.argv) > 1 else "alice"
+    issuer = os.environ.get("SPLITSIGN_ISSUER", "splitsign")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(os.environ["SPLITSIGN_SOCKET"])
+        f = s.makefile("rw")
+        token = call(f, {"id": 1, "op": "sign", "claims": {"sub": subject, "aud": "api"}, "ttl": 300})["token"]
+        jwks = call(f, {"id": 2, "op": "jwks"})["jwks"]
+
+    # Verify locally: the key named by the token's kid, EdDSA only.
+    kid = jwt.get_unverified_header(token)["kid"]
+    jwk = next(k for k in jwks["keys"] if k["kid"] == kid)
+    key = jwt.PyJWK(jwk).key
+    claims = jwt.decode(token, key, algorithms=["EdDSA"], audience="api", issuer=issuer)
+    print(claims["sub"])
+
+
+if __name__ == "__main__":
+    main()
