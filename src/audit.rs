@@ -124,25 +124,28 @@ pub fn append(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()>
     tx.commit()
 }
 
+/// A record from the first nine columns (seq … result) of a row.
+fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        uid: r.get(2)?,
+        pid: r.get(3)?,
+        op: r.get(4)?,
+        kid: r.get(5)?,
+        sub: r.get(6)?,
+        jti: r.get(7)?,
+        result: r.get(8)?,
+    })
+}
+
 /// Records in order, from `from_seq` on, at most `limit`.
 pub fn list(conn: &Connection, from_seq: i64, limit: i64) -> rusqlite::Result<Vec<Stored>> {
     let mut stmt = conn.prepare(
         "SELECT seq, at, uid, pid, op, kid, sub, jti, result FROM audit
          WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![from_seq, limit], |r| {
-        Ok(Stored {
-            seq: r.get(0)?,
-            at: r.get(1)?,
-            uid: r.get(2)?,
-            pid: r.get(3)?,
-            op: r.get(4)?,
-            kid: r.get(5)?,
-            sub: r.get(6)?,
-            jti: r.get(7)?,
-            result: r.get(8)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![from_seq, limit], stored)?;
     rows.collect()
 }
 
@@ -171,17 +174,7 @@ pub fn verify(conn: &Connection) -> rusqlite::Result<Verdict> {
     let mut expect_seq = 1i64;
     let mut n = 0;
     while let Some(r) = rows.next()? {
-        let s = Stored {
-            seq: r.get(0)?,
-            at: r.get(1)?,
-            uid: r.get(2)?,
-            pid: r.get(3)?,
-            op: r.get(4)?,
-            kid: r.get(5)?,
-            sub: r.get(6)?,
-            jti: r.get(7)?,
-            result: r.get(8)?,
-        };
+        let s = stored(r)?;
         let stored_prev: Vec<u8> = r.get(9)?;
         let stored_hash: Vec<u8> = r.get(10)?;
         if s.seq != expect_seq {

@@ -163,48 +163,19 @@ impl ShareDir {
         Ok(final_path)
     }
 
-    /// Read and parse the file share of `kid` at `generation`. The open
-    /// file is checked (fstat, not the path): a regular file, owned by this
-    /// uid, no group or other bits, one link. The contents must name the
-    /// same kid and generation and x = 1.
+    /// Read and parse the file share of `kid` at `generation`. The contents
+    /// must name the same kid and generation and x = 1.
     pub fn read(&self, kid: &str, generation: u32) -> Result<KeyShare> {
         let path = self.share_path(kid, generation);
-        let bad = |reason: String| Error::FileShare {
-            path: path.clone(),
-            reason,
-        };
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(nofollow() | OFlags::NONBLOCK.bits() as i32)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(bad("is missing".into()));
-            }
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-                return Err(bad("is a symbolic link".into()));
-            }
-            Err(e) => return Err(bad(format!("cannot be opened: {e}"))),
-        };
-        check_private_file(&file).map_err(bad)?;
-        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(shares::MAX_SHARE_FILE + 1));
-        file.take(shares::MAX_SHARE_FILE as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("cannot be read: {e}")))?;
-        let share = shares::decode_file(&bytes).map_err(bad)?;
-        if share.slot != Slot::File {
-            return Err(bad(format!(
-                "holds a {} (x = {}), not a file share (x = 1)",
-                share.slot.name(),
-                share.slot.x()
-            )));
-        }
+        let share = read_share_file(&path, Slot::File)?;
         if share.kid != kid || share.generation != generation {
-            return Err(bad(format!(
-                "holds the share of key {} generation {}, not of key {kid} generation {generation}",
-                share.kid, share.generation
-            )));
+            return Err(Error::FileShare {
+                path,
+                reason: format!(
+                    "holds the share of key {} generation {}, not of key {kid} generation {generation}",
+                    share.kid, share.generation
+                ),
+            });
         }
         Ok(share)
     }
@@ -278,7 +249,48 @@ fn parse_share_name(name: &str) -> Option<(String, u32)> {
     Some((kid.to_owned(), generation))
 }
 
-/// fstat checks on an open share file, shared with the recovery share reader.
+/// Read a share file (a file share, or an offline recovery share) that must
+/// hold a share of `slot`. The open file is checked (fstat, not the path):
+/// a regular file, owned by this uid, no group or other bits, one link; a
+/// symlink is refused.
+pub fn read_share_file(path: &Path, slot: Slot) -> Result<KeyShare> {
+    let bad = |reason: String| Error::FileShare {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow() | OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("is missing".into()));
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(bad("is a symbolic link".into()));
+        }
+        Err(e) => return Err(bad(format!("cannot be opened: {e}"))),
+    };
+    check_private_file(&file).map_err(bad)?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(shares::MAX_SHARE_FILE + 1));
+    file.take(shares::MAX_SHARE_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("cannot be read: {e}")))?;
+    let share = shares::decode_file(&bytes).map_err(bad)?;
+    if share.slot != slot {
+        return Err(bad(format!(
+            "holds a {} (x = {}), not a {} (x = {})",
+            share.slot.name(),
+            share.slot.x(),
+            slot.name(),
+            slot.x()
+        )));
+    }
+    Ok(share)
+}
+
+/// fstat checks on an open share file.
 pub fn check_private_file(file: &File) -> Result<(), String> {
     let meta = file
         .metadata()

@@ -6,7 +6,7 @@
 //!
 //! A key's state is a pure function of its stored timestamps and the time.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -176,32 +176,23 @@ impl KeySet {
 
 /// The current key set, swapped atomically.
 pub struct Keyring {
-    current: RwLock<Arc<KeySet>>,
+    current: crate::shared::Shared<KeySet>,
 }
 
 impl Keyring {
     pub fn new(set: KeySet) -> Keyring {
         Keyring {
-            current: RwLock::new(Arc::new(set)),
+            current: crate::shared::Shared::new(set),
         }
     }
 
-    /// A snapshot of the keys. The read lock is held only for the `Arc`
-    /// clone; a poisoned lock still holds a consistent set (swaps are a
-    /// single assignment), so it is used as is.
+    /// A snapshot of the keys; the lock is held only for the `Arc` clone.
     pub fn snapshot(&self) -> Arc<KeySet> {
-        match self.current.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+        self.current.get()
     }
 
     pub fn replace(&self, set: KeySet) {
-        let set = Arc::new(set);
-        match self.current.write() {
-            Ok(mut g) => *g = set,
-            Err(p) => *p.into_inner() = set,
-        }
+        self.current.set(set)
     }
 }
 

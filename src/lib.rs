@@ -9,6 +9,7 @@
 //! - [`cli`]: the command line; `main` only parses and maps exit codes.
 //! - [`config`]: TOML + environment + flags → one validated `Config`.
 //! - [`error`]: errors named after the step that failed; exit codes.
+//! - [`shared`]: values snapshotted by readers, replaced whole by a writer.
 //! - [`shares`]: split/recover with every `sharks` trap guarded; share file
 //!   format; kid thumbprints. Pure.
 //! - [`filestore`]: the file share directory (durable writes, strict reads).
@@ -43,6 +44,7 @@ pub mod protocol;
 pub mod secmem;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod shares;
 pub mod store;
 pub mod stores;

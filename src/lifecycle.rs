@@ -412,7 +412,7 @@ pub fn recover(
     recovery_path: &Path,
     now: i64,
 ) -> Result<(String, Recovered)> {
-    let rec = read_recovery(recovery_path)?;
+    let rec = filestore::read_share_file(recovery_path, Slot::Recovery)?;
     let rows = store.keys()?;
     let Some(row) = rows.iter().find(|r| r.kid == rec.kid && r.verified) else {
         return Err(Error::Usage(format!(
@@ -490,31 +490,6 @@ pub fn recover(
             recovery_path.display()
         ))),
     }
-}
-
-/// Read an offline recovery share (x = 3), with the same file checks as a
-/// file share.
-fn read_recovery(path: &Path) -> Result<KeyShare> {
-    use std::io::Read;
-    let bad = |reason: String| Error::FileShare {
-        path: path.to_owned(),
-        reason,
-    };
-    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot be opened: {e}")))?;
-    filestore::check_private_file(&file).map_err(bad)?;
-    let mut bytes = Zeroizing::new(Vec::new());
-    file.take(shares::MAX_SHARE_FILE as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| bad(format!("cannot be read: {e}")))?;
-    let share = shares::decode_file(&bytes).map_err(bad)?;
-    if share.slot != Slot::Recovery {
-        return Err(bad(format!(
-            "holds a {} (x = {}), not a recovery share (x = 3)",
-            share.slot.name(),
-            share.slot.x()
-        )));
-    }
-    Ok(share)
 }
 
 /// What reconciliation did, for the log.

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use crate::shared::Shared;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -21,9 +23,9 @@ pub struct Manager {
     pub keyring: Arc<Keyring>,
     pub clock: Arc<Clock>,
     /// Swapped on reload; stored key timestamps never change with it.
-    cfg: RwLock<Arc<Config>>,
+    cfg: Shared<Config>,
     jwks_written: Mutex<Option<String>>,
-    revoked: RwLock<Arc<Revocations>>,
+    revoked: Shared<Revocations>,
 }
 
 /// Revoked tokens and subjects, held in memory for `verify`.
@@ -100,11 +102,11 @@ impl Manager {
         }
         let revoked = Revocations::from_rows(stores.store.revocations(now)?);
         let m = Manager {
-            revoked: RwLock::new(Arc::new(revoked)),
+            revoked: Shared::new(revoked),
             stores: Mutex::new(stores),
             keyring: Arc::new(Keyring::new(set)),
             clock,
-            cfg: RwLock::new(Arc::new(cfg)),
+            cfg: Shared::new(cfg),
             jwks_written: Mutex::new(None),
         };
         let stores = m.lock();
@@ -138,7 +140,7 @@ impl Manager {
         self.refresh(&stores, now, created.into_iter().collect())?;
         // Purge revocations that no longer cover any valid token.
         let revoked = Revocations::from_rows(stores.store.revocations(now)?);
-        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(revoked);
+        self.revoked.set(revoked);
         let rows = stores.store.keys()?;
         Ok(lifecycle::next_event(&rows, now, &cfg))
     }
@@ -183,10 +185,7 @@ impl Manager {
 
     /// The revocations in force.
     pub fn revocations(&self) -> Arc<Revocations> {
-        match self.revoked.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+        self.revoked.get()
     }
 
     /// Revoke (admin): store durably, then take effect for `verify`.
@@ -209,7 +208,7 @@ impl Manager {
         stores.store.add_revocation(&row, now)?;
         let mut all = Revocations::from_rows(stores.store.revocations(now)?);
         all.add(row.clone());
-        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
+        self.revoked.set(all);
         tracing::warn!(
             kind = match row {
                 Revocation::Jti { .. } => "jti",
@@ -248,20 +247,13 @@ impl Manager {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        match self.cfg.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+        self.cfg.get()
     }
 
     /// Take a new (validated) config: the schedule, TTLs and JWKS file
     /// follow it from now on. Keys already created keep their timestamps.
     pub fn set_config(&self, cfg: Config) {
-        let cfg = Arc::new(cfg);
-        match self.cfg.write() {
-            Ok(mut g) => *g = cfg,
-            Err(p) => *p.into_inner() = cfg,
-        }
+        self.cfg.set(cfg);
         // Rewrite the JWKS file on the next refresh (its path or alg may differ).
         *self.jwks_written.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }

@@ -3,8 +3,8 @@
 //! status, and hands admin ops to the manager. It produces the audit
 //! records of what it did; the connection commits them before it replies.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::keyring;
 use crate::manager::Manager;
 use crate::protocol::{self, Code, Failure, Op, Request, RevokeTarget};
+use crate::shared::Shared;
 use crate::token::{self, Policy, SignError, VerifyError};
 
 /// What every connection shares.
@@ -23,8 +24,8 @@ pub struct Service {
     pub manager: Arc<Manager>,
     /// Token settings and access policies, swapped whole on reload;
     /// requests clone the `Arc`s.
-    policy: RwLock<Arc<Policy>>,
-    access: RwLock<Arc<Access>>,
+    policy: Shared<Policy>,
+    access: Shared<Access>,
     pub started: Instant,
     pub health: Health,
     pub audit: Option<crate::audit::Writer>,
@@ -130,8 +131,8 @@ impl Service {
     ) -> Service {
         Service {
             manager,
-            policy: RwLock::new(Arc::new(policy)),
-            access: RwLock::new(Arc::new(access)),
+            policy: Shared::new(policy),
+            access: Shared::new(access),
             started,
             health: Health::default(),
             audit,
@@ -139,17 +140,17 @@ impl Service {
     }
 
     pub fn policy(&self) -> Arc<Policy> {
-        read(&self.policy)
+        self.policy.get()
     }
 
     pub fn access(&self) -> Arc<Access> {
-        read(&self.access)
+        self.access.get()
     }
 
     /// Take a reloaded config's token settings and access policies.
     pub fn set_policies(&self, policy: Policy, access: Access) {
-        write(&self.policy, policy);
-        write(&self.access, access);
+        self.policy.set(policy);
+        self.access.set(access);
     }
 
     /// The watchdog's check: accept() is not stuck failing for more than
@@ -591,19 +592,4 @@ fn client_needs_name(p: &ClientPolicy) -> bool {
 
 fn truncate(s: &str) -> String {
     s.chars().take(64).filter(|c| !c.is_control()).collect()
-}
-
-fn read<T>(l: &RwLock<Arc<T>>) -> Arc<T> {
-    match l.read() {
-        Ok(g) => Arc::clone(&g),
-        Err(p) => Arc::clone(&p.into_inner()),
-    }
-}
-
-fn write<T>(l: &RwLock<Arc<T>>, v: T) {
-    let v = Arc::new(v);
-    match l.write() {
-        Ok(mut g) => *g = v,
-        Err(p) => *p.into_inner() = v,
-    }
 }
