@@ -205,17 +205,33 @@ pub fn verify(conn: &Connection) -> rusqlite::Result<Verdict> {
     })
 }
 
-/// Open a connection for audit writes: WAL, FULL sync (a committed record
-/// survives power loss), short busy timeout so a stuck lock fails closed
-/// quickly.
-pub fn open(path: &Path) -> Result<Connection> {
+/// How hard an audit commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: the WAL is fsync'ed at every commit; a committed
+    /// record survives power loss. One fsync per batch.
+    Full,
+    /// `synchronous=NORMAL` (WAL): a committed record survives a crash of
+    /// the daemon (it is in the OS before the reply leaves), but the last
+    /// batches may be lost on power loss. No fsync per batch.
+    Normal,
+}
+
+/// Open a connection for audit writes: WAL, the chosen durability, and a
+/// short busy timeout so a stuck lock fails closed quickly.
+pub fn open(path: &Path, durability: Durability) -> Result<Connection> {
     let db_err = |source| Error::Database {
         path: path.to_owned(),
         source,
     };
     let conn = Connection::open(path).map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(2)).map_err(db_err)?;
-    conn.pragma_update(None, "synchronous", "FULL")
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)
         .map_err(db_err)?;
     Ok(conn)
 }
@@ -229,8 +245,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(path: PathBuf) -> Result<Writer> {
-        let mut conn = open(&path)?;
+    pub fn start(path: PathBuf, durability: Durability) -> Result<Writer> {
+        let mut conn = open(&path, durability)?;
         let (tx, rx) = mpsc::channel::<(Vec<Record>, Ack)>();
         std::thread::Builder::new()
             .name("audit".into())

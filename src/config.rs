@@ -106,6 +106,7 @@ struct FileConfig {
     write_timeout: Option<Duration>,
     mlock: Option<MlockMode>,
     audit: Option<bool>,
+    audit_sync: Option<crate::audit::Durability>,
     admin_uids: Option<Vec<u32>>,
     #[serde(default)]
     policy: Vec<PolicyFile>,
@@ -162,6 +163,9 @@ pub struct Config {
     pub mlock: MlockMode,
     /// Keep the audit log (default on; off only to measure its cost).
     pub audit: bool,
+    /// `full` (default): each audit batch is fsync'ed before its replies;
+    /// `normal`: it is in the OS (survives a daemon crash, not power loss).
+    pub audit_sync: crate::audit::Durability,
     /// Peers with these uids may use admin ops. Default: root and the
     /// daemon's own uid.
     pub admin_uids: Option<Vec<u32>>,
@@ -285,6 +289,7 @@ impl Config {
             write_timeout: file.write_timeout.unwrap_or(Duration::from_secs(10)),
             mlock: file.mlock.unwrap_or(MlockMode::Warn),
             audit: file.audit.unwrap_or(true),
+            audit_sync: file.audit_sync.unwrap_or(crate::audit::Durability::Full),
             admin_uids: file.admin_uids,
             policies: file.policy,
             rotation_interval: file

@@ -68,7 +68,7 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         }
     };
     let audit = if cfg.audit {
-        Some(crate::audit::Writer::start(cfg.db.clone())?)
+        Some(crate::audit::Writer::start(cfg.db.clone(), cfg.audit_sync)?)
     } else {
         tracing::warn!("the audit log is off (audit = false)");
         None

@@ -1,0 +1,654 @@
+//! splitsign throughput, side by side in one run:
+//!
+//! - the in-process limit (token building and verification, no socket) on one
+//!   thread and on all cores;
+//! - the daemon over its socket (sign and verify; 1, 4, 16, 64 connections,
+//!   each sequential and with 32 requests in flight), p50/p99 latency;
+//! - OpenSSH ssh-agent signing with an Ed25519 key over its socket, speaking
+//!   the agent protocol (the closest peer);
+//! - a bare Unix-socket JSON-lines echo (the transport floor);
+//! - the daemon's memory, its start-to-ready time with 10 live keys, and the
+//!   audit log's cost.
+//!
+//! `cargo bench --bench throughput` (add `-- --quick` for a short smoke run).
+//! The client threads and the daemon share this machine: compare ratios
+//! within one run; the client's CPU share is printed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use splitsign::config::Config;
+use splitsign::keyring::{KeySet, Published, Signer};
+use splitsign::secmem::LockedKey;
+use splitsign::store::{KeyRow, Origin};
+use splitsign::token::{self, Policy};
+
+const BIN: &str = env!("CARGO_BIN_EXE_splitsign");
+const CONNS: [usize; 4] = [1, 4, 16, 64];
+const DEPTHS: [usize; 2] = [1, 32];
+
+struct Opts {
+    secs: f64,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn cpu_self() -> f64 {
+    cpu_of(std::process::id())
+}
+
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ
+    let u: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let s: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    (u + s) / ticks
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// In process
+// ---------------------------------------------------------------------------
+
+fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
+    let cfg = Config::from_toml("").unwrap();
+    let policy = Arc::new(Policy::new(&cfg));
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let pk = key.verifying_key();
+    let row = KeyRow {
+        kid: splitsign::shares::thumbprint(&pk.to_bytes()),
+        public_key: pk.to_bytes(),
+        origin: Origin::Generated,
+        created_at: 0,
+        activate_at: 0,
+        deactivate_at: i64::MAX / 4,
+        retire_at: i64::MAX / 2,
+        share_generation: 1,
+        verified: true,
+    };
+    let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, cfg.alg));
+    let set = Arc::new(KeySet::new(
+        vec![Arc::clone(&signer)],
+        vec![Published { row, key: pk }],
+        cfg.alg,
+    ));
+    let now = splitsign::lifecycle::wall_now();
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"sub":"bench","aud":"api"}"#).unwrap();
+    let sample = token::sign(&signer, &policy, &claims, None, now, None)
+        .unwrap()
+        .token;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (signer, set, policy, claims, sample) = (
+                Arc::clone(&signer),
+                Arc::clone(&set),
+                Arc::clone(&policy),
+                claims.clone(),
+                sample.clone(),
+            );
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut n = 0u64;
+                while start.elapsed().as_secs_f64() < secs {
+                    for _ in 0..64 {
+                        if verify {
+                            token::verify(&set, &policy, &sample, None, now).unwrap();
+                        } else {
+                            token::sign(&signer, &policy, &claims, None, now, None).unwrap();
+                        }
+                    }
+                    n += 64;
+                }
+                n as f64 / start.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).sum()
+}
+
+// ---------------------------------------------------------------------------
+// Line-protocol load (daemon and echo floor)
+// ---------------------------------------------------------------------------
+
+struct Load {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+    client_cpu: f64,
+}
+
+/// `conns` connections, each writing `depth` lines then reading `depth`
+/// responses, for `secs`. Latency is per batch round trip (per request when
+/// depth is 1).
+fn line_load(sock: &Path, line: &[u8], conns: usize, depth: usize, secs: f64) -> Load {
+    let cpu0 = cpu_self();
+    let handles: Vec<_> = (0..conns)
+        .map(|_| {
+            let sock = sock.to_owned();
+            let batch = line.repeat(depth);
+            std::thread::spawn(move || {
+                let s = UnixStream::connect(&sock).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::with_capacity(64 * 1024, s);
+                let mut buf = Vec::with_capacity(1024);
+                let mut lat = Vec::new();
+                let start = Instant::now();
+                let mut n = 0u64;
+                while start.elapsed().as_secs_f64() < secs {
+                    let t = Instant::now();
+                    w.write_all(&batch).unwrap();
+                    for _ in 0..depth {
+                        buf.clear();
+                        r.read_until(b'\n', &mut buf).unwrap();
+                        assert!(
+                            buf.starts_with(b"{\"ok\":true"),
+                            "{}",
+                            String::from_utf8_lossy(&buf)
+                        );
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    n += depth as u64;
+                }
+                (n as f64 / start.elapsed().as_secs_f64(), lat)
+            })
+        })
+        .collect();
+    let mut rate = 0.0;
+    let mut lat = Vec::new();
+    for h in handles {
+        let (r, l) = h.join().unwrap();
+        rate += r;
+        lat.extend(l);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Load {
+        rate,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        client_cpu: cpu_self() - cpu0,
+    }
+}
+
+/// A JSON-lines echo server: reads a line, answers a fixed small line.
+fn echo_server(path: &Path) {
+    let l = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut line = Vec::new();
+                let mut out = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    out.extend_from_slice(b"{\"ok\":true,\"pong\":true}\n");
+                    if r.buffer().is_empty() {
+                        if w.write_all(&out).is_err() {
+                            return;
+                        }
+                        out.clear();
+                    }
+                }
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------
+
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(audit: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        Daemon::start_in(dir, audit)
+    }
+
+    /// `audit`: "full", "normal" (audit_sync) or "off".
+    fn start_in(dir: tempfile::TempDir, audit: &str) -> Daemon {
+        let audit_cfg = match audit {
+            "off" => "audit = false".to_owned(),
+            sync => format!("audit_sync = \"{sync}\""),
+        };
+        std::fs::write(
+            dir.path().join("config.toml"),
+            format!(
+                "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/s.sock\"\n\
+                 {audit_cfg}\nmax_connections = 8192\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .args(["--config", "config.toml", "serve"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d.log().contains(" ready ") {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("var/s.sock")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) -> tempfile::TempDir {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+        self.dir
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ssh-agent
+// ---------------------------------------------------------------------------
+
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+    blob: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+fn agent() -> Option<Agent> {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_ed25519");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .ok()?
+        .success();
+    if !ok {
+        return None;
+    }
+    let sock = dir.path().join("agent.sock");
+    let child = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    if !added {
+        return None;
+    }
+    let pubtext = std::fs::read_to_string(key.with_extension("pub")).ok()?;
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(pubtext.split_whitespace().nth(1)?)
+        .ok()?;
+    Some(Agent {
+        child,
+        sock,
+        blob,
+        _dir: dir,
+    })
+}
+
+fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// SSH2_AGENTC_SIGN_REQUEST (13): string key blob, string data, uint32 flags.
+fn agent_request(blob: &[u8]) -> Vec<u8> {
+    let mut body = vec![13u8];
+    put_string(&mut body, blob);
+    put_string(
+        &mut body,
+        b"eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJiZW5jaCIsImF1ZCI6ImFwaSJ9",
+    );
+    body.extend_from_slice(&0u32.to_be_bytes());
+    let mut msg = (body.len() as u32).to_be_bytes().to_vec();
+    msg.extend(body);
+    msg
+}
+
+fn agent_load(a: &Agent, conns: usize, depth: usize, secs: f64) -> Load {
+    let cpu0 = cpu_self();
+    let req = agent_request(&a.blob);
+    let handles: Vec<_> = (0..conns)
+        .map(|_| {
+            let sock = a.sock.clone();
+            let batch = req.repeat(depth);
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&sock).unwrap();
+                let mut lat = Vec::new();
+                let start = Instant::now();
+                let mut n = 0u64;
+                let mut len = [0u8; 4];
+                let mut body = vec![0u8; 1024];
+                while start.elapsed().as_secs_f64() < secs {
+                    let t = Instant::now();
+                    s.write_all(&batch).unwrap();
+                    for _ in 0..depth {
+                        s.read_exact(&mut len).unwrap();
+                        let l = u32::from_be_bytes(len) as usize;
+                        body.resize(l, 0);
+                        s.read_exact(&mut body).unwrap();
+                        assert_eq!(body[0], 14, "SSH2_AGENT_SIGN_RESPONSE");
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    n += depth as u64;
+                }
+                (n as f64 / start.elapsed().as_secs_f64(), lat)
+            })
+        })
+        .collect();
+    let mut rate = 0.0;
+    let mut lat = Vec::new();
+    for h in handles {
+        let (r, l) = h.join().unwrap();
+        rate += r;
+        lat.extend(l);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Load {
+        rate,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        client_cpu: cpu_self() - cpu0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+fn row(label: &str, l: &Load, extra: &str) {
+    println!(
+        "{label:<44} {:>10.0} {:>10.1} {:>10.1} {extra}",
+        l.rate, l.p50_us, l.p99_us
+    );
+}
+
+fn main() {
+    // `--profile-sign N`: only N in-process signs, for a profiler.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--profile-sign") {
+        let n: u64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+        let secs = n as f64 / 40_000.0;
+        println!("{:.0} signs/s", in_process(1, secs, false));
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let o = Opts {
+        secs: if quick { 0.2 } else { 1.5 },
+    };
+    let n = cores();
+    println!(
+        "splitsign throughput benchmark ({} run)",
+        if quick { "quick smoke" } else { "full" }
+    );
+    println!(
+        "machine: {n} cores, shared by the benchmark's client threads and the daemon (release build)\n"
+    );
+
+    // In process.
+    let sign1 = in_process(1, o.secs, false);
+    let signn = in_process(n, o.secs, false);
+    let ver1 = in_process(1, o.secs, true);
+    let vern = in_process(n, o.secs, true);
+    println!("{:<44} {:>10}", "in process (no socket)", "ops/s");
+    println!("{:<44} {:>10.0}", "  sign, 1 thread", sign1);
+    println!("{:<44} {:>10.0}", format!("  sign, {n} threads"), signn);
+    println!("{:<44} {:>10.0}", "  verify, 1 thread", ver1);
+    println!("{:<44} {:>10.0}\n", format!("  verify, {n} threads"), vern);
+
+    // Transport floor.
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = tmp.path().join("echo.sock");
+    echo_server(&echo);
+    let floor = line_load(&echo, b"{\"op\":\"ping\"}\n", 1, 1, o.secs);
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "over a Unix socket", "ops/s", "p50 us", "p99 us"
+    );
+    row("  bare JSON-lines echo, 1 conn, sequential", &floor, "");
+
+    // The daemon, audit on (the default).
+    let d = Daemon::start("full");
+    let pid = d.pid();
+    let rss_idle = rss_kib(pid);
+    let sign_line = b"{\"op\":\"sign\",\"claims\":{\"sub\":\"bench\",\"aud\":\"api\"}}\n".to_vec();
+    let token = {
+        let mut s = UnixStream::connect(d.sock()).unwrap();
+        s.write_all(&sign_line).unwrap();
+        let mut r = BufReader::new(s);
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    };
+    let verify_line = format!("{{\"op\":\"verify\",\"token\":\"{token}\"}}\n").into_bytes();
+    let mut sign16p = 0.0;
+    let mut verify16p = 0.0;
+    let mut sign1_seq_p50 = 0.0;
+    let mut client_cpu = 0.0;
+    let daemon_cpu0 = cpu_of(pid);
+    for (op, line) in [("sign", &sign_line), ("verify", &verify_line)] {
+        for conns in CONNS {
+            for depth in DEPTHS {
+                let l = line_load(&d.sock(), line, conns, depth, o.secs);
+                client_cpu += l.client_cpu;
+                let label = format!("  daemon {op}, {conns} conn x {depth} in flight");
+                row(
+                    &label,
+                    &l,
+                    if depth > 1 { "(latency per batch)" } else { "" },
+                );
+                match (op, conns, depth) {
+                    ("sign", 16, 32) => sign16p = l.rate,
+                    ("verify", 16, 32) => verify16p = l.rate,
+                    ("sign", 1, 1) => sign1_seq_p50 = l.p50_us,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let daemon_cpu = cpu_of(pid) - daemon_cpu0;
+    let rss_after = rss_kib(pid);
+    let idle: Vec<UnixStream> = (0..2000)
+        .filter_map(|_| UnixStream::connect(d.sock()).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_2000 = rss_kib(pid);
+    drop(idle);
+    d.stop();
+
+    // ssh-agent.
+    let mut agent_best = 0.0;
+    match agent() {
+        Some(mut a) => {
+            for conns in CONNS {
+                for depth in DEPTHS {
+                    let l = agent_load(&a, conns, depth, o.secs);
+                    row(
+                        &format!("  ssh-agent sign, {conns} conn x {depth} in flight"),
+                        &l,
+                        if depth > 1 { "(latency per batch)" } else { "" },
+                    );
+                    if conns == 16 && depth == 32 {
+                        agent_best = l.rate;
+                    }
+                }
+            }
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+        None => println!("  ssh-agent: not available (apt-get install openssh-client)"),
+    }
+
+    // Audit cost: full (default), normal, off.
+    let mut audit_rows = Vec::new();
+    for mode in ["normal", "off"] {
+        let d = Daemon::start(mode);
+        let p = line_load(&d.sock(), &sign_line, 16, 32, o.secs);
+        let s1 = line_load(&d.sock(), &sign_line, 1, 1, o.secs);
+        d.stop();
+        audit_rows.push((mode, p, s1));
+    }
+    let off = &audit_rows[1].1;
+    println!();
+    println!(
+        "{:<44} {:>10} {:>16}",
+        "audit log, sign", "16x32 ops/s", "1x1 p50 us"
+    );
+    println!(
+        "{:<44} {:>10.0} {:>16.1}",
+        "  audit_sync = full (default)", sign16p, sign1_seq_p50
+    );
+    for (mode, p, s1) in &audit_rows {
+        let label = if *mode == "off" {
+            "  audit = false".to_owned()
+        } else {
+            format!("  audit_sync = {mode}")
+        };
+        println!("{:<44} {:>10.0} {:>16.1}", label, p.rate, s1.p50_us);
+    }
+
+    // Start to ready with 10 live keys.
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir, "full");
+    let dir = d.stop();
+    for _ in 0..9 {
+        let ok = Command::new(BIN)
+            .args(["--config", "config.toml", "rotate"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "offline rotate");
+    }
+    let t = Instant::now();
+    let d = Daemon::start_in(dir, "full");
+    let ready_ms = t.elapsed().as_secs_f64() * 1e3;
+    let live = {
+        let mut s = UnixStream::connect(d.sock()).unwrap();
+        s.write_all(b"{\"op\":\"jwks\"}\n").unwrap();
+        let mut l = String::new();
+        BufReader::new(s).read_line(&mut l).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        v["jwks"]["keys"].as_array().map(|k| k.len()).unwrap_or(0)
+    };
+    d.stop();
+
+    println!();
+    println!("memory and start-up");
+    println!("  daemon RSS idle                                {rss_idle:>8} KiB");
+    println!("  daemon RSS after the run                       {rss_after:>8} KiB");
+    println!("  daemon RSS with 2,000 idle connections         {rss_2000:>8} KiB");
+    println!(
+        "  start to ready with {live} live keys                {ready_ms:>8.1} ms (spawn to ready)"
+    );
+    println!();
+    println!("ratios");
+    println!(
+        "  daemon sign (16 conn x 32) / in-process sign, all cores  {:>6.2}",
+        sign16p / signn
+    );
+    println!(
+        "  daemon verify (16 conn x 32) / in-process verify, all    {:>6.2}",
+        verify16p / vern
+    );
+    if agent_best > 0.0 {
+        println!(
+            "  daemon sign / ssh-agent sign (16 conn x 32)              {:>6.1}",
+            sign16p / agent_best
+        );
+    }
+    println!(
+        "  daemon sign p50, 1 conn sequential, minus echo p50       {:>6.1} us",
+        sign1_seq_p50 - floor.p50_us
+    );
+    println!(
+        "  audit full / audit off (16 conn x 32)                    {:>6.2}",
+        sign16p / off.rate
+    );
+    println!(
+        "  audit normal / audit off (16 conn x 32)                  {:>6.2}",
+        audit_rows[0].1.rate / off.rate
+    );
+    println!(
+        "  sign p50 1 conn sequential, audit normal, minus echo     {:>6.1} us",
+        audit_rows[0].2.p50_us - floor.p50_us
+    );
+    println!(
+        "  client CPU share during the daemon runs                  {:>6.0} %",
+        100.0 * client_cpu / (client_cpu + daemon_cpu).max(1e-9)
+    );
+}
