@@ -438,7 +438,10 @@ fn main() {
     // `--profile-sign N`: only N in-process signs, for a profiler.
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--profile-sign") {
-        let n: u64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+        let n: u64 = args
+            .get(i + 1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20_000);
         let secs = n as f64 / 40_000.0;
         println!("{:.0} signs/s", in_process(1, secs, false));
         return;
