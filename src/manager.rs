@@ -55,10 +55,13 @@ impl Revocations {
         }
     }
 
-    /// Whether a token with these claims is revoked.
+    /// Whether a token with these claims is revoked. A subject revocation
+    /// covers tokens issued at or before its instant: `iat` has one-second
+    /// resolution, and a token minted in the same second as "disable this
+    /// user now" must not survive it.
     pub fn is_revoked(&self, jti: Option<&str>, sub: Option<&str>, iat: i64) -> bool {
         jti.is_some_and(|j| self.jti.contains_key(j))
-            || sub.is_some_and(|s| self.sub.get(s).is_some_and(|&before| iat < before))
+            || sub.is_some_and(|s| self.sub.get(s).is_some_and(|&before| iat <= before))
     }
 }
 
