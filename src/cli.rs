@@ -295,9 +295,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
             Err(e) if e.no_daemon() => {
-                crate::secmem::harden_process().map_err(|e| {
-                    Error::KeyStore(format!("cannot make the process non-dumpable: {e}"))
-                })?;
+                crate::secmem::harden_process()?;
                 let mut stores = Stores::open(&cfg, false)?;
                 let now = lifecycle::wall_now();
                 let (new, previous) = {
@@ -347,9 +345,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                         .into(),
                 ));
             }
-            crate::secmem::harden_process().map_err(|e| {
-                Error::KeyStore(format!("cannot make the process non-dumpable: {e}"))
-            })?;
+            crate::secmem::harden_process()?;
             let mut stores = Stores::open(&cfg, false)?;
             let now = lifecycle::wall_now();
             let (kid, what) = {
@@ -535,8 +531,7 @@ fn current_generation(stores: &Stores, kid: &str) -> Result<u32, Failure> {
 }
 
 fn offline_reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
-    crate::secmem::harden_process()
-        .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
+    crate::secmem::harden_process()?;
     let mut stores = Stores::open(cfg, false)?;
     let now = lifecycle::wall_now();
     stores.reconcile(now)?;
@@ -565,8 +560,7 @@ fn offline_reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failur
 
 /// `check`: rebuild every key that may sign from its two shares, read-only.
 fn check(cfg: &Config) -> Result<(), Failure> {
-    crate::secmem::harden_process()
-        .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
+    crate::secmem::harden_process()?;
     let dir = crate::filestore::ShareDir::open(&cfg.shares_dir)?;
     let store = crate::store::Store::open_read_only(&cfg.db)?;
     let now = lifecycle::wall_now();
@@ -605,7 +599,7 @@ fn offline_status(cfg: &Config) -> Result<Value, Failure> {
             serde_json::json!({
                 "kid": r.kid,
                 "state": crate::keyring::state(r, now).as_str(),
-                "origin": match r.origin { Origin::Generated => "generated", Origin::Imported => "imported" },
+                "origin": r.origin.as_str(),
                 "created_at": r.created_at,
                 "activate_at": r.activate_at,
                 "deactivate_at": r.deactivate_at,
@@ -641,8 +635,7 @@ fn create_first(
     pem: Option<PathBuf>,
     recovery: Option<PathBuf>,
 ) -> Result<(), Failure> {
-    crate::secmem::harden_process()
-        .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
+    crate::secmem::harden_process()?;
     // Read the PEM before touching the stores, so a bad file changes nothing.
     let imported = match &pem {
         None => None,

@@ -26,8 +26,7 @@ const MAX_TIMER: Duration = Duration::from_secs(30);
 
 pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let started = Instant::now();
-    crate::secmem::harden_process()
-        .map_err(|e| Error::KeyStore(format!("cannot make the process non-dumpable: {e}")))?;
+    crate::secmem::harden_process()?;
     match &cfg.origin {
         ConfigOrigin::File(p) => tracing::info!(config = %p.display(), "loaded config"),
         ConfigOrigin::Defaults => tracing::info!("no config file; using built-in defaults"),

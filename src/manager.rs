@@ -222,11 +222,6 @@ impl Manager {
         Ok(row)
     }
 
-    /// The database path, for the audit writer.
-    pub fn db_path(&self) -> std::path::PathBuf {
-        self.lock().store.path().to_owned()
-    }
-
     /// Destroy what no longer signs, rebuild the key set, swap it in, and
     /// rewrite the JWKS file if it changed.
     fn refresh(&self, stores: &Stores, now: i64, fresh: Vec<NewKey>) -> Result<()> {

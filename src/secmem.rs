@@ -9,7 +9,13 @@ use ed25519_dalek::SigningKey;
 
 /// Make the process non-dumpable (no ptrace from the same uid, no
 /// /proc/PID/mem) and forbid core files. Fails closed.
-pub fn harden_process() -> std::io::Result<()> {
+pub fn harden_process() -> crate::error::Result<()> {
+    harden().map_err(|e| {
+        crate::error::Error::KeyStore(format!("cannot make the process non-dumpable: {e}"))
+    })
+}
+
+fn harden() -> std::io::Result<()> {
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
     set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
     // Under systemd LimitCORE=0 has already done it, and a seccomp filter

@@ -298,10 +298,7 @@ impl Service {
                         .map(|p| KeyStatus {
                             kid: &p.row.kid,
                             state: keyring::state(&p.row, now).as_str(),
-                            origin: match p.row.origin {
-                                crate::store::Origin::Generated => "generated",
-                                crate::store::Origin::Imported => "imported",
-                            },
+                            origin: p.row.origin.as_str(),
                             created_at: p.row.created_at,
                             activate_at: p.row.activate_at,
                             deactivate_at: p.row.deactivate_at,

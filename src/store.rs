@@ -28,7 +28,7 @@ pub enum Origin {
 }
 
 impl Origin {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Origin::Generated => "generated",
             Origin::Imported => "imported",
