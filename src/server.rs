@@ -168,8 +168,31 @@ const READ_CHUNK: usize = 16 * 1024;
 struct Segment {
     start: usize,
     end: usize,
-    id: Option<Value>,
     token: bool,
+}
+
+/// Answer one request line (admin ops on a blocking thread) and note where
+/// its response sits in `out`.
+async fn answer(
+    service: &Service,
+    line: &[u8],
+    peer: &Peer,
+    out: &mut Vec<u8>,
+    records: &mut Vec<Record>,
+) -> Segment {
+    let start = out.len();
+    let token = match service.handle(line, peer, out, records) {
+        Handled::Done { token } => token,
+        Handled::Admin(req) => {
+            service.run_admin(req, peer, out, records).await;
+            false
+        }
+    };
+    Segment {
+        start,
+        end: out.len(),
+        token,
+    }
 }
 
 async fn connection(
@@ -245,17 +268,13 @@ async fn connection(
         };
         let mut close = eof;
         while let Some(frame) = splitter.next(&inbuf) {
-            let start = out.len();
-            let (id, token) = match frame {
-                Frame::Line(line) if line.trim_ascii().is_empty() => continue,
-                Frame::Line(line) => match service.handle(line, &peer, &mut out, &mut records) {
-                    Handled::Done { token } => (None, token),
-                    Handled::Admin(req) => {
-                        service.run_admin(req, &peer, &mut out, &mut records).await;
-                        (None, false)
-                    }
-                },
+            match frame {
+                Frame::Line(line) if line.trim_ascii().is_empty() => {}
+                Frame::Line(line) => {
+                    segments.push(answer(service, line, &peer, &mut out, &mut records).await);
+                }
                 Frame::TooLong => {
+                    let start = out.len();
                     protocol::write_error(
                         &mut out,
                         &Failure::new(
@@ -267,41 +286,21 @@ async fn connection(
                             ),
                         ),
                     );
-                    close = true;
                     segments.push(Segment {
                         start,
                         end: out.len(),
-                        id: None,
                         token: false,
                     });
+                    close = true;
                     break;
                 }
-            };
-            segments.push(Segment {
-                start,
-                end: out.len(),
-                id,
-                token,
-            });
+            }
         }
         inbuf.advance(splitter.consumed());
         splitter.reset();
         // A last line without `\n` before EOF (e.g. `printf … | socat`).
         if eof && !inbuf.trim_ascii().is_empty() {
-            let start = out.len();
-            let token = match service.handle(&inbuf, &peer, &mut out, &mut records) {
-                Handled::Done { token } => token,
-                Handled::Admin(req) => {
-                    service.run_admin(req, &peer, &mut out, &mut records).await;
-                    false
-                }
-            };
-            segments.push(Segment {
-                start,
-                end: out.len(),
-                id: None,
-                token,
-            });
+            segments.push(answer(service, &inbuf, &peer, &mut out, &mut records).await);
         }
         if !segments.is_empty() {
             last_request = Instant::now();
@@ -345,11 +344,9 @@ fn withhold_tokens(out: &[u8], segments: &[Segment]) -> Vec<u8> {
     let mut rebuilt = Vec::with_capacity(out.len());
     for s in segments {
         if s.token {
-            let id = s.id.clone().or_else(|| {
-                serde_json::from_slice::<Value>(&out[s.start..s.end])
-                    .ok()
-                    .and_then(|v| v.get("id").cloned())
-            });
+            let id = serde_json::from_slice::<Value>(&out[s.start..s.end])
+                .ok()
+                .and_then(|v| v.get("id").cloned());
             protocol::write_error(
                 &mut rebuilt,
                 &Failure::new(
