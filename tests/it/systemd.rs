@@ -113,30 +113,16 @@ impl Manager {
         }
     }
 
-    /// Start `serve` as systemd would: fd 3 = the listener, LISTEN_PID = the
-    /// daemon's pid (set by `sh` right before `exec`).
+    /// Start `serve` as systemd would, with the listener and notify socket.
     fn spawn(&self, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Child {
-        let fd = self.listener.as_raw_fd();
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
-            .arg(BIN)
-            .args(args)
-            .arg("serve")
-            .current_dir(dir.path())
-            .env_remove("STATE_DIRECTORY")
-            .env_remove("JOURNAL_STREAM")
-            .env("LISTEN_FDS", "1")
+        activated(dir, args, self.listener.as_raw_fd(), None)
             .env("LISTEN_FDNAMES", "splitsign")
             .env("NOTIFY_SOCKET", &self.notify_path)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap());
-        // SAFETY (test): only async-signal-safe dup2 between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || as_fd3(fd));
-        }
-        cmd.spawn().unwrap()
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap()
     }
 
     /// The next notify message, waiting up to `t`.
@@ -166,6 +152,38 @@ impl Manager {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         panic!("no {what:?} from the daemon; got {seen:?}; log:\n{log}");
     }
+}
+
+/// `splitsign [args] serve` started the way systemd does it: `fd` becomes
+/// fd 3, LISTEN_FDS=1, and LISTEN_PID is the daemon's own pid (set by `sh`
+/// right before it `exec`s). With `nofile`, RLIMIT_NOFILE is set first.
+fn activated(dir: &Dir, args: &[&str], fd: i32, nofile: Option<u64>) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(args)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("JOURNAL_STREAM")
+        .env("LISTEN_FDS", "1");
+    // SAFETY (test): only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(n) = nofile {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            as_fd3(fd)
+        });
+    }
+    cmd
 }
 
 /// Make `fd` the child's fd 3 without close-on-exec (between fork and exec).
@@ -334,32 +352,12 @@ fn a_stalled_accept_loop_stops_the_watchdog() {
     // EMFILE: the daemon stops pinging until they go away.
     let dir = Dir::new();
     let m = Manager::new(&dir);
-    let fd = m.listener.as_raw_fd();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
-        .arg(BIN)
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_remove("STATE_DIRECTORY")
-        .env("LISTEN_FDS", "1")
-        .env("NOTIFY_SOCKET", &m.notify_path)
+    // Unnamed fd (no LISTEN_FDNAMES), as older systemd or socket-activate pass it.
+    let mut cmd = activated(&dir, &[], m.listener.as_raw_fd(), Some(48));
+    cmd.env("NOTIFY_SOCKET", &m.notify_path)
         .env("WATCHDOG_USEC", "1000000")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap());
-    // SAFETY (test): only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: 48,
-                rlim_max: 48,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            as_fd3(fd)
-        });
-    }
     let mut child = cmd.spawn().unwrap();
     m.expect("READY=1", Duration::from_secs(20));
     m.expect("WATCHDOG=1", Duration::from_secs(3));
@@ -392,19 +390,7 @@ fn a_stalled_accept_loop_stops_the_watchdog() {
 fn an_fd_that_is_not_a_listening_unix_socket_is_refused() {
     let dir = Dir::new();
     let file = std::fs::File::create(dir.path().join("not-a-socket")).unwrap();
-    let fd = file.as_raw_fd();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
-        .arg(BIN)
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_remove("STATE_DIRECTORY")
-        .env("LISTEN_FDS", "1");
-    // SAFETY (test): only dup2 between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || as_fd3(fd));
-    }
+    let mut cmd = activated(&dir, &[], file.as_raw_fd(), None);
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a listening Unix stream socket"));
