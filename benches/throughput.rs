@@ -173,6 +173,12 @@ fn line_load(sock: &Path, line: &[u8], conns: usize, depth: usize, secs: f64) ->
             })
         })
         .collect();
+    collect(handles, cpu0)
+}
+
+/// Join the client threads (each: its rate, its latencies in µs) into one
+/// `Load`: summed rate, p50/p99 over all latencies, the client's CPU time.
+fn collect(handles: Vec<std::thread::JoinHandle<(f64, Vec<f64>)>>, cpu0: f64) -> Load {
     let mut rate = 0.0;
     let mut lat = Vec::new();
     for h in handles {
@@ -404,25 +410,7 @@ fn agent_load(a: &Agent, conns: usize, depth: usize, secs: f64) -> Load {
             })
         })
         .collect();
-    let mut rate = 0.0;
-    let mut lat = Vec::new();
-    for h in handles {
-        let (r, l) = h.join().unwrap();
-        rate += r;
-        lat.extend(l);
-    }
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Load {
-        rate,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-        client_cpu: cpu_self() - cpu0,
-    }
+    collect(handles, cpu0)
 }
 
 // ---------------------------------------------------------------------------
