@@ -83,13 +83,14 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
         deactivate_at: i64::MAX / 4,
         retire_at: i64::MAX / 2,
         share_generation: 1,
+        pending_generation: None,
         verified: true,
+        alg: cfg.alg,
     };
-    let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, cfg.alg));
+    let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, i64::MIN));
     let set = Arc::new(KeySet::new(
         vec![Arc::clone(&signer)],
         vec![Published { row, key: pk }],
-        cfg.alg,
     ));
     let now = splitsign::lifecycle::wall_now();
     let claims: serde_json::Map<String, serde_json::Value> =
@@ -112,7 +113,7 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
                 while start.elapsed().as_secs_f64() < secs {
                     for _ in 0..64 {
                         if verify {
-                            token::verify(&set, &policy, &sample, None, now).unwrap();
+                            token::verify(&set, &policy, &sample, None, now, now).unwrap();
                         } else {
                             token::sign(&signer, &policy, &claims, None, now, None).unwrap();
                         }

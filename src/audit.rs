@@ -13,6 +13,7 @@ use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::filestore::FileId;
 
 /// One audit record, before it is chained.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -245,7 +246,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(path: PathBuf, durability: Durability) -> Result<Writer> {
+    /// Start the writer on the database at `path`, which must keep naming
+    /// the file `expected` (the one the daemon opened): after each commit
+    /// the writer checks that it still does, and otherwise fails the batch,
+    /// so no token leaves whose record is not in the database at the
+    /// configured path (a database deleted or replaced under the daemon).
+    pub fn start(path: PathBuf, durability: Durability, expected: FileId) -> Result<Writer> {
         let mut conn = open(&path, durability)?;
         let (tx, rx) = mpsc::channel::<(Vec<Record>, Ack)>();
         std::thread::Builder::new()
@@ -262,7 +268,13 @@ impl Writer {
                     let records: Vec<Record> =
                         batch.iter().flat_map(|(r, _)| r.iter().cloned()).collect();
                     let ok = match append(&mut conn, &records) {
-                        Ok(()) => true,
+                        Ok(()) => match expected.still_at(&path) {
+                            Ok(()) => true,
+                            Err(why) => {
+                                tracing::error!(reason = %why, records = records.len(), "audit records went to a database no longer at its path; withholding their tokens");
+                                false
+                            }
+                        },
                         Err(e) => {
                             tracing::error!(error = %e, db = %path.display(), records = records.len(), "audit log write failed");
                             false

@@ -109,9 +109,20 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         recovery_share: PathBuf,
     },
-    /// Check both stores offline: every key that may sign must rebuild from
-    /// its two shares. Exit 0, or 65 with the reason.
+    /// Check both stores offline: they must belong together (the same
+    /// deployment, no share the database cannot account for), and every key
+    /// that may sign must rebuild from its two shares. Exit 0, or 65 with
+    /// the reason. Only reads, so it also works beside a running daemon.
     Check,
+    /// Write a consistent copy of the database store (keys, database
+    /// shares, revocations, audit log) to FILE, a new file, mode 0600, with
+    /// SQLite's online backup API; works while the daemon runs. It never
+    /// holds a file share: back up the share directory separately, and keep
+    /// the two backups apart.
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Revoke a token (by jti and exp, or whole) or every token of a
     /// subject issued before an instant. Through the daemon if one runs,
     /// else offline (jti or sub only).
@@ -298,9 +309,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 crate::secmem::harden_process()?;
                 let mut stores = Stores::open(&cfg, false)?;
                 let now = lifecycle::wall_now();
+                // Offline, what the key issued is unknown: its tokens may
+                // carry any exp up to now + max_ttl.
+                let latest_exp = now.saturating_add(cfg.max_ttl.as_secs() as i64);
                 let (new, previous) = {
                     let s = &mut stores;
-                    lifecycle::rotate_now(&mut s.store, &s.dir, &cfg, now, emergency)?
+                    lifecycle::rotate_now(&mut s.store, &s.dir, &cfg, now, latest_exp, emergency)?
                 };
                 stores.reconcile(now)?;
                 println!(
@@ -371,6 +385,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Check => check(&cfg),
+        Command::Backup { file } => backup(&cfg, &file),
         Command::Revoke {
             jti,
             exp,
@@ -467,7 +482,7 @@ fn revoke(
 }
 
 fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Result<(), Failure> {
-    let store = crate::store::Store::open_read_only(&cfg.db)?;
+    let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
     let conn = store.connection();
     let db_err = |source| Error::Database {
         path: cfg.db.clone(),
@@ -558,12 +573,47 @@ fn offline_reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failur
     Ok(())
 }
 
-/// `check`: rebuild every key that may sign from its two shares, read-only.
+/// `backup FILE`: a consistent copy of the database store.
+fn backup(cfg: &Config, file: &std::path::Path) -> Result<(), Failure> {
+    // Both shares of a key in one place is what the split is there to
+    // prevent: no database backup inside the share directory.
+    let dest_dir = std::path::absolute(file)
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_owned()))
+        .and_then(|d| d.canonicalize().ok());
+    if dest_dir.is_some() && dest_dir == cfg.shares_dir.canonicalize().ok() {
+        return Err(usage(format!(
+            "{} is in the share directory; keep the database backup apart from the file shares",
+            file.display()
+        )));
+    }
+    let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
+    let s = store.backup(file)?;
+    println!(
+        "backed up database {} to {} (schema {}, deployment {}, {} keys, {} revocations, {} audit records)",
+        cfg.db.display(),
+        file.display(),
+        s.schema,
+        s.deployment,
+        s.keys,
+        s.revocations,
+        s.audit_records
+    );
+    println!(
+        "the file shares are not in it: back up {} separately, and keep the two apart",
+        cfg.shares_dir.display()
+    );
+    Ok(())
+}
+
+/// `check`: prove the stores belong together and rebuild every key that
+/// may sign from its two shares, read-only.
 fn check(cfg: &Config) -> Result<(), Failure> {
     crate::secmem::harden_process()?;
     let dir = crate::filestore::ShareDir::open(&cfg.shares_dir)?;
-    let store = crate::store::Store::open_read_only(&cfg.db)?;
+    let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
     let now = lifecycle::wall_now();
+    let plan = lifecycle::survey(&store, &dir, now)?;
     let rows = store.keys()?;
     if rows.iter().all(|r| !r.verified) {
         return Err(Error::KeyStore(format!("database {} holds no key", cfg.db.display())).into());
@@ -584,13 +634,25 @@ fn check(cfg: &Config) -> Result<(), Failure> {
     if lifecycle::active(&rows, now).is_none() {
         println!("no key is active now: the daemon will create one when it starts");
     }
-    println!("ok");
+    let leftovers = plan.destroy_files.len() + plan.remove_temps.len();
+    if leftovers + plan.discard_rows.len() + plan.destroy_db_shares_of.len() > 0 {
+        println!(
+            "the next start cleans up {} leftover file(s) of interrupted writes or of keys that \
+             no longer sign, and {} unfinished key(s)",
+            leftovers,
+            plan.discard_rows.len()
+        );
+    }
+    println!(
+        "ok: the share directory and the database belong together (deployment {})",
+        store.deployment()
+    );
     Ok(())
 }
 
 /// `status` without a daemon: the same fields, read from the database.
 fn offline_status(cfg: &Config) -> Result<Value, Failure> {
-    let store = crate::store::Store::open_read_only(&cfg.db)?;
+    let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
     let now = lifecycle::wall_now();
     let rows: Vec<_> = store.keys()?.into_iter().filter(|r| r.verified).collect();
     let keys: Vec<Value> = rows

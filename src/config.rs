@@ -34,6 +34,12 @@ impl AlgLabel {
             AlgLabel::Ed25519 => "Ed25519",
         }
     }
+
+    pub fn parse(s: &str) -> Option<AlgLabel> {
+        [AlgLabel::EdDSA, AlgLabel::Ed25519]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
 }
 
 /// What to do when key pages cannot be locked in memory.
@@ -463,6 +469,59 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The first setting that differs between `self` (running) and `new`
+    /// and that a reload cannot apply: it needs a restart. Every setting is
+    /// listed (the destructuring has no `..`), so a new setting must be
+    /// classified here before the crate compiles.
+    pub fn needs_restart(&self, new: &Config) -> Option<&'static str> {
+        let Config {
+            origin: _,
+            // Applied by a reload: token settings, policies, the schedule,
+            // the JWKS file, connection timeouts, mlock for keys unsealed
+            // from then on.
+            issuer: _,
+            alg: _,
+            default_ttl: _,
+            max_ttl: _,
+            max_token_bytes: _,
+            idle_timeout: _,
+            read_timeout: _,
+            write_timeout: _,
+            mlock: _,
+            admin_uids: _,
+            policies: _,
+            rotation_interval: _,
+            leeway: _,
+            prepublish: _,
+            jwks_max_age: _,
+            jwks_file: _,
+            // Fixed while running: the stores, the socket, the connection
+            // table, and the audit writer.
+            shares_dir,
+            db,
+            socket,
+            socket_mode,
+            max_frame_bytes,
+            max_connections,
+            audit,
+            audit_sync,
+        } = self;
+        [
+            ("shares_dir", *shares_dir != new.shares_dir),
+            ("db", *db != new.db),
+            ("socket", *socket != new.socket),
+            ("socket_mode", *socket_mode != new.socket_mode),
+            ("max_frame_bytes", *max_frame_bytes != new.max_frame_bytes),
+            ("max_connections", *max_connections != new.max_connections),
+            ("audit", *audit != new.audit),
+            ("audit_sync", *audit_sync != new.audit_sync),
+        ]
+        .into_iter()
+        .find_map(|(key, changed)| changed.then_some(key))
     }
 }
 

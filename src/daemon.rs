@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
@@ -67,7 +66,11 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         }
     };
     let audit = if cfg.audit {
-        Some(crate::audit::Writer::start(cfg.db.clone(), cfg.audit_sync)?)
+        Some(crate::audit::Writer::start(
+            cfg.db.clone(),
+            cfg.audit_sync,
+            manager.db_identity(),
+        )?)
     } else {
         tracing::warn!("the audit log is off (audit = false)");
         None
@@ -76,38 +79,28 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         Arc::clone(&manager),
         Policy::new(&cfg),
         Access::new(&cfg)?,
+        Limits::of(&cfg),
         started,
         audit,
     ));
-    let limits = Limits {
-        max_connections: cfg.max_connections,
-        max_frame_bytes: cfg.max_frame_bytes,
-        idle_timeout: cfg.idle_timeout,
-        read_timeout: cfg.read_timeout,
-        write_timeout: cfg.write_timeout,
-    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(Error::io("starting the async runtime", "tokio"))?;
+    let stopping = Arc::clone(&manager);
     runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .map_err(Error::io("registering socket", &cfg.socket))?;
         let shutdown = CancellationToken::new();
-        let wake = Arc::new(Notify::new());
         tokio::spawn(signals(
             Arc::clone(&service),
             overrides,
             cfg.clone(),
-            Arc::clone(&wake),
             shutdown.clone(),
         ));
-        let timer = tokio::spawn(lifecycle_timer(
-            Arc::clone(&manager),
-            Arc::clone(&wake),
-            shutdown.clone(),
-        ));
+        let timer = tokio::spawn(lifecycle_timer(Arc::clone(&manager), shutdown.clone()));
+        tokio::spawn(store_monitor(Arc::clone(&manager), shutdown.clone()));
         if let Some(interval) = systemd::watchdog_interval() {
             tokio::spawn(watchdog(Arc::clone(&service), interval, shutdown.clone()));
         }
@@ -119,20 +112,69 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
             "ready"
         );
         systemd::ready(&status);
-        server::run(listener, service, limits, shutdown).await;
+        server::run(listener, service, shutdown).await;
         let _ = timer.await;
         Ok::<_, Error>(())
     })?;
     drop(bound);
+    // Every reply has left and every audit batch is committed: move the
+    // WAL into the database file, so that the file alone is complete (a
+    // copy of it, a backup tool that skips `-wal`).
+    if stopping.fault().is_none()
+        && let Err(e) = stopping.checkpoint()
+    {
+        tracing::warn!(error = %e, "could not checkpoint the database at stop");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the running daemon checks that its stores are still in place
+/// (and that the wall clock did not jump).
+const STORE_CHECK: Duration = Duration::from_millis(500);
+
+/// Check, twice a second, that the store paths still name the stores the
+/// daemon opened and that every signing key's file share is there; on a
+/// change the manager stops issuing tokens and this says why in `STATUS=`.
+/// Also wake the key schedule when the wall clock jumps, so that a key
+/// that can sign is there within a second.
+async fn store_monitor(manager: Arc<Manager>, shutdown: CancellationToken) {
+    let mono = Instant::now();
+    let offset =
+        |at: Instant| crate::lifecycle::wall_now_ms() - at.duration_since(mono).as_millis() as i64;
+    let mut last_offset = offset(Instant::now());
+    let mut reported = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(STORE_CHECK) => {}
+        }
+        let m = Arc::clone(&manager);
+        let fault = tokio::task::spawn_blocking(move || m.check_stores())
+            .await
+            .ok()
+            .flatten();
+        if fault.is_some() && !reported {
+            reported = true;
+            systemd::status(&manager.status_line());
+        }
+        let now_offset = offset(Instant::now());
+        if (now_offset - last_offset).abs() > 1000 {
+            tracing::warn!(
+                jump_ms = now_offset - last_offset,
+                "the wall clock jumped; running the key schedule"
+            );
+            manager.wake.notify_one();
+        }
+        last_offset = now_offset;
+    }
 }
 
 /// Run the schedule: sleep until the next key event (at most
 /// [`MAX_TIMER`], or until woken by a reload), then let the manager do what
 /// is due. Failures (a locked database, a full disk) are logged and
 /// retried; signing goes on with the keys in memory.
-async fn lifecycle_timer(manager: Arc<Manager>, wake: Arc<Notify>, shutdown: CancellationToken) {
+async fn lifecycle_timer(manager: Arc<Manager>, shutdown: CancellationToken) {
     // Run once right away: the schedule may have moved while starting.
     let mut next: Option<i64> = Some(0);
     let mut retry = Duration::from_secs(1);
@@ -154,7 +196,7 @@ async fn lifecycle_timer(manager: Arc<Manager>, wake: Arc<Notify>, shutdown: Can
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = wake.notified() => {}
+            _ = manager.wake.notified() => {}
         }
         let m = Arc::clone(&manager);
         match tokio::task::spawn_blocking(move || {
@@ -205,7 +247,7 @@ async fn watchdog(service: Arc<Service>, interval: Duration, shutdown: Cancellat
         } else if healthy {
             healthy = false;
             tracing::error!(
-                "unhealthy (accept loop failing or no key signs); withholding watchdog pings"
+                "unhealthy (accept loop failing, stores changed, or no key signs); withholding watchdog pings"
             );
         }
     }
@@ -216,7 +258,6 @@ async fn signals(
     service: Arc<Service>,
     overrides: Overrides,
     mut running: Config,
-    wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -238,7 +279,7 @@ async fn signals(
                     Ok(cfg) => {
                         tracing::info!("SIGHUP: reloaded the config");
                         running = cfg;
-                        wake.notify_one();
+                        service.manager.wake.notify_one();
                     }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; keeping the running config"),
                 }
@@ -255,27 +296,15 @@ async fn signals(
 /// changes them is refused whole.
 fn reload(service: &Service, overrides: &Overrides, running: &Config) -> Result<Config> {
     let new = Config::load(overrides, &Env::from_process())?;
-    let fixed = [
-        ("shares_dir", new.shares_dir != running.shares_dir),
-        ("db", new.db != running.db),
-        ("socket", new.socket != running.socket),
-        ("socket_mode", new.socket_mode != running.socket_mode),
-        (
-            "max_frame_bytes",
-            new.max_frame_bytes != running.max_frame_bytes,
-        ),
-        (
-            "max_connections",
-            new.max_connections != running.max_connections,
-        ),
-    ];
-    if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+    if let Some(key) = running.needs_restart(&new) {
         return Err(Error::Setting {
             key,
             message: "cannot change on reload; restart the daemon".into(),
         });
     }
-    service.set_policies(Policy::new(&new), Access::new(&new)?);
+    let access = Access::new(&new)?;
+    service.set_policies(Policy::new(&new), access);
+    service.set_limits(Limits::of(&new));
     service.manager.set_config(new.clone());
     Ok(new)
 }

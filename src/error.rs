@@ -69,6 +69,19 @@ pub enum Error {
     },
     #[error("key store: {0}")]
     KeyStore(String),
+    /// The share directory and the database do not belong together (an old
+    /// backup, a wrong path, another deployment's file). Nothing is deleted
+    /// or changed when this is found.
+    #[error(
+        "share directory {shares} and database {db} do not belong together: {}. Nothing was \
+         deleted or changed",
+        problems.join("; ")
+    )]
+    StoresDisagree {
+        db: PathBuf,
+        shares: PathBuf,
+        problems: Vec<String>,
+    },
 
     #[error("database {path}")]
     Database {
@@ -108,6 +121,7 @@ impl Error {
             | Error::DbShare { .. }
             | Error::KeyRow { .. }
             | Error::SharesMismatch { .. }
+            | Error::StoresDisagree { .. }
             | Error::KeyStore(_) => exit::KEY_STORE,
             Error::WriteShare { .. }
             | Error::Database { .. }

@@ -23,10 +23,52 @@ fn nofollow() -> i32 {
     (OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32
 }
 
+/// Which file a path names: device and inode. A store replaced under a
+/// running daemon (a restored database, a re-created share directory) is a
+/// different file at the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The file `path` names now (following no symlink at the end).
+    pub fn of(path: &Path) -> std::io::Result<FileId> {
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Whether `path` still names this file; the reason if not.
+    pub fn still_at(&self, path: &Path) -> Result<(), String> {
+        match FileId::of(path) {
+            Ok(now) if now == *self => Ok(()),
+            Ok(_) => Err(format!("{} was replaced by another file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(format!("{} was removed", path.display()))
+            }
+            Err(e) => Err(format!("{} cannot be examined: {e}", path.display())),
+        }
+    }
+}
+
 /// The share directory, checked to be private to this uid.
 #[derive(Debug, Clone)]
 pub struct ShareDir {
     path: PathBuf,
+    identity: FileId,
+}
+
+/// A file share written durably under a temp name, not yet visible under
+/// its final name (see [`ShareDir::stage`]).
+#[derive(Debug)]
+#[must_use = "a staged share is published or discarded"]
+pub struct Staged {
+    tmp: PathBuf,
+    pub final_path: PathBuf,
 }
 
 /// A file found in the share directory.
@@ -67,6 +109,7 @@ impl ShareDir {
         {
             let unchecked = ShareDir {
                 path: path.to_owned(),
+                identity: FileId::of(path).map_err(Error::io("examining", path))?,
             };
             let holds_shares = unchecked
                 .list()?
@@ -107,6 +150,10 @@ impl ShareDir {
         }
         Ok(ShareDir {
             path: path.to_owned(),
+            identity: FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
         })
     }
 
@@ -114,29 +161,35 @@ impl ShareDir {
         &self.path
     }
 
-    /// Where the share of `kid` at `generation` lives.
-    pub fn share_path(&self, kid: &str, generation: u32) -> PathBuf {
-        self.path.join(format!("{kid}.{generation}{SUFFIX}"))
+    /// The directory the share path named when it was opened.
+    pub fn identity(&self) -> FileId {
+        self.identity
     }
 
-    /// Write a new share file durably: a unique temp name created with
-    /// O_EXCL and mode 0600, fsync, rename without replacing anything,
-    /// fsync of the directory. A crash leaves either no file under the
-    /// final name or the complete one.
+    /// Where the share of `kid` at `generation` lives.
+    pub fn share_path(&self, kid: &str, generation: u32) -> PathBuf {
+        self.path.join(share_file_name(kid, generation))
+    }
+
+    /// Write a new share file durably: [`ShareDir::stage`], then
+    /// [`ShareDir::publish`]. A crash leaves either no file under the final
+    /// name or the complete one.
     pub fn write_new(&self, share: &KeyShare) -> Result<PathBuf> {
+        let staged = self.stage(share)?;
+        self.publish(staged)
+    }
+
+    /// Write a share file durably under a unique temp name (created with
+    /// O_EXCL and mode 0600, fsync'ed), without giving it its final name.
+    /// A key's creation stages its file share first, records the key in
+    /// the database, and only then publishes the file: so a share file
+    /// under a final name whose key the database does not know never comes
+    /// from an interrupted write of ours, and means a wrong or old store.
+    pub fn stage(&self, share: &KeyShare) -> Result<Staged> {
         debug_assert_eq!(share.slot, Slot::File);
         let final_path = self.share_path(&share.kid, share.generation);
-        let tmp = self.path.join(format!(
-            ".{}.{}.tmp-{}",
-            share.kid,
-            share.generation,
-            random_hex()?
-        ));
-        let wrap = |source| Error::WriteShare {
-            path: final_path.clone(),
-            source,
-        };
-        let result = (|| {
+        let tmp = self.temp_path(&share.kid, share.generation)?;
+        let written = (|| {
             let mut file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -144,23 +197,69 @@ impl ShareDir {
                 .custom_flags(nofollow())
                 .open(&tmp)?;
             file.write_all(&shares::encode_file(share))?;
-            file.sync_all()?;
-            drop(file);
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &tmp,
-                rustix::fs::CWD,
-                &final_path,
-                RenameFlags::NOREPLACE,
-            )?;
-            Ok(())
+            file.sync_all()
         })();
-        if let Err(e) = result {
+        if let Err(source) = written {
             let _ = std::fs::remove_file(&tmp);
+            return Err(Error::WriteShare {
+                path: final_path,
+                source,
+            });
+        }
+        Ok(Staged { tmp, final_path })
+    }
+
+    /// Give a staged share its final name: rename without replacing
+    /// anything, then fsync the directory.
+    pub fn publish(&self, staged: Staged) -> Result<PathBuf> {
+        let renamed = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &staged.tmp,
+            rustix::fs::CWD,
+            &staged.final_path,
+            RenameFlags::NOREPLACE,
+        );
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&staged.tmp);
+            return Err(Error::WriteShare {
+                path: staged.final_path,
+                source: e.into(),
+            });
+        }
+        self.sync().map_err(|source| Error::WriteShare {
+            path: staged.final_path.clone(),
+            source,
+        })?;
+        Ok(staged.final_path)
+    }
+
+    /// Remove a staged share that will not be published.
+    pub fn discard(&self, staged: Staged) {
+        let _ = self.destroy(&staged.tmp);
+    }
+
+    /// Replace an existing share file with `share` (the same share, in the
+    /// current format): temp file, fsync, rename over the old one, fsync of
+    /// the directory. A crash leaves the old file or the new one, which
+    /// hold the same share.
+    pub fn rewrite(&self, share: &KeyShare) -> Result<PathBuf> {
+        let staged = self.stage(share)?;
+        let wrap = |source| Error::WriteShare {
+            path: staged.final_path.clone(),
+            source,
+        };
+        if let Err(e) = std::fs::rename(&staged.tmp, &staged.final_path) {
+            let _ = std::fs::remove_file(&staged.tmp);
             return Err(wrap(e));
         }
         self.sync().map_err(wrap)?;
-        Ok(final_path)
+        Ok(staged.final_path)
+    }
+
+    fn temp_path(&self, kid: &str, generation: u32) -> Result<PathBuf> {
+        Ok(self
+            .path
+            .join(format!(".{kid}.{generation}.tmp-{}", random_hex()?)))
     }
 
     /// Read and parse the file share of `kid` at `generation`. The contents
@@ -236,6 +335,12 @@ impl ShareDir {
     fn sync(&self) -> std::io::Result<()> {
         File::open(&self.path)?.sync_all()
     }
+}
+
+/// The name of the file share of `kid` at `generation`:
+/// `<kid>.<generation>.share`.
+pub fn share_file_name(kid: &str, generation: u32) -> String {
+    format!("{kid}.{generation}{SUFFIX}")
 }
 
 /// `<kid>.<generation>.share`

@@ -7,6 +7,7 @@
 //! A key's state is a pure function of its stored timestamps and the time.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -14,7 +15,6 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::AlgLabel;
 use crate::secmem::LockedKey;
 use crate::store::KeyRow;
 
@@ -71,21 +71,29 @@ pub fn state(row: &KeyRow, now: i64) -> State {
 /// A key that signs (or will), with its pre-encoded JWS header.
 pub struct Signer {
     pub kid: String,
-    /// base64url of `{"alg":…,"typ":"JWT","kid":…}` (RFC 7515 §7.1).
+    /// base64url of `{"alg":…,"typ":"JWT","kid":…}` (RFC 7515 §7.1), with
+    /// the key's own label.
     pub header_b64: String,
     pub key: LockedKey,
     pub activate_at: i64,
     pub deactivate_at: i64,
     pub retire_at: i64,
+    /// The generation of the shares the key was unsealed from.
+    pub share_generation: u32,
+    /// The latest `exp` this key may have issued (`i64::MIN`: none). A
+    /// rotation ends the key's publication once these tokens expire.
+    latest_exp: AtomicI64,
 }
 
 impl Signer {
-    pub fn new(row: &KeyRow, key: LockedKey, alg: AlgLabel) -> Signer {
+    /// `latest_exp`: what tokens issued before this value existed may
+    /// carry (by an earlier process, or an earlier `Signer` of this key).
+    pub fn new(row: &KeyRow, key: LockedKey, latest_exp: i64) -> Signer {
         // Field order as documented; the kid is base64url, so no escaping.
         debug_assert!(crate::shares::is_valid_kid(&row.kid));
         let header = format!(
             r#"{{"alg":"{}","typ":"JWT","kid":"{}"}}"#,
-            alg.as_str(),
+            row.alg.as_str(),
             row.kid
         );
         Signer {
@@ -95,7 +103,22 @@ impl Signer {
             activate_at: row.activate_at,
             deactivate_at: row.deactivate_at,
             retire_at: row.retire_at,
+            share_generation: row.share_generation,
+            latest_exp: AtomicI64::new(latest_exp),
         }
+    }
+
+    /// Note a token issued with `exp`. Most calls only read: `exp` moves
+    /// once a second.
+    pub fn issued(&self, exp: i64) {
+        if exp > self.latest_exp.load(Ordering::Relaxed) {
+            self.latest_exp.fetch_max(exp, Ordering::Relaxed);
+        }
+    }
+
+    /// The latest `exp` of any token this key may have issued.
+    pub fn latest_exp(&self) -> i64 {
+        self.latest_exp.load(Ordering::Relaxed)
     }
 }
 
@@ -129,7 +152,8 @@ struct Jwk<'a> {
 
 impl KeySet {
     /// Build a key set; `published` must hold every key not yet retired.
-    pub fn new(mut signers: Vec<Arc<Signer>>, published: Vec<Published>, alg: AlgLabel) -> KeySet {
+    /// Each JWK carries its key's own `alg` label.
+    pub fn new(mut signers: Vec<Arc<Signer>>, published: Vec<Published>) -> KeySet {
         signers.sort_by_key(|s| s.activate_at);
         let keys: Vec<Jwk> = published
             .iter()
@@ -138,7 +162,7 @@ impl KeySet {
                 crv: "Ed25519",
                 x: B64.encode(p.row.public_key),
                 kid: &p.row.kid,
-                alg: alg.as_str(),
+                alg: p.row.alg.as_str(),
                 use_: "sig",
             })
             .collect();
@@ -211,7 +235,9 @@ mod tests {
             deactivate_at: deactivate,
             retire_at: retire,
             share_generation: 1,
+            pending_generation: None,
             verified: true,
+            alg: crate::config::AlgLabel::EdDSA,
         }
     }
 

@@ -48,5 +48,6 @@ pub mod shared;
 pub mod shares;
 pub mod store;
 pub mod stores;
+pub mod strict_json;
 pub mod systemd;
 pub mod token;

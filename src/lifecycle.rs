@@ -16,7 +16,7 @@
 //! WAL checkpoint), then its file removed; a crash between leaves a file
 //! share no signing key owns, which reconciliation removes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -39,9 +39,14 @@ pub const MAX_GENERATIONS: u32 = 16;
 
 /// The current wall-clock time in Unix seconds.
 pub fn wall_now() -> i64 {
+    wall_now_ms().div_euclid(1000)
+}
+
+/// The current wall-clock time in Unix milliseconds.
+pub fn wall_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -147,10 +152,13 @@ pub fn create_key(
         deactivate_at,
         retire_at,
         share_generation: 1,
+        pending_generation: None,
         verified: false,
+        alg: cfg.alg,
     };
     let split = shares::split(seed);
     let share = |slot, y| KeyShare {
+        deployment: Some(store.deployment().to_owned()),
         kid: kid.clone(),
         generation: 1,
         slot,
@@ -161,15 +169,18 @@ pub fn create_key(
     let db_share = share(Slot::Database, split.database);
     let recovery_share = share(Slot::Recovery, split.recovery);
 
-    // 1. File share, durably.
-    let file_path = dir.write_new(&file_share)?;
+    // 1. File share, durably, under a temp name.
+    let staged = dir.stage(&file_share)?;
+    let file_path = staged.final_path.clone();
     // 2. Key row (unverified) + database share, one transaction.
     if let Err(e) = store.insert_key(&row, &db_share) {
-        let _ = dir.destroy(&file_path);
+        dir.discard(staged);
         return Err(e);
     }
-    // 3. Read both back from the stores and rebuild; 4. commit.
+    // 3. The file share gets its final name, now that the database knows
+    // its key; 4. read both back from the stores and rebuild; 5. commit.
     let finish = |store: &mut Store| -> Result<SigningKey> {
+        dir.publish(staged)?;
         let key = unseal_key(store, dir, &row)?;
         if let Some(p) = c.recovery {
             filestore::write_recovery(p, &recovery_share)?;
@@ -275,8 +286,10 @@ pub fn run_due(
 }
 
 /// Rotate now: a new key becomes active at once, pending keys are dropped,
-/// and the current key stops signing. Its tokens keep verifying until its
-/// stored `retire_at`; with `emergency`, it is retired at once and its
+/// and the current key stops signing. Its tokens keep verifying until they
+/// expire: its `retire_at` becomes `max(now, latest_exp) + leeway`, where
+/// `latest_exp` is the latest `exp` it may have issued, and is never made
+/// later than it was. With `emergency`, it is retired at once and its
 /// tokens stop verifying. Works without rebuilding the old key, so it is
 /// also the way back when a store of the active key is lost.
 pub fn rotate_now(
@@ -284,6 +297,7 @@ pub fn rotate_now(
     dir: &ShareDir,
     cfg: &Config,
     now: i64,
+    latest_exp: i64,
     emergency: bool,
 ) -> Result<(NewKey, Option<String>)> {
     let rows = store.keys()?;
@@ -291,10 +305,17 @@ pub fn rotate_now(
     let mut supersede = Vec::new();
     if let Some(o) = &old {
         let end = now.max(o.activate_at);
+        let needed = now
+            .max(latest_exp)
+            .saturating_add(cfg.leeway.as_secs() as i64);
         supersede.push(Supersede {
             kid: o.kid.clone(),
             deactivate_at: end,
-            retire_at: if emergency { end } else { o.retire_at.max(end) },
+            retire_at: if emergency {
+                end
+            } else {
+                o.retire_at.min(needed).max(end)
+            },
         });
     }
     let drop = rows
@@ -355,6 +376,7 @@ pub fn reshare(
     let seed = Zeroizing::new(key.to_bytes());
     let split = shares::split(&seed);
     let share = |slot, y| KeyShare {
+        deployment: Some(store.deployment().to_owned()),
         kid: row.kid.clone(),
         generation,
         slot,
@@ -365,7 +387,16 @@ pub fn reshare(
     let db_share = share(Slot::Database, split.database);
     let recovery_share = share(Slot::Recovery, split.recovery);
 
-    let new_file = dir.write_new(&file_share)?;
+    // The intent first: a file share of the next generation is then known
+    // to be this re-split's if it is interrupted.
+    store.begin_reshare(&row.kid, generation)?;
+    let new_file = match dir.write_new(&file_share) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = store.clear_pending_generation(&row.kid);
+            return Err(e);
+        }
+    };
     let staged = (|| -> Result<()> {
         // The new pair must rebuild the key before it replaces the old one.
         let back = dir.read(&row.kid, generation)?;
@@ -381,12 +412,14 @@ pub fn reshare(
     })();
     if let Err(e) = staged {
         let _ = dir.destroy(&new_file);
+        let _ = store.clear_pending_generation(&row.kid);
         return Err(e);
     }
     // Commit point: the database switches generation in one transaction.
     store.commit_reshare(&db_share, row.share_generation)?;
     let new_row = KeyRow {
         share_generation: generation,
+        pending_generation: None,
         ..row.clone()
     };
     unseal_key(store, dir, &new_row)?;
@@ -413,6 +446,15 @@ pub fn recover(
     now: i64,
 ) -> Result<(String, Recovered)> {
     let rec = filestore::read_share_file(recovery_path, Slot::Recovery)?;
+    if let Some(d) = &rec.deployment
+        && d != store.deployment()
+    {
+        return Err(Error::Usage(format!(
+            "recovery share {} belongs to deployment {d}, not to this database's ({})",
+            recovery_path.display(),
+            store.deployment()
+        )));
+    }
     let rows = store.keys()?;
     let Some(row) = rows.iter().find(|r| r.kid == rec.kid && r.verified) else {
         return Err(Error::Usage(format!(
@@ -458,6 +500,7 @@ pub fn recover(
         (None, Some(d)) => {
             let y = shares::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
             let share = KeyShare {
+                deployment: Some(store.deployment().to_owned()),
                 kid: row.kid.clone(),
                 generation: row.share_generation,
                 slot: Slot::File,
@@ -472,6 +515,7 @@ pub fn recover(
         (Some(f), None) => {
             let y = shares::derive(f, &rec, Slot::Database).map_err(|_| mismatch())?;
             let share = KeyShare {
+                deployment: Some(store.deployment().to_owned()),
                 kid: row.kid.clone(),
                 generation: row.share_generation,
                 slot: Slot::Database,
@@ -492,81 +536,293 @@ pub fn recover(
     }
 }
 
+/// What reconciliation will change, worked out by [`survey`] without
+/// changing anything, and carried out by [`apply`].
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Interrupted creations: unverified rows (with their database share).
+    pub discard_rows: Vec<String>,
+    /// Keys that no longer sign whose database share is still stored.
+    pub destroy_db_shares_of: Vec<String>,
+    /// File shares to destroy, with why each may go.
+    pub destroy_files: Vec<(PathBuf, Leftover)>,
+    /// Temp files of interrupted writes.
+    pub remove_temps: Vec<PathBuf>,
+    /// Keys whose recorded re-split never wrote its file share.
+    pub clear_pending: Vec<String>,
+    /// Current file shares in format 1, to rewrite with the deployment id.
+    pub upgrade_files: Vec<PathBuf>,
+    /// Keys made before labels were recorded.
+    pub record_legacy_alg: bool,
+    /// Files that are no share of ours (left alone, reported).
+    pub foreign: Vec<PathBuf>,
+}
+
+/// Why reconciliation may remove a file share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftover {
+    /// Its key's creation never finished (the row is unverified).
+    InterruptedCreation,
+    /// Its key no longer signs (the database records it retiring or retired).
+    NoLongerSigns,
+    /// The generation of a re-split that the database records as begun
+    /// and not finished.
+    InterruptedReshare,
+    /// An older generation of a key whose current generation is present.
+    Superseded,
+}
+
+impl Leftover {
+    fn as_str(self) -> &'static str {
+        match self {
+            Leftover::InterruptedCreation => "its key's creation was interrupted",
+            Leftover::NoLongerSigns => "its key no longer signs",
+            Leftover::InterruptedReshare => "it is of an interrupted re-split",
+            Leftover::Superseded => "a newer generation of its key replaced it",
+        }
+    }
+}
+
 /// What reconciliation did, for the log.
 #[derive(Debug, Default)]
 pub struct Reconciled {
     pub discarded_incomplete: Vec<String>,
     pub destroyed_shares_of: Vec<String>,
-    pub removed_orphans: Vec<std::path::PathBuf>,
-    pub removed_temps: Vec<std::path::PathBuf>,
-    pub foreign: Vec<std::path::PathBuf>,
+    pub removed_files: Vec<(PathBuf, &'static str)>,
+    pub removed_temps: Vec<PathBuf>,
+    pub upgraded: Vec<PathBuf>,
+    pub foreign: Vec<PathBuf>,
 }
 
-/// Bring the two stores into agreement: drop interrupted creations, temp
-/// files, the shares of keys that no longer sign, and file shares that no
-/// signing key owns. It never touches the current shares of a key that may
-/// sign.
-pub fn reconcile(store: &Store, dir: &ShareDir, now: i64) -> Result<Reconciled> {
-    let mut done = Reconciled::default();
+/// Prove that the share directory and the database belong together, and
+/// work out what reconciliation may then clean up. Reads only.
+///
+/// They belong together when every share file carries the database's
+/// deployment id (or none, format 1), names a key the database knows, at a
+/// generation the database accounts for, and every key that may sign has
+/// its file share at its current generation. Anything else means a wrong
+/// or old store: an old database backup, a wrong `--db`, a share file of
+/// another deployment. Then nothing may be deleted, since what looks like
+/// an orphan may be the only file share of a key a newer database holds:
+/// the error names the files, says what is likely wrong, and that nothing
+/// was changed.
+pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
     let rows = store.keys()?;
-    let entries = dir.list()?;
-    let share_files = entries
-        .iter()
-        .filter(|e| matches!(e, Entry::Share { .. }))
-        .count();
-    // A database that has never recorded a key, beside a share directory
-    // that holds shares, is most likely the wrong database. Deleting those
-    // shares as orphans could destroy the real key: refuse instead.
-    if rows.is_empty() && share_files > 0 {
-        return Err(Error::KeyStore(format!(
-            "database {} records no keys, but share directory {} holds {share_files} share \
-             file(s). Is the database path right? Nothing was deleted; move the share files \
-             away to start a new deployment",
-            store.path().display(),
-            dir.path().display()
-        )));
-    }
-    for row in rows.iter().filter(|r| !r.verified) {
-        store.discard_key(&row.kid)?;
-        done.discarded_incomplete.push(row.kid.clone());
-    }
-    // A key that no longer signs needs no private part: its database share
-    // goes (secure_delete + checkpoint); its file share goes below.
-    for row in rows
-        .iter()
-        .filter(|r| r.verified && !keyring::state(r, now).needs_shares())
-    {
-        if store.delete_db_shares(&row.kid)? {
-            done.destroyed_shares_of.push(row.kid.clone());
-        }
-    }
-    for entry in entries {
+    let with_db_shares = store.kids_with_db_shares()?;
+    let deployment = store.deployment();
+    let mut plan = Survey {
+        record_legacy_alg: store.has_legacy_rows()?,
+        ..Survey::default()
+    };
+    let mut other_deployment: Vec<(PathBuf, String)> = Vec::new();
+    let mut unknown: Vec<(String, PathBuf)> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    let mut present: Vec<(String, u32)> = Vec::new();
+    let mut files: Vec<(String, u32, PathBuf, Option<KeyShare>)> = Vec::new();
+    for entry in dir.list()? {
         match entry {
-            Entry::Temp(path) => {
-                dir.destroy(&path)?;
-                done.removed_temps.push(path);
-            }
+            Entry::Temp(path) => plan.remove_temps.push(path),
+            Entry::Foreign(path) => plan.foreign.push(path),
+            Entry::Known(_) => {}
             Entry::Share {
                 kid,
                 generation,
                 path,
             } => {
-                let owned = rows.iter().any(|r| {
-                    r.verified
-                        && r.kid == kid
-                        && r.share_generation == generation
-                        && keyring::state(r, now).needs_shares()
-                });
-                if !owned {
-                    dir.destroy(&path)?;
-                    done.removed_orphans.push(path);
+                // A file that cannot be parsed is judged by its name; if its
+                // key may sign, unsealing it reports what is wrong with it.
+                let parsed = filestore::read_share_file(&path, Slot::File).ok();
+                if let Some(d) = parsed.as_ref().and_then(|p| p.deployment.as_deref())
+                    && d != deployment
+                {
+                    other_deployment.push((path, d.to_owned()));
+                    continue;
                 }
+                present.push((kid.clone(), generation));
+                files.push((kid, generation, path, parsed));
             }
-            Entry::Foreign(path) => done.foreign.push(path),
-            Entry::Known(_) => {}
         }
     }
+    let has_file = |kid: &str, g: u32| present.iter().any(|(k, n)| k == kid && *n == g);
+    for (kid, generation, path, parsed) in files {
+        let Some(row) = rows.iter().find(|r| r.kid == kid) else {
+            unknown.push((kid, path));
+            continue;
+        };
+        let leftover = if !row.verified {
+            (generation == row.share_generation).then_some(Leftover::InterruptedCreation)
+        } else if !keyring::state(row, now).needs_shares() {
+            Some(Leftover::NoLongerSigns)
+        } else if generation == row.share_generation {
+            if parsed.is_some_and(|p| p.deployment.is_none()) {
+                plan.upgrade_files.push(path);
+            }
+            continue;
+        } else if Some(generation) == row.pending_generation {
+            Some(Leftover::InterruptedReshare)
+        } else if generation < row.share_generation && has_file(&kid, row.share_generation) {
+            Some(Leftover::Superseded)
+        } else {
+            None
+        };
+        match leftover {
+            Some(why) => plan.destroy_files.push((path, why)),
+            None if generation > row.share_generation => problems.push(format!(
+                "the database looks older than the share directory: key {kid} is at share \
+                 generation {} in the database, but {} holds generation {generation}",
+                row.share_generation,
+                path.display()
+            )),
+            // An older generation without the current one: the check of the
+            // key's current file share below names it.
+            None => {}
+        }
+    }
+    for row in &rows {
+        if !row.verified {
+            plan.discard_rows.push(row.kid.clone());
+            continue;
+        }
+        let state = keyring::state(row, now);
+        if !state.needs_shares() {
+            if with_db_shares.contains(&row.kid) {
+                plan.destroy_db_shares_of.push(row.kid.clone());
+            }
+            continue;
+        }
+        if let Some(p) = row.pending_generation
+            && !has_file(&row.kid, p)
+        {
+            plan.clear_pending.push(row.kid.clone());
+        }
+        if !has_file(&row.kid, row.share_generation) {
+            let others: Vec<u32> = present
+                .iter()
+                .filter(|(k, g)| *k == row.kid && *g != row.share_generation)
+                .map(|(_, g)| *g)
+                .collect();
+            let path = dir.share_path(&row.kid, row.share_generation);
+            problems.push(match others.iter().max() {
+                Some(&g) if g < row.share_generation => format!(
+                    "the database looks newer than the share directory: key {} ({}) is at share \
+                     generation {} in the database, but the share directory holds only \
+                     generation {g} (no {})",
+                    row.kid,
+                    state.as_str(),
+                    row.share_generation,
+                    path.display()
+                ),
+                _ => format!(
+                    "file share {} of key {} ({}) is missing",
+                    path.display(),
+                    row.kid,
+                    state.as_str()
+                ),
+            });
+        }
+    }
+    // The likely cause first: another deployment, then an old database;
+    // the generation and missing-file details after.
+    let mut causes = Vec::new();
+    if !other_deployment.is_empty() {
+        let files: Vec<String> = other_deployment
+            .iter()
+            .map(|(p, d)| format!("{} (deployment {d})", p.display()))
+            .collect();
+        causes.push(format!(
+            "share file(s) {} belong to another deployment than database {} (deployment \
+                 {deployment}): the share directory and the database come from different \
+                 deployments (a wrong --db or --shares-dir, or a share file copied from another \
+                 host)",
+            files.join(", "),
+            store.path().display()
+        ));
+    }
+    if !unknown.is_empty() {
+        let files: Vec<String> = unknown
+            .iter()
+            .map(|(_, p)| p.display().to_string())
+            .collect();
+        let mut kids: Vec<&str> = unknown.iter().map(|(k, _)| k.as_str()).collect();
+        kids.dedup();
+        causes.push(if rows.is_empty() {
+            format!(
+                "database {} records no keys, but the share directory holds share file(s) \
+                     {}: is the database path right? To start a new deployment, move the share \
+                     files away",
+                store.path().display(),
+                files.join(", ")
+            )
+        } else {
+            format!(
+                "the database looks older than the share directory: key(s) {} are missing \
+                     from database {} (share file(s) {}). Is it a restored backup? Put the \
+                     current database back",
+                kids.join(", "),
+                store.path().display(),
+                files.join(", ")
+            )
+        });
+    }
+    causes.extend(problems);
+    if !causes.is_empty() {
+        return Err(Error::StoresDisagree {
+            db: store.path().to_owned(),
+            shares: dir.path().to_owned(),
+            problems: causes,
+        });
+    }
+    Ok(plan)
+}
+
+/// Carry out what [`survey`] planned: discard interrupted creations and
+/// temp files, destroy the shares of keys that no longer sign and the
+/// leftovers of interrupted re-splits, and bring format-1 share files and
+/// unlabelled keys up to date. It never touches the current shares of a key
+/// that may sign.
+pub fn apply(store: &Store, dir: &ShareDir, plan: Survey) -> Result<Reconciled> {
+    let mut done = Reconciled {
+        foreign: plan.foreign,
+        ..Reconciled::default()
+    };
+    for kid in plan.discard_rows {
+        store.discard_key(&kid)?;
+        done.discarded_incomplete.push(kid);
+    }
+    // A key that no longer signs needs no private part: its database share
+    // goes (secure_delete + checkpoint), and its file share below.
+    for kid in plan.destroy_db_shares_of {
+        if store.delete_db_shares(&kid)? {
+            done.destroyed_shares_of.push(kid);
+        }
+    }
+    for (path, why) in plan.destroy_files {
+        dir.destroy(&path)?;
+        done.removed_files.push((path, why.as_str()));
+    }
+    for kid in plan.clear_pending {
+        store.clear_pending_generation(&kid)?;
+    }
+    for path in plan.remove_temps {
+        dir.destroy(&path)?;
+        done.removed_temps.push(path);
+    }
+    for path in plan.upgrade_files {
+        let mut share = filestore::read_share_file(&path, Slot::File)?;
+        share.deployment = Some(store.deployment().to_owned());
+        dir.rewrite(&share)?;
+        done.upgraded.push(path);
+    }
+    if plan.record_legacy_alg {
+        store.record_legacy_alg()?;
+    }
     Ok(done)
+}
+
+/// [`survey`], then [`apply`].
+pub fn reconcile(store: &Store, dir: &ShareDir, now: i64) -> Result<Reconciled> {
+    let plan = survey(store, dir, now)?;
+    apply(store, dir, plan)
 }
 
 /// Read both shares of `row`, rebuild its key and check it against the
@@ -574,6 +830,17 @@ pub fn reconcile(store: &Store, dir: &ShareDir, now: i64) -> Result<Reconciled> 
 pub fn unseal_key(store: &Store, dir: &ShareDir, row: &KeyRow) -> Result<SigningKey> {
     let file = dir.read(&row.kid, row.share_generation)?;
     let db = store.db_share(row)?;
+    if let Some(d) = &file.deployment
+        && d != store.deployment()
+    {
+        return Err(Error::FileShare {
+            path: dir.share_path(&row.kid, row.share_generation),
+            reason: format!(
+                "belongs to deployment {d}, not to the database's ({})",
+                store.deployment()
+            ),
+        });
+    }
     if file.public_key != row.public_key {
         return Err(Error::FileShare {
             path: dir.share_path(&row.kid, row.share_generation),
@@ -609,23 +876,33 @@ pub fn build_keyset(
                     && s.activate_at == row.activate_at
                     && s.deactivate_at == row.deactivate_at
                     && s.retire_at == row.retire_at
+                    && s.share_generation == row.share_generation
             };
             let signer = if let Some(s) = held.iter().find(same) {
                 Arc::clone(s)
             } else {
-                let key = match fresh.iter().position(|n| n.row.kid == row.kid) {
-                    Some(i) => fresh.swap_remove(i).key,
+                // Tokens an earlier process signed with a key active before
+                // now expire by now + max_ttl at the latest.
+                let before_us = if row.activate_at < now {
+                    now.saturating_add(cfg.max_ttl.as_secs() as i64)
+                        .min(row.retire_at)
+                } else {
+                    i64::MIN
+                };
+                let (key, latest_exp) = match fresh.iter().position(|n| n.row.kid == row.kid) {
+                    Some(i) => (fresh.swap_remove(i).key, i64::MIN),
                     None => match held.iter().find(|s| s.kid == row.kid) {
-                        // Same key, new timestamps (a rotation ended its period).
-                        Some(s) => s.key.key().clone(),
-                        None => unseal_key(store, dir, &row)?,
+                        // Same key, new timestamps or shares (a rotation
+                        // ended its period, a re-split).
+                        Some(s) => (s.key.key().clone(), s.latest_exp()),
+                        None => (unseal_key(store, dir, &row)?, before_us),
                     },
                 };
                 let (locked, err) = LockedKey::new(key);
                 if let Some(e) = err {
                     unlocked.push((row.kid.clone(), e));
                 }
-                Arc::new(Signer::new(&row, locked, cfg.alg))
+                Arc::new(Signer::new(&row, locked, latest_exp))
             };
             signers.push(signer);
         }
@@ -640,7 +917,7 @@ pub fn build_keyset(
             published.push(Published { row, key });
         }
     }
-    Ok((KeySet::new(signers, published, cfg.alg), unlocked))
+    Ok((KeySet::new(signers, published), unlocked))
 }
 
 #[cfg(test)]
@@ -666,7 +943,9 @@ mod tests {
             deactivate_at: d,
             retire_at: r,
             share_generation: 1,
+            pending_generation: None,
             verified: true,
+            alg: crate::config::AlgLabel::EdDSA,
         }
     }
 

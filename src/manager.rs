@@ -5,15 +5,19 @@
 //! new key set into the keyring; the sign path never waits for it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use crate::shared::Shared;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::filestore::FileId;
 use crate::keyring::Keyring;
-use crate::lifecycle::{self, Clock, NewKey};
+use crate::lifecycle::{self, Clock, NewKey, wall_now};
 use crate::store::Revocation;
 use crate::stores::Stores;
 
@@ -26,6 +30,25 @@ pub struct Manager {
     cfg: Shared<Config>,
     jwks_written: Mutex<Option<String>>,
     revoked: Shared<Revocations>,
+    /// What the store paths named at start, for the running checks.
+    places: Places,
+    /// Set once the stores changed under the daemon; sticky until restart.
+    faulted: AtomicBool,
+    fault: Mutex<Option<String>>,
+    /// Wakes the lifecycle timer (a reload, a sign request that found no
+    /// key able to sign after a clock jump).
+    pub wake: Notify,
+    /// Notified whenever a new key set is swapped in.
+    pub keys_changed: Notify,
+}
+
+/// The store paths and the files they named when the daemon opened them.
+struct Places {
+    deployment: String,
+    db: PathBuf,
+    db_id: FileId,
+    shares: PathBuf,
+    shares_id: FileId,
 }
 
 /// Revoked tokens and subjects, held in memory for `verify`.
@@ -86,12 +109,14 @@ impl Manager {
             .unwrap_or(0);
         let clock = Arc::new(Clock::new(floor));
         let now = clock.now();
-        stores.reconcile(now)?;
-        // Unseal what exists before creating anything: a broken store must
-        // stop the daemon, never be papered over with a new key.
+        // Prove the stores belong together, then unseal what exists, before
+        // anything is deleted or created: a wrong or broken store must stop
+        // the daemon with nothing changed, never be papered over.
+        let plan = stores.survey(now)?;
         let (set, unlocked) =
             lifecycle::build_keyset(&stores.store, &stores.dir, &cfg, now, &[], Vec::new())?;
         check_unlocked(&unlocked, &cfg)?;
+        stores.apply(plan)?;
         let first = stores.store.is_empty()?;
         let created = lifecycle::run_due(&mut stores.store, &stores.dir, &cfg, now)?;
         if let Some(n) = &created {
@@ -103,7 +128,14 @@ impl Manager {
                 tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
             }
         }
-        let revoked = Revocations::from_rows(stores.store.revocations(now)?);
+        let revoked = Revocations::from_rows(stores.store.revocations(wall_now())?);
+        let places = Places {
+            deployment: stores.store.deployment().to_owned(),
+            db: stores.store.path().to_owned(),
+            db_id: stores.store.identity(),
+            shares: stores.dir.path().to_owned(),
+            shares_id: stores.dir.identity(),
+        };
         let m = Manager {
             revoked: Shared::new(revoked),
             stores: Mutex::new(stores),
@@ -111,6 +143,11 @@ impl Manager {
             clock,
             cfg: Shared::new(cfg),
             jwks_written: Mutex::new(None),
+            places,
+            faulted: AtomicBool::new(false),
+            fault: Mutex::new(None),
+            wake: Notify::new(),
+            keys_changed: Notify::new(),
         };
         let stores = m.lock();
         m.refresh(&stores, now, created.into_iter().collect())?;
@@ -124,9 +161,112 @@ impl Manager {
         self.stores.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The stores, locked, after checking that their paths still name the
+    /// files opened at start: no key change is ever written to a database
+    /// or share directory that was swapped or removed under the daemon.
+    fn stores(&self) -> Result<std::sync::MutexGuard<'_, Stores>> {
+        if let Some(why) = self.fault() {
+            return Err(Error::KeyStore(format!(
+                "the key stores changed under the daemon ({why}); restart it"
+            )));
+        }
+        let stores = self.lock();
+        if let Err(why) = stores.still_in_place() {
+            self.set_fault(why.clone());
+            return Err(Error::KeyStore(format!(
+                "the key stores changed under the daemon ({why}); restart it"
+            )));
+        }
+        Ok(stores)
+    }
+
+    /// Why the daemon stopped issuing tokens, if it did: the stores changed
+    /// under it. Sticky: only a restart (and its checks) clears it.
+    pub fn fault(&self) -> Option<String> {
+        if !self.faulted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a store fault was found (the sign path's cheap check).
+    pub fn is_faulted(&self) -> bool {
+        self.faulted.load(Ordering::Acquire)
+    }
+
+    fn set_fault(&self, why: String) {
+        let mut f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::error!(reason = %why, "the key stores changed under the running daemon; no token is issued until it is restarted");
+            *f = Some(why);
+            self.faulted.store(true, Ordering::Release);
+        }
+    }
+
+    /// The running check (about once a second, and before every store
+    /// operation): the database path still names the database opened at
+    /// start, the share directory is the same directory, and the file share
+    /// of every key that may sign is still there. Only `stat`s; never waits
+    /// for the stores' lock. Returns the fault, if any.
+    pub fn check_stores(&self) -> Option<String> {
+        if let Some(f) = self.fault() {
+            return Some(f);
+        }
+        let p = &self.places;
+        let mut problem = p
+            .db_id
+            .still_at(&p.db)
+            .and_then(|()| p.shares_id.still_at(&p.shares))
+            .err();
+        if problem.is_none() {
+            problem = self.missing_share_file();
+        }
+        if let Some(why) = problem {
+            self.set_fault(why.clone());
+            return Some(why);
+        }
+        None
+    }
+
+    /// The file share of a key that may sign, if one is gone. A re-split
+    /// replaces file shares under the stores' lock, so a file found missing
+    /// is judged again under that lock (skipped while a change runs).
+    fn missing_share_file(&self) -> Option<String> {
+        let share_path = |kid: &str, generation: u32| {
+            self.places
+                .shares
+                .join(crate::filestore::share_file_name(kid, generation))
+        };
+        let gone = |p: &Path| std::fs::symlink_metadata(p).is_err();
+        let keys = self.keyring.snapshot();
+        if !keys
+            .signers
+            .iter()
+            .any(|s| gone(&share_path(&s.kid, s.share_generation)))
+        {
+            return None;
+        }
+        let _guard = match self.stores.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let keys = self.keyring.snapshot();
+        keys.signers.iter().find_map(|s| {
+            let path = share_path(&s.kid, s.share_generation);
+            gone(&path).then(|| {
+                format!(
+                    "the file share {} of key {} was removed",
+                    path.display(),
+                    s.kid
+                )
+            })
+        })
+    }
+
     /// Do what the schedule asks for now; returns when to run next.
     pub fn tick(&self) -> Result<Option<i64>> {
-        let mut stores = self.lock();
+        let mut stores = self.stores()?;
         let now = self.clock.now();
         let cfg = self.config();
         let created = {
@@ -141,8 +281,9 @@ impl Manager {
             }
         }
         self.refresh(&stores, now, created.into_iter().collect())?;
-        // Purge revocations that no longer cover any valid token.
-        let revoked = Revocations::from_rows(stores.store.revocations(now)?);
+        // Purge revocations that no longer cover any valid token (tokens
+        // carry wall-clock times).
+        let revoked = Revocations::from_rows(stores.store.revocations(wall_now())?);
         self.revoked.set(revoked);
         let rows = stores.store.keys()?;
         Ok(lifecycle::next_event(&rows, now, &cfg))
@@ -150,12 +291,19 @@ impl Manager {
 
     /// Rotate now (admin). See [`lifecycle::rotate_now`].
     pub fn rotate(&self, emergency: bool) -> Result<Rotated> {
-        let mut stores = self.lock();
+        let mut stores = self.stores()?;
         let now = self.clock.now();
         let cfg = self.config();
+        // The latest exp the active key issued (tracked since this process
+        // started; bounded by now + max_ttl for what earlier ones issued).
+        let latest_exp = self
+            .keyring
+            .snapshot()
+            .signer_at(now)
+            .map_or(i64::MIN, |s| s.latest_exp());
         let (new, previous) = {
             let s = &mut *stores;
-            lifecycle::rotate_now(&mut s.store, &s.dir, &cfg, now, emergency)?
+            lifecycle::rotate_now(&mut s.store, &s.dir, &cfg, now, latest_exp, emergency)?
         };
         let kid = new.row.kid.clone();
         tracing::warn!(%kid, previous = ?previous, emergency, "rotated by an admin");
@@ -166,7 +314,7 @@ impl Manager {
     /// Re-split every key that holds shares (admin), from the keys in
     /// memory. Returns each kid with its new share generation.
     pub fn reshare(&self) -> Result<Vec<(String, u32)>> {
-        let mut stores = self.lock();
+        let mut stores = self.stores()?;
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
         let mut done = Vec::new();
@@ -197,8 +345,8 @@ impl Manager {
         target: crate::protocol::RevokeTarget,
         policy: &crate::token::Policy,
     ) -> Result<Revocation> {
-        let stores = self.lock();
-        let now = self.clock.now();
+        let stores = self.stores()?;
+        let now = wall_now();
         let cfg = self.config();
         let keys = self.keyring.snapshot();
         let row = crate::service::Service::revocation_for(
@@ -206,6 +354,7 @@ impl Manager {
             &keys,
             policy,
             cfg.max_ttl.as_secs() as i64,
+            self.clock.now(),
             now,
         )?;
         stores.store.add_revocation(&row, now)?;
@@ -233,6 +382,7 @@ impl Manager {
         check_unlocked(&unlocked, &cfg)?;
         let jwks = set.jwks.get().to_owned();
         self.keyring.replace(set);
+        self.keys_changed.notify_waiters();
         if let Some(path) = &cfg.jwks_file {
             let mut last = self.jwks_written.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_deref() != Some(jwks.as_str()) {
@@ -256,8 +406,27 @@ impl Manager {
         *self.jwks_written.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// The file the database path named at start (for the audit writer).
+    pub fn db_identity(&self) -> FileId {
+        self.places.db_id
+    }
+
+    /// The deployment id of the stores.
+    pub fn deployment(&self) -> &str {
+        &self.places.deployment
+    }
+
+    /// Checkpoint the database, so that its file alone is complete (a
+    /// clean stop leaves nothing in the WAL).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.lock().store.checkpoint()
+    }
+
     /// A one-line summary for systemd's STATUS=.
     pub fn status_line(&self) -> String {
+        if let Some(why) = self.fault() {
+            return format!("not signing: the key stores changed ({why}); restart the daemon");
+        }
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
         let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();

@@ -7,6 +7,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::strict_json;
+
 /// Stable machine-readable error codes. Clients branch on these; the
 /// message is for humans and may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,8 +195,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
     let text = std::str::from_utf8(line)
         .map_err(|_| Failure::new(None, Code::InvalidUtf8, "request is not valid UTF-8"))?;
     // serde_json bounds nesting depth (128) by default; never lift it.
-    let value: Value = parse_strict(text).map_err(|e| {
-        if e.to_string().starts_with(DUPLICATE) {
+    let value: Value = strict_json::parse(text).map_err(|e| {
+        if strict_json::is_duplicate(&e) {
             Failure::new(
                 None,
                 Code::InvalidRequest,
@@ -385,74 +387,6 @@ fn opt_string(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>,
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(format!("field `{key}` must be a string")),
-    }
-}
-
-/// Parse JSON into a `Value`, refusing duplicate member names in any object
-/// (RFC 7519 §4 lets a JWT processor reject them; a claim given twice is
-/// ambiguous, so it is never signed).
-fn parse_strict(text: &str) -> Result<Value, serde_json::Error> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let v = Strict.deserialize(&mut de)?;
-    de.end()?;
-    Ok(v)
-}
-
-const DUPLICATE: &str = "duplicate member name";
-
-struct Strict;
-
-impl<'de> serde::de::DeserializeSeed<'de> for Strict {
-    type Value = Value;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(Strict)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Strict {
-    type Value = Value;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut v = Vec::new();
-        while let Some(x) = seq.next_element_seed(Strict)? {
-            v.push(x);
-        }
-        Ok(Value::Array(v))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut m = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            if m.contains_key(&k) {
-                return Err(serde::de::Error::custom(DUPLICATE));
-            }
-            let v = map.next_value_seed(Strict)?;
-            m.insert(k, v);
-        }
-        Ok(Value::Object(m))
     }
 }
 

@@ -93,7 +93,9 @@ pub fn bind(path: &Path, mode: u32) -> Result<(std::os::unix::net::UnixListener,
     ))
 }
 
-/// Limits of the accept loop and connections.
+/// Limits of the accept loop and connections. The timeouts follow a
+/// reload (each connection reads them at every turn of its loop); the
+/// others are fixed while the daemon runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
@@ -103,14 +105,22 @@ pub struct Limits {
     pub write_timeout: Duration,
 }
 
+impl Limits {
+    pub fn of(cfg: &crate::config::Config) -> Limits {
+        Limits {
+            max_connections: cfg.max_connections,
+            max_frame_bytes: cfg.max_frame_bytes,
+            idle_timeout: cfg.idle_timeout,
+            read_timeout: cfg.read_timeout,
+            write_timeout: cfg.write_timeout,
+        }
+    }
+}
+
 /// Accept and serve until `shutdown` is cancelled, then wait (bounded) for
 /// open connections to finish what they have read.
-pub async fn run(
-    listener: UnixListener,
-    service: Arc<Service>,
-    limits: Limits,
-    shutdown: CancellationToken,
-) {
+pub async fn run(listener: UnixListener, service: Arc<Service>, shutdown: CancellationToken) {
+    let limits = *service.limits();
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut backoff = Duration::from_millis(5);
@@ -148,7 +158,7 @@ pub async fn run(
         let service = Arc::clone(&service);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            connection(stream, &service, limits, &shutdown).await;
+            connection(stream, &service, &shutdown).await;
             drop(permit);
         });
     }
@@ -162,6 +172,10 @@ pub async fn run(
 }
 
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How long a sign request that found no key able to sign waits for the
+/// key schedule to make one (after a clock jump), before `unavailable`.
+const AWAIT_KEY: Duration = Duration::from_secs(2);
 
 /// One response in a batch: where it is in the output buffer, and whether
 /// it carries a token (withheld if the audit commit fails).
@@ -181,12 +195,18 @@ async fn answer(
     records: &mut Vec<Record>,
 ) -> Segment {
     let start = out.len();
-    let token = match service.handle(line, peer, out, records) {
+    let mut handled = service.handle(line, peer, out, records, false);
+    if let Handled::AwaitKey = handled {
+        service.await_key(AWAIT_KEY).await;
+        handled = service.handle(line, peer, out, records, true);
+    }
+    let token = match handled {
         Handled::Done { token } => token,
         Handled::Admin(req) => {
             service.run_admin(req, peer, out, records).await;
             false
         }
+        Handled::AwaitKey => unreachable!("a retried line is answered"),
     };
     Segment {
         start,
@@ -195,12 +215,8 @@ async fn answer(
     }
 }
 
-async fn connection(
-    mut stream: UnixStream,
-    service: &Service,
-    limits: Limits,
-    shutdown: &CancellationToken,
-) {
+async fn connection(mut stream: UnixStream, service: &Service, shutdown: &CancellationToken) {
+    let mut limits = *service.limits();
     // SO_PEERCRED, read before any byte: who connected, as the kernel says.
     let Ok(cred) = stream.peer_cred() else {
         return;
@@ -244,6 +260,7 @@ async fn connection(
     let mut last_request = Instant::now();
     let mut partial_since: Option<Instant> = None;
     loop {
+        limits = *service.limits();
         if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
             inbuf.reserve(READ_CHUNK);
         }

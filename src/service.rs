@@ -14,8 +14,10 @@ use crate::access::{Access, ClientPolicy, Refusal};
 use crate::audit::Record;
 use crate::error::Error;
 use crate::keyring;
+use crate::lifecycle::wall_now;
 use crate::manager::Manager;
 use crate::protocol::{self, Code, Failure, Op, Request, RevokeTarget};
+use crate::server::Limits;
 use crate::shared::Shared;
 use crate::token::{self, Policy, SignError, VerifyError};
 
@@ -26,6 +28,7 @@ pub struct Service {
     /// requests clone the `Arc`s.
     policy: Shared<Policy>,
     access: Shared<Access>,
+    limits: Shared<Limits>,
     pub started: Instant,
     pub health: Health,
     pub audit: Option<crate::audit::Writer>,
@@ -66,12 +69,18 @@ pub enum Handled {
     Done { token: bool },
     /// An admin op to run with [`Service::run_admin`].
     Admin(Request),
+    /// A sign request found no key able to sign (the clock jumped past the
+    /// active key's period and the schedule has not run yet). Wait for a
+    /// key with [`Service::await_key`], then handle the line again with
+    /// `retry` set. Nothing was written or recorded.
+    AwaitKey,
 }
 
 #[derive(Serialize)]
 struct KeyStatus<'a> {
     kid: &'a str,
     state: &'static str,
+    alg: &'static str,
     origin: &'static str,
     created_at: i64,
     activate_at: i64,
@@ -83,10 +92,17 @@ struct KeyStatus<'a> {
 struct StatusBody<'a> {
     version: &'static str,
     issuer: &'a str,
+    /// The label of keys created from now on.
     alg: &'static str,
+    deployment: &'a str,
     active_kid: Option<&'a str>,
     uptime_s: u64,
     now: i64,
+    /// How far the wall clock is behind the latest time the daemon has seen
+    /// (after a clock was set back); key states follow the latter.
+    clock_behind_s: i64,
+    /// Why the daemon does not sign, when its stores changed under it.
+    store_fault: Option<String>,
     next_transition: Option<i64>,
     keys: Vec<KeyStatus<'a>>,
 }
@@ -126,6 +142,7 @@ impl Service {
         manager: Arc<Manager>,
         policy: Policy,
         access: Access,
+        limits: Limits,
         started: Instant,
         audit: Option<crate::audit::Writer>,
     ) -> Service {
@@ -133,6 +150,7 @@ impl Service {
             manager,
             policy: Shared::new(policy),
             access: Shared::new(access),
+            limits: Shared::new(limits),
             started,
             health: Health::default(),
             audit,
@@ -147,6 +165,15 @@ impl Service {
         self.access.get()
     }
 
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits.get()
+    }
+
+    /// Take a reloaded config's connection timeouts.
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.set(limits);
+    }
+
     /// Take a reloaded config's token settings and access policies.
     pub fn set_policies(&self, policy: Policy, access: Access) {
         self.policy.set(policy);
@@ -156,7 +183,7 @@ impl Service {
     /// The watchdog's check: accept() is not stuck failing for more than
     /// `grace`, and the key that should sign now signs a test token.
     pub fn healthy(&self, grace: Duration) -> bool {
-        let now = self.manager.clock.now();
+        let now = wall_now();
         if self
             .health
             .accept_failing_for(now)
@@ -164,10 +191,27 @@ impl Service {
         {
             return false;
         }
+        if self.manager.check_stores().is_some() {
+            return false;
+        }
         let keys = self.manager.keyring.snapshot();
-        keys.signer_at(now).is_some_and(|s| {
+        keys.signer_at(self.manager.clock.now()).is_some_and(|s| {
             token::sign(s, &self.policy(), &Map::new(), Some(1), now, None).is_ok()
         })
+    }
+
+    /// Wait (at most `within`) for a key able to sign, waking the key
+    /// schedule to create one.
+    pub async fn await_key(&self, within: Duration) {
+        let m = &self.manager;
+        let changed = m.keys_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if m.keyring.snapshot().signer_at(m.clock.now()).is_some() {
+            return;
+        }
+        m.wake.notify_one();
+        let _ = tokio::time::timeout(within, changed).await;
     }
 
     fn record(&self, peer: &Peer, op: &'static str, now: i64) -> Record {
@@ -182,12 +226,14 @@ impl Service {
     }
 
     /// Answer one request line into `out`, adding audit records to `audit`.
+    /// `retry`: the line comes back after [`Handled::AwaitKey`].
     pub fn handle(
         &self,
         line: &[u8],
         peer: &Peer,
         out: &mut Vec<u8>,
         audit: &mut Vec<Record>,
+        retry: bool,
     ) -> Handled {
         let done = Handled::Done { token: false };
         let req = match protocol::parse_request(line) {
@@ -197,7 +243,10 @@ impl Service {
                 return done;
             }
         };
-        let now = self.manager.clock.now();
+        // Tokens and records carry wall-clock times; which key signs and
+        // which verify follow the lifecycle clock (see `lifecycle::Clock`).
+        let now = wall_now();
+        let key_now = self.manager.clock.now();
         let fail = |out: &mut Vec<u8>, code, msg: String| {
             protocol::write_error(out, &Failure::new(req.id.clone(), code, msg));
         };
@@ -225,9 +274,22 @@ impl Service {
                 ttl,
                 fingerprint,
             } => {
+                if !retry
+                    && !self.manager.is_faulted()
+                    && self.manager.keyring.snapshot().signer_at(key_now).is_none()
+                {
+                    return Handled::AwaitKey;
+                }
                 let mut rec = self.record(peer, "sign", now);
-                let result =
-                    self.sign(peer, &policy, &mut claims, ttl, fingerprint.as_deref(), now);
+                let result = self.sign(
+                    peer,
+                    &policy,
+                    &mut claims,
+                    ttl,
+                    fingerprint.as_deref(),
+                    key_now,
+                    now,
+                );
                 rec.sub = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
                 match result {
                     Ok((s, kid)) => {
@@ -257,7 +319,14 @@ impl Service {
                 token,
                 aud,
                 fingerprint,
-            } => match self.verify(&policy, &token, aud.as_deref(), fingerprint.as_deref(), now) {
+            } => match self.verify(
+                &policy,
+                &token,
+                aud.as_deref(),
+                fingerprint.as_deref(),
+                key_now,
+                now,
+            ) {
                 Ok(v) => protocol::write_ok(
                     out,
                     id,
@@ -280,16 +349,20 @@ impl Service {
             Op::Status => {
                 let keys = self.manager.keyring.snapshot();
                 let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
+                let deployment = self.manager.deployment();
                 let body = StatusBody {
                     version: env!("CARGO_PKG_VERSION"),
                     issuer: &policy.issuer,
                     alg: policy.alg.as_str(),
-                    active_kid: keys.signer_at(now).map(|s| s.kid.as_str()),
+                    deployment,
+                    active_kid: keys.signer_at(key_now).map(|s| s.kid.as_str()),
                     uptime_s: self.started.elapsed().as_secs(),
                     now,
+                    clock_behind_s: key_now - now.min(key_now),
+                    store_fault: self.manager.fault(),
                     next_transition: crate::lifecycle::next_event(
                         &rows,
-                        now,
+                        key_now,
                         &self.manager.config(),
                     ),
                     keys: keys
@@ -297,7 +370,8 @@ impl Service {
                         .iter()
                         .map(|p| KeyStatus {
                             kid: &p.row.kid,
-                            state: keyring::state(&p.row, now).as_str(),
+                            state: keyring::state(&p.row, key_now).as_str(),
+                            alg: p.row.alg.as_str(),
                             origin: p.row.origin.as_str(),
                             created_at: p.row.created_at,
                             activate_at: p.row.activate_at,
@@ -316,6 +390,7 @@ impl Service {
     }
 
     /// The sign path: policy, then token. Returns the token and its kid.
+    #[allow(clippy::too_many_arguments)]
     fn sign(
         &self,
         peer: &Peer,
@@ -323,8 +398,20 @@ impl Service {
         claims: &mut Map<String, Value>,
         ttl: Option<u64>,
         fingerprint: Option<&str>,
+        key_now: i64,
         now: i64,
     ) -> Result<(token::Signed, String), (Code, String)> {
+        // Fail closed when the stores changed under the daemon: no token
+        // may leave whose audit record would not reach the configured
+        // database, and keys are no longer backed by their stores.
+        if let Some(why) = self.manager.fault() {
+            return Err((
+                Code::Unavailable,
+                format!(
+                    "not signing: the key stores changed under the daemon ({why}); it must be restarted"
+                ),
+            ));
+        }
         // Reserved claims first: a client never learns more from a policy
         // refusal than from this one.
         if let Some(name) = claims
@@ -366,7 +453,7 @@ impl Service {
             ));
         }
         let keys = self.manager.keyring.snapshot();
-        let Some(signer) = keys.signer_at(now) else {
+        let Some(signer) = keys.signer_at(key_now) else {
             return Err((Code::Unavailable, "no key may sign now".into()));
         };
         match token::sign(signer, policy, claims, ttl, now, fingerprint) {
@@ -399,10 +486,11 @@ impl Service {
         token: &str,
         aud: Option<&str>,
         fingerprint: Option<&str>,
+        key_now: i64,
         now: i64,
     ) -> Result<token::Verified, (Code, String)> {
         let keys = self.manager.keyring.snapshot();
-        let v = token::verify(&keys, policy, token, aud, now).map_err(|e| match e {
+        let v = token::verify(&keys, policy, token, aud, key_now, now).map_err(|e| match e {
             VerifyError::Invalid(why) => (Code::InvalidToken, why.to_owned()),
             VerifyError::UnknownKey => (
                 Code::UnknownKey,
@@ -463,7 +551,7 @@ impl Service {
         })
         .await;
         let id = req.id.as_ref();
-        let mut rec = self.record(peer, name, self.manager.clock.now());
+        let mut rec = self.record(peer, name, wall_now());
         match result {
             Ok(Ok(Admin::Rotated(r))) => {
                 rec.kid = Some(r.kid.clone());
@@ -540,6 +628,7 @@ impl Service {
         keys: &keyring::KeySet,
         policy: &Policy,
         max_ttl: i64,
+        key_now: i64,
         now: i64,
     ) -> Result<crate::store::Revocation, Error> {
         let leeway = policy.leeway as i64;
@@ -549,7 +638,7 @@ impl Service {
                 expires_at: exp + leeway,
             },
             RevokeTarget::Token(t) => {
-                let v = token::verify(keys, policy, t, None, now).map_err(|e| {
+                let v = token::verify(keys, policy, t, None, key_now, now).map_err(|e| {
                     Error::Usage(format!("cannot revoke that token: {e:?} (only a valid token can be revoked by value)"))
                 })?;
                 let jti = v

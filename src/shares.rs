@@ -75,6 +75,9 @@ impl std::fmt::Debug for ShareY {
 /// A share with the identity of the key it belongs to.
 #[derive(Debug)]
 pub struct KeyShare {
+    /// The deployment the share belongs to (the id both stores record).
+    /// `None` for a file of format 1, written before deployments had ids.
+    pub deployment: Option<String>,
     pub kid: String,
     pub generation: u32,
     pub slot: Slot,
@@ -232,9 +235,10 @@ pub fn is_valid_kid(kid: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// Share file format (version 1)
+// Share file format (version 2)
 //
-//   splitsign-share 1
+//   splitsign-share 2
+//   deployment <32 lowercase hex digits>
 //   kid <43 base64url chars>
 //   generation <decimal>
 //   x <1|2|3>
@@ -244,17 +248,40 @@ pub fn is_valid_kid(kid: &str) -> bool {
 //
 // The checksum makes a truncated or bit-flipped file read as corrupt rather
 // than as a different share. It is not a MAC: the public-key check after
-// recovery is what stops a forged share.
+// recovery is what stops a forged share. The deployment line ties the file
+// to one pair of stores, so a share file of another deployment, or a
+// database of another deployment beside this share directory, is named as
+// such instead of being taken for an orphan. Version 1 is the same without
+// the deployment line; it is still read (and rewritten as version 2 once the
+// stores are shown to belong together).
 // ---------------------------------------------------------------------------
 
-const MAGIC: &str = "splitsign-share 1";
+const MAGIC_V1: &str = "splitsign-share 1";
+const MAGIC: &str = "splitsign-share 2";
+
+/// A deployment id: 16 random bytes as 32 lowercase hex digits.
+pub fn is_valid_deployment(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 /// Any share file larger than this is corrupt.
 pub const MAX_SHARE_FILE: usize = 1024;
 
-/// Serialize a share. The returned buffer is wiped on drop.
+/// Serialize a share (format 2; the share must carry its deployment). The
+/// returned buffer is wiped on drop.
 pub fn encode_file(share: &KeyShare) -> Zeroizing<Vec<u8>> {
-    let mut body = Zeroizing::new(String::with_capacity(320));
+    let deployment = share
+        .deployment
+        .as_deref()
+        .expect("a share is written with its deployment id");
+    debug_assert!(is_valid_deployment(deployment));
+    let mut body = Zeroizing::new(String::with_capacity(360));
     body.push_str(MAGIC);
+    body.push('\n');
+    body.push_str("deployment ");
+    body.push_str(deployment);
     body.push('\n');
     body.push_str(&format!(
         "kid {}\ngeneration {}\nx {}\npublic-key {}\ny ",
@@ -294,15 +321,26 @@ pub fn decode_file(bytes: &[u8]) -> Result<KeyShare, String> {
         return Err("checksum mismatch (altered or truncated)".into());
     }
     let mut lines = body.lines();
-    if lines.next() != Some(MAGIC) {
-        return Err(format!("not a share file (first line must be {MAGIC:?})"));
-    }
+    let version = match lines.next() {
+        Some(MAGIC) => 2,
+        Some(MAGIC_V1) => 1,
+        _ => return Err(format!("not a share file (first line must be {MAGIC:?})")),
+    };
     let mut field = |name: &str| -> Result<&str, String> {
         lines
             .next()
             .and_then(|l| l.strip_prefix(name))
             .and_then(|l| l.strip_prefix(' '))
             .ok_or_else(|| format!("missing or misplaced field `{name}`"))
+    };
+    let deployment = if version >= 2 {
+        let d = field("deployment")?;
+        if !is_valid_deployment(d) {
+            return Err("field `deployment` is not 32 lowercase hex digits".into());
+        }
+        Some(d.to_owned())
+    } else {
+        None
     };
     let kid = field("kid")?.to_owned();
     if !is_valid_kid(&kid) {
@@ -333,6 +371,7 @@ pub fn decode_file(bytes: &[u8]) -> Result<KeyShare, String> {
         return Err("field `kid` is not the thumbprint of `public-key`".into());
     }
     Ok(KeyShare {
+        deployment,
         kid,
         generation,
         slot,
@@ -364,6 +403,7 @@ mod tests {
         let kid = thumbprint(&pk);
         let s = split(seed);
         let mk = |slot, y| KeyShare {
+            deployment: Some("0123456789abcdef0123456789abcdef".into()),
             kid: kid.clone(),
             generation: 1,
             slot,
@@ -408,6 +448,7 @@ mod tests {
             let (mut f, _, _) = shares_of(&seed);
             f.generation = generation;
             let back = decode_file(&encode_file(&f)).unwrap();
+            prop_assert_eq!(back.deployment, f.deployment);
             prop_assert_eq!(back.kid, f.kid);
             prop_assert_eq!(back.generation, generation);
             prop_assert_eq!(back.slot, Slot::File);
@@ -462,6 +503,40 @@ mod tests {
             b[i] ^= 0x01;
             assert!(decode_file(&b).is_err(), "flip at {i}");
         }
+    }
+
+    #[test]
+    fn format_1_files_still_read_without_a_deployment() {
+        let (f, _, _) = shares_of(&[4u8; 32]);
+        let v2 = String::from_utf8(encode_file(&f).to_vec()).unwrap();
+        // Format 1: no deployment line, its own magic, its own checksum.
+        let body: String = v2
+            .lines()
+            .filter(|l| !l.starts_with("deployment ") && !l.starts_with("sha256 "))
+            .map(|l| format!("{}\n", l.replace(MAGIC, MAGIC_V1)))
+            .collect();
+        let v1 = format!(
+            "{body}sha256 {}\n",
+            B64.encode(Sha256::digest(body.as_bytes()))
+        );
+        let back = decode_file(v1.as_bytes()).unwrap();
+        assert_eq!(back.deployment, None);
+        assert_eq!(back.y.as_bytes(), f.y.as_bytes());
+        // A format-2 file without its deployment line is corrupt, not format 1.
+        let bad: String = v2
+            .lines()
+            .filter(|l| !l.starts_with("deployment ") && !l.starts_with("sha256 "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let bad = format!(
+            "{bad}sha256 {}\n",
+            B64.encode(Sha256::digest(bad.as_bytes()))
+        );
+        assert!(
+            decode_file(bad.as_bytes())
+                .unwrap_err()
+                .contains("deployment")
+        );
     }
 
     #[test]

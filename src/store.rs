@@ -11,12 +11,15 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+use crate::config::AlgLabel;
 use crate::error::{Error, Result};
+use crate::filestore::FileId;
 use crate::shares::{self, KeyShare, ShareY, Slot};
 
 const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../migrations/0001_init.sql")),
     M::up(include_str!("../migrations/0002_revocations_audit.sql")),
+    M::up(include_str!("../migrations/0003_integrity.sql")),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
@@ -55,17 +58,30 @@ pub struct KeyRow {
     pub deactivate_at: i64,
     pub retire_at: i64,
     pub share_generation: u32,
+    /// A re-split in progress (its file share may exist), see
+    /// [`Store::begin_reshare`].
+    pub pending_generation: Option<u32>,
     pub verified: bool,
+    /// The `alg` label the key signs with, fixed when it was created.
+    pub alg: AlgLabel,
 }
 
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The deployment id recorded in the database.
+    deployment: String,
+    /// The file the database path named when it was opened.
+    identity: FileId,
+    /// The label of keys created before labels were recorded (schema < 3):
+    /// the configured one, which they signed with.
+    legacy_alg: AlgLabel,
 }
 
 impl Store {
     /// Open (or create) the database and bring its schema up to date.
-    pub fn open(path: &Path) -> Result<Store> {
+    /// `legacy_alg` is the label of keys that predate recorded labels.
+    pub fn open(path: &Path, legacy_alg: AlgLabel) -> Result<Store> {
         let db_err = |source| Error::Database {
             path: path.to_owned(),
             source,
@@ -95,10 +111,40 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
+        Store::finish_open(conn, path, legacy_alg)
+    }
+
+    fn finish_open(conn: Connection, path: &Path, legacy_alg: AlgLabel) -> Result<Store> {
+        let identity = FileId::of(path).map_err(Error::io("examining database", path))?;
+        let deployment: String = conn
+            .query_row("SELECT id FROM deployment", [], |r| r.get(0))
+            .map_err(|source| Error::Database {
+                path: path.to_owned(),
+                source,
+            })?;
+        if !shares::is_valid_deployment(&deployment) {
+            return Err(Error::KeyStore(format!(
+                "database {}: the deployment id is malformed",
+                path.display()
+            )));
+        }
         Ok(Store {
             conn,
             path: path.to_owned(),
+            deployment,
+            identity,
+            legacy_alg,
         })
+    }
+
+    /// The deployment id this database records.
+    pub fn deployment(&self) -> &str {
+        &self.deployment
+    }
+
+    /// The file the database path named when it was opened.
+    pub fn identity(&self) -> FileId {
+        self.identity
     }
 
     pub fn path(&self) -> &Path {
@@ -108,7 +154,7 @@ impl Store {
     /// Open an existing database read-only (for `check` and offline
     /// `status`, which may run beside a daemon). The schema must be the
     /// one this binary knows.
-    pub fn open_read_only(path: &Path) -> Result<Store> {
+    pub fn open_read_only(path: &Path, legacy_alg: AlgLabel) -> Result<Store> {
         use rusqlite::OpenFlags;
         let db_err = |source| Error::Database {
             path: path.to_owned(),
@@ -136,10 +182,7 @@ impl Store {
                 MIGRATION_ARRAY.len()
             )));
         }
-        Ok(Store {
-            conn,
-            path: path.to_owned(),
-        })
+        Store::finish_open(conn, path, legacy_alg)
     }
 
     fn db_err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -160,8 +203,8 @@ impl Store {
         let tx = self.conn.transaction().map_err(db_err)?;
         tx.execute(
             "INSERT INTO keys (kid, public_key, origin, created_at, activate_at, deactivate_at,
-                               retire_at, share_generation, verified)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+                               retire_at, share_generation, verified, alg)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
             params![
                 row.kid,
                 &row.public_key[..],
@@ -171,6 +214,7 @@ impl Store {
                 row.deactivate_at,
                 row.retire_at,
                 row.share_generation,
+                row.alg.as_str(),
             ],
         )
         .map_err(db_err)?;
@@ -236,7 +280,8 @@ impl Store {
         insert_share(&tx, share).map_err(db_err)?;
         let n = tx
             .execute(
-                "UPDATE keys SET share_generation = ?2 WHERE kid = ?1 AND share_generation = ?3",
+                "UPDATE keys SET share_generation = ?2, pending_generation = NULL
+                 WHERE kid = ?1 AND share_generation = ?3",
                 params![share.kid, share.generation, old_generation],
             )
             .map_err(db_err)?;
@@ -254,6 +299,49 @@ impl Store {
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         self.checkpoint()
+    }
+
+    /// Record that `kid` is being re-split into `generation` (its current
+    /// generation + 1), durably, before that generation's file share is
+    /// written: a file share of a generation ahead of the database is then
+    /// known to be an interrupted re-split's, never taken for one.
+    pub fn begin_reshare(&self, kid: &str, generation: u32) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE keys SET pending_generation = ?2
+                 WHERE kid = ?1 AND share_generation + 1 = ?2 AND verified = 1",
+                params![kid, generation],
+            )
+            .map_err(self.db_err())?;
+        if n != 1 {
+            return Err(Error::KeyStore(format!(
+                "database {}: key {kid} cannot be re-split into generation {generation}",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forget an interrupted re-split (its file share is gone).
+    pub fn clear_pending_generation(&self, kid: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE keys SET pending_generation = NULL WHERE kid = ?1",
+                [kid],
+            )
+            .map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// Record the label of keys made before labels were recorded.
+    pub fn record_legacy_alg(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE keys SET alg = ?1 WHERE alg IS NULL",
+                [self.legacy_alg.as_str()],
+            )
+            .map_err(self.db_err())
     }
 
     /// Put back a lost or damaged database share at the key's current
@@ -311,7 +399,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT kid, public_key, origin, created_at, activate_at, deactivate_at,
-                        retire_at, share_generation, verified
+                        retire_at, share_generation, verified, alg, pending_generation
                  FROM keys ORDER BY activate_at, created_at, kid",
             )
             .map_err(self.db_err())?;
@@ -324,51 +412,92 @@ impl Store {
                     [r.get::<_, i64>(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
                     r.get::<_, i64>(7)?,
                     r.get::<_, i64>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<i64>>(10)?,
                 ))
             })
             .map_err(self.db_err())?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.db_err())?;
         raw.into_iter()
-            .map(|(kid, pk, origin, ts, generation, verified)| {
-                let bad = |reason: &str| Error::KeyRow {
-                    kid: printable(&kid),
-                    db: self.path.clone(),
-                    reason: reason.to_owned(),
-                };
-                let public_key: [u8; 32] = pk
-                    .try_into()
-                    .map_err(|_| bad("public key is not 32 bytes"))?;
-                if !shares::is_valid_kid(&kid) || shares::thumbprint(&public_key) != kid {
-                    return Err(bad("kid is not the thumbprint of the stored public key"));
-                }
-                let origin = match origin.as_str() {
-                    "generated" => Origin::Generated,
-                    "imported" => Origin::Imported,
-                    _ => return Err(bad("unknown origin")),
-                };
-                let [created_at, activate_at, deactivate_at, retire_at] = ts;
-                if !(created_at <= activate_at
-                    && activate_at <= deactivate_at
-                    && deactivate_at <= retire_at)
-                {
-                    return Err(bad("timestamps are out of order"));
-                }
-                let share_generation =
-                    u32::try_from(generation).map_err(|_| bad("share generation out of range"))?;
-                Ok(KeyRow {
-                    kid,
-                    public_key,
-                    origin,
-                    created_at,
-                    activate_at,
-                    deactivate_at,
-                    retire_at,
-                    share_generation,
-                    verified: verified == 1,
-                })
-            })
+            .map(
+                |(kid, pk, origin, ts, generation, verified, alg, pending)| {
+                    let bad = |reason: &str| Error::KeyRow {
+                        kid: printable(&kid),
+                        db: self.path.clone(),
+                        reason: reason.to_owned(),
+                    };
+                    let public_key: [u8; 32] = pk
+                        .try_into()
+                        .map_err(|_| bad("public key is not 32 bytes"))?;
+                    if !shares::is_valid_kid(&kid) || shares::thumbprint(&public_key) != kid {
+                        return Err(bad("kid is not the thumbprint of the stored public key"));
+                    }
+                    let origin = match origin.as_str() {
+                        "generated" => Origin::Generated,
+                        "imported" => Origin::Imported,
+                        _ => return Err(bad("unknown origin")),
+                    };
+                    let [created_at, activate_at, deactivate_at, retire_at] = ts;
+                    if !(created_at <= activate_at
+                        && activate_at <= deactivate_at
+                        && deactivate_at <= retire_at)
+                    {
+                        return Err(bad("timestamps are out of order"));
+                    }
+                    let share_generation = u32::try_from(generation)
+                        .map_err(|_| bad("share generation out of range"))?;
+                    let pending_generation = pending
+                        .map(u32::try_from)
+                        .transpose()
+                        .map_err(|_| bad("pending share generation out of range"))?;
+                    let alg = match alg.as_deref() {
+                        None => self.legacy_alg,
+                        Some("EdDSA") => AlgLabel::EdDSA,
+                        Some("Ed25519") => AlgLabel::Ed25519,
+                        Some(_) => return Err(bad("unknown alg label")),
+                    };
+                    Ok(KeyRow {
+                        kid,
+                        public_key,
+                        origin,
+                        created_at,
+                        activate_at,
+                        deactivate_at,
+                        retire_at,
+                        share_generation,
+                        pending_generation,
+                        verified: verified == 1,
+                        alg,
+                    })
+                },
+            )
             .collect()
+    }
+
+    /// The kids that still have a database share stored.
+    pub fn kids_with_db_shares(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT kid FROM db_shares")
+            .map_err(self.db_err())?;
+        let kids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.db_err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.db_err())?;
+        Ok(kids)
+    }
+
+    /// Whether some key has no recorded `alg` label (made before schema 3).
+    pub fn has_legacy_rows(&self) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM keys WHERE alg IS NULL)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.db_err())
     }
 
     /// Whether the database has ever recorded a key.
@@ -417,6 +546,7 @@ impl Store {
             return Err(bad("fails its checksum (altered)"));
         }
         Ok(KeyShare {
+            deployment: Some(self.deployment.clone()),
             kid: row.kid.clone(),
             generation: row.share_generation,
             slot: Slot::Database,
@@ -439,6 +569,145 @@ fn insert_share(conn: &Connection, share: &KeyShare) -> rusqlite::Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// What `splitsign backup` wrote.
+#[derive(Debug)]
+pub struct BackupSummary {
+    pub deployment: String,
+    pub keys: usize,
+    pub revocations: i64,
+    pub audit_records: i64,
+    pub schema: i64,
+}
+
+impl Store {
+    /// Write a consistent copy of this database to `dest`, a new file (mode
+    /// 0600; an existing file is never replaced), with SQLite's online
+    /// backup API: it works beside a running daemon, which may go on
+    /// writing. The copy is made under a temp name in `dest`'s directory,
+    /// cleaned of interrupted key creations (an unfinished key is not a key
+    /// to restore), checked, made self-contained (nothing left in a WAL),
+    /// fsync'ed, and only then renamed to `dest`.
+    pub fn backup(&self, dest: &Path) -> Result<BackupSummary> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("{} names no file", dest.display())))?;
+        if std::fs::symlink_metadata(dest).is_ok() {
+            return Err(Error::Usage(format!(
+                "{} already exists; a backup never replaces a file",
+                dest.display()
+            )));
+        }
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| Error::Random(e.to_string()))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(Error::io("creating backup", &tmp))?;
+        let result = self.backup_into(&tmp).and_then(|summary| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| {
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        &tmp,
+                        rustix::fs::CWD,
+                        dest,
+                        rustix::fs::RenameFlags::NOREPLACE,
+                    )
+                    .map_err(std::io::Error::from)
+                })
+                .and_then(|()| std::fs::File::open(&dir)?.sync_all())
+                .map_err(Error::io("writing backup", dest))?;
+            Ok(summary)
+        });
+        if result.is_err() {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = tmp.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        result
+    }
+
+    fn backup_into(&self, tmp: &Path) -> Result<BackupSummary> {
+        use rusqlite::backup::{Backup, StepResult};
+        let tmp_err = |source| Error::Database {
+            path: tmp.to_owned(),
+            source,
+        };
+        {
+            let mut dst = Connection::open(tmp).map_err(tmp_err)?;
+            let backup = Backup::new(&self.conn, &mut dst).map_err(self.db_err())?;
+            // All pages in one step: one read transaction on the source, so
+            // the copy is one consistent state. A writer holding the lock
+            // (the daemon's commit) makes the step busy; wait and retry.
+            let mut tries = 0;
+            loop {
+                match backup.step(-1).map_err(self.db_err())? {
+                    StepResult::Done => break,
+                    _ if tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        return Err(Error::KeyStore(format!(
+                            "database {} stayed busy; the backup was not made",
+                            self.path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        let conn = Connection::open(tmp).map_err(tmp_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(tmp_err)?;
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(tmp_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(tmp_err)?;
+        conn.execute("DELETE FROM keys WHERE verified = 0", [])
+            .map_err(tmp_err)?;
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(tmp_err)?;
+        if check != "ok" {
+            return Err(Error::KeyStore(format!(
+                "the copy of {} fails SQLite's integrity check ({check}); no backup was made",
+                self.path.display()
+            )));
+        }
+        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+        let summary = BackupSummary {
+            deployment: conn
+                .query_row("SELECT id FROM deployment", [], |r| r.get(0))
+                .map_err(tmp_err)?,
+            keys: count("SELECT count(*) FROM keys").map_err(tmp_err)? as usize,
+            revocations: count("SELECT count(*) FROM revocations").map_err(tmp_err)?,
+            audit_records: count("SELECT count(*) FROM audit").map_err(tmp_err)?,
+            schema: count("PRAGMA user_version").map_err(tmp_err)?,
+        };
+        // Everything into the file itself: the copy is one file, in WAL
+        // mode like the original, with no -wal beside it once closed.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(tmp_err)?;
+        conn.close().map_err(|(_, e)| tmp_err(e))?;
+        Ok(summary)
+    }
 }
 
 /// A kid from the database, made safe to print in an error.

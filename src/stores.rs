@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::filestore::ShareDir;
-use crate::lifecycle::{self, Reconciled};
+use crate::filestore::{Entry, ShareDir};
+use crate::lifecycle::{self, Reconciled, Survey};
 use crate::store::Store;
 
 pub struct Stores {
@@ -46,11 +46,36 @@ impl Stores {
                 .create(&db_dir)
                 .map_err(Error::io("creating database directory", &db_dir))?;
         }
-        if !create && !cfg.db.exists() {
-            return Err(Error::KeyStore(format!(
-                "database {} does not exist (run `splitsign init` first)",
-                cfg.db.display()
-            )));
+        if !cfg.db.exists() {
+            if !create {
+                return Err(Error::KeyStore(format!(
+                    "database {} does not exist (run `splitsign init` first)",
+                    cfg.db.display()
+                )));
+            }
+            // A new database beside shares is a wrong path (or a lost
+            // database), never a new deployment: create nothing.
+            let shares: Vec<String> = dir
+                .list()?
+                .into_iter()
+                .filter_map(|e| match e {
+                    Entry::Share { path, .. } => Some(path.display().to_string()),
+                    _ => None,
+                })
+                .collect();
+            if !shares.is_empty() {
+                return Err(Error::StoresDisagree {
+                    db: cfg.db.clone(),
+                    shares: cfg.shares_dir.clone(),
+                    problems: vec![format!(
+                        "database {} does not exist, but the share directory holds share \
+                         file(s) {}: is the database path right? To start a new deployment, \
+                         move the share files away",
+                        cfg.db.display(),
+                        shares.join(", ")
+                    )],
+                });
+            }
         }
         let lock_path = {
             let mut p = cfg.db.clone().into_os_string();
@@ -73,7 +98,7 @@ impl Stores {
                 ))
             },
         )?;
-        let store = Store::open(&cfg.db)?;
+        let store = Store::open(&cfg.db, cfg.alg)?;
         Ok(Stores {
             dir,
             store,
@@ -81,24 +106,47 @@ impl Stores {
         })
     }
 
-    /// Reconcile the stores and log what was cleaned up.
-    pub fn reconcile(&self, now: i64) -> Result<Reconciled> {
-        let r = lifecycle::reconcile(&self.store, &self.dir, now)?;
+    /// Prove that the stores belong together and plan the clean-up; see
+    /// [`lifecycle::survey`]. Changes nothing.
+    pub fn survey(&self, now: i64) -> Result<Survey> {
+        lifecycle::survey(&self.store, &self.dir, now)
+    }
+
+    /// Carry out a survey's plan and log what was cleaned up.
+    pub fn apply(&self, plan: Survey) -> Result<Reconciled> {
+        let r = lifecycle::apply(&self.store, &self.dir, plan)?;
         for kid in &r.discarded_incomplete {
             tracing::warn!(%kid, "discarded a key whose creation was interrupted");
         }
         for kid in &r.destroyed_shares_of {
             tracing::info!(%kid, "destroyed the database share of a key that no longer signs");
         }
-        for p in &r.removed_orphans {
-            tracing::warn!(path = %p.display(), "removed a file share that no signing key owns");
+        for (p, why) in &r.removed_files {
+            tracing::info!(path = %p.display(), "removed a file share: {why}");
         }
         for p in &r.removed_temps {
             tracing::info!(path = %p.display(), "removed an interrupted temp file");
+        }
+        for p in &r.upgraded {
+            tracing::info!(path = %p.display(), deployment = %self.store.deployment(), "added the deployment id to a share file (format 2)");
         }
         for p in &r.foreign {
             tracing::warn!(path = %p.display(), "unexpected file in the share directory (left alone)");
         }
         Ok(r)
+    }
+
+    /// [`Stores::survey`], then [`Stores::apply`].
+    pub fn reconcile(&self, now: i64) -> Result<Reconciled> {
+        let plan = self.survey(now)?;
+        self.apply(plan)
+    }
+
+    /// Whether the store paths still name the files opened: a database
+    /// deleted or replaced, or a share directory replaced, under a running
+    /// process is refused rather than written to.
+    pub fn still_in_place(&self) -> std::result::Result<(), String> {
+        self.store.identity().still_at(self.store.path())?;
+        self.dir.identity().still_at(self.dir.path())
     }
 }

@@ -5,9 +5,15 @@
 //!
 //! The daemon alone sets `iss`, `iat`, `nbf`, `exp` and `jti` (RFC 8725
 //! §3.10, §3.12); a request that supplies one is rejected, never silently
-//! overwritten. Verification accepts only the configured `alg` label with a
-//! header of exactly `alg`, `typ` and `kid` (no `jku`, `jwk`, `x5u`, `crit`:
-//! RFC 8725 §3.1) and uses `verify_strict`.
+//! overwritten. Verification accepts only the key's own `alg` label (fixed
+//! when the key was created) with a header of exactly `alg`, `typ` and `kid`
+//! (no `jku`, `jwk`, `x5u`, `crit`: RFC 8725 §3.1), uses `verify_strict`, and
+//! reads the payload as strictly as a request: duplicate claim names are
+//! refused.
+//!
+//! Two times are involved. `iat`, `nbf` and `exp` are always the wall
+//! clock's. Which key signs, and which keys verify, follows the key
+//! lifecycle's clock, which never goes backwards (see `lifecycle::Clock`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -99,6 +105,7 @@ pub fn sign(
     }
     // Never outlive the key's publication: no exp past its retire_at.
     let exp = now.saturating_add(ttl as i64).min(signer.retire_at);
+    signer.issued(exp);
 
     let mut jti_bytes = [0u8; 16];
     getrandom::fill(&mut jti_bytes).map_err(|_| SignError::Random)?;
@@ -182,12 +189,14 @@ struct Header {
     kid: String,
 }
 
-/// Check a compact JWS against the key set, the issuer and the time.
+/// Check a compact JWS against the key set (at `key_time`, the lifecycle
+/// clock), the issuer, and the wall-clock time `now`.
 pub fn verify(
     keys: &KeySet,
     policy: &Policy,
     token: &str,
     audience: Option<&str>,
+    key_time: i64,
     now: i64,
 ) -> Result<Verified, VerifyError> {
     use VerifyError::Invalid;
@@ -205,15 +214,18 @@ pub fn verify(
         .map_err(|_| Invalid("header is not base64url"))?;
     let header: Header = serde_json::from_slice(&header_bytes)
         .map_err(|_| Invalid("header must be a JSON object of exactly alg, typ and kid"))?;
-    if header.alg != policy.alg.as_str() {
-        return Err(Invalid("alg is not the one this daemon signs with"));
+    if AlgLabel::parse(&header.alg).is_none() {
+        return Err(Invalid("alg is not one this daemon signs with"));
     }
     if header.typ.as_deref().is_some_and(|t| t != "JWT") {
         return Err(Invalid("typ must be JWT"));
     }
     let key = keys
-        .verifier(&header.kid, now)
+        .verifier(&header.kid, key_time)
         .ok_or(VerifyError::UnknownKey)?;
+    if header.alg != key.row.alg.as_str() {
+        return Err(Invalid("alg is not the label this key signs with"));
+    }
     let mut sig = [0u8; 64];
     match B64.decode_slice(s, &mut sig) {
         Ok(64) => {}
@@ -227,12 +239,18 @@ pub fn verify(
     let payload = B64
         .decode(p)
         .map_err(|_| Invalid("payload is not base64url"))?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&payload).map_err(|_| Invalid("payload is not a JSON object"))?;
+    let payload = std::str::from_utf8(&payload).map_err(|_| Invalid("payload is not UTF-8"))?;
+    let claims = match crate::strict_json::parse(payload) {
+        Ok(Value::Object(claims)) => claims,
+        Err(e) if crate::strict_json::is_duplicate(&e) => {
+            return Err(Invalid("payload has the same claim name twice"));
+        }
+        _ => return Err(Invalid("payload is not a JSON object")),
+    };
     let int = |name: &str| claims.get(name).and_then(Value::as_i64);
     let leeway = policy.leeway as i64;
     let exp = int("exp").ok_or(Invalid("exp is missing or not an integer"))?;
-    int("iat").ok_or(Invalid("iat is missing or not an integer"))?;
+    let iat = int("iat").ok_or(Invalid("iat is missing or not an integer"))?;
     if claims.get("iss").and_then(Value::as_str) != Some(policy.issuer.as_str()) {
         return Err(Invalid("iss is not this daemon's issuer"));
     }
@@ -244,6 +262,11 @@ pub fn verify(
         if now.saturating_add(leeway) < nbf {
             return Err(VerifyError::NotYetValid);
         }
+    }
+    // A token cannot be issued in the future: one that says so was minted
+    // while a clock was ahead (or forged by someone who had the key).
+    if iat > now.saturating_add(leeway) {
+        return Err(Invalid("iat is in the future"));
     }
     if let Some(want) = audience {
         let ok = match claims.get("aud") {
@@ -281,14 +304,12 @@ mod tests {
             deactivate_at: retire_at - 1,
             retire_at,
             share_generation: 1,
+            pending_generation: None,
             verified: true,
+            alg: AlgLabel::EdDSA,
         };
-        let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, AlgLabel::EdDSA));
-        let set = KeySet::new(
-            vec![Arc::clone(&signer)],
-            vec![Published { row, key: pk }],
-            AlgLabel::EdDSA,
-        );
+        let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, i64::MIN));
+        let set = KeySet::new(vec![Arc::clone(&signer)], vec![Published { row, key: pk }]);
         let policy = Policy {
             issuer: "iss".into(),
             issuer_json: "\"iss\"".into(),
@@ -306,10 +327,10 @@ mod tests {
         let (signer, set, policy) = setup(1000);
         let s = sign(&signer, &policy, &Map::new(), Some(3600), 900, None).unwrap();
         assert_eq!(s.exp, 1000);
-        let v = verify(&set, &policy, &s.token, None, 950).unwrap();
+        let v = verify(&set, &policy, &s.token, None, 950, 950).unwrap();
         assert_eq!(v.claims["exp"], 1000);
         assert_eq!(
-            verify(&set, &policy, &s.token, None, 1000).unwrap_err(),
+            verify(&set, &policy, &s.token, None, 1000, 1000).unwrap_err(),
             VerifyError::UnknownKey
         );
     }
@@ -318,18 +339,75 @@ mod tests {
     fn exp_and_nbf_are_checked_with_leeway() {
         let (signer, set, mut policy) = setup(1_000_000);
         let s = sign(&signer, &policy, &Map::new(), Some(60), 1000, None).unwrap();
-        assert!(verify(&set, &policy, &s.token, None, 1059).is_ok());
+        assert!(verify(&set, &policy, &s.token, None, 1059, 1059).is_ok());
         assert_eq!(
-            verify(&set, &policy, &s.token, None, 1060).unwrap_err(),
+            verify(&set, &policy, &s.token, None, 1060, 1060).unwrap_err(),
             VerifyError::Expired
         );
         assert_eq!(
-            verify(&set, &policy, &s.token, None, 999).unwrap_err(),
+            verify(&set, &policy, &s.token, None, 999, 999).unwrap_err(),
             VerifyError::NotYetValid
         );
         policy.leeway = 5;
-        assert!(verify(&set, &policy, &s.token, None, 1064).is_ok());
-        assert!(verify(&set, &policy, &s.token, None, 995).is_ok());
+        assert!(verify(&set, &policy, &s.token, None, 1064, 1064).is_ok());
+        assert!(verify(&set, &policy, &s.token, None, 995, 995).is_ok());
+    }
+
+    /// A token with `header` and `payload`, signed by the test key.
+    fn forge_with(signer: &Signer, header: &str, payload: &str) -> String {
+        let mut t = format!("{}.{}", B64.encode(header), B64.encode(payload));
+        let sig = signer.key.key().sign(t.as_bytes());
+        t.push('.');
+        t.push_str(&B64.encode(sig.to_bytes()));
+        t
+    }
+
+    fn forge(signer: &Signer, payload: &str) -> String {
+        let header = format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{}"}}"#, signer.kid);
+        forge_with(signer, &header, payload)
+    }
+
+    #[test]
+    fn verify_is_as_strict_as_sign_about_iat_and_duplicate_names() {
+        let (signer, set, policy) = setup(1_000_000);
+        let ok = forge(&signer, r#"{"iss":"iss","iat":1000,"exp":2000}"#);
+        assert!(verify(&set, &policy, &ok, None, 1000, 1000).is_ok());
+        // iat beyond now + leeway (a token minted while the clock was ahead).
+        let future = forge(&signer, r#"{"iss":"iss","iat":1001,"nbf":1000,"exp":2000}"#);
+        assert_eq!(
+            verify(&set, &policy, &future, None, 1000, 1000).unwrap_err(),
+            VerifyError::Invalid("iat is in the future")
+        );
+        let dup = forge(
+            &signer,
+            r#"{"iss":"iss","iat":1000,"exp":2000,"sub":"a","sub":"b"}"#,
+        );
+        assert_eq!(
+            verify(&set, &policy, &dup, None, 1000, 1000).unwrap_err(),
+            VerifyError::Invalid("payload has the same claim name twice")
+        );
+    }
+
+    #[test]
+    fn each_key_verifies_with_its_own_alg_label_only() {
+        let (signer, set, policy) = setup(1_000_000);
+        let payload = r#"{"iss":"iss","iat":1000,"exp":2000}"#;
+        assert!(verify(&set, &policy, &forge(&signer, payload), None, 1000, 1000).is_ok());
+        // The same key and claims under the other label: refused, since the
+        // key was created with `EdDSA`.
+        let other = format!(r#"{{"alg":"Ed25519","typ":"JWT","kid":"{}"}}"#, signer.kid);
+        assert_eq!(
+            verify(
+                &set,
+                &policy,
+                &forge_with(&signer, &other, payload),
+                None,
+                1000,
+                1000
+            )
+            .unwrap_err(),
+            VerifyError::Invalid("alg is not the label this key signs with")
+        );
     }
 
     #[test]

@@ -234,8 +234,21 @@ fn a_fresh_database_beside_existing_shares_deletes_nothing() {
     let before = dir.share_files();
     let e = Daemon::start_with(&dir, &[]).err().expect("refused");
     assert_eq!(e.status.code(), Some(65));
-    assert!(e.stderr.contains("records no keys"), "{}", e.stderr);
+    assert!(
+        e.stderr.contains("does not exist") && e.stderr.contains("is the database path right"),
+        "{}",
+        e.stderr
+    );
+    assert!(
+        e.stderr.contains("Nothing was deleted or changed"),
+        "{}",
+        e.stderr
+    );
     assert_eq!(dir.share_files(), before);
+    assert!(
+        !dir.db().exists(),
+        "no database may be created beside shares"
+    );
 }
 
 /// Recombine the two stores' shares the way an attacker holding both would,
