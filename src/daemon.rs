@@ -44,7 +44,12 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
 
     let stores = Stores::open(&cfg, true)?;
     let manager = Manager::start(stores, cfg.clone()).inspect_err(|e| {
-        if e.exit_code() == crate::error::exit::KEY_STORE {
+        // Store checks and unsealing come before any change (see
+        // `Manager::start`), so a refusal here has changed nothing. Stores
+        // that do not belong together say what to do in their own message.
+        if e.exit_code() == crate::error::exit::KEY_STORE
+            && !matches!(e, Error::StoresDisagree { .. })
+        {
             tracing::error!(
                 "the keys cannot be unsealed; nothing was changed. To get back: \
                  `splitsign recover --recovery-share FILE` rebuilds a lost share from the \

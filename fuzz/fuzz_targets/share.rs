@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // Pair it with a database share of the key it claims to belong to.
     let other = KeyShare {
+        deployment: share.deployment.clone(),
         kid: share.kid.clone(),
         generation: share.generation,
         slot: if share.slot == Slot::Database { Slot::File } else { Slot::Database },

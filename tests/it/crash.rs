@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{BIN, Daemon, Dir, ok};
+use crate::util::{BIN, Daemon, Dir, copy_dir, ok};
 
 /// The syscalls through which a command changes the stores.
 const STEPS: &str = "openat,pwrite64,fsync,fdatasync,rename,renameat2,unlink,unlinkat,ftruncate";
@@ -30,21 +30,6 @@ fn strace() -> &'static str {
         "these tests need strace (apt-get install strace; .ci/run installs it)"
     );
     "strace"
-}
-
-/// Copy a deployment directory (keys/ and var/, modes kept).
-fn copy_dir(from: &Path, to: &Path) {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Per-syscall counts of a clean traced run of `args` in `dir`.

@@ -3,40 +3,15 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::util::{Daemon, Dir, code, ok};
+use crate::util::{Daemon, Dir, code, ok, verify_with_jwks};
 
 /// RFC 7638 thumbprint computed independently of the daemon's code.
 fn thumbprint(x_b64: &str) -> String {
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x_b64}"}}"#);
     B64.encode(Sha256::digest(canonical.as_bytes()))
-}
-
-/// Verify `token` with jsonwebtoken against the key of `jwks` named by its kid.
-pub fn verify_with_jwks(token: &str, jwks: &Value, aud: &str) -> Value {
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    assert_eq!(header.alg, Algorithm::EdDSA);
-    let kid = header.kid.expect("kid");
-    let jwk = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["kid"] == kid.as_str())
-        .expect("kid is published");
-    let x = jwk["x"].as_str().unwrap();
-    assert_eq!(B64.decode(x).unwrap().len(), 32);
-    let key = DecodingKey::from_ed_components(x).unwrap();
-    let mut v = Validation::new(Algorithm::EdDSA);
-    v.set_issuer(&["splitsign"]);
-    v.set_audience(&[aud]);
-    v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
-    v.leeway = 0;
-    jsonwebtoken::decode::<Value>(token, &key, &v)
-        .expect("token verifies with jsonwebtoken")
-        .claims
 }
 
 #[test]

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Dir, code, ok};
+use crate::util::{Daemon, Dir, code, faketime, ok};
 
 /// A config with a fast schedule: rotate every `interval`, pre-publish
 /// `lead` before, tokens of at most 3s.
@@ -433,7 +433,7 @@ fn offline_rotate_is_the_way_back_when_a_store_is_lost() {
     // The old public key stays published, so its tokens verify until exp.
     ok(c.request(json!({"op":"verify","token":t["token"]})));
     let jwks = ok(c.request(json!({"op":"jwks"})))["jwks"].clone();
-    crate::foundation::verify_with_jwks(t["token"].as_str().unwrap(), &jwks, "api");
+    crate::util::verify_with_jwks(t["token"].as_str().unwrap(), &jwks, "api");
     assert_eq!(
         file_shares_of(&dir, &old),
         0,
@@ -562,24 +562,8 @@ fn admin_ops_need_an_admin_uid() {
     );
 }
 
-/// libfaketime (Debian package `faketime`) shifts the daemon's wall clock.
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-fn shifted(offset: &str) -> [(&'static str, String); 3] {
-    assert!(
-        std::path::Path::new(FAKETIME_LIB).exists(),
-        "this test needs libfaketime (apt-get install faketime; .ci/run installs it)"
-    );
-    [
-        ("LD_PRELOAD", FAKETIME_LIB.to_owned()),
-        ("FAKETIME", offset.to_owned()),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
-    ]
-}
-
 fn start_shifted(dir: &Dir, offset: &str) -> Daemon {
-    let env = shifted(offset);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = faketime(&[("FAKETIME", offset)]);
     Daemon::start_with_env(dir, &[], &env).unwrap()
 }
 

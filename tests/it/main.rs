@@ -5,6 +5,7 @@ mod crash;
 mod examples;
 mod foundation;
 mod hostile_input;
+mod integrity;
 mod lifecycle;
 mod stores;
 mod systemd;

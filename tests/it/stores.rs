@@ -9,25 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD as B64};
 use serde_json::json;
 
-use crate::util::{Daemon, Dir, ok};
-
-/// A deployment that has run once and has one key.
-fn initialised() -> (Dir, String) {
-    let dir = Dir::new();
-    let out = dir.run(&["init"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kid = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .to_owned();
-    (dir, kid)
-}
+use crate::util::{Daemon, Dir, initialised, ok};
 
 /// Start must fail with exit 65, a message containing `needle`, and the
 /// same single key row and share files as before.

@@ -4,15 +4,14 @@
 //! datagram NOTIFY_SOCKET owned by the test.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::util::{BIN, Conn, Dir, ok};
+use std::process::{Command, Stdio};
+
+use crate::util::{BIN, Conn, Dir, FakeSystemd, activated, ok, signal, wait_exit};
 
 fn units_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd")
@@ -84,144 +83,10 @@ fn service_sandbox_scores_at_most_1_0() {
     assert!(score <= 1.0, "exposure {score} > 1.0:\n{text}");
 }
 
-/// What systemd gives the daemon: the listener and a notify socket.
-struct Manager {
-    log: PathBuf,
-    listener: UnixListener,
-    socket: PathBuf,
-    notify: UnixDatagram,
-    notify_path: PathBuf,
-}
-
-impl Manager {
-    fn new(dir: &Dir) -> Manager {
-        let run = dir.path().join("run");
-        std::fs::create_dir_all(&run).unwrap();
-        let socket = run.join("sign.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let notify_path = run.join("notify");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Manager {
-            log: dir.path().join("daemon.log"),
-            listener,
-            socket,
-            notify,
-            notify_path,
-        }
-    }
-
-    /// Start `serve` as systemd would, with the listener and notify socket.
-    fn spawn(&self, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Child {
-        activated(dir, args, self.listener.as_raw_fd(), None)
-            .env("LISTEN_FDNAMES", "splitsign")
-            .env("NOTIFY_SOCKET", &self.notify_path)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap()
-    }
-
-    /// The next notify message, waiting up to `t`.
-    fn next(&self, t: Duration) -> Option<String> {
-        let deadline = Instant::now() + t;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        None
-    }
-
-    /// Wait for a message containing `what`; returns it.
-    fn expect(&self, what: &str, t: Duration) -> String {
-        let deadline = Instant::now() + t;
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Some(m) = self.next(Duration::from_millis(200)) {
-                if m.lines().any(|l| l == what || l.starts_with(what)) {
-                    return m;
-                }
-                seen.push(m);
-            }
-        }
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        panic!("no {what:?} from the daemon; got {seen:?}; log:\n{log}");
-    }
-}
-
-/// `splitsign [args] serve` started the way systemd does it: `fd` becomes
-/// fd 3, LISTEN_FDS=1, and LISTEN_PID is the daemon's own pid (set by `sh`
-/// right before it `exec`s). With `nofile`, RLIMIT_NOFILE is set first.
-fn activated(dir: &Dir, args: &[&str], fd: i32, nofile: Option<u64>) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
-        .arg(BIN)
-        .args(args)
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_remove("STATE_DIRECTORY")
-        .env_remove("JOURNAL_STREAM")
-        .env("LISTEN_FDS", "1");
-    // SAFETY (test): only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(n) = nofile {
-                let lim = libc::rlimit {
-                    rlim_cur: n,
-                    rlim_max: n,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            as_fd3(fd)
-        });
-    }
-    cmd
-}
-
-/// Make `fd` the child's fd 3 without close-on-exec (between fork and exec).
-fn as_fd3(fd: i32) -> std::io::Result<()> {
-    // SAFETY (test): dup2 and fcntl are async-signal-safe. dup2(3, 3) would
-    // keep FD_CLOEXEC, so that case clears it instead.
-    let r = unsafe {
-        if fd == 3 {
-            libc::fcntl(3, libc::F_SETFD, 0)
-        } else {
-            libc::dup2(fd, 3)
-        }
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn signal(child: &Child, sig: rustix::process::Signal) {
-    rustix::process::kill_process(rustix::process::Pid::from_child(child), sig).unwrap();
-}
-
-fn wait_exit(child: &mut Child, t: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the daemon did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn socket_activation_ready_watchdog_reload_stop() {
     let dir = Dir::new();
-    let m = Manager::new(&dir);
+    let m = FakeSystemd::new(&dir);
     let mut child = m.spawn(&dir, &[], &[("WATCHDOG_USEC", "1000000")]);
     let ready = m.expect("READY=1", Duration::from_secs(20));
     let status = ready
@@ -279,7 +144,7 @@ fn socket_activation_ready_watchdog_reload_stop() {
 #[test]
 fn a_client_connecting_during_a_restart_is_served_by_the_next_instance() {
     let dir = Dir::new();
-    let m = Manager::new(&dir);
+    let m = FakeSystemd::new(&dir);
     let mut first = m.spawn(&dir, &[], &[]);
     m.expect("READY=1", Duration::from_secs(20));
     let kid = ok(Conn::open(&m.socket).unwrap().sign(json!({})))["kid"].clone();
@@ -301,7 +166,7 @@ fn a_client_connecting_during_a_restart_is_served_by_the_next_instance() {
 #[test]
 fn reload_applies_a_valid_config_and_refuses_a_bad_one() {
     let dir = Dir::new();
-    let m = Manager::new(&dir);
+    let m = FakeSystemd::new(&dir);
     let cfg = |ttl: &str| {
         format!(
             "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\ndefault_ttl = \"{ttl}\"\n",
@@ -351,7 +216,7 @@ fn a_stalled_accept_loop_stops_the_watchdog() {
     // With RLIMIT_NOFILE at 48, enough idle clients make accept() fail with
     // EMFILE: the daemon stops pinging until they go away.
     let dir = Dir::new();
-    let m = Manager::new(&dir);
+    let m = FakeSystemd::new(&dir);
     // Unnamed fd (no LISTEN_FDNAMES), as older systemd or socket-activate pass it.
     let mut cmd = activated(&dir, &[], m.listener.as_raw_fd(), Some(48));
     cmd.env("NOTIFY_SOCKET", &m.notify_path)

@@ -2,7 +2,9 @@
 //! and a raw wire-protocol connection. Tests speak bytes, as any client.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -286,4 +288,238 @@ pub fn code(resp: &Value) -> &str {
 pub fn ok(resp: Value) -> Value {
     assert_eq!(resp["ok"], true, "expected success, got {resp}");
     resp
+}
+
+/// What systemd gives the daemon: the listener and a notify socket.
+pub struct FakeSystemd {
+    pub log: PathBuf,
+    pub listener: UnixListener,
+    pub socket: PathBuf,
+    pub notify: UnixDatagram,
+    pub notify_path: PathBuf,
+}
+
+impl FakeSystemd {
+    pub fn new(dir: &Dir) -> FakeSystemd {
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let socket = run.join("sign.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let notify_path = run.join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        FakeSystemd {
+            log: dir.path().join("daemon.log"),
+            listener,
+            socket,
+            notify,
+            notify_path,
+        }
+    }
+
+    /// Start `serve` as systemd would, with the listener and notify socket.
+    pub fn spawn(&self, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Child {
+        activated(dir, args, self.listener.as_raw_fd(), None)
+            .env("LISTEN_FDNAMES", "splitsign")
+            .env("NOTIFY_SOCKET", &self.notify_path)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The next notify message, waiting up to `t`.
+    pub fn next(&self, t: Duration) -> Option<String> {
+        let deadline = Instant::now() + t;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    }
+
+    /// Wait for a message containing `what`; returns it.
+    pub fn expect(&self, what: &str, t: Duration) -> String {
+        let deadline = Instant::now() + t;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Some(m) = self.next(Duration::from_millis(200)) {
+                if m.lines().any(|l| l == what || l.starts_with(what)) {
+                    return m;
+                }
+                seen.push(m);
+            }
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        panic!("no {what:?} from the daemon; got {seen:?}; log:\n{log}");
+    }
+}
+
+/// `splitsign [args] serve` started the way systemd does it: `fd` becomes
+/// fd 3, LISTEN_FDS=1, and LISTEN_PID is the daemon's own pid (set by `sh`
+/// right before it `exec`s). With `nofile`, RLIMIT_NOFILE is set first.
+pub fn activated(dir: &Dir, args: &[&str], fd: i32, nofile: Option<u64>) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(args)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("JOURNAL_STREAM")
+        .env("LISTEN_FDS", "1");
+    // SAFETY (test): only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(n) = nofile {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            as_fd3(fd)
+        });
+    }
+    cmd
+}
+
+/// Make `fd` the child's fd 3 without close-on-exec (between fork and exec).
+fn as_fd3(fd: i32) -> std::io::Result<()> {
+    // SAFETY (test): dup2 and fcntl are async-signal-safe. dup2(3, 3) would
+    // keep FD_CLOEXEC, so that case clears it instead.
+    let r = unsafe {
+        if fd == 3 {
+            libc::fcntl(3, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, 3)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn signal(child: &Child, sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_child(child), sig).unwrap();
+}
+
+pub fn wait_exit(child: &mut Child, t: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Verify `token` with jsonwebtoken against the key of `jwks` named by its
+/// kid: signature, `iss`, `exp`, `nbf` (jsonwebtoken skips it by default),
+/// no leeway, and `aud` when given (with `sub` then required too).
+pub fn verify_with_jwks_at(token: &str, jwks: &Value, aud: Option<&str>) -> Value {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::EdDSA);
+    let kid = header.kid.expect("kid");
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .expect("kid is published");
+    let x = jwk["x"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(x)
+            .unwrap()
+            .len(),
+        32
+    );
+    let key = DecodingKey::from_ed_components(x).unwrap();
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_issuer(&["splitsign"]);
+    v.validate_nbf = true;
+    match aud {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
+        }
+        None => {
+            v.validate_aud = false;
+            v.set_required_spec_claims(&["exp", "iat", "nbf", "iss"]);
+        }
+    }
+    v.leeway = 0;
+    jsonwebtoken::decode::<Value>(token, &key, &v)
+        .expect("token verifies with jsonwebtoken")
+        .claims
+}
+
+/// [`verify_with_jwks_at`] for a token that must carry `aud` and `sub`.
+pub fn verify_with_jwks(token: &str, jwks: &Value, aud: &str) -> Value {
+    verify_with_jwks_at(token, jwks, Some(aud))
+}
+
+/// Copy a deployment directory (keys/ and var/, modes kept).
+pub fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A deployment that has run `init` once and has one key; returns its kid.
+pub fn initialised() -> (Dir, String) {
+    let dir = Dir::new();
+    let out = dir.run(&["init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kid = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    (dir, kid)
+}
+
+/// libfaketime (Debian package `faketime`) shifts the daemon's wall clock.
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The environment that runs a process under libfaketime with `vars`
+/// (`FAKETIME`, or `FAKETIME_TIMESTAMP_FILE` with `FAKETIME_NO_CACHE`), the
+/// monotonic clock left alone (timers keep working).
+pub fn faketime<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    assert!(
+        Path::new(FAKETIME_LIB).exists(),
+        "this test needs libfaketime (apt-get install faketime; .ci/run installs it)"
+    );
+    let mut env = vec![
+        ("LD_PRELOAD", FAKETIME_LIB),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    env.extend_from_slice(vars);
+    env
 }
