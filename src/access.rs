@@ -13,9 +13,19 @@ use crate::error::{Error, Result};
 use crate::protocol::Op;
 
 /// Every op name a policy may list.
-pub const KNOWN_OPS: [&str; 8] = [
-    "ping", "sign", "verify", "jwks", "status", "rotate", "reshare", "revoke",
+pub const KNOWN_OPS: [&str; 9] = [
+    "ping",
+    "sign",
+    "verify",
+    "jwks",
+    "status",
+    "rotate",
+    "reshare",
+    "revoke",
+    "audit_prune",
 ];
+/// The admin ops: granted by `admin = true`, never by `ops` alone.
+pub const ADMIN_OPS: [&str; 4] = ["rotate", "reshare", "revoke", "audit_prune"];
 const DEFAULT_OPS: [&str; 5] = ["ping", "sign", "verify", "jwks", "status"];
 
 /// A client policy, resolved.
@@ -32,6 +42,8 @@ pub struct ClientPolicy {
     /// Seconds; never above the global max_ttl (checked by config).
     pub max_ttl: Option<u64>,
     pub admin: bool,
+    /// Tokens per second per peer uid, and the bucket size.
+    pub sign_rate: Option<(f64, f64)>,
 }
 
 /// Why a policy refused a request.
@@ -51,10 +63,12 @@ impl ClientPolicy {
         self.uids.contains(&uid) || self.gids.contains(&gid)
     }
 
+    /// Admin ops need `admin = true` (which grants all of them); the other
+    /// ops must be in `ops`.
     pub fn allows(&self, op: &Op) -> Result<(), Refusal> {
         let name = op_name(op);
         let ok = if op.is_admin() {
-            self.admin && (self.ops.iter().any(|o| o == name) || self.ops.is_empty())
+            self.admin
         } else {
             self.ops.iter().any(|o| o == name)
         };
@@ -81,13 +95,17 @@ impl ClientPolicy {
             claims.insert("sub".into(), Value::String(peer_name.to_owned()));
         }
         if let Some(allowed) = &self.audiences {
+            // A policy with audiences requires one: a token without `aud`
+            // (or with an empty list) would be accepted by every service.
             let ok = match claims.get("aud") {
-                None => true,
                 Some(Value::String(a)) => allowed.contains(a),
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .all(|a| a.as_str().is_some_and(|a| allowed.iter().any(|x| x == a))),
-                Some(_) => false,
+                Some(Value::Array(list)) => {
+                    !list.is_empty()
+                        && list
+                            .iter()
+                            .all(|a| a.as_str().is_some_and(|a| allowed.iter().any(|x| x == a)))
+                }
+                _ => false,
             };
             if !ok {
                 return Err(Refusal::Audience);
@@ -107,6 +125,7 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::Rotate { .. } => "rotate",
         Op::Reshare => "reshare",
         Op::Revoke { .. } => "revoke",
+        Op::AuditPrune { .. } => "audit_prune",
     }
 }
 
@@ -163,6 +182,7 @@ impl Access {
             claims: None,
             max_ttl: None,
             admin,
+            sign_rate: None,
         };
         Ok(Access {
             policies,
@@ -174,6 +194,11 @@ impl Access {
             admin_uids,
             names: passwd.into_iter().map(|(n, id)| (id, n)).collect(),
         })
+    }
+
+    /// Whether `uid` is an admin uid (it may take the reserved connections).
+    pub fn is_admin(&self, uid: u32) -> bool {
+        self.admin_uids.contains(&uid)
     }
 
     /// The policy for a peer, or `None`: refuse the connection.
@@ -228,6 +253,10 @@ fn resolve(p: &PolicyFile, uids: Vec<u32>, gids: Vec<u32>) -> Result<ClientPolic
         claims: p.claims.clone(),
         max_ttl: p.max_ttl.map(|d| d.as_secs()),
         admin: p.admin,
+        sign_rate: p.sign_rate.map(|r| {
+            let burst = p.sign_burst.map_or(r.ceil().max(1.0), f64::from);
+            (r, burst)
+        }),
     })
 }
 

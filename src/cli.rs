@@ -34,6 +34,11 @@ pub struct Cli {
     /// Unix socket of the daemon (overrides the config).
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// How long to wait to connect to the daemon, and for each reply; then
+    /// give up with exit 69.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -143,8 +148,14 @@ pub enum Command {
     /// List the audit log, or check its hash chain (--verify: exit 0 if
     /// intact, 65 naming the first broken record).
     Audit {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "prune_before")]
         verify: bool,
+        /// Prune the records older than TIME (Unix seconds, RFC 3339 like
+        /// 2026-01-31T00:00:00Z, or an age like 90d), keeping the rest of
+        /// the chain verifiable. Through the daemon if one runs (admin op),
+        /// else offline.
+        #[arg(long, value_name = "TIME")]
+        prune_before: Option<String>,
         /// First record to list.
         #[arg(long, default_value_t = 1)]
         from: i64,
@@ -164,15 +175,9 @@ pub struct Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
-        let mut message = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            message.push_str(&format!(": {s}"));
-            src = s.source();
-        }
         Failure {
             code: e.exit_code(),
-            message,
+            message: crate::error::chain(&e),
         }
     }
 }
@@ -180,7 +185,7 @@ impl From<Error> for Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         let code = match &e {
-            ClientError::Connect { .. } => exit::UNAVAILABLE,
+            ClientError::Connect { .. } | ClientError::Timeout { .. } => exit::UNAVAILABLE,
             _ => exit::FAILURE,
         };
         Failure {
@@ -205,6 +210,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         socket: cli.socket,
     };
     let cfg = Config::load(&overrides, &Env::from_process())?;
+    let timeout = cli.timeout;
+    let connect = |cfg: &Config| Client::connect_timeout(&cfg.socket, timeout);
     match cli.command {
         Command::Serve => Ok(crate::daemon::serve(cfg, overrides)?),
         Command::Init { recovery_share } => create_first(&cfg, None, recovery_share),
@@ -231,7 +238,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     .ok_or_else(|| usage(format!("--claim {c:?} is not NAME=VALUE")))?;
                 map.insert(k.to_owned(), Value::String(v.to_owned()));
             }
-            let mut client = Client::connect(&cfg.socket)?;
+            let mut client = connect(&cfg)?;
             let s = client.sign(&map, ttl.map(|d| d.as_secs().max(1)))?;
             if json {
                 let v =
@@ -253,7 +260,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 token
             };
-            let mut client = Client::connect(&cfg.socket)?;
+            let mut client = connect(&cfg)?;
             match client.verify(&token, aud.as_deref()) {
                 Ok(v) => {
                     let out = serde_json::json!({"kid": v.kid, "claims": v.claims});
@@ -273,7 +280,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Jwks => {
-            let jwks = Client::connect(&cfg.socket)?.jwks()?;
+            let jwks = connect(&cfg)?.jwks()?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&jwks).expect("JSON serializes")
@@ -281,7 +288,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { json } => {
-            let status = match Client::connect(&cfg.socket) {
+            let status = match connect(&cfg) {
                 Ok(mut c) => c.status()?,
                 Err(e) if e.no_daemon() => offline_status(&cfg)?,
                 Err(e) => return Err(e.into()),
@@ -293,7 +300,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Rotate { emergency } => match Client::connect(&cfg.socket) {
+        Command::Rotate { emergency } => match connect(&cfg) {
             Ok(mut c) => {
                 let mut f = Map::new();
                 f.insert("emergency".into(), emergency.into());
@@ -326,7 +333,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Err(e) => Err(e.into()),
         },
-        Command::Reshare { recovery_share } => match Client::connect(&cfg.socket) {
+        Command::Reshare { recovery_share } => match connect(&cfg) {
             Ok(mut c) => {
                 if recovery_share.is_some() {
                     return Err(usage(
@@ -353,7 +360,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Err(e) => Err(e.into()),
         },
         Command::Recover { recovery_share } => {
-            if !Client::connect(&cfg.socket).is_err_and(|e| e.no_daemon()) {
+            if !connect(&cfg).is_err_and(|e| e.no_daemon()) {
                 return Err(usage(
                     "a daemon is running, so the key is intact in its memory: run                      `splitsign reshare` to write fresh shares, or stop the daemon to recover                      from the recovery share"
                         .into(),
@@ -392,18 +399,28 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             token,
             sub,
             before,
-        } => revoke(&cfg, jti, exp, token, sub, before),
+        } => revoke(&cfg, connect(&cfg), jti, exp, token, sub, before),
+        Command::Audit {
+            verify,
+            prune_before: Some(time),
+            ..
+        } => {
+            debug_assert!(!verify);
+            prune_audit(&cfg, connect(&cfg), &time)
+        }
         Command::Audit {
             verify,
             from,
             limit,
             json,
+            prune_before: None,
         } => audit(&cfg, verify, from, limit, json),
     }
 }
 
 fn revoke(
     cfg: &Config,
+    daemon: Result<Client, ClientError>,
     jti: Option<String>,
     exp: Option<i64>,
     token: Option<String>,
@@ -424,7 +441,7 @@ fn revoke(
     if f.is_empty() {
         return Err(usage("give --jti with --exp, --token, or --sub".into()));
     }
-    match Client::connect(&cfg.socket) {
+    match daemon {
         Ok(mut c) => {
             let r = c.call("revoke", f)?;
             println!(
@@ -490,8 +507,23 @@ fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Resul
     };
     if verify {
         return match crate::audit::verify(conn).map_err(db_err)? {
-            crate::audit::Verdict::Intact { records, head } => {
-                println!("audit log intact: {records} records; head {head}");
+            crate::audit::Verdict::Intact {
+                records,
+                head,
+                anchor,
+            } => {
+                match anchor {
+                    None => println!("audit log intact: {records} records; head {head}"),
+                    Some(a) => println!(
+                        "audit log intact: {records} records from record {}, chained from the \
+                         pruning anchor (record {} and the {} before it were pruned, the last \
+                         prune removed records before {}); head {head}",
+                        a.seq + 1,
+                        a.seq,
+                        a.pruned - 1,
+                        rfc3339(a.pruned_before)
+                    ),
+                }
                 Ok(())
             }
             crate::audit::Verdict::Broken { seq, reason } => Err(Failure {
@@ -505,23 +537,99 @@ fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Resul
         if json {
             println!("{}", serde_json::to_string(&r).expect("JSON serializes"));
         } else {
+            // Fields came from clients: no control characters reach the
+            // terminal.
+            let shown = |v: Option<&str>| -> String {
+                v.map_or("-".into(), |v| {
+                    v.chars()
+                        .map(|c| if c.is_control() { '?' } else { c })
+                        .collect()
+                })
+            };
             println!(
-                "{:>6} {} uid={} pid={} {:<8} {:<14} kid={} sub={} jti={}",
+                "{:>6} {} uid={} pid={} {:<8} {:<14} x{} kid={} sub={} jti={}",
                 r.seq,
-                std::time::UNIX_EPOCH
-                    .checked_add(Duration::from_secs(r.at.max(0) as u64))
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-                    .unwrap_or_default(),
+                rfc3339(r.at),
                 r.uid.map(|u| u.to_string()).unwrap_or("-".into()),
                 r.pid.map(|u| u.to_string()).unwrap_or("-".into()),
-                r.op,
-                r.result,
-                r.kid.as_deref().unwrap_or("-"),
-                r.sub.as_deref().unwrap_or("-"),
-                r.jti.as_deref().unwrap_or("-"),
+                shown(Some(&r.op)),
+                shown(Some(&r.result)),
+                r.count,
+                shown(r.kid.as_deref()),
+                shown(r.sub.as_deref()),
+                shown(r.jti.as_deref()),
             );
         }
     }
+    Ok(())
+}
+
+fn rfc3339(secs: i64) -> String {
+    std::time::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs.max(0) as u64))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default()
+}
+
+/// A point in time given on the command line: Unix seconds, RFC 3339, or
+/// an age ("90d": that long ago).
+fn parse_time(s: &str) -> Result<i64, Failure> {
+    let bad = || {
+        usage(format!(
+            "{s:?} is not a time: give Unix seconds, RFC 3339 (2026-01-31T00:00:00Z) or an age (90d)"
+        ))
+    };
+    let t = if let Ok(n) = s.parse::<i64>() {
+        n
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| bad())?
+            .as_secs() as i64
+    } else if let Ok(age) = humantime::parse_duration(s) {
+        lifecycle::wall_now().saturating_sub(i64::try_from(age.as_secs()).map_err(|_| bad())?)
+    } else {
+        return Err(bad());
+    };
+    if !(0..=crate::protocol::MAX_UNIX_TIME).contains(&t) {
+        return Err(bad());
+    }
+    Ok(t)
+}
+
+/// `audit --prune-before TIME`: through the daemon (admin op) or offline.
+fn prune_audit(
+    cfg: &Config,
+    daemon: Result<Client, ClientError>,
+    time: &str,
+) -> Result<(), Failure> {
+    let before = parse_time(time)?;
+    let pruned = match daemon {
+        Ok(mut c) => {
+            let mut f = Map::new();
+            f.insert("before".into(), before.into());
+            let r = c.call("audit_prune", f)?;
+            r.get("pruned").and_then(Value::as_u64).unwrap_or(0) as usize
+        }
+        Err(e) if e.no_daemon() => {
+            let mut stores = Stores::open(cfg, false)?;
+            let n = stores.store.prune_audit(before)?;
+            stores.store.audit(&[crate::audit::Record {
+                at: lifecycle::wall_now(),
+                uid: Some(rustix::process::getuid().as_raw()),
+                pid: Some(std::process::id() as i32),
+                op: "audit_prune",
+                result: "ok",
+                ..Default::default()
+            }])?;
+            n
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "pruned {pruned} audit records older than {}; `splitsign audit --verify` checks the rest \
+         from the pruning anchor",
+        rfc3339(before)
+    );
     Ok(())
 }
 

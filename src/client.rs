@@ -34,6 +34,11 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no answer from the daemon at {path} within {}s", timeout.as_secs_f64())]
+    Timeout {
+        path: PathBuf,
+        timeout: std::time::Duration,
+    },
     #[error("talking to the daemon: {0}")]
     Io(#[from] std::io::Error),
     #[error("the daemon sent an invalid response: {0}")]
@@ -86,21 +91,94 @@ pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     next_id: u64,
+    path: PathBuf,
+    timeout: Option<std::time::Duration>,
 }
 
 impl Client {
+    /// Connect, waiting as long as it takes; no timeout on replies.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
         let path = path.as_ref();
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_owned(),
             source,
         })?;
+        Client::on(stream, path, None)
+    }
+
+    /// Connect within `timeout` (a daemon whose listen backlog is full
+    /// does not accept at once), and wait at most `timeout` for each reply
+    /// (and each write). Running out is [`ClientError::Timeout`].
+    pub fn connect_timeout(
+        path: impl AsRef<Path>,
+        timeout: std::time::Duration,
+    ) -> Result<Client, ClientError> {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let path = path.as_ref();
+        let connect_err = |source: std::io::Error| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let addr = SocketAddrUnix::new(path).map_err(|e| connect_err(e.into()))?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let fd = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::STREAM,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(|e| connect_err(e.into()))?;
+            match rustix::net::connect(&fd, &addr) {
+                Ok(()) => {
+                    let stream = UnixStream::from(fd);
+                    stream.set_nonblocking(false)?;
+                    return Client::on(stream, path, Some(timeout));
+                }
+                // A Unix socket whose backlog is full says EAGAIN at once:
+                // try again until the deadline.
+                Err(rustix::io::Errno::AGAIN) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(rustix::io::Errno::AGAIN) => {
+                    return Err(ClientError::Timeout {
+                        path: path.to_owned(),
+                        timeout,
+                    });
+                }
+                Err(e) => return Err(connect_err(e.into())),
+            }
+        }
+    }
+
+    fn on(
+        stream: UnixStream,
+        path: &Path,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Client, ClientError> {
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)?;
         let writer = stream.try_clone()?;
         Ok(Client {
             reader: BufReader::new(stream),
             writer,
             next_id: 1,
+            path: path.to_owned(),
+            timeout,
         })
+    }
+
+    /// An I/O error, or [`ClientError::Timeout`] when a timeout ran out.
+    fn io(&self, e: std::io::Error) -> ClientError {
+        match (e.kind(), self.timeout) {
+            (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut, Some(timeout)) => {
+                ClientError::Timeout {
+                    path: self.path.clone(),
+                    timeout,
+                }
+            }
+            _ => ClientError::Io(e),
+        }
     }
 
     /// Send one request without waiting; returns its id.
@@ -111,7 +189,7 @@ impl Client {
         fields.insert("op".into(), op.into());
         let mut line = serde_json::to_vec(&fields).expect("a JSON map serializes");
         line.push(b'\n');
-        self.writer.write_all(&line)?;
+        self.writer.write_all(&line).map_err(|e| self.io(e))?;
         Ok(id)
     }
 
@@ -121,7 +199,8 @@ impl Client {
         let mut line = Vec::new();
         let n = (&mut self.reader)
             .take(MAX_RESPONSE)
-            .read_until(b'\n', &mut line)?;
+            .read_until(b'\n', &mut line)
+            .map_err(|e| self.io(e))?;
         if n == 0 {
             return Err(ClientError::Protocol("connection closed".into()));
         }

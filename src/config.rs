@@ -81,9 +81,16 @@ pub struct PolicyFile {
     pub claims: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde::option")]
     pub max_ttl: Option<Duration>,
-    /// May use admin ops (rotate, reshare, revoke).
+    /// May use the admin ops (rotate, reshare, revoke, audit_prune), in
+    /// addition to `ops`.
     #[serde(default)]
     pub admin: bool,
+    /// Tokens per second each peer uid of this policy may get (a token
+    /// bucket); default: no limit.
+    pub sign_rate: Option<f64>,
+    /// How many tokens a peer may get at once before `sign_rate` applies;
+    /// default: one second's worth (at least 1).
+    pub sign_burst: Option<u32>,
 }
 
 /// The settings file, as written by an operator. Every field is optional;
@@ -104,6 +111,8 @@ struct FileConfig {
     max_token_bytes: Option<usize>,
     max_frame_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    admin_connections: Option<usize>,
     #[serde(default, with = "humantime_serde::option")]
     idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
@@ -113,6 +122,8 @@ struct FileConfig {
     mlock: Option<MlockMode>,
     audit: Option<bool>,
     audit_sync: Option<crate::audit::Durability>,
+    #[serde(default, with = "humantime_serde::option")]
+    audit_retention: Option<Duration>,
     admin_uids: Option<Vec<u32>>,
     #[serde(default)]
     policy: Vec<PolicyFile>,
@@ -158,7 +169,12 @@ pub struct Config {
     pub max_ttl: Duration,
     pub max_token_bytes: usize,
     pub max_frame_bytes: usize,
+    /// Open connections, all peers together (admin uids included).
     pub max_connections: usize,
+    /// Open connections of one peer uid.
+    pub max_connections_per_peer: usize,
+    /// Connections of `max_connections` that only admin uids may take.
+    pub admin_connections: usize,
     /// Close a connection with no request for this long.
     pub idle_timeout: Duration,
     /// Close a connection whose started request line is not finished within
@@ -172,6 +188,9 @@ pub struct Config {
     /// `full` (default): each audit batch is fsync'ed before its replies;
     /// `normal`: it is in the OS (survives a daemon crash, not power loss).
     pub audit_sync: crate::audit::Durability,
+    /// Audit records older than this are pruned in the background (an
+    /// anchor keeps the rest of the chain verifiable).
+    pub audit_retention: Duration,
     /// Peers with these uids may use admin ops. Default: root and the
     /// daemon's own uid.
     pub admin_uids: Option<Vec<u32>>,
@@ -290,12 +309,17 @@ impl Config {
             max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
             max_frame_bytes: file.max_frame_bytes.unwrap_or(64 * 1024),
             max_connections: file.max_connections.unwrap_or(1024),
+            max_connections_per_peer: file.max_connections_per_peer.unwrap_or(64),
+            admin_connections: file.admin_connections.unwrap_or(4),
             idle_timeout: file.idle_timeout.unwrap_or(Duration::from_secs(300)),
             read_timeout: file.read_timeout.unwrap_or(Duration::from_secs(10)),
             write_timeout: file.write_timeout.unwrap_or(Duration::from_secs(10)),
             mlock: file.mlock.unwrap_or(MlockMode::Warn),
             audit: file.audit.unwrap_or(true),
             audit_sync: file.audit_sync.unwrap_or(crate::audit::Durability::Full),
+            audit_retention: file
+                .audit_retention
+                .unwrap_or(Duration::from_secs(90 * 86400)),
             admin_uids: file.admin_uids,
             policies: file.policy,
             rotation_interval: file
@@ -360,8 +384,25 @@ impl Config {
                     .into(),
             );
         }
-        if !(1..=1_000_000).contains(&self.max_connections) {
-            return bad("max_connections", "must be between 1 and 1000000".into());
+        if !(2..=1_000_000).contains(&self.max_connections) {
+            return bad("max_connections", "must be between 2 and 1000000".into());
+        }
+        if !(1..=self.max_connections).contains(&self.max_connections_per_peer) {
+            return bad(
+                "max_connections_per_peer",
+                "must be between 1 and max_connections".into(),
+            );
+        }
+        if self.admin_connections >= self.max_connections {
+            return bad(
+                "admin_connections",
+                "must be less than max_connections (the rest is for other peers)".into(),
+            );
+        }
+        if self.audit_retention < Duration::from_secs(3600)
+            || self.audit_retention > Duration::from_secs(100 * 366 * 86400)
+        {
+            return bad("audit_retention", "must be between 1h and 100 years".into());
         }
         if self.rotation_interval < Duration::from_secs(1)
             || self.rotation_interval > Duration::from_secs(3650 * 86400)
@@ -397,6 +438,16 @@ impl Config {
                         format!("policy {:?}: unknown op {op:?}", p.name),
                     );
                 }
+                if crate::access::ADMIN_OPS.contains(&op.as_str()) && !p.admin {
+                    return bad(
+                        "policy.ops",
+                        format!(
+                            "policy {:?}: {op:?} is an admin op; it needs admin = true (which \
+                             grants every admin op)",
+                            p.name
+                        ),
+                    );
+                }
             }
             for name in p.forced_claims.keys().chain(p.claims.iter().flatten()) {
                 if crate::token::RESERVED.contains(&name.as_str()) {
@@ -405,6 +456,29 @@ impl Config {
                         format!("policy {:?}: claim {name:?} is set by the daemon", p.name),
                     );
                 }
+            }
+            if p.sign_rate
+                .is_some_and(|r| !r.is_finite() || !(0.001..=1_000_000.0).contains(&r))
+            {
+                return bad(
+                    "policy.sign_rate",
+                    format!(
+                        "policy {:?}: must be between 0.001 and 1000000 tokens per second",
+                        p.name
+                    ),
+                );
+            }
+            if p.sign_burst.is_some_and(|b| b == 0 || b > 1_000_000) {
+                return bad(
+                    "policy.sign_burst",
+                    format!("policy {:?}: must be between 1 and 1000000", p.name),
+                );
+            }
+            if p.sign_burst.is_some() && p.sign_rate.is_none() {
+                return bad(
+                    "policy.sign_burst",
+                    format!("policy {:?}: sign_burst needs sign_rate", p.name),
+                );
             }
             if p.max_ttl
                 .is_some_and(|t| t < Duration::from_secs(1) || t > self.max_ttl)
@@ -480,9 +554,10 @@ impl Config {
     pub fn needs_restart(&self, new: &Config) -> Option<&'static str> {
         let Config {
             origin: _,
-            // Applied by a reload: token settings, policies, the schedule,
-            // the JWKS file, connection timeouts, mlock for keys unsealed
-            // from then on.
+            // Applied by a reload: token settings, policies (and their rate
+            // limits), the schedule, the JWKS file, connection timeouts and
+            // per-peer limits, audit retention, mlock for keys unsealed from
+            // then on.
             issuer: _,
             alg: _,
             default_ttl: _,
@@ -491,6 +566,9 @@ impl Config {
             idle_timeout: _,
             read_timeout: _,
             write_timeout: _,
+            max_connections_per_peer: _,
+            admin_connections: _,
+            audit_retention: _,
             mlock: _,
             admin_uids: _,
             policies: _,

@@ -75,6 +75,7 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
             cfg.db.clone(),
             cfg.audit_sync,
             manager.db_identity(),
+            cfg.audit_retention,
         )?)
     } else {
         tracing::warn!("the audit log is off (audit = false)");
@@ -105,7 +106,7 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
             shutdown.clone(),
         ));
         let timer = tokio::spawn(lifecycle_timer(Arc::clone(&manager), shutdown.clone()));
-        tokio::spawn(store_monitor(Arc::clone(&manager), shutdown.clone()));
+        tokio::spawn(health_monitor(Arc::clone(&service), shutdown.clone()));
         if let Some(interval) = systemd::watchdog_interval() {
             tokio::spawn(watchdog(Arc::clone(&service), interval, shutdown.clone()));
         }
@@ -134,34 +135,45 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     Ok(())
 }
 
-/// How often the running daemon checks that its stores are still in place
-/// (and that the wall clock did not jump).
-const STORE_CHECK: Duration = Duration::from_millis(500);
+/// How often the running daemon checks its health: that its stores are
+/// still in place, the audit log can be written, a key signs, and the wall
+/// clock did not jump.
+const HEALTH_CHECK: Duration = Duration::from_millis(500);
 
-/// Check, twice a second, that the store paths still name the stores the
-/// daemon opened and that every signing key's file share is there; on a
-/// change the manager stops issuing tokens and this says why in `STATUS=`.
-/// Also wake the key schedule when the wall clock jumps, so that a key
-/// that can sign is there within a second.
-async fn store_monitor(manager: Arc<Manager>, shutdown: CancellationToken) {
+/// Twice a second: check health (see [`Service::healthy`]; a store found
+/// changed stops the signing for good, until a restart), keep `STATUS=`
+/// saying what is wrong or, when all is well, the active key and the next
+/// transition, and wake the key schedule when the wall clock jumps, so
+/// that a key that can sign is there within a second.
+async fn health_monitor(service: Arc<Service>, shutdown: CancellationToken) {
     let mono = Instant::now();
     let offset =
         |at: Instant| crate::lifecycle::wall_now_ms() - at.duration_since(mono).as_millis() as i64;
     let mut last_offset = offset(Instant::now());
-    let mut reported = false;
+    let mut last_status = String::new();
+    let mut was_healthy = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(STORE_CHECK) => {}
+            _ = tokio::time::sleep(HEALTH_CHECK) => {}
         }
-        let m = Arc::clone(&manager);
-        let fault = tokio::task::spawn_blocking(move || m.check_stores())
-            .await
-            .ok()
-            .flatten();
-        if fault.is_some() && !reported {
-            reported = true;
-            systemd::status(&manager.status_line());
+        let svc = Arc::clone(&service);
+        let Ok(health) = tokio::task::spawn_blocking(move || svc.healthy(HEALTH_CHECK)).await
+        else {
+            continue;
+        };
+        match &health {
+            Err(why) if was_healthy => {
+                tracing::error!(reason = %why, "unhealthy; withholding watchdog pings");
+            }
+            Ok(()) if !was_healthy => tracing::info!("healthy again; watchdog pings resume"),
+            _ => {}
+        }
+        was_healthy = health.is_ok();
+        let status = service.status_line(health.err());
+        if status != last_status {
+            systemd::status(&status);
+            last_status = status;
         }
         let now_offset = offset(Instant::now());
         if (now_offset - last_offset).abs() > 1000 {
@@ -169,7 +181,7 @@ async fn store_monitor(manager: Arc<Manager>, shutdown: CancellationToken) {
                 jump_ms = now_offset - last_offset,
                 "the wall clock jumped; running the key schedule"
             );
-            manager.wake.notify_one();
+            service.manager.wake.notify_one();
         }
         last_offset = now_offset;
     }
@@ -204,13 +216,7 @@ async fn lifecycle_timer(manager: Arc<Manager>, shutdown: CancellationToken) {
             _ = manager.wake.notified() => {}
         }
         let m = Arc::clone(&manager);
-        match tokio::task::spawn_blocking(move || {
-            let next = m.tick();
-            systemd::status(&m.status_line());
-            next
-        })
-        .await
-        {
+        match tokio::task::spawn_blocking(move || m.tick()).await {
             Ok(Ok(n)) => {
                 retry = Duration::from_secs(1);
                 next = n;
@@ -237,23 +243,14 @@ async fn lifecycle_timer(manager: Arc<Manager>, shutdown: CancellationToken) {
 /// the pings, and systemd restarts the service.
 async fn watchdog(service: Arc<Service>, interval: Duration, shutdown: CancellationToken) {
     let period = interval / 2;
-    let mut healthy = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        if service.healthy(period) {
-            if !healthy {
-                tracing::info!("healthy again; watchdog pings resume");
-            }
-            healthy = true;
+        let svc = Arc::clone(&service);
+        if let Ok(Ok(())) = tokio::task::spawn_blocking(move || svc.healthy(period)).await {
             systemd::watchdog();
-        } else if healthy {
-            healthy = false;
-            tracing::error!(
-                "unhealthy (accept loop failing, stores changed, or no key signs); withholding watchdog pings"
-            );
         }
     }
 }
@@ -288,7 +285,7 @@ async fn signals(
                     }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; keeping the running config"),
                 }
-                systemd::ready(&service.manager.status_line());
+                systemd::ready(&service.status_line(None));
             }
         }
     }
@@ -310,6 +307,9 @@ fn reload(service: &Service, overrides: &Overrides, running: &Config) -> Result<
     let access = Access::new(&new)?;
     service.set_policies(Policy::new(&new), access);
     service.set_limits(Limits::of(&new));
+    if let Some(a) = &service.audit {
+        a.set_retention(new.audit_retention);
+    }
     service.manager.set_config(new.clone());
     Ok(new)
 }

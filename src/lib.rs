@@ -30,6 +30,7 @@
 #![deny(unsafe_code)]
 
 pub mod access;
+pub mod admission;
 pub mod audit;
 pub mod cli;
 pub mod client;

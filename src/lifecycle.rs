@@ -695,30 +695,27 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
         {
             plan.clear_pending.push(row.kid.clone());
         }
-        if !has_file(&row.kid, row.share_generation) {
-            let others: Vec<u32> = present
-                .iter()
-                .filter(|(k, g)| *k == row.kid && *g != row.share_generation)
-                .map(|(_, g)| *g)
-                .collect();
-            let path = dir.share_path(&row.kid, row.share_generation);
-            problems.push(match others.iter().max() {
-                Some(&g) if g < row.share_generation => format!(
-                    "the database looks newer than the share directory: key {} ({}) is at share \
-                     generation {} in the database, but the share directory holds only \
-                     generation {g} (no {})",
-                    row.kid,
-                    state.as_str(),
-                    row.share_generation,
-                    path.display()
-                ),
-                _ => format!(
-                    "file share {} of key {} ({}) is missing",
-                    path.display(),
-                    row.kid,
-                    state.as_str()
-                ),
-            });
+        // A key's current file share missing while another generation of
+        // it is there: the database is newer than the share directory. (A
+        // file share missing outright is a lost share; unsealing reports it,
+        // with the way back, before anything is changed.)
+        let others = present
+            .iter()
+            .filter(|(k, g)| *k == row.kid && *g < row.share_generation)
+            .map(|(_, g)| *g)
+            .max();
+        if !has_file(&row.kid, row.share_generation)
+            && let Some(g) = others
+        {
+            problems.push(format!(
+                "the database looks newer than the share directory: key {} ({}) is at share \
+                 generation {} in the database, but the share directory holds only generation \
+                 {g} (no {})",
+                row.kid,
+                state.as_str(),
+                row.share_generation,
+                dir.share_path(&row.kid, row.share_generation).display()
+            ));
         }
     }
     // The likely cause first: another deployment, then an old database;

@@ -406,6 +406,11 @@ impl Manager {
         *self.jwks_written.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// The database's path.
+    pub fn db_path(&self) -> &Path {
+        &self.places.db
+    }
+
     /// The file the database path named at start (for the audit writer).
     pub fn db_identity(&self) -> FileId {
         self.places.db_id

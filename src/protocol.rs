@@ -57,6 +57,11 @@ pub enum Code {
     FingerprintMismatch,
     /// The audit record could not be committed; no token was issued.
     AuditUnavailable,
+    /// The peer's uid holds as many connections as it may
+    /// (`max_connections_per_peer`); the connection is closed.
+    Busy,
+    /// The peer's policy limits how fast it may get tokens (`sign_rate`).
+    RateLimited,
     /// Something failed inside the daemon; details are in its log.
     Internal,
 }
@@ -84,11 +89,13 @@ impl Code {
             Code::Revoked => "revoked",
             Code::FingerprintMismatch => "fingerprint_mismatch",
             Code::AuditUnavailable => "audit_unavailable",
+            Code::Busy => "busy",
+            Code::RateLimited => "rate_limited",
             Code::Internal => "internal",
         }
     }
 
-    pub const ALL: [Code; 21] = [
+    pub const ALL: [Code; 23] = [
         Code::InvalidJson,
         Code::InvalidUtf8,
         Code::InvalidRequest,
@@ -109,6 +116,8 @@ impl Code {
         Code::Revoked,
         Code::FingerprintMismatch,
         Code::AuditUnavailable,
+        Code::Busy,
+        Code::RateLimited,
         Code::Internal,
     ];
 
@@ -160,6 +169,10 @@ pub enum Op {
     Reshare,
     /// Admin: revoke a token or a subject.
     Revoke(RevokeTarget),
+    /// Admin: prune audit records older than `before` (Unix seconds).
+    AuditPrune {
+        before: i64,
+    },
 }
 
 /// What `revoke` names.
@@ -177,7 +190,10 @@ pub enum RevokeTarget {
 impl Op {
     /// Whether only admin peers may use this op.
     pub fn is_admin(&self) -> bool {
-        matches!(self, Op::Rotate { .. } | Op::Reshare | Op::Revoke(_))
+        matches!(
+            self,
+            Op::Rotate { .. } | Op::Reshare | Op::Revoke(_) | Op::AuditPrune { .. }
+        )
     }
 }
 
@@ -189,6 +205,12 @@ pub struct Request {
 
 /// Longest accepted `id` string; ids are echoed, so they are bounded.
 const MAX_ID_LEN: usize = 128;
+
+/// The latest instant a request may name, in Unix seconds (the end of year
+/// 9999). Times beyond it, or before 1970, are refused as
+/// `invalid_request`: every sum the daemon makes with them stays far from
+/// overflowing.
+pub const MAX_UNIX_TIME: i64 = 253_402_300_799;
 
 /// Parse one line (without its `\n`).
 pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
@@ -235,6 +257,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
         "ping" | "jwks" | "status" | "reshare" => &[],
         "rotate" => &["emergency"],
         "revoke" => &["jti", "exp", "token", "sub", "before"],
+        "audit_prune" => &["before"],
         "sign" => &["claims", "ttl", "fingerprint"],
         "verify" => &["token", "aud", "fingerprint"],
         _ => {
@@ -318,11 +341,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
                     return fail(Code::InvalidRequest, m);
                 }
             };
-            let mut int = |k: &str| match obj.remove(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Number(n)) if n.as_i64().is_some() => Ok(n.as_i64()),
-                Some(_) => Err(format!("field `{k}` must be an integer (Unix seconds)")),
-            };
+            let mut int = |k: &str| unix_time(&mut obj, k);
             let (exp, before) = match (int("exp"), int("before")) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(m), _) | (_, Err(m)) => return fail(Code::InvalidRequest, m),
@@ -352,6 +371,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
             };
             Op::Revoke(target)
         }
+        "audit_prune" => match unix_time(&mut obj, "before") {
+            Ok(Some(before)) => Op::AuditPrune { before },
+            Ok(None) => return fail(Code::InvalidRequest, "field `before` is missing".into()),
+            Err(m) => return fail(Code::InvalidRequest, m),
+        },
         "verify" => {
             let token = match obj.remove("token") {
                 Some(Value::String(s)) => s,
@@ -379,6 +403,20 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Failure> {
         _ => unreachable!("op names were matched above"),
     };
     Ok(Request { id, op })
+}
+
+/// An optional Unix time field, range-checked (0 to [`MAX_UNIX_TIME`]).
+fn unix_time(obj: &mut Map<String, Value>, key: &str) -> Result<Option<i64>, String> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(t) if (0..=MAX_UNIX_TIME).contains(&t) => Ok(Some(t)),
+            _ => Err(format!(
+                "field `{key}` must be a Unix time in seconds between 0 and {MAX_UNIX_TIME}"
+            )),
+        },
+        Some(_) => Err(format!("field `{key}` must be an integer (Unix seconds)")),
+    }
 }
 
 /// An optional string field.
@@ -590,6 +628,19 @@ mod tests {
             code(br#"{"op":"revoke","jti":"x","exp":1,"sub":"a"}"#),
             Code::InvalidRequest
         );
+        assert_eq!(
+            code(br#"{"op":"revoke","sub":"a","before":9223372036854775000}"#),
+            Code::InvalidRequest
+        );
+        assert_eq!(
+            code(br#"{"op":"revoke","sub":"a","before":-1}"#),
+            Code::InvalidRequest
+        );
+        assert_eq!(
+            code(br#"{"op":"revoke","jti":"j","exp":253402300800}"#),
+            Code::InvalidRequest
+        );
+        assert_eq!(code(br#"{"op":"audit_prune"}"#), Code::InvalidRequest);
         assert!(matches!(
             parse_request(br#"{"op":"revoke","sub":"a","before":5}"#)
                 .unwrap()

@@ -3,14 +3,16 @@
 //! status, and hands admin ops to the manager. It produces the audit
 //! records of what it did; the connection commits them before it replies.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::access::{Access, ClientPolicy, Refusal};
+use crate::admission::Admission;
 use crate::audit::Record;
 use crate::error::Error;
 use crate::keyring;
@@ -32,6 +34,20 @@ pub struct Service {
     pub started: Instant,
     pub health: Health,
     pub audit: Option<crate::audit::Writer>,
+    /// Who holds which connection (per-uid caps, admin reserve).
+    pub admission: Arc<Admission>,
+    /// Token buckets of peers whose policy has a `sign_rate`.
+    buckets: Mutex<HashMap<u32, Bucket>>,
+    /// When a refusal was last logged (Unix seconds), so that a flood of
+    /// refusals writes a log line a second, not one per request.
+    last_refusal_log: AtomicI64,
+}
+
+/// A token bucket: `tokens` left at `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 /// What the watchdog looks at besides a test signature: whether the accept
@@ -64,9 +80,11 @@ pub struct Peer {
 
 /// The result of handling one line.
 pub enum Handled {
-    /// The response is in `out`. `token` is true when it carries a signed
-    /// token, which must not leave before its audit record is committed.
-    Done { token: bool },
+    /// The response is in `out`.
+    Reply,
+    /// The response in `out` carries a signed token, which must not leave
+    /// before its audit record is committed; `id` is the request's id.
+    Token { id: Option<Value> },
     /// An admin op to run with [`Service::run_admin`].
     Admin(Request),
     /// A sign request found no key able to sign (the clock jumped past the
@@ -103,8 +121,20 @@ struct StatusBody<'a> {
     clock_behind_s: i64,
     /// Why the daemon does not sign, when its stores changed under it.
     store_fault: Option<String>,
+    audit: AuditStatus,
+    connections: usize,
     next_transition: Option<i64>,
     keys: Vec<KeyStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct AuditStatus {
+    /// `ok`, `failing` (signing fails closed) or `off`.
+    state: &'static str,
+    failing_since: Option<i64>,
+    /// The database with its WAL, and the free space on its filesystem.
+    db_bytes: Option<u64>,
+    free_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -131,6 +161,12 @@ struct ReshareOk<'a> {
 }
 
 #[derive(Serialize)]
+struct PruneOk {
+    pruned: usize,
+    before: i64,
+}
+
+#[derive(Serialize)]
 struct RevokeOk<'a> {
     revoked: &'static str,
     value: &'a str,
@@ -154,6 +190,66 @@ impl Service {
             started,
             health: Health::default(),
             audit,
+            admission: Admission::new(),
+            buckets: Mutex::new(HashMap::new()),
+            last_refusal_log: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Count a refusal that carries no token in the audit log (aggregated
+    /// per uid, op and result; see `audit`).
+    pub fn tally_refusal(
+        &self,
+        uid: u32,
+        pid: Option<i32>,
+        op: &'static str,
+        result: &'static str,
+    ) {
+        if let Some(a) = &self.audit {
+            a.tally(Record {
+                at: wall_now(),
+                uid: Some(uid),
+                pid,
+                op,
+                result,
+                ..Record::default()
+            });
+        }
+    }
+
+    /// Log a refusal, at most once a second (the audit log counts them all).
+    pub fn log_refusal(&self, uid: u32, what: &str) {
+        let now = wall_now();
+        if self.last_refusal_log.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(
+                uid,
+                "{what} (further refusals this second are only counted)"
+            );
+        }
+    }
+
+    /// Take a token from the peer's bucket, if its policy limits signing.
+    fn take_token(&self, peer: &Peer) -> bool {
+        let Some((rate, burst)) = peer.policy.sign_rate else {
+            return true;
+        };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 100_000 {
+            // Forget full buckets (idle peers): the map stays bounded.
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
+        let b = buckets.entry(peer.uid).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -174,30 +270,57 @@ impl Service {
         self.limits.set(limits);
     }
 
-    /// Take a reloaded config's token settings and access policies.
+    /// Take a reloaded config's token settings and access policies (rate
+    /// limits start over).
     pub fn set_policies(&self, policy: Policy, access: Access) {
         self.policy.set(policy);
         self.access.set(access);
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The watchdog's check: accept() is not stuck failing for more than
-    /// `grace`, and the key that should sign now signs a test token.
-    pub fn healthy(&self, grace: Duration) -> bool {
+    /// `grace`, the stores are in place, the audit log can be written, and
+    /// the key that should sign now signs a test token. `Err` says what is
+    /// wrong, for `STATUS=`.
+    pub fn healthy(&self, grace: Duration) -> Result<(), String> {
         let now = wall_now();
         if self
             .health
             .accept_failing_for(now)
             .is_some_and(|d| d as u64 >= grace.as_secs().max(1))
         {
-            return false;
+            return Err("accepting connections fails".into());
         }
-        if self.manager.check_stores().is_some() {
-            return false;
+        if let Some(why) = self.manager.check_stores() {
+            return Err(format!("the key stores changed ({why})"));
+        }
+        if let Some(a) = &self.audit
+            && !a.health().ok()
+        {
+            return Err("the audit log cannot be written (disk full?); not signing".into());
         }
         let keys = self.manager.keyring.snapshot();
-        keys.signer_at(self.manager.clock.now()).is_some_and(|s| {
+        let signs = keys.signer_at(self.manager.clock.now()).is_some_and(|s| {
             token::sign(s, &self.policy(), &Map::new(), Some(1), now, None).is_ok()
-        })
+        });
+        if signs {
+            Ok(())
+        } else {
+            Err("no key can sign".into())
+        }
+    }
+
+    /// The line for systemd's `STATUS=`: what is wrong, if anything (from
+    /// [`Service::healthy`]), then the keys.
+    pub fn status_line(&self, unhealthy: Option<String>) -> String {
+        let keys = self.manager.status_line();
+        match unhealthy {
+            Some(why) if self.manager.fault().is_none() => format!("unhealthy: {why}; {keys}"),
+            _ => keys,
+        }
     }
 
     /// Wait (at most `within`) for a key able to sign, waking the key
@@ -235,7 +358,7 @@ impl Service {
         audit: &mut Vec<Record>,
         retry: bool,
     ) -> Handled {
-        let done = Handled::Done { token: false };
+        let done = Handled::Reply;
         let req = match protocol::parse_request(line) {
             Ok(r) => r,
             Err(f) => {
@@ -251,10 +374,16 @@ impl Service {
             protocol::write_error(out, &Failure::new(req.id.clone(), code, msg));
         };
         if let Err(Refusal::Op(op)) = peer.policy.allows(&req.op) {
-            tracing::warn!(uid = peer.uid, pid = ?peer.pid, policy = %peer.policy.name, %op, "op refused by policy");
-            let mut r = self.record(peer, crate::access::op_name(&req.op), now);
-            r.result = Code::Forbidden.as_str();
-            audit.push(r);
+            self.log_refusal(
+                peer.uid,
+                &format!("op {op:?} refused by policy {:?}", peer.policy.name),
+            );
+            self.tally_refusal(
+                peer.uid,
+                peer.pid,
+                crate::access::op_name(&req.op),
+                Code::Forbidden.as_str(),
+            );
             fail(
                 out,
                 Code::Forbidden,
@@ -306,11 +435,14 @@ impl Service {
                                 jti: &s.jti,
                             },
                         );
-                        return Handled::Done { token: true };
+                        return Handled::Token { id: req.id };
                     }
                     Err((code, msg)) => {
+                        // No token: counted, not recorded one by one.
                         rec.result = code.as_str();
-                        audit.push(rec);
+                        if let Some(a) = &self.audit {
+                            a.tally(rec);
+                        }
                         fail(out, code, msg);
                     }
                 }
@@ -336,9 +468,7 @@ impl Service {
                     },
                 ),
                 Err((code, msg)) => {
-                    let mut rec = self.record(peer, "verify", now);
-                    rec.result = code.as_str();
-                    audit.push(rec);
+                    self.tally_refusal(peer.uid, peer.pid, "verify", code.as_str());
                     fail(out, code, msg);
                 }
             },
@@ -360,6 +490,8 @@ impl Service {
                     now,
                     clock_behind_s: key_now - now.min(key_now),
                     store_fault: self.manager.fault(),
+                    audit: self.audit_status(),
+                    connections: self.admission.counts().0,
                     next_transition: crate::lifecycle::next_event(
                         &rows,
                         key_now,
@@ -382,11 +514,40 @@ impl Service {
                 };
                 protocol::write_ok(out, id, StatusOk { status: body });
             }
-            Op::Rotate { .. } | Op::Reshare | Op::Revoke(_) => {
+            Op::Rotate { .. } | Op::Reshare | Op::Revoke(_) | Op::AuditPrune { .. } => {
                 unreachable!("admin ops return above")
             }
         }
         done
+    }
+
+    fn audit_status(&self) -> AuditStatus {
+        let db = self.manager.db_path();
+        let size = |suffix: &str| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(p).map(|m| m.len()).ok()
+        };
+        let dir = match db.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        let free = rustix::fs::statvfs(dir)
+            .ok()
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize));
+        let (state, failing_since) = match &self.audit {
+            None => ("off", None),
+            Some(a) => match a.health().failing_since() {
+                None => ("ok", None),
+                Some(t) => ("failing", Some(t)),
+            },
+        };
+        AuditStatus {
+            state,
+            failing_since,
+            db_bytes: size("").map(|n| n + size("-wal").unwrap_or(0)),
+            free_bytes: free,
+        }
     }
 
     /// The sign path: policy, then token. Returns the token and its kid.
@@ -450,6 +611,12 @@ impl Service {
             return Err((
                 Code::TtlTooLong,
                 format!("ttl {t}s exceeds this client's max_ttl {max}s"),
+            ));
+        }
+        if !self.take_token(peer) {
+            return Err((
+                Code::RateLimited,
+                "this client signs faster than its policy's sign_rate allows; retry later".into(),
             ));
         }
         let keys = self.manager.keyring.snapshot();
@@ -543,6 +710,10 @@ impl Service {
         let op = req.op.clone();
         let name = crate::access::op_name(&op);
         tracing::info!(uid = peer.uid, pid = ?peer.pid, op = name, "admin op");
+        if let Op::AuditPrune { before } = op {
+            // The writer records the prune itself, once it is done.
+            return self.prune_audit(req.id, before, peer, out).await;
+        }
         let result = tokio::task::spawn_blocking(move || match op {
             Op::Rotate { emergency } => manager.rotate(emergency).map(Admin::Rotated),
             Op::Reshare => manager.reshare().map(Admin::Reshared),
@@ -602,14 +773,17 @@ impl Service {
                 )
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, op = name, "admin op failed");
+                // With its causes: "writing file share …: No space left on
+                // device", not just the step.
+                let message = crate::error::chain(&e);
+                tracing::error!(error = %message, op = name, "admin op failed");
                 let code = if matches!(e, Error::Usage(_)) {
                     Code::Refused
                 } else {
                     Code::Internal
                 };
                 rec.result = code.as_str();
-                protocol::write_error(out, &Failure::new(req.id.clone(), code, e.to_string()));
+                protocol::write_error(out, &Failure::new(req.id.clone(), code, message));
             }
             Err(_) => {
                 rec.result = Code::Internal.as_str();
@@ -620,6 +794,32 @@ impl Service {
             }
         }
         audit.push(rec);
+    }
+
+    /// `audit_prune`: prune the audit log before `before`, on the writer.
+    async fn prune_audit(&self, id: Option<Value>, before: i64, peer: &Peer, out: &mut Vec<u8>) {
+        let Some(audit) = &self.audit else {
+            protocol::write_error(
+                out,
+                &Failure::new(id, Code::Refused, "the audit log is off (audit = false)"),
+            );
+            return;
+        };
+        let by = self.record(peer, "audit_prune", wall_now());
+        match audit.prune(before, by).await {
+            Ok(p) => protocol::write_ok(
+                out,
+                id.as_ref(),
+                PruneOk {
+                    pruned: p.records,
+                    before: p.before,
+                },
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "audit prune failed");
+                protocol::write_error(out, &Failure::new(id, Code::Internal, e));
+            }
+        }
     }
 
     /// Apply a revoke target, for the manager: returns what to store.

@@ -20,6 +20,7 @@ const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../migrations/0001_init.sql")),
     M::up(include_str!("../migrations/0002_revocations_audit.sql")),
     M::up(include_str!("../migrations/0003_integrity.sql")),
+    M::up(include_str!("../migrations/0004_audit_retention.sql")),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
@@ -795,6 +796,14 @@ impl Store {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Prune audit records older than `before` (offline), keeping the
+    /// chain verifiable from its anchor.
+    pub fn prune_audit(&mut self, before: i64) -> Result<usize> {
+        let path = self.path.clone();
+        crate::audit::prune(&mut self.conn, before)
+            .map_err(|source| Error::Database { path, source })
     }
 
     /// Append audit records (offline admin commands).

@@ -583,7 +583,7 @@ fn a_reload_applies_timeouts_and_refuses_what_needs_a_restart_by_name() {
     for (setting, line) in [
         ("audit", "audit = false\n"),
         ("audit_sync", "audit_sync = \"normal\"\n"),
-        ("max_connections", "max_connections = 10\n"),
+        ("max_connections", "max_connections = 100\n"),
     ] {
         dir.write_config(&format!("{base}{line}"));
         hup("reload refused");
