@@ -254,7 +254,7 @@ impl Daemon {
             dir.path().join("config.toml"),
             format!(
                 "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/s.sock\"\n\
-                 {audit_cfg}\nmax_connections = 8192\n"
+                 {audit_cfg}\nmax_connections = 8192\nmax_connections_per_peer = 8192\n"
             ),
         )
         .unwrap();

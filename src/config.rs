@@ -309,8 +309,13 @@ impl Config {
             max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
             max_frame_bytes: file.max_frame_bytes.unwrap_or(64 * 1024),
             max_connections: file.max_connections.unwrap_or(1024),
-            max_connections_per_peer: file.max_connections_per_peer.unwrap_or(64),
-            admin_connections: file.admin_connections.unwrap_or(4),
+            // Unset, these follow a smaller max_connections.
+            max_connections_per_peer: file
+                .max_connections_per_peer
+                .unwrap_or_else(|| file.max_connections.unwrap_or(1024).clamp(1, 64)),
+            admin_connections: file
+                .admin_connections
+                .unwrap_or_else(|| (file.max_connections.unwrap_or(1024) / 2).clamp(1, 4)),
             idle_timeout: file.idle_timeout.unwrap_or(Duration::from_secs(300)),
             read_timeout: file.read_timeout.unwrap_or(Duration::from_secs(10)),
             write_timeout: file.write_timeout.unwrap_or(Duration::from_secs(10)),

@@ -26,6 +26,7 @@ const MAX_TIMER: Duration = Duration::from_secs(30);
 pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let started = Instant::now();
     crate::secmem::harden_process()?;
+    crate::secmem::tune_allocator();
     match &cfg.origin {
         ConfigOrigin::File(p) => tracing::info!(config = %p.display(), "loaded config"),
         ConfigOrigin::Defaults => tracing::info!("no config file; using built-in defaults"),
@@ -152,10 +153,17 @@ async fn health_monitor(service: Arc<Service>, shutdown: CancellationToken) {
     let mut last_offset = offset(Instant::now());
     let mut last_status = String::new();
     let mut was_healthy = true;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(HEALTH_CHECK) => {}
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(4) {
+            // Every 2 s: memory freed by closed or idle connections goes
+            // back to the OS, so RSS follows the load down.
+            tokio::task::spawn_blocking(crate::secmem::release_free_memory);
         }
         let svc = Arc::clone(&service);
         let Ok(health) = tokio::task::spawn_blocking(move || svc.healthy(HEALTH_CHECK)).await

@@ -10,34 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{BIN, Conn, Daemon, Dir, code, ok};
-
-const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// A deployment whose socket another uid can reach: the socket in an open
-/// directory, its group changed to nogroup (mode 0660).
-fn open_deployment(extra_config: &str) -> (Dir, Daemon, String) {
-    let dir = Dir::new();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let sock = run.join("s.sock").to_str().unwrap().to_owned();
-    let cfg = dir.write_config(&format!(
-        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{sock}\"\n{extra_config}"
-    ));
-    let d = Daemon::start_with(
-        &dir,
-        &["--config", cfg.to_str().unwrap(), "--socket", &sock],
-    )
-    .unwrap();
-    std::os::unix::fs::chown(&sock, None, Some(NOBODY)).unwrap();
-    (dir, d, sock)
-}
+use crate::util::{
+    BIN, Conn, Daemon, Dir, NOBODY, code, is_root, ok, open_deployment, raise_nofile, vm,
+    wait_for_count,
+};
 
 /// Run the CLI as uid/gid 65534 against `sock`.
 fn as_nobody(sock: &str, args: &[&str]) -> std::process::Output {
@@ -74,26 +50,6 @@ fn a_peer_matching_no_policy_is_refused_before_it_sends_anything() {
     ok(d.conn().request(json!({"op":"ping"})));
     let n = wait_for_count(&dir, "connect", "forbidden", 1);
     assert_eq!(n, 1);
-}
-
-/// The number of events of `op` with `result` in the audit log (aggregated
-/// records count as many), once it reaches `at_least` or after 3 s.
-pub fn wait_for_count(dir: &Dir, op: &str, result: &str, at_least: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let n: i64 = dir
-            .sql()
-            .query_row(
-                "SELECT coalesce(sum(count), 0) FROM audit WHERE op = ?1 AND result = ?2",
-                [op, result],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if n >= at_least || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -344,28 +300,9 @@ fn signing_fails_closed_when_the_audit_log_cannot_be_written() {
     ok(c.sign(json!({"sub":"y"})));
 }
 
-fn vm(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 #[test]
 fn hostile_clients_do_not_starve_a_good_one_and_memory_stays_bounded() {
-    // Raise our descriptor limit (the daemon inherits it).
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let hard = lim.maximum.unwrap_or(20000).min(20000);
-    rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: Some(hard),
-            maximum: lim.maximum,
-        },
-    )
-    .unwrap();
+    raise_nofile();
     let dir = Dir::new();
     let cfg = dir.write_config(
         "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\

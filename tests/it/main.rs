@@ -3,6 +3,7 @@
 mod access;
 mod crash;
 mod examples;
+mod fairness;
 mod foundation;
 mod hostile_input;
 mod integrity;

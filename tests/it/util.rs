@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -522,4 +523,77 @@ pub fn faketime<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     ];
     env.extend_from_slice(vars);
     env
+}
+
+/// uid and gid of `nobody`/`nogroup`: a peer that is not root.
+pub const NOBODY: u32 = 65534;
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A deployment whose socket another uid can reach: the socket in an open
+/// directory, its group changed to nogroup (mode 0660).
+pub fn open_deployment(extra_config: &str) -> (Dir, Daemon, String) {
+    let dir = Dir::new();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = run.join("s.sock").to_str().unwrap().to_owned();
+    let cfg = dir.write_config(&format!(
+        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{sock}\"\n{extra_config}"
+    ));
+    let d = Daemon::start_with(
+        &dir,
+        &["--config", cfg.to_str().unwrap(), "--socket", &sock],
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&sock, None, Some(NOBODY)).unwrap();
+    (dir, d, sock)
+}
+
+/// A field of /proc/PID/status, in its unit (kB for memory).
+pub fn vm(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Raise our descriptor limit to the hard limit (at most 20000); daemons
+/// and peers started from here inherit it.
+pub fn raise_nofile() {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let hard = lim.maximum.unwrap_or(20000).min(20000);
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: lim.maximum,
+        },
+    )
+    .unwrap();
+}
+
+/// The number of events of `op` with `result` in the audit log (aggregated
+/// records count as many), once it reaches `at_least` or after 3 s.
+pub fn wait_for_count(dir: &Dir, op: &str, result: &str, at_least: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let n: i64 = dir
+            .sql()
+            .query_row(
+                "SELECT coalesce(sum(count), 0) FROM audit WHERE op = ?1 AND result = ?2",
+                [op, result],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if n >= at_least || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

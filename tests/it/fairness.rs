@@ -1,0 +1,681 @@
+//! Fair and bounded, on the real binary, with the hostile peers run as
+//! other uids in the socket's group (the tests run as root): one peer
+//! cannot starve the others, exhaust the daemon's memory, or fill the disk
+//! through the audit log. Plus the smaller defects found the same way.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::{
+    BIN, Conn, Daemon, Dir, FakeSystemd, NOBODY, code, is_root, ok, open_deployment, raise_nofile,
+    signal, vm, wait_exit, wait_for_count,
+};
+
+/// A peer (`tests/it/peer.py`) running as `uid`, group nogroup (the
+/// socket's group).
+struct Peer {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+const PEER_PY: &str = include_str!("peer.py");
+
+impl Peer {
+    fn start(uid: u32, mode: &str, sock: &str, args: &[&str]) -> Peer {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(PEER_PY)
+            .args([mode, sock])
+            .args(args)
+            .current_dir("/")
+            .uid(uid)
+            .gid(NOBODY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Peer { child, out }
+    }
+
+    /// The peer's next milestone.
+    fn next(&mut self) -> Value {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("peer said {line:?}"))
+    }
+
+    fn tell(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+    }
+
+    /// Close its stdin (it ends) and wait for it.
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// One request as `uid` (through the peer helper).
+fn request_as(uid: u32, sock: &str, req: Value) -> Value {
+    let mut p = Peer::start(uid, "request", sock, &[&req.to_string()]);
+    let r = p.next()["reply"].clone();
+    p.finish();
+    r
+}
+
+/// The CLI as `uid` (group nogroup) against `sock`, timed.
+fn cli_as(uid: u32, sock: &str, args: &[&str]) -> (std::process::Output, Duration) {
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .current_dir("/")
+        .uid(uid)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    (out, t.elapsed())
+}
+
+const OTHER: u32 = 4242;
+
+#[test]
+fn one_uid_holding_3000_connections_does_not_lock_out_anyone() {
+    if !is_root() {
+        return;
+    }
+    raise_nofile();
+    // The default config: max_connections 1024, 64 per peer, 4 for admins.
+    let (_dir, d, sock) = open_deployment("");
+    let mut attacker = Peer::start(NOBODY, "hold", &sock, &["3000"]);
+    let held = attacker.next();
+    println!("attacker: {held}");
+    assert!(held["opened"].as_u64().unwrap() >= 2900, "{held}");
+    // All but 64 were told `busy` and closed at once.
+    assert!(
+        held["refused"].as_u64().unwrap() >= held["opened"].as_u64().unwrap() - 64,
+        "{held}"
+    );
+    let st = ok(d.conn().request(json!({"op":"status"})))["status"].clone();
+    assert!(st["connections"].as_u64().unwrap() <= 64 + 1, "{st}");
+
+    // Another uid gets a token within 1 s; root's status within 2 s.
+    let (out, took) = cli_as(OTHER, &sock, &["sign", "--claim", "sub=other"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the other uid waited {took:?}"
+    );
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .args(["--socket", &sock, "status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "root waited {:?}",
+        t.elapsed()
+    );
+    println!(
+        "other uid signed in {took:?}; root's status took {:?}",
+        t.elapsed()
+    );
+    attacker.finish();
+}
+
+#[test]
+fn full_slots_evict_the_busiest_uids_idlest_connection() {
+    if !is_root() {
+        return;
+    }
+    let (_dir, d, sock) = open_deployment("max_connections = 20\nadmin_connections = 4\n");
+    // uid nobody takes all 16 slots that are not reserved.
+    let mut hog = Peer::start(NOBODY, "hold", &sock, &["16"]);
+    assert_eq!(hog.next()["refused"], 0);
+    // Another uid still gets in (one of nobody's idle connections goes).
+    let (out, _) = cli_as(OTHER, &sock, &["sign", "--claim", "sub=x"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Root has its reserve on top.
+    let admins: Vec<Conn> = (0..4).map(|_| d.conn()).collect();
+    for mut c in admins {
+        ok(c.request(json!({"op":"status"})));
+    }
+    hog.finish();
+}
+
+#[test]
+fn pipelining_without_reading_is_bounded_in_memory() {
+    if !is_root() {
+        return;
+    }
+    raise_nofile();
+    let (_dir, d, sock) = open_deployment("max_connections_per_peer = 1000\n");
+    let pid = d.pid();
+    let fresh = vm(pid, "VmRSS:");
+    // 1,000 connections each send 256 KB of `status` (a request of 16
+    // bytes whose reply is ~700) and read nothing.
+    let mut flood = Peer::start(
+        NOBODY,
+        "flood",
+        &sock,
+        &["1000", "262144", "{\"op\":\"status\"}"],
+    );
+    let sent = flood.next();
+    assert_eq!(sent["opened"], 1000, "{sent}");
+    // The daemon keeps serving others meanwhile.
+    let mut good = d.conn();
+    ok(good.sign(json!({"sub":"good"})));
+    let peak = vm(pid, "VmHWM:");
+    let loaded = vm(pid, "VmRSS:");
+    flood.finish();
+    // Its connections close (the daemon notices within its write timeout).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ok(good.request(json!({"op":"status"})))["status"]["connections"]
+        .as_u64()
+        .unwrap()
+        > 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the flood's connections stay open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 1,000 connections pipeline 256 KB each in 60 KB requests (each
+    // grows the connection's input buffer to its size), read every reply,
+    // then sit idle: the buffers go back.
+    let big = json!({"op":"verify","token":"x".repeat(60_000)}).to_string();
+    let mut busy = Peer::start(NOBODY, "flood", &sock, &["1000", "262144", &big, "30"]);
+    let sent = busy.next();
+    assert_eq!(sent["opened"], 1000, "{sent}");
+    assert_eq!(sent["unsent"], 0, "{sent}");
+    busy.tell("read");
+    let read = busy.next();
+    assert_eq!(read["replies"], read["wanted"], "{read}");
+    let idle_deadline = Instant::now() + Duration::from_secs(5);
+    let mut idle = vm(pid, "VmRSS:");
+    while idle >= 64 * 1024 && Instant::now() < idle_deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        idle = vm(pid, "VmRSS:");
+    }
+    let st = ok(good.request(json!({"op":"status"})))["status"].clone();
+    let conns = st["connections"].as_u64().unwrap();
+    let per_idle = (idle.saturating_sub(fresh)) / 1000;
+    println!(
+        "daemon RSS: fresh {fresh} KiB; peak {peak} KiB, under the status flood {loaded} KiB; \
+         after 1,000 connections read and went idle {idle} KiB ({conns} connections open, \
+         {per_idle} KiB each above fresh)"
+    );
+    assert!(peak < 128 * 1024, "peak RSS {peak} KiB");
+    assert!(idle < 64 * 1024, "idle RSS {idle} KiB");
+    assert!(per_idle <= 32, "an idle connection costs {per_idle} KiB");
+    assert!(
+        conns >= 1000,
+        "the idle connections are still open ({conns})"
+    );
+    ok(good.sign(json!({"sub":"still"})));
+    busy.finish();
+}
+
+fn db_bytes(dir: &Dir) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .map(|s| {
+            let mut p = dir.db().into_os_string();
+            p.push(s);
+            std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn garbage_verifies_and_huge_refused_signs_barely_grow_the_database() {
+    if !is_root() {
+        return;
+    }
+    let (dir, d, sock) = open_deployment("");
+    ok(d.conn().sign(json!({})));
+    let before = db_bytes(&dir);
+    let mut g = Peer::start(NOBODY, "garbage", &sock, &["10"]);
+    let done = g.next();
+    g.finish();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = db_bytes(&dir);
+    println!("10 s of garbage: {done}; database {before} -> {after} bytes");
+    assert!(done["sent"].as_u64().unwrap() > 10_000, "{done}");
+    assert!(
+        done["codes"]["token_too_large"].as_u64().unwrap() > 10,
+        "{done}"
+    );
+    assert!(
+        after - before < 1024 * 1024,
+        "grew {} bytes",
+        after - before
+    );
+    // Every failure is counted; the stored `sub` is bounded.
+    let sql = dir.sql();
+    let counted: i64 = sql
+        .query_row(
+            "SELECT sum(count) FROM audit WHERE uid = 65534 AND result <> 'ok'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(counted >= done["replies"].as_i64().unwrap(), "{counted}");
+    let longest: i64 = sql
+        .query_row("SELECT max(length(sub)) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert!(longest <= 256, "a stored sub of {longest} bytes");
+    let out = dir.run(&["audit", "--verify"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn pruning_keeps_the_chain_verifiable_and_an_edit_after_it_is_caught() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let mut c = d.conn();
+    for i in 0..10 {
+        ok(c.sign(json!({"sub":format!("u{i}")})));
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let total: i64 = dir
+        .sql()
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    // Through the daemon (an admin op): everything up to now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let out = dir.run(&["audit", "--prune-before", &now.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("pruned {total}")));
+    ok(c.sign(json!({"sub":"after"})));
+    let out = dir.run(&["audit", "--verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("pruning anchor"), "{text}");
+    // A record edited after pruning is still caught.
+    dir.sql()
+        .execute(
+            "UPDATE audit SET sub = 'mallory' WHERE seq = (SELECT max(seq) FROM audit WHERE op = 'sign')",
+            [],
+        )
+        .unwrap();
+    let out = dir.run(&["audit", "--verify"]);
+    assert_eq!(out.status.code(), Some(65));
+    drop(c);
+    d.stop();
+    // Offline too (an age), and the anchor moves on.
+    dir.sql()
+        .execute("UPDATE audit SET sub = 'after' WHERE sub = 'mallory'", [])
+        .unwrap();
+    let out = dir.run(&["audit", "--prune-before", "0s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dir.run(&["audit", "--verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dir.run(&["audit", "--prune-before", "next tuesday"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sign_rate_refuses_above_the_rate_and_allows_within() {
+    if !is_root() {
+        return;
+    }
+    let (dir, _d, sock) = open_deployment(&format!(
+        "[[policy]]\nname = \"limited\"\nuids = [{NOBODY}]\nsign_rate = 2.0\nsign_burst = 3\n\
+         [[policy]]\nname = \"free\"\nuids = [{OTHER}]\n"
+    ));
+    let mut p = Peer::start(NOBODY, "signs", &sock, &["10"]);
+    let codes = p.next()["codes"].clone();
+    p.finish();
+    let codes: Vec<&str> = codes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(&codes[..3], &["ok", "ok", "ok"], "{codes:?}");
+    assert!(
+        codes[3..].iter().filter(|c| **c == "rate_limited").count() >= 5,
+        "{codes:?}"
+    );
+    // Within the rate: one a second passes.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(600));
+        let r = request_as(NOBODY, &sock, json!({"op":"sign","claims":{}}));
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // Another policy has no limit.
+    let mut p = Peer::start(OTHER, "signs", &sock, &["10"]);
+    assert!(
+        p.next()["codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c == "ok")
+    );
+    p.finish();
+    // The refusals are counted in the audit log.
+    assert!(wait_for_count(&dir, "sign", "rate_limited", 5) >= 5);
+}
+
+#[test]
+fn admin_true_grants_the_admin_ops() {
+    if !is_root() {
+        return;
+    }
+    let (_dir, _d, sock) = open_deployment(&format!(
+        "[[policy]]\nname = \"ops\"\nuids = [{NOBODY}]\nadmin = true\n"
+    ));
+    let r = request_as(NOBODY, &sock, json!({"op":"revoke","sub":"mallory"}));
+    assert_eq!(r["ok"], true, "{r}");
+    // An admin op listed in `ops` without `admin = true` is a config error.
+    let dir = Dir::new();
+    let cfg =
+        dir.write_config("[[policy]]\nname = \"x\"\nuids = [1]\nops = [\"sign\", \"rotate\"]\n");
+    let out = dir.run(&["--config", cfg.to_str().unwrap(), "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin = true"));
+}
+
+#[test]
+fn a_policy_with_audiences_requires_one_of_them() {
+    if !is_root() {
+        return;
+    }
+    let (_dir, _d, sock) = open_deployment(&format!(
+        "[[policy]]\nname = \"web\"\nuids = [{NOBODY}]\naudiences = [\"api\"]\n"
+    ));
+    let sign = |claims: Value| request_as(NOBODY, &sock, json!({"op":"sign","claims":claims}));
+    assert_eq!(code(&sign(json!({"sub":"a"}))), "forbidden_claim");
+    assert_eq!(code(&sign(json!({"sub":"a","aud":[]}))), "forbidden_claim");
+    assert_eq!(
+        code(&sign(json!({"sub":"a","aud":"admin"}))),
+        "forbidden_claim"
+    );
+    ok(sign(json!({"sub":"a","aud":"api"})));
+    ok(sign(json!({"sub":"a","aud":["api"]})));
+}
+
+#[test]
+fn request_times_out_of_range_are_refused_not_wrapped() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let mut c = d.conn();
+    for req in [
+        json!({"op":"revoke","sub":"s","before":9_223_372_036_854_775_000i64}),
+        json!({"op":"revoke","sub":"s","before":-5}),
+        json!({"op":"revoke","jti":"j","exp":9_223_372_036_854_775_000i64}),
+        json!({"op":"audit_prune","before":1e30}),
+    ] {
+        assert_eq!(code(&c.request(req.clone())), "invalid_request", "{req}");
+    }
+    let out = dir.run(&["revoke", "--sub", "S", "--before", "9223372036854775000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_request"));
+}
+
+#[test]
+fn the_cli_gives_up_after_its_timeout_with_exit_69() {
+    let dir = Dir::new();
+    // A "daemon" that accepts into its backlog and never answers.
+    let path = dir.path().join("stuck.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let t = Instant::now();
+    let out = dir.run(&[
+        "--socket",
+        path.to_str().unwrap(),
+        "--timeout",
+        "1s",
+        "status",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer from the daemon"));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // A full backlog: connecting itself times out.
+    drop(_listener);
+    std::fs::remove_file(&path).unwrap();
+    let fd = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&fd, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&fd, 0).unwrap();
+    let fillers: Vec<_> = (0..4)
+        .filter_map(|_| {
+            let s = rustix::net::socket_with(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::STREAM,
+                rustix::net::SocketFlags::NONBLOCK,
+                None,
+            )
+            .unwrap();
+            rustix::net::connect(&s, &rustix::net::SocketAddrUnix::new(&path).unwrap())
+                .ok()
+                .map(|()| s)
+        })
+        .collect();
+    assert!(!fillers.is_empty());
+    let out = dir.run(&[
+        "--socket",
+        path.to_str().unwrap(),
+        "--timeout",
+        "1s",
+        "jwks",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A tmpfs of `size` mounted at `at`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fill the filesystem of `dir` with a file; returns its path.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if f.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    // And the last few bytes.
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    p
+}
+
+#[test]
+fn a_full_disk_fails_signing_closed_and_it_comes_back_by_itself() {
+    if !is_root() {
+        return;
+    }
+    let dir = Dir::new();
+    let mnt = dir.path().join("mnt");
+    let _fs = Tmpfs::mount(&mnt, "4m");
+    let cfg = dir.write_config(
+        "shares_dir = \"mnt/keys\"\ndb = \"mnt/var/splitsign.db\"\nsocket = \"run/sign.sock\"\n",
+    );
+    let sd = FakeSystemd::new(&dir);
+    let mut child = sd.spawn(
+        &dir,
+        &["--config", cfg.to_str().unwrap()],
+        &[("WATCHDOG_USEC", "1000000")],
+    );
+    sd.expect("READY=1", Duration::from_secs(20));
+    sd.expect("WATCHDOG=1", Duration::from_secs(5));
+    let mut c = Conn::open(&sd.socket).unwrap();
+    let before = ok(c.sign(json!({"sub":"before"})));
+
+    let filler = fill(&mnt);
+    // Sign until the log cannot take a record: then no token leaves.
+    let mut issued = 0;
+    let failed = loop {
+        let r = c.sign(json!({"sub":"x".repeat(200)}));
+        if r["ok"] == false {
+            break r;
+        }
+        issued += 1;
+        assert!(issued < 100_000, "signing never failed on a full disk");
+    };
+    assert_eq!(failed["error"]["code"], "audit_unavailable", "{failed}");
+    for _ in 0..20 {
+        let r = c.sign(json!({}));
+        assert_eq!(
+            r["error"]["code"], "audit_unavailable",
+            "a token with a full disk: {r}"
+        );
+    }
+    // Everything that issues no token keeps answering.
+    ok(c.request(json!({"op":"verify","token":before["token"]})));
+    ok(c.request(json!({"op":"jwks"})));
+    ok(c.request(json!({"op":"ping"})));
+    let st = ok(c.request(json!({"op":"status"})))["status"].clone();
+    assert_eq!(st["audit"]["state"], "failing", "{st}");
+    assert!(
+        st["audit"]["free_bytes"].as_u64().unwrap() < 64 * 1024,
+        "{st}"
+    );
+    // Health tells the truth: STATUS says why, the watchdog stops.
+    let status = sd.expect("STATUS=unhealthy", Duration::from_secs(3));
+    assert!(status.contains("audit log"), "{status}");
+    let quiet_from = Instant::now();
+    while quiet_from.elapsed() < Duration::from_secs(2) {
+        if let Some(m) = sd.next(Duration::from_millis(200)) {
+            assert!(
+                !m.lines().any(|l| l == "WATCHDOG=1"),
+                "a watchdog ping with a full disk"
+            );
+        }
+    }
+    // An admin op that needs the disk says why it failed (errors keep
+    // their OS cause).
+    let r = c.request(json!({"op":"rotate"}));
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{r}"
+    );
+
+    // Free the space: signing is back within a second, by itself.
+    std::fs::remove_file(filler).unwrap();
+    let freed = Instant::now();
+    loop {
+        let r = c.sign(json!({"sub":"after"}));
+        if r["ok"] == true {
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(1),
+            "still refusing: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "signing resumed {:?} after the space was freed ({issued} tokens before the disk was full)",
+        freed.elapsed()
+    );
+    sd.expect("WATCHDOG=1", Duration::from_secs(3));
+    drop(c);
+    signal(&child, rustix::process::Signal::TERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    let out = dir.run(&["--config", cfg.to_str().unwrap(), "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dir.run(&["--config", cfg.to_str().unwrap(), "audit", "--verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
