@@ -11,6 +11,12 @@
 //!   audit log's cost.
 //!
 //! `cargo bench --bench throughput` (add `-- --quick` for a short smoke run).
+//!
+//! `cargo bench --bench throughput -- --versus PATH [--rounds N]` instead
+//! compares this build's daemon with another `splitsign` binary (an older
+//! release, say) side by side: sign and verify at 16 connections × 32 in
+//! flight, the two daemons alternating, N rounds (default 6), and prints
+//! the medians and their ratio.
 //! The client threads and the daemon share this machine: compare ratios
 //! within one run; the client's CPU share is printed.
 
@@ -250,15 +256,23 @@ impl Daemon {
             "off" => "audit = false".to_owned(),
             sync => format!("audit_sync = \"{sync}\""),
         };
+        Daemon::start_bin(
+            BIN,
+            dir,
+            &format!("{audit_cfg}\nmax_connections = 8192\nmax_connections_per_peer = 8192\n"),
+        )
+    }
+
+    /// Start `bin` in `dir` with the store paths and `extra` settings.
+    fn start_bin(bin: &str, dir: tempfile::TempDir, extra: &str) -> Daemon {
         std::fs::write(
             dir.path().join("config.toml"),
             format!(
-                "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/s.sock\"\n\
-                 {audit_cfg}\nmax_connections = 8192\nmax_connections_per_peer = 8192\n"
+                "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/s.sock\"\n{extra}"
             ),
         )
         .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .args(["--config", "config.toml", "serve"])
             .current_dir(dir.path())
             .stdout(Stdio::null())
@@ -423,9 +437,85 @@ fn row(label: &str, l: &Load, extra: &str) {
     );
 }
 
+/// The sign and verify lines of the bench (a verify line needs a token of
+/// the daemon at `sock`).
+fn sign_line() -> Vec<u8> {
+    b"{\"op\":\"sign\",\"claims\":{\"sub\":\"bench\",\"aud\":\"api\"}}\n".to_vec()
+}
+
+fn verify_line(sock: &Path) -> Vec<u8> {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.write_all(&sign_line()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+    format!(
+        "{{\"op\":\"verify\",\"token\":\"{}\"}}\n",
+        v["token"].as_str().unwrap()
+    )
+    .into_bytes()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// `--versus PATH`: this build against another binary, alternating.
+fn versus(other: &str, rounds: usize, secs: f64) {
+    println!("splitsign throughput: this build vs {other} ({rounds} rounds, alternating)\n");
+    let mut rates: [[Vec<f64>; 2]; 2] = Default::default();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let bin = if i == 0 { BIN } else { other };
+            // Only settings every version knows; 16 connections fit every
+            // version's default limits.
+            let d = Daemon::start_bin(bin, tempfile::tempdir().unwrap(), "");
+            let verify = verify_line(&d.sock());
+            rates[i][0].push(line_load(&d.sock(), &sign_line(), 16, 32, secs).rate);
+            rates[i][1].push(line_load(&d.sock(), &verify, 16, 32, secs).rate);
+            d.stop();
+        }
+    }
+    println!(
+        "{:<32} {:>12} {:>12} {:>8}",
+        "16 conn x 32 in flight, ops/s", "this build", "other", "ratio"
+    );
+    for (k, label) in ["  sign (median)", "  verify (median)"].iter().enumerate() {
+        let this = median(rates[0][k].clone());
+        let that = median(rates[1][k].clone());
+        println!("{label:<32} {this:>12.0} {that:>12.0} {:>8.3}", this / that);
+    }
+    for (k, label) in ["sign", "verify"].iter().enumerate() {
+        println!(
+            "  {label} rounds: this {:?}, other {:?}",
+            rates[0][k].iter().map(|r| *r as u64).collect::<Vec<_>>(),
+            rates[1][k].iter().map(|r| *r as u64).collect::<Vec<_>>()
+        );
+    }
+}
+
 fn main() {
     // `--profile-sign N`: only N in-process signs, for a profiler.
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--versus") {
+        let other = args.get(i + 1).expect("--versus PATH");
+        let rounds = args
+            .iter()
+            .position(|a| a == "--rounds")
+            .and_then(|j| args.get(j + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(6);
+        let secs = if args.iter().any(|a| a == "--quick") {
+            0.2
+        } else {
+            1.5
+        };
+        versus(other, rounds, secs);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--profile-sign") {
         let n: u64 = args
             .get(i + 1)
@@ -474,17 +564,8 @@ fn main() {
     let d = Daemon::start("full");
     let pid = d.pid();
     let rss_idle = rss_kib(pid);
-    let sign_line = b"{\"op\":\"sign\",\"claims\":{\"sub\":\"bench\",\"aud\":\"api\"}}\n".to_vec();
-    let token = {
-        let mut s = UnixStream::connect(d.sock()).unwrap();
-        s.write_all(&sign_line).unwrap();
-        let mut r = BufReader::new(s);
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    };
-    let verify_line = format!("{{\"op\":\"verify\",\"token\":\"{token}\"}}\n").into_bytes();
+    let sign_line = sign_line();
+    let verify_line = verify_line(&d.sock());
     let mut sign16p = 0.0;
     let mut verify16p = 0.0;
     let mut sign1_seq_p50 = 0.0;

@@ -51,12 +51,16 @@ pub fn release_free_memory() {
 /// buffers after a large request or a burst of replies) from `mmap`, so that
 /// freeing them returns them to the OS at once instead of leaving holes in
 /// the heap that long-lived small allocations pin. (glibc's default
-/// threshold is 128 KiB and rises with use.) A no-op elsewhere.
+/// threshold is 128 KiB and rises with use.) Fixing it also fixes glibc's
+/// trim threshold, at 128 KiB, which would shrink and regrow the heap on
+/// the request path; it is raised instead, since [`release_free_memory`]
+/// runs every few seconds. A no-op where the allocator is not glibc's.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's parameters.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 * 1024 * 1024);
     }
 }
 
