@@ -462,10 +462,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// `--versus PATH`: this build against another binary, alternating.
+/// `--versus PATH`: this build against another binary, alternating. Both
+/// the rate and the daemon's CPU time per operation (the work it does,
+/// which a shared machine's scheduling disturbs much less than the rate).
 fn versus(other: &str, rounds: usize, secs: f64) {
     println!("splitsign throughput: this build vs {other} ({rounds} rounds, alternating)\n");
     let mut rates: [[Vec<f64>; 2]; 2] = Default::default();
+    let mut cpu_us: [[Vec<f64>; 2]; 2] = Default::default();
     for round in 0..rounds {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
@@ -474,19 +477,35 @@ fn versus(other: &str, rounds: usize, secs: f64) {
             // version's default limits.
             let d = Daemon::start_bin(bin, tempfile::tempdir().unwrap(), "");
             let verify = verify_line(&d.sock());
-            rates[i][0].push(line_load(&d.sock(), &sign_line(), 16, 32, secs).rate);
-            rates[i][1].push(line_load(&d.sock(), &verify, 16, 32, secs).rate);
+            for (k, line) in [sign_line(), verify].iter().enumerate() {
+                let cpu0 = cpu_of(d.pid());
+                let l = line_load(&d.sock(), line, 16, 32, secs);
+                let cpu = cpu_of(d.pid()) - cpu0;
+                rates[i][k].push(l.rate);
+                cpu_us[i][k].push(cpu * 1e6 / (l.rate * secs));
+            }
             d.stop();
         }
     }
     println!(
-        "{:<32} {:>12} {:>12} {:>8}",
-        "16 conn x 32 in flight, ops/s", "this build", "other", "ratio"
+        "{:<40} {:>12} {:>12} {:>8}",
+        "16 conn x 32 in flight (medians)", "this build", "other", "ratio"
     );
-    for (k, label) in ["  sign (median)", "  verify (median)"].iter().enumerate() {
+    for (k, op) in ["sign", "verify"].iter().enumerate() {
         let this = median(rates[0][k].clone());
         let that = median(rates[1][k].clone());
-        println!("{label:<32} {this:>12.0} {that:>12.0} {:>8.3}", this / that);
+        println!(
+            "{:<40} {this:>12.0} {that:>12.0} {:>8.3}",
+            format!("  {op}, ops/s"),
+            this / that
+        );
+        let this = median(cpu_us[0][k].clone());
+        let that = median(cpu_us[1][k].clone());
+        println!(
+            "{:<40} {this:>12.1} {that:>12.1} {:>8.3}",
+            format!("  {op}, daemon CPU us per op"),
+            this / that
+        );
     }
     for (k, label) in ["sign", "verify"].iter().enumerate() {
         println!(

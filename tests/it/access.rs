@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::util::{
-    BIN, Conn, Daemon, Dir, NOBODY, code, is_root, ok, open_deployment, raise_nofile, vm,
+    BIN, Conn, Daemon, Dir, NOBODY, Started, code, is_root, ok, open_deployment, raise_nofile, vm,
     wait_for_count,
 };
 
@@ -379,14 +379,14 @@ fn key_pages_are_locked_and_the_process_is_not_dumpable() {
     let dir = Dir::new();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .current_dir(dir.path())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Started::spawn(
+        Command::new(BIN)
+            .arg("serve")
+            .current_dir(dir.path())
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap()),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(dir.path().join("log"))
         .unwrap_or_default()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{BIN, Daemon, Dir, copy_dir, ok};
+use crate::util::{BIN, Daemon, Dir, Started, copy_dir, ok};
 
 /// The syscalls through which a command changes the stores.
 const STEPS: &str = "openat,pwrite64,fsync,fdatasync,rename,renameat2,unlink,unlinkat,ftruncate";
@@ -37,17 +37,17 @@ fn count_steps(dir: &Dir, args: &[&str], until_ready: bool) -> BTreeMap<String, 
     let trace = dir.path().join("trace.txt");
     let mut cmd = dir.cmd();
     cmd.current_dir(dir.path());
-    let mut child = Command::new(strace())
-        .args(["-f", "-qq", "-o"])
-        .arg(&trace)
-        .args(["-e", &format!("trace={STEPS}"), "--", BIN])
-        .args(args)
-        .current_dir(dir.path())
-        .env_remove("STATE_DIRECTORY")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("clean.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Started::spawn(
+        Command::new(strace())
+            .args(["-f", "-qq", "-o"])
+            .arg(&trace)
+            .args(["-e", &format!("trace={STEPS}"), "--", BIN])
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("STATE_DIRECTORY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("clean.log")).unwrap()),
+    );
     if until_ready {
         wait_ready_then_term(&mut child, &dir.path().join("clean.log"));
     }
@@ -104,18 +104,18 @@ fn wait_ready_then_term(child: &mut std::process::Child, log: &Path) {
 /// Returns whether the kill happened.
 fn run_killed_at(dir: &Dir, args: &[&str], syscall: &str, n: usize, daemon: bool) -> bool {
     let log = dir.path().join("killed.log");
-    let mut child = Command::new(strace())
-        .args(["-f", "-qq", "-o", "/dev/null"])
-        .args(["-e", &format!("trace={STEPS}")])
-        .args(["-e", &format!("inject={syscall}:signal=SIGKILL:when={n}")])
-        .args(["--", BIN])
-        .args(args)
-        .current_dir(dir.path())
-        .env_remove("STATE_DIRECTORY")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Started::spawn(
+        Command::new(strace())
+            .args(["-f", "-qq", "-o", "/dev/null"])
+            .args(["-e", &format!("trace={STEPS}")])
+            .args(["-e", &format!("inject={syscall}:signal=SIGKILL:when={n}")])
+            .args(["--", BIN])
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("STATE_DIRECTORY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
     if daemon {
         wait_ready_then_term(&mut child, &log);
     }

@@ -6,20 +6,20 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::util::{
-    BIN, Conn, Daemon, Dir, FakeSystemd, NOBODY, code, is_root, ok, open_deployment, raise_nofile,
-    signal, vm, wait_exit, wait_for_count,
+    BIN, Conn, Daemon, Dir, FakeSystemd, NOBODY, Started, code, is_root, ok, open_deployment,
+    raise_nofile, signal, vm, wait_exit, wait_for_count,
 };
 
 /// A peer (`tests/it/peer.py`) running as `uid`, group nogroup (the
-/// socket's group).
+/// socket's group). Killed when dropped (a failing test leaves none).
 struct Peer {
-    child: Child,
+    child: Started,
     out: BufReader<std::process::ChildStdout>,
 }
 
@@ -27,18 +27,18 @@ const PEER_PY: &str = include_str!("peer.py");
 
 impl Peer {
     fn start(uid: u32, mode: &str, sock: &str, args: &[&str]) -> Peer {
-        let mut child = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(PEER_PY)
-            .args([mode, sock])
-            .args(args)
-            .current_dir("/")
-            .uid(uid)
-            .gid(NOBODY)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Started::spawn(
+            Command::new("/usr/bin/python3")
+                .arg("-c")
+                .arg(PEER_PY)
+                .args([mode, sock])
+                .args(args)
+                .current_dir("/")
+                .uid(uid)
+                .gid(NOBODY)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        );
         let out = BufReader::new(child.stdout.take().unwrap());
         Peer { child, out }
     }

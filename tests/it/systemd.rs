@@ -11,7 +11,7 @@ use serde_json::json;
 
 use std::process::{Command, Stdio};
 
-use crate::util::{BIN, Conn, Dir, FakeSystemd, activated, ok, signal, wait_exit};
+use crate::util::{BIN, Conn, Dir, FakeSystemd, Started, activated, ok, signal, wait_exit};
 
 fn units_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd")
@@ -223,7 +223,7 @@ fn a_stalled_accept_loop_stops_the_watchdog() {
         .env("WATCHDOG_USEC", "1000000")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = Started::spawn(&mut cmd);
     m.expect("READY=1", Duration::from_secs(20));
     m.expect("WATCHDOG=1", Duration::from_secs(3));
 

@@ -88,6 +88,39 @@ impl Dir {
     }
 }
 
+/// A child process this test started, killed (by its handle: this child
+/// and no other) and reaped when dropped, so that a failing test leaves no
+/// process behind.
+pub struct Started(Child);
+
+impl Started {
+    pub fn spawn(cmd: &mut Command) -> Started {
+        Started(cmd.spawn().expect("spawn"))
+    }
+}
+
+impl std::ops::Deref for Started {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Started {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A running daemon. Dropping it sends SIGTERM and checks a clean exit.
 pub struct Daemon {
     child: Option<Child>,
@@ -321,15 +354,15 @@ impl FakeSystemd {
     }
 
     /// Start `serve` as systemd would, with the listener and notify socket.
-    pub fn spawn(&self, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Child {
-        activated(dir, args, self.listener.as_raw_fd(), None)
-            .env("LISTEN_FDNAMES", "splitsign")
-            .env("NOTIFY_SOCKET", &self.notify_path)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap()
+    pub fn spawn(&self, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Started {
+        Started::spawn(
+            activated(dir, args, self.listener.as_raw_fd(), None)
+                .env("LISTEN_FDNAMES", "splitsign")
+                .env("NOTIFY_SOCKET", &self.notify_path)
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap()),
+        )
     }
 
     /// The next notify message, waiting up to `t`.
