@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use splitsign::config::Config;
-use splitsign::keyring::{KeySet, Published, Signer};
-use splitsign::secmem::LockedKey;
-use splitsign::store::{KeyRow, Origin};
-use splitsign::token::{self, Policy};
+use splitsign::keys::jws::{self as token, Policy};
+use splitsign::keys::keyset::{KeySet, Published, Signer};
+use splitsign::keys::locked::LockedKey;
+use splitsign::keys::{KeyInfo, Origin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_splitsign");
 const CONNS: [usize; 4] = [1, 4, 16, 64];
@@ -80,8 +80,8 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
     let policy = Arc::new(Policy::new(&cfg));
     let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
     let pk = key.verifying_key();
-    let row = KeyRow {
-        kid: splitsign::shares::thumbprint(&pk.to_bytes()),
+    let row = KeyInfo {
+        kid: splitsign::keys::share_format::thumbprint(&pk.to_bytes()),
         public_key: pk.to_bytes(),
         origin: Origin::Generated,
         created_at: 0,

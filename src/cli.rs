@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use crate::client::{Client, ClientError};
 use crate::config::{Config, Env, Overrides};
 use crate::error::{Error, exit};
+use crate::keys::Origin;
 use crate::lifecycle;
-use crate::store::Origin;
 use crate::stores::Stores;
 
 #[derive(Debug, Parser)]
@@ -313,7 +313,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
             Err(e) if e.no_daemon() => {
-                crate::secmem::harden_process()?;
+                crate::keys::locked::harden_process()?;
                 let mut stores = Stores::open(&cfg, false)?;
                 let now = lifecycle::wall_now();
                 // Offline, what the key issued is unknown: its tokens may
@@ -366,7 +366,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                         .into(),
                 ));
             }
-            crate::secmem::harden_process()?;
+            crate::keys::locked::harden_process()?;
             let mut stores = Stores::open(&cfg, false)?;
             let now = lifecycle::wall_now();
             let (kid, what) = {
@@ -654,15 +654,15 @@ fn current_generation(stores: &Stores, kid: &str) -> Result<u32, Failure> {
 }
 
 fn offline_reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
-    crate::secmem::harden_process()?;
+    crate::keys::locked::harden_process()?;
     let mut stores = Stores::open(cfg, false)?;
     let now = lifecycle::wall_now();
     stores.reconcile(now)?;
     let rows = stores.store.keys()?;
-    let active = lifecycle::active(&rows, now).map(|r| r.kid.clone());
+    let active = crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone());
     for row in rows
         .iter()
-        .filter(|r| r.verified && crate::keyring::state(r, now).needs_shares())
+        .filter(|r| r.verified && crate::keys::state(r, now).needs_shares())
     {
         let key = lifecycle::unseal_key(&stores.store, &stores.dir, row)?;
         let rec = recovery
@@ -717,7 +717,7 @@ fn backup(cfg: &Config, file: &std::path::Path) -> Result<(), Failure> {
 /// `check`: prove the stores belong together and rebuild every key that
 /// may sign from its two shares, read-only.
 fn check(cfg: &Config) -> Result<(), Failure> {
-    crate::secmem::harden_process()?;
+    crate::keys::locked::harden_process()?;
     let dir = crate::filestore::ShareDir::open(&cfg.shares_dir)?;
     let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
     let now = lifecycle::wall_now();
@@ -727,7 +727,7 @@ fn check(cfg: &Config) -> Result<(), Failure> {
         return Err(Error::KeyStore(format!("database {} holds no key", cfg.db.display())).into());
     }
     for row in rows.iter().filter(|r| r.verified) {
-        let state = crate::keyring::state(row, now);
+        let state = crate::keys::state(row, now);
         if state.needs_shares() {
             lifecycle::unseal_key(&store, &dir, row)?;
             println!(
@@ -739,7 +739,7 @@ fn check(cfg: &Config) -> Result<(), Failure> {
             println!("key {} ({}): public key only", row.kid, state.as_str());
         }
     }
-    if lifecycle::active(&rows, now).is_none() {
+    if crate::keys::schedule::active(&rows, now).is_none() {
         println!("no key is active now: the daemon will create one when it starts");
     }
     let leftovers = plan.destroy_files.len() + plan.remove_temps.len();
@@ -768,7 +768,7 @@ fn offline_status(cfg: &Config) -> Result<Value, Failure> {
         .map(|r| {
             serde_json::json!({
                 "kid": r.kid,
-                "state": crate::keyring::state(r, now).as_str(),
+                "state": crate::keys::state(r, now).as_str(),
                 "origin": r.origin.as_str(),
                 "created_at": r.created_at,
                 "activate_at": r.activate_at,
@@ -781,9 +781,9 @@ fn offline_status(cfg: &Config) -> Result<Value, Failure> {
         "daemon": "not running",
         "issuer": cfg.issuer,
         "alg": cfg.alg.as_str(),
-        "active_kid": lifecycle::active(&rows, now).map(|r| r.kid.clone()),
+        "active_kid": crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone()),
         "now": now,
-        "next_transition": lifecycle::next_event(&rows, now, cfg),
+        "next_transition": crate::keys::schedule::next_event(&rows, now, cfg),
         "keys": keys,
     }))
 }
@@ -805,7 +805,7 @@ fn create_first(
     pem: Option<PathBuf>,
     recovery: Option<PathBuf>,
 ) -> Result<(), Failure> {
-    crate::secmem::harden_process()?;
+    crate::keys::locked::harden_process()?;
     // Read the PEM before touching the stores, so a bad file changes nothing.
     let imported = match &pem {
         None => None,

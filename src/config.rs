@@ -455,7 +455,7 @@ impl Config {
                 }
             }
             for name in p.forced_claims.keys().chain(p.claims.iter().flatten()) {
-                if crate::token::RESERVED.contains(&name.as_str()) {
+                if crate::keys::jws::RESERVED.contains(&name.as_str()) {
                     return bad(
                         "policy",
                         format!("policy {:?}: claim {name:?} is set by the daemon", p.name),

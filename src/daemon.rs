@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use crate::access::Access;
 use crate::config::{Config, Env, Origin as ConfigOrigin, Overrides};
 use crate::error::{Error, Result};
+use crate::keys::jws::Policy;
 use crate::manager::Manager;
 use crate::server::{self, Limits};
 use crate::service::Service;
 use crate::stores::Stores;
 use crate::systemd;
-use crate::token::Policy;
 
 /// Longest sleep of the lifecycle timer, so that a change of the system
 /// clock is noticed within this long.
@@ -25,8 +25,8 @@ const MAX_TIMER: Duration = Duration::from_secs(30);
 
 pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let started = Instant::now();
-    crate::secmem::harden_process()?;
-    crate::secmem::tune_allocator();
+    crate::keys::locked::harden_process()?;
+    crate::memory::tune_allocator();
     match &cfg.origin {
         ConfigOrigin::File(p) => tracing::info!(config = %p.display(), "loaded config"),
         ConfigOrigin::Defaults => tracing::info!("no config file; using built-in defaults"),
@@ -163,7 +163,7 @@ async fn health_monitor(service: Arc<Service>, shutdown: CancellationToken) {
         if ticks.is_multiple_of(4) {
             // Every 2 s: memory freed by closed or idle connections goes
             // back to the OS, so RSS follows the load down.
-            tokio::task::spawn_blocking(crate::secmem::release_free_memory);
+            tokio::task::spawn_blocking(crate::memory::release_free_memory);
         }
         let svc = Arc::clone(&service);
         let Ok(health) = tokio::task::spawn_blocking(move || svc.healthy(HEALTH_CHECK)).await

@@ -53,7 +53,7 @@ pub enum Error {
         reason: String,
     },
     #[error("key row {kid} in {db}: {reason}")]
-    KeyRow {
+    KeyInfo {
         kid: String,
         db: PathBuf,
         reason: String,
@@ -119,7 +119,7 @@ impl Error {
             Error::FileShare { .. }
             | Error::ShareDir { .. }
             | Error::DbShare { .. }
-            | Error::KeyRow { .. }
+            | Error::KeyInfo { .. }
             | Error::SharesMismatch { .. }
             | Error::StoresDisagree { .. }
             | Error::KeyStore(_) => exit::KEY_STORE,

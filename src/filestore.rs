@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{OFlags, RenameFlags};
 
 use crate::error::{Error, Result};
-use crate::shares::{self, KeyShare, Slot};
+use crate::keys::shamir::{KeyShare, Slot};
+use crate::keys::share_format;
 
 const SUFFIX: &str = ".share";
 
@@ -196,7 +197,7 @@ impl ShareDir {
                 .mode(0o600)
                 .custom_flags(nofollow())
                 .open(&tmp)?;
-            file.write_all(&shares::encode_file(share))?;
+            file.write_all(&share_format::encode_file(share))?;
             file.sync_all()
         })();
         if let Err(source) = written {
@@ -318,7 +319,7 @@ impl ShareDir {
             .open(path)
             && let Ok(meta) = f.metadata()
             && meta.is_file()
-            && meta.len() <= shares::MAX_SHARE_FILE as u64
+            && meta.len() <= share_format::MAX_SHARE_FILE as u64
         {
             let _ = f.write_all(&vec![0u8; meta.len() as usize]);
             let _ = f.sync_all();
@@ -347,7 +348,7 @@ pub fn share_file_name(kid: &str, generation: u32) -> String {
 fn parse_share_name(name: &str) -> Option<(String, u32)> {
     let stem = name.strip_suffix(SUFFIX)?;
     let (kid, generation) = stem.rsplit_once('.')?;
-    if !shares::is_valid_kid(kid) {
+    if !share_format::is_valid_kid(kid) {
         return None;
     }
     let generation: u32 = generation.parse().ok()?;
@@ -378,11 +379,11 @@ pub fn read_share_file(path: &Path, slot: Slot) -> Result<KeyShare> {
         Err(e) => return Err(bad(format!("cannot be opened: {e}"))),
     };
     check_private_file(&file).map_err(bad)?;
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(shares::MAX_SHARE_FILE + 1));
-    file.take(shares::MAX_SHARE_FILE as u64 + 1)
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(share_format::MAX_SHARE_FILE + 1));
+    file.take(share_format::MAX_SHARE_FILE as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| bad(format!("cannot be read: {e}")))?;
-    let share = shares::decode_file(&bytes).map_err(bad)?;
+    let share = share_format::decode_file(&bytes).map_err(bad)?;
     if share.slot != slot {
         return Err(bad(format!(
             "holds a {} (x = {}), not a {} (x = {})",
@@ -439,7 +440,8 @@ pub fn write_recovery(path: &Path, share: &KeyShare) -> Result<()> {
         .custom_flags(nofollow())
         .open(path)
         .map_err(wrap)?;
-    file.write_all(&shares::encode_file(share)).map_err(wrap)?;
+    file.write_all(&share_format::encode_file(share))
+        .map_err(wrap)?;
     file.sync_all().map_err(wrap)?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

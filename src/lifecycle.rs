@@ -26,10 +26,15 @@ use zeroize::Zeroizing;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::filestore::{self, Entry, ShareDir};
-use crate::keyring::{self, KeySet, Published, Signer, State};
-use crate::secmem::LockedKey;
-use crate::shares::{self, KeyShare, Slot};
-use crate::store::{KeyRow, Origin, Store, Supersede};
+use crate::keys::State;
+use crate::keys::keyset::{KeySet, Published, Signer};
+use crate::keys::locked::LockedKey;
+use crate::keys::schedule::{Due, active, due, schedule};
+use crate::keys::shamir;
+use crate::keys::shamir::{KeyShare, Slot};
+use crate::keys::share_format;
+use crate::keys::{KeyInfo, Origin};
+use crate::store::{Store, Supersede};
 
 /// How many times one key may be split (its share generations). Each split
 /// of the same secret with `sharks` 0.5 leaks a little (RUSTSEC-2024-0398:
@@ -92,15 +97,6 @@ pub fn random_seed() -> Result<Zeroizing<[u8; 32]>> {
     Ok(seed)
 }
 
-/// `deactivate_at` and `retire_at` of a key that activates at `activate_at`.
-/// Retirement waits until the last token the key may sign has expired (plus
-/// clock leeway), so no token outlives its key's publication.
-pub fn schedule(cfg: &Config, activate_at: i64) -> (i64, i64) {
-    let deactivate_at = activate_at + cfg.rotation_interval.as_secs() as i64;
-    let retire_at = deactivate_at + cfg.max_ttl.as_secs() as i64 + cfg.leeway.as_secs() as i64;
-    (deactivate_at, retire_at)
-}
-
 /// What a new key does to the keys already there.
 #[derive(Debug, Default)]
 pub struct Creation<'a> {
@@ -113,7 +109,7 @@ pub struct Creation<'a> {
 
 /// A key just created: its row and the key rebuilt from its stored shares.
 pub struct NewKey {
-    pub row: KeyRow,
+    pub row: KeyInfo,
     pub key: SigningKey,
 }
 
@@ -136,14 +132,14 @@ pub fn create_key(
         )));
     }
     let public_key = SigningKey::from_bytes(seed).verifying_key().to_bytes();
-    let kid = shares::thumbprint(&public_key);
+    let kid = share_format::thumbprint(&public_key);
     if store.keys()?.iter().any(|k| k.kid == kid) {
         return Err(Error::Usage(format!(
             "key {kid} is already in the database"
         )));
     }
     let (deactivate_at, retire_at) = schedule(cfg, c.activate_at);
-    let row = KeyRow {
+    let row = KeyInfo {
         kid: kid.clone(),
         public_key,
         origin,
@@ -156,7 +152,7 @@ pub fn create_key(
         verified: false,
         alg: cfg.alg,
     };
-    let split = shares::split(seed);
+    let split = shamir::split(seed);
     let share = |slot, y| KeyShare {
         deployment: Some(store.deployment().to_owned()),
         kid: kid.clone(),
@@ -190,7 +186,7 @@ pub fn create_key(
     };
     match finish(store) {
         Ok(key) => Ok(NewKey {
-            row: KeyRow {
+            row: KeyInfo {
                 verified: true,
                 ..row
             },
@@ -202,56 +198,6 @@ pub fn create_key(
             Err(e)
         }
     }
-}
-
-/// The active key at `now`: the latest-activated verified key in its
-/// signing period.
-pub fn active(rows: &[KeyRow], now: i64) -> Option<&KeyRow> {
-    rows.iter()
-        .filter(|r| r.verified && keyring::state(r, now) == State::Active)
-        .max_by_key(|r| r.activate_at)
-}
-
-/// What the schedule asks for at `now`. Pure.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Due {
-    /// Nothing to create.
-    Nothing,
-    /// Create the next key now, to activate at the given time (pre-publish).
-    Next(i64),
-    /// No key is active (the daemon was down, or the clock jumped): create
-    /// one key active now. One, not one per missed interval.
-    Now,
-}
-
-pub fn due(rows: &[KeyRow], now: i64, cfg: &Config) -> Due {
-    let verified = || rows.iter().filter(|r| r.verified);
-    let pending_after = |t: i64| verified().any(|r| r.activate_at >= t && now < r.activate_at);
-    match active(rows, now) {
-        None => Due::Now,
-        Some(a) => {
-            let lead = cfg.prepublish.as_secs() as i64;
-            if now >= a.deactivate_at - lead && !pending_after(a.deactivate_at) {
-                Due::Next(a.deactivate_at.max(now))
-            } else {
-                Due::Nothing
-            }
-        }
-    }
-}
-
-/// The next time at which something changes for these keys: an activation,
-/// a deactivation, a retirement, or the pre-publication of the next key.
-pub fn next_event(rows: &[KeyRow], now: i64, cfg: &Config) -> Option<i64> {
-    let mut times: Vec<i64> = rows
-        .iter()
-        .filter(|r| r.verified)
-        .flat_map(|r| [r.activate_at, r.deactivate_at, r.retire_at])
-        .collect();
-    if let Some(a) = active(rows, now) {
-        times.push(a.deactivate_at - cfg.prepublish.as_secs() as i64);
-    }
-    times.into_iter().filter(|&t| t > now).min()
 }
 
 /// Apply what is due: create the next or a replacement key. Returns the
@@ -320,7 +266,7 @@ pub fn rotate_now(
     }
     let drop = rows
         .iter()
-        .filter(|r| r.verified && keyring::state(r, now) == State::Pending)
+        .filter(|r| r.verified && crate::keys::state(r, now) == State::Pending)
         .map(|r| r.kid.clone())
         .collect();
     let seed = random_seed()?;
@@ -347,7 +293,7 @@ pub fn rotate_now(
 pub fn reshare(
     store: &mut Store,
     dir: &ShareDir,
-    row: &KeyRow,
+    row: &KeyInfo,
     key: &SigningKey,
     recovery: Option<&Path>,
 ) -> Result<u32> {
@@ -374,7 +320,7 @@ pub fn reshare(
     }
     let generation = row.share_generation + 1;
     let seed = Zeroizing::new(key.to_bytes());
-    let split = shares::split(&seed);
+    let split = shamir::split(&seed);
     let share = |slot, y| KeyShare {
         deployment: Some(store.deployment().to_owned()),
         kid: row.kid.clone(),
@@ -400,7 +346,7 @@ pub fn reshare(
     let staged = (|| -> Result<()> {
         // The new pair must rebuild the key before it replaces the old one.
         let back = dir.read(&row.kid, generation)?;
-        shares::recover(&back, &db_share).map_err(|_| Error::SharesMismatch {
+        shamir::recover(&back, &db_share).map_err(|_| Error::SharesMismatch {
             kid: row.kid.clone(),
             file: new_file.clone(),
             db: store.path().to_owned(),
@@ -417,7 +363,7 @@ pub fn reshare(
     }
     // Commit point: the database switches generation in one transaction.
     store.commit_reshare(&db_share, row.share_generation)?;
-    let new_row = KeyRow {
+    let new_row = KeyInfo {
         share_generation: generation,
         pending_generation: None,
         ..row.clone()
@@ -463,11 +409,11 @@ pub fn recover(
             rec.kid
         )));
     };
-    if !keyring::state(row, now).needs_shares() {
+    if !crate::keys::state(row, now).needs_shares() {
         return Err(Error::Usage(format!(
             "key {} no longer signs (it is {}); there is nothing to recover",
             row.kid,
-            keyring::state(row, now).as_str()
+            crate::keys::state(row, now).as_str()
         )));
     }
     if rec.generation != row.share_generation {
@@ -490,15 +436,15 @@ pub fn recover(
     let file_ok = file
         .as_ref()
         .ok()
-        .filter(|f| shares::recover(f, &rec).is_ok());
+        .filter(|f| shamir::recover(f, &rec).is_ok());
     let db_ok = db
         .as_ref()
         .ok()
-        .filter(|d| shares::recover(d, &rec).is_ok());
+        .filter(|d| shamir::recover(d, &rec).is_ok());
     match (file_ok, db_ok) {
         (Some(_), Some(_)) => Ok((row.kid.clone(), Recovered::Nothing)),
         (None, Some(d)) => {
-            let y = shares::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
+            let y = shamir::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
             let share = KeyShare {
                 deployment: Some(store.deployment().to_owned()),
                 kid: row.kid.clone(),
@@ -513,7 +459,7 @@ pub fn recover(
             Ok((row.kid.clone(), Recovered::FileShare))
         }
         (Some(f), None) => {
-            let y = shares::derive(f, &rec, Slot::Database).map_err(|_| mismatch())?;
+            let y = shamir::derive(f, &rec, Slot::Database).map_err(|_| mismatch())?;
             let share = KeyShare {
                 deployment: Some(store.deployment().to_owned()),
                 kid: row.kid.clone(),
@@ -651,7 +597,7 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
         };
         let leftover = if !row.verified {
             (generation == row.share_generation).then_some(Leftover::InterruptedCreation)
-        } else if !keyring::state(row, now).needs_shares() {
+        } else if !crate::keys::state(row, now).needs_shares() {
             Some(Leftover::NoLongerSigns)
         } else if generation == row.share_generation {
             if parsed.is_some_and(|p| p.deployment.is_none()) {
@@ -683,7 +629,7 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
             plan.discard_rows.push(row.kid.clone());
             continue;
         }
-        let state = keyring::state(row, now);
+        let state = crate::keys::state(row, now);
         if !state.needs_shares() {
             if with_db_shares.contains(&row.kid) {
                 plan.destroy_db_shares_of.push(row.kid.clone());
@@ -824,7 +770,7 @@ pub fn reconcile(store: &Store, dir: &ShareDir, now: i64) -> Result<Reconciled> 
 
 /// Read both shares of `row`, rebuild its key and check it against the
 /// public key stored with both. Fails closed with an error naming the store.
-pub fn unseal_key(store: &Store, dir: &ShareDir, row: &KeyRow) -> Result<SigningKey> {
+pub fn unseal_key(store: &Store, dir: &ShareDir, row: &KeyInfo) -> Result<SigningKey> {
     let file = dir.read(&row.kid, row.share_generation)?;
     let db = store.db_share(row)?;
     if let Some(d) = &file.deployment
@@ -844,7 +790,7 @@ pub fn unseal_key(store: &Store, dir: &ShareDir, row: &KeyRow) -> Result<Signing
             reason: format!("records a different public key than key row {}", row.kid),
         });
     }
-    shares::recover(&file, &db).map_err(|_| Error::SharesMismatch {
+    shamir::recover(&file, &db).map_err(|_| Error::SharesMismatch {
         kid: row.kid.clone(),
         file: dir.share_path(&row.kid, row.share_generation),
         db: store.path().to_owned(),
@@ -866,7 +812,7 @@ pub fn build_keyset(
     let mut published = Vec::new();
     let mut unlocked = Vec::new();
     for row in store.keys()?.into_iter().filter(|r| r.verified) {
-        let state = keyring::state(&row, now);
+        let state = crate::keys::state(&row, now);
         if state.needs_shares() {
             let same = |s: &&Arc<Signer>| {
                 s.kid == row.kid
@@ -905,7 +851,7 @@ pub fn build_keyset(
         }
         if state.is_published() {
             let key = ed25519_dalek::VerifyingKey::from_bytes(&row.public_key).map_err(|_| {
-                Error::KeyRow {
+                Error::KeyInfo {
                     kid: row.kid.clone(),
                     db: store.path().to_owned(),
                     reason: "public key is not a valid Ed25519 point".into(),
@@ -920,66 +866,6 @@ pub fn build_keyset(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cfg() -> Config {
-        // rotation 100s, prepublish 10s, max_ttl 20s, leeway 0.
-        Config::from_toml(
-            "rotation_interval = \"100s\"\nprepublish = \"10s\"\njwks_max_age = \"5s\"\nmax_ttl = \"20s\"\ndefault_ttl = \"10s\"\nleeway = \"0s\"\n",
-        )
-        .unwrap()
-    }
-
-    fn row(kid: &str, activate: i64, cfg: &Config) -> KeyRow {
-        let (d, r) = schedule(cfg, activate);
-        KeyRow {
-            kid: kid.into(),
-            public_key: [0; 32],
-            origin: Origin::Generated,
-            created_at: activate,
-            activate_at: activate,
-            deactivate_at: d,
-            retire_at: r,
-            share_generation: 1,
-            pending_generation: None,
-            verified: true,
-            alg: crate::config::AlgLabel::EdDSA,
-        }
-    }
-
-    #[test]
-    fn the_next_key_is_due_prepublish_before_the_switch() {
-        let c = cfg();
-        let a = row("a", 1000, &c);
-        assert_eq!(due(std::slice::from_ref(&a), 1000, &c), Due::Nothing);
-        assert_eq!(due(std::slice::from_ref(&a), 1089, &c), Due::Nothing);
-        assert_eq!(due(std::slice::from_ref(&a), 1090, &c), Due::Next(1100));
-        // Once the next key exists, nothing more is due.
-        let b = row("b", 1100, &c);
-        assert_eq!(due(&[a.clone(), b.clone()], 1095, &c), Due::Nothing);
-        // At 1100 b is active, a retiring.
-        assert_eq!(active(&[a.clone(), b.clone()], 1100).unwrap().kid, "b");
-        assert_eq!(keyring::state(&a, 1100), State::Retiring);
-        assert_eq!(next_event(&[a, b], 1095, &c), Some(1100));
-    }
-
-    #[test]
-    fn a_clock_jump_forward_asks_for_one_key_not_a_catch_up() {
-        let c = cfg();
-        let a = row("a", 1000, &c);
-        let year = 365 * 86400;
-        assert_eq!(due(std::slice::from_ref(&a), 1000 + year, &c), Due::Now);
-        let b = row("b", 1000 + year, &c);
-        assert_eq!(due(&[a, b], 1000 + year, &c), Due::Nothing);
-    }
-
-    #[test]
-    fn retire_covers_the_last_token() {
-        let c = cfg();
-        let a = row("a", 1000, &c);
-        // A token signed the second before deactivation with max_ttl expires
-        // no later than retire_at.
-        assert!(a.deactivate_at - 1 + c.max_ttl.as_secs() as i64 <= a.retire_at);
-    }
 
     #[test]
     fn the_clock_never_goes_backwards() {

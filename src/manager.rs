@@ -16,7 +16,7 @@ use crate::shared::Shared;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::filestore::FileId;
-use crate::keyring::Keyring;
+use crate::keys::keyset::Keyring;
 use crate::lifecycle::{self, Clock, NewKey, wall_now};
 use crate::store::Revocation;
 use crate::stores::Stores;
@@ -286,7 +286,7 @@ impl Manager {
         let revoked = Revocations::from_rows(stores.store.revocations(wall_now())?);
         self.revoked.set(revoked);
         let rows = stores.store.keys()?;
-        Ok(lifecycle::next_event(&rows, now, &cfg))
+        Ok(crate::keys::schedule::next_event(&rows, now, &cfg))
     }
 
     /// Rotate now (admin). See [`lifecycle::rotate_now`].
@@ -322,7 +322,7 @@ impl Manager {
             let Some(signer) = keys.signer_of(&row.kid) else {
                 continue;
             };
-            if !row.verified || !crate::keyring::state(&row, now).needs_shares() {
+            if !row.verified || !crate::keys::state(&row, now).needs_shares() {
                 continue;
             }
             let s = &mut *stores;
@@ -343,7 +343,7 @@ impl Manager {
     pub fn revoke(
         &self,
         target: crate::protocol::RevokeTarget,
-        policy: &crate::token::Policy,
+        policy: &crate::keys::jws::Policy,
     ) -> Result<Revocation> {
         let stores = self.stores()?;
         let now = wall_now();
@@ -435,7 +435,7 @@ impl Manager {
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
         let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
-        let next = lifecycle::next_event(&rows, now, &self.config())
+        let next = crate::keys::schedule::next_event(&rows, now, &self.config())
             .and_then(|t| {
                 std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t as u64))
             })

@@ -15,13 +15,13 @@ use crate::access::{Access, ClientPolicy, Refusal};
 use crate::admission::Admission;
 use crate::audit::Record;
 use crate::error::Error;
-use crate::keyring;
+use crate::keys::jws::{self, Policy, SignError, VerifyError};
+use crate::keys::keyset;
 use crate::lifecycle::wall_now;
 use crate::manager::Manager;
 use crate::protocol::{self, Code, Failure, Op, Request, RevokeTarget};
 use crate::server::Limits;
 use crate::shared::Shared;
-use crate::token::{self, Policy, SignError, VerifyError};
 
 /// What every connection shares.
 pub struct Service {
@@ -303,9 +303,9 @@ impl Service {
             return Err("the audit log cannot be written (disk full?); not signing".into());
         }
         let keys = self.manager.keyring.snapshot();
-        let signs = keys.signer_at(self.manager.clock.now()).is_some_and(|s| {
-            token::sign(s, &self.policy(), &Map::new(), Some(1), now, None).is_ok()
-        });
+        let signs = keys
+            .signer_at(self.manager.clock.now())
+            .is_some_and(|s| jws::sign(s, &self.policy(), &Map::new(), Some(1), now, None).is_ok());
         if signs {
             Ok(())
         } else {
@@ -492,7 +492,7 @@ impl Service {
                     store_fault: self.manager.fault(),
                     audit: self.audit_status(),
                     connections: self.admission.counts().0,
-                    next_transition: crate::lifecycle::next_event(
+                    next_transition: crate::keys::schedule::next_event(
                         &rows,
                         key_now,
                         &self.manager.config(),
@@ -502,7 +502,7 @@ impl Service {
                         .iter()
                         .map(|p| KeyStatus {
                             kid: &p.row.kid,
-                            state: keyring::state(&p.row, key_now).as_str(),
+                            state: crate::keys::state(&p.row, key_now).as_str(),
                             alg: p.row.alg.as_str(),
                             origin: p.row.origin.as_str(),
                             created_at: p.row.created_at,
@@ -561,7 +561,7 @@ impl Service {
         fingerprint: Option<&str>,
         key_now: i64,
         now: i64,
-    ) -> Result<(token::Signed, String), (Code, String)> {
+    ) -> Result<(jws::Signed, String), (Code, String)> {
         // Fail closed when the stores changed under the daemon: no token
         // may leave whose audit record would not reach the configured
         // database, and keys are no longer backed by their stores.
@@ -575,10 +575,7 @@ impl Service {
         }
         // Reserved claims first: a client never learns more from a policy
         // refusal than from this one.
-        if let Some(name) = claims
-            .keys()
-            .find(|k| token::RESERVED.contains(&k.as_str()))
-        {
+        if let Some(name) = claims.keys().find(|k| jws::RESERVED.contains(&k.as_str())) {
             return Err((
                 Code::ReservedClaim,
                 format!("claim {name:?} is set by the daemon"),
@@ -623,7 +620,7 @@ impl Service {
         let Some(signer) = keys.signer_at(key_now) else {
             return Err((Code::Unavailable, "no key may sign now".into()));
         };
-        match token::sign(signer, policy, claims, ttl, now, fingerprint) {
+        match jws::sign(signer, policy, claims, ttl, now, fingerprint) {
             Ok(s) => Ok((s, signer.kid.clone())),
             Err(e) => Err(match e {
                 SignError::ReservedClaim(name) => (
@@ -655,9 +652,9 @@ impl Service {
         fingerprint: Option<&str>,
         key_now: i64,
         now: i64,
-    ) -> Result<token::Verified, (Code, String)> {
+    ) -> Result<jws::Verified, (Code, String)> {
         let keys = self.manager.keyring.snapshot();
-        let v = token::verify(&keys, policy, token, aud, key_now, now).map_err(|e| match e {
+        let v = jws::verify(&keys, policy, token, aud, key_now, now).map_err(|e| match e {
             VerifyError::Invalid(why) => (Code::InvalidToken, why.to_owned()),
             VerifyError::UnknownKey => (
                 Code::UnknownKey,
@@ -686,8 +683,8 @@ impl Service {
         {
             return Err((Code::Revoked, "token has been revoked".into()));
         }
-        let bound = claim(token::FINGERPRINT_CLAIM);
-        let given = fingerprint.map(token::fingerprint_hash);
+        let bound = claim(jws::FINGERPRINT_CLAIM);
+        let given = fingerprint.map(jws::fingerprint_hash);
         if bound != given.as_deref() {
             return Err((
                 Code::FingerprintMismatch,
@@ -825,7 +822,7 @@ impl Service {
     /// Apply a revoke target, for the manager: returns what to store.
     pub fn revocation_for(
         target: &RevokeTarget,
-        keys: &keyring::KeySet,
+        keys: &keyset::KeySet,
         policy: &Policy,
         max_ttl: i64,
         key_now: i64,
@@ -838,7 +835,7 @@ impl Service {
                 expires_at: exp + leeway,
             },
             RevokeTarget::Token(t) => {
-                let v = token::verify(keys, policy, t, None, key_now, now).map_err(|e| {
+                let v = jws::verify(keys, policy, t, None, key_now, now).map_err(|e| {
                     Error::Usage(format!("cannot revoke that token: {e:?} (only a valid token can be revoked by value)"))
                 })?;
                 let jti = v

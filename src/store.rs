@@ -14,7 +14,9 @@ use rusqlite_migration::{M, Migrations};
 use crate::config::AlgLabel;
 use crate::error::{Error, Result};
 use crate::filestore::FileId;
-use crate::shares::{self, KeyShare, ShareY, Slot};
+use crate::keys::shamir::{KeyShare, ShareY, Slot};
+use crate::keys::share_format;
+use crate::keys::{KeyInfo, Origin};
 
 const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../migrations/0001_init.sql")),
@@ -24,47 +26,12 @@ const MIGRATION_ARRAY: &[M] = &[
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
-/// Where a key came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Generated,
-    Imported,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Generated => "generated",
-            Origin::Imported => "imported",
-        }
-    }
-}
-
 /// New end of a superseded key's signing period (and publication).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Supersede {
     pub kid: String,
     pub deactivate_at: i64,
     pub retire_at: i64,
-}
-
-/// One key as the database records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRow {
-    pub kid: String,
-    pub public_key: [u8; 32],
-    pub origin: Origin,
-    pub created_at: i64,
-    pub activate_at: i64,
-    pub deactivate_at: i64,
-    pub retire_at: i64,
-    pub share_generation: u32,
-    /// A re-split in progress (its file share may exist), see
-    /// [`Store::begin_reshare`].
-    pub pending_generation: Option<u32>,
-    pub verified: bool,
-    /// The `alg` label the key signs with, fixed when it was created.
-    pub alg: AlgLabel,
 }
 
 pub struct Store {
@@ -123,7 +90,7 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
-        if !shares::is_valid_deployment(&deployment) {
+        if !share_format::is_valid_deployment(&deployment) {
             return Err(Error::KeyStore(format!(
                 "database {}: the deployment id is malformed",
                 path.display()
@@ -194,7 +161,7 @@ impl Store {
     }
 
     /// Insert a key row and its database share in one transaction.
-    pub fn insert_key(&mut self, row: &KeyRow, share: &KeyShare) -> Result<()> {
+    pub fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()> {
         debug_assert_eq!(share.slot, Slot::Database);
         let path = self.path.clone();
         let db_err = |source| Error::Database {
@@ -395,7 +362,7 @@ impl Store {
     }
 
     /// Every key row, oldest first, each validated.
-    pub fn keys(&self) -> Result<Vec<KeyRow>> {
+    pub fn keys(&self) -> Result<Vec<KeyInfo>> {
         let mut stmt = self
             .conn
             .prepare(
@@ -423,7 +390,7 @@ impl Store {
         raw.into_iter()
             .map(
                 |(kid, pk, origin, ts, generation, verified, alg, pending)| {
-                    let bad = |reason: &str| Error::KeyRow {
+                    let bad = |reason: &str| Error::KeyInfo {
                         kid: printable(&kid),
                         db: self.path.clone(),
                         reason: reason.to_owned(),
@@ -431,7 +398,9 @@ impl Store {
                     let public_key: [u8; 32] = pk
                         .try_into()
                         .map_err(|_| bad("public key is not 32 bytes"))?;
-                    if !shares::is_valid_kid(&kid) || shares::thumbprint(&public_key) != kid {
+                    if !share_format::is_valid_kid(&kid)
+                        || share_format::thumbprint(&public_key) != kid
+                    {
                         return Err(bad("kid is not the thumbprint of the stored public key"));
                     }
                     let origin = match origin.as_str() {
@@ -458,7 +427,7 @@ impl Store {
                         Some("Ed25519") => AlgLabel::Ed25519,
                         Some(_) => return Err(bad("unknown alg label")),
                     };
-                    Ok(KeyRow {
+                    Ok(KeyInfo {
                         kid,
                         public_key,
                         origin,
@@ -512,7 +481,7 @@ impl Store {
 
     /// The database share of `row` at its current generation, checked: x = 2,
     /// 32 bytes, checksum intact.
-    pub fn db_share(&self, row: &KeyRow) -> Result<KeyShare> {
+    pub fn db_share(&self, row: &KeyInfo) -> Result<KeyShare> {
         let bad = |reason: &str| Error::DbShare {
             kid: row.kid.clone(),
             db: self.path.clone(),
@@ -543,7 +512,7 @@ impl Store {
             return Err(bad(&format!("has x = {x}, expected 2")));
         }
         let y = ShareY::from_slice(&y).ok_or_else(|| bad("is not 32 bytes"))?;
-        if checksum[..] != shares::db_checksum(&row.kid, row.share_generation, 2, &y)[..] {
+        if checksum[..] != share_format::db_checksum(&row.kid, row.share_generation, 2, &y)[..] {
             return Err(bad("fails its checksum (altered)"));
         }
         Ok(KeyShare {
@@ -558,7 +527,7 @@ impl Store {
 }
 
 fn insert_share(conn: &Connection, share: &KeyShare) -> rusqlite::Result<()> {
-    let sum = shares::db_checksum(&share.kid, share.generation, share.slot.x(), &share.y);
+    let sum = share_format::db_checksum(&share.kid, share.generation, share.slot.x(), &share.y);
     conn.execute(
         "INSERT INTO db_shares (kid, generation, x, y, checksum) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![

@@ -2,10 +2,11 @@
 //! it parses, must never rebuild a key other than the one it names.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use splitsign::shares::{self, KeyShare, ShareY, Slot};
+use splitsign::keys::shamir::{self, KeyShare, ShareY, Slot};
+use splitsign::keys::share_format;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(share) = shares::decode_file(data) else {
+    let Ok(share) = share_format::decode_file(data) else {
         return;
     };
     // Pair it with a database share of the key it claims to belong to.
@@ -17,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         public_key: share.public_key,
         y: ShareY::from_slice(&[7u8; 32]).unwrap(),
     };
-    if let Ok(key) = shares::recover(&share, &other) {
+    if let Ok(key) = shamir::recover(&share, &other) {
         assert_eq!(key.verifying_key().to_bytes(), share.public_key);
     }
 });

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::AlgLabel;
-use crate::keyring::{KeySet, Signer};
+use crate::keys::keyset::{KeySet, Signer};
 
 /// Claims only the daemon sets. `fph` is the SHA-256 of a client
 /// fingerprint (token binding, set from the sign request's `fingerprint`).
@@ -287,16 +287,16 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyring::{KeySet, Published};
-    use crate::secmem::LockedKey;
-    use crate::store::{KeyRow, Origin};
+    use crate::keys::keyset::{KeySet, Published};
+    use crate::keys::locked::LockedKey;
+    use crate::keys::{KeyInfo, Origin};
     use std::sync::Arc;
 
     fn setup(retire_at: i64) -> (Arc<Signer>, KeySet, Policy) {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
         let pk = key.verifying_key();
-        let row = KeyRow {
-            kid: crate::shares::thumbprint(&pk.to_bytes()),
+        let row = KeyInfo {
+            kid: crate::keys::share_format::thumbprint(&pk.to_bytes()),
             public_key: pk.to_bytes(),
             origin: Origin::Generated,
             created_at: 0,

@@ -15,58 +15,8 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::secmem::LockedKey;
-use crate::store::KeyRow;
-
-/// Where a key is in its life (DESIGN: pending → active → retiring → retired).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Published, does not sign yet.
-    Pending,
-    /// The key that signs.
-    Active,
-    /// Published for verification only; its shares are destroyed.
-    Retiring,
-    /// Dropped from the JWKS; tokens it signed no longer verify.
-    Retired,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Active => "active",
-            State::Retiring => "retiring",
-            State::Retired => "retired",
-        }
-    }
-    /// Whether a key in this state must have both shares.
-    pub fn needs_shares(self) -> bool {
-        matches!(self, State::Pending | State::Active)
-    }
-    /// Whether the key is in the JWKS.
-    pub fn is_published(self) -> bool {
-        !matches!(self, State::Retired)
-    }
-    /// Whether tokens signed by this key verify now.
-    pub fn verifies(self) -> bool {
-        matches!(self, State::Active | State::Retiring)
-    }
-}
-
-/// The state of `row` at `now` (Unix seconds).
-pub fn state(row: &KeyRow, now: i64) -> State {
-    if now < row.activate_at {
-        State::Pending
-    } else if now < row.deactivate_at {
-        State::Active
-    } else if now < row.retire_at {
-        State::Retiring
-    } else {
-        State::Retired
-    }
-}
+use crate::keys::locked::LockedKey;
+use crate::keys::{KeyInfo, state};
 
 /// A key that signs (or will), with its pre-encoded JWS header.
 pub struct Signer {
@@ -88,9 +38,9 @@ pub struct Signer {
 impl Signer {
     /// `latest_exp`: what tokens issued before this value existed may
     /// carry (by an earlier process, or an earlier `Signer` of this key).
-    pub fn new(row: &KeyRow, key: LockedKey, latest_exp: i64) -> Signer {
+    pub fn new(row: &KeyInfo, key: LockedKey, latest_exp: i64) -> Signer {
         // Field order as documented; the kid is base64url, so no escaping.
-        debug_assert!(crate::shares::is_valid_kid(&row.kid));
+        debug_assert!(crate::keys::share_format::is_valid_kid(&row.kid));
         let header = format!(
             r#"{{"alg":"{}","typ":"JWT","kid":"{}"}}"#,
             row.alg.as_str(),
@@ -124,7 +74,7 @@ impl Signer {
 
 /// A published public key.
 pub struct Published {
-    pub row: KeyRow,
+    pub row: KeyInfo,
     pub key: VerifyingKey,
 }
 
@@ -217,43 +167,5 @@ impl Keyring {
 
     pub fn replace(&self, set: KeySet) {
         self.current.set(set)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Origin;
-
-    fn row(activate: i64, deactivate: i64, retire: i64) -> KeyRow {
-        KeyRow {
-            kid: "k".into(),
-            public_key: [0; 32],
-            origin: Origin::Generated,
-            created_at: activate - 10,
-            activate_at: activate,
-            deactivate_at: deactivate,
-            retire_at: retire,
-            share_generation: 1,
-            pending_generation: None,
-            verified: true,
-            alg: crate::config::AlgLabel::EdDSA,
-        }
-    }
-
-    #[test]
-    fn state_is_a_function_of_timestamps() {
-        let r = row(100, 200, 300);
-        assert_eq!(state(&r, 0), State::Pending);
-        assert_eq!(state(&r, 99), State::Pending);
-        assert_eq!(state(&r, 100), State::Active);
-        assert_eq!(state(&r, 199), State::Active);
-        assert_eq!(state(&r, 200), State::Retiring);
-        assert_eq!(state(&r, 299), State::Retiring);
-        assert_eq!(state(&r, 300), State::Retired);
-        assert!(State::Active.needs_shares() && State::Pending.needs_shares());
-        assert!(!State::Retiring.needs_shares());
-        assert!(State::Retiring.verifies() && !State::Pending.verifies());
-        assert!(!State::Retired.is_published());
     }
 }
