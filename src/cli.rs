@@ -13,7 +13,7 @@ use crate::config::{Config, Env, Overrides};
 use crate::error::{Error, exit};
 use crate::keys::Origin;
 use crate::lifecycle;
-use crate::stores::Stores;
+use crate::store::Stores;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -321,7 +321,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 let latest_exp = now.saturating_add(cfg.max_ttl.as_secs() as i64);
                 let (new, previous) = {
                     let s = &mut stores;
-                    lifecycle::rotate_now(&mut s.store, &s.dir, &cfg, now, latest_exp, emergency)?
+                    lifecycle::rotate_now(&mut s.db, &s.shares, &cfg, now, latest_exp, emergency)?
                 };
                 stores.reconcile(now)?;
                 println!(
@@ -371,7 +371,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let now = lifecycle::wall_now();
             let (kid, what) = {
                 let s = &mut stores;
-                lifecycle::recover(&mut s.store, &s.dir, &recovery_share, now)?
+                lifecycle::recover(&mut s.db, &s.shares, &recovery_share, now)?
             };
             match what {
                 lifecycle::Recovered::Nothing => {
@@ -380,13 +380,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 lifecycle::Recovered::FileShare => println!(
                     "key {kid}: rebuilt the file share {}",
                     stores
-                        .dir
+                        .shares
                         .share_path(&kid, current_generation(&stores, &kid)?)
                         .display()
                 ),
                 lifecycle::Recovered::DatabaseShare => println!(
                     "key {kid}: rebuilt the database share in {}",
-                    stores.store.path().display()
+                    stores.db.path().display()
                 ),
             }
             Ok(())
@@ -475,13 +475,13 @@ fn revoke(
                     ));
                 }
             };
-            stores.store.add_revocation(&row, now)?;
+            stores.db.add_revocation(&row, now)?;
             let mut stores = stores;
             let (op_jti, op_sub) = match &row {
                 crate::store::Revocation::Jti { jti, .. } => (Some(jti.clone()), None),
                 crate::store::Revocation::Sub { sub, .. } => (None, Some(sub.clone())),
             };
-            stores.store.audit(&[crate::audit::Record {
+            stores.db.audit(&[crate::store::audit_log::Record {
                 at: now,
                 uid: Some(rustix::process::getuid().as_raw()),
                 pid: Some(std::process::id() as i32),
@@ -499,15 +499,15 @@ fn revoke(
 }
 
 fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Result<(), Failure> {
-    let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
-    let conn = store.connection();
+    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let conn = database.connection();
     let db_err = |source| Error::Database {
         path: cfg.db.clone(),
         source,
     };
     if verify {
-        return match crate::audit::verify(conn).map_err(db_err)? {
-            crate::audit::Verdict::Intact {
+        return match crate::store::audit_log::verify(conn).map_err(db_err)? {
+            crate::store::audit_log::Verdict::Intact {
                 records,
                 head,
                 anchor,
@@ -526,13 +526,14 @@ fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Resul
                 }
                 Ok(())
             }
-            crate::audit::Verdict::Broken { seq, reason } => Err(Failure {
+            crate::store::audit_log::Verdict::Broken { seq, reason } => Err(Failure {
                 code: exit::KEY_STORE,
                 message: format!("audit log broken at record {seq}: {reason}"),
             }),
         };
     }
-    let rows = crate::audit::list(conn, from, limit.clamp(1, 100_000)).map_err(db_err)?;
+    let rows =
+        crate::store::audit_log::list(conn, from, limit.clamp(1, 100_000)).map_err(db_err)?;
     for r in rows {
         if json {
             println!("{}", serde_json::to_string(&r).expect("JSON serializes"));
@@ -612,8 +613,8 @@ fn prune_audit(
         }
         Err(e) if e.no_daemon() => {
             let mut stores = Stores::open(cfg, false)?;
-            let n = stores.store.prune_audit(before)?;
-            stores.store.audit(&[crate::audit::Record {
+            let n = stores.db.prune_audit(before)?;
+            stores.db.audit(&[crate::store::audit_log::Record {
                 at: lifecycle::wall_now(),
                 uid: Some(rustix::process::getuid().as_raw()),
                 pid: Some(std::process::id() as i32),
@@ -645,7 +646,7 @@ fn previous_note(previous: Option<&str>, emergency: bool) -> String {
 
 fn current_generation(stores: &Stores, kid: &str) -> Result<u32, Failure> {
     Ok(stores
-        .store
+        .db
         .keys()?
         .into_iter()
         .find(|r| r.kid == kid)
@@ -658,18 +659,18 @@ fn offline_reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failur
     let mut stores = Stores::open(cfg, false)?;
     let now = lifecycle::wall_now();
     stores.reconcile(now)?;
-    let rows = stores.store.keys()?;
+    let rows = stores.db.keys()?;
     let active = crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone());
     for row in rows
         .iter()
         .filter(|r| r.verified && crate::keys::state(r, now).needs_shares())
     {
-        let key = lifecycle::unseal_key(&stores.store, &stores.dir, row)?;
+        let key = lifecycle::unseal_key(&stores.db, &stores.shares, row)?;
         let rec = recovery
             .as_deref()
             .filter(|_| active.as_deref() == Some(row.kid.as_str()));
         let s = &mut stores;
-        let g = lifecycle::reshare(&mut s.store, &s.dir, row, &key, rec)?;
+        let g = lifecycle::reshare(&mut s.db, &s.shares, row, &key, rec)?;
         println!("re-split key {} into share generation {g}", row.kid);
         if let Some(p) = rec {
             println!(
@@ -695,8 +696,8 @@ fn backup(cfg: &Config, file: &std::path::Path) -> Result<(), Failure> {
             file.display()
         )));
     }
-    let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
-    let s = store.backup(file)?;
+    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let s = database.backup(file)?;
     println!(
         "backed up database {} to {} (schema {}, deployment {}, {} keys, {} revocations, {} audit records)",
         cfg.db.display(),
@@ -718,18 +719,18 @@ fn backup(cfg: &Config, file: &std::path::Path) -> Result<(), Failure> {
 /// may sign from its two shares, read-only.
 fn check(cfg: &Config) -> Result<(), Failure> {
     crate::keys::locked::harden_process()?;
-    let dir = crate::filestore::ShareDir::open(&cfg.shares_dir)?;
-    let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
+    let dir = crate::store::ShareDir::open(&cfg.shares_dir)?;
+    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
     let now = lifecycle::wall_now();
-    let plan = lifecycle::survey(&store, &dir, now)?;
-    let rows = store.keys()?;
+    let plan = lifecycle::survey(&database, &dir, now)?;
+    let rows = database.keys()?;
     if rows.iter().all(|r| !r.verified) {
         return Err(Error::KeyStore(format!("database {} holds no key", cfg.db.display())).into());
     }
     for row in rows.iter().filter(|r| r.verified) {
         let state = crate::keys::state(row, now);
         if state.needs_shares() {
-            lifecycle::unseal_key(&store, &dir, row)?;
+            lifecycle::unseal_key(&database, &dir, row)?;
             println!(
                 "key {} ({}): file share and database share rebuild its public key",
                 row.kid,
@@ -753,16 +754,20 @@ fn check(cfg: &Config) -> Result<(), Failure> {
     }
     println!(
         "ok: the share directory and the database belong together (deployment {})",
-        store.deployment()
+        database.deployment()
     );
     Ok(())
 }
 
 /// `status` without a daemon: the same fields, read from the database.
 fn offline_status(cfg: &Config) -> Result<Value, Failure> {
-    let store = crate::store::Store::open_read_only(&cfg.db, cfg.alg)?;
+    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
     let now = lifecycle::wall_now();
-    let rows: Vec<_> = store.keys()?.into_iter().filter(|r| r.verified).collect();
+    let rows: Vec<_> = database
+        .keys()?
+        .into_iter()
+        .filter(|r| r.verified)
+        .collect();
     let keys: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -814,8 +819,8 @@ fn create_first(
     let mut stores = Stores::open(cfg, true)?;
     let now = lifecycle::wall_now();
     stores.reconcile(now)?;
-    if !stores.store.is_empty()? {
-        let kids: Vec<String> = stores.store.keys()?.into_iter().map(|k| k.kid).collect();
+    if !stores.db.is_empty()? {
+        let kids: Vec<String> = stores.db.keys()?.into_iter().map(|k| k.kid).collect();
         return Err(usage(format!(
             "the stores are already initialised (key {}); nothing was changed",
             kids.join(", ")
@@ -826,8 +831,8 @@ fn create_first(
         None => (lifecycle::random_seed()?, Origin::Generated),
     };
     let row = lifecycle::create_key(
-        &mut stores.store,
-        &stores.dir,
+        &mut stores.db,
+        &stores.shares,
         cfg,
         &seed,
         origin,
@@ -847,11 +852,11 @@ fn create_first(
     println!(
         "  file share:     {}",
         stores
-            .dir
+            .shares
             .share_path(&row.kid, row.share_generation)
             .display()
     );
-    println!("  database share: {}", stores.store.path().display());
+    println!("  database share: {}", stores.db.path().display());
     if let Some(r) = &recovery {
         println!(
             "  recovery share: {} (move it offline; with either store it rebuilds the key)",

@@ -16,7 +16,7 @@ use crate::keys::jws::Policy;
 use crate::manager::Manager;
 use crate::server::{self, Limits};
 use crate::service::Service;
-use crate::stores::Stores;
+use crate::store::Stores;
 use crate::systemd;
 
 /// Longest sleep of the lifecycle timer, so that a change of the system

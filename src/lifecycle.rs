@@ -25,7 +25,6 @@ use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::filestore::{self, Entry, ShareDir};
 use crate::keys::State;
 use crate::keys::keyset::{KeySet, Published, Signer};
 use crate::keys::locked::LockedKey;
@@ -34,7 +33,9 @@ use crate::keys::shamir;
 use crate::keys::shamir::{KeyShare, Slot};
 use crate::keys::share_format;
 use crate::keys::{KeyInfo, Origin};
-use crate::store::{Store, Supersede};
+use crate::store::share_files;
+use crate::store::{Database, Supersede};
+use crate::store::{Entry, ShareDir};
 
 /// How many times one key may be split (its share generations). Each split
 /// of the same secret with `sharks` 0.5 leaks a little (RUSTSEC-2024-0398:
@@ -115,7 +116,7 @@ pub struct NewKey {
 
 /// Create a key from `seed` per `c`; see the module docs for the sequence.
 pub fn create_key(
-    store: &mut Store,
+    database: &mut Database,
     dir: &ShareDir,
     cfg: &Config,
     seed: &Zeroizing<[u8; 32]>,
@@ -133,7 +134,7 @@ pub fn create_key(
     }
     let public_key = SigningKey::from_bytes(seed).verifying_key().to_bytes();
     let kid = share_format::thumbprint(&public_key);
-    if store.keys()?.iter().any(|k| k.kid == kid) {
+    if database.keys()?.iter().any(|k| k.kid == kid) {
         return Err(Error::Usage(format!(
             "key {kid} is already in the database"
         )));
@@ -154,7 +155,7 @@ pub fn create_key(
     };
     let split = shamir::split(seed);
     let share = |slot, y| KeyShare {
-        deployment: Some(store.deployment().to_owned()),
+        deployment: Some(database.deployment().to_owned()),
         kid: kid.clone(),
         generation: 1,
         slot,
@@ -169,22 +170,22 @@ pub fn create_key(
     let staged = dir.stage(&file_share)?;
     let file_path = staged.final_path.clone();
     // 2. Key row (unverified) + database share, one transaction.
-    if let Err(e) = store.insert_key(&row, &db_share) {
+    if let Err(e) = database.insert_key(&row, &db_share) {
         dir.discard(staged);
         return Err(e);
     }
     // 3. The file share gets its final name, now that the database knows
     // its key; 4. read both back from the stores and rebuild; 5. commit.
-    let finish = |store: &mut Store| -> Result<SigningKey> {
+    let finish = |database: &mut Database| -> Result<SigningKey> {
         dir.publish(staged)?;
-        let key = unseal_key(store, dir, &row)?;
+        let key = unseal_key(database, dir, &row)?;
         if let Some(p) = c.recovery {
-            filestore::write_recovery(p, &recovery_share)?;
+            share_files::write_recovery(p, &recovery_share)?;
         }
-        store.commit_key(&kid, &c.supersede, &c.drop)?;
+        database.commit_key(&kid, &c.supersede, &c.drop)?;
         Ok(key)
     };
-    match finish(store) {
+    match finish(database) {
         Ok(key) => Ok(NewKey {
             row: KeyInfo {
                 verified: true,
@@ -193,7 +194,7 @@ pub fn create_key(
             key,
         }),
         Err(e) => {
-            let _ = store.discard_key(&kid);
+            let _ = database.discard_key(&kid);
             let _ = dir.destroy(&file_path);
             Err(e)
         }
@@ -204,12 +205,12 @@ pub fn create_key(
 /// key created, if any. Shares of keys that stopped signing are destroyed
 /// by [`reconcile`], which the caller runs next.
 pub fn run_due(
-    store: &mut Store,
+    database: &mut Database,
     dir: &ShareDir,
     cfg: &Config,
     now: i64,
 ) -> Result<Option<NewKey>> {
-    let rows = store.keys()?;
+    let rows = database.keys()?;
     let activate_at = match due(&rows, now, cfg) {
         Due::Nothing => return Ok(None),
         Due::Next(t) => t,
@@ -217,7 +218,7 @@ pub fn run_due(
     };
     let seed = random_seed()?;
     let new = create_key(
-        store,
+        database,
         dir,
         cfg,
         &seed,
@@ -239,14 +240,14 @@ pub fn run_due(
 /// tokens stop verifying. Works without rebuilding the old key, so it is
 /// also the way back when a store of the active key is lost.
 pub fn rotate_now(
-    store: &mut Store,
+    database: &mut Database,
     dir: &ShareDir,
     cfg: &Config,
     now: i64,
     latest_exp: i64,
     emergency: bool,
 ) -> Result<(NewKey, Option<String>)> {
-    let rows = store.keys()?;
+    let rows = database.keys()?;
     let old = active(&rows, now).cloned();
     let mut supersede = Vec::new();
     if let Some(o) = &old {
@@ -271,7 +272,7 @@ pub fn rotate_now(
         .collect();
     let seed = random_seed()?;
     let new = create_key(
-        store,
+        database,
         dir,
         cfg,
         &seed,
@@ -291,7 +292,7 @@ pub fn rotate_now(
 /// shares stolen before are useless. With `recovery`, also write a new
 /// offline share (the old one stops working). Returns the new generation.
 pub fn reshare(
-    store: &mut Store,
+    database: &mut Database,
     dir: &ShareDir,
     row: &KeyInfo,
     key: &SigningKey,
@@ -322,7 +323,7 @@ pub fn reshare(
     let seed = Zeroizing::new(key.to_bytes());
     let split = shamir::split(&seed);
     let share = |slot, y| KeyShare {
-        deployment: Some(store.deployment().to_owned()),
+        deployment: Some(database.deployment().to_owned()),
         kid: row.kid.clone(),
         generation,
         slot,
@@ -335,11 +336,11 @@ pub fn reshare(
 
     // The intent first: a file share of the next generation is then known
     // to be this re-split's if it is interrupted.
-    store.begin_reshare(&row.kid, generation)?;
+    database.begin_reshare(&row.kid, generation)?;
     let new_file = match dir.write_new(&file_share) {
         Ok(p) => p,
         Err(e) => {
-            let _ = store.clear_pending_generation(&row.kid);
+            let _ = database.clear_pending_generation(&row.kid);
             return Err(e);
         }
     };
@@ -349,26 +350,26 @@ pub fn reshare(
         shamir::recover(&back, &db_share).map_err(|_| Error::SharesMismatch {
             kid: row.kid.clone(),
             file: new_file.clone(),
-            db: store.path().to_owned(),
+            db: database.path().to_owned(),
         })?;
         if let Some(p) = recovery {
-            filestore::write_recovery(p, &recovery_share)?;
+            share_files::write_recovery(p, &recovery_share)?;
         }
         Ok(())
     })();
     if let Err(e) = staged {
         let _ = dir.destroy(&new_file);
-        let _ = store.clear_pending_generation(&row.kid);
+        let _ = database.clear_pending_generation(&row.kid);
         return Err(e);
     }
     // Commit point: the database switches generation in one transaction.
-    store.commit_reshare(&db_share, row.share_generation)?;
+    database.commit_reshare(&db_share, row.share_generation)?;
     let new_row = KeyInfo {
         share_generation: generation,
         pending_generation: None,
         ..row.clone()
     };
-    unseal_key(store, dir, &new_row)?;
+    unseal_key(database, dir, &new_row)?;
     dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
     Ok(generation)
 }
@@ -386,22 +387,22 @@ pub enum Recovered {
 /// public-key check. The rebuilt share is the same point of the same split,
 /// so the recovery share stays valid.
 pub fn recover(
-    store: &mut Store,
+    database: &mut Database,
     dir: &ShareDir,
     recovery_path: &Path,
     now: i64,
 ) -> Result<(String, Recovered)> {
-    let rec = filestore::read_share_file(recovery_path, Slot::Recovery)?;
+    let rec = share_files::read_share_file(recovery_path, Slot::Recovery)?;
     if let Some(d) = &rec.deployment
-        && d != store.deployment()
+        && d != database.deployment()
     {
         return Err(Error::Usage(format!(
             "recovery share {} belongs to deployment {d}, not to this database's ({})",
             recovery_path.display(),
-            store.deployment()
+            database.deployment()
         )));
     }
-    let rows = store.keys()?;
+    let rows = database.keys()?;
     let Some(row) = rows.iter().find(|r| r.kid == rec.kid && r.verified) else {
         return Err(Error::Usage(format!(
             "recovery share {} belongs to key {}, which the database does not hold",
@@ -427,11 +428,11 @@ pub fn recover(
         )));
     }
     let file = dir.read(&row.kid, row.share_generation);
-    let db = store.db_share(row);
+    let db = database.db_share(row);
     let mismatch = || Error::SharesMismatch {
         kid: row.kid.clone(),
         file: recovery_path.to_owned(),
-        db: store.path().to_owned(),
+        db: database.path().to_owned(),
     };
     let file_ok = file
         .as_ref()
@@ -446,7 +447,7 @@ pub fn recover(
         (None, Some(d)) => {
             let y = shamir::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
             let share = KeyShare {
-                deployment: Some(store.deployment().to_owned()),
+                deployment: Some(database.deployment().to_owned()),
                 kid: row.kid.clone(),
                 generation: row.share_generation,
                 slot: Slot::File,
@@ -455,21 +456,21 @@ pub fn recover(
             };
             dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
             dir.write_new(&share)?;
-            unseal_key(store, dir, row)?;
+            unseal_key(database, dir, row)?;
             Ok((row.kid.clone(), Recovered::FileShare))
         }
         (Some(f), None) => {
             let y = shamir::derive(f, &rec, Slot::Database).map_err(|_| mismatch())?;
             let share = KeyShare {
-                deployment: Some(store.deployment().to_owned()),
+                deployment: Some(database.deployment().to_owned()),
                 kid: row.kid.clone(),
                 generation: row.share_generation,
                 slot: Slot::Database,
                 public_key: row.public_key,
                 y,
             };
-            store.restore_db_share(&share)?;
-            unseal_key(store, dir, row)?;
+            database.restore_db_share(&share)?;
+            unseal_key(database, dir, row)?;
             Ok((row.kid.clone(), Recovered::DatabaseShare))
         }
         (None, None) => Err(Error::KeyStore(format!(
@@ -552,12 +553,12 @@ pub struct Reconciled {
 /// an orphan may be the only file share of a key a newer database holds:
 /// the error names the files, says what is likely wrong, and that nothing
 /// was changed.
-pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
-    let rows = store.keys()?;
-    let with_db_shares = store.kids_with_db_shares()?;
-    let deployment = store.deployment();
+pub fn survey(database: &Database, dir: &ShareDir, now: i64) -> Result<Survey> {
+    let rows = database.keys()?;
+    let with_db_shares = database.kids_with_db_shares()?;
+    let deployment = database.deployment();
     let mut plan = Survey {
-        record_legacy_alg: store.has_legacy_rows()?,
+        record_legacy_alg: database.has_legacy_rows()?,
         ..Survey::default()
     };
     let mut other_deployment: Vec<(PathBuf, String)> = Vec::new();
@@ -577,7 +578,7 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
             } => {
                 // A file that cannot be parsed is judged by its name; if its
                 // key may sign, unsealing it reports what is wrong with it.
-                let parsed = filestore::read_share_file(&path, Slot::File).ok();
+                let parsed = share_files::read_share_file(&path, Slot::File).ok();
                 if let Some(d) = parsed.as_ref().and_then(|p| p.deployment.as_deref())
                     && d != deployment
                 {
@@ -678,7 +679,7 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
                  deployments (a wrong --db or --shares-dir, or a share file copied from another \
                  host)",
             files.join(", "),
-            store.path().display()
+            database.path().display()
         ));
     }
     if !unknown.is_empty() {
@@ -693,7 +694,7 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
                 "database {} records no keys, but the share directory holds share file(s) \
                      {}: is the database path right? To start a new deployment, move the share \
                      files away",
-                store.path().display(),
+                database.path().display(),
                 files.join(", ")
             )
         } else {
@@ -702,7 +703,7 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
                      from database {} (share file(s) {}). Is it a restored backup? Put the \
                      current database back",
                 kids.join(", "),
-                store.path().display(),
+                database.path().display(),
                 files.join(", ")
             )
         });
@@ -710,7 +711,7 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
     causes.extend(problems);
     if !causes.is_empty() {
         return Err(Error::StoresDisagree {
-            db: store.path().to_owned(),
+            db: database.path().to_owned(),
             shares: dir.path().to_owned(),
             problems: causes,
         });
@@ -723,19 +724,19 @@ pub fn survey(store: &Store, dir: &ShareDir, now: i64) -> Result<Survey> {
 /// leftovers of interrupted re-splits, and bring format-1 share files and
 /// unlabelled keys up to date. It never touches the current shares of a key
 /// that may sign.
-pub fn apply(store: &Store, dir: &ShareDir, plan: Survey) -> Result<Reconciled> {
+pub fn apply(database: &Database, dir: &ShareDir, plan: Survey) -> Result<Reconciled> {
     let mut done = Reconciled {
         foreign: plan.foreign,
         ..Reconciled::default()
     };
     for kid in plan.discard_rows {
-        store.discard_key(&kid)?;
+        database.discard_key(&kid)?;
         done.discarded_incomplete.push(kid);
     }
     // A key that no longer signs needs no private part: its database share
     // goes (secure_delete + checkpoint), and its file share below.
     for kid in plan.destroy_db_shares_of {
-        if store.delete_db_shares(&kid)? {
+        if database.delete_db_shares(&kid)? {
             done.destroyed_shares_of.push(kid);
         }
     }
@@ -744,43 +745,43 @@ pub fn apply(store: &Store, dir: &ShareDir, plan: Survey) -> Result<Reconciled> 
         done.removed_files.push((path, why.as_str()));
     }
     for kid in plan.clear_pending {
-        store.clear_pending_generation(&kid)?;
+        database.clear_pending_generation(&kid)?;
     }
     for path in plan.remove_temps {
         dir.destroy(&path)?;
         done.removed_temps.push(path);
     }
     for path in plan.upgrade_files {
-        let mut share = filestore::read_share_file(&path, Slot::File)?;
-        share.deployment = Some(store.deployment().to_owned());
+        let mut share = share_files::read_share_file(&path, Slot::File)?;
+        share.deployment = Some(database.deployment().to_owned());
         dir.rewrite(&share)?;
         done.upgraded.push(path);
     }
     if plan.record_legacy_alg {
-        store.record_legacy_alg()?;
+        database.record_legacy_alg()?;
     }
     Ok(done)
 }
 
 /// [`survey`], then [`apply`].
-pub fn reconcile(store: &Store, dir: &ShareDir, now: i64) -> Result<Reconciled> {
-    let plan = survey(store, dir, now)?;
-    apply(store, dir, plan)
+pub fn reconcile(database: &Database, dir: &ShareDir, now: i64) -> Result<Reconciled> {
+    let plan = survey(database, dir, now)?;
+    apply(database, dir, plan)
 }
 
 /// Read both shares of `row`, rebuild its key and check it against the
 /// public key stored with both. Fails closed with an error naming the store.
-pub fn unseal_key(store: &Store, dir: &ShareDir, row: &KeyInfo) -> Result<SigningKey> {
+pub fn unseal_key(database: &Database, dir: &ShareDir, row: &KeyInfo) -> Result<SigningKey> {
     let file = dir.read(&row.kid, row.share_generation)?;
-    let db = store.db_share(row)?;
+    let db = database.db_share(row)?;
     if let Some(d) = &file.deployment
-        && d != store.deployment()
+        && d != database.deployment()
     {
         return Err(Error::FileShare {
             path: dir.share_path(&row.kid, row.share_generation),
             reason: format!(
                 "belongs to deployment {d}, not to the database's ({})",
-                store.deployment()
+                database.deployment()
             ),
         });
     }
@@ -793,7 +794,7 @@ pub fn unseal_key(store: &Store, dir: &ShareDir, row: &KeyInfo) -> Result<Signin
     shamir::recover(&file, &db).map_err(|_| Error::SharesMismatch {
         kid: row.kid.clone(),
         file: dir.share_path(&row.kid, row.share_generation),
-        db: store.path().to_owned(),
+        db: database.path().to_owned(),
     })
 }
 
@@ -801,7 +802,7 @@ pub fn unseal_key(store: &Store, dir: &ShareDir, row: &KeyInfo) -> Result<Signin
 /// `held` (already in memory) or else unsealed from the stores. Returns the
 /// set and the kids whose key pages could not be mlock'ed.
 pub fn build_keyset(
-    store: &Store,
+    database: &Database,
     dir: &ShareDir,
     cfg: &Config,
     now: i64,
@@ -811,7 +812,7 @@ pub fn build_keyset(
     let mut signers = Vec::new();
     let mut published = Vec::new();
     let mut unlocked = Vec::new();
-    for row in store.keys()?.into_iter().filter(|r| r.verified) {
+    for row in database.keys()?.into_iter().filter(|r| r.verified) {
         let state = crate::keys::state(&row, now);
         if state.needs_shares() {
             let same = |s: &&Arc<Signer>| {
@@ -838,7 +839,7 @@ pub fn build_keyset(
                         // Same key, new timestamps or shares (a rotation
                         // ended its period, a re-split).
                         Some(s) => (s.key.key().clone(), s.latest_exp()),
-                        None => (unseal_key(store, dir, &row)?, before_us),
+                        None => (unseal_key(database, dir, &row)?, before_us),
                     },
                 };
                 let (locked, err) = LockedKey::new(key);
@@ -853,7 +854,7 @@ pub fn build_keyset(
             let key = ed25519_dalek::VerifyingKey::from_bytes(&row.public_key).map_err(|_| {
                 Error::KeyInfo {
                     kid: row.kid.clone(),
-                    db: store.path().to_owned(),
+                    db: database.path().to_owned(),
                     reason: "public key is not a valid Ed25519 point".into(),
                 }
             })?;

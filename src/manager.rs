@@ -15,11 +15,11 @@ use crate::shared::Shared;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::filestore::FileId;
 use crate::keys::keyset::Keyring;
 use crate::lifecycle::{self, Clock, NewKey, wall_now};
+use crate::store::FileId;
 use crate::store::Revocation;
-use crate::stores::Stores;
+use crate::store::Stores;
 
 pub struct Manager {
     /// std Mutex: held only by blocking tasks, never across an `.await`.
@@ -101,7 +101,7 @@ impl Manager {
     /// that may sign cannot be rebuilt.
     pub fn start(mut stores: Stores, cfg: Config) -> Result<Manager> {
         let floor = stores
-            .store
+            .db
             .keys()?
             .iter()
             .map(|r| r.created_at)
@@ -114,11 +114,11 @@ impl Manager {
         // the daemon with nothing changed, never be papered over.
         let plan = stores.survey(now)?;
         let (set, unlocked) =
-            lifecycle::build_keyset(&stores.store, &stores.dir, &cfg, now, &[], Vec::new())?;
+            lifecycle::build_keyset(&stores.db, &stores.shares, &cfg, now, &[], Vec::new())?;
         check_unlocked(&unlocked, &cfg)?;
         stores.apply(plan)?;
-        let first = stores.store.is_empty()?;
-        let created = lifecycle::run_due(&mut stores.store, &stores.dir, &cfg, now)?;
+        let first = stores.db.is_empty()?;
+        let created = lifecycle::run_due(&mut stores.db, &stores.shares, &cfg, now)?;
         if let Some(n) = &created {
             if first {
                 tracing::info!(kid = %n.row.kid, "first start: created the first signing key");
@@ -128,13 +128,13 @@ impl Manager {
                 tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
             }
         }
-        let revoked = Revocations::from_rows(stores.store.revocations(wall_now())?);
+        let revoked = Revocations::from_rows(stores.db.revocations(wall_now())?);
         let places = Places {
-            deployment: stores.store.deployment().to_owned(),
-            db: stores.store.path().to_owned(),
-            db_id: stores.store.identity(),
-            shares: stores.dir.path().to_owned(),
-            shares_id: stores.dir.identity(),
+            deployment: stores.db.deployment().to_owned(),
+            db: stores.db.path().to_owned(),
+            db_id: stores.db.identity(),
+            shares: stores.shares.path().to_owned(),
+            shares_id: stores.shares.identity(),
         };
         let m = Manager {
             revoked: Shared::new(revoked),
@@ -235,7 +235,7 @@ impl Manager {
         let share_path = |kid: &str, generation: u32| {
             self.places
                 .shares
-                .join(crate::filestore::share_file_name(kid, generation))
+                .join(crate::store::share_files::share_file_name(kid, generation))
         };
         let gone = |p: &Path| std::fs::symlink_metadata(p).is_err();
         let keys = self.keyring.snapshot();
@@ -271,7 +271,7 @@ impl Manager {
         let cfg = self.config();
         let created = {
             let s = &mut *stores;
-            lifecycle::run_due(&mut s.store, &s.dir, &cfg, now)?
+            lifecycle::run_due(&mut s.db, &s.shares, &cfg, now)?
         };
         if let Some(n) = &created {
             if n.row.activate_at > now {
@@ -283,9 +283,9 @@ impl Manager {
         self.refresh(&stores, now, created.into_iter().collect())?;
         // Purge revocations that no longer cover any valid token (tokens
         // carry wall-clock times).
-        let revoked = Revocations::from_rows(stores.store.revocations(wall_now())?);
+        let revoked = Revocations::from_rows(stores.db.revocations(wall_now())?);
         self.revoked.set(revoked);
-        let rows = stores.store.keys()?;
+        let rows = stores.db.keys()?;
         Ok(crate::keys::schedule::next_event(&rows, now, &cfg))
     }
 
@@ -303,7 +303,7 @@ impl Manager {
             .map_or(i64::MIN, |s| s.latest_exp());
         let (new, previous) = {
             let s = &mut *stores;
-            lifecycle::rotate_now(&mut s.store, &s.dir, &cfg, now, latest_exp, emergency)?
+            lifecycle::rotate_now(&mut s.db, &s.shares, &cfg, now, latest_exp, emergency)?
         };
         let kid = new.row.kid.clone();
         tracing::warn!(%kid, previous = ?previous, emergency, "rotated by an admin");
@@ -318,7 +318,7 @@ impl Manager {
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
         let mut done = Vec::new();
-        for row in stores.store.keys()? {
+        for row in stores.db.keys()? {
             let Some(signer) = keys.signer_of(&row.kid) else {
                 continue;
             };
@@ -326,7 +326,7 @@ impl Manager {
                 continue;
             }
             let s = &mut *stores;
-            let g = lifecycle::reshare(&mut s.store, &s.dir, &row, signer.key.key(), None)?;
+            let g = lifecycle::reshare(&mut s.db, &s.shares, &row, signer.key.key(), None)?;
             tracing::warn!(kid = %row.kid, generation = g, "re-split by an admin");
             done.push((row.kid, g));
         }
@@ -357,8 +357,8 @@ impl Manager {
             self.clock.now(),
             now,
         )?;
-        stores.store.add_revocation(&row, now)?;
-        let mut all = Revocations::from_rows(stores.store.revocations(now)?);
+        stores.db.add_revocation(&row, now)?;
+        let mut all = Revocations::from_rows(stores.db.revocations(now)?);
         all.add(row.clone());
         self.revoked.set(all);
         tracing::warn!(
@@ -378,7 +378,7 @@ impl Manager {
         let cfg = self.config();
         let held = self.keyring.snapshot().signers.clone();
         let (set, unlocked) =
-            lifecycle::build_keyset(&stores.store, &stores.dir, &cfg, now, &held, fresh)?;
+            lifecycle::build_keyset(&stores.db, &stores.shares, &cfg, now, &held, fresh)?;
         check_unlocked(&unlocked, &cfg)?;
         let jwks = set.jwks.get().to_owned();
         self.keyring.replace(set);
@@ -424,7 +424,7 @@ impl Manager {
     /// Checkpoint the database, so that its file alone is complete (a
     /// clean stop leaves nothing in the WAL).
     pub fn checkpoint(&self) -> Result<()> {
-        self.lock().store.checkpoint()
+        self.lock().db.checkpoint()
     }
 
     /// A one-line summary for systemd's STATUS=.

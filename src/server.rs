@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Caps, Ticket};
-use crate::audit::Record;
 use crate::error::{Error, Result};
 use crate::protocol::{self, Code, Failure, Frame, LineSplitter};
 use crate::service::{Handled, Peer, Service};
+use crate::store::audit_log::Record;
 
 /// A socket this process bound, removed again on drop if it is still ours.
 pub struct BoundSocket {

@@ -13,7 +13,6 @@ use serde_json::{Map, Value};
 
 use crate::access::{Access, ClientPolicy, Refusal};
 use crate::admission::Admission;
-use crate::audit::Record;
 use crate::error::Error;
 use crate::keys::jws::{self, Policy, SignError, VerifyError};
 use crate::keys::keyset;
@@ -22,6 +21,7 @@ use crate::manager::Manager;
 use crate::protocol::{self, Code, Failure, Op, Request, RevokeTarget};
 use crate::server::Limits;
 use crate::shared::Shared;
+use crate::store::audit_log::Record;
 
 /// What every connection shares.
 pub struct Service {

@@ -1,6 +1,7 @@
-//! `store` persists keys in SQLite: public keys, lifecycle timestamps and the
-//! database share (x = 2) of each key that can still sign. It never sees a
-//! whole key.
+//! `sqlite` is the database store: key rows (public keys, lifecycle
+//! timestamps, `alg` labels), the database share (x = 2) of each key that
+//! can still sign, revocations, and the audit log's table (see
+//! `audit_log`). It never sees a whole key.
 //!
 //! Every row read back is treated as hostile: kids must be thumbprints of
 //! their public keys, timestamps ordered, share lengths exact.
@@ -13,16 +14,16 @@ use rusqlite_migration::{M, Migrations};
 
 use crate::config::AlgLabel;
 use crate::error::{Error, Result};
-use crate::filestore::FileId;
 use crate::keys::shamir::{KeyShare, ShareY, Slot};
 use crate::keys::share_format;
 use crate::keys::{KeyInfo, Origin};
+use crate::store::FileId;
 
 const MIGRATION_ARRAY: &[M] = &[
-    M::up(include_str!("../migrations/0001_init.sql")),
-    M::up(include_str!("../migrations/0002_revocations_audit.sql")),
-    M::up(include_str!("../migrations/0003_integrity.sql")),
-    M::up(include_str!("../migrations/0004_audit_retention.sql")),
+    M::up(include_str!("../../migrations/0001_init.sql")),
+    M::up(include_str!("../../migrations/0002_revocations_audit.sql")),
+    M::up(include_str!("../../migrations/0003_integrity.sql")),
+    M::up(include_str!("../../migrations/0004_audit_retention.sql")),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
@@ -34,9 +35,9 @@ pub struct Supersede {
     pub retire_at: i64,
 }
 
-pub struct Store {
-    conn: Connection,
-    path: PathBuf,
+pub struct Database {
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
     /// The deployment id recorded in the database.
     deployment: String,
     /// The file the database path named when it was opened.
@@ -46,10 +47,10 @@ pub struct Store {
     legacy_alg: AlgLabel,
 }
 
-impl Store {
+impl Database {
     /// Open (or create) the database and bring its schema up to date.
     /// `legacy_alg` is the label of keys that predate recorded labels.
-    pub fn open(path: &Path, legacy_alg: AlgLabel) -> Result<Store> {
+    pub fn open(path: &Path, legacy_alg: AlgLabel) -> Result<Database> {
         let db_err = |source| Error::Database {
             path: path.to_owned(),
             source,
@@ -79,10 +80,10 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
-        Store::finish_open(conn, path, legacy_alg)
+        Database::finish_open(conn, path, legacy_alg)
     }
 
-    fn finish_open(conn: Connection, path: &Path, legacy_alg: AlgLabel) -> Result<Store> {
+    fn finish_open(conn: Connection, path: &Path, legacy_alg: AlgLabel) -> Result<Database> {
         let identity = FileId::of(path).map_err(Error::io("examining database", path))?;
         let deployment: String = conn
             .query_row("SELECT id FROM deployment", [], |r| r.get(0))
@@ -96,7 +97,7 @@ impl Store {
                 path.display()
             )));
         }
-        Ok(Store {
+        Ok(Database {
             conn,
             path: path.to_owned(),
             deployment,
@@ -122,7 +123,7 @@ impl Store {
     /// Open an existing database read-only (for `check` and offline
     /// `status`, which may run beside a daemon). The schema must be the
     /// one this binary knows.
-    pub fn open_read_only(path: &Path, legacy_alg: AlgLabel) -> Result<Store> {
+    pub fn open_read_only(path: &Path, legacy_alg: AlgLabel) -> Result<Database> {
         use rusqlite::OpenFlags;
         let db_err = |source| Error::Database {
             path: path.to_owned(),
@@ -150,10 +151,10 @@ impl Store {
                 MIGRATION_ARRAY.len()
             )));
         }
-        Store::finish_open(conn, path, legacy_alg)
+        Database::finish_open(conn, path, legacy_alg)
     }
 
-    fn db_err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    pub(super) fn db_err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
         |source| Error::Database {
             path: self.path.clone(),
             source,
@@ -541,145 +542,6 @@ fn insert_share(conn: &Connection, share: &KeyShare) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// What `splitsign backup` wrote.
-#[derive(Debug)]
-pub struct BackupSummary {
-    pub deployment: String,
-    pub keys: usize,
-    pub revocations: i64,
-    pub audit_records: i64,
-    pub schema: i64,
-}
-
-impl Store {
-    /// Write a consistent copy of this database to `dest`, a new file (mode
-    /// 0600; an existing file is never replaced), with SQLite's online
-    /// backup API: it works beside a running daemon, which may go on
-    /// writing. The copy is made under a temp name in `dest`'s directory,
-    /// cleaned of interrupted key creations (an unfinished key is not a key
-    /// to restore), checked, made self-contained (nothing left in a WAL),
-    /// fsync'ed, and only then renamed to `dest`.
-    pub fn backup(&self, dest: &Path) -> Result<BackupSummary> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = dest
-            .file_name()
-            .ok_or_else(|| Error::Usage(format!("{} names no file", dest.display())))?;
-        if std::fs::symlink_metadata(dest).is_ok() {
-            return Err(Error::Usage(format!(
-                "{} already exists; a backup never replaces a file",
-                dest.display()
-            )));
-        }
-        let mut rnd = [0u8; 8];
-        getrandom::fill(&mut rnd).map_err(|e| Error::Random(e.to_string()))?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(Error::io("creating backup", &tmp))?;
-        let result = self.backup_into(&tmp).and_then(|summary| {
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .and_then(|()| {
-                    rustix::fs::renameat_with(
-                        rustix::fs::CWD,
-                        &tmp,
-                        rustix::fs::CWD,
-                        dest,
-                        rustix::fs::RenameFlags::NOREPLACE,
-                    )
-                    .map_err(std::io::Error::from)
-                })
-                .and_then(|()| std::fs::File::open(&dir)?.sync_all())
-                .map_err(Error::io("writing backup", dest))?;
-            Ok(summary)
-        });
-        if result.is_err() {
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                let mut p = tmp.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        result
-    }
-
-    fn backup_into(&self, tmp: &Path) -> Result<BackupSummary> {
-        use rusqlite::backup::{Backup, StepResult};
-        let tmp_err = |source| Error::Database {
-            path: tmp.to_owned(),
-            source,
-        };
-        {
-            let mut dst = Connection::open(tmp).map_err(tmp_err)?;
-            let backup = Backup::new(&self.conn, &mut dst).map_err(self.db_err())?;
-            // All pages in one step: one read transaction on the source, so
-            // the copy is one consistent state. A writer holding the lock
-            // (the daemon's commit) makes the step busy; wait and retry.
-            let mut tries = 0;
-            loop {
-                match backup.step(-1).map_err(self.db_err())? {
-                    StepResult::Done => break,
-                    _ if tries < 100 => {
-                        tries += 1;
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => {
-                        return Err(Error::KeyStore(format!(
-                            "database {} stayed busy; the backup was not made",
-                            self.path.display()
-                        )));
-                    }
-                }
-            }
-        }
-        let conn = Connection::open(tmp).map_err(tmp_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(tmp_err)?;
-        conn.pragma_update(None, "secure_delete", "ON")
-            .map_err(tmp_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(tmp_err)?;
-        conn.execute("DELETE FROM keys WHERE verified = 0", [])
-            .map_err(tmp_err)?;
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(tmp_err)?;
-        if check != "ok" {
-            return Err(Error::KeyStore(format!(
-                "the copy of {} fails SQLite's integrity check ({check}); no backup was made",
-                self.path.display()
-            )));
-        }
-        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
-        let summary = BackupSummary {
-            deployment: conn
-                .query_row("SELECT id FROM deployment", [], |r| r.get(0))
-                .map_err(tmp_err)?,
-            keys: count("SELECT count(*) FROM keys").map_err(tmp_err)? as usize,
-            revocations: count("SELECT count(*) FROM revocations").map_err(tmp_err)?,
-            audit_records: count("SELECT count(*) FROM audit").map_err(tmp_err)?,
-            schema: count("PRAGMA user_version").map_err(tmp_err)?,
-        };
-        // Everything into the file itself: the copy is one file, in WAL
-        // mode like the original, with no -wal beside it once closed.
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(tmp_err)?;
-        conn.close().map_err(|(_, e)| tmp_err(e))?;
-        Ok(summary)
-    }
-}
-
 /// A kid from the database, made safe to print in an error.
 fn printable(s: &str) -> String {
     s.chars()
@@ -708,7 +570,7 @@ pub enum Revocation {
     },
 }
 
-impl Store {
+impl Database {
     /// Record a revocation (replacing an older one of the same jti or sub).
     pub fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
         let (kind, value, before, expires_at) = match r {
@@ -771,14 +633,14 @@ impl Store {
     /// chain verifiable from its anchor.
     pub fn prune_audit(&mut self, before: i64) -> Result<usize> {
         let path = self.path.clone();
-        crate::audit::prune(&mut self.conn, before)
+        crate::store::audit_log::prune(&mut self.conn, before)
             .map_err(|source| Error::Database { path, source })
     }
 
     /// Append audit records (offline admin commands).
-    pub fn audit(&mut self, records: &[crate::audit::Record]) -> Result<()> {
+    pub fn audit(&mut self, records: &[crate::store::audit_log::Record]) -> Result<()> {
         let path = self.path.clone();
-        crate::audit::append(&mut self.conn, records)
+        crate::store::audit_log::append(&mut self.conn, records)
             .map_err(|source| Error::Database { path, source })
     }
 

@@ -1,6 +1,17 @@
-//! `stores` opens the two key stores together, under an exclusive lock, so
-//! that the daemon and offline admin commands never work on the same
-//! stores at once.
+//! `store` keeps what lives on disk: the share directory (`share_files`,
+//! the file shares, x = 1), the SQLite database (`sqlite`: key rows, the
+//! database shares, x = 2, revocations; `audit_log`: the audit chain;
+//! `backup`), and [`Stores`], the two opened together under one lock, so
+//! that the daemon and offline admin commands never work on the same stores
+//! at once. No module here ever sees a whole key.
+
+pub mod audit_log;
+pub mod backup;
+pub mod share_files;
+pub mod sqlite;
+
+pub use share_files::{Entry, FileId, ShareDir};
+pub use sqlite::{Database, Revocation, Supersede};
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -8,13 +19,13 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::filestore::{Entry, ShareDir};
 use crate::lifecycle::{self, Reconciled, Survey};
-use crate::store::Store;
 
+/// The share directory and the database of one deployment, held under
+/// `<db>.lock` for as long as the value lives.
 pub struct Stores {
-    pub dir: ShareDir,
-    pub store: Store,
+    pub shares: ShareDir,
+    pub db: Database,
     _lock: File,
 }
 
@@ -98,10 +109,10 @@ impl Stores {
                 ))
             },
         )?;
-        let store = Store::open(&cfg.db, cfg.alg)?;
+        let db = Database::open(&cfg.db, cfg.alg)?;
         Ok(Stores {
-            dir,
-            store,
+            shares: dir,
+            db,
             _lock: lock,
         })
     }
@@ -109,12 +120,12 @@ impl Stores {
     /// Prove that the stores belong together and plan the clean-up; see
     /// [`lifecycle::survey`]. Changes nothing.
     pub fn survey(&self, now: i64) -> Result<Survey> {
-        lifecycle::survey(&self.store, &self.dir, now)
+        lifecycle::survey(&self.db, &self.shares, now)
     }
 
     /// Carry out a survey's plan and log what was cleaned up.
     pub fn apply(&self, plan: Survey) -> Result<Reconciled> {
-        let r = lifecycle::apply(&self.store, &self.dir, plan)?;
+        let r = lifecycle::apply(&self.db, &self.shares, plan)?;
         for kid in &r.discarded_incomplete {
             tracing::warn!(%kid, "discarded a key whose creation was interrupted");
         }
@@ -128,7 +139,7 @@ impl Stores {
             tracing::info!(path = %p.display(), "removed an interrupted temp file");
         }
         for p in &r.upgraded {
-            tracing::info!(path = %p.display(), deployment = %self.store.deployment(), "added the deployment id to a share file (format 2)");
+            tracing::info!(path = %p.display(), deployment = %self.db.deployment(), "added the deployment id to a share file (format 2)");
         }
         for p in &r.foreign {
             tracing::warn!(path = %p.display(), "unexpected file in the share directory (left alone)");
@@ -146,7 +157,7 @@ impl Stores {
     /// deleted or replaced, or a share directory replaced, under a running
     /// process is refused rather than written to.
     pub fn still_in_place(&self) -> std::result::Result<(), String> {
-        self.store.identity().still_at(self.store.path())?;
-        self.dir.identity().still_at(self.dir.path())
+        self.db.identity().still_at(self.db.path())?;
+        self.shares.identity().still_at(self.shares.path())
     }
 }

@@ -1,0 +1,507 @@
+//! `audit_log` is the audit log's table: records chained to the previous
+//! one by SHA-256, so that a deleted or edited record is found by
+//! [`verify`]; appending, listing, checking and pruning. (The daemon's
+//! writer, which batches, aggregates and retries, is
+//! `daemon::audit_writer`.)
+//!
+//! What is recorded, and how it stays bounded:
+//! - every issued token and every admin op gets its own record, committed
+//!   (group commit, on one writer thread) before the reply it covers
+//!   leaves; if it cannot be written, signing fails closed;
+//! - failures that carry no token (a refused verify, a refused sign, a
+//!   refused connection) are aggregated per peer uid, op and result over a
+//!   second, into one record with a `count`, so one peer adds at most a few
+//!   records a second however fast it sends;
+//! - every stored string is bounded ([`bound`]);
+//! - records older than the retention are pruned in the background; an
+//!   anchor keeps the hash of the last pruned record, and [`verify`] checks
+//!   the chain from there.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+/// One audit record, before it is chained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub at: i64,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    pub op: &'static str,
+    pub kid: Option<String>,
+    pub sub: Option<String>,
+    pub jti: Option<String>,
+    /// "ok", or the error code.
+    pub result: &'static str,
+    /// How many events this record stands for (aggregated failures).
+    pub count: u32,
+}
+
+impl Default for Record {
+    fn default() -> Record {
+        Record {
+            at: 0,
+            uid: None,
+            pid: None,
+            op: "",
+            kid: None,
+            sub: None,
+            jti: None,
+            result: "",
+            count: 1,
+        }
+    }
+}
+
+/// A stored record, as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stored {
+    pub seq: i64,
+    pub at: i64,
+    pub uid: Option<i64>,
+    pub pid: Option<i64>,
+    pub op: String,
+    pub kid: Option<String>,
+    pub sub: Option<String>,
+    pub jti: Option<String>,
+    pub result: String,
+    pub count: i64,
+}
+
+/// The longest string stored in a record field, in bytes.
+pub const MAX_FIELD: usize = 256;
+
+/// A field as stored: itself if at most [`MAX_FIELD`] bytes, else a prefix
+/// and the SHA-256 of the whole value (so a long value is still told apart
+/// from others, but costs 256 bytes, not 60 KB).
+pub fn bound(s: &str) -> String {
+    if s.len() <= MAX_FIELD {
+        return s.to_owned();
+    }
+    let digest: String = Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    const MARK: &str = "…sha256:";
+    let mut keep = MAX_FIELD - MARK.len() - digest.len();
+    while !s.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{MARK}{digest}", &s[..keep])
+}
+
+fn chain_hash(prev: &[u8], seq: i64, r: &Stored) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"splitsign-audit 1\0");
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(r.at.to_be_bytes());
+    for v in [r.uid, r.pid] {
+        match v {
+            Some(x) => {
+                h.update([1]);
+                h.update(x.to_be_bytes());
+            }
+            None => h.update([0]),
+        }
+    }
+    for s in [
+        Some(&r.op),
+        r.kid.as_ref(),
+        r.sub.as_ref(),
+        r.jti.as_ref(),
+        Some(&r.result),
+    ] {
+        match s {
+            Some(s) => {
+                h.update([1]);
+                h.update((s.len() as u64).to_be_bytes());
+                h.update(s.as_bytes());
+            }
+            None => h.update([0]),
+        }
+    }
+    // A count above 1 is hashed after a tag no earlier field can end with;
+    // records of count 1 hash as they did before counts existed, so chains
+    // written then still verify.
+    if r.count != 1 {
+        h.update([2]);
+        h.update(r.count.to_be_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The last record of the chain (or its anchor when every record was
+/// pruned): its seq and hash.
+fn chain_head(conn: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
+    let last = conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match last {
+        Some(head) => Ok(head),
+        None => Ok(anchor(conn)?
+            .map(|a| (a.seq, a.hash))
+            .unwrap_or((0, vec![0u8; 32]))),
+    }
+}
+
+/// Append records in one transaction, chained to the last stored one.
+/// String fields are bounded here, whoever made the record.
+pub fn append(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (mut seq, mut prev) = chain_head(&tx)?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO audit (seq, at, uid, pid, op, kid, sub, jti, result, count, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?;
+        for r in records {
+            seq += 1;
+            let stored = Stored {
+                seq,
+                at: r.at,
+                uid: r.uid.map(i64::from),
+                pid: r.pid.map(i64::from),
+                op: bound(r.op),
+                kid: r.kid.as_deref().map(bound),
+                sub: r.sub.as_deref().map(bound),
+                jti: r.jti.as_deref().map(bound),
+                result: bound(r.result),
+                count: i64::from(r.count.max(1)),
+            };
+            let hash = chain_hash(&prev, seq, &stored);
+            stmt.execute(params![
+                seq,
+                stored.at,
+                stored.uid,
+                stored.pid,
+                stored.op,
+                stored.kid,
+                stored.sub,
+                stored.jti,
+                stored.result,
+                stored.count,
+                &prev[..],
+                &hash[..]
+            ])?;
+            prev = hash.to_vec();
+        }
+    }
+    tx.commit()
+}
+
+/// A record from the first ten columns (seq … count) of a row.
+fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        uid: r.get(2)?,
+        pid: r.get(3)?,
+        op: r.get(4)?,
+        kid: r.get(5)?,
+        sub: r.get(6)?,
+        jti: r.get(7)?,
+        result: r.get(8)?,
+        count: r.get(9)?,
+    })
+}
+
+/// Records in order, from `from_seq` on, at most `limit`.
+pub fn list(conn: &Connection, from_seq: i64, limit: i64) -> rusqlite::Result<Vec<Stored>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, uid, pid, op, kid, sub, jti, result, count FROM audit
+         WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![from_seq, limit], stored)?;
+    rows.collect()
+}
+
+/// Where the chain starts after pruning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The last pruned record.
+    pub seq: i64,
+    pub hash: Vec<u8>,
+    /// The last prune removed the records before this time.
+    pub pruned_before: i64,
+    /// Records pruned so far, in all.
+    pub pruned: i64,
+}
+
+pub fn anchor(conn: &Connection) -> rusqlite::Result<Option<Anchor>> {
+    conn.query_row(
+        "SELECT seq, hash, pruned_before, pruned FROM audit_anchor",
+        [],
+        |r| {
+            Ok(Anchor {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                pruned_before: r.get(2)?,
+                pruned: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Outcome of checking the chain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record chains; `head` is the last hash (hex), worth recording
+    /// elsewhere: a truncated tail is only visible against such an anchor.
+    /// With `anchor`, the chain was checked from the last pruned record.
+    Intact {
+        records: i64,
+        head: String,
+        anchor: Option<Anchor>,
+    },
+    Broken {
+        seq: i64,
+        reason: String,
+    },
+}
+
+/// Walk the whole chain, from its start or from the pruning anchor.
+pub fn verify(conn: &Connection) -> rusqlite::Result<Verdict> {
+    let anchor = anchor(conn)?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, uid, pid, op, kid, sub, jti, result, count, prev_hash, hash
+         FROM audit ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let (mut expect_seq, mut prev) = match &anchor {
+        Some(a) => (a.seq + 1, a.hash.clone()),
+        None => (1, vec![0u8; 32]),
+    };
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let s = stored(r)?;
+        let stored_prev: Vec<u8> = r.get(10)?;
+        let stored_hash: Vec<u8> = r.get(11)?;
+        if s.seq != expect_seq {
+            return Ok(Verdict::Broken {
+                seq: expect_seq,
+                reason: format!("record {expect_seq} is missing (next is {})", s.seq),
+            });
+        }
+        if stored_prev != prev {
+            return Ok(Verdict::Broken {
+                seq: s.seq,
+                reason: if n == 0 && anchor.is_some() {
+                    format!("record {} does not chain to the pruning anchor", s.seq)
+                } else {
+                    format!("record {} does not chain to record {}", s.seq, s.seq - 1)
+                },
+            });
+        }
+        if s.count < 1 || s.count > i64::from(u32::MAX) {
+            return Ok(Verdict::Broken {
+                seq: s.seq,
+                reason: format!("record {} has an impossible count", s.seq),
+            });
+        }
+        if stored_hash[..] != chain_hash(&prev, s.seq, &s)[..] {
+            return Ok(Verdict::Broken {
+                seq: s.seq,
+                reason: format!("record {} was altered (its hash does not match)", s.seq),
+            });
+        }
+        prev = stored_hash;
+        expect_seq += 1;
+        n += 1;
+    }
+    Ok(Verdict::Intact {
+        records: n,
+        head: prev.iter().map(|b| format!("{b:02x}")).collect(),
+        anchor,
+    })
+}
+
+/// Prune up to `limit` of the oldest records, all older than `before`, in
+/// one transaction: the prefix of the chain up to the last of them goes,
+/// and the anchor takes that record's seq and hash. Records are pruned in
+/// chain order only (a record older than `before` behind a newer one stays
+/// until that one goes too), so what remains is always one chain. Returns
+/// how many went, and whether more may remain.
+pub fn prune_batch(
+    conn: &mut Connection,
+    before: i64,
+    limit: usize,
+) -> rusqlite::Result<(usize, bool)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (taken, last) = {
+        let mut stmt = tx.prepare("SELECT seq, at, hash FROM audit ORDER BY seq LIMIT ?1")?;
+        let mut rows = stmt.query([limit as i64])?;
+        let mut taken = 0usize;
+        let mut last: Option<(i64, Vec<u8>)> = None;
+        let mut stopped = false;
+        while let Some(r) = rows.next()? {
+            let at: i64 = r.get(1)?;
+            if at >= before {
+                stopped = true;
+                break;
+            }
+            last = Some((r.get(0)?, r.get(2)?));
+            taken += 1;
+        }
+        (taken, last.map(|l| (l, stopped)))
+    };
+    let Some(((seq, hash), stopped)) = last else {
+        return Ok((0, false));
+    };
+    tx.execute("DELETE FROM audit WHERE seq <= ?1", [seq])?;
+    tx.execute(
+        "INSERT INTO audit_anchor (singleton, seq, hash, pruned_before, pruned)
+         VALUES (1, ?1, ?2, ?3, ?4)
+         ON CONFLICT (singleton) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+             pruned_before = excluded.pruned_before, pruned = audit_anchor.pruned + excluded.pruned",
+        params![seq, &hash[..], before, taken as i64],
+    )?;
+    tx.commit()?;
+    Ok((taken, !stopped && taken == limit))
+}
+
+/// Prune every record older than `before` (in batches), offline.
+pub fn prune(conn: &mut Connection, before: i64) -> rusqlite::Result<usize> {
+    let mut total = 0;
+    loop {
+        let (n, more) = prune_batch(conn, before, PRUNE_BATCH)?;
+        total += n;
+        if !more {
+            return Ok(total);
+        }
+    }
+}
+
+/// Records deleted per pruning transaction: small enough that a commit
+/// waiting behind it is not held long.
+pub const PRUNE_BATCH: usize = 5000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        crate::store::sqlite::migrate_for_test(&mut c);
+        c
+    }
+
+    fn rec(i: i64) -> Record {
+        Record {
+            at: i,
+            uid: Some(1000),
+            pid: Some(42),
+            op: "sign",
+            kid: Some("k".into()),
+            sub: Some(format!("u{i}")),
+            jti: Some(format!("j{i}")),
+            result: "ok",
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn a_chain_verifies_and_any_edit_or_deletion_is_named() {
+        let mut c = db();
+        append(&mut c, &(1..=5).map(rec).collect::<Vec<_>>()).unwrap();
+        append(&mut c, &[rec(6)]).unwrap();
+        assert!(matches!(
+            verify(&c).unwrap(),
+            Verdict::Intact { records: 6, .. }
+        ));
+        c.execute("UPDATE audit SET sub = 'mallory' WHERE seq = 3", [])
+            .unwrap();
+        assert_eq!(
+            verify(&c).unwrap(),
+            Verdict::Broken {
+                seq: 3,
+                reason: "record 3 was altered (its hash does not match)".into()
+            }
+        );
+        let mut c = db();
+        append(&mut c, &(1..=5).map(rec).collect::<Vec<_>>()).unwrap();
+        c.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
+        assert!(matches!(
+            verify(&c).unwrap(),
+            Verdict::Broken { seq: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn counts_are_chained() {
+        let mut c = db();
+        let mut r = rec(1);
+        r.count = 500;
+        append(&mut c, &[rec(0), r, rec(2)]).unwrap();
+        assert!(matches!(verify(&c).unwrap(), Verdict::Intact { .. }));
+        for n in [1, 499] {
+            let mut c2 = db();
+            let mut r = rec(1);
+            r.count = 500;
+            append(&mut c2, &[rec(0), r, rec(2)]).unwrap();
+            c2.execute("UPDATE audit SET count = ?1 WHERE seq = 2", [n])
+                .unwrap();
+            assert!(matches!(
+                verify(&c2).unwrap(),
+                Verdict::Broken { seq: 2, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_rest_verifiable_from_the_anchor() {
+        let mut c = db();
+        append(&mut c, &(1..=20).map(rec).collect::<Vec<_>>()).unwrap();
+        assert_eq!(prune(&mut c, 11).unwrap(), 10);
+        let Verdict::Intact {
+            records, anchor, ..
+        } = verify(&c).unwrap()
+        else {
+            panic!("broken after pruning")
+        };
+        assert_eq!(records, 10);
+        assert_eq!(anchor.as_ref().unwrap().seq, 10);
+        // New records chain on; pruning everything leaves the anchor, and
+        // the next record chains to it.
+        append(&mut c, &[rec(21)]).unwrap();
+        assert_eq!(prune(&mut c, 1000).unwrap(), 11);
+        append(&mut c, &[rec(22)]).unwrap();
+        assert!(matches!(
+            verify(&c).unwrap(),
+            Verdict::Intact { records: 1, .. }
+        ));
+        // An edit after pruning is still found.
+        c.execute("UPDATE audit SET result = 'forbidden'", [])
+            .unwrap();
+        assert!(matches!(verify(&c).unwrap(), Verdict::Broken { .. }));
+    }
+
+    #[test]
+    fn pruning_takes_a_prefix_of_the_chain_only() {
+        let mut c = db();
+        // Times out of order (a clock set back): record 3 is older than
+        // `before` but follows a newer one, so it stays.
+        append(&mut c, &[rec(1), rec(2), rec(100), rec(3), rec(101)]).unwrap();
+        assert_eq!(prune(&mut c, 50).unwrap(), 2);
+        assert!(matches!(
+            verify(&c).unwrap(),
+            Verdict::Intact { records: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn long_fields_are_bounded_and_told_apart() {
+        let a = "a".repeat(60_000);
+        let mut b = a.clone();
+        b.push('b');
+        assert_eq!(bound(&a).len(), MAX_FIELD);
+        assert_ne!(bound(&a), bound(&b));
+        assert_eq!(bound("alice"), "alice");
+        let multibyte = "é".repeat(200);
+        assert!(bound(&multibyte).len() <= MAX_FIELD);
+    }
+}
