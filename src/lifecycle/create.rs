@@ -1,0 +1,223 @@
+//! `create`: making a key (the first, the next one the schedule asks
+//! for, a rotation). The sequence: seed in memory → split → file share
+//! written durably under a temp name → one transaction records the key
+//! (unverified) with its database share → the file share gets its final
+//! name → both are read back and must rebuild the public key → one
+//! transaction marks the key verified and ends the periods of the keys it
+//! supersedes. That last commit is the only moment the set of keys changes.
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keys::State;
+use crate::keys::schedule::{Due, active, due, schedule};
+use crate::keys::shamir;
+use crate::keys::shamir::{KeyShare, Slot};
+use crate::keys::share_format;
+use crate::keys::{KeyInfo, Origin};
+use crate::store::ShareDir;
+use crate::store::share_files;
+use crate::store::{Database, Supersede};
+
+use super::unseal::unseal_key;
+
+/// A fresh random seed.
+pub fn random_seed() -> Result<Zeroizing<[u8; 32]>> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut seed[..]).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(seed)
+}
+
+/// What a new key does to the keys already there.
+#[derive(Debug, Default)]
+pub struct Creation<'a> {
+    pub activate_at: i64,
+    pub supersede: Vec<Supersede>,
+    /// Pending keys that the new key replaces (deleted in the commit).
+    pub drop: Vec<String>,
+    pub recovery: Option<&'a Path>,
+}
+
+/// A key just created: its row and the key rebuilt from its stored shares.
+pub struct NewKey {
+    pub row: KeyInfo,
+    pub key: SigningKey,
+}
+
+/// Create a key from `seed` per `c`; see the module docs for the sequence.
+pub fn create_key(
+    database: &mut Database,
+    dir: &ShareDir,
+    cfg: &Config,
+    seed: &Zeroizing<[u8; 32]>,
+    origin: Origin,
+    now: i64,
+    c: Creation<'_>,
+) -> Result<NewKey> {
+    if let Some(p) = c.recovery
+        && p.exists()
+    {
+        return Err(Error::Usage(format!(
+            "recovery share {} already exists; choose a new path",
+            p.display()
+        )));
+    }
+    let public_key = SigningKey::from_bytes(seed).verifying_key().to_bytes();
+    let kid = share_format::thumbprint(&public_key);
+    if database.keys()?.iter().any(|k| k.kid == kid) {
+        return Err(Error::Usage(format!(
+            "key {kid} is already in the database"
+        )));
+    }
+    let (deactivate_at, retire_at) = schedule(cfg, c.activate_at);
+    let row = KeyInfo {
+        kid: kid.clone(),
+        public_key,
+        origin,
+        created_at: now.min(c.activate_at),
+        activate_at: c.activate_at,
+        deactivate_at,
+        retire_at,
+        share_generation: 1,
+        pending_generation: None,
+        verified: false,
+        alg: cfg.alg,
+    };
+    let split = shamir::split(seed);
+    let share = |slot, y| KeyShare {
+        deployment: Some(database.deployment().to_owned()),
+        kid: kid.clone(),
+        generation: 1,
+        slot,
+        public_key,
+        y,
+    };
+    let file_share = share(Slot::File, split.file);
+    let db_share = share(Slot::Database, split.database);
+    let recovery_share = share(Slot::Recovery, split.recovery);
+
+    // 1. File share, durably, under a temp name.
+    let staged = dir.stage(&file_share)?;
+    let file_path = staged.final_path.clone();
+    // 2. Key row (unverified) + database share, one transaction.
+    if let Err(e) = database.insert_key(&row, &db_share) {
+        dir.discard(staged);
+        return Err(e);
+    }
+    // 3. The file share gets its final name, now that the database knows
+    // its key; 4. read both back from the stores and rebuild; 5. commit.
+    let finish = |database: &mut Database| -> Result<SigningKey> {
+        dir.publish(staged)?;
+        let key = unseal_key(database, dir, &row)?;
+        if let Some(p) = c.recovery {
+            share_files::write_recovery(p, &recovery_share)?;
+        }
+        database.commit_key(&kid, &c.supersede, &c.drop)?;
+        Ok(key)
+    };
+    match finish(database) {
+        Ok(key) => Ok(NewKey {
+            row: KeyInfo {
+                verified: true,
+                ..row
+            },
+            key,
+        }),
+        Err(e) => {
+            let _ = database.discard_key(&kid);
+            let _ = dir.destroy(&file_path);
+            Err(e)
+        }
+    }
+}
+
+/// Apply what is due: create the next or a replacement key. Returns the
+/// key created, if any. Shares of keys that stopped signing are destroyed
+/// by [`reconcile`], which the caller runs next.
+pub fn run_due(
+    database: &mut Database,
+    dir: &ShareDir,
+    cfg: &Config,
+    now: i64,
+) -> Result<Option<NewKey>> {
+    let rows = database.keys()?;
+    let activate_at = match due(&rows, now, cfg) {
+        Due::Nothing => return Ok(None),
+        Due::Next(t) => t,
+        Due::Now => now,
+    };
+    let seed = random_seed()?;
+    let new = create_key(
+        database,
+        dir,
+        cfg,
+        &seed,
+        Origin::Generated,
+        now,
+        Creation {
+            activate_at,
+            ..Creation::default()
+        },
+    )?;
+    Ok(Some(new))
+}
+
+/// Rotate now: a new key becomes active at once, pending keys are dropped,
+/// and the current key stops signing. Its tokens keep verifying until they
+/// expire: its `retire_at` becomes `max(now, latest_exp) + leeway`, where
+/// `latest_exp` is the latest `exp` it may have issued, and is never made
+/// later than it was. With `emergency`, it is retired at once and its
+/// tokens stop verifying. Works without rebuilding the old key, so it is
+/// also the way back when a store of the active key is lost.
+pub fn rotate_now(
+    database: &mut Database,
+    dir: &ShareDir,
+    cfg: &Config,
+    now: i64,
+    latest_exp: i64,
+    emergency: bool,
+) -> Result<(NewKey, Option<String>)> {
+    let rows = database.keys()?;
+    let old = active(&rows, now).cloned();
+    let mut supersede = Vec::new();
+    if let Some(o) = &old {
+        let end = now.max(o.activate_at);
+        let needed = now
+            .max(latest_exp)
+            .saturating_add(cfg.leeway.as_secs() as i64);
+        supersede.push(Supersede {
+            kid: o.kid.clone(),
+            deactivate_at: end,
+            retire_at: if emergency {
+                end
+            } else {
+                o.retire_at.min(needed).max(end)
+            },
+        });
+    }
+    let drop = rows
+        .iter()
+        .filter(|r| r.verified && crate::keys::state(r, now) == State::Pending)
+        .map(|r| r.kid.clone())
+        .collect();
+    let seed = random_seed()?;
+    let new = create_key(
+        database,
+        dir,
+        cfg,
+        &seed,
+        Origin::Generated,
+        now,
+        Creation {
+            activate_at: now,
+            supersede,
+            drop,
+            recovery: None,
+        },
+    )?;
+    Ok((new, old.map(|o| o.kid)))
+}

@@ -1,0 +1,43 @@
+//! `lifecycle` runs the sequences that touch both stores: creating a key,
+//! rotating, re-splitting, recovering a lost share, reconciling the stores
+//! at start, and unsealing keys into memory. It also decides, as a pure
+//! function of the stored timestamps and the time, what is due next.
+//!
+//! Creating a key (DESIGN, "Key lifecycle"): seed in memory → split → file
+//! share written durably → one transaction inserts the key row (unverified)
+//! and the database share → both shares are read back and must rebuild the
+//! public key → one transaction marks the row verified and, for a rotation,
+//! ends the old key's signing period. That last commit is the only moment
+//! the set of keys changes; a crash before it leaves an unverified row and
+//! perhaps a file, which the next start discards. Activation needs no write
+//! at all: a key is active because of its timestamps.
+//!
+//! Deactivating: the key's database share is deleted (secure_delete and a
+//! WAL checkpoint), then its file removed; a crash between leaves a file
+//! share no signing key owns, which reconciliation removes.
+
+//!
+//! The parts: `clock` (wall time, and the lifecycle's clock that never goes
+//! backwards), `create` (new keys: first, scheduled, rotation), `reshare`
+//! (re-splitting a key, rebuilding a lost share from the offline share),
+//! `reconcile` (proving the stores belong together, then cleaning up),
+//! `unseal` (rebuilding keys into memory). The daemon's key manager and the
+//! offline admin commands both call these.
+
+mod clock;
+mod create;
+mod reconcile;
+mod reshare;
+mod unseal;
+
+pub use clock::{Clock, wall_now, wall_now_ms};
+pub use create::{Creation, NewKey, create_key, random_seed, rotate_now, run_due};
+pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, survey};
+pub use reshare::{Recovered, recover, reshare};
+pub use unseal::{build_keyset, unseal_key};
+
+/// How many times one key may be split (its share generations). Each split
+/// of the same secret with `sharks` 0.5 leaks a little (RUSTSEC-2024-0398:
+/// a share rules out one value per secret byte); 16 splits still leave more
+/// than 253 bits. Past the cap the answer is a rotation.
+pub const MAX_GENERATIONS: u32 = 16;

@@ -1,0 +1,214 @@
+//! `reshare`: re-splitting a key into a new share generation (its intent
+//! recorded first), and rebuilding a lost file or database share from the
+//! other store and the offline recovery share.
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::keys::KeyInfo;
+use crate::keys::shamir;
+use crate::keys::shamir::{KeyShare, Slot};
+use crate::store::Database;
+use crate::store::ShareDir;
+use crate::store::share_files;
+
+use super::MAX_GENERATIONS;
+use super::unseal::unseal_key;
+
+/// Re-split `key` (the key of `row`) into a new share generation, so that
+/// shares stolen before are useless. With `recovery`, also write a new
+/// offline share (the old one stops working). Returns the new generation.
+pub fn reshare(
+    database: &mut Database,
+    dir: &ShareDir,
+    row: &KeyInfo,
+    key: &SigningKey,
+    recovery: Option<&Path>,
+) -> Result<u32> {
+    if row.share_generation >= MAX_GENERATIONS {
+        return Err(Error::Usage(format!(
+            "key {} has been split {} times, the cap (each split of the same key leaks a \
+             little, RUSTSEC-2024-0398); rotate instead: `splitsign rotate`",
+            row.kid, row.share_generation
+        )));
+    }
+    if let Some(p) = recovery
+        && p.exists()
+    {
+        return Err(Error::Usage(format!(
+            "recovery share {} already exists; choose a new path",
+            p.display()
+        )));
+    }
+    if key.verifying_key().to_bytes() != row.public_key {
+        return Err(Error::KeyStore(format!(
+            "the key in memory is not key {}",
+            row.kid
+        )));
+    }
+    let generation = row.share_generation + 1;
+    let seed = Zeroizing::new(key.to_bytes());
+    let split = shamir::split(&seed);
+    let share = |slot, y| KeyShare {
+        deployment: Some(database.deployment().to_owned()),
+        kid: row.kid.clone(),
+        generation,
+        slot,
+        public_key: row.public_key,
+        y,
+    };
+    let file_share = share(Slot::File, split.file);
+    let db_share = share(Slot::Database, split.database);
+    let recovery_share = share(Slot::Recovery, split.recovery);
+
+    // The intent first: a file share of the next generation is then known
+    // to be this re-split's if it is interrupted.
+    database.begin_reshare(&row.kid, generation)?;
+    let new_file = match dir.write_new(&file_share) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = database.clear_pending_generation(&row.kid);
+            return Err(e);
+        }
+    };
+    let staged = (|| -> Result<()> {
+        // The new pair must rebuild the key before it replaces the old one.
+        let back = dir.read(&row.kid, generation)?;
+        shamir::recover(&back, &db_share).map_err(|_| Error::SharesMismatch {
+            kid: row.kid.clone(),
+            file: new_file.clone(),
+            db: database.path().to_owned(),
+        })?;
+        if let Some(p) = recovery {
+            share_files::write_recovery(p, &recovery_share)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = staged {
+        let _ = dir.destroy(&new_file);
+        let _ = database.clear_pending_generation(&row.kid);
+        return Err(e);
+    }
+    // Commit point: the database switches generation in one transaction.
+    database.commit_reshare(&db_share, row.share_generation)?;
+    let new_row = KeyInfo {
+        share_generation: generation,
+        pending_generation: None,
+        ..row.clone()
+    };
+    unseal_key(database, dir, &new_row)?;
+    dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
+    Ok(generation)
+}
+
+/// Which store `recover` rebuilt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovered {
+    Nothing,
+    FileShare,
+    DatabaseShare,
+}
+
+/// Rebuild a lost or damaged file share or database share of a key from the
+/// other store plus the offline recovery share (x = 3), after the
+/// public-key check. The rebuilt share is the same point of the same split,
+/// so the recovery share stays valid.
+pub fn recover(
+    database: &mut Database,
+    dir: &ShareDir,
+    recovery_path: &Path,
+    now: i64,
+) -> Result<(String, Recovered)> {
+    let rec = share_files::read_share_file(recovery_path, Slot::Recovery)?;
+    if let Some(d) = &rec.deployment
+        && d != database.deployment()
+    {
+        return Err(Error::Usage(format!(
+            "recovery share {} belongs to deployment {d}, not to this database's ({})",
+            recovery_path.display(),
+            database.deployment()
+        )));
+    }
+    let rows = database.keys()?;
+    let Some(row) = rows.iter().find(|r| r.kid == rec.kid && r.verified) else {
+        return Err(Error::Usage(format!(
+            "recovery share {} belongs to key {}, which the database does not hold",
+            recovery_path.display(),
+            rec.kid
+        )));
+    };
+    if !crate::keys::state(row, now).needs_shares() {
+        return Err(Error::Usage(format!(
+            "key {} no longer signs (it is {}); there is nothing to recover",
+            row.kid,
+            crate::keys::state(row, now).as_str()
+        )));
+    }
+    if rec.generation != row.share_generation {
+        return Err(Error::Usage(format!(
+            "recovery share {} is of share generation {}, but key {} is at generation {} \
+             (it was re-split since); it cannot rebuild this key",
+            recovery_path.display(),
+            rec.generation,
+            row.kid,
+            row.share_generation
+        )));
+    }
+    let file = dir.read(&row.kid, row.share_generation);
+    let db = database.db_share(row);
+    let mismatch = || Error::SharesMismatch {
+        kid: row.kid.clone(),
+        file: recovery_path.to_owned(),
+        db: database.path().to_owned(),
+    };
+    let file_ok = file
+        .as_ref()
+        .ok()
+        .filter(|f| shamir::recover(f, &rec).is_ok());
+    let db_ok = db
+        .as_ref()
+        .ok()
+        .filter(|d| shamir::recover(d, &rec).is_ok());
+    match (file_ok, db_ok) {
+        (Some(_), Some(_)) => Ok((row.kid.clone(), Recovered::Nothing)),
+        (None, Some(d)) => {
+            let y = shamir::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
+            let share = KeyShare {
+                deployment: Some(database.deployment().to_owned()),
+                kid: row.kid.clone(),
+                generation: row.share_generation,
+                slot: Slot::File,
+                public_key: row.public_key,
+                y,
+            };
+            dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
+            dir.write_new(&share)?;
+            unseal_key(database, dir, row)?;
+            Ok((row.kid.clone(), Recovered::FileShare))
+        }
+        (Some(f), None) => {
+            let y = shamir::derive(f, &rec, Slot::Database).map_err(|_| mismatch())?;
+            let share = KeyShare {
+                deployment: Some(database.deployment().to_owned()),
+                kid: row.kid.clone(),
+                generation: row.share_generation,
+                slot: Slot::Database,
+                public_key: row.public_key,
+                y,
+            };
+            database.restore_db_share(&share)?;
+            unseal_key(database, dir, row)?;
+            Ok((row.kid.clone(), Recovered::DatabaseShare))
+        }
+        (None, None) => Err(Error::KeyStore(format!(
+            "neither store's share of key {} rebuilds the key with recovery share {}; \
+             it cannot be recovered. `splitsign rotate` makes a new key (tokens of the old \
+             one keep verifying until they expire)",
+            row.kid,
+            recovery_path.display()
+        ))),
+    }
+}

@@ -1,0 +1,112 @@
+//! `unseal`: rebuilding keys from their two shares, checked against the
+//! public key both record, and building the key set the daemon holds.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keys::KeyInfo;
+use crate::keys::keyset::{KeySet, Published, Signer};
+use crate::keys::locked::LockedKey;
+use crate::keys::shamir;
+use crate::store::Database;
+use crate::store::ShareDir;
+
+use super::create::NewKey;
+
+/// Read both shares of `row`, rebuild its key and check it against the
+/// public key stored with both. Fails closed with an error naming the store.
+pub fn unseal_key(database: &Database, dir: &ShareDir, row: &KeyInfo) -> Result<SigningKey> {
+    let file = dir.read(&row.kid, row.share_generation)?;
+    let db = database.db_share(row)?;
+    if let Some(d) = &file.deployment
+        && d != database.deployment()
+    {
+        return Err(Error::FileShare {
+            path: dir.share_path(&row.kid, row.share_generation),
+            reason: format!(
+                "belongs to deployment {d}, not to the database's ({})",
+                database.deployment()
+            ),
+        });
+    }
+    if file.public_key != row.public_key {
+        return Err(Error::FileShare {
+            path: dir.share_path(&row.kid, row.share_generation),
+            reason: format!("records a different public key than key row {}", row.kid),
+        });
+    }
+    shamir::recover(&file, &db).map_err(|_| Error::SharesMismatch {
+        kid: row.kid.clone(),
+        file: dir.share_path(&row.kid, row.share_generation),
+        db: database.path().to_owned(),
+    })
+}
+
+/// Build the in-memory key set at `now`. Keys that may sign are taken from
+/// `held` (already in memory) or else unsealed from the stores. Returns the
+/// set and the kids whose key pages could not be mlock'ed.
+pub fn build_keyset(
+    database: &Database,
+    dir: &ShareDir,
+    cfg: &Config,
+    now: i64,
+    held: &[Arc<Signer>],
+    mut fresh: Vec<NewKey>,
+) -> Result<(KeySet, Vec<(String, std::io::Error)>)> {
+    let mut signers = Vec::new();
+    let mut published = Vec::new();
+    let mut unlocked = Vec::new();
+    for row in database.keys()?.into_iter().filter(|r| r.verified) {
+        let state = crate::keys::state(&row, now);
+        if state.needs_shares() {
+            let same = |s: &&Arc<Signer>| {
+                s.kid == row.kid
+                    && s.activate_at == row.activate_at
+                    && s.deactivate_at == row.deactivate_at
+                    && s.retire_at == row.retire_at
+                    && s.share_generation == row.share_generation
+            };
+            let signer = if let Some(s) = held.iter().find(same) {
+                Arc::clone(s)
+            } else {
+                // Tokens an earlier process signed with a key active before
+                // now expire by now + max_ttl at the latest.
+                let before_us = if row.activate_at < now {
+                    now.saturating_add(cfg.max_ttl.as_secs() as i64)
+                        .min(row.retire_at)
+                } else {
+                    i64::MIN
+                };
+                let (key, latest_exp) = match fresh.iter().position(|n| n.row.kid == row.kid) {
+                    Some(i) => (fresh.swap_remove(i).key, i64::MIN),
+                    None => match held.iter().find(|s| s.kid == row.kid) {
+                        // Same key, new timestamps or shares (a rotation
+                        // ended its period, a re-split).
+                        Some(s) => (s.key.key().clone(), s.latest_exp()),
+                        None => (unseal_key(database, dir, &row)?, before_us),
+                    },
+                };
+                let (locked, err) = LockedKey::new(key);
+                if let Some(e) = err {
+                    unlocked.push((row.kid.clone(), e));
+                }
+                Arc::new(Signer::new(&row, locked, latest_exp))
+            };
+            signers.push(signer);
+        }
+        if state.is_published() {
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&row.public_key).map_err(|_| {
+                Error::KeyInfo {
+                    kid: row.kid.clone(),
+                    db: database.path().to_owned(),
+                    reason: "public key is not a valid Ed25519 point".into(),
+                }
+            })?;
+            published.push(Published { row, key });
+        }
+    }
+    Ok((KeySet::new(signers, published), unlocked))
+}
