@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::protocol::{OpName, RESERVED_CLAIMS};
 
 pub const SYSTEM_CONFIG: &str = "/etc/splitsign/config.toml";
 /// A config file larger than this is refused before it is parsed.
@@ -40,6 +41,19 @@ impl AlgLabel {
             .into_iter()
             .find(|a| a.as_str() == s)
     }
+}
+
+/// How hard an audit commit waits for the disk (`audit_sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// `synchronous=FULL`: the WAL is fsync'ed at every commit; a committed
+    /// record survives power loss. One fsync per batch.
+    Full,
+    /// `synchronous=NORMAL` (WAL): a committed record survives a crash of
+    /// the daemon (it is in the OS before the reply leaves), but the last
+    /// batches may be lost on power loss. No fsync per batch.
+    Normal,
 }
 
 /// What to do when key pages cannot be locked in memory.
@@ -121,7 +135,7 @@ struct FileConfig {
     write_timeout: Option<Duration>,
     mlock: Option<MlockMode>,
     audit: Option<bool>,
-    audit_sync: Option<crate::audit::Durability>,
+    audit_sync: Option<AuditSync>,
     #[serde(default, with = "humantime_serde::option")]
     audit_retention: Option<Duration>,
     admin_uids: Option<Vec<u32>>,
@@ -187,7 +201,7 @@ pub struct Config {
     pub audit: bool,
     /// `full` (default): each audit batch is fsync'ed before its replies;
     /// `normal`: it is in the OS (survives a daemon crash, not power loss).
-    pub audit_sync: crate::audit::Durability,
+    pub audit_sync: AuditSync,
     /// Audit records older than this are pruned in the background (an
     /// anchor keeps the rest of the chain verifiable).
     pub audit_retention: Duration,
@@ -321,7 +335,7 @@ impl Config {
             write_timeout: file.write_timeout.unwrap_or(Duration::from_secs(10)),
             mlock: file.mlock.unwrap_or(MlockMode::Warn),
             audit: file.audit.unwrap_or(true),
-            audit_sync: file.audit_sync.unwrap_or(crate::audit::Durability::Full),
+            audit_sync: file.audit_sync.unwrap_or(AuditSync::Full),
             audit_retention: file
                 .audit_retention
                 .unwrap_or(Duration::from_secs(90 * 86400)),
@@ -437,13 +451,13 @@ impl Config {
                 );
             }
             for op in p.ops.iter().flatten() {
-                if !crate::access::KNOWN_OPS.contains(&op.as_str()) {
+                let Some(name) = OpName::parse(op) else {
                     return bad(
                         "policy.ops",
                         format!("policy {:?}: unknown op {op:?}", p.name),
                     );
-                }
-                if crate::access::ADMIN_OPS.contains(&op.as_str()) && !p.admin {
+                };
+                if name.is_admin() && !p.admin {
                     return bad(
                         "policy.ops",
                         format!(
@@ -455,7 +469,7 @@ impl Config {
                 }
             }
             for name in p.forced_claims.keys().chain(p.claims.iter().flatten()) {
-                if crate::keys::jws::RESERVED.contains(&name.as_str()) {
+                if RESERVED_CLAIMS.contains(&name.as_str()) {
                     return bad(
                         "policy",
                         format!("policy {:?}: claim {name:?} is set by the daemon", p.name),

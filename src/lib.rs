@@ -29,9 +29,6 @@
 //! - [`daemon`]: wiring for `splitsign serve`.
 #![deny(unsafe_code)]
 
-pub mod access;
-pub mod admission;
-pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -39,12 +36,6 @@ pub mod daemon;
 pub mod error;
 pub mod keys;
 pub mod lifecycle;
-pub mod manager;
-pub mod memory;
 pub mod protocol;
-pub mod server;
-pub mod service;
 pub mod shared;
 pub mod store;
-pub mod strict_json;
-pub mod systemd;

@@ -24,9 +24,9 @@ use serde_json::{Map, Value};
 use crate::config::AlgLabel;
 use crate::keys::keyset::{KeySet, Signer};
 
-/// Claims only the daemon sets. `fph` is the SHA-256 of a client
-/// fingerprint (token binding, set from the sign request's `fingerprint`).
-pub const RESERVED: [&str; 6] = ["iss", "iat", "nbf", "exp", "jti", FINGERPRINT_CLAIM];
+/// Claims only the daemon sets (the protocol's list; `fph` is the
+/// SHA-256 of a client fingerprint, from the sign request's `fingerprint`).
+pub use crate::protocol::RESERVED_CLAIMS as RESERVED;
 
 /// The claim holding base64url(SHA-256(fingerprint)).
 pub const FINGERPRINT_CLAIM: &str = "fph";
@@ -240,9 +240,9 @@ pub fn verify(
         .decode(p)
         .map_err(|_| Invalid("payload is not base64url"))?;
     let payload = std::str::from_utf8(&payload).map_err(|_| Invalid("payload is not UTF-8"))?;
-    let claims = match crate::strict_json::parse(payload) {
+    let claims = match crate::protocol::strict_json::parse(payload) {
         Ok(Value::Object(claims)) => claims,
-        Err(e) if crate::strict_json::is_duplicate(&e) => {
+        Err(e) if crate::protocol::strict_json::is_duplicate(&e) => {
             return Err(Invalid("payload has the same claim name twice"));
         }
         _ => return Err(Invalid("payload is not a JSON object")),

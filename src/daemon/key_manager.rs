@@ -4,7 +4,6 @@
 //! against the stores under one mutex, on a blocking thread, then swaps a
 //! new key set into the keyring; the sign path never waits for it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,9 +18,11 @@ use crate::keys::keyset::Keyring;
 use crate::lifecycle::{self, Clock, NewKey, wall_now};
 use crate::store::FileId;
 use crate::store::Revocation;
+
+use super::revocations::Revocations;
 use crate::store::Stores;
 
-pub struct Manager {
+pub struct KeyManager {
     /// std Mutex: held only by blocking tasks, never across an `.await`.
     stores: Mutex<Stores>,
     pub keyring: Arc<Keyring>,
@@ -51,43 +52,6 @@ struct Places {
     shares_id: FileId,
 }
 
-/// Revoked tokens and subjects, held in memory for `verify`.
-#[derive(Debug, Default)]
-pub struct Revocations {
-    jti: HashMap<String, i64>,
-    sub: HashMap<String, i64>,
-}
-
-impl Revocations {
-    fn from_rows(rows: Vec<Revocation>) -> Revocations {
-        let mut r = Revocations::default();
-        for row in rows {
-            r.add(row);
-        }
-        r
-    }
-
-    fn add(&mut self, row: Revocation) {
-        match row {
-            Revocation::Jti { jti, expires_at } => {
-                self.jti.insert(jti, expires_at);
-            }
-            Revocation::Sub { sub, before, .. } => {
-                self.sub.insert(sub, before);
-            }
-        }
-    }
-
-    /// Whether a token with these claims is revoked. A subject revocation
-    /// covers tokens issued at or before its instant: `iat` has one-second
-    /// resolution, and a token minted in the same second as "disable this
-    /// user now" must not survive it.
-    pub fn is_revoked(&self, jti: Option<&str>, sub: Option<&str>, iat: i64) -> bool {
-        jti.is_some_and(|j| self.jti.contains_key(j))
-            || sub.is_some_and(|s| self.sub.get(s).is_some_and(|&before| iat <= before))
-    }
-}
-
 /// Result of a `rotate`.
 #[derive(Debug)]
 pub struct Rotated {
@@ -95,11 +59,11 @@ pub struct Rotated {
     pub previous: Option<String>,
 }
 
-impl Manager {
+impl KeyManager {
     /// Reconcile, unseal, create the first or an overdue key, and build the
     /// first key set. Fails (exit 65) without creating anything if a key
     /// that may sign cannot be rebuilt.
-    pub fn start(mut stores: Stores, cfg: Config) -> Result<Manager> {
+    pub fn start(mut stores: Stores, cfg: Config) -> Result<KeyManager> {
         let floor = stores
             .db
             .keys()?
@@ -136,7 +100,7 @@ impl Manager {
             shares: stores.shares.path().to_owned(),
             shares_id: stores.shares.identity(),
         };
-        let m = Manager {
+        let m = KeyManager {
             revoked: Shared::new(revoked),
             stores: Mutex::new(stores),
             keyring: Arc::new(Keyring::new(set)),
@@ -349,7 +313,7 @@ impl Manager {
         let now = wall_now();
         let cfg = self.config();
         let keys = self.keyring.snapshot();
-        let row = crate::service::Service::revocation_for(
+        let row = super::revocations::revocation_for(
             &target,
             &keys,
             policy,

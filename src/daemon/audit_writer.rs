@@ -13,26 +13,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use crate::config::AuditSync;
 use crate::error::{Error, Result};
 use crate::store::FileId;
 use crate::store::audit_log::{PRUNE_BATCH, Record, append, bound, prune_batch};
 
-/// How hard an audit commit waits for the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// `synchronous=FULL`: the WAL is fsync'ed at every commit; a committed
-    /// record survives power loss. One fsync per batch.
-    Full,
-    /// `synchronous=NORMAL` (WAL): a committed record survives a crash of
-    /// the daemon (it is in the OS before the reply leaves), but the last
-    /// batches may be lost on power loss. No fsync per batch.
-    Normal,
-}
-
 /// Open a connection for audit writes: WAL, the chosen durability, and a
 /// short busy timeout so a stuck lock fails closed quickly.
-pub fn open(path: &Path, durability: Durability) -> Result<Connection> {
+pub fn open(path: &Path, durability: AuditSync) -> Result<Connection> {
     let db_err = |source| Error::Database {
         path: path.to_owned(),
         source,
@@ -40,8 +28,8 @@ pub fn open(path: &Path, durability: Durability) -> Result<Connection> {
     let conn = Connection::open(path).map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(2)).map_err(db_err)?;
     let sync = match durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
+        AuditSync::Full => "FULL",
+        AuditSync::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)
         .map_err(db_err)?;
@@ -161,7 +149,7 @@ impl Writer {
     /// configured path (a database deleted or replaced under the daemon).
     pub fn start(
         path: PathBuf,
-        durability: Durability,
+        durability: AuditSync,
         expected: FileId,
         retention: Duration,
     ) -> Result<Writer> {

@@ -10,23 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, PolicyFile};
 use crate::error::{Error, Result};
-use crate::protocol::Op;
-
-/// Every op name a policy may list.
-pub const KNOWN_OPS: [&str; 9] = [
-    "ping",
-    "sign",
-    "verify",
-    "jwks",
-    "status",
-    "rotate",
-    "reshare",
-    "revoke",
-    "audit_prune",
-];
-/// The admin ops: granted by `admin = true`, never by `ops` alone.
-pub const ADMIN_OPS: [&str; 4] = ["rotate", "reshare", "revoke", "audit_prune"];
-const DEFAULT_OPS: [&str; 5] = ["ping", "sign", "verify", "jwks", "status"];
+use crate::protocol::{Op, OpName};
 
 /// A client policy, resolved.
 #[derive(Debug)]
@@ -34,7 +18,7 @@ pub struct ClientPolicy {
     pub name: String,
     uids: Vec<u32>,
     gids: Vec<u32>,
-    ops: Vec<String>,
+    ops: Vec<OpName>,
     audiences: Option<Vec<String>>,
     forced: Map<String, Value>,
     sub_from_peer: bool,
@@ -66,16 +50,16 @@ impl ClientPolicy {
     /// Admin ops need `admin = true` (which grants all of them); the other
     /// ops must be in `ops`.
     pub fn allows(&self, op: &Op) -> Result<(), Refusal> {
-        let name = op_name(op);
-        let ok = if op.is_admin() {
+        let name = op.name();
+        let ok = if name.is_admin() {
             self.admin
         } else {
-            self.ops.iter().any(|o| o == name)
+            self.ops.contains(&name)
         };
         if ok {
             Ok(())
         } else {
-            Err(Refusal::Op(name.to_owned()))
+            Err(Refusal::Op(name.as_str().to_owned()))
         }
     }
 
@@ -112,20 +96,6 @@ impl ClientPolicy {
             }
         }
         Ok(())
-    }
-}
-
-pub fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Ping => "ping",
-        Op::Sign { .. } => "sign",
-        Op::Verify { .. } => "verify",
-        Op::Jwks => "jwks",
-        Op::Status => "status",
-        Op::Rotate { .. } => "rotate",
-        Op::Reshare => "reshare",
-        Op::Revoke { .. } => "revoke",
-        Op::AuditPrune { .. } => "audit_prune",
     }
 }
 
@@ -175,7 +145,7 @@ impl Access {
             name: name.into(),
             uids: vec![],
             gids: vec![],
-            ops: DEFAULT_OPS.iter().map(|s| s.to_string()).collect(),
+            ops: OpName::DEFAULT.to_vec(),
             audiences: None,
             forced: Map::new(),
             sub_from_peer: false,
@@ -188,7 +158,7 @@ impl Access {
             policies,
             open: Arc::new(everything("default", false)),
             admin: Arc::new(ClientPolicy {
-                ops: KNOWN_OPS.iter().map(|s| s.to_string()).collect(),
+                ops: OpName::ALL.to_vec(),
                 ..everything("admin", true)
             }),
             admin_uids,
@@ -243,10 +213,11 @@ fn resolve(p: &PolicyFile, uids: Vec<u32>, gids: Vec<u32>) -> Result<ClientPolic
         name: p.name.clone(),
         uids,
         gids,
-        ops: p
-            .ops
-            .clone()
-            .unwrap_or_else(|| DEFAULT_OPS.iter().map(|s| s.to_string()).collect()),
+        // Names were checked with the config; admin ops need `admin`.
+        ops: match &p.ops {
+            None => OpName::DEFAULT.to_vec(),
+            Some(names) => names.iter().filter_map(|n| OpName::parse(n)).collect(),
+        },
         audiences: p.audiences.clone(),
         forced,
         sub_from_peer: p.sub_from_peer,

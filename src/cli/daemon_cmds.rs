@@ -1,0 +1,192 @@
+//! `daemon_cmds`: the commands that talk to a running daemon. `status`,
+//! `rotate`, `reshare` and `revoke` work offline on the stores when no
+//! daemon listens (never when one runs but does not answer: that is exit
+//! 69, since the daemon holds the stores).
+
+use std::io::Read;
+
+use serde_json::{Map, Value, json};
+
+use super::offline;
+use super::output::{Failure, previous_note, render_status, usage};
+use super::{Ctx, ReshareArgs, RevokeArgs, RotateArgs, SignArgs, StatusArgs, VerifyArgs};
+use crate::client::ClientError;
+use crate::error::exit;
+use crate::protocol::RevokeTarget;
+
+pub fn sign(cx: &Ctx, a: SignArgs) -> Result<(), Failure> {
+    let mut claims = match a.claims_json {
+        None => Map::new(),
+        Some(j) => match serde_json::from_str(&j) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(usage("--claims-json must be a JSON object".into())),
+        },
+    };
+    for c in a.claims {
+        let (k, v) = c
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--claim {c:?} is not NAME=VALUE")))?;
+        claims.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    let s = cx
+        .daemon()?
+        .sign(&claims, a.ttl.map(|d| d.as_secs().max(1)))?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"token": s.token, "kid": s.kid, "exp": s.exp, "jti": s.jti})
+        );
+    } else {
+        println!("{}", s.token);
+    }
+    Ok(())
+}
+
+pub fn verify(cx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
+    let token = if a.token == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .take(1024 * 1024)
+            .read_to_string(&mut t)
+            .map_err(|e| usage(format!("reading the token from stdin: {e}")))?;
+        t.trim().to_owned()
+    } else {
+        a.token
+    };
+    match cx.daemon()?.verify(&token, a.aud.as_deref()) {
+        Ok(v) => {
+            let out = json!({"kid": v.kid, "claims": v.claims});
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).expect("JSON serializes")
+            );
+            Ok(())
+        }
+        Err(ClientError::Daemon { code, message }) if is_token_error(&code) => Err(Failure {
+            code: exit::INVALID_TOKEN,
+            message: format!("token is not valid: {message} ({code})"),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn jwks(cx: &Ctx) -> Result<(), Failure> {
+    let jwks = cx.daemon()?.jwks()?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&jwks).expect("JSON serializes")
+    );
+    Ok(())
+}
+
+pub fn status(cx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
+    let status = match cx.daemon() {
+        Ok(mut c) => c.status()?,
+        Err(e) if e.no_daemon() => offline::status(&cx.cfg)?,
+        Err(e) => return Err(e.into()),
+    };
+    if a.json {
+        println!("{status}");
+    } else {
+        print!("{}", render_status(&status));
+    }
+    Ok(())
+}
+
+pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), Failure> {
+    let mut c = match cx.daemon() {
+        Ok(c) => c,
+        Err(e) if e.no_daemon() => return offline::rotate(&cx.cfg, a.emergency),
+        Err(e) => return Err(e.into()),
+    };
+    let mut f = Map::new();
+    f.insert("emergency".into(), a.emergency.into());
+    let r = c.call("rotate", f)?;
+    println!(
+        "rotated: key {} signs now{}",
+        r.get("kid").and_then(Value::as_str).unwrap_or("?"),
+        previous_note(r.get("previous").and_then(Value::as_str), a.emergency)
+    );
+    Ok(())
+}
+
+pub fn reshare(cx: &Ctx, a: ReshareArgs) -> Result<(), Failure> {
+    let mut c = match cx.daemon() {
+        Ok(c) => c,
+        Err(e) if e.no_daemon() => return offline::reshare(&cx.cfg, a.recovery_share),
+        Err(e) => return Err(e.into()),
+    };
+    if a.recovery_share.is_some() {
+        return Err(usage(
+            "--recovery-share works offline only: a daemon is running, and it never writes \
+             key material outside its stores. Stop it, or reshare without --recovery-share"
+                .into(),
+        ));
+    }
+    let r = c.call("reshare", Map::new())?;
+    for k in r
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "re-split key {} into share generation {}",
+            k["kid"].as_str().unwrap_or("?"),
+            k["generation"]
+        );
+    }
+    Ok(())
+}
+
+pub fn revoke(cx: &Ctx, a: RevokeArgs) -> Result<(), Failure> {
+    let target = match (a.jti, a.exp, a.token, a.sub) {
+        (Some(jti), Some(exp), None, None) => RevokeTarget::Jti { jti, exp },
+        (None, None, Some(token), None) => RevokeTarget::Token(token),
+        (None, None, None, Some(sub)) => RevokeTarget::Sub {
+            sub,
+            before: a.before,
+        },
+        _ => return Err(usage("give --jti with --exp, --token, or --sub".into())),
+    };
+    let mut c = match cx.daemon() {
+        Ok(c) => c,
+        Err(e) if e.no_daemon() => return offline::revoke(&cx.cfg, &target),
+        Err(e) => return Err(e.into()),
+    };
+    let mut f = Map::new();
+    match target {
+        RevokeTarget::Jti { jti, exp } => {
+            f.insert("jti".into(), jti.into());
+            f.insert("exp".into(), exp.into());
+        }
+        RevokeTarget::Token(t) => {
+            f.insert("token".into(), t.into());
+        }
+        RevokeTarget::Sub { sub, before } => {
+            f.insert("sub".into(), sub.into());
+            if let Some(b) = before {
+                f.insert("before".into(), b.into());
+            }
+        }
+    }
+    let r = c.call("revoke", f)?;
+    println!(
+        "revoked {} {} until {}",
+        r.get("revoked").and_then(Value::as_str).unwrap_or("?"),
+        r.get("value").and_then(Value::as_str).unwrap_or("?"),
+        r.get("until").and_then(Value::as_i64).unwrap_or(0)
+    );
+    Ok(())
+}
+
+fn is_token_error(code: &str) -> bool {
+    matches!(
+        code,
+        "invalid_token"
+            | "unknown_key"
+            | "token_expired"
+            | "token_not_yet_valid"
+            | "audience_mismatch"
+    )
+}

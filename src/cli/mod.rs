@@ -1,0 +1,248 @@
+//! `cli` is the command line. `main` parses it, calls [`run`] and prints
+//! one error line. `run` is a table of contents: each command is one
+//! function, in `daemon_cmds` (commands that go through the daemon, with
+//! an offline fallback where one makes sense), `offline` (commands on the
+//! stores themselves: init, import, recover, check, backup), `audit` (the
+//! audit log); `output` has what they print and how they fail.
+
+mod audit;
+mod daemon_cmds;
+mod offline;
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{Client, ClientError};
+use crate::config::{Config, Env, Overrides};
+use crate::protocol::MAX_UNIX_TIME;
+
+pub use output::Failure;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "splitsign",
+    version,
+    about = "Sign JWTs with an Ed25519 key split between a file and a SQLite database"
+)]
+pub struct Cli {
+    /// Config file (TOML). Default: /etc/splitsign/config.toml if it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the file shares (overrides the config).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub shares_dir: Option<PathBuf>,
+    /// SQLite database (overrides the config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Unix socket of the daemon (overrides the config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// How long to wait to connect to the daemon, and for each reply; then
+    /// give up with exit 69.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (creates the first key on first start).
+    Serve,
+    /// Create the first key offline, optionally with an offline recovery share.
+    Init(InitArgs),
+    /// Import an existing Ed25519 key (PKCS#8 PEM) as the first key.
+    Import(ImportArgs),
+    /// Ask the daemon for a token; prints it.
+    Sign(SignArgs),
+    /// Ask the daemon to verify a token ("-" reads it from stdin). Exit 0 if
+    /// valid, 3 if not.
+    Verify(VerifyArgs),
+    /// Print the published keys (JWKS).
+    Jwks,
+    /// Show every key with its state, timestamps and the next transition
+    /// (from the daemon, or from the database when no daemon runs).
+    Status(StatusArgs),
+    /// Rotate now: a new key signs at once; the old key's tokens keep
+    /// verifying until they expire. Through the daemon if one runs, else
+    /// offline on the stores (also the way back when a store is lost).
+    Rotate(RotateArgs),
+    /// Re-split the keys into fresh shares (after a suspected leak of one
+    /// store). Capped per key; beyond the cap, rotate.
+    Reshare(ReshareArgs),
+    /// Rebuild a lost file share or database share from the other store and
+    /// the offline recovery share. Offline (stop the daemon first).
+    Recover(RecoverArgs),
+    /// Check both stores offline: they must belong together (the same
+    /// deployment, no share the database cannot account for), and every key
+    /// that may sign must rebuild from its two shares. Exit 0, or 65 with
+    /// the reason. Only reads, so it also works beside a running daemon.
+    Check,
+    /// Write a consistent copy of the database store (keys, database
+    /// shares, revocations, audit log) to FILE, a new file, mode 0600, with
+    /// SQLite's online backup API; works while the daemon runs. It never
+    /// holds a file share: back up the share directory separately, and keep
+    /// the two backups apart.
+    Backup(BackupArgs),
+    /// Revoke a token (by jti and exp, or whole) or every token of a
+    /// subject issued before an instant. Through the daemon if one runs,
+    /// else offline (jti or sub only).
+    Revoke(RevokeArgs),
+    /// List the audit log, check its hash chain (--verify: exit 0 if
+    /// intact, 65 naming the first broken record), or prune it.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Also write a third share (x = 3) here, mode 0600, for offline keeping.
+    #[arg(long, value_name = "PATH")]
+    pub recovery_share: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The PKCS#8 PEM file ("-----BEGIN PRIVATE KEY-----").
+    #[arg(long, value_name = "FILE")]
+    pub pem: PathBuf,
+    #[arg(long, value_name = "PATH")]
+    pub recovery_share: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// A string claim, NAME=VALUE (repeatable).
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    pub claims: Vec<String>,
+    /// Claims as a JSON object, merged before --claim.
+    #[arg(long = "claims-json", value_name = "JSON")]
+    pub claims_json: Option<String>,
+    /// Lifetime, e.g. 90s, 5m, 1h (default: the daemon's default_ttl).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Print the whole response as JSON instead of the token alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub token: String,
+    /// Also require this audience.
+    #[arg(long)]
+    pub aud: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Retire the current key at once: its tokens stop verifying.
+    #[arg(long)]
+    pub emergency: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReshareArgs {
+    /// Offline only: also write a new offline recovery share for the
+    /// active key (the old one stops working).
+    #[arg(long, value_name = "PATH")]
+    pub recovery_share: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    #[arg(long, value_name = "FILE")]
+    pub recovery_share: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    #[arg(long, conflicts_with_all = ["token", "sub"], requires = "exp")]
+    pub jti: Option<String>,
+    /// The revoked token's exp (Unix seconds), with --jti.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..=MAX_UNIX_TIME))]
+    pub exp: Option<i64>,
+    #[arg(long, conflicts_with = "sub")]
+    pub token: Option<String>,
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// With --sub: tokens issued before this Unix time (default: now).
+    #[arg(long, requires = "sub", value_parser = clap::value_parser!(i64).range(0..=MAX_UNIX_TIME))]
+    pub before: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long, conflicts_with = "prune_before")]
+    pub verify: bool,
+    /// Prune the records older than TIME (Unix seconds, RFC 3339 like
+    /// 2026-01-31T00:00:00Z, or an age like 90d), keeping the rest of
+    /// the chain verifiable. Through the daemon if one runs (admin op),
+    /// else offline.
+    #[arg(long, value_name = "TIME")]
+    pub prune_before: Option<String>,
+    /// First record to list.
+    #[arg(long, default_value_t = 1)]
+    pub from: i64,
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What every command has: the configuration, and how to reach the daemon.
+pub struct Ctx {
+    pub cfg: Config,
+    timeout: Duration,
+}
+
+impl Ctx {
+    /// A connection to the daemon, within `--timeout`.
+    pub fn daemon(&self) -> Result<Client, ClientError> {
+        Client::connect_timeout(&self.cfg.socket, self.timeout)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let overrides = Overrides {
+        config: cli.config,
+        shares_dir: cli.shares_dir,
+        db: cli.db,
+        socket: cli.socket,
+    };
+    let cx = Ctx {
+        cfg: Config::load(&overrides, &Env::from_process())?,
+        timeout: cli.timeout,
+    };
+    match cli.command {
+        Command::Serve => Ok(crate::daemon::serve(cx.cfg, overrides)?),
+        Command::Init(a) => offline::init(&cx, a),
+        Command::Import(a) => offline::import(&cx, a),
+        Command::Sign(a) => daemon_cmds::sign(&cx, a),
+        Command::Verify(a) => daemon_cmds::verify(&cx, a),
+        Command::Jwks => daemon_cmds::jwks(&cx),
+        Command::Status(a) => daemon_cmds::status(&cx, a),
+        Command::Rotate(a) => daemon_cmds::rotate(&cx, a),
+        Command::Reshare(a) => daemon_cmds::reshare(&cx, a),
+        Command::Revoke(a) => daemon_cmds::revoke(&cx, a),
+        Command::Recover(a) => offline::recover(&cx, a),
+        Command::Check => offline::check(&cx),
+        Command::Backup(a) => offline::backup(&cx, a),
+        Command::Audit(a) => audit::run(&cx, a),
+    }
+}

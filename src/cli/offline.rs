@@ -1,0 +1,358 @@
+//! `offline`: the commands that work on the stores themselves, under the
+//! lock the daemon takes: `init`, `import`, `recover`, `check`, `backup`,
+//! and the offline forms of `status`, `rotate`, `reshare` and `revoke`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::output::{Failure, previous_note, usage};
+use super::{BackupArgs, Ctx, ImportArgs, InitArgs, RecoverArgs};
+use crate::config::Config;
+use crate::error::Error;
+use crate::keys::Origin;
+use crate::lifecycle;
+use crate::protocol::RevokeTarget;
+use crate::store::Stores;
+use crate::store::audit_log::Record;
+
+pub fn init(cx: &Ctx, a: InitArgs) -> Result<(), Failure> {
+    create_first(&cx.cfg, None, a.recovery_share)
+}
+
+pub fn import(cx: &Ctx, a: ImportArgs) -> Result<(), Failure> {
+    create_first(&cx.cfg, Some(a.pem), a.recovery_share)
+}
+
+pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), Failure> {
+    if !cx.daemon().is_err_and(|e| e.no_daemon()) {
+        return Err(usage(
+            "a daemon is running, so the key is intact in its memory: run `splitsign \
+             reshare` to write fresh shares, or stop the daemon to recover from the recovery \
+             share"
+                .into(),
+        ));
+    }
+    crate::keys::locked::harden_process()?;
+    let mut stores = Stores::open(&cx.cfg, false)?;
+    let now = lifecycle::wall_now();
+    let (kid, what) = {
+        let s = &mut stores;
+        lifecycle::recover(&mut s.db, &s.shares, &a.recovery_share, now)?
+    };
+    match what {
+        lifecycle::Recovered::Nothing => {
+            println!("key {kid}: both shares are intact; nothing to recover")
+        }
+        lifecycle::Recovered::FileShare => println!(
+            "key {kid}: rebuilt the file share {}",
+            stores
+                .shares
+                .share_path(&kid, current_generation(&stores, &kid)?)
+                .display()
+        ),
+        lifecycle::Recovered::DatabaseShare => println!(
+            "key {kid}: rebuilt the database share in {}",
+            stores.db.path().display()
+        ),
+    }
+    Ok(())
+}
+
+pub fn check(cx: &Ctx) -> Result<(), Failure> {
+    check_stores(&cx.cfg)
+}
+
+pub fn backup(cx: &Ctx, a: BackupArgs) -> Result<(), Failure> {
+    backup_db(&cx.cfg, &a.file)
+}
+
+/// `rotate` with no daemon. What the key issued is unknown: its tokens may
+/// carry any exp up to now + max_ttl.
+pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), Failure> {
+    crate::keys::locked::harden_process()?;
+    let mut stores = Stores::open(cfg, false)?;
+    let now = lifecycle::wall_now();
+    let latest_exp = now.saturating_add(cfg.max_ttl.as_secs() as i64);
+    let (new, previous) = {
+        let s = &mut stores;
+        lifecycle::rotate_now(&mut s.db, &s.shares, cfg, now, latest_exp, emergency)?
+    };
+    stores.reconcile(now)?;
+    println!(
+        "rotated (offline): key {} signs now{}",
+        new.row.kid,
+        previous_note(previous.as_deref(), emergency)
+    );
+    Ok(())
+}
+
+/// `revoke` with no daemon: a jti or a subject (a whole token needs the
+/// daemon to check it).
+pub fn revoke(cfg: &Config, target: &RevokeTarget) -> Result<(), Failure> {
+    let now = lifecycle::wall_now();
+    let row = crate::daemon::revocations::stored_for(
+        target,
+        cfg.max_ttl.as_secs() as i64,
+        cfg.leeway.as_secs() as i64,
+        now,
+    )
+    .ok_or_else(|| {
+        usage(
+            "offline, revoke takes --jti with --exp, or --sub (a whole --token needs the daemon \
+             to check it)"
+                .into(),
+        )
+    })?;
+    let mut stores = Stores::open(cfg, false)?;
+    stores.db.add_revocation(&row, now)?;
+    let (jti, sub) = match &row {
+        crate::store::Revocation::Jti { jti, .. } => (Some(jti.clone()), None),
+        crate::store::Revocation::Sub { sub, .. } => (None, Some(sub.clone())),
+    };
+    stores.db.audit(&[Record {
+        at: now,
+        uid: Some(rustix::process::getuid().as_raw()),
+        pid: Some(std::process::id() as i32),
+        op: "revoke",
+        jti,
+        sub,
+        result: "ok",
+        ..Default::default()
+    }])?;
+    println!("revoked (offline); the daemon applies it when it starts");
+    Ok(())
+}
+
+pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
+    crate::keys::locked::harden_process()?;
+    let mut stores = Stores::open(cfg, false)?;
+    let now = lifecycle::wall_now();
+    stores.reconcile(now)?;
+    let rows = stores.db.keys()?;
+    let active = crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone());
+    for row in rows
+        .iter()
+        .filter(|r| r.verified && crate::keys::state(r, now).needs_shares())
+    {
+        let key = lifecycle::unseal_key(&stores.db, &stores.shares, row)?;
+        let rec = recovery
+            .as_deref()
+            .filter(|_| active.as_deref() == Some(row.kid.as_str()));
+        let s = &mut stores;
+        let g = lifecycle::reshare(&mut s.db, &s.shares, row, &key, rec)?;
+        println!("re-split key {} into share generation {g}", row.kid);
+        if let Some(p) = rec {
+            println!(
+                "  new recovery share: {} (the previous one no longer works)",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `status` without a daemon: the same fields, read from the database.
+pub fn status(cfg: &Config) -> Result<Value, Failure> {
+    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let now = lifecycle::wall_now();
+    let rows: Vec<_> = database
+        .keys()?
+        .into_iter()
+        .filter(|r| r.verified)
+        .collect();
+    let keys: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "kid": r.kid,
+                "state": crate::keys::state(r, now).as_str(),
+                "origin": r.origin.as_str(),
+                "created_at": r.created_at,
+                "activate_at": r.activate_at,
+                "deactivate_at": r.deactivate_at,
+                "retire_at": r.retire_at,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "daemon": "not running",
+        "issuer": cfg.issuer,
+        "alg": cfg.alg.as_str(),
+        "active_kid": crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone()),
+        "now": now,
+        "next_transition": crate::keys::schedule::next_event(&rows, now, cfg),
+        "keys": keys,
+    }))
+}
+
+/// `backup FILE`: a consistent copy of the database store.
+fn backup_db(cfg: &Config, file: &Path) -> Result<(), Failure> {
+    // Both shares of a key in one place is what the split is there to
+    // prevent: no database backup inside the share directory.
+    let dest_dir = std::path::absolute(file)
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_owned()))
+        .and_then(|d| d.canonicalize().ok());
+    if dest_dir.is_some() && dest_dir == cfg.shares_dir.canonicalize().ok() {
+        return Err(usage(format!(
+            "{} is in the share directory; keep the database backup apart from the file shares",
+            file.display()
+        )));
+    }
+    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let s = database.backup(file)?;
+    println!(
+        "backed up database {} to {} (schema {}, deployment {}, {} keys, {} revocations, {} audit records)",
+        cfg.db.display(),
+        file.display(),
+        s.schema,
+        s.deployment,
+        s.keys,
+        s.revocations,
+        s.audit_records
+    );
+    println!(
+        "the file shares are not in it: back up {} separately, and keep the two apart",
+        cfg.shares_dir.display()
+    );
+    Ok(())
+}
+
+/// `check`: prove the stores belong together and rebuild every key that
+/// may sign from its two shares, read-only.
+fn check_stores(cfg: &Config) -> Result<(), Failure> {
+    crate::keys::locked::harden_process()?;
+    let dir = crate::store::ShareDir::open(&cfg.shares_dir)?;
+    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let now = lifecycle::wall_now();
+    let plan = lifecycle::survey(&database, &dir, now)?;
+    let rows = database.keys()?;
+    if rows.iter().all(|r| !r.verified) {
+        return Err(Error::KeyStore(format!("database {} holds no key", cfg.db.display())).into());
+    }
+    for row in rows.iter().filter(|r| r.verified) {
+        let state = crate::keys::state(row, now);
+        if state.needs_shares() {
+            lifecycle::unseal_key(&database, &dir, row)?;
+            println!(
+                "key {} ({}): file share and database share rebuild its public key",
+                row.kid,
+                state.as_str()
+            );
+        } else {
+            println!("key {} ({}): public key only", row.kid, state.as_str());
+        }
+    }
+    if crate::keys::schedule::active(&rows, now).is_none() {
+        println!("no key is active now: the daemon will create one when it starts");
+    }
+    let leftovers = plan.destroy_files.len() + plan.remove_temps.len();
+    if leftovers + plan.discard_rows.len() + plan.destroy_db_shares_of.len() > 0 {
+        println!(
+            "the next start cleans up {} leftover file(s) of interrupted writes or of keys that \
+             no longer sign, and {} unfinished key(s)",
+            leftovers,
+            plan.discard_rows.len()
+        );
+    }
+    println!(
+        "ok: the share directory and the database belong together (deployment {})",
+        database.deployment()
+    );
+    Ok(())
+}
+
+/// `init` and `import`: create the first key of a deployment offline.
+fn create_first(
+    cfg: &Config,
+    pem: Option<PathBuf>,
+    recovery: Option<PathBuf>,
+) -> Result<(), Failure> {
+    crate::keys::locked::harden_process()?;
+    // Read the PEM before touching the stores, so a bad file changes nothing.
+    let imported = match &pem {
+        None => None,
+        Some(path) => Some(read_pem(path)?),
+    };
+    let mut stores = Stores::open(cfg, true)?;
+    let now = lifecycle::wall_now();
+    stores.reconcile(now)?;
+    if !stores.db.is_empty()? {
+        let kids: Vec<String> = stores.db.keys()?.into_iter().map(|k| k.kid).collect();
+        return Err(usage(format!(
+            "the stores are already initialised (key {}); nothing was changed",
+            kids.join(", ")
+        )));
+    }
+    let (seed, origin) = match imported {
+        Some(seed) => (seed, Origin::Imported),
+        None => (lifecycle::random_seed()?, Origin::Generated),
+    };
+    let row = lifecycle::create_key(
+        &mut stores.db,
+        &stores.shares,
+        cfg,
+        &seed,
+        origin,
+        now,
+        lifecycle::Creation {
+            activate_at: now,
+            recovery: recovery.as_deref(),
+            ..Default::default()
+        },
+    )?
+    .row;
+    println!(
+        "{} key {}",
+        if pem.is_some() { "imported" } else { "created" },
+        row.kid
+    );
+    println!(
+        "  file share:     {}",
+        stores
+            .shares
+            .share_path(&row.kid, row.share_generation)
+            .display()
+    );
+    println!("  database share: {}", stores.db.path().display());
+    if let Some(r) = &recovery {
+        println!(
+            "  recovery share: {} (move it offline; with either store it rebuilds the key)",
+            r.display()
+        );
+    }
+    if let Some(p) = &pem {
+        println!(
+            "  the key is now split; delete {} once you have checked `splitsign serve` starts",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+fn read_pem(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, Failure> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
+        .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&text).map_err(|_| {
+        usage(format!(
+            "{} is not a PKCS#8 PEM Ed25519 private key (\"-----BEGIN PRIVATE KEY-----\")",
+            path.display()
+        ))
+    })?;
+    Ok(zeroize::Zeroizing::new(key.to_bytes()))
+}
+
+fn current_generation(stores: &Stores, kid: &str) -> Result<u32, Failure> {
+    Ok(stores
+        .db
+        .keys()?
+        .into_iter()
+        .find(|r| r.kid == kid)
+        .map(|r| r.share_generation)
+        .unwrap_or(1))
+}

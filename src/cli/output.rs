@@ -1,0 +1,133 @@
+//! `output`: how commands fail (an exit code and one message) and what
+//! they print that more than one command shares.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::client::ClientError;
+use crate::error::{Error, exit};
+use crate::lifecycle;
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure {
+            code: e.exit_code(),
+            message: crate::error::chain(&e),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let code = match &e {
+            ClientError::Connect { .. } | ClientError::Timeout { .. } => exit::UNAVAILABLE,
+            _ => exit::FAILURE,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+pub fn usage(message: String) -> Failure {
+    Failure {
+        code: exit::USAGE,
+        message,
+    }
+}
+
+pub fn rfc3339(secs: i64) -> String {
+    std::time::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs.max(0) as u64))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default()
+}
+
+/// A point in time given on the command line: Unix seconds, RFC 3339, or
+/// an age ("90d": that long ago).
+pub fn parse_time(s: &str) -> Result<i64, Failure> {
+    let bad = || {
+        usage(format!(
+            "{s:?} is not a time: give Unix seconds, RFC 3339 (2026-01-31T00:00:00Z) or an age (90d)"
+        ))
+    };
+    let t = if let Ok(n) = s.parse::<i64>() {
+        n
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| bad())?
+            .as_secs() as i64
+    } else if let Ok(age) = humantime::parse_duration(s) {
+        lifecycle::wall_now().saturating_sub(i64::try_from(age.as_secs()).map_err(|_| bad())?)
+    } else {
+        return Err(bad());
+    };
+    if !(0..=crate::protocol::MAX_UNIX_TIME).contains(&t) {
+        return Err(bad());
+    }
+    Ok(t)
+}
+
+pub fn previous_note(previous: Option<&str>, emergency: bool) -> String {
+    match (previous, emergency) {
+        (None, _) => String::new(),
+        (Some(p), true) => format!("; key {p} is retired, its tokens no longer verify"),
+        (Some(p), false) => {
+            format!("; key {p} no longer signs, its tokens verify until they expire")
+        }
+    }
+}
+
+/// A readable table of `status`.
+pub fn render_status(status: &Value) -> String {
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let t = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_i64)
+            .and_then(|secs| {
+                std::time::UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(secs).ok()?))
+            })
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let daemon = match status.get("uptime_s").and_then(Value::as_u64) {
+        Some(up) => format!("daemon up {up}s"),
+        None => "daemon not running".into(),
+    };
+    let mut out = format!(
+        "issuer {}  alg {}  {daemon}\nactive key       {}\nnext transition  {}\n\n{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+        s(status, "issuer"),
+        s(status, "alg"),
+        s(status, "active_kid"),
+        t(status, "next_transition"),
+        "KID",
+        "STATE",
+        "ACTIVATES",
+        "DEACTIVATES",
+        "RETIRES"
+    );
+    for k in status
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+            s(k, "kid"),
+            s(k, "state"),
+            t(k, "activate_at"),
+            t(k, "deactivate_at"),
+            t(k, "retire_at")
+        ));
+    }
+    out
+}

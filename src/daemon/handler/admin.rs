@@ -1,0 +1,180 @@
+//! `admin`: the admin ops, run on a blocking thread against the key
+//! manager (rotate, reshare, revoke) or on the audit writer (audit_prune).
+//! Each gets its own audit record.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Handler, Peer};
+use crate::daemon::key_manager::Rotated;
+use crate::error::Error;
+use crate::lifecycle::wall_now;
+use crate::protocol::{self, Code, Failure, Op, Request};
+use crate::store::Revocation;
+use crate::store::audit_log::Record;
+
+#[derive(Serialize)]
+struct RotateOk<'a> {
+    kid: &'a str,
+    previous: Option<&'a str>,
+    emergency: bool,
+}
+
+#[derive(Serialize)]
+struct ReshareKey<'a> {
+    kid: &'a str,
+    generation: u32,
+}
+
+#[derive(Serialize)]
+struct ReshareOk<'a> {
+    keys: Vec<ReshareKey<'a>>,
+}
+
+#[derive(Serialize)]
+struct PruneOk {
+    pruned: usize,
+    before: i64,
+}
+
+#[derive(Serialize)]
+struct RevokeOk<'a> {
+    revoked: &'static str,
+    value: &'a str,
+    until: i64,
+}
+
+impl Handler {
+    /// Run an admin op on a blocking thread and append its response.
+    pub async fn run_admin(
+        &self,
+        req: Request,
+        peer: &Peer,
+        out: &mut Vec<u8>,
+        audit: &mut Vec<Record>,
+    ) {
+        let manager = Arc::clone(&self.manager);
+        let policy = self.policy();
+        let op = req.op.clone();
+        let name = op.name().as_str();
+        tracing::info!(uid = peer.uid, pid = ?peer.pid, op = name, "admin op");
+        if let Op::AuditPrune { before } = op {
+            // The writer records the prune itself, once it is done.
+            return self.prune_audit(req.id, before, peer, out).await;
+        }
+        let result = tokio::task::spawn_blocking(move || match op {
+            Op::Rotate { emergency } => manager.rotate(emergency).map(Admin::Rotated),
+            Op::Reshare => manager.reshare().map(Admin::Reshared),
+            Op::Revoke(target) => manager.revoke(target, &policy).map(Admin::Revoked),
+            _ => unreachable!("only admin ops become jobs"),
+        })
+        .await;
+        let id = req.id.as_ref();
+        let mut rec = self.record(peer, name, wall_now());
+        match result {
+            Ok(Ok(Admin::Rotated(r))) => {
+                rec.kid = Some(r.kid.clone());
+                let emergency = matches!(req.op, Op::Rotate { emergency: true });
+                protocol::write_ok(
+                    out,
+                    id,
+                    RotateOk {
+                        kid: &r.kid,
+                        previous: r.previous.as_deref(),
+                        emergency,
+                    },
+                )
+            }
+            Ok(Ok(Admin::Reshared(keys))) => protocol::write_ok(
+                out,
+                id,
+                ReshareOk {
+                    keys: keys
+                        .iter()
+                        .map(|(kid, generation)| ReshareKey {
+                            kid,
+                            generation: *generation,
+                        })
+                        .collect(),
+                },
+            ),
+            Ok(Ok(Admin::Revoked(r))) => {
+                let (kind, value, until) = match &r {
+                    Revocation::Jti { jti, expires_at } => ("jti", jti, *expires_at),
+                    Revocation::Sub {
+                        sub, expires_at, ..
+                    } => ("sub", sub, *expires_at),
+                };
+                if kind == "jti" {
+                    rec.jti = Some(value.clone());
+                } else {
+                    rec.sub = Some(value.clone());
+                }
+                protocol::write_ok(
+                    out,
+                    id,
+                    RevokeOk {
+                        revoked: kind,
+                        value,
+                        until,
+                    },
+                )
+            }
+            Ok(Err(e)) => {
+                // With its causes: "writing file share …: No space left on
+                // device", not just the step.
+                let message = crate::error::chain(&e);
+                tracing::error!(error = %message, op = name, "admin op failed");
+                let code = if matches!(e, Error::Usage(_)) {
+                    Code::Refused
+                } else {
+                    Code::Internal
+                };
+                rec.result = code.as_str();
+                protocol::write_error(out, &Failure::new(req.id.clone(), code, message));
+            }
+            Err(_) => {
+                rec.result = Code::Internal.as_str();
+                protocol::write_error(
+                    out,
+                    &Failure::new(req.id.clone(), Code::Internal, "admin op panicked"),
+                );
+            }
+        }
+        audit.push(rec);
+    }
+
+    /// `audit_prune`: prune the audit log before `before`, on the writer.
+    async fn prune_audit(&self, id: Option<Value>, before: i64, peer: &Peer, out: &mut Vec<u8>) {
+        let Some(audit) = &self.audit else {
+            protocol::write_error(
+                out,
+                &Failure::new(id, Code::Refused, "the audit log is off (audit = false)"),
+            );
+            return;
+        };
+        let by = self.record(peer, "audit_prune", wall_now());
+        match audit.prune(before, by).await {
+            Ok(p) => protocol::write_ok(
+                out,
+                id.as_ref(),
+                PruneOk {
+                    pruned: p.records,
+                    before: p.before,
+                },
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "audit prune failed");
+                protocol::write_error(out, &Failure::new(id, Code::Internal, e));
+            }
+        }
+    }
+}
+
+enum Admin {
+    Rotated(Rotated),
+    Reshared(Vec<(String, u32)>),
+    Revoked(Revocation),
+}

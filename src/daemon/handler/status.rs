@@ -1,0 +1,131 @@
+//! `status` and `jwks`: what the daemon holds, for operators and
+//! verifiers.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Handler, Times};
+use crate::protocol;
+
+#[derive(Serialize)]
+struct KeyStatus<'a> {
+    kid: &'a str,
+    state: &'static str,
+    alg: &'static str,
+    origin: &'static str,
+    created_at: i64,
+    activate_at: i64,
+    deactivate_at: i64,
+    retire_at: i64,
+}
+
+#[derive(Serialize)]
+struct StatusBody<'a> {
+    version: &'static str,
+    issuer: &'a str,
+    /// The label of keys created from now on.
+    alg: &'static str,
+    deployment: &'a str,
+    active_kid: Option<&'a str>,
+    uptime_s: u64,
+    now: i64,
+    /// How far the wall clock is behind the latest time the daemon has seen
+    /// (after a clock was set back); key states follow the latter.
+    clock_behind_s: i64,
+    /// Why the daemon does not sign, when its stores changed under it.
+    store_fault: Option<String>,
+    audit: AuditStatus,
+    connections: usize,
+    next_transition: Option<i64>,
+    keys: Vec<KeyStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct AuditStatus {
+    /// `ok`, `failing` (signing fails closed) or `off`.
+    state: &'static str,
+    failing_since: Option<i64>,
+    /// The database with its WAL, and the free space on its filesystem.
+    db_bytes: Option<u64>,
+    free_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct StatusOk<'a> {
+    status: StatusBody<'a>,
+}
+
+impl Handler {
+    pub(super) fn answer_jwks(&self, id: Option<Value>, out: &mut Vec<u8>) {
+        let keys = self.manager.keyring.snapshot();
+        protocol::write_ok(out, id.as_ref(), protocol::JwksOk { jwks: &keys.jwks });
+    }
+
+    pub(super) fn answer_status(&self, id: Option<Value>, at: Times, out: &mut Vec<u8>) {
+        let keys = self.manager.keyring.snapshot();
+        let policy = self.policy();
+        let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
+        let body = StatusBody {
+            version: env!("CARGO_PKG_VERSION"),
+            issuer: &policy.issuer,
+            alg: policy.alg.as_str(),
+            deployment: self.manager.deployment(),
+            active_kid: keys.signer_at(at.keys).map(|s| s.kid.as_str()),
+            uptime_s: self.started.elapsed().as_secs(),
+            now: at.wall,
+            clock_behind_s: at.keys - at.wall.min(at.keys),
+            store_fault: self.manager.fault(),
+            audit: self.audit_status(),
+            connections: self.admission.counts().0,
+            next_transition: crate::keys::schedule::next_event(
+                &rows,
+                at.keys,
+                &self.manager.config(),
+            ),
+            keys: keys
+                .published
+                .iter()
+                .map(|p| KeyStatus {
+                    kid: &p.row.kid,
+                    state: crate::keys::state(&p.row, at.keys).as_str(),
+                    alg: p.row.alg.as_str(),
+                    origin: p.row.origin.as_str(),
+                    created_at: p.row.created_at,
+                    activate_at: p.row.activate_at,
+                    deactivate_at: p.row.deactivate_at,
+                    retire_at: p.row.retire_at,
+                })
+                .collect(),
+        };
+        protocol::write_ok(out, id.as_ref(), StatusOk { status: body });
+    }
+
+    fn audit_status(&self) -> AuditStatus {
+        let db = self.manager.db_path();
+        let size = |suffix: &str| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(p).map(|m| m.len()).ok()
+        };
+        let dir = match db.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        let free = rustix::fs::statvfs(dir)
+            .ok()
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize));
+        let (state, failing_since) = match &self.audit {
+            None => ("off", None),
+            Some(a) => match a.health().failing_since() {
+                None => ("ok", None),
+                Some(t) => ("failing", Some(t)),
+            },
+        };
+        AuditStatus {
+            state,
+            failing_since,
+            db_bytes: size("").map(|n| n + size("-wal").unwrap_or(0)),
+            free_bytes: free,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! `daemon` is `splitsign serve`. This file only wires the parts together,
+//! in order: hardening → config summary → stores → key manager (prove the
+//! stores belong together, unseal, reconcile, schedule) → listener (from
+//! systemd or bound here) → audit writer → handler → READY → serve, with
+//! the background tasks beside it → STOPPING → checkpoint → exit.
+//!
+//! The parts: `listener` (socket, accept, admission of each peer),
+//! `admission` (per-uid caps, admin reserve, eviction), `connection` (one
+//! peer's lines, batches, backpressure), `handler` (answering a request:
+//! sign, verify, status, admin ops), `access` (client policies),
+//! `revocations`, `key_manager` (key changes while running, store checks,
+//! the JWKS file), `audit_writer` (group commit, aggregation, retention),
+//! `background` (schedule timer, health, watchdog, signals and reload),
+//! `systemd` (socket activation, sd_notify), `memory` (allocator tuning).
+
+pub mod access;
+pub mod admission;
+pub mod audit_writer;
+mod background;
+pub mod connection;
+pub mod handler;
+pub mod key_manager;
+pub mod listener;
+pub mod memory;
+pub mod revocations;
+pub mod systemd;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Origin as ConfigOrigin, Overrides};
+use crate::error::{Error, Result};
+use crate::keys::jws::Policy;
+use crate::store::Stores;
+use access::Access;
+use audit_writer::Writer;
+use handler::Handler;
+use key_manager::KeyManager;
+use listener::{BoundSocket, Limits};
+
+pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
+    let started = Instant::now();
+    crate::keys::locked::harden_process()?;
+    memory::tune_allocator();
+    log_config(&cfg);
+    // Check the access policies (user and group names) before anything else.
+    Access::new(&cfg)?;
+    // Adopt systemd's socket before anything else can open a descriptor.
+    let activated = systemd::take_listener()?;
+    let manager = Arc::new(start_keys(&cfg)?);
+    let (std_listener, bound) = listen(activated, &cfg)?;
+    let handler = Arc::new(Handler::new(
+        Arc::clone(&manager),
+        Policy::new(&cfg),
+        Access::new(&cfg)?,
+        Limits::of(&cfg),
+        started,
+        start_audit(&cfg, &manager)?,
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("starting the async runtime", "tokio"))?;
+    runtime.block_on(run(std_listener, handler, cfg, overrides, started))?;
+    drop(bound);
+    stop(&manager);
+    Ok(())
+}
+
+fn log_config(cfg: &Config) {
+    match &cfg.origin {
+        ConfigOrigin::File(p) => tracing::info!(config = %p.display(), "loaded config"),
+        ConfigOrigin::Defaults => tracing::info!("no config file; using built-in defaults"),
+    }
+    tracing::info!(
+        shares = %cfg.shares_dir.display(),
+        db = %cfg.db.display(),
+        socket = %cfg.socket.display(),
+        issuer = %cfg.issuer,
+        "stores and socket"
+    );
+}
+
+/// Open the stores and start the key manager. Store checks and unsealing
+/// come before any change (see `KeyManager::start`), so a refusal here has
+/// changed nothing; it says how to get back.
+fn start_keys(cfg: &Config) -> Result<KeyManager> {
+    let stores = Stores::open(cfg, true)?;
+    KeyManager::start(stores, cfg.clone()).inspect_err(|e| {
+        // Stores that do not belong together say what to do themselves.
+        if e.exit_code() == crate::error::exit::KEY_STORE
+            && !matches!(e, Error::StoresDisagree { .. })
+        {
+            tracing::error!(
+                "the keys cannot be unsealed; nothing was changed. To get back: \
+                 `splitsign recover --recovery-share FILE` rebuilds a lost share from the \
+                 offline recovery share; without one, `splitsign rotate` (offline) makes a \
+                 new key and keeps the old public key published until its tokens expire"
+            );
+        }
+    })
+}
+
+/// The listening socket: systemd's, or one bound here (removed at stop).
+fn listen(
+    activated: Option<std::os::unix::net::UnixListener>,
+    cfg: &Config,
+) -> Result<(std::os::unix::net::UnixListener, Option<BoundSocket>)> {
+    Ok(match activated {
+        Some(l) => {
+            tracing::info!("using the socket passed by systemd (LISTEN_FDS)");
+            (l, None)
+        }
+        None => {
+            let (l, b) = listener::bind(&cfg.socket, cfg.socket_mode)?;
+            (l, Some(b))
+        }
+    })
+}
+
+fn start_audit(cfg: &Config, manager: &KeyManager) -> Result<Option<Writer>> {
+    if !cfg.audit {
+        tracing::warn!("the audit log is off (audit = false)");
+        return Ok(None);
+    }
+    Writer::start(
+        cfg.db.clone(),
+        cfg.audit_sync,
+        manager.db_identity(),
+        cfg.audit_retention,
+    )
+    .map(Some)
+}
+
+/// Serve until a signal says stop, with the background tasks beside.
+async fn run(
+    std_listener: std::os::unix::net::UnixListener,
+    handler: Arc<Handler>,
+    cfg: Config,
+    overrides: Overrides,
+    started: Instant,
+) -> Result<()> {
+    let socket = tokio::net::UnixListener::from_std(std_listener)
+        .map_err(Error::io("registering socket", &cfg.socket))?;
+    let shutdown = CancellationToken::new();
+    let timer = background::spawn(&handler, cfg.clone(), overrides, &shutdown);
+    let status = handler.manager.status_line();
+    tracing::info!(
+        status = %status,
+        socket = %cfg.socket.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+    systemd::ready(&status);
+    listener::run(socket, handler, shutdown).await;
+    let _ = timer.await;
+    Ok(())
+}
+
+/// After the last reply: move the WAL into the database file, so that the
+/// file alone is complete (a copy of it, a backup tool that skips `-wal`).
+fn stop(manager: &KeyManager) {
+    if manager.fault().is_none()
+        && let Err(e) = manager.checkpoint()
+    {
+        tracing::warn!(error = %e, "could not checkpoint the database at stop");
+    }
+    tracing::info!("stopped");
+}
