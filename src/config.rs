@@ -270,66 +270,60 @@ impl Config {
     }
 
     fn build(file: FileConfig, origin: Origin, ov: &Overrides, env: &Env) -> Result<Config> {
-        // Default store locations: a config file means a system install; with
-        // no file we run from the current directory. systemd's
-        // StateDirectory= lists "shares" then "db" (colon-separated).
-        let state_dirs: Vec<PathBuf> = env
-            .state_directory
-            .as_deref()
-            .map(|s| {
-                s.split(':')
-                    .filter(|p| !p.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let (def_shares, def_db) = match (state_dirs.as_slice(), &origin) {
-            ([shares, db, ..], _) => (shares.clone(), db.join("splitsign.db")),
-            ([one], _) => (one.join("shares"), one.join("db").join("splitsign.db")),
-            ([], Origin::File(_)) => (
-                PathBuf::from("/var/lib/splitsign/shares"),
-                PathBuf::from("/var/lib/splitsign/db/splitsign.db"),
-            ),
-            ([], Origin::Defaults) => (PathBuf::from("keys"), PathBuf::from("var/splitsign.db")),
-        };
-        let def_socket = match (env.runtime_directory.as_deref(), &origin) {
-            (Some(rt), _) if !rt.is_empty() => {
-                PathBuf::from(rt.split(':').next().unwrap_or(rt)).join("sign.sock")
-            }
-            // A config file, or systemd's StateDirectory=: a system install.
-            (_, Origin::File(_)) => PathBuf::from("/run/splitsign/sign.sock"),
-            _ if !state_dirs.is_empty() => PathBuf::from("/run/splitsign/sign.sock"),
-            (_, Origin::Defaults) => PathBuf::from("var/splitsign.sock"),
-        };
-
+        let (def_shares, def_db, def_socket) = default_places(env, &origin);
         let socket_mode = match &file.socket_mode {
             None => 0o660,
             Some(s) => parse_mode(s)?,
         };
         let cfg = Config {
             origin,
-            issuer: file.issuer.unwrap_or_else(|| "splitsign".to_owned()),
+            issuer: file
+                .issuer
+                .clone()
+                .unwrap_or_else(|| "splitsign".to_owned()),
             alg: file.alg.unwrap_or(AlgLabel::EdDSA),
             shares_dir: ov
                 .shares_dir
                 .clone()
-                .or(file.shares_dir)
+                .or(file.shares_dir.clone())
                 .unwrap_or(def_shares),
-            db: ov.db.clone().or(file.db).unwrap_or(def_db),
-            socket: ov.socket.clone().or(file.socket).unwrap_or(def_socket),
+            db: ov.db.clone().or(file.db.clone()).unwrap_or(def_db),
+            socket: ov
+                .socket
+                .clone()
+                .or(file.socket.clone())
+                .unwrap_or(def_socket),
             socket_mode,
+            ..Config::settings(&file)
+        }
+        .absolute();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every setting but the places, from the file or the defaults.
+    fn settings(file: &FileConfig) -> Config {
+        let conns = file.max_connections.unwrap_or(1024);
+        Config {
+            origin: Origin::Defaults,
+            issuer: String::new(),
+            alg: AlgLabel::EdDSA,
+            shares_dir: PathBuf::new(),
+            db: PathBuf::new(),
+            socket: PathBuf::new(),
+            socket_mode: 0o660,
             default_ttl: file.default_ttl.unwrap_or(Duration::from_secs(15 * 60)),
             max_ttl: file.max_ttl.unwrap_or(Duration::from_secs(60 * 60)),
             max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
             max_frame_bytes: file.max_frame_bytes.unwrap_or(64 * 1024),
-            max_connections: file.max_connections.unwrap_or(1024),
+            max_connections: conns,
             // Unset, these follow a smaller max_connections.
             max_connections_per_peer: file
                 .max_connections_per_peer
-                .unwrap_or_else(|| file.max_connections.unwrap_or(1024).clamp(1, 64)),
+                .unwrap_or_else(|| conns.clamp(1, 64)),
             admin_connections: file
                 .admin_connections
-                .unwrap_or_else(|| (file.max_connections.unwrap_or(1024) / 2).clamp(1, 4)),
+                .unwrap_or_else(|| (conns / 2).clamp(1, 4)),
             idle_timeout: file.idle_timeout.unwrap_or(Duration::from_secs(300)),
             read_timeout: file.read_timeout.unwrap_or(Duration::from_secs(10)),
             write_timeout: file.write_timeout.unwrap_or(Duration::from_secs(10)),
@@ -339,18 +333,21 @@ impl Config {
             audit_retention: file
                 .audit_retention
                 .unwrap_or(Duration::from_secs(90 * 86400)),
-            admin_uids: file.admin_uids,
-            policies: file.policy,
+            admin_uids: file.admin_uids.clone(),
+            policies: file.policy.clone(),
             rotation_interval: file
                 .rotation_interval
                 .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
             leeway: file.leeway.unwrap_or(Duration::from_secs(60)),
             prepublish: file.prepublish.unwrap_or(Duration::from_secs(3600)),
             jwks_max_age: file.jwks_max_age.unwrap_or(Duration::from_secs(900)),
-            jwks_file: file.jwks_file,
-        };
-        // Relative paths are relative to the working directory; make them
-        // absolute once so logs and errors name exactly one file.
+            jwks_file: file.jwks_file.clone(),
+        }
+    }
+
+    /// Relative paths are relative to the working directory; made absolute
+    /// once, so that logs and errors name exactly one file.
+    fn absolute(self) -> Config {
         let abs = |p: PathBuf| {
             if p.as_os_str().is_empty() {
                 p
@@ -358,18 +355,29 @@ impl Config {
                 std::path::absolute(&p).unwrap_or(p)
             }
         };
-        let cfg = Config {
-            shares_dir: abs(cfg.shares_dir),
-            db: abs(cfg.db),
-            socket: abs(cfg.socket),
-            jwks_file: cfg.jwks_file.map(abs),
-            ..cfg
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        Config {
+            shares_dir: abs(self.shares_dir),
+            db: abs(self.db),
+            socket: abs(self.socket),
+            jwks_file: self.jwks_file.map(abs),
+            ..self
+        }
     }
 
+    /// Shape checks, one section at a time; the first problem is the
+    /// error, naming the setting.
     fn validate(&self) -> Result<()> {
+        self.check_tokens()?;
+        self.check_limits()?;
+        self.check_schedule()?;
+        for p in &self.policies {
+            self.check_policy(p)?;
+        }
+        self.check_paths()
+    }
+
+    /// The issuer and token lifetimes.
+    fn check_tokens(&self) -> Result<()> {
         let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
         if self.issuer.is_empty() || self.issuer.len() > 256 {
             return bad("issuer", "must be 1 to 256 bytes long".into());
@@ -390,6 +398,12 @@ impl Config {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// Frames, tokens, connections, timeouts and the audit log's retention.
+    fn check_limits(&self) -> Result<()> {
+        let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
         if !(1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes) {
             return bad(
                 "max_frame_bytes",
@@ -423,11 +437,6 @@ impl Config {
         {
             return bad("audit_retention", "must be between 1h and 100 years".into());
         }
-        if self.rotation_interval < Duration::from_secs(1)
-            || self.rotation_interval > Duration::from_secs(3650 * 86400)
-        {
-            return bad("rotation_interval", "must be between 1s and 3650d".into());
-        }
         for (key, d) in [
             ("idle_timeout", self.idle_timeout),
             ("read_timeout", self.read_timeout),
@@ -437,76 +446,16 @@ impl Config {
                 return bad(key, "must be between 100ms and 1d".into());
             }
         }
-        for p in &self.policies {
-            if p.name.is_empty() {
-                return bad("policy.name", "every [[policy]] needs a name".into());
-            }
-            if p.uids.is_empty() && p.users.is_empty() && p.gids.is_empty() && p.groups.is_empty() {
-                return bad(
-                    "policy",
-                    format!(
-                        "policy {:?} matches nobody: give uids, users, gids or groups",
-                        p.name
-                    ),
-                );
-            }
-            for op in p.ops.iter().flatten() {
-                let Some(name) = OpName::parse(op) else {
-                    return bad(
-                        "policy.ops",
-                        format!("policy {:?}: unknown op {op:?}", p.name),
-                    );
-                };
-                if name.is_admin() && !p.admin {
-                    return bad(
-                        "policy.ops",
-                        format!(
-                            "policy {:?}: {op:?} is an admin op; it needs admin = true (which \
-                             grants every admin op)",
-                            p.name
-                        ),
-                    );
-                }
-            }
-            for name in p.forced_claims.keys().chain(p.claims.iter().flatten()) {
-                if RESERVED_CLAIMS.contains(&name.as_str()) {
-                    return bad(
-                        "policy",
-                        format!("policy {:?}: claim {name:?} is set by the daemon", p.name),
-                    );
-                }
-            }
-            if p.sign_rate
-                .is_some_and(|r| !r.is_finite() || !(0.001..=1_000_000.0).contains(&r))
-            {
-                return bad(
-                    "policy.sign_rate",
-                    format!(
-                        "policy {:?}: must be between 0.001 and 1000000 tokens per second",
-                        p.name
-                    ),
-                );
-            }
-            if p.sign_burst.is_some_and(|b| b == 0 || b > 1_000_000) {
-                return bad(
-                    "policy.sign_burst",
-                    format!("policy {:?}: must be between 1 and 1000000", p.name),
-                );
-            }
-            if p.sign_burst.is_some() && p.sign_rate.is_none() {
-                return bad(
-                    "policy.sign_burst",
-                    format!("policy {:?}: sign_burst needs sign_rate", p.name),
-                );
-            }
-            if p.max_ttl
-                .is_some_and(|t| t < Duration::from_secs(1) || t > self.max_ttl)
-            {
-                return bad(
-                    "policy.max_ttl",
-                    format!("policy {:?}: must be between 1s and max_ttl", p.name),
-                );
-            }
+        Ok(())
+    }
+
+    /// Rotation, leeway, pre-publication and the JWKS cache.
+    fn check_schedule(&self) -> Result<()> {
+        let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
+        if self.rotation_interval < Duration::from_secs(1)
+            || self.rotation_interval > Duration::from_secs(3650 * 86400)
+        {
+            return bad("rotation_interval", "must be between 1s and 3650d".into());
         }
         if self.leeway > Duration::from_secs(600) {
             return bad("leeway", "must be at most 10m".into());
@@ -531,6 +480,87 @@ impl Config {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// One `[[policy]]`: whom it matches, its ops, claims, rate and TTL.
+    fn check_policy(&self, p: &PolicyFile) -> Result<()> {
+        let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
+        if p.name.is_empty() {
+            return bad("policy.name", "every [[policy]] needs a name".into());
+        }
+        if p.uids.is_empty() && p.users.is_empty() && p.gids.is_empty() && p.groups.is_empty() {
+            return bad(
+                "policy",
+                format!(
+                    "policy {:?} matches nobody: give uids, users, gids or groups",
+                    p.name
+                ),
+            );
+        }
+        for op in p.ops.iter().flatten() {
+            let Some(name) = OpName::parse(op) else {
+                return bad(
+                    "policy.ops",
+                    format!("policy {:?}: unknown op {op:?}", p.name),
+                );
+            };
+            if name.is_admin() && !p.admin {
+                return bad(
+                    "policy.ops",
+                    format!(
+                        "policy {:?}: {op:?} is an admin op; it needs admin = true (which \
+                         grants every admin op)",
+                        p.name
+                    ),
+                );
+            }
+        }
+        for name in p.forced_claims.keys().chain(p.claims.iter().flatten()) {
+            if RESERVED_CLAIMS.contains(&name.as_str()) {
+                return bad(
+                    "policy",
+                    format!("policy {:?}: claim {name:?} is set by the daemon", p.name),
+                );
+            }
+        }
+        if p.sign_rate
+            .is_some_and(|r| !r.is_finite() || !(0.001..=1_000_000.0).contains(&r))
+        {
+            return bad(
+                "policy.sign_rate",
+                format!(
+                    "policy {:?}: must be between 0.001 and 1000000 tokens per second",
+                    p.name
+                ),
+            );
+        }
+        if p.sign_burst.is_some_and(|b| b == 0 || b > 1_000_000) {
+            return bad(
+                "policy.sign_burst",
+                format!("policy {:?}: must be between 1 and 1000000", p.name),
+            );
+        }
+        if p.sign_burst.is_some() && p.sign_rate.is_none() {
+            return bad(
+                "policy.sign_burst",
+                format!("policy {:?}: sign_burst needs sign_rate", p.name),
+            );
+        }
+        if p.max_ttl
+            .is_some_and(|t| t < Duration::from_secs(1) || t > self.max_ttl)
+        {
+            return bad(
+                "policy.max_ttl",
+                format!("policy {:?}: must be between 1s and max_ttl", p.name),
+            );
+        }
+        Ok(())
+    }
+
+    /// Store, socket and JWKS paths.
+    fn check_paths(&self) -> Result<()> {
+        let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
         if self
             .jwks_file
             .as_ref()
@@ -620,6 +650,42 @@ impl Config {
         .into_iter()
         .find_map(|(key, changed)| changed.then_some(key))
     }
+}
+
+/// The store paths and the socket when the config gives none: a config
+/// file means a system install; with no file the daemon runs from the
+/// current directory. systemd's `StateDirectory=` lists "shares" then "db"
+/// (colon-separated).
+fn default_places(env: &Env, origin: &Origin) -> (PathBuf, PathBuf, PathBuf) {
+    let state_dirs: Vec<PathBuf> = env
+        .state_directory
+        .as_deref()
+        .map(|s| {
+            s.split(':')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let (def_shares, def_db) = match (state_dirs.as_slice(), &origin) {
+        ([shares, db, ..], _) => (shares.clone(), db.join("splitsign.db")),
+        ([one], _) => (one.join("shares"), one.join("db").join("splitsign.db")),
+        ([], Origin::File(_)) => (
+            PathBuf::from("/var/lib/splitsign/shares"),
+            PathBuf::from("/var/lib/splitsign/db/splitsign.db"),
+        ),
+        ([], Origin::Defaults) => (PathBuf::from("keys"), PathBuf::from("var/splitsign.db")),
+    };
+    let def_socket = match (env.runtime_directory.as_deref(), &origin) {
+        (Some(rt), _) if !rt.is_empty() => {
+            PathBuf::from(rt.split(':').next().unwrap_or(rt)).join("sign.sock")
+        }
+        // A config file, or systemd's StateDirectory=: a system install.
+        (_, Origin::File(_)) => PathBuf::from("/run/splitsign/sign.sock"),
+        _ if !state_dirs.is_empty() => PathBuf::from("/run/splitsign/sign.sock"),
+        (_, Origin::Defaults) => PathBuf::from("var/splitsign.sock"),
+    };
+    (def_shares, def_db, def_socket)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {

@@ -4,29 +4,44 @@
 //! at start and answers sign/verify requests on a Unix socket.
 //!
 //! # Layout
-//! - [`access`]: client policies by peer uid/gid; claim rules.
-//! - [`audit`]: the hash-chained audit log and its group-commit writer.
-//! - [`cli`]: the command line; `main` only parses and maps exit codes.
-//! - [`config`]: TOML + environment + flags → one validated `Config`.
-//! - [`error`]: errors named after the step that failed; exit codes.
-//! - [`shared`]: values snapshotted by readers, replaced whole by a writer.
-//! - [`shares`]: split/recover with every `sharks` trap guarded; share file
-//!   format; kid thumbprints. Pure.
-//! - [`filestore`]: the file share directory (durable writes, strict reads).
-//! - [`store`]: SQLite: key rows, database shares.
-//! - [`stores`]: both stores opened together under one lock.
-//! - [`lifecycle`]: creating, rotating, re-splitting and recovering keys;
-//!   reconciling the stores; what the schedule asks for (pure).
-//! - [`manager`]: key changes while the daemon runs; the JWKS file.
-//! - [`secmem`]: non-dumpable process, locked key pages.
-//! - [`keyring`]: keys in memory, key states, JWKS.
-//! - [`token`]: JWS building and checking; the claims policy.
-//! - [`protocol`]: wire format v1: requests, responses, error codes, lines.
-//! - [`server`]: socket, accept loop, connections, limits.
-//! - [`service`]: answering requests: policy, sign, verify, admin ops.
-//! - [`systemd`]: socket activation, sd_notify, watchdog.
+//!
+//! Folders are the parts; dependencies point down this list (a part uses
+//! the ones below it, never the ones above).
+//!
+//! - [`cli`]: the command line. `cli/mod.rs` is the table of contents;
+//!   `daemon_cmds` (through the daemon), `offline` (on the stores:
+//!   init, import, recover, check, backup), `audit`, `output`.
+//! - [`daemon`]: `splitsign serve`. `mod.rs` only wires the parts:
+//!   - where a request goes: `listener` (socket, accept) → `admission`
+//!     (per-uid caps, admin reserve, eviction) → `connection` (lines,
+//!     batches, backpressure) → `handler` (policy check, then `sign`,
+//!     `verify`, `status`, `admin`);
+//!   - beside it: `access` (client policies), `revocations`, `limits`,
+//!     `key_manager` (key changes while running, store checks, the JWKS
+//!     file), `audit_writer` (group commit, aggregated failures,
+//!     retention), `background` (schedule timer, health, watchdog,
+//!     signals), `systemd`, `memory`.
+//! - [`lifecycle`]: the sequences that touch both stores, shared by the
+//!   daemon and the offline commands: `create`, `reshare` (and recover),
+//!   `reconcile` (prove the stores belong together, then clean up),
+//!   `unseal`, `clock`.
+//! - [`store`]: what lives on disk, never a whole key: `share_files` (the
+//!   file shares), `sqlite` (key rows, database shares, revocations),
+//!   `audit_log` (the hash chain), `backup`; [`store::Stores`] opens both
+//!   under one lock.
+//! - [`keys`]: pure key code, no I/O beyond locking memory: `shamir`
+//!   (split/recover, every `sharks` trap guarded), `share_format` (the share
+//!   file, kids), `locked` (keys in locked, undumpable pages), `keyset` (the
+//!   keys held and the JWKS), `jws` (building and checking tokens),
+//!   `schedule` (key states and what is due, from timestamps).
+//! - [`protocol`]: wire format v1: `parse_request` (a `fields` cursor, one
+//!   parse function per op, `OpName` the one list of ops), `response` (codes,
+//!   replies), `lines`, `strict_json`.
 //! - [`client`]: a blocking client for the CLI and Rust app servers.
-//! - [`daemon`]: wiring for `splitsign serve`.
+//! - [`config`]: TOML + environment + flags → one validated, plain
+//!   `Config`; it knows only `error` and `protocol`.
+//! - [`error`]: errors named after the step that failed; exit codes.
+//! - [`snapshot`]: values readers snapshot and a writer replaces whole.
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -37,5 +52,5 @@ pub mod error;
 pub mod keys;
 pub mod lifecycle;
 pub mod protocol;
-pub mod shared;
+pub mod snapshot;
 pub mod store;

@@ -8,8 +8,8 @@ fn main() -> ExitCode {
     init_logging();
     match splitsign::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // One line, on stderr (under systemd, that is the journal too).
         Err(f) => {
-            tracing::error!("{}", f.message);
             eprintln!("splitsign: {}", f.message);
             ExitCode::from(f.code)
         }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::access::Access;
 use super::handler::Handler;
 use super::key_manager::KeyManager;
-use super::listener::Limits;
+use super::limits::Limits;
 use super::systemd;
 use crate::config::{Config, Env, Overrides};
 use crate::error::{Error, Result};

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Ticket;
 use super::handler::{Handled, Handler, Peer};
-use super::listener::Limits;
+use super::limits::Limits;
 use crate::protocol::{self, Code, Failure, Frame, LineSplitter};
 use crate::store::audit_log::Record;
 

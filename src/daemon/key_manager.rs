@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::shared::Shared;
+use crate::snapshot::Shared;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -441,13 +441,7 @@ pub fn write_public_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Usage(format!("jwks_file {} has no file name", path.display())))?;
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd).map_err(|e| Error::Random(e.to_string()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ));
+    let tmp = crate::store::temp_path(dir, &name.to_string_lossy())?;
     let io = Error::io("writing JWKS file", path);
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()

@@ -20,6 +20,7 @@ mod background;
 pub mod connection;
 pub mod handler;
 pub mod key_manager;
+pub mod limits;
 pub mod listener;
 pub mod memory;
 pub mod revocations;
@@ -38,7 +39,8 @@ use access::Access;
 use audit_writer::Writer;
 use handler::Handler;
 use key_manager::KeyManager;
-use listener::{BoundSocket, Limits};
+use limits::Limits;
+use listener::BoundSocket;
 
 pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let started = Instant::now();

@@ -150,13 +150,13 @@ impl KeySet {
 
 /// The current key set, swapped atomically.
 pub struct Keyring {
-    current: crate::shared::Shared<KeySet>,
+    current: crate::snapshot::Shared<KeySet>,
 }
 
 impl Keyring {
     pub fn new(set: KeySet) -> Keyring {
         Keyring {
-            current: crate::shared::Shared::new(set),
+            current: crate::snapshot::Shared::new(set),
         }
     }
 

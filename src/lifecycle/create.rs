@@ -23,6 +23,7 @@ use crate::store::ShareDir;
 use crate::store::share_files;
 use crate::store::{Database, Supersede};
 
+use super::NewKey;
 use super::unseal::unseal_key;
 
 /// A fresh random seed.
@@ -40,12 +41,6 @@ pub struct Creation<'a> {
     /// Pending keys that the new key replaces (deleted in the commit).
     pub drop: Vec<String>,
     pub recovery: Option<&'a Path>,
-}
-
-/// A key just created: its row and the key rebuilt from its stored shares.
-pub struct NewKey {
-    pub row: KeyInfo,
-    pub key: SigningKey,
 }
 
 /// Create a key from `seed` per `c`; see the module docs for the sequence.
@@ -137,7 +132,7 @@ pub fn create_key(
 
 /// Apply what is due: create the next or a replacement key. Returns the
 /// key created, if any. Shares of keys that stopped signing are destroyed
-/// by [`reconcile`], which the caller runs next.
+/// by [`super::reconcile`], which the caller runs next.
 pub fn run_due(
     database: &mut Database,
     dir: &ShareDir,
@@ -150,13 +145,10 @@ pub fn run_due(
         Due::Next(t) => t,
         Due::Now => now,
     };
-    let seed = random_seed()?;
-    let new = create_key(
+    let new = create_generated(
         database,
         dir,
         cfg,
-        &seed,
-        Origin::Generated,
         now,
         Creation {
             activate_at,
@@ -164,6 +156,18 @@ pub fn run_due(
         },
     )?;
     Ok(Some(new))
+}
+
+/// A new key from a fresh random seed.
+fn create_generated(
+    database: &mut Database,
+    dir: &ShareDir,
+    cfg: &Config,
+    now: i64,
+    c: Creation<'_>,
+) -> Result<NewKey> {
+    let seed = random_seed()?;
+    create_key(database, dir, cfg, &seed, Origin::Generated, now, c)
 }
 
 /// Rotate now: a new key becomes active at once, pending keys are dropped,
@@ -204,13 +208,10 @@ pub fn rotate_now(
         .filter(|r| r.verified && crate::keys::state(r, now) == State::Pending)
         .map(|r| r.kid.clone())
         .collect();
-    let seed = random_seed()?;
-    let new = create_key(
+    let new = create_generated(
         database,
         dir,
         cfg,
-        &seed,
-        Origin::Generated,
         now,
         Creation {
             activate_at: now,

@@ -30,8 +30,12 @@ mod reconcile;
 mod reshare;
 mod unseal;
 
+use ed25519_dalek::SigningKey;
+
+use crate::keys::KeyInfo;
+
 pub use clock::{Clock, wall_now, wall_now_ms};
-pub use create::{Creation, NewKey, create_key, random_seed, rotate_now, run_due};
+pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, survey};
 pub use reshare::{Recovered, recover, reshare};
 pub use unseal::{build_keyset, unseal_key};
@@ -41,3 +45,10 @@ pub use unseal::{build_keyset, unseal_key};
 /// a share rules out one value per secret byte); 16 splits still leave more
 /// than 253 bits. Past the cap the answer is a rotation.
 pub const MAX_GENERATIONS: u32 = 16;
+
+/// A key just created: its row and the key rebuilt from its stored shares
+/// (what `create` hands to `unseal`'s key set builder).
+pub struct NewKey {
+    pub row: KeyInfo,
+    pub key: SigningKey,
+}

@@ -14,7 +14,7 @@ use crate::keys::shamir;
 use crate::store::Database;
 use crate::store::ShareDir;
 
-use super::create::NewKey;
+use super::NewKey;
 
 /// Read both shares of `row`, rebuild its key and check it against the
 /// public key stored with both. Fails closed with an error naming the store.

@@ -42,13 +42,7 @@ impl Database {
                 dest.display()
             )));
         }
-        let mut rnd = [0u8; 8];
-        getrandom::fill(&mut rnd).map_err(|e| Error::Random(e.to_string()))?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ));
+        let tmp = super::temp_path(&dir, &name.to_string_lossy())?;
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -10,7 +10,7 @@ pub mod backup;
 pub mod share_files;
 pub mod sqlite;
 
-pub use share_files::{Entry, FileId, ShareDir};
+pub use share_files::{Entry, FileId, ShareDir, temp_path};
 pub use sqlite::{Database, Revocation, Supersede};
 
 use std::fs::File;

@@ -258,9 +258,7 @@ impl ShareDir {
     }
 
     fn temp_path(&self, kid: &str, generation: u32) -> Result<PathBuf> {
-        Ok(self
-            .path
-            .join(format!(".{kid}.{generation}.tmp-{}", random_hex()?)))
+        temp_path(&self.path, &format!("{kid}.{generation}"))
     }
 
     /// Read and parse the file share of `kid` at `generation`. The contents
@@ -450,10 +448,14 @@ pub fn write_recovery(path: &Path, share: &KeyShare) -> Result<()> {
     File::open(parent).and_then(|d| d.sync_all()).map_err(wrap)
 }
 
-fn random_hex() -> Result<String> {
+/// A unique temp name in `dir` for a file that will be renamed to `name`:
+/// `.<name>.tmp-<16 random hex digits>` (hidden, and recognised as an
+/// interrupted write's leftover in the share directory).
+pub fn temp_path(dir: &Path, name: &str) -> Result<PathBuf> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(dir.join(format!(".{name}.tmp-{hex}")))
 }
 
 #[cfg(test)]

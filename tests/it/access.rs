@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::util::{
-    BIN, Conn, Daemon, Dir, NOBODY, Started, code, is_root, ok, open_deployment, raise_nofile, vm,
-    wait_for_count,
+    BIN, Conn, Daemon, Dir, NOBODY, Started, assert_ok, code, is_root, ok, open_deployment,
+    raise_nofile, vm, wait_for_count,
 };
 
 /// Run the CLI as uid/gid 65534 against `sock`.
@@ -82,11 +82,7 @@ fn a_client_policy_limits_audiences_claims_and_ttl_and_forces_claims() {
             "5m",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let out = as_nobody(&sock, &["verify", &token]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -118,11 +114,7 @@ fn revoke_by_jti_and_by_sub_survives_a_restart() {
     ok(c.request(json!({"op":"verify","token":a2["token"]})));
     // By token value, through the CLI.
     let out = dir.run(&["revoke", "--token", a2["token"].as_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(
         code(&c.request(json!({"op":"verify","token":a2["token"]}))),
         "revoked"
@@ -244,11 +236,7 @@ fn the_audit_log_records_every_sign_and_detects_tampering() {
         "verify failures are counted"
     );
     let out = dir.run(&["audit", "--verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("26 records"));
     let out = dir.run(&["audit", "--json", "--limit", "3"]);
     let first: Value =

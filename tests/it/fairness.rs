@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::util::{
-    BIN, Conn, Daemon, Dir, FakeSystemd, NOBODY, Started, code, is_root, ok, open_deployment,
-    raise_nofile, signal, vm, wait_exit, wait_for_count,
+    BIN, Conn, Daemon, Dir, FakeSystemd, NOBODY, Started, assert_ok, code, is_root, ok,
+    open_deployment, raise_nofile, signal, vm, wait_exit, wait_for_count,
 };
 
 /// A peer (`tests/it/peer.py`) running as `uid`, group nogroup (the
@@ -110,11 +110,7 @@ fn one_uid_holding_3000_connections_does_not_lock_out_anyone() {
 
     // Another uid gets a token within 1 s; root's status within 2 s.
     let (out, took) = cli_as(OTHER, &sock, &["sign", "--claim", "sub=other"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(
         took < Duration::from_secs(1),
         "the other uid waited {took:?}"
@@ -124,11 +120,7 @@ fn one_uid_holding_3000_connections_does_not_lock_out_anyone() {
         .args(["--socket", &sock, "status"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "root waited {:?}",
@@ -152,11 +144,7 @@ fn full_slots_evict_the_busiest_uids_idlest_connection() {
     assert_eq!(hog.next()["refused"], 0);
     // Another uid still gets in (one of nobody's idle connections goes).
     let (out, _) = cli_as(OTHER, &sock, &["sign", "--claim", "sub=x"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // Root has its reserve on top.
     let admins: Vec<Conn> = (0..4).map(|_| d.conn()).collect();
     for mut c in admins {
@@ -313,20 +301,12 @@ fn pruning_keeps_the_chain_verifiable_and_an_edit_after_it_is_caught() {
         .as_secs()
         + 1;
     let out = dir.run(&["audit", "--prune-before", &now.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("pruned {total}")));
     ok(c.sign(json!({"sub":"after"})));
     let out = dir.run(&["audit", "--verify"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(text.contains("pruning anchor"), "{text}");
     // A record edited after pruning is still caught.
     dir.sql()
@@ -344,17 +324,9 @@ fn pruning_keeps_the_chain_verifiable_and_an_edit_after_it_is_caught() {
         .execute("UPDATE audit SET sub = 'after' WHERE sub = 'mallory'", [])
         .unwrap();
     let out = dir.run(&["audit", "--prune-before", "0s"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let out = dir.run(&["audit", "--verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let out = dir.run(&["audit", "--prune-before", "next tuesday"]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -540,11 +512,7 @@ impl Tmpfs {
             .arg(at)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         Tmpfs(at.to_owned())
     }
 }
@@ -668,15 +636,7 @@ fn a_full_disk_fails_signing_closed_and_it_comes_back_by_itself() {
     signal(&child, rustix::process::Signal::TERM);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
     let out = dir.run(&["--config", cfg.to_str().unwrap(), "check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let out = dir.run(&["--config", cfg.to_str().unwrap(), "audit", "--verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Dir, code, faketime, ok};
+use crate::util::{Daemon, Dir, assert_ok, code, faketime, ok};
 
 /// A config with a fast schedule: rotate every `interval`, pre-publish
 /// `lead` before, tokens of at most 3s.
@@ -172,11 +172,7 @@ fn admin_rotate_keeps_old_tokens_and_emergency_kills_them() {
 
     // A normal rotation: new key signs, old tokens keep verifying.
     let out = dir.run(&["rotate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let t2 = ok(c.sign(json!({"sub":"b"})));
     let k2 = t2["kid"].as_str().unwrap().to_owned();
     assert_ne!(k1, k2);
@@ -190,11 +186,7 @@ fn admin_rotate_keeps_old_tokens_and_emergency_kills_them() {
 
     // An emergency rotation: the current key's tokens stop verifying at once.
     let out = dir.run(&["rotate", "--emergency"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("no longer verify"));
     assert_eq!(
         code(&c.request(json!({"op":"verify","token":t2["token"]}))),
@@ -277,11 +269,7 @@ fn reshare_makes_old_shares_useless_keeps_the_kid_and_is_capped() {
     assert_eq!(rebuilt_pk(&old_file, &old_db)[..], pk[..]);
 
     let out = dir.run(&["reshare"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("generation 2"));
     let (new_file, new_db) = (file_y(&dir, &kid), db_y(&dir, &kid));
     assert_eq!(
@@ -349,11 +337,7 @@ fn recover_a_lost_file_share_or_db_share_from_the_recovery_share() {
         e.stderr
     );
     let out = dir.run(&["recover", "--recovery-share", "rec.share"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt the file share"));
     // The very same share comes back, so the recovery share stays valid.
     assert_eq!(std::fs::read(dir.share_file()).unwrap(), original_file);
@@ -366,11 +350,7 @@ fn recover_a_lost_file_share_or_db_share_from_the_recovery_share() {
     dir.sql().execute("DELETE FROM db_shares", []).unwrap();
     assert!(Daemon::start_with(&dir, &[]).is_err());
     let out = dir.run(&["recover", "--recovery-share", "rec.share"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt the database share"));
     let d = Daemon::start(&dir);
     assert_eq!(ok(d.conn().sign(json!({})))["kid"], kid.as_str());
@@ -420,11 +400,7 @@ fn offline_rotate_is_the_way_back_when_a_store_is_lost() {
     assert_eq!(dir.key_count(), 1, "no key was invented");
 
     let out = dir.run(&["rotate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("offline"));
     let d = Daemon::start(&dir);
     let mut c = d.conn();
@@ -446,11 +422,7 @@ fn check_and_offline_status() {
     let dir = Dir::new();
     assert!(dir.run(&["init"]).status.success());
     let out = dir.run(&["check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuild its public key"));
 
     let out = dir.run(&["status"]);
@@ -505,11 +477,7 @@ fn the_jwks_file_follows_every_change() {
         .args(["--config", &cfg, "rotate"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let jwks = ok(c.request(json!({"op":"jwks"})))["jwks"].clone();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     assert_eq!(read(), jwks);
@@ -555,11 +523,7 @@ fn admin_ops_need_an_admin_uid() {
         .gid(65534)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }
 
 fn start_shifted(dir: &Dir, offset: &str) -> Daemon {

@@ -1,13 +1,28 @@
 //! Integration tests: each runs the real `splitsign` binary against a temp
-//! directory and speaks the wire protocol.
+//! directory and speaks the wire protocol. Shared helpers are in `util`.
+//!
+//! - `end_to_end`: init → serve → sign → verify against the JWKS, restart,
+//!   import, the CLI, pipelining.
+//! - `protocol_input`: hostile request lines.
+//! - `access`: client policies, revocation, token binding, the audit log,
+//!   locked key memory.
+//! - `fairness`: one peer uid cannot starve others, exhaust memory or fill
+//!   the disk (run as other uids).
+//! - `lifecycle`: scheduled rotations, admin rotate/reshare/recover/check.
+//! - `store_damage`: damaged or unsafe stores are refused, nothing invented.
+//! - `store_integrity`: operator mistakes, clock jumps, stores swapped under
+//!   a running daemon, backups, upgrades.
+//! - `crash`: kill -9 at every store system call of a key change.
+//! - `systemd`: the units, socket activation, sd_notify, watchdog, reload.
+//! - `examples`: the client examples against the real daemon.
 mod access;
 mod crash;
+mod end_to_end;
 mod examples;
 mod fairness;
-mod foundation;
-mod hostile_input;
-mod integrity;
 mod lifecycle;
-mod stores;
+mod protocol_input;
+mod store_damage;
+mod store_integrity;
 mod systemd;
 mod util;

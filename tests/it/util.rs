@@ -506,6 +506,50 @@ pub fn verify_with_jwks(token: &str, jwks: &Value, aud: &str) -> Value {
     verify_with_jwks_at(token, jwks, Some(aud))
 }
 
+/// Require a command to have succeeded; its stderr otherwise.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client signing in a loop on its own connection, until stopped:
+/// signing must go on (every reply a token) while something else happens.
+pub struct SignLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl SignLoop {
+    /// Sign on `socket`, pausing `pause` between requests.
+    pub fn start(socket: &Path, pause: Duration) -> SignLoop {
+        let socket = socket.to_owned();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut c = Conn::open(&socket).unwrap();
+            let mut n = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                ok(c.sign(json!({"sub":"busy"})));
+                n += 1;
+                std::thread::sleep(pause);
+            }
+            n
+        });
+        SignLoop { stop, thread }
+    }
+
+    /// Stop; how many tokens it got (a refused sign fails the test).
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .expect("the signing loop got every token")
+    }
+}
+
 /// Copy a deployment directory (keys/ and var/, modes kept).
 pub fn copy_dir(from: &Path, to: &Path) {
     let out = Command::new("cp")
@@ -514,22 +558,14 @@ pub fn copy_dir(from: &Path, to: &Path) {
         .arg(to)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }
 
 /// A deployment that has run `init` once and has one key; returns its kid.
 pub fn initialised() -> (Dir, String) {
     let dir = Dir::new();
     let out = dir.run(&["init"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let kid = String::from_utf8(out.stdout)
         .unwrap()
         .split_whitespace()

@@ -47,7 +47,8 @@ struct RevokeOk<'a> {
 }
 
 impl Handler {
-    /// Run an admin op on a blocking thread and append its response.
+    /// Run an admin op and append its response; its record goes to the
+    /// batch (committed before the reply leaves).
     pub async fn run_admin(
         &self,
         req: Request,
@@ -55,74 +56,17 @@ impl Handler {
         out: &mut Vec<u8>,
         audit: &mut Vec<Record>,
     ) {
-        let manager = Arc::clone(&self.manager);
-        let policy = self.policy();
-        let op = req.op.clone();
-        let name = op.name().as_str();
+        let name = req.op.name().as_str();
         tracing::info!(uid = peer.uid, pid = ?peer.pid, op = name, "admin op");
-        if let Op::AuditPrune { before } = op {
+        if let Op::AuditPrune { before } = req.op {
             // The writer records the prune itself, once it is done.
             return self.prune_audit(req.id, before, peer, out).await;
         }
-        let result = tokio::task::spawn_blocking(move || match op {
-            Op::Rotate { emergency } => manager.rotate(emergency).map(Admin::Rotated),
-            Op::Reshare => manager.reshare().map(Admin::Reshared),
-            Op::Revoke(target) => manager.revoke(target, &policy).map(Admin::Revoked),
-            _ => unreachable!("only admin ops become jobs"),
-        })
-        .await;
-        let id = req.id.as_ref();
+        let result = self.on_key_manager(req.op).await;
         let mut rec = self.record(peer, name, wall_now());
         match result {
-            Ok(Ok(Admin::Rotated(r))) => {
-                rec.kid = Some(r.kid.clone());
-                let emergency = matches!(req.op, Op::Rotate { emergency: true });
-                protocol::write_ok(
-                    out,
-                    id,
-                    RotateOk {
-                        kid: &r.kid,
-                        previous: r.previous.as_deref(),
-                        emergency,
-                    },
-                )
-            }
-            Ok(Ok(Admin::Reshared(keys))) => protocol::write_ok(
-                out,
-                id,
-                ReshareOk {
-                    keys: keys
-                        .iter()
-                        .map(|(kid, generation)| ReshareKey {
-                            kid,
-                            generation: *generation,
-                        })
-                        .collect(),
-                },
-            ),
-            Ok(Ok(Admin::Revoked(r))) => {
-                let (kind, value, until) = match &r {
-                    Revocation::Jti { jti, expires_at } => ("jti", jti, *expires_at),
-                    Revocation::Sub {
-                        sub, expires_at, ..
-                    } => ("sub", sub, *expires_at),
-                };
-                if kind == "jti" {
-                    rec.jti = Some(value.clone());
-                } else {
-                    rec.sub = Some(value.clone());
-                }
-                protocol::write_ok(
-                    out,
-                    id,
-                    RevokeOk {
-                        revoked: kind,
-                        value,
-                        until,
-                    },
-                )
-            }
-            Ok(Err(e)) => {
+            Ok(done) => write_done(&done, req.id.as_ref(), &mut rec, out),
+            Err(e) => {
                 // With its causes: "writing file share …: No space left on
                 // device", not just the step.
                 let message = crate::error::chain(&e);
@@ -133,17 +77,26 @@ impl Handler {
                     Code::Internal
                 };
                 rec.result = code.as_str();
-                protocol::write_error(out, &Failure::new(req.id.clone(), code, message));
-            }
-            Err(_) => {
-                rec.result = Code::Internal.as_str();
-                protocol::write_error(
-                    out,
-                    &Failure::new(req.id.clone(), Code::Internal, "admin op panicked"),
-                );
+                protocol::write_error(out, &Failure::new(req.id, code, message));
             }
         }
         audit.push(rec);
+    }
+
+    /// A key change, on a blocking thread (it writes to the stores).
+    async fn on_key_manager(&self, op: Op) -> Result<Admin, Error> {
+        let manager = Arc::clone(&self.manager);
+        let policy = self.policy();
+        tokio::task::spawn_blocking(move || match op {
+            Op::Rotate { emergency } => manager
+                .rotate(emergency)
+                .map(|r| Admin::Rotated(r, emergency)),
+            Op::Reshare => manager.reshare().map(Admin::Reshared),
+            Op::Revoke(target) => manager.revoke(target, &policy).map(Admin::Revoked),
+            _ => unreachable!("only key changes run on the key manager"),
+        })
+        .await
+        .unwrap_or_else(|_| Err(Error::KeyStore("the admin op panicked".into())))
     }
 
     /// `audit_prune`: prune the audit log before `before`, on the writer.
@@ -174,7 +127,61 @@ impl Handler {
 }
 
 enum Admin {
-    Rotated(Rotated),
+    /// With whether it was an emergency rotation.
+    Rotated(Rotated, bool),
     Reshared(Vec<(String, u32)>),
     Revoked(Revocation),
+}
+
+/// The reply to a key change that was done, and what its record names.
+fn write_done(done: &Admin, id: Option<&Value>, rec: &mut Record, out: &mut Vec<u8>) {
+    match done {
+        Admin::Rotated(r, emergency) => {
+            rec.kid = Some(r.kid.clone());
+            protocol::write_ok(
+                out,
+                id,
+                RotateOk {
+                    kid: &r.kid,
+                    previous: r.previous.as_deref(),
+                    emergency: *emergency,
+                },
+            )
+        }
+        Admin::Reshared(keys) => protocol::write_ok(
+            out,
+            id,
+            ReshareOk {
+                keys: keys
+                    .iter()
+                    .map(|(kid, generation)| ReshareKey {
+                        kid,
+                        generation: *generation,
+                    })
+                    .collect(),
+            },
+        ),
+        Admin::Revoked(r) => {
+            let (kind, value, until) = match r {
+                Revocation::Jti { jti, expires_at } => ("jti", jti, *expires_at),
+                Revocation::Sub {
+                    sub, expires_at, ..
+                } => ("sub", sub, *expires_at),
+            };
+            if kind == "jti" {
+                rec.jti = Some(value.clone());
+            } else {
+                rec.sub = Some(value.clone());
+            }
+            protocol::write_ok(
+                out,
+                id,
+                RevokeOk {
+                    revoked: kind,
+                    value,
+                    until,
+                },
+            )
+        }
+    }
 }

@@ -21,11 +21,11 @@ use super::access::{Access, ClientPolicy, Refusal};
 use super::admission::Admission;
 use super::audit_writer::Writer;
 use super::key_manager::KeyManager;
-use super::listener::Limits;
+use super::limits::Limits;
 use crate::keys::jws::{self, Policy};
 use crate::lifecycle::wall_now;
 use crate::protocol::{self, Code, Failure, Op, Request};
-use crate::shared::Shared;
+use crate::snapshot::Shared;
 use crate::store::audit_log::Record;
 
 /// What every connection shares.

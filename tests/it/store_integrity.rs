@@ -14,8 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
 use crate::util::{
-    Conn, Daemon, Dir, FakeSystemd, copy_dir, faketime, initialised, ok, signal,
-    verify_with_jwks_at, wait_exit,
+    Conn, Daemon, Dir, FakeSystemd, SignLoop, assert_ok, copy_dir, faketime, initialised, ok,
+    signal, verify_with_jwks_at, wait_exit,
 };
 
 /// Every byte of the share directory and of the database file.
@@ -64,11 +64,7 @@ fn field(resp: &Value, k: &str) -> String {
 
 fn run_ok(dir: &Dir, args: &[&str]) -> String {
     let out = dir.run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -188,24 +184,10 @@ fn a_backup_made_beside_a_running_daemon_restores_and_starts() {
     let gone = ok(c.sign(json!({"sub":"gone"})));
     ok(c.request(json!({"op":"revoke","token":gone["token"]})));
     // Signing goes on while the backup runs.
-    let socket = d.socket.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let signer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut c = Conn::open(&socket).unwrap();
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                ok(c.sign(json!({"sub":"busy"})));
-                n += 1;
-            }
-            n
-        })
-    };
+    let signer = SignLoop::start(&d.socket, Duration::ZERO);
     std::thread::sleep(Duration::from_millis(100));
     let out = run_ok(&dir, &["backup", "b.db"]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(signer.join().unwrap() > 0);
+    assert!(signer.stop() > 0);
     assert!(out.contains("not in it"), "{out}");
     let backup = dir.path().join("b.db");
     let meta = std::fs::metadata(&backup).unwrap();
@@ -384,21 +366,7 @@ fn a_clock_jump_forward_then_corrected_signs_with_real_times_again() {
     assert!((iat - now() - 30 * 86400).abs() <= 2, "iat {iat}");
 
     // A client signs all through the correction: never refused.
-    let socket = d.socket.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let steady = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut c = Conn::open(&socket).unwrap();
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                ok(c.sign(json!({})));
-                n += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            n
-        })
-    };
+    let steady = SignLoop::start(&d.socket, Duration::from_millis(5));
     std::thread::sleep(Duration::from_millis(200));
     set_offset("+0");
     let corrected = Instant::now();
@@ -415,8 +383,7 @@ fn a_clock_jump_forward_then_corrected_signs_with_real_times_again() {
         verify_with_jwks_at(token, &jwks, None);
         std::thread::sleep(Duration::from_millis(50));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(steady.join().unwrap() > 10);
+    assert!(steady.stop() > 10);
     // The token minted while the clock was ahead no longer verifies.
     let r = c.request(json!({"op":"verify","token":ahead["token"]}));
     assert_eq!(r["error"]["code"], "token_not_yet_valid", "{r}");
@@ -681,11 +648,7 @@ fn stores_made_by_0_1_upgrade_in_place_and_keep_every_token() {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let out = dir
         .cmd()
         .args(args)
@@ -693,9 +656,5 @@ fn stores_made_by_0_1_upgrade_in_place_and_keep_every_token() {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::util::{Daemon, Dir, code, ok, verify_with_jwks};
+use crate::util::{Daemon, Dir, assert_ok, code, ok, verify_with_jwks};
 
 /// RFC 7638 thumbprint computed independently of the daemon's code.
 fn thumbprint(x_b64: &str) -> String {
@@ -179,11 +179,7 @@ fn cli_sign_verify_jwks_status() {
         "--ttl",
         "5m",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let out = dir.run(&["verify", &token]);
     assert!(out.status.success());
@@ -233,11 +229,7 @@ fn cli_without_a_daemon_says_so() {
 fn init_with_recovery_share_then_serve() {
     let dir = Dir::new();
     let out = dir.run(&["init", "--recovery-share", "recovery.share"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     let kid = text.split_whitespace().nth(2).unwrap().to_owned();
     let rec = dir.path().join("recovery.share");
@@ -272,11 +264,7 @@ fn import_keeps_an_existing_pem_key() {
     let pem = key.to_pkcs8_pem(Default::default()).unwrap();
     std::fs::write(dir.path().join("key.pem"), pem.as_bytes()).unwrap();
     let out = dir.run(&["import", "--pem", "key.pem"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     let d = Daemon::start(&dir);
     let jwks = ok(d.conn().request(json!({"op":"jwks"})))["jwks"].clone();
@@ -373,4 +361,24 @@ fn the_rust_client_pool_serves_many_threads_and_types_errors() {
     let e: ClientError = pool.sign(&bad, None).unwrap_err();
     assert_eq!(e.kind(), Some(Code::ReservedClaim));
     assert_eq!(e.code(), Some("reserved_claim"));
+}
+
+#[test]
+fn a_failing_command_prints_its_error_once() {
+    let dir = Dir::new();
+    let cfg = dir.write_config("isuer = \"typo\"\n");
+    let out = dir.run(&["--config", cfg.to_str().unwrap(), "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("splitsign: config file"), "{err}");
+    assert_eq!(
+        err.matches("isuer").count(),
+        2,
+        "once, with its TOML snippet: {err}"
+    );
+    assert_eq!(err.matches("splitsign:").count(), 1, "{err}");
+    let out = dir.run(&["check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

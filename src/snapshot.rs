@@ -1,4 +1,4 @@
-//! `shared` holds a value that readers snapshot and a writer replaces
+//! `snapshot` holds a value that readers snapshot and a writer replaces
 //! whole: keys, config, policies, revocations. A reader holds the lock only
 //! to clone the `Arc`, never while it works (no lock across `.await`, no
 //! lock while signing). A poisoned lock still holds a consistent value
