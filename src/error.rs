@@ -49,13 +49,13 @@ pub enum Error {
     #[error("database share of key {kid} in {db}: {reason}")]
     DbShare {
         kid: String,
-        db: PathBuf,
+        db: String,
         reason: String,
     },
     #[error("key row {kid} in {db}: {reason}")]
-    KeyInfo {
+    KeyRow {
         kid: String,
-        db: PathBuf,
+        db: String,
         reason: String,
     },
     #[error(
@@ -65,7 +65,7 @@ pub enum Error {
     SharesMismatch {
         kid: String,
         file: PathBuf,
-        db: PathBuf,
+        db: String,
     },
     #[error("key store: {0}")]
     KeyStore(String),
@@ -78,7 +78,7 @@ pub enum Error {
         problems.join("; ")
     )]
     StoresDisagree {
-        db: PathBuf,
+        db: String,
         shares: PathBuf,
         problems: Vec<String>,
     },
@@ -89,6 +89,16 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("PostgreSQL ({node}): {what}")]
+    Postgres {
+        node: String,
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// PostgreSQL is not reachable (yet): the node keeps trying.
+    #[error("PostgreSQL ({node}) is unreachable: {reason}")]
+    PostgresUnreachable { node: String, reason: String },
     #[error("database {path}: migrating the schema")]
     Migrate {
         path: PathBuf,
@@ -119,12 +129,14 @@ impl Error {
             Error::FileShare { .. }
             | Error::ShareDir { .. }
             | Error::DbShare { .. }
-            | Error::KeyInfo { .. }
+            | Error::KeyRow { .. }
             | Error::SharesMismatch { .. }
             | Error::StoresDisagree { .. }
             | Error::KeyStore(_) => exit::KEY_STORE,
             Error::WriteShare { .. }
             | Error::Database { .. }
+            | Error::Postgres { .. }
+            | Error::PostgresUnreachable { .. }
             | Error::Migrate { .. }
             | Error::Io { .. }
             | Error::Random(_) => exit::FAILURE,

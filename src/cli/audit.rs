@@ -100,8 +100,8 @@ fn prune_audit(
         }
         Err(e) if e.no_daemon() => {
             let mut stores = Stores::open(cfg, false)?;
-            let n = stores.db.prune_audit(before)?;
-            stores.db.audit(&[crate::store::audit_log::Record {
+            let n = stores.local.prune_audit(before)?;
+            stores.local.audit(&[crate::store::audit_log::Record {
                 at: lifecycle::wall_now(),
                 uid: Some(rustix::process::getuid().as_raw()),
                 pid: Some(std::process::id() as i32),

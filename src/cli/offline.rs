@@ -39,7 +39,7 @@ pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), Failure> {
     let now = lifecycle::wall_now();
     let (kid, what) = {
         let s = &mut stores;
-        lifecycle::recover(&mut s.db, &s.shares, &a.recovery_share, now)?
+        lifecycle::recover(&mut *s.keys, &s.shares, &a.recovery_share, now)?
     };
     match what {
         lifecycle::Recovered::Nothing => {
@@ -54,7 +54,7 @@ pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), Failure> {
         ),
         lifecycle::Recovered::DatabaseShare => println!(
             "key {kid}: rebuilt the database share in {}",
-            stores.db.path().display()
+            stores.keys.describe()
         ),
     }
     Ok(())
@@ -77,7 +77,7 @@ pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), Failure> {
     let latest_exp = now.saturating_add(cfg.max_ttl.as_secs() as i64);
     let (new, previous) = {
         let s = &mut stores;
-        lifecycle::rotate_now(&mut s.db, &s.shares, cfg, now, latest_exp, emergency)?
+        lifecycle::rotate_now(&mut *s.keys, &s.shares, cfg, now, latest_exp, emergency)?
     };
     stores.reconcile(now)?;
     println!(
@@ -106,12 +106,12 @@ pub fn revoke(cfg: &Config, target: &RevokeTarget) -> Result<(), Failure> {
         )
     })?;
     let mut stores = Stores::open(cfg, false)?;
-    stores.db.add_revocation(&row, now)?;
+    stores.keys.add_revocation(&row, now)?;
     let (jti, sub) = match &row {
         crate::store::Revocation::Jti { jti, .. } => (Some(jti.clone()), None),
         crate::store::Revocation::Sub { sub, .. } => (None, Some(sub.clone())),
     };
-    stores.db.audit(&[Record {
+    stores.local.audit(&[Record {
         at: now,
         uid: Some(rustix::process::getuid().as_raw()),
         pid: Some(std::process::id() as i32),
@@ -130,18 +130,18 @@ pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
     let mut stores = Stores::open(cfg, false)?;
     let now = lifecycle::wall_now();
     stores.reconcile(now)?;
-    let rows = stores.db.keys()?;
+    let rows = stores.keys.keys()?;
     let active = crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone());
     for row in rows
         .iter()
         .filter(|r| r.verified && crate::keys::state(r, now).needs_shares())
     {
-        let key = lifecycle::unseal_key(&stores.db, &stores.shares, row)?;
+        let key = lifecycle::unseal_key(&*stores.keys, &stores.shares, row)?;
         let rec = recovery
             .as_deref()
             .filter(|_| active.as_deref() == Some(row.kid.as_str()));
         let s = &mut stores;
-        let g = lifecycle::reshare(&mut s.db, &s.shares, row, &key, rec)?;
+        let g = lifecycle::reshare(&mut *s.keys, &s.shares, row, &key, rec)?;
         println!("re-split key {} into share generation {g}", row.kid);
         if let Some(p) = rec {
             println!(
@@ -279,8 +279,8 @@ fn create_first(
     let mut stores = Stores::open(cfg, true)?;
     let now = lifecycle::wall_now();
     stores.reconcile(now)?;
-    if !stores.db.is_empty()? {
-        let kids: Vec<String> = stores.db.keys()?.into_iter().map(|k| k.kid).collect();
+    if !stores.keys.is_empty()? {
+        let kids: Vec<String> = stores.keys.keys()?.into_iter().map(|k| k.kid).collect();
         return Err(usage(format!(
             "the stores are already initialised (key {}); nothing was changed",
             kids.join(", ")
@@ -291,7 +291,7 @@ fn create_first(
         None => (lifecycle::random_seed()?, Origin::Generated),
     };
     let row = lifecycle::create_key(
-        &mut stores.db,
+        &mut *stores.keys,
         &stores.shares,
         cfg,
         &seed,
@@ -316,7 +316,7 @@ fn create_first(
             .share_path(&row.kid, row.share_generation)
             .display()
     );
-    println!("  database share: {}", stores.db.path().display());
+    println!("  database share: {}", stores.keys.describe());
     if let Some(r) = &recovery {
         println!(
             "  recovery share: {} (move it offline; with either store it rebuilds the key)",
@@ -349,7 +349,7 @@ fn read_pem(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, Failure> {
 
 fn current_generation(stores: &Stores, kid: &str) -> Result<u32, Failure> {
     Ok(stores
-        .db
+        .keys
         .keys()?
         .into_iter()
         .find(|r| r.kid == kid)

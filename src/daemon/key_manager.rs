@@ -65,7 +65,7 @@ impl KeyManager {
     /// that may sign cannot be rebuilt.
     pub fn start(mut stores: Stores, cfg: Config) -> Result<KeyManager> {
         let floor = stores
-            .db
+            .keys
             .keys()?
             .iter()
             .map(|r| r.created_at)
@@ -78,11 +78,11 @@ impl KeyManager {
         // the daemon with nothing changed, never be papered over.
         let plan = stores.survey(now)?;
         let (set, unlocked) =
-            lifecycle::build_keyset(&stores.db, &stores.shares, &cfg, now, &[], Vec::new())?;
+            lifecycle::build_keyset(&*stores.keys, &stores.shares, &cfg, now, &[], Vec::new())?;
         check_unlocked(&unlocked, &cfg)?;
         stores.apply(plan)?;
-        let first = stores.db.is_empty()?;
-        let created = lifecycle::run_due(&mut stores.db, &stores.shares, &cfg, now)?;
+        let first = stores.keys.is_empty()?;
+        let created = lifecycle::run_due(&mut *stores.keys, &stores.shares, &cfg, now)?;
         if let Some(n) = &created {
             if first {
                 tracing::info!(kid = %n.row.kid, "first start: created the first signing key");
@@ -92,11 +92,11 @@ impl KeyManager {
                 tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
             }
         }
-        let revoked = Revocations::from_rows(stores.db.revocations(wall_now())?);
+        let revoked = Revocations::from_rows(stores.keys.revocations(wall_now())?);
         let places = Places {
-            deployment: stores.db.deployment().to_owned(),
-            db: stores.db.path().to_owned(),
-            db_id: stores.db.identity(),
+            deployment: stores.keys.deployment().to_owned(),
+            db: stores.local.path().to_owned(),
+            db_id: stores.local.identity(),
             shares: stores.shares.path().to_owned(),
             shares_id: stores.shares.identity(),
         };
@@ -235,7 +235,7 @@ impl KeyManager {
         let cfg = self.config();
         let created = {
             let s = &mut *stores;
-            lifecycle::run_due(&mut s.db, &s.shares, &cfg, now)?
+            lifecycle::run_due(&mut *s.keys, &s.shares, &cfg, now)?
         };
         if let Some(n) = &created {
             if n.row.activate_at > now {
@@ -247,9 +247,9 @@ impl KeyManager {
         self.refresh(&stores, now, created.into_iter().collect())?;
         // Purge revocations that no longer cover any valid token (tokens
         // carry wall-clock times).
-        let revoked = Revocations::from_rows(stores.db.revocations(wall_now())?);
+        let revoked = Revocations::from_rows(stores.keys.revocations(wall_now())?);
         self.revoked.set(revoked);
-        let rows = stores.db.keys()?;
+        let rows = stores.keys.keys()?;
         Ok(crate::keys::schedule::next_event(&rows, now, &cfg))
     }
 
@@ -267,7 +267,7 @@ impl KeyManager {
             .map_or(i64::MIN, |s| s.latest_exp());
         let (new, previous) = {
             let s = &mut *stores;
-            lifecycle::rotate_now(&mut s.db, &s.shares, &cfg, now, latest_exp, emergency)?
+            lifecycle::rotate_now(&mut *s.keys, &s.shares, &cfg, now, latest_exp, emergency)?
         };
         let kid = new.row.kid.clone();
         tracing::warn!(%kid, previous = ?previous, emergency, "rotated by an admin");
@@ -282,7 +282,7 @@ impl KeyManager {
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
         let mut done = Vec::new();
-        for row in stores.db.keys()? {
+        for row in stores.keys.keys()? {
             let Some(signer) = keys.signer_of(&row.kid) else {
                 continue;
             };
@@ -290,7 +290,7 @@ impl KeyManager {
                 continue;
             }
             let s = &mut *stores;
-            let g = lifecycle::reshare(&mut s.db, &s.shares, &row, signer.key.key(), None)?;
+            let g = lifecycle::reshare(&mut *s.keys, &s.shares, &row, signer.key.key(), None)?;
             tracing::warn!(kid = %row.kid, generation = g, "re-split by an admin");
             done.push((row.kid, g));
         }
@@ -321,8 +321,8 @@ impl KeyManager {
             self.clock.now(),
             now,
         )?;
-        stores.db.add_revocation(&row, now)?;
-        let mut all = Revocations::from_rows(stores.db.revocations(now)?);
+        stores.keys.add_revocation(&row, now)?;
+        let mut all = Revocations::from_rows(stores.keys.revocations(now)?);
         all.add(row.clone());
         self.revoked.set(all);
         tracing::warn!(
@@ -342,7 +342,7 @@ impl KeyManager {
         let cfg = self.config();
         let held = self.keyring.snapshot().signers.clone();
         let (set, unlocked) =
-            lifecycle::build_keyset(&stores.db, &stores.shares, &cfg, now, &held, fresh)?;
+            lifecycle::build_keyset(&*stores.keys, &stores.shares, &cfg, now, &held, fresh)?;
         check_unlocked(&unlocked, &cfg)?;
         let jwks = set.jwks.get().to_owned();
         self.keyring.replace(set);
@@ -388,7 +388,11 @@ impl KeyManager {
     /// Checkpoint the database, so that its file alone is complete (a
     /// clean stop leaves nothing in the WAL).
     pub fn checkpoint(&self) -> Result<()> {
-        self.lock().db.checkpoint()
+        {
+            let s = self.lock();
+            s.keys.checkpoint()?;
+            s.local.checkpoint()
+        }
     }
 
     /// A one-line summary for systemd's STATUS=.

@@ -21,7 +21,7 @@ use crate::keys::share_format;
 use crate::keys::{KeyInfo, Origin};
 use crate::store::ShareDir;
 use crate::store::share_files;
-use crate::store::{Database, Supersede};
+use crate::store::{KeyStore, Supersede};
 
 use super::NewKey;
 use super::unseal::unseal_key;
@@ -45,7 +45,7 @@ pub struct Creation<'a> {
 
 /// Create a key from `seed` per `c`; see the module docs for the sequence.
 pub fn create_key(
-    database: &mut Database,
+    database: &mut dyn KeyStore,
     dir: &ShareDir,
     cfg: &Config,
     seed: &Zeroizing<[u8; 32]>,
@@ -105,7 +105,7 @@ pub fn create_key(
     }
     // 3. The file share gets its final name, now that the database knows
     // its key; 4. read both back from the stores and rebuild; 5. commit.
-    let finish = |database: &mut Database| -> Result<SigningKey> {
+    let finish = |database: &mut dyn KeyStore| -> Result<SigningKey> {
         dir.publish(staged)?;
         let key = unseal_key(database, dir, &row)?;
         if let Some(p) = c.recovery {
@@ -134,7 +134,7 @@ pub fn create_key(
 /// key created, if any. Shares of keys that stopped signing are destroyed
 /// by [`super::reconcile`], which the caller runs next.
 pub fn run_due(
-    database: &mut Database,
+    database: &mut dyn KeyStore,
     dir: &ShareDir,
     cfg: &Config,
     now: i64,
@@ -160,7 +160,7 @@ pub fn run_due(
 
 /// A new key from a fresh random seed.
 fn create_generated(
-    database: &mut Database,
+    database: &mut dyn KeyStore,
     dir: &ShareDir,
     cfg: &Config,
     now: i64,
@@ -178,7 +178,7 @@ fn create_generated(
 /// tokens stop verifying. Works without rebuilding the old key, so it is
 /// also the way back when a store of the active key is lost.
 pub fn rotate_now(
-    database: &mut Database,
+    database: &mut dyn KeyStore,
     dir: &ShareDir,
     cfg: &Config,
     now: i64,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::keys::KeyInfo;
 use crate::keys::shamir::{KeyShare, Slot};
-use crate::store::Database;
+use crate::store::KeyStore;
 use crate::store::share_files;
 use crate::store::{Entry, ShareDir};
 
@@ -81,7 +81,7 @@ pub struct Reconciled {
 /// an orphan may be the only file share of a key a newer database holds:
 /// the error names the files, says what is likely wrong, and that nothing
 /// was changed.
-pub fn survey(database: &Database, dir: &ShareDir, now: i64) -> Result<Survey> {
+pub fn survey(database: &dyn KeyStore, dir: &ShareDir, now: i64) -> Result<Survey> {
     let rows = database.keys()?;
     let mut plan = Survey {
         record_legacy_alg: database.has_legacy_rows()?,
@@ -101,7 +101,7 @@ pub fn survey(database: &Database, dir: &ShareDir, now: i64) -> Result<Survey> {
     match found.disagreement(&rows, database) {
         None => Ok(plan),
         Some(problems) => Err(Error::StoresDisagree {
-            db: database.path().to_owned(),
+            db: database.describe(),
             shares: dir.path().to_owned(),
             problems,
         }),
@@ -138,8 +138,8 @@ impl Findings {
 
     /// The problems, the likely cause first (another deployment, then an
     /// old database), or `None` when the stores belong together.
-    fn disagreement(self, rows: &[KeyInfo], database: &Database) -> Option<Vec<String>> {
-        let db = database.path().display();
+    fn disagreement(self, rows: &[KeyInfo], database: &dyn KeyStore) -> Option<Vec<String>> {
+        let db = database.describe();
         let mut causes = Vec::new();
         if !self.other_deployment.is_empty() {
             let files: Vec<String> = self
@@ -333,7 +333,7 @@ fn judge_keys(
 /// leftovers of interrupted re-splits, and bring format-1 share files and
 /// unlabelled keys up to date. It never touches the current shares of a key
 /// that may sign.
-pub fn apply(database: &Database, dir: &ShareDir, plan: Survey) -> Result<Reconciled> {
+pub fn apply(database: &dyn KeyStore, dir: &ShareDir, plan: Survey) -> Result<Reconciled> {
     let mut done = Reconciled {
         foreign: plan.foreign,
         ..Reconciled::default()
@@ -373,7 +373,7 @@ pub fn apply(database: &Database, dir: &ShareDir, plan: Survey) -> Result<Reconc
 }
 
 /// [`survey`], then [`apply`].
-pub fn reconcile(database: &Database, dir: &ShareDir, now: i64) -> Result<Reconciled> {
+pub fn reconcile(database: &dyn KeyStore, dir: &ShareDir, now: i64) -> Result<Reconciled> {
     let plan = survey(database, dir, now)?;
     apply(database, dir, plan)
 }

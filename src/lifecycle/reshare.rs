@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::keys::KeyInfo;
 use crate::keys::shamir;
 use crate::keys::shamir::{KeyShare, Slot};
-use crate::store::Database;
+use crate::store::KeyStore;
 use crate::store::ShareDir;
 use crate::store::share_files;
 
@@ -22,7 +22,7 @@ use super::unseal::unseal_key;
 /// shares stolen before are useless. With `recovery`, also write a new
 /// offline share (the old one stops working). Returns the new generation.
 pub fn reshare(
-    database: &mut Database,
+    database: &mut dyn KeyStore,
     dir: &ShareDir,
     row: &KeyInfo,
     key: &SigningKey,
@@ -80,7 +80,7 @@ pub fn reshare(
         shamir::recover(&back, &db_share).map_err(|_| Error::SharesMismatch {
             kid: row.kid.clone(),
             file: new_file.clone(),
-            db: database.path().to_owned(),
+            db: database.describe(),
         })?;
         if let Some(p) = recovery {
             share_files::write_recovery(p, &recovery_share)?;
@@ -117,7 +117,7 @@ pub enum Recovered {
 /// public-key check. The rebuilt share is the same point of the same split,
 /// so the recovery share stays valid.
 pub fn recover(
-    database: &mut Database,
+    database: &mut dyn KeyStore,
     dir: &ShareDir,
     recovery_path: &Path,
     now: i64,
@@ -162,7 +162,7 @@ pub fn recover(
     let mismatch = || Error::SharesMismatch {
         kid: row.kid.clone(),
         file: recovery_path.to_owned(),
-        db: database.path().to_owned(),
+        db: database.describe(),
     };
     let file_ok = file
         .as_ref()

@@ -11,14 +11,14 @@ use crate::keys::KeyInfo;
 use crate::keys::keyset::{KeySet, Published, Signer};
 use crate::keys::locked::LockedKey;
 use crate::keys::shamir;
-use crate::store::Database;
+use crate::store::KeyStore;
 use crate::store::ShareDir;
 
 use super::NewKey;
 
 /// Read both shares of `row`, rebuild its key and check it against the
 /// public key stored with both. Fails closed with an error naming the store.
-pub fn unseal_key(database: &Database, dir: &ShareDir, row: &KeyInfo) -> Result<SigningKey> {
+pub fn unseal_key(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<SigningKey> {
     let file = dir.read(&row.kid, row.share_generation)?;
     let db = database.db_share(row)?;
     if let Some(d) = &file.deployment
@@ -41,7 +41,7 @@ pub fn unseal_key(database: &Database, dir: &ShareDir, row: &KeyInfo) -> Result<
     shamir::recover(&file, &db).map_err(|_| Error::SharesMismatch {
         kid: row.kid.clone(),
         file: dir.share_path(&row.kid, row.share_generation),
-        db: database.path().to_owned(),
+        db: database.describe(),
     })
 }
 
@@ -49,7 +49,7 @@ pub fn unseal_key(database: &Database, dir: &ShareDir, row: &KeyInfo) -> Result<
 /// `held` (already in memory) or else unsealed from the stores. Returns the
 /// set and the kids whose key pages could not be mlock'ed.
 pub fn build_keyset(
-    database: &Database,
+    database: &dyn KeyStore,
     dir: &ShareDir,
     cfg: &Config,
     now: i64,
@@ -99,9 +99,9 @@ pub fn build_keyset(
         }
         if state.is_published() {
             let key = ed25519_dalek::VerifyingKey::from_bytes(&row.public_key).map_err(|_| {
-                Error::KeyInfo {
+                Error::KeyRow {
                     kid: row.kid.clone(),
-                    db: database.path().to_owned(),
+                    db: database.describe(),
                     reason: "public key is not a valid Ed25519 point".into(),
                 }
             })?;

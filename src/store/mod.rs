@@ -7,9 +7,11 @@
 
 pub mod audit_log;
 pub mod backup;
+pub mod keystore;
 pub mod share_files;
 pub mod sqlite;
 
+pub use keystore::{KeyStore, NodeKey};
 pub use share_files::{Entry, FileId, ShareDir, temp_path};
 pub use sqlite::{Database, Revocation, Supersede};
 
@@ -21,11 +23,13 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lifecycle::{self, Reconciled, Survey};
 
-/// The share directory and the database of one deployment, held under
-/// `<db>.lock` for as long as the value lives.
+/// The share directory and the key store of one deployment, and the local
+/// SQLite database (the audit log; in a single-host deployment, the key
+/// store too), held under `<db>.lock` for as long as the value lives.
 pub struct Stores {
     pub shares: ShareDir,
-    pub db: Database,
+    pub keys: Box<dyn KeyStore>,
+    pub local: Database,
     _lock: File,
 }
 
@@ -76,7 +80,7 @@ impl Stores {
                 .collect();
             if !shares.is_empty() {
                 return Err(Error::StoresDisagree {
-                    db: cfg.db.clone(),
+                    db: cfg.db.display().to_string(),
                     shares: cfg.shares_dir.clone(),
                     problems: vec![format!(
                         "database {} does not exist, but the share directory holds share \
@@ -109,10 +113,12 @@ impl Stores {
                 ))
             },
         )?;
-        let db = Database::open(&cfg.db, cfg.alg)?;
+        let local = Database::open(&cfg.db, cfg.alg)?;
+        let keys: Box<dyn KeyStore> = Box::new(Database::open(&cfg.db, cfg.alg)?);
         Ok(Stores {
             shares: dir,
-            db,
+            keys,
+            local,
             _lock: lock,
         })
     }
@@ -120,12 +126,12 @@ impl Stores {
     /// Prove that the stores belong together and plan the clean-up; see
     /// [`lifecycle::survey`]. Changes nothing.
     pub fn survey(&self, now: i64) -> Result<Survey> {
-        lifecycle::survey(&self.db, &self.shares, now)
+        lifecycle::survey(&*self.keys, &self.shares, now)
     }
 
     /// Carry out a survey's plan and log what was cleaned up.
     pub fn apply(&self, plan: Survey) -> Result<Reconciled> {
-        let r = lifecycle::apply(&self.db, &self.shares, plan)?;
+        let r = lifecycle::apply(&*self.keys, &self.shares, plan)?;
         for kid in &r.discarded_incomplete {
             tracing::warn!(%kid, "discarded a key whose creation was interrupted");
         }
@@ -139,7 +145,7 @@ impl Stores {
             tracing::info!(path = %p.display(), "removed an interrupted temp file");
         }
         for p in &r.upgraded {
-            tracing::info!(path = %p.display(), deployment = %self.db.deployment(), "added the deployment id to a share file (format 2)");
+            tracing::info!(path = %p.display(), deployment = %self.keys.deployment(), "added the deployment id to a share file (format 2)");
         }
         for p in &r.foreign {
             tracing::warn!(path = %p.display(), "unexpected file in the share directory (left alone)");
@@ -157,7 +163,10 @@ impl Stores {
     /// deleted or replaced, or a share directory replaced, under a running
     /// process is refused rather than written to.
     pub fn still_in_place(&self) -> std::result::Result<(), String> {
-        self.db.identity().still_at(self.db.path())?;
+        self.local.identity().still_at(self.local.path())?;
+        if let Some((path, id)) = self.keys.local_file() {
+            id.still_at(path)?;
+        }
         self.shares.identity().still_at(self.shares.path())
     }
 }

@@ -120,6 +120,11 @@ impl Database {
         &self.path
     }
 
+    /// The database, for messages.
+    pub fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
     /// Open an existing database read-only (for `check` and offline
     /// `status`, which may run beside a daemon). The schema must be the
     /// one this binary knows.
@@ -391,9 +396,9 @@ impl Database {
         raw.into_iter()
             .map(
                 |(kid, pk, origin, ts, generation, verified, alg, pending)| {
-                    let bad = |reason: &str| Error::KeyInfo {
+                    let bad = |reason: &str| Error::KeyRow {
                         kid: printable(&kid),
-                        db: self.path.clone(),
+                        db: self.describe(),
                         reason: reason.to_owned(),
                     };
                     let public_key: [u8; 32] = pk
@@ -485,7 +490,7 @@ impl Database {
     pub fn db_share(&self, row: &KeyInfo) -> Result<KeyShare> {
         let bad = |reason: &str| Error::DbShare {
             kid: row.kid.clone(),
-            db: self.path.clone(),
+            db: self.describe(),
             reason: reason.to_owned(),
         };
         let found = self
@@ -646,6 +651,69 @@ impl Database {
 
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+impl super::KeyStore for Database {
+    fn describe(&self) -> String {
+        Database::describe(self)
+    }
+    fn deployment(&self) -> &str {
+        Database::deployment(self)
+    }
+    fn local_file(&self) -> Option<(&Path, FileId)> {
+        Some((&self.path, self.identity))
+    }
+    fn keys(&self) -> Result<Vec<KeyInfo>> {
+        Database::keys(self)
+    }
+    fn is_empty(&self) -> Result<bool> {
+        Database::is_empty(self)
+    }
+    fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()> {
+        Database::insert_key(self, row, share)
+    }
+    fn commit_key(&mut self, kid: &str, supersede: &[Supersede], drop: &[String]) -> Result<()> {
+        Database::commit_key(self, kid, supersede, drop)
+    }
+    fn begin_reshare(&self, kid: &str, generation: u32) -> Result<()> {
+        Database::begin_reshare(self, kid, generation)
+    }
+    fn clear_pending_generation(&self, kid: &str) -> Result<()> {
+        Database::clear_pending_generation(self, kid)
+    }
+    fn commit_reshare(&mut self, share: &KeyShare, old_generation: u32) -> Result<()> {
+        Database::commit_reshare(self, share, old_generation)
+    }
+    fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
+        Database::restore_db_share(self, share)
+    }
+    fn discard_key(&self, kid: &str) -> Result<()> {
+        Database::discard_key(self, kid)
+    }
+    fn delete_db_shares(&self, kid: &str) -> Result<bool> {
+        Database::delete_db_shares(self, kid)
+    }
+    fn kids_with_db_shares(&self) -> Result<Vec<String>> {
+        Database::kids_with_db_shares(self)
+    }
+    fn has_legacy_rows(&self) -> Result<bool> {
+        Database::has_legacy_rows(self)
+    }
+    fn record_legacy_alg(&self) -> Result<usize> {
+        Database::record_legacy_alg(self)
+    }
+    fn db_share(&self, row: &KeyInfo) -> Result<KeyShare> {
+        Database::db_share(self, row)
+    }
+    fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
+        Database::add_revocation(self, r, now)
+    }
+    fn revocations(&self, now: i64) -> Result<Vec<Revocation>> {
+        Database::revocations(self, now)
+    }
+    fn checkpoint(&self) -> Result<()> {
+        Database::checkpoint(self)
     }
 }
 
