@@ -96,7 +96,11 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
     let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, i64::MIN));
     let set = Arc::new(KeySet::new(
         vec![Arc::clone(&signer)],
-        vec![Published { row, key: pk }],
+        vec![Published {
+            row,
+            key: pk,
+            node: None,
+        }],
     ));
     let now = splitsign::lifecycle::wall_now();
     let claims: serde_json::Map<String, serde_json::Value> =

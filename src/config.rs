@@ -150,6 +150,10 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde::option")]
     jwks_max_age: Option<Duration>,
     jwks_file: Option<PathBuf>,
+    postgres: Option<String>,
+    postgres_password_file: Option<PathBuf>,
+    postgres_ca_file: Option<PathBuf>,
+    node: Option<String>,
 }
 
 /// Path overrides given on the command line.
@@ -167,6 +171,19 @@ pub enum Origin {
     File(PathBuf),
     /// No file: zero-config local run, or systemd directories.
     Defaults,
+}
+
+/// Where a cluster keeps its key rows, database shares and revocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// A libpq connection string or URL, without a password.
+    pub conninfo: String,
+    /// The password, on the first line of this file (mode 0600); else
+    /// `PGPASSFILE` (or `~/.pgpass`) is read, as libpq does.
+    pub password_file: Option<PathBuf>,
+    /// The CA certificates (PEM) a server's certificate must chain to; the
+    /// system's roots when unset.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -220,6 +237,13 @@ pub struct Config {
     pub jwks_max_age: Duration,
     /// Where to write the JWKS for a web server to serve, if anywhere.
     pub jwks_file: Option<PathBuf>,
+    /// With it, key rows, database shares and revocations live in
+    /// PostgreSQL, shared by the nodes of a cluster; the local SQLite `db`
+    /// keeps the audit log.
+    pub postgres: Option<PostgresSettings>,
+    /// This daemon's name among the nodes of a cluster (default: the host
+    /// name). It creates and rotates only its own keys.
+    pub node: String,
 }
 
 /// What the process environment contributes (read once, passed in so that
@@ -342,6 +366,12 @@ impl Config {
             prepublish: file.prepublish.unwrap_or(Duration::from_secs(3600)),
             jwks_max_age: file.jwks_max_age.unwrap_or(Duration::from_secs(900)),
             jwks_file: file.jwks_file.clone(),
+            postgres: file.postgres.clone().map(|conninfo| PostgresSettings {
+                conninfo,
+                password_file: file.postgres_password_file.clone(),
+                ca_file: file.postgres_ca_file.clone(),
+            }),
+            node: file.node.clone().unwrap_or_else(host_name),
         }
     }
 
@@ -360,6 +390,11 @@ impl Config {
             db: abs(self.db),
             socket: abs(self.socket),
             jwks_file: self.jwks_file.map(abs),
+            postgres: self.postgres.map(|p| PostgresSettings {
+                password_file: p.password_file.map(abs),
+                ca_file: p.ca_file.map(abs),
+                ..p
+            }),
             ..self
         }
     }
@@ -373,7 +408,50 @@ impl Config {
         for p in &self.policies {
             self.check_policy(p)?;
         }
-        self.check_paths()
+        self.check_paths()?;
+        self.check_cluster()
+    }
+
+    /// The node name, and the PostgreSQL connection: parseable, no
+    /// password in it, and TLS for any host that is not this one.
+    fn check_cluster(&self) -> Result<()> {
+        let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
+        if !valid_node(&self.node) {
+            return bad(
+                "node",
+                format!(
+                    "{:?} is not a node name: 1 to 63 letters, digits, '_', '.' or '-' (set \
+                     `node` if the host name is not one)",
+                    self.node
+                ),
+            );
+        }
+        let Some(pg) = &self.postgres else {
+            return Ok(());
+        };
+        let parsed: tokio_postgres::Config = pg.conninfo.parse().map_err(|e| Error::Setting {
+            key: "postgres",
+            message: format!("not a connection string or URL: {e}"),
+        })?;
+        if parsed.get_password().is_some() {
+            return bad(
+                "postgres",
+                "holds a password; put it in postgres_password_file (mode 0600) or PGPASSFILE \
+                 instead"
+                    .into(),
+            );
+        }
+        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Disable
+            && parsed.get_hosts().iter().any(|h| !is_local_host(h))
+        {
+            return bad(
+                "postgres",
+                "sslmode=disable for a host that is not this one: the database shares would \
+                 cross the network in clear; use TLS (the default)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The issuer and token lifetimes.
@@ -627,7 +705,7 @@ impl Config {
             jwks_max_age: _,
             jwks_file: _,
             // Fixed while running: the stores, the socket, the connection
-            // table, and the audit writer.
+            // table, the audit writer, and the cluster.
             shares_dir,
             db,
             socket,
@@ -636,6 +714,8 @@ impl Config {
             max_connections,
             audit,
             audit_sync,
+            postgres,
+            node,
         } = self;
         [
             ("shares_dir", *shares_dir != new.shares_dir),
@@ -646,6 +726,8 @@ impl Config {
             ("max_connections", *max_connections != new.max_connections),
             ("audit", *audit != new.audit),
             ("audit_sync", *audit_sync != new.audit_sync),
+            ("postgres", *postgres != new.postgres),
+            ("node", *node != new.node),
         ]
         .into_iter()
         .find_map(|(key, changed)| changed.then_some(key))
@@ -686,6 +768,32 @@ fn default_places(env: &Env, origin: &Origin) -> (PathBuf, PathBuf, PathBuf) {
         (_, Origin::Defaults) => PathBuf::from("var/splitsign.sock"),
     };
     (def_shares, def_db, def_socket)
+}
+
+/// Whether `host` is this machine: a Unix socket directory, or loopback.
+pub fn is_local_host(host: &tokio_postgres::config::Host) -> bool {
+    match host {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(name) => {
+            matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1")
+        }
+    }
+}
+
+/// A node name (also its PostgreSQL role's name).
+pub fn valid_node(node: &str) -> bool {
+    (1..=63).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The host name: the default node name.
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {

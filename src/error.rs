@@ -136,10 +136,10 @@ impl Error {
             Error::WriteShare { .. }
             | Error::Database { .. }
             | Error::Postgres { .. }
-            | Error::PostgresUnreachable { .. }
             | Error::Migrate { .. }
             | Error::Io { .. }
             | Error::Random(_) => exit::FAILURE,
+            Error::PostgresUnreachable { .. } => exit::UNAVAILABLE,
         }
     }
 

@@ -8,7 +8,7 @@ use std::io::Read;
 use serde_json::{Map, Value, json};
 
 use super::offline;
-use super::output::{Failure, previous_note, render_status, usage};
+use super::output::{Failure, previous_note, render_status, signs_from, usage};
 use super::{Ctx, ReshareArgs, RevokeArgs, RotateArgs, SignArgs, StatusArgs, VerifyArgs};
 use crate::client::ClientError;
 use crate::error::exit;
@@ -103,8 +103,9 @@ pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), Failure> {
     f.insert("emergency".into(), a.emergency.into());
     let r = c.call("rotate", f)?;
     println!(
-        "rotated: key {} signs now{}",
+        "rotated: key {} {}{}",
         r.get("kid").and_then(Value::as_str).unwrap_or("?"),
+        signs_from(r.get("activate_at").and_then(Value::as_i64)),
         previous_note(r.get("previous").and_then(Value::as_str), a.emergency)
     );
     Ok(())

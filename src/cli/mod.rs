@@ -6,6 +6,7 @@
 //! audit log); `output` has what they print and how they fail.
 
 mod audit;
+mod cluster;
 mod daemon_cmds;
 mod offline;
 mod output;
@@ -95,6 +96,29 @@ pub enum Command {
     /// List the audit log, check its hash chain (--verify: exit 0 if
     /// intact, 65 naming the first broken record), or prune it.
     Audit(AuditArgs),
+    /// PostgreSQL: apply the schema (run with a config whose `postgres`
+    /// logs in as the tables' owner) and grant node roles the tables.
+    PgSchema(PgSchemaArgs),
+    /// Move this host's keys, database shares and revocations from its
+    /// SQLite database to PostgreSQL (the `postgres` of the config), kids
+    /// unchanged. Offline; crash-safe; run it again to finish an
+    /// interrupted move.
+    MigrateStore(MigrateStoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PgSchemaArgs {
+    /// Grant this node role (named like its node) the splitsign tables
+    /// (repeatable).
+    #[arg(long, value_name = "ROLE")]
+    pub grant: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateStoreArgs {
+    /// Move to the PostgreSQL server of the config's `postgres`.
+    #[arg(long)]
+    pub to_postgres: bool,
 }
 
 #[derive(Debug, Args)]
@@ -244,5 +268,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check => offline::check(&cx),
         Command::Backup(a) => offline::backup(&cx, a),
         Command::Audit(a) => audit::run(&cx, a),
+        Command::PgSchema(a) => cluster::pg_schema(&cx, a),
+        Command::MigrateStore(a) => cluster::migrate_store(&cx, a),
     }
 }

@@ -14,8 +14,8 @@ use crate::error::Error;
 use crate::keys::Origin;
 use crate::lifecycle;
 use crate::protocol::RevokeTarget;
-use crate::store::Stores;
 use crate::store::audit_log::Record;
+use crate::store::{KeyStore, Stores};
 
 pub fn init(cx: &Ctx, a: InitArgs) -> Result<(), Failure> {
     create_first(&cx.cfg, None, a.recovery_share)
@@ -77,12 +77,26 @@ pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), Failure> {
     let latest_exp = now.saturating_add(cfg.max_ttl.as_secs() as i64);
     let (new, previous) = {
         let s = &mut stores;
-        lifecycle::rotate_now(&mut *s.keys, &s.shares, cfg, now, latest_exp, emergency)?
+        let delay = if s.cluster.is_some() {
+            lifecycle::CLUSTER_PUBLISH_DELAY
+        } else {
+            0
+        };
+        lifecycle::rotate_now(
+            &mut *s.keys,
+            &s.shares,
+            cfg,
+            now,
+            latest_exp,
+            emergency,
+            delay,
+        )?
     };
     stores.reconcile(now)?;
     println!(
-        "rotated (offline): key {} signs now{}",
+        "rotated (offline): key {} {}{}",
         new.row.kid,
+        super::output::signs_from(Some(new.row.activate_at)),
         previous_note(previous.as_deref(), emergency)
     );
     Ok(())
@@ -121,7 +135,11 @@ pub fn revoke(cfg: &Config, target: &RevokeTarget) -> Result<(), Failure> {
         result: "ok",
         ..Default::default()
     }])?;
-    println!("revoked (offline); the daemon applies it when it starts");
+    if cfg.postgres.is_some() {
+        println!("revoked (in PostgreSQL): every running node applies it within a second");
+    } else {
+        println!("revoked (offline); the daemon applies it when it starts");
+    }
     Ok(())
 }
 
@@ -153,30 +171,75 @@ pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `status` without a daemon: the same fields, read from the database.
+/// The key store, to read: the SQLite database (read-only), or this node
+/// in PostgreSQL.
+fn key_store_to_read(cfg: &Config) -> Result<Box<dyn KeyStore>, Failure> {
+    Ok(match &cfg.postgres {
+        None => Box::new(crate::store::Database::open_read_only(&cfg.db, cfg.alg)?),
+        Some(settings) => {
+            let pg = crate::store::Postgres::open(settings, &cfg.node)?;
+            if !pg.registered() {
+                return Err(Error::KeyStore(format!(
+                    "{} has no node {} (run `splitsign init` on this host first)",
+                    pg.describe(),
+                    cfg.node
+                ))
+                .into());
+            }
+            Box::new(std::sync::Arc::new(pg))
+        }
+    })
+}
+
+/// `status` without a daemon: the same fields, read from the database
+/// (in a cluster, every node's keys).
 pub fn status(cfg: &Config) -> Result<Value, Failure> {
-    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let database = key_store_to_read(cfg)?;
     let now = lifecycle::wall_now();
     let rows: Vec<_> = database
         .keys()?
         .into_iter()
         .filter(|r| r.verified)
         .collect();
+    let own_node = cfg.postgres.as_ref().map(|_| cfg.node.as_str());
+    let others = database.other_nodes_keys()?;
+    let key = |r: &crate::keys::KeyInfo, node: Option<&str>| {
+        let mut v = serde_json::json!({
+            "kid": r.kid,
+            "state": crate::keys::state(r, now).as_str(),
+            "origin": r.origin.as_str(),
+            "created_at": r.created_at,
+            "activate_at": r.activate_at,
+            "deactivate_at": r.deactivate_at,
+            "retire_at": r.retire_at,
+        });
+        if let Some(n) = node {
+            v["node"] = n.into();
+        }
+        v
+    };
     let keys: Vec<Value> = rows
         .iter()
-        .map(|r| {
-            serde_json::json!({
-                "kid": r.kid,
-                "state": crate::keys::state(r, now).as_str(),
-                "origin": r.origin.as_str(),
-                "created_at": r.created_at,
-                "activate_at": r.activate_at,
-                "deactivate_at": r.deactivate_at,
-                "retire_at": r.retire_at,
-            })
-        })
+        .map(|r| key(r, own_node))
+        .chain(
+            others
+                .iter()
+                .filter(|o| crate::keys::state(&o.key, now).is_published())
+                .map(|o| key(&o.key, Some(&o.node))),
+        )
         .collect();
+    let mut nodes: Vec<&str> = others.iter().map(|o| o.node.as_str()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let cluster = own_node.map(|n| {
+        serde_json::json!({
+            "node": n,
+            "database": "ok",
+            "nodes": nodes.len() + 1,
+        })
+    });
     Ok(serde_json::json!({
+        "cluster": cluster,
         "daemon": "not running",
         "issuer": cfg.issuer,
         "alg": cfg.alg.as_str(),
@@ -225,17 +288,18 @@ fn backup_db(cfg: &Config, file: &Path) -> Result<(), Failure> {
 fn check_stores(cfg: &Config) -> Result<(), Failure> {
     crate::keys::locked::harden_process()?;
     let dir = crate::store::ShareDir::open(&cfg.shares_dir)?;
-    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let database = key_store_to_read(cfg)?;
+    let database = &*database;
     let now = lifecycle::wall_now();
-    let plan = lifecycle::survey(&database, &dir, now)?;
+    let plan = lifecycle::survey(database, &dir, now)?;
     let rows = database.keys()?;
     if rows.iter().all(|r| !r.verified) {
-        return Err(Error::KeyStore(format!("database {} holds no key", cfg.db.display())).into());
+        return Err(Error::KeyStore(format!("{} holds no key", database.describe())).into());
     }
     for row in rows.iter().filter(|r| r.verified) {
         let state = crate::keys::state(row, now);
         if state.needs_shares() {
-            lifecycle::unseal_key(&database, &dir, row)?;
+            lifecycle::unseal_key(database, &dir, row)?;
             println!(
                 "key {} ({}): file share and database share rebuild its public key",
                 row.kid,

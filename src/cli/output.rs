@@ -29,6 +29,10 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         let code = match &e {
             ClientError::Connect { .. } | ClientError::Timeout { .. } => exit::UNAVAILABLE,
+            // Try again later: the daemon is busy, or cannot reach a store.
+            ClientError::Daemon { code, .. } if code == "unavailable" || code == "busy" => {
+                exit::UNAVAILABLE
+            }
             _ => exit::FAILURE,
         };
         Failure {
@@ -41,6 +45,15 @@ pub fn usage(message: String) -> Failure {
     Failure {
         code: exit::USAGE,
         message,
+    }
+}
+
+/// "signs now", or "signs from <time>" when the key starts later (a
+/// cluster's rotation waits a moment for the other nodes).
+pub fn signs_from(activate_at: Option<i64>) -> String {
+    match activate_at {
+        Some(t) if t > lifecycle::wall_now() => format!("signs from {}", rfc3339(t)),
+        _ => "signs now".into(),
     }
 }
 
@@ -103,25 +116,52 @@ pub fn render_status(status: &Value) -> String {
         None => "daemon not running".into(),
     };
     let mut out = format!(
-        "issuer {}  alg {}  {daemon}\nactive key       {}\nnext transition  {}\n\n{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+        "issuer {}  alg {}  {daemon}\nactive key       {}\nnext transition  {}\n",
         s(status, "issuer"),
         s(status, "alg"),
         s(status, "active_kid"),
         t(status, "next_transition"),
+    );
+    if let Some(c) = status.get("cluster") {
+        out.push_str(&format!(
+            "node             {}  (database {}{}; {} node(s))\n",
+            s(c, "node"),
+            s(c, "database"),
+            c.get("reason")
+                .and_then(Value::as_str)
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+            c.get("nodes").and_then(Value::as_u64).unwrap_or(1)
+        ));
+    }
+    let keys: Vec<&Value> = status
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    // A cluster's status names each key's node.
+    let nodes = keys.iter().any(|k| k.get("node").is_some());
+    let node_col = |k: Option<&Value>| {
+        if !nodes {
+            return String::new();
+        }
+        let name = k.map_or_else(|| "NODE".to_owned(), |k| s(k, "node"));
+        format!("{name:<16} ")
+    };
+    out.push_str(&format!(
+        "\n{}{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+        node_col(None),
         "KID",
         "STATE",
         "ACTIVATES",
         "DEACTIVATES",
         "RETIRES"
-    );
-    for k in status
-        .get("keys")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    ));
+    for k in keys {
         out.push_str(&format!(
-            "{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+            "{}{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+            node_col(Some(k)),
             s(k, "kid"),
             s(k, "state"),
             t(k, "activate_at"),

@@ -39,6 +39,10 @@ pub(super) fn spawn(
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(watchdog(Arc::clone(handler), interval, shutdown.clone()));
     }
+    tokio::spawn(super::cluster::follow(
+        Arc::clone(&handler.manager),
+        shutdown.clone(),
+    ));
     tokio::spawn(lifecycle_timer(
         Arc::clone(&handler.manager),
         shutdown.clone(),
@@ -142,6 +146,8 @@ async fn lifecycle_timer(manager: Arc<KeyManager>, shutdown: CancellationToken) 
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(retry) => {}
+                    // PostgreSQL is back, a reload: try again now.
+                    _ = manager.wake.notified() => {}
                 }
                 retry = (retry * 2).min(Duration::from_secs(60));
                 next = Some(0);

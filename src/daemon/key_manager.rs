@@ -16,9 +16,10 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::keyset::Keyring;
 use crate::lifecycle::{self, Clock, NewKey, wall_now};
-use crate::store::FileId;
 use crate::store::Revocation;
+use crate::store::{FileId, KeyStore};
 
+use super::cluster::{Cluster, Wanted};
 use super::revocations::Revocations;
 use crate::store::Stores;
 
@@ -41,6 +42,13 @@ pub struct KeyManager {
     pub wake: Notify,
     /// Notified whenever a new key set is swapped in.
     pub keys_changed: Notify,
+    /// The other nodes, in a PostgreSQL deployment.
+    cluster: Option<Cluster>,
+    /// Held while a key set is built and swapped in (the schedule, and the
+    /// other nodes' changes, both swap).
+    swap: Mutex<()>,
+    /// Held while the revocations in force are read and swapped.
+    rev_swap: Mutex<()>,
 }
 
 /// The store paths and the files they named when the daemon opened them.
@@ -57,6 +65,9 @@ struct Places {
 pub struct Rotated {
     pub kid: String,
     pub previous: Option<String>,
+    /// When the new key signs: now, or (in a cluster) a moment later, once
+    /// the other nodes have it.
+    pub activate_at: i64,
 }
 
 impl KeyManager {
@@ -73,12 +84,24 @@ impl KeyManager {
             .unwrap_or(0);
         let clock = Arc::new(Clock::new(floor));
         let now = clock.now();
+        let cluster = stores.cluster.clone().map(Cluster::new);
+        if let Some(c) = &cluster {
+            c.set_others(c.pg.other_nodes_keys()?);
+        }
+        let others = cluster.as_ref().map(Cluster::others).unwrap_or_default();
         // Prove the stores belong together, then unseal what exists, before
         // anything is deleted or created: a wrong or broken store must stop
         // the daemon with nothing changed, never be papered over.
         let plan = stores.survey(now)?;
-        let (set, unlocked) =
-            lifecycle::build_keyset(&*stores.keys, &stores.shares, &cfg, now, &[], Vec::new())?;
+        let (set, unlocked) = lifecycle::build_keyset(
+            &*stores.keys,
+            &stores.shares,
+            &cfg,
+            now,
+            &[],
+            Vec::new(),
+            &others,
+        )?;
         check_unlocked(&unlocked, &cfg)?;
         stores.apply(plan)?;
         let first = stores.keys.is_empty()?;
@@ -92,7 +115,10 @@ impl KeyManager {
                 tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
             }
         }
-        let revoked = Revocations::from_rows(stores.keys.revocations(wall_now())?);
+        let revoked = match &cluster {
+            Some(c) => Revocations::from_rows(c.read_revocations(true)?.rows),
+            None => Revocations::from_rows(stores.keys.revocations(wall_now())?),
+        };
         let places = Places {
             deployment: stores.keys.deployment().to_owned(),
             db: stores.local.path().to_owned(),
@@ -112,6 +138,9 @@ impl KeyManager {
             fault: Mutex::new(None),
             wake: Notify::new(),
             keys_changed: Notify::new(),
+            cluster,
+            swap: Mutex::new(()),
+            rev_swap: Mutex::new(()),
         };
         let stores = m.lock();
         m.refresh(&stores, now, created.into_iter().collect())?;
@@ -230,7 +259,19 @@ impl KeyManager {
 
     /// Do what the schedule asks for now; returns when to run next.
     pub fn tick(&self) -> Result<Option<i64>> {
+        let r = self.run_schedule();
+        if let Some(c) = &self.cluster {
+            c.note(&r);
+        }
+        r
+    }
+
+    fn run_schedule(&self) -> Result<Option<i64>> {
         let mut stores = self.stores()?;
+        if let Some(c) = &self.cluster {
+            // The periodic re-read: whatever a lost notification missed.
+            c.set_others(c.pg.other_nodes_keys()?);
+        }
         let now = self.clock.now();
         let cfg = self.config();
         let created = {
@@ -247,8 +288,17 @@ impl KeyManager {
         self.refresh(&stores, now, created.into_iter().collect())?;
         // Purge revocations that no longer cover any valid token (tokens
         // carry wall-clock times).
-        let revoked = Revocations::from_rows(stores.keys.revocations(wall_now())?);
-        self.revoked.set(revoked);
+        match &self.cluster {
+            Some(c) => {
+                c.pg.purge_revocations(wall_now())?;
+                self.sync_revocations(c, true)?;
+            }
+            None => {
+                let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
+                let revoked = Revocations::from_rows(stores.keys.revocations(wall_now())?);
+                self.revoked.set(revoked);
+            }
+        }
         let rows = stores.keys.keys()?;
         Ok(crate::keys::schedule::next_event(&rows, now, &cfg))
     }
@@ -265,14 +315,36 @@ impl KeyManager {
             .snapshot()
             .signer_at(now)
             .map_or(i64::MIN, |s| s.latest_exp());
-        let (new, previous) = {
-            let s = &mut *stores;
-            lifecycle::rotate_now(&mut *s.keys, &s.shares, &cfg, now, latest_exp, emergency)?
+        let delay = if self.cluster.is_some() && !emergency {
+            lifecycle::CLUSTER_PUBLISH_DELAY
+        } else {
+            0
         };
+        let r = {
+            let s = &mut *stores;
+            lifecycle::rotate_now(
+                &mut *s.keys,
+                &s.shares,
+                &cfg,
+                now,
+                latest_exp,
+                emergency,
+                delay,
+            )
+        };
+        if let Some(c) = &self.cluster {
+            c.note(&r);
+        }
+        let (new, previous) = r?;
         let kid = new.row.kid.clone();
-        tracing::warn!(%kid, previous = ?previous, emergency, "rotated by an admin");
+        let activate_at = new.row.activate_at;
+        tracing::warn!(%kid, previous = ?previous, emergency, activate_at, "rotated by an admin");
         self.refresh(&stores, now, vec![new])?;
-        Ok(Rotated { kid, previous })
+        Ok(Rotated {
+            kid,
+            previous,
+            activate_at,
+        })
     }
 
     /// Re-split every key that holds shares (admin), from the keys in
@@ -321,10 +393,27 @@ impl KeyManager {
             self.clock.now(),
             now,
         )?;
-        stores.keys.add_revocation(&row, now)?;
-        let mut all = Revocations::from_rows(stores.keys.revocations(now)?);
-        all.add(row.clone());
-        self.revoked.set(all);
+        match &self.cluster {
+            Some(c) => {
+                let r = stores.keys.add_revocation(&row, now);
+                c.note(&r);
+                r?;
+                drop(stores);
+                // This node's own row comes back with the others'.
+                let _ = self.sync_revocations(c, false);
+                let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
+                let mut all = (*self.revoked.get()).clone();
+                all.add(row.clone());
+                self.revoked.set(all);
+            }
+            None => {
+                stores.keys.add_revocation(&row, now)?;
+                let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
+                let mut all = Revocations::from_rows(stores.keys.revocations(now)?);
+                all.add(row.clone());
+                self.revoked.set(all);
+            }
+        }
         tracing::warn!(
             kind = match row {
                 Revocation::Jti { .. } => "jti",
@@ -340,10 +429,29 @@ impl KeyManager {
     fn refresh(&self, stores: &Stores, now: i64, fresh: Vec<NewKey>) -> Result<()> {
         stores.reconcile(now)?;
         let cfg = self.config();
+        let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
         let held = self.keyring.snapshot().signers.clone();
-        let (set, unlocked) =
-            lifecycle::build_keyset(&*stores.keys, &stores.shares, &cfg, now, &held, fresh)?;
+        let others = self
+            .cluster
+            .as_ref()
+            .map(Cluster::others)
+            .unwrap_or_default();
+        let (set, unlocked) = lifecycle::build_keyset(
+            &*stores.keys,
+            &stores.shares,
+            &cfg,
+            now,
+            &held,
+            fresh,
+            &others,
+        )?;
         check_unlocked(&unlocked, &cfg)?;
+        self.install(set, &cfg)
+    }
+
+    /// Swap a new key set in (the caller holds `swap`), and rewrite the
+    /// JWKS file if it changed.
+    fn install(&self, set: crate::keys::keyset::KeySet, cfg: &Config) -> Result<()> {
         let jwks = set.jwks.get().to_owned();
         self.keyring.replace(set);
         self.keys_changed.notify_waiters();
@@ -356,6 +464,72 @@ impl KeyManager {
             }
         }
         Ok(())
+    }
+
+    /// The other nodes, in a PostgreSQL deployment.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Re-read what the other nodes changed (see `cluster::follow`).
+    pub fn follow_cluster(&self, wanted: Wanted) -> Result<()> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        let r = (|| {
+            if wanted.all || wanted.revocations {
+                self.sync_revocations(c, wanted.all)?;
+            }
+            if wanted.all || wanted.keys {
+                self.apply_others(c, c.pg.other_nodes_keys()?)?;
+            }
+            Ok(())
+        })();
+        c.note(&r);
+        if wanted.all && r.is_ok() {
+            // Back in touch: catch up this node's own schedule too (a
+            // rotation that could not be stored).
+            self.wake.notify_one();
+        }
+        r
+    }
+
+    /// Read the revocations (all, or those added since the last read) and
+    /// swap the set in force.
+    fn sync_revocations(&self, c: &Cluster, full: bool) -> Result<()> {
+        let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
+        let read = c.read_revocations(full)?;
+        if read.full {
+            self.revoked.set(Revocations::from_rows(read.rows));
+        } else if !read.rows.is_empty() {
+            let mut all = (*self.revoked.get()).clone();
+            for row in read.rows {
+                all.add(row);
+            }
+            self.revoked.set(all);
+        }
+        Ok(())
+    }
+
+    /// Publish the other nodes' keys as just read, beside this node's.
+    fn apply_others(&self, c: &Cluster, others: Vec<crate::store::NodeKey>) -> Result<()> {
+        let cfg = self.config();
+        let now = self.clock.now();
+        let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.keyring.snapshot();
+        let mut published: Vec<_> = current
+            .published
+            .iter()
+            .filter(|p| p.node.is_none())
+            .cloned()
+            .collect();
+        published.extend(lifecycle::published_others(&others, now));
+        c.set_others(others);
+        let set = crate::keys::keyset::KeySet::new(current.signers.clone(), published);
+        if set.jwks.get() == current.jwks.get() && set.published.len() == current.published.len() {
+            return Ok(());
+        }
+        self.install(set, &cfg)
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -402,16 +576,25 @@ impl KeyManager {
         }
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
-        let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
+        let rows: Vec<_> = keys
+            .published
+            .iter()
+            .filter(|p| p.node.is_none())
+            .map(|p| p.row.clone())
+            .collect();
         let next = crate::keys::schedule::next_event(&rows, now, &self.config())
             .and_then(|t| {
                 std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t as u64))
             })
             .map(|t| humantime::format_rfc3339_seconds(t).to_string())
             .unwrap_or_else(|| "-".into());
-        match keys.signer_at(now) {
+        let keys_line = match keys.signer_at(now) {
             Some(s) => format!("active key {}; next transition {next}", s.kid),
             None => "no active key".into(),
+        };
+        match self.cluster.as_ref().and_then(Cluster::unreachable) {
+            Some(why) => format!("degraded: database unreachable ({why}); {keys_line}"),
+            None => keys_line,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod access;
 pub mod admission;
 pub mod audit_writer;
 mod background;
+pub mod cluster;
 pub mod connection;
 pub mod handler;
 pub mod key_manager;
@@ -89,6 +90,27 @@ fn log_config(cfg: &Config) {
 /// come before any change (see `KeyManager::start`), so a refusal here has
 /// changed nothing; it says how to get back.
 fn start_keys(cfg: &Config) -> Result<KeyManager> {
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        match open_and_start(cfg) {
+            Err(Error::PostgresUnreachable { node, reason }) => {
+                // Not ready: nothing was created (a key is never made that
+                // cannot be stored). Say so, and keep systemd waiting.
+                let status = format!(
+                    "not ready: PostgreSQL is unreachable ({reason}); retrying in {}",
+                    humantime::format_duration(backoff)
+                );
+                tracing::warn!(%node, %reason, retry_ms = backoff.as_millis() as u64, "PostgreSQL is unreachable at start; not ready, retrying");
+                systemd::waiting(&status, backoff + std::time::Duration::from_secs(30));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn open_and_start(cfg: &Config) -> Result<KeyManager> {
     let stores = Stores::open(cfg, true)?;
     KeyManager::start(stores, cfg.clone()).inspect_err(|e| {
         // Stores that do not belong together say what to do themselves.

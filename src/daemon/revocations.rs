@@ -12,7 +12,7 @@ use crate::protocol::RevokeTarget;
 use crate::store::Revocation;
 
 /// Revoked tokens and subjects, held in memory for `verify`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Revocations {
     jti: HashMap<String, i64>,
     sub: HashMap<String, i64>,
@@ -27,15 +27,25 @@ impl Revocations {
         r
     }
 
+    /// Add a revocation. One only grows: of two for the same jti or sub
+    /// (two nodes', or a second revoke), the later `before` and
+    /// `expires_at` win.
     pub fn add(&mut self, row: Revocation) {
         match row {
             Revocation::Jti { jti, expires_at } => {
-                self.jti.insert(jti, expires_at);
+                let e = self.jti.entry(jti).or_insert(expires_at);
+                *e = (*e).max(expires_at);
             }
             Revocation::Sub { sub, before, .. } => {
-                self.sub.insert(sub, before);
+                let b = self.sub.entry(sub).or_insert(before);
+                *b = (*b).max(before);
             }
         }
+    }
+
+    /// How many tokens and subjects are revoked.
+    pub fn len(&self) -> (usize, usize) {
+        (self.jti.len(), self.sub.len())
     }
 
     /// Whether a token with these claims is revoked. A subject revocation

@@ -78,6 +78,16 @@ pub fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Not ready yet: a STATUS line, and more time to get ready (so that
+/// `TimeoutStartSec=` does not end a start that waits for a server).
+pub fn waiting(status: &str, extend: Duration) {
+    let usec = u32::try_from(extend.as_micros()).unwrap_or(u32::MAX);
+    notify(&[
+        NotifyState::Status(status),
+        NotifyState::ExtendTimeoutUsec(usec),
+    ]);
+}
+
 pub fn status(status: &str) {
     notify(&[NotifyState::Status(status)]);
 }

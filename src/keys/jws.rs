@@ -309,7 +309,14 @@ mod tests {
             alg: AlgLabel::EdDSA,
         };
         let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, i64::MIN));
-        let set = KeySet::new(vec![Arc::clone(&signer)], vec![Published { row, key: pk }]);
+        let set = KeySet::new(
+            vec![Arc::clone(&signer)],
+            vec![Published {
+                row,
+                key: pk,
+                node: None,
+            }],
+        );
         let policy = Policy {
             issuer: "iss".into(),
             issuer_json: "\"iss\"".into(),

@@ -73,9 +73,13 @@ impl Signer {
 }
 
 /// A published public key.
+#[derive(Clone)]
 pub struct Published {
     pub row: KeyInfo,
     pub key: VerifyingKey,
+    /// The node whose key it is, when it is another node's (a cluster):
+    /// it verifies and is published here, and never signs here.
+    pub node: Option<String>,
 }
 
 /// One consistent view of all keys.

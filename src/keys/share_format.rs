@@ -59,6 +59,14 @@ pub fn is_valid_deployment(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
+
+/// A new deployment id.
+pub fn new_deployment() -> crate::error::Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| crate::error::Error::Random(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 /// Any share file larger than this is corrupt.
 pub const MAX_SHARE_FILE: usize = 1024;
 

@@ -170,13 +170,16 @@ fn create_generated(
     create_key(database, dir, cfg, &seed, Origin::Generated, now, c)
 }
 
-/// Rotate now: a new key becomes active at once, pending keys are dropped,
-/// and the current key stops signing. Its tokens keep verifying until they
-/// expire: its `retire_at` becomes `max(now, latest_exp) + leeway`, where
-/// `latest_exp` is the latest `exp` it may have issued, and is never made
-/// later than it was. With `emergency`, it is retired at once and its
-/// tokens stop verifying. Works without rebuilding the old key, so it is
-/// also the way back when a store of the active key is lost.
+/// Rotate now: a new key becomes active `delay` seconds from now (0: at
+/// once; in a cluster, a moment later, so that the other nodes publish it
+/// before it signs), pending keys are dropped, and the current key stops
+/// signing then. Its tokens keep verifying until they expire: its
+/// `retire_at` becomes `max(now, latest_exp) + leeway`, where `latest_exp`
+/// is the latest `exp` it may have issued (or may issue in the delay), and
+/// is never made later than it was. With `emergency` (no delay), it is
+/// retired at once and its tokens stop verifying. Works without rebuilding
+/// the old key, so it is also the way back when a store of the active key
+/// is lost.
 pub fn rotate_now(
     database: &mut dyn KeyStore,
     dir: &ShareDir,
@@ -184,12 +187,20 @@ pub fn rotate_now(
     now: i64,
     latest_exp: i64,
     emergency: bool,
+    delay: i64,
 ) -> Result<(NewKey, Option<String>)> {
+    let delay = if emergency { 0 } else { delay.max(0) };
     let rows = database.keys()?;
     let old = active(&rows, now).cloned();
     let mut supersede = Vec::new();
     if let Some(o) = &old {
-        let end = now.max(o.activate_at);
+        let end = (now + delay).max(o.activate_at);
+        // Tokens it signs in the delay expire by now + delay + max_ttl.
+        let latest_exp = if delay > 0 {
+            latest_exp.max((now + delay).saturating_add(cfg.max_ttl.as_secs() as i64))
+        } else {
+            latest_exp
+        };
         let needed = now
             .max(latest_exp)
             .saturating_add(cfg.leeway.as_secs() as i64);
@@ -214,7 +225,7 @@ pub fn rotate_now(
         cfg,
         now,
         Creation {
-            activate_at: now,
+            activate_at: now + delay,
             supersede,
             drop,
             recovery: None,

@@ -21,11 +21,13 @@
 //! backwards), `create` (new keys: first, scheduled, rotation), `reshare`
 //! (re-splitting a key, rebuilding a lost share from the offline share),
 //! `reconcile` (proving the stores belong together, then cleaning up),
-//! `unseal` (rebuilding keys into memory). The daemon's key manager and the
+//! `unseal` (rebuilding keys into memory), `migrate` (moving a host's keys
+//! from SQLite to PostgreSQL). The daemon's key manager and the
 //! offline admin commands both call these.
 
 mod clock;
 mod create;
+mod migrate;
 mod reconcile;
 mod reshare;
 mod unseal;
@@ -36,15 +38,21 @@ use crate::keys::KeyInfo;
 
 pub use clock::{Clock, wall_now, wall_now_ms};
 pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
+pub use migrate::{Moved, move_to_postgres};
 pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, survey};
 pub use reshare::{Recovered, recover, reshare};
-pub use unseal::{build_keyset, unseal_key};
+pub use unseal::{build_keyset, published_others, unseal_key};
 
 /// How many times one key may be split (its share generations). Each split
 /// of the same secret with `sharks` 0.5 leaks a little (RUSTSEC-2024-0398:
 /// a share rules out one value per secret byte); 16 splits still leave more
 /// than 253 bits. Past the cap the answer is a rotation.
 pub const MAX_GENERATIONS: u32 = 16;
+
+/// In a cluster, how long after a (non-emergency) `rotate` the new key
+/// starts to sign: the other nodes learn of it within a second (NOTIFY),
+/// so they verify its first token.
+pub const CLUSTER_PUBLISH_DELAY: i64 = 2;
 
 /// A key just created: its row and the key rebuilt from its stored shares
 /// (what `create` hands to `unseal`'s key set builder).

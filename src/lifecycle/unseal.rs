@@ -11,8 +11,8 @@ use crate::keys::KeyInfo;
 use crate::keys::keyset::{KeySet, Published, Signer};
 use crate::keys::locked::LockedKey;
 use crate::keys::shamir;
-use crate::store::KeyStore;
 use crate::store::ShareDir;
+use crate::store::{KeyStore, NodeKey};
 
 use super::NewKey;
 
@@ -46,8 +46,10 @@ pub fn unseal_key(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Res
 }
 
 /// Build the in-memory key set at `now`. Keys that may sign are taken from
-/// `held` (already in memory) or else unsealed from the stores. Returns the
-/// set and the kids whose key pages could not be mlock'ed.
+/// `held` (already in memory) or else unsealed from the stores; `others`,
+/// the keys of the other nodes of a cluster, are published beside this
+/// node's. Returns the set and the kids whose key pages could not be
+/// mlock'ed.
 pub fn build_keyset(
     database: &dyn KeyStore,
     dir: &ShareDir,
@@ -55,6 +57,7 @@ pub fn build_keyset(
     now: i64,
     held: &[Arc<Signer>],
     mut fresh: Vec<NewKey>,
+    others: &[NodeKey],
 ) -> Result<(KeySet, Vec<(String, std::io::Error)>)> {
     let mut signers = Vec::new();
     let mut published = Vec::new();
@@ -105,8 +108,29 @@ pub fn build_keyset(
                     reason: "public key is not a valid Ed25519 point".into(),
                 }
             })?;
-            published.push(Published { row, key });
+            published.push(Published {
+                row,
+                key,
+                node: None,
+            });
         }
     }
+    published.extend(published_others(others, now));
     Ok((KeySet::new(signers, published), unlocked))
+}
+
+/// The keys of other nodes that are published at `now` (a key whose point
+/// is not valid is skipped: another node's row never stops this one).
+pub fn published_others(others: &[NodeKey], now: i64) -> impl Iterator<Item = Published> + '_ {
+    others
+        .iter()
+        .filter(move |o| o.key.verified && crate::keys::state(&o.key, now).is_published())
+        .filter_map(|o| {
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&o.key.public_key).ok()?;
+            Some(Published {
+                row: o.key.clone(),
+                key,
+                node: Some(o.node.clone()),
+            })
+        })
 }

@@ -6,9 +6,12 @@
 
 use std::path::Path;
 
-use crate::error::Result;
-use crate::keys::KeyInfo;
-use crate::keys::shamir::KeyShare;
+use zeroize::Zeroizing;
+
+use crate::config::AlgLabel;
+use crate::error::{Error, Result};
+use crate::keys::shamir::{KeyShare, ShareY, Slot};
+use crate::keys::{KeyInfo, Origin, share_format};
 
 use super::FileId;
 use super::sqlite::{Revocation, Supersede};
@@ -73,4 +76,128 @@ pub trait KeyStore: Send {
     fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// A key row as read, before it is checked: every row read back is
+/// treated as hostile.
+pub struct RawKey {
+    pub kid: String,
+    pub public_key: Vec<u8>,
+    pub origin: String,
+    /// created, activate, deactivate, retire.
+    pub times: [i64; 4],
+    pub share_generation: i64,
+    pub verified: bool,
+    /// `None`: made before labels were recorded (SQLite schema < 3).
+    pub alg: Option<String>,
+    pub pending_generation: Option<i64>,
+}
+
+impl RawKey {
+    /// The row, checked: the kid is the thumbprint of the public key, the
+    /// timestamps are in order, the numbers in range.
+    pub fn check(self, db: &str, legacy_alg: AlgLabel) -> Result<KeyInfo> {
+        let bad = |reason: &str| Error::KeyRow {
+            kid: printable(&self.kid),
+            db: db.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let public_key: [u8; 32] = self
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("public key is not 32 bytes"))?;
+        if !share_format::is_valid_kid(&self.kid)
+            || share_format::thumbprint(&public_key) != self.kid
+        {
+            return Err(bad("kid is not the thumbprint of the stored public key"));
+        }
+        let origin = match self.origin.as_str() {
+            "generated" => Origin::Generated,
+            "imported" => Origin::Imported,
+            _ => return Err(bad("unknown origin")),
+        };
+        let [created_at, activate_at, deactivate_at, retire_at] = self.times;
+        if !(created_at <= activate_at
+            && activate_at <= deactivate_at
+            && deactivate_at <= retire_at)
+        {
+            return Err(bad("timestamps are out of order"));
+        }
+        let share_generation = u32::try_from(self.share_generation)
+            .map_err(|_| bad("share generation out of range"))?;
+        let pending_generation = self
+            .pending_generation
+            .map(u32::try_from)
+            .transpose()
+            .map_err(|_| bad("pending share generation out of range"))?;
+        let alg = match self.alg.as_deref() {
+            None => legacy_alg,
+            Some(a) => AlgLabel::parse(a).ok_or_else(|| bad("unknown alg label"))?,
+        };
+        Ok(KeyInfo {
+            kid: self.kid,
+            public_key,
+            origin,
+            created_at,
+            activate_at,
+            deactivate_at,
+            retire_at,
+            share_generation,
+            pending_generation,
+            verified: self.verified,
+            alg,
+        })
+    }
+}
+
+/// A database share as read, before it is checked.
+pub struct RawShare {
+    pub x: i64,
+    pub y: Zeroizing<Vec<u8>>,
+    pub checksum: Vec<u8>,
+}
+
+/// The database share of `row`, checked: present, x = 2, 32 bytes,
+/// checksum intact.
+pub fn check_share(
+    found: Option<RawShare>,
+    row: &KeyInfo,
+    db: &str,
+    deployment: &str,
+) -> Result<KeyShare> {
+    let bad = |reason: &str| Error::DbShare {
+        kid: row.kid.clone(),
+        db: db.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let Some(RawShare { x, y, checksum }) = found else {
+        return Err(bad(&format!(
+            "is missing (no row for generation {})",
+            row.share_generation
+        )));
+    };
+    if x != i64::from(Slot::Database.x()) {
+        return Err(bad(&format!("has x = {x}, expected 2")));
+    }
+    let y = ShareY::from_slice(&y).ok_or_else(|| bad("is not 32 bytes"))?;
+    if checksum[..] != share_format::db_checksum(&row.kid, row.share_generation, 2, &y)[..] {
+        return Err(bad("fails its checksum (altered)"));
+    }
+    Ok(KeyShare {
+        deployment: Some(deployment.to_owned()),
+        kid: row.kid.clone(),
+        generation: row.share_generation,
+        slot: Slot::Database,
+        public_key: row.public_key,
+        y,
+    })
+}
+
+/// A kid from a database, made safe to print in an error.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
 }

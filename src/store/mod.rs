@@ -8,16 +8,19 @@
 pub mod audit_log;
 pub mod backup;
 pub mod keystore;
+pub mod postgres;
 pub mod share_files;
 pub mod sqlite;
 
 pub use keystore::{KeyStore, NodeKey};
+pub use postgres::Postgres;
 pub use share_files::{Entry, FileId, ShareDir, temp_path};
 pub use sqlite::{Database, Revocation, Supersede};
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -30,13 +33,24 @@ pub struct Stores {
     pub shares: ShareDir,
     pub keys: Box<dyn KeyStore>,
     pub local: Database,
+    /// The cluster's store, when `postgres` is set (also `keys`).
+    pub cluster: Option<Arc<Postgres>>,
     _lock: File,
 }
 
-impl Stores {
-    /// Open (creating when `create`) the share directory and the database,
-    /// holding `<db>.lock` for as long as the value lives.
-    pub fn open(cfg: &Config, create: bool) -> Result<Stores> {
+/// This host's stores: the share directory and the local SQLite database,
+/// under `<db>.lock`. What [`Stores`] is made of; `migrate-store` works on
+/// it directly.
+pub struct LocalStores {
+    pub shares: ShareDir,
+    pub local: Database,
+    lock: File,
+}
+
+impl LocalStores {
+    /// Open (creating when `create`) the share directory and the local
+    /// database, holding `<db>.lock` for as long as the value lives.
+    pub fn open(cfg: &Config, create: bool) -> Result<LocalStores> {
         // Everything we create is private: shares, database, WAL, temp files.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         let dir = if create {
@@ -70,15 +84,8 @@ impl Stores {
             }
             // A new database beside shares is a wrong path (or a lost
             // database), never a new deployment: create nothing.
-            let shares: Vec<String> = dir
-                .list()?
-                .into_iter()
-                .filter_map(|e| match e {
-                    Entry::Share { path, .. } => Some(path.display().to_string()),
-                    _ => None,
-                })
-                .collect();
-            if !shares.is_empty() {
+            let shares = share_files(&dir)?;
+            if !shares.is_empty() && cfg.postgres.is_none() {
                 return Err(Error::StoresDisagree {
                     db: cfg.db.display().to_string(),
                     shares: cfg.shares_dir.clone(),
@@ -114,11 +121,48 @@ impl Stores {
             },
         )?;
         let local = Database::open(&cfg.db, cfg.alg)?;
-        let keys: Box<dyn KeyStore> = Box::new(Database::open(&cfg.db, cfg.alg)?);
+        Ok(LocalStores {
+            shares: dir,
+            local,
+            lock,
+        })
+    }
+}
+
+impl Stores {
+    /// Open (creating when `create`) the share directory, the local
+    /// database and the key store (PostgreSQL when `postgres` is set, else
+    /// the local database), holding `<db>.lock` for as long as the value
+    /// lives.
+    pub fn open(cfg: &Config, create: bool) -> Result<Stores> {
+        let LocalStores {
+            shares: dir,
+            local,
+            lock,
+        } = LocalStores::open(cfg, create)?;
+        let (keys, cluster) = match &cfg.postgres {
+            None => {
+                if let Some((node, store)) = local.moved_to_postgres()? {
+                    return Err(Error::KeyStore(format!(
+                        "the keys of database {} moved to PostgreSQL ({store}) as node {node}: \
+                         set `postgres` (and `node = \"{node}\"`) in the config",
+                        cfg.db.display()
+                    )));
+                }
+                let keys: Box<dyn KeyStore> = Box::new(Database::open(&cfg.db, cfg.alg)?);
+                (keys, None)
+            }
+            Some(settings) => {
+                let pg = open_cluster(cfg, settings, &local, &dir, create)?;
+                let keys: Box<dyn KeyStore> = Box::new(Arc::clone(&pg));
+                (keys, Some(pg))
+            }
+        };
         Ok(Stores {
             shares: dir,
             keys,
             local,
+            cluster,
             _lock: lock,
         })
     }
@@ -169,4 +213,63 @@ impl Stores {
         }
         self.shares.identity().still_at(self.shares.path())
     }
+}
+
+/// The share files in `dir`, by path.
+fn share_files(dir: &ShareDir) -> Result<Vec<String>> {
+    Ok(dir
+        .list()?
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Share { path, .. } => Some(path.display().to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Connect to the cluster's PostgreSQL as this node. The local database
+/// must hold no keys (they belong in PostgreSQL: `migrate-store`). A node
+/// PostgreSQL does not know is registered (with `create`) only if the
+/// share directory holds no share: share files beside an unknown node mean
+/// a wrong `node` or server, never a new node.
+fn open_cluster(
+    cfg: &Config,
+    settings: &crate::config::PostgresSettings,
+    local: &Database,
+    dir: &ShareDir,
+    create: bool,
+) -> Result<Arc<Postgres>> {
+    if !local.is_empty()? {
+        return Err(Error::KeyStore(format!(
+            "`postgres` is set, but the local database {} still holds keys: move them with \
+             `splitsign migrate-store --to-postgres` (it finishes an interrupted move too)",
+            cfg.db.display()
+        )));
+    }
+    let mut pg = Postgres::open(settings, &cfg.node)?;
+    if !pg.registered() {
+        let shares = share_files(dir)?;
+        if !shares.is_empty() {
+            return Err(Error::StoresDisagree {
+                db: pg.describe(),
+                shares: cfg.shares_dir.clone(),
+                problems: vec![format!(
+                    "PostgreSQL has no node {}, but the share directory holds share file(s) {}: \
+                     are `node` and `postgres` right? To make this host a new node, move the \
+                     share files away",
+                    cfg.node,
+                    shares.join(", ")
+                )],
+            });
+        }
+        if !create {
+            return Err(Error::KeyStore(format!(
+                "{} has no node {} (run `splitsign init` on this host first)",
+                pg.describe(),
+                cfg.node
+            )));
+        }
+        pg.register(None)?;
+    }
+    Ok(Arc::new(pg))
 }

@@ -14,16 +14,18 @@ use rusqlite_migration::{M, Migrations};
 
 use crate::config::AlgLabel;
 use crate::error::{Error, Result};
-use crate::keys::shamir::{KeyShare, ShareY, Slot};
+use crate::keys::KeyInfo;
+use crate::keys::shamir::{KeyShare, Slot};
 use crate::keys::share_format;
-use crate::keys::{KeyInfo, Origin};
 use crate::store::FileId;
+use crate::store::keystore::{RawKey, RawShare, check_share};
 
 const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../../migrations/0001_init.sql")),
     M::up(include_str!("../../migrations/0002_revocations_audit.sql")),
     M::up(include_str!("../../migrations/0003_integrity.sql")),
     M::up(include_str!("../../migrations/0004_audit_retention.sql")),
+    M::up(include_str!("../../migrations/0005_moved.sql")),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
@@ -379,75 +381,22 @@ impl Database {
             .map_err(self.db_err())?;
         let raw = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, String>(2)?,
-                    [r.get::<_, i64>(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, Option<String>>(9)?,
-                    r.get::<_, Option<i64>>(10)?,
-                ))
+                Ok(RawKey {
+                    kid: r.get(0)?,
+                    public_key: r.get(1)?,
+                    origin: r.get(2)?,
+                    times: [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+                    share_generation: r.get(7)?,
+                    verified: r.get::<_, i64>(8)? == 1,
+                    alg: r.get(9)?,
+                    pending_generation: r.get(10)?,
+                })
             })
             .map_err(self.db_err())?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.db_err())?;
         raw.into_iter()
-            .map(
-                |(kid, pk, origin, ts, generation, verified, alg, pending)| {
-                    let bad = |reason: &str| Error::KeyRow {
-                        kid: printable(&kid),
-                        db: self.describe(),
-                        reason: reason.to_owned(),
-                    };
-                    let public_key: [u8; 32] = pk
-                        .try_into()
-                        .map_err(|_| bad("public key is not 32 bytes"))?;
-                    if !share_format::is_valid_kid(&kid)
-                        || share_format::thumbprint(&public_key) != kid
-                    {
-                        return Err(bad("kid is not the thumbprint of the stored public key"));
-                    }
-                    let origin = match origin.as_str() {
-                        "generated" => Origin::Generated,
-                        "imported" => Origin::Imported,
-                        _ => return Err(bad("unknown origin")),
-                    };
-                    let [created_at, activate_at, deactivate_at, retire_at] = ts;
-                    if !(created_at <= activate_at
-                        && activate_at <= deactivate_at
-                        && deactivate_at <= retire_at)
-                    {
-                        return Err(bad("timestamps are out of order"));
-                    }
-                    let share_generation = u32::try_from(generation)
-                        .map_err(|_| bad("share generation out of range"))?;
-                    let pending_generation = pending
-                        .map(u32::try_from)
-                        .transpose()
-                        .map_err(|_| bad("pending share generation out of range"))?;
-                    let alg = match alg.as_deref() {
-                        None => self.legacy_alg,
-                        Some("EdDSA") => AlgLabel::EdDSA,
-                        Some("Ed25519") => AlgLabel::Ed25519,
-                        Some(_) => return Err(bad("unknown alg label")),
-                    };
-                    Ok(KeyInfo {
-                        kid,
-                        public_key,
-                        origin,
-                        created_at,
-                        activate_at,
-                        deactivate_at,
-                        retire_at,
-                        share_generation,
-                        pending_generation,
-                        verified: verified == 1,
-                        alg,
-                    })
-                },
-            )
+            .map(|k| k.check(&self.describe(), self.legacy_alg))
             .collect()
     }
 
@@ -476,6 +425,43 @@ impl Database {
             .map_err(self.db_err())
     }
 
+    /// Where this database's keys went, if `migrate-store --to-postgres`
+    /// moved them: the node and the server.
+    pub fn moved_to_postgres(&self) -> Result<Option<(String, String)>> {
+        self.conn
+            .query_row("SELECT node, store FROM moved_to_postgres", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(self.db_err())
+    }
+
+    /// The last step of a move to PostgreSQL, in one transaction: forget
+    /// the keys, database shares and revocations (now in PostgreSQL as
+    /// node `node`), and record where they went.
+    pub fn finish_move(&mut self, node: &str, store: &str, now: i64) -> Result<()> {
+        let deployment = self.deployment.clone();
+        let path = self.path.clone();
+        let err = |source| Error::Database {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        (|| {
+            tx.execute("DELETE FROM db_shares", [])?;
+            tx.execute("DELETE FROM keys", [])?;
+            tx.execute("DELETE FROM revocations", [])?;
+            tx.execute(
+                "INSERT INTO moved_to_postgres (singleton, node, deployment, store, at)
+                 VALUES (1, ?1, ?2, ?3, ?4)",
+                params![node, deployment, store, now],
+            )?;
+            tx.commit()
+        })()
+        .map_err(err)?;
+        self.checkpoint()
+    }
+
     /// Whether the database has ever recorded a key.
     pub fn is_empty(&self) -> Result<bool> {
         let n: i64 = self
@@ -488,47 +474,22 @@ impl Database {
     /// The database share of `row` at its current generation, checked: x = 2,
     /// 32 bytes, checksum intact.
     pub fn db_share(&self, row: &KeyInfo) -> Result<KeyShare> {
-        let bad = |reason: &str| Error::DbShare {
-            kid: row.kid.clone(),
-            db: self.describe(),
-            reason: reason.to_owned(),
-        };
         let found = self
             .conn
             .query_row(
                 "SELECT x, y, checksum FROM db_shares WHERE kid = ?1 AND generation = ?2",
                 params![row.kid, row.share_generation],
                 |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(1)?),
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
+                    Ok(RawShare {
+                        x: r.get(0)?,
+                        y: zeroize::Zeroizing::new(r.get(1)?),
+                        checksum: r.get(2)?,
+                    })
                 },
             )
             .optional()
             .map_err(self.db_err())?;
-        let Some((x, y, checksum)) = found else {
-            return Err(bad(&format!(
-                "is missing (no row for generation {})",
-                row.share_generation
-            )));
-        };
-        if x != i64::from(Slot::Database.x()) {
-            return Err(bad(&format!("has x = {x}, expected 2")));
-        }
-        let y = ShareY::from_slice(&y).ok_or_else(|| bad("is not 32 bytes"))?;
-        if checksum[..] != share_format::db_checksum(&row.kid, row.share_generation, 2, &y)[..] {
-            return Err(bad("fails its checksum (altered)"));
-        }
-        Ok(KeyShare {
-            deployment: Some(self.deployment.clone()),
-            kid: row.kid.clone(),
-            generation: row.share_generation,
-            slot: Slot::Database,
-            public_key: row.public_key,
-            y,
-        })
+        check_share(found, row, &self.describe(), &self.deployment)
     }
 }
 
@@ -545,14 +506,6 @@ fn insert_share(conn: &Connection, share: &KeyShare) -> rusqlite::Result<()> {
         ],
     )?;
     Ok(())
-}
-
-/// A kid from the database, made safe to print in an error.
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
 }
 
 /// Bring a test connection to the current schema.
@@ -576,7 +529,8 @@ pub enum Revocation {
 }
 
 impl Database {
-    /// Record a revocation (replacing an older one of the same jti or sub).
+    /// Record a revocation. A revocation only grows: a second one of the
+    /// same jti or sub keeps the later `before` and `expires_at`.
     pub fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
         let (kind, value, before, expires_at) = match r {
             Revocation::Jti { jti, expires_at } => ("jti", jti, None, *expires_at),
@@ -588,8 +542,12 @@ impl Database {
         };
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO revocations (kind, value, before, expires_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO revocations (kind, value, before, expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (kind, value) DO UPDATE SET
+                     before = max(before, excluded.before),
+                     expires_at = max(expires_at, excluded.expires_at),
+                     created_at = excluded.created_at",
                 params![kind, value, before, expires_at, now],
             )
             .map_err(self.db_err())?;

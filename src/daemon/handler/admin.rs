@@ -20,6 +20,8 @@ struct RotateOk<'a> {
     kid: &'a str,
     previous: Option<&'a str>,
     emergency: bool,
+    /// When the new key signs (a cluster: a moment after now).
+    activate_at: i64,
 }
 
 #[derive(Serialize)]
@@ -71,10 +73,11 @@ impl Handler {
                 // device", not just the step.
                 let message = crate::error::chain(&e);
                 tracing::error!(error = %message, op = name, "admin op failed");
-                let code = if matches!(e, Error::Usage(_)) {
-                    Code::Refused
-                } else {
-                    Code::Internal
+                let code = match e {
+                    Error::Usage(_) => Code::Refused,
+                    // Nothing was stored: try again once it is back.
+                    Error::PostgresUnreachable { .. } => Code::Unavailable,
+                    _ => Code::Internal,
                 };
                 rec.result = code.as_str();
                 protocol::write_error(out, &Failure::new(req.id, code, message));
@@ -145,6 +148,7 @@ fn write_done(done: &Admin, id: Option<&Value>, rec: &mut Record, out: &mut Vec<
                     kid: &r.kid,
                     previous: r.previous.as_deref(),
                     emergency: *emergency,
+                    activate_at: r.activate_at,
                 },
             )
         }

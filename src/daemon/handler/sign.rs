@@ -97,7 +97,16 @@ impl Handler {
         }
         let keys = self.manager.keyring.snapshot();
         let Some(signer) = keys.signer_at(at.keys) else {
-            return Err((Code::Unavailable, "no key may sign now".into()));
+            let why = match self.manager.cluster().and_then(|c| c.unreachable()) {
+                // The key's signing period ended and its successor could
+                // not be stored: never sign past `deactivate_at`.
+                Some(why) => format!(
+                    "no key may sign now: the next key cannot be stored while PostgreSQL is \
+                     unreachable ({why})"
+                ),
+                None => "no key may sign now".into(),
+            };
+            return Err((Code::Unavailable, why));
         };
         let s = jws::sign(
             signer,

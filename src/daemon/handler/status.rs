@@ -10,6 +10,9 @@ use crate::protocol;
 #[derive(Serialize)]
 struct KeyStatus<'a> {
     kid: &'a str,
+    /// In a cluster: the node whose key it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
     state: &'static str,
     alg: &'static str,
     origin: &'static str,
@@ -37,7 +40,24 @@ struct StatusBody<'a> {
     audit: AuditStatus,
     connections: usize,
     next_transition: Option<i64>,
+    /// In a cluster (PostgreSQL): this node and the database's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterStatus<'a>>,
     keys: Vec<KeyStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct ClusterStatus<'a> {
+    node: &'a str,
+    /// `ok`, or `unreachable`: signing goes on with the keys held, verify
+    /// uses the keys and revocations last read.
+    database: &'static str,
+    reason: Option<String>,
+    /// The nodes with published keys, this one included.
+    nodes: usize,
+    /// Revoked token ids and subjects in force.
+    revoked_jti: usize,
+    revoked_sub: usize,
 }
 
 #[derive(Serialize)]
@@ -64,7 +84,29 @@ impl Handler {
     pub(super) fn answer_status(&self, id: Option<Value>, at: Times, out: &mut Vec<u8>) {
         let keys = self.manager.keyring.snapshot();
         let policy = self.policy();
-        let rows: Vec<_> = keys.published.iter().map(|p| p.row.clone()).collect();
+        let rows: Vec<_> = keys
+            .published
+            .iter()
+            .filter(|p| p.node.is_none())
+            .map(|p| p.row.clone())
+            .collect();
+        let own_node = self.manager.cluster().map(|c| c.node());
+        let cluster = self.manager.cluster().map(|c| {
+            let reason = c.unreachable();
+            let (revoked_jti, revoked_sub) = self.manager.revocations().len();
+            ClusterStatus {
+                node: c.node(),
+                database: if reason.is_some() {
+                    "unreachable"
+                } else {
+                    "ok"
+                },
+                reason,
+                nodes: c.nodes(),
+                revoked_jti,
+                revoked_sub,
+            }
+        });
         let body = StatusBody {
             version: env!("CARGO_PKG_VERSION"),
             issuer: &policy.issuer,
@@ -82,11 +124,13 @@ impl Handler {
                 at.keys,
                 &self.manager.config(),
             ),
+            cluster,
             keys: keys
                 .published
                 .iter()
                 .map(|p| KeyStatus {
                     kid: &p.row.kid,
+                    node: p.node.as_deref().or(own_node),
                     state: crate::keys::state(&p.row, at.keys).as_str(),
                     alg: p.row.alg.as_str(),
                     origin: p.row.origin.as_str(),
