@@ -15,12 +15,16 @@
 //! - `crash`: kill -9 at every store system call of a key change.
 //! - `systemd`: the units, socket activation, sd_notify, watchdog, reload.
 //! - `examples`: the client examples against the real daemon.
+//! - `cluster`: the PostgreSQL store and clusters of nodes, against a real
+//!   server started per test (`pg`).
 mod access;
+mod cluster;
 mod crash;
 mod end_to_end;
 mod examples;
 mod fairness;
 mod lifecycle;
+mod pg;
 mod protocol_input;
 mod store_damage;
 mod store_integrity;

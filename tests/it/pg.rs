@@ -1,0 +1,320 @@
+//! A private PostgreSQL server for one test: `initdb` and `pg_ctl` from the
+//! Debian `postgresql` package, in a temp dir, listening on a Unix socket
+//! only, run as the `postgres` user (PostgreSQL refuses root). Passwords
+//! (SCRAM) are required for every role, as on a real server. Stopped
+//! (immediate mode) when dropped.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::util::Dir;
+
+pub struct PgServer {
+    tmp: tempfile::TempDir,
+    bin: PathBuf,
+    /// The uid/gid the server runs as (`postgres` when the tests run as
+    /// root; else the current user).
+    owner: Option<(u32, u32)>,
+    running: bool,
+}
+
+/// The superuser's password (the role `postgres`).
+const SUPER_PW: &str = "super-secret-pw";
+/// The role that owns the splitsign tables and applies the schema.
+pub const OWNER: &str = "splitsign_owner";
+const OWNER_PW: &str = "owner-pw";
+
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|b| b.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().expect(
+        "these tests need a PostgreSQL server (apt-get install postgresql; .ci/run installs it)",
+    )
+}
+
+fn postgres_user() -> Option<(u32, u32)> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .expect("the postgresql package creates the postgres user");
+    let f: Vec<&str> = line.split(':').collect();
+    Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
+}
+
+impl PgServer {
+    /// initdb, start, and create the `splitsign` database owned by
+    /// [`OWNER`].
+    pub fn start() -> PgServer {
+        let tmp = tempfile::Builder::new()
+            .prefix("splitsign-pg")
+            .tempdir()
+            .unwrap();
+        let owner = postgres_user();
+        if let Some((uid, gid)) = owner {
+            rustix::fs::chown(
+                tmp.path(),
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .unwrap();
+        }
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let pg = PgServer {
+            tmp,
+            bin: bin_dir(),
+            owner,
+            running: false,
+        };
+        let pwfile = pg.path().join("superpw");
+        std::fs::write(&pwfile, SUPER_PW).unwrap();
+        pg.chown(&pwfile);
+        let out = pg
+            .as_owner(&pg.bin.join("initdb"))
+            .args(["-D"])
+            .arg(pg.data())
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=scram-sha-256",
+                "--auth-host=reject",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", show(&out));
+        let mut pg = pg;
+        pg.start_again();
+        pg.super_sql(&format!(
+            "CREATE ROLE {OWNER} LOGIN PASSWORD '{OWNER_PW}';
+             CREATE DATABASE splitsign OWNER {OWNER};"
+        ));
+        pg
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
+    /// The directory of the server's socket (the `host` to connect to).
+    pub fn socket_dir(&self) -> &Path {
+        self.path()
+    }
+
+    fn chown(&self, p: &Path) {
+        if let Some((uid, gid)) = self.owner {
+            rustix::fs::chown(
+                p,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .unwrap();
+        }
+    }
+
+    fn as_owner(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        if let Some((uid, gid)) = self.owner {
+            // As root, std also drops the supplementary groups.
+            c.uid(uid).gid(gid);
+        }
+        c.stdin(Stdio::null()).env("LC_ALL", "C");
+        c
+    }
+
+    /// Start (again, after [`PgServer::stop`]); waits until it accepts.
+    pub fn start_again(&mut self) {
+        let out = self
+            .as_owner(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-t", "60", "-l"])
+            .arg(self.path().join("server.log"))
+            .arg("-o")
+            .arg(format!(
+                "-k {} -c listen_addresses='' -c fsync=off -c max_connections=60",
+                self.socket_dir().display()
+            ))
+            .arg("start")
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", show(&out));
+        self.running = true;
+    }
+
+    /// Stop (fast: clients are disconnected at once).
+    pub fn stop(&mut self) {
+        self.ctl_stop("fast");
+    }
+
+    fn ctl_stop(&mut self, mode: &str) {
+        if !self.running {
+            return;
+        }
+        let out = self
+            .as_owner(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-t", "60", "-m", mode, "stop"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl stop: {}", show(&out));
+        self.running = false;
+    }
+
+    /// Run SQL as `user` (password `password`) in the splitsign database;
+    /// the output, whether it succeeded or not.
+    pub fn sql_as(&self, user: &str, password: &str, sql: &str) -> Output {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
+            .args(["-U", user, "-d", "splitsign", "-c", sql])
+            .env("PGPASSWORD", password)
+            .env_remove("PGPASSFILE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Run SQL as the superuser in the splitsign database (or `postgres`
+    /// before it exists); panics if it fails. Returns the output rows.
+    pub fn super_sql(&self, sql: &str) -> String {
+        let db = if sql.contains("CREATE DATABASE") {
+            "postgres"
+        } else {
+            "splitsign"
+        };
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
+            .args(["-U", "postgres", "-d", db, "-f", "-"])
+            .env("PGPASSWORD", SUPER_PW)
+            .env_remove("PGPASSFILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(sql.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {}", show(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `pg_dump` of the splitsign database (plain SQL), as the superuser.
+    pub fn dump(&self) -> Vec<u8> {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-U", "postgres", "-d", "splitsign"])
+            .env("PGPASSWORD", SUPER_PW)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_dump: {}", show(&out));
+        out.stdout
+    }
+
+    /// A node's login role, with its password in a file (mode 0600).
+    /// Returns the password file.
+    pub fn add_node_role(&self, node: &str, dir: &Path) -> PathBuf {
+        let pw = format!("pw-{node}-{}", std::process::id());
+        self.super_sql(&format!("CREATE ROLE \"{node}\" LOGIN PASSWORD '{pw}';"));
+        let file = dir.join("pg-password");
+        std::fs::write(&file, format!("{pw}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        file
+    }
+
+    /// The password of a node role made by [`PgServer::add_node_role`].
+    pub fn node_password(&self, node: &str) -> String {
+        format!("pw-{node}-{}", std::process::id())
+    }
+
+    /// Apply the schema as the owner (`splitsign pg-schema`) and grant
+    /// `roles`.
+    pub fn apply_schema(&self, roles: &[&str]) {
+        let dir = Dir::new();
+        let pw = dir.path().join("owner-password");
+        std::fs::write(&pw, OWNER_PW).unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        dir.write_config(&format!(
+            "postgres = \"host={} dbname=splitsign user={OWNER}\"\n\
+             postgres_password_file = \"{}\"\nnode = \"owner\"\n",
+            self.socket_dir().display(),
+            pw.display()
+        ));
+        let mut args = vec!["--config", "config.toml", "pg-schema"];
+        for r in roles {
+            args.extend(["--grant", r]);
+        }
+        let out = dir.run(&args);
+        assert!(out.status.success(), "pg-schema: {}", show(&out));
+    }
+
+    /// The `postgres` setting for `node`'s role.
+    pub fn conninfo(&self, node: &str) -> String {
+        format!(
+            "host={} dbname=splitsign user={node}",
+            self.socket_dir().display()
+        )
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.ctl_stop("immediate");
+    }
+}
+
+pub fn show(out: &Output) -> String {
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A node of a cluster: a temp dir (shares in `keys/`, the local database
+/// with the audit log and the socket in `var/`) whose `config.toml` points
+/// at `pg` as `node`'s role.
+pub fn node_dir(pg: &PgServer, node: &str, extra: &str) -> Dir {
+    let dir = Dir::new();
+    let pw = pg.add_node_role(node, dir.path());
+    write_node_config(pg, &dir, node, &pw, extra);
+    dir
+}
+
+pub fn write_node_config(pg: &PgServer, dir: &Dir, node: &str, pw: &Path, extra: &str) {
+    dir.write_config(&format!(
+        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
+         postgres = \"{}\"\npostgres_password_file = \"{}\"\nnode = \"{node}\"\n{extra}",
+        pg.conninfo(node),
+        pw.display()
+    ));
+}
