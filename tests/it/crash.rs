@@ -19,6 +19,9 @@ use crate::util::{BIN, Daemon, Dir, Started, copy_dir, ok};
 
 /// The syscalls through which a command changes the stores.
 const STEPS: &str = "openat,pwrite64,fsync,fdatasync,rename,renameat2,unlink,unlinkat,ftruncate";
+/// With PostgreSQL, also every message sent to the server.
+const PG_STEPS: &str =
+    "openat,pwrite64,fsync,fdatasync,rename,renameat2,unlink,unlinkat,ftruncate,sendto";
 
 fn strace() -> &'static str {
     let found = Command::new("strace")
@@ -33,7 +36,12 @@ fn strace() -> &'static str {
 }
 
 /// Per-syscall counts of a clean traced run of `args` in `dir`.
-fn count_steps(dir: &Dir, args: &[&str], until_ready: bool) -> BTreeMap<String, usize> {
+fn count_steps(
+    dir: &Dir,
+    args: &[&str],
+    until_ready: bool,
+    steps: &str,
+) -> BTreeMap<String, usize> {
     let trace = dir.path().join("trace.txt");
     let mut cmd = dir.cmd();
     cmd.current_dir(dir.path());
@@ -41,7 +49,7 @@ fn count_steps(dir: &Dir, args: &[&str], until_ready: bool) -> BTreeMap<String, 
         Command::new(strace())
             .args(["-f", "-qq", "-o"])
             .arg(&trace)
-            .args(["-e", &format!("trace={STEPS}"), "--", BIN])
+            .args(["-e", &format!("trace={steps}"), "--", BIN])
             .args(args)
             .current_dir(dir.path())
             .env_remove("STATE_DIRECTORY")
@@ -102,12 +110,18 @@ fn wait_ready_then_term(child: &mut std::process::Child, log: &Path) {
 
 /// Run `args` under strace in `dir`, killing it at the `n`-th `syscall`.
 /// Returns whether the kill happened.
-fn run_killed_at(dir: &Dir, args: &[&str], syscall: &str, n: usize, daemon: bool) -> bool {
+fn run_killed_at(
+    dir: &Dir,
+    args: &[&str],
+    (syscall, n): (&str, usize),
+    daemon: bool,
+    steps: &str,
+) -> bool {
     let log = dir.path().join("killed.log");
     let mut child = Started::spawn(
         Command::new(strace())
             .args(["-f", "-qq", "-o", "/dev/null"])
-            .args(["-e", &format!("trace={STEPS}")])
+            .args(["-e", &format!("trace={steps}")])
             .args(["-e", &format!("inject={syscall}:signal=SIGKILL:when={n}")])
             .args(["--", BIN])
             .args(args)
@@ -229,7 +243,7 @@ fn every_step(args: &[&str]) -> (usize, usize) {
     let (tpl, tokens, kid) = template();
     let probe = Dir::new();
     copy_dir(tpl.path(), probe.path());
-    let counts = count_steps(&probe, args, false);
+    let counts = count_steps(&probe, args, false, STEPS);
     assert!(
         counts.values().sum::<usize>() > 10,
         "the trace saw the steps: {counts:?}"
@@ -240,7 +254,7 @@ fn every_step(args: &[&str]) -> (usize, usize) {
             let dir = Dir::new();
             copy_dir(tpl.path(), dir.path());
             let what = format!("{args:?} killed at {syscall} #{n}");
-            if run_killed_at(&dir, args, syscall, n, false) {
+            if run_killed_at(&dir, args, (syscall, n), false, STEPS) {
                 killed += 1;
             }
             let emergency = args.contains(&"--emergency");
@@ -321,13 +335,13 @@ fn kill_9_at_every_step_of_the_daemons_prepublication() {
     let args = ["--config", "config.toml", "serve"];
     let probe = Dir::new();
     copy_dir(tpl.path(), probe.path());
-    let counts = count_steps(&probe, &args, true);
+    let counts = count_steps(&probe, &args, true, STEPS);
     let mut killed = 0;
     for (syscall, &count) in &counts {
         for n in 1..=count {
             let dir = Dir::new();
             copy_dir(tpl.path(), dir.path());
-            if run_killed_at(&dir, &args, syscall, n, true) {
+            if run_killed_at(&dir, &args, (syscall, n), true, STEPS) {
                 killed += 1;
             }
             let what = format!("serve killed at {syscall} #{n}");
@@ -359,4 +373,231 @@ fn kill_9_at_every_step_of_the_daemons_prepublication() {
         }
     }
     assert!(killed > 20, "{killed}");
+}
+
+/// kill -9 at every step of a rotation (and of an emergency rotation)
+/// against PostgreSQL, including every message sent to the server. After
+/// each: exactly one active key for the node, both shares rebuild it
+/// (`check`), tokens issued before verify, no unverified row, no share
+/// of an old generation, no orphan file.
+#[test]
+fn kill_9_at_every_step_of_a_rotation_against_postgresql() {
+    let pg = crate::pg::PgServer::start();
+    let tpl = crate::pg::node_dir(&pg, "node_a", "");
+    pg.apply_schema(&["node_a"]);
+    let cfg = ["--config", "config.toml"];
+    let (tokens, kid) = {
+        let d = Daemon::start_with(&tpl, &cfg).unwrap();
+        let mut c = d.conn();
+        let tokens: Vec<String> = (0..3)
+            .map(|i| {
+                ok(c.request(json!({"op":"sign","claims":{"sub":format!("u{i}")},"ttl":3600})))
+                    ["token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let kid = ok(c.sign(json!({})))["kid"].as_str().unwrap().to_owned();
+        d.stop();
+        (tokens, kid)
+    };
+    // The node's rows as the template left them, to put back before each run.
+    pg.super_sql(
+        "CREATE TABLE snap_keys AS SELECT * FROM splitsign_keys WHERE node = 'node_a';
+         CREATE TABLE snap_shares AS SELECT * FROM splitsign_db_shares WHERE node = 'node_a';",
+    );
+    let restore = || {
+        pg.super_sql(
+            "BEGIN;
+             DELETE FROM splitsign_keys WHERE node = 'node_a';
+             INSERT INTO splitsign_keys SELECT * FROM snap_keys;
+             INSERT INTO splitsign_db_shares SELECT * FROM snap_shares;
+             COMMIT;",
+        );
+    };
+    let mut totals = Vec::new();
+    for emergency in [false, true] {
+        let mut args = vec!["--config", "config.toml", "rotate"];
+        if emergency {
+            args.push("--emergency");
+        }
+        let probe = Dir::new();
+        copy_dir(tpl.path(), probe.path());
+        restore();
+        let counts = count_steps(&probe, &args, false, PG_STEPS);
+        assert!(
+            counts.get("sendto").copied().unwrap_or(0) > 5,
+            "the trace saw the messages to the server: {counts:?}"
+        );
+        let (mut killed, mut switched) = (0, 0);
+        for (syscall, &count) in &counts {
+            for n in 1..=count {
+                let dir = Dir::new();
+                copy_dir(tpl.path(), dir.path());
+                restore();
+                let what = format!("{args:?} killed at {syscall} #{n}");
+                if run_killed_at(&dir, &args, (syscall, n), false, PG_STEPS) {
+                    killed += 1;
+                }
+                if check_after_crash_pg(&pg, &dir, &tokens, &kid, emergency, &what) {
+                    switched += 1;
+                }
+            }
+        }
+        // Early kills leave the old key active, late ones the new key.
+        assert!(
+            killed > 40 && switched > 0 && switched < killed,
+            "emergency {emergency}: switched {switched} of {killed}"
+        );
+        totals.push((killed, switched));
+    }
+    eprintln!("killed/switched (rotate, rotate --emergency): {totals:?}");
+}
+
+/// The invariants after a crash, for a node whose key store is PostgreSQL.
+/// Returns whether the rotation happened (a new key is active, or, in a
+/// cluster's rotation, published to sign in a moment).
+fn check_after_crash_pg(
+    pg: &crate::pg::PgServer,
+    dir: &Dir,
+    tokens: &[String],
+    old_kid: &str,
+    revoked_if_switched: bool,
+    what: &str,
+) -> bool {
+    let d = Daemon::start_with(dir, &["--config", "config.toml"])
+        .unwrap_or_else(|e| panic!("{what}: the node must restart after the crash: {e:?}"));
+    let mut c = d.conn();
+    let status = ok(c.request(json!({"op":"status"})))["status"].clone();
+    let keys: Vec<&Value> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["node"] == "node_a")
+        .collect();
+    let active: Vec<&&Value> = keys.iter().filter(|k| k["state"] == "active").collect();
+    assert_eq!(active.len(), 1, "{what}: exactly one active key: {status}");
+    let active_kid = active[0]["kid"].as_str().unwrap().to_owned();
+    let revoked = revoked_if_switched && active_kid != old_kid;
+    for t in tokens {
+        let r = c.request(json!({"op":"verify","token":t}));
+        if revoked {
+            assert_eq!(r["error"]["code"], "unknown_key", "{what}: {r}");
+        } else {
+            assert_eq!(r["ok"], true, "{what}: a token issued before fails: {r}");
+        }
+    }
+    assert_eq!(ok(c.sign(json!({})))["kid"], active_kid.as_str());
+    drop(c);
+    d.stop();
+    // Both shares of every key that may sign rebuild it.
+    let out = dir.run(&["--config", "config.toml", "check"]);
+    assert!(
+        out.status.success(),
+        "{what}: check: {}",
+        crate::pg::show(&out)
+    );
+    let rows = pg.super_sql(
+        "SELECT 'unverified', count(*) FROM splitsign_keys WHERE node = 'node_a' AND NOT verified
+         UNION ALL
+         SELECT 'old generation', count(*) FROM splitsign_db_shares s JOIN splitsign_keys k
+             USING (kid) WHERE s.generation <> k.share_generation
+         UNION ALL
+         SELECT 'pending re-split', count(*) FROM splitsign_keys WHERE pending_generation IS NOT NULL;",
+    );
+    for line in rows.lines() {
+        assert!(line.ends_with("|0"), "{what}: {line}");
+    }
+    let current = pg.super_sql(
+        "SELECT kid || '.' || share_generation || '.share' FROM splitsign_keys
+         WHERE node = 'node_a' AND verified;",
+    );
+    for f in dir.share_files() {
+        let name = f.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(
+            current.lines().any(|l| l == name),
+            "{what}: orphan share file {name}"
+        );
+        let kid = name.split('.').next().unwrap();
+        let state = keys
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .map(|k| k["state"].clone());
+        assert!(
+            state == Some(json!("active")) || state == Some(json!("pending")),
+            "{what}: share file {name} of a key that does not sign (state {state:?})"
+        );
+    }
+    active_kid != old_kid || keys.iter().any(|k| k["state"] == "pending")
+}
+
+/// kill -9 at every step of `migrate-store --to-postgres`: afterwards the
+/// old store (SQLite) or the new one (PostgreSQL) serves the same key, and
+/// running the move again finishes it.
+#[test]
+fn kill_9_at_every_step_of_a_move_to_postgresql() {
+    let pg = crate::pg::PgServer::start();
+    let (tpl, tokens, kid) = template();
+    let pw = pg.add_node_role("web1", tpl.path());
+    pg.apply_schema(&["web1"]);
+    crate::pg::write_node_config(&pg, &tpl, "web1", &pw, "");
+    std::fs::rename(tpl.path().join("config.toml"), tpl.path().join("pg.toml")).unwrap();
+    let args = ["--config", "pg.toml", "migrate-store", "--to-postgres"];
+    let reset = || {
+        pg.super_sql(
+            "DELETE FROM splitsign_keys WHERE node = 'web1';
+             DELETE FROM splitsign_revocations WHERE node = 'web1';
+             DELETE FROM splitsign_nodes WHERE node = 'web1';",
+        );
+    };
+    let probe = Dir::new();
+    copy_dir(tpl.path(), probe.path());
+    reset();
+    let counts = count_steps(&probe, &args, false, PG_STEPS);
+    let (mut killed, mut moved) = (0, 0);
+    for (syscall, &count) in &counts {
+        for n in 1..=count {
+            let dir = Dir::new();
+            copy_dir(tpl.path(), dir.path());
+            reset();
+            let what = format!("migrate-store killed at {syscall} #{n}");
+            if run_killed_at(&dir, &args, (syscall, n), false, PG_STEPS) {
+                killed += 1;
+            }
+            // The new store, or else the old one, serves the same key.
+            let serves = |extra: &[&str]| match Daemon::start_with(&dir, extra) {
+                Ok(d) => {
+                    let mut c = d.conn();
+                    let st = ok(c.request(json!({"op":"status"})))["status"].clone();
+                    assert_eq!(st["active_kid"], kid.as_str(), "{what}: {st}");
+                    for t in &tokens {
+                        let r = c.request(json!({"op":"verify","token":t}));
+                        assert_eq!(r["ok"], true, "{what}: {r}");
+                    }
+                    drop(c);
+                    d.stop();
+                    true
+                }
+                Err(e) => {
+                    assert_eq!(e.status.code(), Some(65), "{what}: {}", e.stderr);
+                    false
+                }
+            };
+            if serves(&["--config", "pg.toml"]) {
+                moved += 1;
+            } else {
+                assert!(serves(&[]), "{what}: neither store serves");
+            }
+            // Running it again finishes the move.
+            let out = dir.run(&args);
+            assert!(out.status.success(), "{what}: {}", crate::pg::show(&out));
+            assert!(serves(&["--config", "pg.toml"]), "{what}: after the move");
+        }
+    }
+    assert!(
+        killed > 20 && moved > 0 && moved < killed,
+        "moved {moved} of {killed}"
+    );
+    eprintln!("migrate-store: killed {killed}, already moved {moved}");
 }
