@@ -17,9 +17,16 @@
 //! release, say) side by side: sign and verify at 16 connections × 32 in
 //! flight, the two daemons alternating, N rounds (default 6), and prints
 //! the medians and their ratio.
+//!
+//! `cargo bench --bench throughput -- --postgres [--rounds N]` compares the
+//! SQLite store with the PostgreSQL store (a private server started for the
+//! run, as in the tests; needs the `postgresql` package) the same way, then
+//! measures how fast a revocation and a new key propagate from one node to
+//! another (p50/p99/max).
 //! The client threads and the daemon share this machine: compare ratios
 //! within one run; the client's CPU share is printed.
 
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -34,6 +41,11 @@ use splitsign::keys::locked::LockedKey;
 use splitsign::keys::{KeyInfo, Origin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_splitsign");
+/// The private PostgreSQL server of the integration tests.
+#[path = "../tests/it/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
 const CONNS: [usize; 4] = [1, 4, 16, 64];
 const DEPTHS: [usize; 2] = [1, 32];
 
@@ -520,9 +532,167 @@ fn versus(other: &str, rounds: usize, secs: f64) {
     }
 }
 
+/// One request line and its answer, on an open connection.
+fn ask(conn: &mut BufReader<UnixStream>, req: &serde_json::Value) -> serde_json::Value {
+    let mut line = req.to_string();
+    line.push('\n');
+    conn.get_mut().write_all(line.as_bytes()).unwrap();
+    let mut l = String::new();
+    conn.read_line(&mut l).unwrap();
+    serde_json::from_str(&l).unwrap()
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `--postgres`: the same daemon with the SQLite store and with the
+/// PostgreSQL store (a private server, as in the tests), alternating:
+/// sign and verify at 16 connections x 32 in flight. Then the propagation
+/// latency between two nodes: from a `revoke` answered on node A to node B
+/// answering `revoked`, and from a `rotate` answered on A to the new key in
+/// B's JWKS.
+fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
+    let server = pg::PgServer::start();
+    let limits = "max_connections = 8192\nmax_connections_per_peer = 8192\n";
+    let node_dirs: Vec<(String, tempfile::TempDir)> = (0..rounds + 2)
+        .map(|i| {
+            let name = format!("bench_{i}");
+            let dir = tempfile::tempdir().unwrap();
+            let pw = server.add_node_role(&name, dir.path());
+            assert!(pw.exists());
+            (name, dir)
+        })
+        .collect();
+    let names: Vec<&str> = node_dirs.iter().map(|(n, _)| n.as_str()).collect();
+    server.apply_schema(&names);
+    let pg_extra = |name: &str, dir: &Path| {
+        format!(
+            "{limits}postgres = \"{}\"\npostgres_password_file = \"{}\"\nnode = \"{name}\"\n",
+            server.conninfo(name),
+            dir.join("pg-password").display()
+        )
+    };
+    println!(
+        "splitsign throughput: SQLite store vs PostgreSQL store ({rounds} rounds, alternating)\n"
+    );
+    let mut rates: [[Vec<f64>; 2]; 2] = Default::default();
+    let mut node_dirs = node_dirs.into_iter();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let (name, pg_dir) = node_dirs.next().unwrap();
+        let mut pg_dir = Some(pg_dir);
+        for i in order {
+            let d = if i == 0 {
+                Daemon::start_bin(BIN, tempfile::tempdir().unwrap(), limits)
+            } else {
+                let dir = pg_dir.take().unwrap();
+                let extra = pg_extra(&name, dir.path());
+                Daemon::start_bin(BIN, dir, &extra)
+            };
+            let verify = verify_line(&d.sock());
+            for (k, line) in [sign_line(), verify].iter().enumerate() {
+                rates[i][k].push(line_load(&d.sock(), line, 16, 32, secs).rate);
+            }
+            d.stop();
+        }
+    }
+    println!(
+        "{:<40} {:>12} {:>12} {:>8}",
+        "16 conn x 32 in flight (medians)", "SQLite", "PostgreSQL", "ratio"
+    );
+    for (k, op) in ["sign", "verify"].iter().enumerate() {
+        let sqlite = median(rates[0][k].clone());
+        let postgres = median(rates[1][k].clone());
+        println!(
+            "{:<40} {sqlite:>12.0} {postgres:>12.0} {:>8.3}",
+            format!("  {op}, ops/s"),
+            postgres / sqlite
+        );
+        println!(
+            "  {op} rounds: SQLite {:?}, PostgreSQL {:?}",
+            rates[0][k].iter().map(|r| *r as u64).collect::<Vec<_>>(),
+            rates[1][k].iter().map(|r| *r as u64).collect::<Vec<_>>()
+        );
+    }
+
+    // Propagation between two nodes.
+    let (na, da) = node_dirs.next().unwrap();
+    let (nb, db) = node_dirs.next().unwrap();
+    let (ea, eb) = (pg_extra(&na, da.path()), pg_extra(&nb, db.path()));
+    let a = Daemon::start_bin(BIN, da, &ea);
+    let b = Daemon::start_bin(BIN, db, &eb);
+    let connect = |d: &Daemon| BufReader::new(UnixStream::connect(d.sock()).unwrap());
+    let (mut ca, mut cb) = (connect(&a), connect(&b));
+    let mut revoke_ms = Vec::new();
+    for i in 0..samples {
+        let sub = format!("user-{i}");
+        let t = ask(&mut ca, &json!({"op":"sign","claims":{"sub":sub}}));
+        let token = t["token"].as_str().unwrap().to_owned();
+        let r = ask(&mut ca, &json!({"op":"revoke","sub":sub}));
+        assert_eq!(r["ok"], true, "{r}");
+        let t0 = Instant::now();
+        loop {
+            let v = ask(&mut cb, &json!({"op":"verify","token":token}));
+            if v["error"]["code"] == "revoked" {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "never revoked: {v}");
+        }
+        revoke_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut key_ms = Vec::new();
+    for _ in 0..samples.min(30) {
+        let r = ask(&mut ca, &json!({"op":"rotate"}));
+        assert_eq!(r["ok"], true, "{r}");
+        let kid = r["kid"].as_str().unwrap().to_owned();
+        let t0 = Instant::now();
+        loop {
+            let j = ask(&mut cb, &json!({"op":"jwks"}));
+            if j["jwks"]["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kid"] == kid.as_str())
+            {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "never published");
+        }
+        key_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    a.stop();
+    b.stop();
+    println!(
+        "\n{:<40} {:>8} {:>8} {:>8} {:>8}",
+        "propagation, node A -> node B", "samples", "p50 ms", "p99 ms", "max ms"
+    );
+    for (label, v) in [
+        ("  revoke answered -> B says revoked", &mut revoke_ms),
+        ("  rotate answered -> key in B's JWKS", &mut key_ms),
+    ] {
+        let n = v.len();
+        let (p50, p99, max) = (percentile(v, 0.5), percentile(v, 0.99), percentile(v, 1.0));
+        println!("{label:<40} {n:>8} {p50:>8.2} {p99:>8.2} {max:>8.2}");
+    }
+}
+
 fn main() {
     // `--profile-sign N`: only N in-process signs, for a profiler.
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--postgres") {
+        let quick = args.iter().any(|a| a == "--quick");
+        let rounds = args
+            .iter()
+            .position(|a| a == "--rounds")
+            .and_then(|j| args.get(j + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(if quick { 2 } else { 6 });
+        let (secs, samples) = if quick { (0.2, 20) } else { (1.5, 500) };
+        versus_postgres(rounds, secs, samples);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--versus") {
         let other = args.get(i + 1).expect("--versus PATH");
         let rounds = args

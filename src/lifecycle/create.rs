@@ -37,9 +37,8 @@ pub fn random_seed() -> Result<Zeroizing<[u8; 32]>> {
 #[derive(Debug, Default)]
 pub struct Creation<'a> {
     pub activate_at: i64,
+    /// New timestamps for keys the new key ends (set in the commit).
     pub supersede: Vec<Supersede>,
-    /// Pending keys that the new key replaces (deleted in the commit).
-    pub drop: Vec<String>,
     pub recovery: Option<&'a Path>,
 }
 
@@ -111,7 +110,7 @@ pub fn create_key(
         if let Some(p) = c.recovery {
             share_files::write_recovery(p, &recovery_share)?;
         }
-        database.commit_key(&kid, &c.supersede, &c.drop)?;
+        database.commit_key(&kid, &c.supersede)?;
         Ok(key)
     };
     match finish(database) {
@@ -172,7 +171,8 @@ fn create_generated(
 
 /// Rotate now: a new key becomes active `delay` seconds from now (0: at
 /// once; in a cluster, a moment later, so that the other nodes publish it
-/// before it signs), pending keys are dropped, and the current key stops
+/// before it signs), pending keys are retired at once (they never signed),
+/// and the current key stops
 /// signing then. Its tokens keep verifying until they expire: its
 /// `retire_at` becomes `max(now, latest_exp) + leeway`, where `latest_exp`
 /// is the latest `exp` it may have issued (or may issue in the delay), and
@@ -206,6 +206,7 @@ pub fn rotate_now(
             .saturating_add(cfg.leeway.as_secs() as i64);
         supersede.push(Supersede {
             kid: o.kid.clone(),
+            activate_at: o.activate_at,
             deactivate_at: end,
             retire_at: if emergency {
                 end
@@ -214,11 +215,21 @@ pub fn rotate_now(
             },
         });
     }
-    let drop = rows
+    // Pending keys never signed: they are retired now, kept as rows (so
+    // that their shares are destroyed as those of any key that no longer
+    // signs, and a crash in between leaves nothing unaccounted for).
+    for r in rows
         .iter()
         .filter(|r| r.verified && crate::keys::state(r, now) == State::Pending)
-        .map(|r| r.kid.clone())
-        .collect();
+    {
+        let at = now.max(r.created_at);
+        supersede.push(Supersede {
+            kid: r.kid.clone(),
+            activate_at: at,
+            deactivate_at: at,
+            retire_at: at,
+        });
+    }
     let new = create_generated(
         database,
         dir,
@@ -227,7 +238,6 @@ pub fn rotate_now(
         Creation {
             activate_at: now + delay,
             supersede,
-            drop,
             recovery: None,
         },
     )?;

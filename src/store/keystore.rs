@@ -45,7 +45,7 @@ pub trait KeyStore: Send {
     /// Record a key (unverified) with its database share, in one transaction.
     fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()>;
     /// A creation's commit point; see `Database::commit_key`.
-    fn commit_key(&mut self, kid: &str, supersede: &[Supersede], drop: &[String]) -> Result<()>;
+    fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()>;
     /// Record that a re-split into `generation` begins.
     fn begin_reshare(&self, kid: &str, generation: u32) -> Result<()>;
     /// Forget an interrupted re-split.

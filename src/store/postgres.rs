@@ -895,37 +895,31 @@ impl KeyStore for Arc<Postgres> {
         })
     }
 
-    fn commit_key(&mut self, kid: &str, supersede: &[Supersede], drop: &[String]) -> Result<()> {
+    fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()> {
         let node = self.node.clone();
-        let n = self.with("committing a key", async |c| {
-            let tx = c.transaction().await?;
-            let n = tx
-                .execute(
-                    "UPDATE splitsign_keys SET verified = true WHERE kid = $1 AND node = $2",
-                    &[&kid, &node],
-                )
-                .await?;
-            if n != 1 {
-                return Ok(n);
-            }
-            for s in supersede {
-                tx.execute(
-                    "UPDATE splitsign_keys SET deactivate_at = $3, retire_at = $4
+        let n =
+            self.with("committing a key", async |c| {
+                let tx = c.transaction().await?;
+                let n = tx
+                    .execute(
+                        "UPDATE splitsign_keys SET verified = true WHERE kid = $1 AND node = $2",
+                        &[&kid, &node],
+                    )
+                    .await?;
+                if n != 1 {
+                    return Ok(n);
+                }
+                for s in supersede {
+                    tx.execute(
+                    "UPDATE splitsign_keys SET activate_at = $3, deactivate_at = $4, retire_at = $5
                      WHERE kid = $1 AND node = $2",
-                    &[&s.kid, &node, &s.deactivate_at, &s.retire_at],
+                    &[&s.kid, &node, &s.activate_at, &s.deactivate_at, &s.retire_at],
                 )
                 .await?;
-            }
-            for k in drop {
-                tx.execute(
-                    "DELETE FROM splitsign_keys WHERE kid = $1 AND node = $2",
-                    &[k, &node],
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(1)
-        })?;
+                }
+                tx.commit().await?;
+                Ok(1)
+            })?;
         one_row(n, "the commit", kid, &self.node)
     }
 

@@ -33,6 +33,7 @@ const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Supersede {
     pub kid: String,
+    pub activate_at: i64,
     pub deactivate_at: i64,
     pub retire_at: i64,
 }
@@ -203,12 +204,7 @@ impl Database {
     /// period of the keys it supersedes, and drop the pending keys it
     /// replaces. Before this commit the new key does not exist for anyone;
     /// after it, the old timestamps and the new key hold together.
-    pub fn commit_key(
-        &mut self,
-        kid: &str,
-        supersede: &[Supersede],
-        drop: &[String],
-    ) -> Result<()> {
+    pub fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()> {
         let path = self.path.clone();
         let db_err = |source| Error::Database {
             path: path.clone(),
@@ -226,19 +222,13 @@ impl Database {
         }
         for s in supersede {
             tx.execute(
-                "UPDATE keys SET deactivate_at = ?2, retire_at = ?3 WHERE kid = ?1",
-                params![s.kid, s.deactivate_at, s.retire_at],
+                "UPDATE keys SET activate_at = ?2, deactivate_at = ?3, retire_at = ?4
+                 WHERE kid = ?1",
+                params![s.kid, s.activate_at, s.deactivate_at, s.retire_at],
             )
             .map_err(db_err)?;
         }
-        for k in drop {
-            tx.execute("DELETE FROM keys WHERE kid = ?1", [k])
-                .map_err(db_err)?;
-        }
         tx.commit().map_err(db_err)?;
-        if !drop.is_empty() {
-            self.checkpoint()?;
-        }
         Ok(())
     }
 
@@ -631,8 +621,8 @@ impl super::KeyStore for Database {
     fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()> {
         Database::insert_key(self, row, share)
     }
-    fn commit_key(&mut self, kid: &str, supersede: &[Supersede], drop: &[String]) -> Result<()> {
-        Database::commit_key(self, kid, supersede, drop)
+    fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()> {
+        Database::commit_key(self, kid, supersede)
     }
     fn begin_reshare(&self, kid: &str, generation: u32) -> Result<()> {
         Database::begin_reshare(self, kid, generation)

@@ -8,8 +8,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::pg::{self, PgServer, node_dir, show};
+use crate::pg::{self, PgServer, show, write_node_config};
 use crate::util::{Daemon, Dir, FakeSystemd, assert_ok, code, ok};
+
+/// A node of a cluster: a temp dir whose `config.toml` points at `pg` as
+/// `node`'s role (made here).
+pub fn node_dir(pg: &PgServer, node: &str, extra: &str) -> Dir {
+    let dir = Dir::new();
+    let pw = pg.add_node_role(node, dir.path());
+    write_node_config(pg, dir.path(), node, &pw, extra);
+    dir
+}
 
 fn start(dir: &Dir) -> Daemon {
     Daemon::start_with(dir, &["--config", "config.toml"])
@@ -428,7 +437,13 @@ fn row_level_security_keeps_each_node_to_its_own_rows() {
     assert_ok(&b_dir.run(&["--config", "config.toml", "check"]));
     // A node name that is not its role's is refused before anything is
     // written (row-level security would refuse the writes).
-    crate::pg::write_node_config(&pg, &a_dir, "node_b", &a_dir.path().join("pg-password"), "");
+    write_node_config(
+        &pg,
+        a_dir.path(),
+        "node_b",
+        &a_dir.path().join("pg-password"),
+        "",
+    );
     let cfg = std::fs::read_to_string(a_dir.path().join("config.toml"))
         .unwrap()
         .replace("user=node_b", "user=node_a");
@@ -547,7 +562,7 @@ fn moving_a_host_from_sqlite_to_postgresql_keeps_its_tokens_verifying() {
     // The same paths, now with PostgreSQL.
     let pw = pg.add_node_role("web1", dir.path());
     pg.apply_schema(&["web1"]);
-    crate::pg::write_node_config(&pg, &dir, "web1", &pw, "");
+    write_node_config(&pg, dir.path(), "web1", &pw, "");
     let refused = refused_start(&dir, &["--config", "config.toml"]);
     assert_eq!(refused.status.code(), Some(65), "{}", refused.stderr);
     assert!(

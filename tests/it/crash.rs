@@ -383,7 +383,7 @@ fn kill_9_at_every_step_of_the_daemons_prepublication() {
 #[test]
 fn kill_9_at_every_step_of_a_rotation_against_postgresql() {
     let pg = crate::pg::PgServer::start();
-    let tpl = crate::pg::node_dir(&pg, "node_a", "");
+    let tpl = crate::cluster::node_dir(&pg, "node_a", "");
     pg.apply_schema(&["node_a"]);
     let cfg = ["--config", "config.toml"];
     let (tokens, kid) = {
@@ -541,7 +541,7 @@ fn kill_9_at_every_step_of_a_move_to_postgresql() {
     let (tpl, tokens, kid) = template();
     let pw = pg.add_node_role("web1", tpl.path());
     pg.apply_schema(&["web1"]);
-    crate::pg::write_node_config(&pg, &tpl, "web1", &pw, "");
+    crate::pg::write_node_config(&pg, tpl.path(), "web1", &pw, "");
     std::fs::rename(tpl.path().join("config.toml"), tpl.path().join("pg.toml")).unwrap();
     let args = ["--config", "pg.toml", "migrate-store", "--to-postgres"];
     let reset = || {

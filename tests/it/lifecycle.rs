@@ -223,6 +223,73 @@ fn admin_rotate_keeps_old_tokens_and_emergency_kills_them() {
 }
 
 /// The y bytes of the file share of `kid`.
+#[test]
+fn rotate_while_a_key_is_pending_retires_it_and_keeps_the_stores_whole() {
+    // Keys sign for 10 s and the next one is pre-published 8 s ahead: a
+    // successor is pending from the first seconds on.
+    let dir = Dir::new();
+    let cfg = fast_config(&dir, "10s", "8s", "");
+    let d = Daemon::start_with(&dir, &["--config", &cfg]).unwrap();
+    let pending_kid = |st: &serde_json::Value| {
+        st["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["state"] == "pending")
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pending = loop {
+        let st = ok(d.conn().request(json!({"op":"status"})))["status"].clone();
+        if let Some(k) = pending_kid(&st) {
+            break k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successor pre-published: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Twice: the second rotation finds the first one's key still active.
+    for _ in 0..2 {
+        let out = dir.run(&["--config", &cfg, "rotate"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let st = ok(d.conn().request(json!({"op":"status"})))["status"].clone();
+    let state_of = |kid: &str| {
+        st["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .map(|k| k["state"].clone())
+    };
+    assert_eq!(
+        state_of(&pending),
+        None,
+        "the pending key is withdrawn: {st}"
+    );
+    assert_eq!(file_shares_of(&dir, &pending), 0);
+    assert_eq!(db_share_rows(&dir, &pending), 0);
+    let active = st["active_kid"].as_str().unwrap().to_owned();
+    assert_eq!(ok(d.conn().sign(json!({})))["kid"], active.as_str());
+    d.stop();
+    // And the stores still belong together.
+    let out = dir.run(&["--config", &cfg, "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = Daemon::start_with(&dir, &["--config", &cfg]).unwrap();
+    assert_eq!(ok(d.conn().sign(json!({})))["kid"], active.as_str());
+    d.stop();
+}
+
 fn file_y(dir: &Dir, kid: &str) -> Vec<u8> {
     let p = dir
         .share_files()

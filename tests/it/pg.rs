@@ -3,13 +3,16 @@
 //! only, run as the `postgres` user (PostgreSQL refuses root). Passwords
 //! (SCRAM) are required for every role, as on a real server. Stopped
 //! (immediate mode) when dropped.
+//!
+//! Shared by the integration tests and the throughput benchmark
+//! (`#[path]`), so it depends on nothing of either.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::util::Dir;
+const BIN: &str = env!("CARGO_BIN_EXE_splitsign");
 
 pub struct PgServer {
     tmp: tempfile::TempDir,
@@ -258,21 +261,27 @@ impl PgServer {
     /// Apply the schema as the owner (`splitsign pg-schema`) and grant
     /// `roles`.
     pub fn apply_schema(&self, roles: &[&str]) {
-        let dir = Dir::new();
+        let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("owner-password");
         std::fs::write(&pw, OWNER_PW).unwrap();
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-        dir.write_config(&format!(
-            "postgres = \"host={} dbname=splitsign user={OWNER}\"\n\
-             postgres_password_file = \"{}\"\nnode = \"owner\"\n",
-            self.socket_dir().display(),
-            pw.display()
-        ));
-        let mut args = vec!["--config", "config.toml", "pg-schema"];
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "postgres = \"host={} dbname=splitsign user={OWNER}\"\n\
+                 postgres_password_file = \"{}\"\nnode = \"owner\"\n",
+                self.socket_dir().display(),
+                pw.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&config).arg("pg-schema");
         for r in roles {
-            args.extend(["--grant", r]);
+            cmd.args(["--grant", r]);
         }
-        let out = dir.run(&args);
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
         assert!(out.status.success(), "pg-schema: {}", show(&out));
     }
 
@@ -300,21 +309,18 @@ pub fn show(out: &Output) -> String {
     )
 }
 
-/// A node of a cluster: a temp dir (shares in `keys/`, the local database
-/// with the audit log and the socket in `var/`) whose `config.toml` points
-/// at `pg` as `node`'s role.
-pub fn node_dir(pg: &PgServer, node: &str, extra: &str) -> Dir {
-    let dir = Dir::new();
-    let pw = pg.add_node_role(node, dir.path());
-    write_node_config(pg, &dir, node, &pw, extra);
-    dir
-}
-
-pub fn write_node_config(pg: &PgServer, dir: &Dir, node: &str, pw: &Path, extra: &str) {
-    dir.write_config(&format!(
-        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
-         postgres = \"{}\"\npostgres_password_file = \"{}\"\nnode = \"{node}\"\n{extra}",
-        pg.conninfo(node),
-        pw.display()
-    ));
+/// Write `dir/config.toml` for a node of a cluster: shares in `keys/`, the
+/// local database (the audit log) and the socket in `var/`, PostgreSQL at
+/// `pg` as `node`'s role, with its password in the file `pw`.
+pub fn write_node_config(pg: &PgServer, dir: &Path, node: &str, pw: &Path, extra: &str) {
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
+             postgres = \"{}\"\npostgres_password_file = \"{}\"\nnode = \"{node}\"\n{extra}",
+            pg.conninfo(node),
+            pw.display()
+        ),
+    )
+    .unwrap();
 }
