@@ -625,11 +625,12 @@ fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
     let b = Daemon::start_bin(BIN, db, &eb);
     let connect = |d: &Daemon| BufReader::new(UnixStream::connect(d.sock()).unwrap());
     let (mut ca, mut cb) = (connect(&a), connect(&b));
-    let mut revoke_ms = Vec::new();
+    let (mut revoke_ms, mut revoke_sent_ms) = (Vec::new(), Vec::new());
     for i in 0..samples {
         let sub = format!("user-{i}");
         let t = ask(&mut ca, &json!({"op":"sign","claims":{"sub":sub}}));
         let token = t["token"].as_str().unwrap().to_owned();
+        let sent = Instant::now();
         let r = ask(&mut ca, &json!({"op":"revoke","sub":sub}));
         assert_eq!(r["ok"], true, "{r}");
         let t0 = Instant::now();
@@ -641,9 +642,11 @@ fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
             assert!(t0.elapsed() < Duration::from_secs(30), "never revoked: {v}");
         }
         revoke_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        revoke_sent_ms.push(sent.elapsed().as_secs_f64() * 1e3);
     }
-    let mut key_ms = Vec::new();
+    let (mut key_ms, mut key_sent_ms) = (Vec::new(), Vec::new());
     for _ in 0..samples.min(30) {
+        let sent = Instant::now();
         let r = ask(&mut ca, &json!({"op":"rotate"}));
         assert_eq!(r["ok"], true, "{r}");
         let kid = r["kid"].as_str().unwrap().to_owned();
@@ -661,6 +664,7 @@ fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
             assert!(t0.elapsed() < Duration::from_secs(60), "never published");
         }
         key_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        key_sent_ms.push(sent.elapsed().as_secs_f64() * 1e3);
     }
     a.stop();
     b.stop();
@@ -669,7 +673,9 @@ fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
         "propagation, node A -> node B", "samples", "p50 ms", "p99 ms", "max ms"
     );
     for (label, v) in [
+        ("  revoke sent to A -> B says revoked", &mut revoke_sent_ms),
         ("  revoke answered -> B says revoked", &mut revoke_ms),
+        ("  rotate sent to A -> key in B's JWKS", &mut key_sent_ms),
         ("  rotate answered -> key in B's JWKS", &mut key_ms),
     ] {
         let n = v.len();

@@ -300,7 +300,18 @@ impl KeyManager {
             }
         }
         let rows = stores.keys.keys()?;
-        Ok(crate::keys::schedule::next_event(&rows, now, &cfg))
+        let own = crate::keys::schedule::next_event(&rows, now, &cfg);
+        // The other nodes' keys enter and leave the JWKS at their times.
+        let others = self
+            .cluster
+            .as_ref()
+            .map(Cluster::others)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|o| [o.key.activate_at, o.key.retire_at])
+            .filter(|&t| t > now)
+            .min();
+        Ok(own.into_iter().chain(others).min())
     }
 
     /// Rotate now (admin). See [`lifecycle::rotate_now`].
@@ -486,9 +497,11 @@ impl KeyManager {
             Ok(())
         })();
         c.note(&r);
-        if wanted.all && r.is_ok() {
+        if (wanted.all || wanted.keys) && r.is_ok() {
             // Back in touch: catch up this node's own schedule too (a
-            // rotation that could not be stored).
+            // rotation that could not be stored). A key row changed: this
+            // node's own may have been changed by the tables' owner (a node
+            // removed, its keys retired).
             self.wake.notify_one();
         }
         r

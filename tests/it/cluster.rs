@@ -262,6 +262,24 @@ fn three_nodes_verify_each_others_tokens_and_share_revocations() {
         "the missed revocation reaches A",
         || revoked(a, &t_b),
     );
+
+    // Removing a node (docs/CLUSTER.md): the owner retires its keys now and
+    // destroys its database shares; the other nodes drop its keys.
+    let (t_c, _) = sign(c, "frank");
+    pg.super_sql(
+        "BEGIN;
+         UPDATE splitsign_keys
+            SET activate_at = LEAST(activate_at, t), deactivate_at = LEAST(deactivate_at, t),
+                retire_at = t
+           FROM (SELECT floor(extract(epoch FROM now()))::bigint AS t) AS now_
+          WHERE node = 'node_c' AND retire_at > t;
+         DELETE FROM splitsign_db_shares WHERE node = 'node_c';
+         COMMIT;",
+    );
+    until(Duration::from_secs(2), "C's keys leave A's JWKS", || {
+        !kids(a).contains(&active[2])
+    });
+    assert_eq!(code(&verify(a, &t_c)), "unknown_key");
     for (_, d) in nodes {
         d.stop();
     }
@@ -612,4 +630,80 @@ fn moving_a_host_from_sqlite_to_postgresql_keeps_its_tokens_verifying() {
         refused.stderr
     );
     let _ = pg::OWNER;
+}
+
+#[test]
+fn admin_commands_work_against_postgresql() {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let pg = PgServer::start();
+    let dir = node_dir(&pg, "node_a", "");
+    pg.apply_schema(&["node_a"]);
+    let cfg = ["--config", "config.toml"];
+    let run = |args: &[&str]| dir.run(&[&cfg[..], args].concat());
+    // import (a new node's first key), with an offline recovery share.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let pem = key.to_pkcs8_pem(Default::default()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), pem.as_bytes()).unwrap();
+    assert_ok(&run(&[
+        "import",
+        "--pem",
+        "key.pem",
+        "--recovery-share",
+        "rec.share",
+    ]));
+    let out = run(&["import", "--pem", "key.pem"]);
+    assert_eq!(out.status.code(), Some(2), "once only: {}", show(&out));
+    // Offline status and check read PostgreSQL.
+    let out = run(&["status", "--json"]);
+    assert_ok(&out);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["keys"][0]["node"], "node_a", "{st}");
+    assert_eq!(st["cluster"]["node"], "node_a", "{st}");
+    assert_ok(&run(&["check"]));
+    // Offline reshare writes a new generation to both stores.
+    assert_ok(&run(&["reshare", "--recovery-share", "rec2.share"]));
+    let generation = pg.super_sql("SELECT share_generation FROM splitsign_keys;");
+    assert_eq!(generation.trim(), "2");
+    // The database share is lost: serve refuses (65), recover rebuilds it
+    // from the file share and the recovery share, serve starts again with
+    // the imported key.
+    pg.super_sql("DELETE FROM splitsign_db_shares;");
+    let out = run(&["check"]);
+    assert_eq!(out.status.code(), Some(65), "{}", show(&out));
+    let refused = refused_start(&dir, &cfg);
+    assert_eq!(refused.status.code(), Some(65), "{}", refused.stderr);
+    let out = run(&["recover", "--recovery-share", "rec.share"]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the old recovery share no longer works"
+    );
+    let out = run(&["recover", "--recovery-share", "rec2.share"]);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("database share in PostgreSQL node node_a"),
+        "{}",
+        show(&out)
+    );
+    let d = start(&dir);
+    use base64::Engine;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes());
+    assert_eq!(
+        ok(d.conn().request(json!({"op":"jwks"})))["jwks"]["keys"][0]["x"],
+        x.as_str()
+    );
+    d.stop();
+    // Offline revoke goes to PostgreSQL.
+    let out = run(&["revoke", "--sub", "zed"]);
+    assert_ok(&out);
+    let n = pg.super_sql("SELECT count(*) FROM splitsign_revocations WHERE value = 'zed';");
+    assert_eq!(n.trim(), "1");
+    // Offline rotate, in a cluster: the new key signs 2 s later.
+    let out = run(&["rotate"]);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("signs from"),
+        "{}",
+        show(&out)
+    );
 }
