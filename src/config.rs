@@ -416,6 +416,10 @@ impl Config {
     /// password in it, and TLS for any host that is not this one.
     fn check_cluster(&self) -> Result<()> {
         let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
+        // Without a cluster the node name is not used.
+        let Some(pg) = &self.postgres else {
+            return Ok(());
+        };
         if !valid_node(&self.node) {
             return bad(
                 "node",
@@ -426,12 +430,9 @@ impl Config {
                 ),
             );
         }
-        let Some(pg) = &self.postgres else {
-            return Ok(());
-        };
-        let parsed: tokio_postgres::Config = pg.conninfo.parse().map_err(|e| Error::Setting {
+        let parsed = parse_conninfo(&pg.conninfo).map_err(|message| Error::Setting {
             key: "postgres",
-            message: format!("not a connection string or URL: {e}"),
+            message,
         })?;
         if parsed.get_password().is_some() {
             return bad(
@@ -770,6 +771,39 @@ fn default_places(env: &Env, origin: &Origin) -> (PathBuf, PathBuf, PathBuf) {
     (def_shares, def_db, def_socket)
 }
 
+/// Parse a libpq connection string or URL. `sslmode=verify-full` and
+/// `verify-ca` (which the driver does not name) are read as TLS with the
+/// certificate checked against the CA and the host name: splitsign always
+/// checks both, so `verify-ca` is as strict as `verify-full`.
+pub fn parse_conninfo(conninfo: &str) -> std::result::Result<tokio_postgres::Config, String> {
+    let mut text = String::with_capacity(conninfo.len());
+    let mut rest = conninfo;
+    while let Some(at) = rest.find("sslmode") {
+        let (before, after) = rest.split_at(at + "sslmode".len());
+        text.push_str(before);
+        let trimmed = after.trim_start();
+        let Some(value) = trimmed.strip_prefix('=') else {
+            rest = after;
+            continue;
+        };
+        let value = value.trim_start();
+        let end = value
+            .find(|c: char| c.is_whitespace() || c == '&')
+            .unwrap_or(value.len());
+        let mode = &value[..end];
+        let mode = match mode {
+            "verify-full" | "verify-ca" => "require",
+            m => m,
+        };
+        text.push('=');
+        text.push_str(mode);
+        rest = &value[end..];
+    }
+    text.push_str(rest);
+    text.parse()
+        .map_err(|e| format!("not a connection string or URL: {e}"))
+}
+
 /// Whether `host` is this machine: a Unix socket directory, or loopback.
 pub fn is_local_host(host: &tokio_postgres::config::Host) -> bool {
     match host {
@@ -862,6 +896,53 @@ mod tests {
             &Overrides::default(),
             &Env::default(),
         )
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let bad = |text: &str, key: &str, says: &str| match from_toml(text) {
+            Err(Error::Setting { key: k, message }) => {
+                assert_eq!(k, key, "{text}: {message}");
+                assert!(message.contains(says), "{text}: {message}");
+            }
+            other => panic!("{text}: expected a refusal, got {other:?}"),
+        };
+        bad(
+            "postgres = \"host=db.internal dbname=s user=u password=hunter2\"",
+            "postgres",
+            "password",
+        );
+        bad(
+            "postgres = \"postgresql://u:hunter2@db.internal/s\"",
+            "postgres",
+            "password",
+        );
+        bad(
+            "postgres = \"host=db.internal dbname=s user=u sslmode=disable\"",
+            "postgres",
+            "in clear",
+        );
+        bad(
+            "postgres = \"host=db.internal port=x\"",
+            "postgres",
+            "connection string",
+        );
+        let pg = "postgres = \"host=/run/postgresql dbname=s user=u\"\n";
+        bad(&format!("{pg}node = \"web 1\""), "node", "node name");
+        bad(&format!("{pg}node = \"\""), "node", "node name");
+        // This host (a Unix socket, loopback) may go without TLS.
+        for ok in [
+            "postgres = \"host=/run/postgresql dbname=s user=u sslmode=disable\"",
+            "postgres = \"host=localhost dbname=s user=u sslmode=disable\"",
+            "postgres = \"host=db.internal dbname=s user=u sslmode=verify-full\"\nnode = \"web-1.a_b\"",
+            "postgres = \"host=db.internal dbname=s user=u sslmode = verify-ca\"",
+            "postgres = \"postgresql://u@db.internal/s?sslmode=verify-full&application_name=x\"",
+        ] {
+            let c = from_toml(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert!(c.postgres.is_some());
+        }
+        let c = from_toml("node = \"not checked without postgres\"").unwrap();
+        assert!(c.postgres.is_none());
     }
 
     #[test]

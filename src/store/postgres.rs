@@ -70,10 +70,7 @@ impl Connector {
             key: "postgres",
             message,
         };
-        let mut config: tokio_postgres::Config = settings
-            .conninfo
-            .parse()
-            .map_err(|e| bad(format!("not a connection string or URL: {e}")))?;
+        let mut config = crate::config::parse_conninfo(&settings.conninfo).map_err(bad)?;
         if config.get_application_name().is_none() {
             config.application_name("splitsign");
         }

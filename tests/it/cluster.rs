@@ -707,3 +707,55 @@ fn admin_commands_work_against_postgresql() {
         show(&out)
     );
 }
+
+#[test]
+fn tls_to_postgresql_checks_the_certificate_and_the_host_name() {
+    let mut pg = PgServer::start();
+    let dir = node_dir(&pg, "node_a", "");
+    pg.apply_schema(&["node_a"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (ca, other_ca) = pg.enable_tls(port);
+    let configure = |host: &str, ca: &std::path::Path| {
+        dir.write_config(&format!(
+            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
+             postgres = \"host={host} port={port} dbname=splitsign user=node_a sslmode=verify-full\"\n\
+             postgres_password_file = \"{}\"\npostgres_ca_file = \"{}\"\nnode = \"node_a\"\n",
+            dir.path().join("pg-password").display(),
+            ca.display()
+        ));
+    };
+    // The right CA and name: the node's connections are TLS.
+    configure("localhost", &ca);
+    let d = start(&dir);
+    sign(&d, "alice");
+    let conns = pg.super_sql(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.usename = 'node_a';",
+    );
+    assert!(
+        !conns.trim().is_empty() && conns.lines().all(|l| l == "t"),
+        "every connection of the node is TLS: {conns:?}"
+    );
+    d.stop();
+    // A certificate of another CA, or one that does not name the host:
+    // refused at once (exit 1), not retried as an unreachable server.
+    for (host, ca, why) in [
+        ("localhost", &other_ca, "another CA"),
+        ("127.0.0.1", &ca, "a name the certificate does not hold"),
+    ] {
+        configure(host, ca);
+        let t0 = Instant::now();
+        let e = refused_start(&dir, &["--config", "config.toml"]);
+        assert_eq!(e.status.code(), Some(1), "{why}: {}", e.stderr);
+        assert!(
+            e.stderr.to_lowercase().contains("certificate"),
+            "{why}: {}",
+            e.stderr
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "{why}: not retried");
+    }
+}

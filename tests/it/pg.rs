@@ -21,6 +21,10 @@ pub struct PgServer {
     /// root; else the current user).
     owner: Option<(u32, u32)>,
     running: bool,
+    /// Server options beyond the Unix socket (TLS on a TCP port).
+    options: String,
+    /// The port (also in the Unix socket's name).
+    pub port: u16,
 }
 
 /// The superuser's password (the role `postgres`).
@@ -80,6 +84,8 @@ impl PgServer {
             bin: bin_dir(),
             owner,
             running: false,
+            options: String::new(),
+            port: 5432,
         };
         let pwfile = pg.path().join("superpw");
         std::fs::write(&pwfile, SUPER_PW).unwrap();
@@ -155,8 +161,14 @@ impl PgServer {
             .arg(self.path().join("server.log"))
             .arg("-o")
             .arg(format!(
-                "-k {} -c listen_addresses='' -c fsync=off -c max_connections=60",
-                self.socket_dir().display()
+                "-k {} -p {} -c fsync=off -c max_connections=60 {}",
+                self.socket_dir().display(),
+                self.port,
+                if self.options.is_empty() {
+                    "-c listen_addresses=''"
+                } else {
+                    &self.options
+                }
             ))
             .arg("start")
             .stdout(Stdio::null())
@@ -164,6 +176,100 @@ impl PgServer {
             .unwrap();
         assert!(out.status.success(), "pg_ctl start: {}", show(&out));
         self.running = true;
+    }
+
+    /// Serve TLS on 127.0.0.1:`port` too (restarting): a CA and a server
+    /// certificate for `localhost` only, made here with openssl; TCP
+    /// clients must use TLS. Returns the CA certificate (PEM) and the
+    /// certificate of another CA that did not sign the server's.
+    pub fn enable_tls(&mut self, port: u16) -> (PathBuf, PathBuf) {
+        let dir = self.path().join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", show(&out));
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=splitsign test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+            ]);
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        for f in ["server.crt", "server.key"] {
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+            self.chown(&dir.join(f));
+        }
+        // TLS over TCP only, with a password.
+        let hba = self.data().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("hostssl all all 127.0.0.1/32 scram-sha-256\n{old}"),
+        )
+        .unwrap();
+        self.options = format!(
+            "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            dir.join("server.crt").display(),
+            dir.join("server.key").display()
+        );
+        self.stop();
+        self.port = port;
+        self.start_again();
+        (dir.join("ca.crt"), dir.join("other-ca.crt"))
     }
 
     /// Stop (fast: clients are disconnected at once).
@@ -193,6 +299,7 @@ impl PgServer {
         Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
             .args(["-U", user, "-d", "splitsign", "-c", sql])
             .env("PGPASSWORD", password)
             .env_remove("PGPASSFILE")
@@ -212,6 +319,7 @@ impl PgServer {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
             .args(["-U", "postgres", "-d", db, "-f", "-"])
             .env("PGPASSWORD", SUPER_PW)
             .env_remove("PGPASSFILE")
@@ -234,6 +342,7 @@ impl PgServer {
         let out = Command::new(self.bin.join("pg_dump"))
             .arg("-h")
             .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
             .args(["-U", "postgres", "-d", "splitsign"])
             .env("PGPASSWORD", SUPER_PW)
             .output()
@@ -269,9 +378,10 @@ impl PgServer {
         std::fs::write(
             &config,
             format!(
-                "postgres = \"host={} dbname=splitsign user={OWNER}\"\n\
+                "postgres = \"host={} port={} dbname=splitsign user={OWNER}\"\n\
                  postgres_password_file = \"{}\"\nnode = \"owner\"\n",
                 self.socket_dir().display(),
+                self.port,
                 pw.display()
             ),
         )
@@ -288,8 +398,9 @@ impl PgServer {
     /// The `postgres` setting for `node`'s role.
     pub fn conninfo(&self, node: &str) -> String {
         format!(
-            "host={} dbname=splitsign user={node}",
-            self.socket_dir().display()
+            "host={} port={} dbname=splitsign user={node}",
+            self.socket_dir().display(),
+            self.port
         )
     }
 }
