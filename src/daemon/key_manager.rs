@@ -589,12 +589,7 @@ impl KeyManager {
         }
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
-        let rows: Vec<_> = keys
-            .published
-            .iter()
-            .filter(|p| p.node.is_none())
-            .map(|p| p.row.clone())
-            .collect();
+        let rows = keys.own_rows();
         let next = crate::keys::schedule::next_event(&rows, now, &self.config())
             .and_then(|t| {
                 std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t as u64))

@@ -144,6 +144,15 @@ impl KeySet {
         self.signers.iter().find(|s| s.kid == kid)
     }
 
+    /// The rows of this node's published keys (not other nodes').
+    pub fn own_rows(&self) -> Vec<KeyInfo> {
+        self.published
+            .iter()
+            .filter(|p| p.node.is_none())
+            .map(|p| p.row.clone())
+            .collect()
+    }
+
     /// The verifying key for `kid`, if tokens signed by it verify at `now`.
     pub fn verifier(&self, kid: &str, now: i64) -> Option<&Published> {
         self.published

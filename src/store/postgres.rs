@@ -765,25 +765,14 @@ impl Drop for Postgres {
     }
 }
 
-/// A revocation row, or `None` for a kind this version does not know.
+/// A revocation row (see [`Revocation::from_columns`]).
 fn revocation(
     kind: String,
     value: String,
     before: Option<i64>,
     expires_at: i64,
 ) -> Option<Revocation> {
-    match kind.as_str() {
-        "jti" => Some(Revocation::Jti {
-            jti: value,
-            expires_at,
-        }),
-        "sub" => Some(Revocation::Sub {
-            sub: value,
-            before: before?,
-            expires_at,
-        }),
-        _ => None,
-    }
+    Revocation::from_columns(&kind, value, before, expires_at)
 }
 
 const KEY_COLUMNS: &str = "kid, public_key, origin, created_at, activate_at, deactivate_at, \
@@ -1119,14 +1108,7 @@ async fn insert_revocation(
     r: &Revocation,
     now: i64,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    let (kind, value, before, expires_at) = match r {
-        Revocation::Jti { jti, expires_at } => ("jti", jti, None, *expires_at),
-        Revocation::Sub {
-            sub,
-            before,
-            expires_at,
-        } => ("sub", sub, Some(*before), *expires_at),
-    };
+    let (kind, value, before, expires_at) = r.columns();
     tx.execute(
         "INSERT INTO splitsign_revocations (kind, value, before, expires_at, created_at, node)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -1135,7 +1117,7 @@ async fn insert_revocation(
              expires_at = GREATEST(splitsign_revocations.expires_at, EXCLUDED.expires_at),
              created_at = EXCLUDED.created_at,
              id = nextval('splitsign_revocations_id_seq')",
-        &[&kind, value, &before, &expires_at, &now, &node],
+        &[&kind, &value, &before, &expires_at, &now, &node],
     )
     .await
 }

@@ -518,18 +518,48 @@ pub enum Revocation {
     },
 }
 
-impl Database {
-    /// Record a revocation. A revocation only grows: a second one of the
-    /// same jti or sub keeps the later `before` and `expires_at`.
-    pub fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
-        let (kind, value, before, expires_at) = match r {
+impl Revocation {
+    /// The columns a revocation is stored in: kind, value, before,
+    /// expires_at.
+    pub fn columns(&self) -> (&'static str, &str, Option<i64>, i64) {
+        match self {
             Revocation::Jti { jti, expires_at } => ("jti", jti, None, *expires_at),
             Revocation::Sub {
                 sub,
                 before,
                 expires_at,
             } => ("sub", sub, Some(*before), *expires_at),
-        };
+        }
+    }
+
+    /// A stored row, or `None` for a kind this version does not know (or a
+    /// subject row without `before`).
+    pub fn from_columns(
+        kind: &str,
+        value: String,
+        before: Option<i64>,
+        expires_at: i64,
+    ) -> Option<Revocation> {
+        match kind {
+            "jti" => Some(Revocation::Jti {
+                jti: value,
+                expires_at,
+            }),
+            "sub" => Some(Revocation::Sub {
+                sub: value,
+                before: before?,
+                expires_at,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Database {
+    /// Record a revocation. A revocation only grows: a second one of the
+    /// same jti or sub keeps the later `before` and `expires_at`.
+    pub fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
+        let (kind, value, before, expires_at) = r.columns();
         self.conn
             .execute(
                 "INSERT INTO revocations (kind, value, before, expires_at, created_at)
@@ -567,17 +597,8 @@ impl Database {
             .map_err(self.db_err())?;
         Ok(rows
             .into_iter()
-            .filter_map(|(kind, value, before, expires_at)| match kind.as_str() {
-                "jti" => Some(Revocation::Jti {
-                    jti: value,
-                    expires_at,
-                }),
-                "sub" => Some(Revocation::Sub {
-                    sub: value,
-                    before: before?,
-                    expires_at,
-                }),
-                _ => None,
+            .filter_map(|(kind, value, before, expires_at)| {
+                Revocation::from_columns(&kind, value, before, expires_at)
             })
             .collect())
     }

@@ -237,32 +237,64 @@ fn template() -> (Dir, Vec<String>, String) {
     (dir, tokens, kid)
 }
 
-/// Kill `args` at every step; after each, restart and check. Returns how
-/// many runs were killed and, of those, how many ended with a new key.
-fn every_step(args: &[&str]) -> (usize, usize) {
-    let (tpl, tokens, kid) = template();
+/// How a crash loop runs: the command, the syscalls it is killed at,
+/// whether it is a daemon (killed on its way to ready), and what to put
+/// back in the shared PostgreSQL before each run.
+struct Loop<'a> {
+    args: &'a [&'a str],
+    steps: &'a str,
+    daemon: bool,
+    reset: &'a dyn Fn(),
+}
+
+/// Kill `l.args` at every step of a clean traced run, each time in a fresh
+/// copy of `tpl`, then call `check(dir, what)`. Returns the per-syscall
+/// counts of the clean run and how many runs were killed.
+fn at_every_step(
+    tpl: &Dir,
+    l: &Loop,
+    mut check: impl FnMut(&Dir, &str),
+) -> (BTreeMap<String, usize>, usize) {
     let probe = Dir::new();
     copy_dir(tpl.path(), probe.path());
-    let counts = count_steps(&probe, args, false, STEPS);
+    (l.reset)();
+    let counts = count_steps(&probe, l.args, l.daemon, l.steps);
     assert!(
         counts.values().sum::<usize>() > 10,
         "the trace saw the steps: {counts:?}"
     );
-    let (mut killed, mut switched) = (0, 0);
+    let mut killed = 0;
     for (syscall, &count) in &counts {
         for n in 1..=count {
             let dir = Dir::new();
             copy_dir(tpl.path(), dir.path());
-            let what = format!("{args:?} killed at {syscall} #{n}");
-            if run_killed_at(&dir, args, (syscall, n), false, STEPS) {
+            (l.reset)();
+            if run_killed_at(&dir, l.args, (syscall, n), l.daemon, l.steps) {
                 killed += 1;
             }
-            let emergency = args.contains(&"--emergency");
-            if check_after_crash(&dir, &tokens, &kid, emergency, &what) != kid {
-                switched += 1;
-            }
+            check(&dir, &format!("{:?} killed at {syscall} #{n}", l.args));
         }
     }
+    (counts, killed)
+}
+
+/// Kill `args` at every step; after each, restart and check. Returns how
+/// many runs were killed and, of those, how many ended with a new key.
+fn every_step(args: &[&str]) -> (usize, usize) {
+    let (tpl, tokens, kid) = template();
+    let emergency = args.contains(&"--emergency");
+    let mut switched = 0;
+    let l = Loop {
+        args,
+        steps: STEPS,
+        daemon: false,
+        reset: &|| {},
+    };
+    let (_, killed) = at_every_step(&tpl, &l, |dir, what| {
+        if check_after_crash(dir, &tokens, &kid, emergency, what) != kid {
+            switched += 1;
+        }
+    });
     (killed, switched)
 }
 
@@ -333,45 +365,39 @@ fn kill_9_at_every_step_of_the_daemons_prepublication() {
         dir
     };
     let args = ["--config", "config.toml", "serve"];
-    let probe = Dir::new();
-    copy_dir(tpl.path(), probe.path());
-    let counts = count_steps(&probe, &args, true, STEPS);
-    let mut killed = 0;
-    for (syscall, &count) in &counts {
-        for n in 1..=count {
-            let dir = Dir::new();
-            copy_dir(tpl.path(), dir.path());
-            if run_killed_at(&dir, &args, (syscall, n), true, STEPS) {
-                killed += 1;
-            }
-            let what = format!("serve killed at {syscall} #{n}");
-            let d = Daemon::start_with(&dir, &["--config", "config.toml"])
-                .unwrap_or_else(|e| panic!("{what}: restart failed: {e:?}"));
-            let st = ok(d.conn().request(json!({"op":"status"})))["status"].clone();
-            let states: Vec<&str> = st["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|k| k["state"].as_str().unwrap())
-                .collect();
-            assert_eq!(
-                states.iter().filter(|s| **s == "active").count(),
-                1,
-                "{what}: {st}"
-            );
-            assert_eq!(
-                states.iter().filter(|s| **s == "pending").count(),
-                1,
-                "{what}: the successor is published: {st}"
-            );
-            assert_eq!(
-                dir.share_files().len(),
-                2,
-                "{what}: two keys' file shares, no orphans"
-            );
-            d.stop();
-        }
-    }
+    let l = Loop {
+        args: &args,
+        steps: STEPS,
+        daemon: true,
+        reset: &|| {},
+    };
+    let (_, killed) = at_every_step(&tpl, &l, |dir, what| {
+        let d = Daemon::start_with(dir, &["--config", "config.toml"])
+            .unwrap_or_else(|e| panic!("{what}: restart failed: {e:?}"));
+        let st = ok(d.conn().request(json!({"op":"status"})))["status"].clone();
+        let states: Vec<&str> = st["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            states.iter().filter(|s| **s == "active").count(),
+            1,
+            "{what}: {st}"
+        );
+        assert_eq!(
+            states.iter().filter(|s| **s == "pending").count(),
+            1,
+            "{what}: the successor is published: {st}"
+        );
+        assert_eq!(
+            dir.share_files().len(),
+            2,
+            "{what}: two keys' file shares, no orphans"
+        );
+        d.stop();
+    });
     assert!(killed > 20, "{killed}");
 }
 
@@ -422,29 +448,22 @@ fn kill_9_at_every_step_of_a_rotation_against_postgresql() {
         if emergency {
             args.push("--emergency");
         }
-        let probe = Dir::new();
-        copy_dir(tpl.path(), probe.path());
-        restore();
-        let counts = count_steps(&probe, &args, false, PG_STEPS);
+        let mut switched = 0;
+        let l = Loop {
+            args: &args,
+            steps: PG_STEPS,
+            daemon: false,
+            reset: &restore,
+        };
+        let (counts, killed) = at_every_step(&tpl, &l, |dir, what| {
+            if check_after_crash_pg(&pg, dir, &tokens, &kid, emergency, what) {
+                switched += 1;
+            }
+        });
         assert!(
             counts.get("sendto").copied().unwrap_or(0) > 5,
             "the trace saw the messages to the server: {counts:?}"
         );
-        let (mut killed, mut switched) = (0, 0);
-        for (syscall, &count) in &counts {
-            for n in 1..=count {
-                let dir = Dir::new();
-                copy_dir(tpl.path(), dir.path());
-                restore();
-                let what = format!("{args:?} killed at {syscall} #{n}");
-                if run_killed_at(&dir, &args, (syscall, n), false, PG_STEPS) {
-                    killed += 1;
-                }
-                if check_after_crash_pg(&pg, &dir, &tokens, &kid, emergency, &what) {
-                    switched += 1;
-                }
-            }
-        }
         // Early kills leave the old key active, late ones the new key.
         assert!(
             killed > 40 && switched > 0 && switched < killed,
@@ -551,50 +570,43 @@ fn kill_9_at_every_step_of_a_move_to_postgresql() {
              DELETE FROM splitsign_nodes WHERE node = 'web1';",
         );
     };
-    let probe = Dir::new();
-    copy_dir(tpl.path(), probe.path());
-    reset();
-    let counts = count_steps(&probe, &args, false, PG_STEPS);
-    let (mut killed, mut moved) = (0, 0);
-    for (syscall, &count) in &counts {
-        for n in 1..=count {
-            let dir = Dir::new();
-            copy_dir(tpl.path(), dir.path());
-            reset();
-            let what = format!("migrate-store killed at {syscall} #{n}");
-            if run_killed_at(&dir, &args, (syscall, n), false, PG_STEPS) {
-                killed += 1;
-            }
-            // The new store, or else the old one, serves the same key.
-            let serves = |extra: &[&str]| match Daemon::start_with(&dir, extra) {
-                Ok(d) => {
-                    let mut c = d.conn();
-                    let st = ok(c.request(json!({"op":"status"})))["status"].clone();
-                    assert_eq!(st["active_kid"], kid.as_str(), "{what}: {st}");
-                    for t in &tokens {
-                        let r = c.request(json!({"op":"verify","token":t}));
-                        assert_eq!(r["ok"], true, "{what}: {r}");
-                    }
-                    drop(c);
-                    d.stop();
-                    true
+    let mut moved = 0;
+    let l = Loop {
+        args: &args,
+        steps: PG_STEPS,
+        daemon: false,
+        reset: &reset,
+    };
+    let (_, killed) = at_every_step(&tpl, &l, |dir, what| {
+        // The new store, or else the old one, serves the same key.
+        let serves = |extra: &[&str]| match Daemon::start_with(dir, extra) {
+            Ok(d) => {
+                let mut c = d.conn();
+                let st = ok(c.request(json!({"op":"status"})))["status"].clone();
+                assert_eq!(st["active_kid"], kid.as_str(), "{what}: {st}");
+                for t in &tokens {
+                    let r = c.request(json!({"op":"verify","token":t}));
+                    assert_eq!(r["ok"], true, "{what}: {r}");
                 }
-                Err(e) => {
-                    assert_eq!(e.status.code(), Some(65), "{what}: {}", e.stderr);
-                    false
-                }
-            };
-            if serves(&["--config", "pg.toml"]) {
-                moved += 1;
-            } else {
-                assert!(serves(&[]), "{what}: neither store serves");
+                drop(c);
+                d.stop();
+                true
             }
-            // Running it again finishes the move.
-            let out = dir.run(&args);
-            assert!(out.status.success(), "{what}: {}", crate::pg::show(&out));
-            assert!(serves(&["--config", "pg.toml"]), "{what}: after the move");
+            Err(e) => {
+                assert_eq!(e.status.code(), Some(65), "{what}: {}", e.stderr);
+                false
+            }
+        };
+        if serves(&["--config", "pg.toml"]) {
+            moved += 1;
+        } else {
+            assert!(serves(&[]), "{what}: neither store serves");
         }
-    }
+        // Running it again finishes the move.
+        let out = dir.run(&args);
+        assert!(out.status.success(), "{what}: {}", crate::pg::show(&out));
+        assert!(serves(&["--config", "pg.toml"]), "{what}: after the move");
+    });
     assert!(
         killed > 20 && moved > 0 && moved < killed,
         "moved {moved} of {killed}"

@@ -84,12 +84,7 @@ impl Handler {
     pub(super) fn answer_status(&self, id: Option<Value>, at: Times, out: &mut Vec<u8>) {
         let keys = self.manager.keyring.snapshot();
         let policy = self.policy();
-        let rows: Vec<_> = keys
-            .published
-            .iter()
-            .filter(|p| p.node.is_none())
-            .map(|p| p.row.clone())
-            .collect();
+        let rows = keys.own_rows();
         let own_node = self.manager.cluster().map(|c| c.node());
         let cluster = self.manager.cluster().map(|c| {
             let reason = c.unreachable();
