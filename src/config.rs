@@ -244,6 +244,10 @@ pub struct Config {
     /// This daemon's name among the nodes of a cluster (default: the host
     /// name). It creates and rotates only its own keys.
     pub node: String,
+    /// The stores are where splitsign 0.1 put them under systemd (swapped:
+    /// the database in `…/shares`, the file shares in `…/db`), and are used
+    /// there.
+    pub legacy_layout: bool,
 }
 
 /// What the process environment contributes (read once, passed in so that
@@ -294,7 +298,12 @@ impl Config {
     }
 
     fn build(file: FileConfig, origin: Origin, ov: &Overrides, env: &Env) -> Result<Config> {
-        let (def_shares, def_db, def_socket) = default_places(env, &origin);
+        let (def_shares, def_db, def_socket) = default_places(env, &origin)?;
+        let from_state = file.shares_dir.is_none()
+            && file.db.is_none()
+            && ov.shares_dir.is_none()
+            && ov.db.is_none()
+            && env.state_directory.is_some();
         let socket_mode = match &file.socket_mode {
             None => 0o660,
             Some(s) => parse_mode(s)?,
@@ -321,6 +330,19 @@ impl Config {
             ..Config::settings(&file)
         }
         .absolute();
+        let cfg = if from_state && legacy_swapped_layout(&cfg.shares_dir, &cfg.db) {
+            // Keep working where 0.1 put the stores (said in the log).
+            let db_name = cfg.db.file_name().map(PathBuf::from).unwrap_or_default();
+            let db_dir = cfg.db.parent().map(Path::to_path_buf).unwrap_or_default();
+            Config {
+                db: cfg.shares_dir.join(db_name),
+                shares_dir: db_dir,
+                legacy_layout: true,
+                ..cfg
+            }
+        } else {
+            cfg
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -334,6 +356,7 @@ impl Config {
             alg: AlgLabel::EdDSA,
             shares_dir: PathBuf::new(),
             db: PathBuf::new(),
+            legacy_layout: false,
             socket: PathBuf::new(),
             socket_mode: 0o660,
             default_ttl: file.default_ttl.unwrap_or(Duration::from_secs(15 * 60)),
@@ -717,6 +740,7 @@ impl Config {
             audit_sync,
             postgres,
             node,
+            legacy_layout: _,
         } = self;
         [
             ("shares_dir", *shares_dir != new.shares_dir),
@@ -739,7 +763,11 @@ impl Config {
 /// file means a system install; with no file the daemon runs from the
 /// current directory. systemd's `StateDirectory=` lists "shares" then "db"
 /// (colon-separated).
-fn default_places(env: &Env, origin: &Origin) -> (PathBuf, PathBuf, PathBuf) {
+/// The default store paths and socket. From `STATE_DIRECTORY`, the
+/// directories are told apart by name (`…/shares`, `…/db`), never by their
+/// order: systemd sorts the list (`StateDirectory=splitsign/shares
+/// splitsign/db` arrives as `…/db:…/shares`).
+fn default_places(env: &Env, origin: &Origin) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let state_dirs: Vec<PathBuf> = env
         .state_directory
         .as_deref()
@@ -750,8 +778,24 @@ fn default_places(env: &Env, origin: &Origin) -> (PathBuf, PathBuf, PathBuf) {
                 .collect()
         })
         .unwrap_or_default();
+    let named = |name: &str| {
+        state_dirs
+            .iter()
+            .find(|d| d.file_name().is_some_and(|n| n == name))
+            .cloned()
+    };
     let (def_shares, def_db) = match (state_dirs.as_slice(), &origin) {
-        ([shares, db, ..], _) => (shares.clone(), db.join("splitsign.db")),
+        ([_, _, ..], _) => match (named("shares"), named("db")) {
+            (Some(shares), Some(db)) => (shares, db.join("splitsign.db")),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "STATE_DIRECTORY lists {}: expected a directory named `shares` and one \
+                     named `db` (StateDirectory=splitsign/shares splitsign/db), or set \
+                     shares_dir and db in the config",
+                    env.state_directory.as_deref().unwrap_or_default()
+                )));
+            }
+        },
         ([one], _) => (one.join("shares"), one.join("db").join("splitsign.db")),
         ([], Origin::File(_)) => (
             PathBuf::from("/var/lib/splitsign/shares"),
@@ -768,7 +812,18 @@ fn default_places(env: &Env, origin: &Origin) -> (PathBuf, PathBuf, PathBuf) {
         _ if !state_dirs.is_empty() => PathBuf::from("/run/splitsign/sign.sock"),
         (_, Origin::Defaults) => PathBuf::from("var/splitsign.sock"),
     };
-    (def_shares, def_db, def_socket)
+    Ok((def_shares, def_db, def_socket))
+}
+
+/// splitsign 0.1 took `STATE_DIRECTORY` by position, and systemd sorts it:
+/// its database went into `…/shares` and its file shares into `…/db`.
+/// Whether that layout is found here (a database in the share directory,
+/// none in the database directory).
+fn legacy_swapped_layout(shares_dir: &Path, db: &Path) -> bool {
+    let (Some(db_dir), Some(name)) = (db.parent(), db.file_name()) else {
+        return false;
+    };
+    shares_dir.join(name).is_file() && !db.exists() && db_dir.is_dir()
 }
 
 /// Parse a libpq connection string or URL. `sslmode=verify-full` and
@@ -963,20 +1018,48 @@ mod tests {
     }
 
     #[test]
-    fn state_directory_lists_shares_then_db() {
+    fn state_directories_are_told_apart_by_name_not_order() {
+        // systemd sorts StateDirectory=: both orders must map the same way.
+        for list in [
+            "/var/lib/splitsign/shares:/var/lib/splitsign/db",
+            "/var/lib/splitsign/db:/var/lib/splitsign/shares",
+        ] {
+            let env = Env {
+                state_directory: Some(list.into()),
+                runtime_directory: None,
+            };
+            let c = Config::build(
+                FileConfig::default(),
+                Origin::Defaults,
+                &Overrides::default(),
+                &env,
+            )
+            .unwrap();
+            assert_eq!(
+                c.shares_dir,
+                PathBuf::from("/var/lib/splitsign/shares"),
+                "{list}"
+            );
+            assert_eq!(
+                c.db,
+                PathBuf::from("/var/lib/splitsign/db/splitsign.db"),
+                "{list}"
+            );
+            assert!(!c.legacy_layout);
+        }
         let env = Env {
-            state_directory: Some("/var/lib/splitsign/shares:/var/lib/splitsign/db".into()),
+            state_directory: Some("/x/a:/x/b".into()),
             runtime_directory: None,
         };
-        let c = Config::build(
+        let e = Config::build(
             FileConfig::default(),
             Origin::Defaults,
             &Overrides::default(),
             &env,
         )
-        .unwrap();
-        assert_eq!(c.shares_dir, PathBuf::from("/var/lib/splitsign/shares"));
-        assert_eq!(c.db, PathBuf::from("/var/lib/splitsign/db/splitsign.db"));
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("named `shares`"), "{e}");
     }
 
     #[test]

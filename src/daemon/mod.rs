@@ -84,6 +84,15 @@ fn log_config(cfg: &Config) {
         issuer = %cfg.issuer,
         "stores and socket"
     );
+    if cfg.legacy_layout {
+        tracing::warn!(
+            shares = %cfg.shares_dir.display(),
+            db = %cfg.db.display(),
+            "the stores are where splitsign 0.1 put them under systemd (the file shares in \
+             …/db, the database in …/shares); keeping them there. Back up these paths, or move \
+             them as docs/INSTALL.md says (Upgrading from 0.1)"
+        );
+    }
 }
 
 /// Open the stores and start the key manager. Store checks and unsealing

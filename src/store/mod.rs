@@ -99,6 +99,7 @@ impl LocalStores {
                 });
             }
         }
+        refuse_swapped(cfg, &dir, &db_dir)?;
         let lock_path = {
             let mut p = cfg.db.clone().into_os_string();
             p.push(".lock");
@@ -272,4 +273,58 @@ fn open_cluster(
         pg.register(None)?;
     }
     Ok(Arc::new(pg))
+}
+
+/// A store found in the other's directory is refused, never used: a SQLite
+/// database in the share directory, or a share file in the database's
+/// directory (the layout splitsign 0.1 left under systemd is adopted by
+/// the config instead, see `Config::legacy_layout`).
+fn refuse_swapped(cfg: &Config, dir: &ShareDir, db_dir: &std::path::Path) -> Result<()> {
+    let mut found = Vec::new();
+    for entry in dir.list()? {
+        if let Entry::Foreign(path) = entry
+            && is_sqlite(&path)
+        {
+            found.push(format!(
+                "the share directory {} holds a SQLite database ({})",
+                cfg.shares_dir.display(),
+                path.display()
+            ));
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(db_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().ends_with(".share") {
+                found.push(format!(
+                    "the database directory {} holds a share file ({})",
+                    db_dir.display(),
+                    e.path().display()
+                ));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.push(
+        "the stores are swapped or mixed: each store must be in its own directory (the file \
+         shares in `shares_dir`, the database in the directory of `db`). Move the files back; \
+         nothing was changed"
+            .into(),
+    );
+    Err(Error::StoresDisagree {
+        db: cfg.db.display().to_string(),
+        shares: cfg.shares_dir.clone(),
+        problems: found,
+    })
+}
+
+/// Whether `path` is a SQLite database file (by its header).
+fn is_sqlite(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"SQLite format 3\0")
 }

@@ -260,3 +260,123 @@ fn an_fd_that_is_not_a_listening_unix_socket_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a listening Unix stream socket"));
 }
+
+/// What systemd 252 passes for `StateDirectory=splitsign/shares
+/// splitsign/db`: the list sorted, `db` first.
+fn sorted_state_directory(dir: &Dir) -> String {
+    let state = dir.path().join("state");
+    format!(
+        "{}:{}",
+        state.join("db").display(),
+        state.join("shares").display()
+    )
+}
+
+fn start_with_state(dir: &Dir) -> Result<crate::util::Daemon, crate::util::Exited> {
+    let sock = dir.path().join("s.sock");
+    let env = sorted_state_directory(dir);
+    crate::util::Daemon::start_with_env(
+        dir,
+        &["--socket", sock.to_str().unwrap()],
+        &[("STATE_DIRECTORY", env.as_str())],
+    )
+}
+
+#[test]
+fn state_directories_are_mapped_by_name_whatever_their_order() {
+    let dir = Dir::new();
+    let state = dir.path().join("state");
+    for d in ["db", "shares"] {
+        std::fs::create_dir_all(state.join(d)).unwrap();
+        std::fs::set_permissions(
+            state.join(d),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+    }
+    let d = start_with_state(&dir).unwrap();
+    let kid = ok(d.conn().sign(json!({})))["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    d.stop();
+    // Each directory holds what its name says.
+    let names = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(state.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        names("shares").iter().any(|n| n.ends_with(".share")),
+        "{:?}",
+        names("shares")
+    );
+    assert!(!names("shares").iter().any(|n| n.contains("splitsign.db")));
+    assert!(
+        names("db").iter().any(|n| n == "splitsign.db"),
+        "{:?}",
+        names("db")
+    );
+    assert!(!names("db").iter().any(|n| n.ends_with(".share")));
+    // A share file moved into the database's directory: refused, not used.
+    let share = state.join("shares").join(format!("{kid}.1.share"));
+    let stray = state.join("db").join(format!("{kid}.1.share"));
+    std::fs::copy(&share, &stray).unwrap();
+    let e = match start_with_state(&dir) {
+        Ok(d) => panic!("started: {}", d.stop()),
+        Err(e) => e,
+    };
+    assert_eq!(e.status.code(), Some(65), "{}", e.stderr);
+    assert!(e.stderr.contains("holds a share file"), "{}", e.stderr);
+    std::fs::remove_file(&stray).unwrap();
+    // A SQLite database in the share directory: refused too.
+    std::fs::copy(state.join("db/splitsign.db"), state.join("shares/old.db")).unwrap();
+    let e = match start_with_state(&dir) {
+        Ok(d) => panic!("started: {}", d.stop()),
+        Err(e) => e,
+    };
+    assert_eq!(e.status.code(), Some(65), "{}", e.stderr);
+    assert!(e.stderr.contains("holds a SQLite database"), "{}", e.stderr);
+}
+
+#[test]
+fn the_swapped_layout_of_0_1_keeps_working_and_says_so() {
+    // What 0.1 left under systemd: the database in …/shares, the file
+    // shares in …/db.
+    let dir = Dir::new();
+    let state = dir.path().join("state");
+    let legacy = dir.write_config(&format!(
+        "shares_dir = \"{}\"\ndb = \"{}\"\nsocket = \"s.sock\"\n",
+        state.join("db").display(),
+        state.join("shares/splitsign.db").display()
+    ));
+    let sock = dir.path().join("s.sock");
+    let d = crate::util::Daemon::start_with(
+        &dir,
+        &[
+            "--config",
+            legacy.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let (token, kid) = {
+        let r = ok(d.conn().sign(json!({"sub":"a"})));
+        (
+            r["token"].as_str().unwrap().to_owned(),
+            r["kid"].as_str().unwrap().to_owned(),
+        )
+    };
+    d.stop();
+    std::fs::remove_file(&legacy).unwrap();
+    let d = start_with_state(&dir).unwrap();
+    assert_eq!(ok(d.conn().sign(json!({})))["kid"], kid.as_str());
+    assert_eq!(
+        d.conn().request(json!({"op":"verify","token":token}))["ok"],
+        true
+    );
+    let log = d.stop();
+    assert!(log.contains("where splitsign 0.1 put them"), "{log}");
+}
