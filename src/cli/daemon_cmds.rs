@@ -191,3 +191,14 @@ fn is_token_error(code: &str) -> bool {
             | "audience_mismatch"
     )
 }
+
+/// `reload`: through the daemon only (there is nothing to reload offline).
+pub fn reload(cx: &Ctx) -> Result<(), Failure> {
+    let mut c = cx.daemon()?;
+    c.call("reload", Map::new())?;
+    println!(
+        "reloaded the config of the daemon at {}",
+        cx.cfg.socket.display()
+    );
+    Ok(())
+}

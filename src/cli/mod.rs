@@ -38,8 +38,9 @@ pub struct Cli {
     /// SQLite database (overrides the config).
     #[arg(long, global = true, value_name = "FILE")]
     pub db: Option<PathBuf>,
-    /// Unix socket of the daemon (overrides the config).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Unix socket of the daemon (overrides the config). Also from the
+    /// environment, like `SSH_AUTH_SOCK`; the flag wins.
+    #[arg(long, global = true, value_name = "PATH", env = "SPLITSIGN_SOCKET")]
     pub socket: Option<PathBuf>,
     /// How long to wait to connect to the daemon, and for each reply; then
     /// give up with exit 69.
@@ -96,6 +97,10 @@ pub enum Command {
     /// List the audit log, check its hash chain (--verify: exit 0 if
     /// intact, 65 naming the first broken record), or prune it.
     Audit(AuditArgs),
+    /// Ask the running daemon to read its config again (what `systemctl
+    /// reload` runs). Prints why a reload was refused; the daemon then
+    /// keeps its running config.
+    Reload,
     /// PostgreSQL: apply the schema (run with a config whose `postgres`
     /// logs in as the tables' owner) and grant node roles the tables.
     PgSchema(PgSchemaArgs),
@@ -268,6 +273,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check => offline::check(&cx),
         Command::Backup(a) => offline::backup(&cx, a),
         Command::Audit(a) => audit::run(&cx, a),
+        Command::Reload => daemon_cmds::reload(&cx),
         Command::PgSchema(a) => cluster::pg_schema(&cx, a),
         Command::MigrateStore(a) => cluster::migrate_store(&cx, a),
     }

@@ -8,14 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::access::Access;
 use super::handler::Handler;
 use super::key_manager::KeyManager;
-use super::limits::Limits;
 use super::systemd;
-use crate::config::{Config, Env, Overrides};
-use crate::error::{Error, Result};
-use crate::keys::jws::Policy;
 
 /// Longest sleep of the lifecycle timer, so that a change of the system
 /// clock is noticed within this long.
@@ -23,18 +18,8 @@ const MAX_TIMER: Duration = Duration::from_secs(30);
 
 /// Start the background tasks; returns the schedule timer's handle (the
 /// others end with `shutdown` and need no waiting).
-pub(super) fn spawn(
-    handler: &Arc<Handler>,
-    cfg: Config,
-    overrides: Overrides,
-    shutdown: &CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(signals(
-        Arc::clone(handler),
-        overrides,
-        cfg,
-        shutdown.clone(),
-    ));
+pub(super) fn spawn(handler: &Arc<Handler>, shutdown: &CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(signals(Arc::clone(handler), shutdown.clone()));
     tokio::spawn(health_monitor(Arc::clone(handler), shutdown.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(watchdog(Arc::clone(handler), interval, shutdown.clone()));
@@ -177,13 +162,9 @@ async fn watchdog(handler: Arc<Handler>, interval: Duration, shutdown: Cancellat
     }
 }
 
-/// SIGTERM/SIGINT: stop. SIGHUP: reload the config.
-async fn signals(
-    handler: Arc<Handler>,
-    overrides: Overrides,
-    mut running: Config,
-    shutdown: CancellationToken,
-) {
+/// SIGTERM/SIGINT: stop. SIGHUP: reload the config (as `splitsign
+/// reload` does through the socket).
+async fn signals(handler: Arc<Handler>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -198,40 +179,11 @@ async fn signals(
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
             _ = hup.recv() => {
-                systemd::reloading();
-                match reload(&handler, &overrides, &running) {
-                    Ok(cfg) => {
-                        tracing::info!("SIGHUP: reloaded the config");
-                        running = cfg;
-                        handler.manager.wake.notify_one();
-                    }
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; keeping the running config"),
-                }
-                systemd::ready(&handler.status_line(None));
+                let h = Arc::clone(&handler);
+                let _ = tokio::task::spawn_blocking(move || h.reload("SIGHUP")).await;
             }
         }
     }
     systemd::stopping();
     shutdown.cancel();
-}
-
-/// Load and validate the config again and apply what can change while
-/// running. Paths and socket settings need a restart: a reload that
-/// changes them is refused whole.
-fn reload(handler: &Handler, overrides: &Overrides, running: &Config) -> Result<Config> {
-    let new = Config::load(overrides, &Env::from_process())?;
-    if let Some(key) = running.needs_restart(&new) {
-        return Err(Error::Setting {
-            key,
-            message: "cannot change on reload; restart the daemon".into(),
-        });
-    }
-    let access = Access::new(&new)?;
-    handler.set_policies(Policy::new(&new), access);
-    handler.set_limits(Limits::of(&new));
-    if let Some(a) = &handler.audit {
-        a.set_retention(new.audit_retention);
-    }
-    handler.manager.set_config(new.clone());
-    Ok(new)
 }

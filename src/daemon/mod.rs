@@ -24,6 +24,7 @@ pub mod key_manager;
 pub mod limits;
 pub mod listener;
 pub mod memory;
+pub mod reload;
 pub mod revocations;
 pub mod systemd;
 
@@ -61,12 +62,13 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         Limits::of(&cfg),
         started,
         start_audit(&cfg, &manager)?,
+        reload::Reloader::new(cfg.clone(), overrides),
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(Error::io("starting the async runtime", "tokio"))?;
-    runtime.block_on(run(std_listener, handler, cfg, overrides, started))?;
+    runtime.block_on(run(std_listener, handler, cfg, started))?;
     drop(bound);
     stop(&manager);
     Ok(())
@@ -172,13 +174,12 @@ async fn run(
     std_listener: std::os::unix::net::UnixListener,
     handler: Arc<Handler>,
     cfg: Config,
-    overrides: Overrides,
     started: Instant,
 ) -> Result<()> {
     let socket = tokio::net::UnixListener::from_std(std_listener)
         .map_err(Error::io("registering socket", &cfg.socket))?;
     let shutdown = CancellationToken::new();
-    let timer = background::spawn(&handler, cfg.clone(), overrides, &shutdown);
+    let timer = background::spawn(&handler, &shutdown);
     let status = handler.manager.status_line();
     tracing::info!(
         status = %status,

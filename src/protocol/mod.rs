@@ -46,10 +46,11 @@ pub enum OpName {
     Reshare,
     Revoke,
     AuditPrune,
+    Reload,
 }
 
 impl OpName {
-    pub const ALL: [OpName; 9] = [
+    pub const ALL: [OpName; 10] = [
         OpName::Ping,
         OpName::Sign,
         OpName::Verify,
@@ -59,6 +60,7 @@ impl OpName {
         OpName::Reshare,
         OpName::Revoke,
         OpName::AuditPrune,
+        OpName::Reload,
     ];
 
     /// What a client policy allows when it lists no `ops`.
@@ -81,6 +83,7 @@ impl OpName {
             OpName::Reshare => "reshare",
             OpName::Revoke => "revoke",
             OpName::AuditPrune => "audit_prune",
+            OpName::Reload => "reload",
         }
     }
 
@@ -92,7 +95,7 @@ impl OpName {
     pub fn is_admin(self) -> bool {
         matches!(
             self,
-            OpName::Rotate | OpName::Reshare | OpName::Revoke | OpName::AuditPrune
+            OpName::Rotate | OpName::Reshare | OpName::Revoke | OpName::AuditPrune | OpName::Reload
         )
     }
 }
@@ -116,6 +119,8 @@ pub enum Op {
     AuditPrune {
         before: i64,
     },
+    /// Admin: read the config again (as SIGHUP does).
+    Reload,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +163,7 @@ impl Op {
             Op::Reshare => OpName::Reshare,
             Op::Revoke(_) => OpName::Revoke,
             Op::AuditPrune { .. } => OpName::AuditPrune,
+            Op::Reload => OpName::Reload,
         }
     }
 
@@ -242,6 +248,7 @@ fn parse_op(name: OpName, f: &mut Fields) -> Result<Op, FieldError> {
         OpName::Jwks => Op::Jwks,
         OpName::Status => Op::Status,
         OpName::Reshare => Op::Reshare,
+        OpName::Reload => Op::Reload,
         OpName::Rotate => Op::Rotate {
             emergency: f.bool("emergency")?.unwrap_or(false),
         },

@@ -382,3 +382,33 @@ fn a_failing_command_prints_its_error_once() {
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn splitsign_socket_in_the_environment_picks_the_socket_and_the_flag_wins() {
+    let dir = Dir::new();
+    let sock = dir.path().join("elsewhere.sock");
+    let _d = Daemon::start_with(&dir, &["--socket", sock.to_str().unwrap()]).unwrap();
+    // From another directory, where the zero-config socket does not exist.
+    let other = Dir::new();
+    let out = other
+        .cmd()
+        .env("SPLITSIGN_SOCKET", &sock)
+        .args(["sign", "--claim", "sub=a"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    // --socket wins over the environment.
+    let out = other
+        .cmd()
+        .env("SPLITSIGN_SOCKET", &sock)
+        .args(["--socket", "/nonexistent/s.sock", "jwks"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/s.sock"));
+}

@@ -566,20 +566,25 @@ fn admin_ops_need_an_admin_uid() {
     let d = Daemon::start_with(&dir, &["--socket", sock]).unwrap();
     std::os::unix::fs::chown(sock, None, Some(65534)).unwrap();
     use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new(crate::util::BIN)
-        .args(["--socket", sock, "rotate"])
-        .current_dir("/")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
+    for op in ["rotate", "reload"] {
+        let out = std::process::Command::new(crate::util::BIN)
+            .args(["--socket", sock, op])
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{op}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+            "{op}"
+        );
+    }
     // Nothing rotated; non-admin ops work for that uid.
     let st = ok(d.conn().request(json!({"op":"status"})))["status"].clone();
     assert_eq!(st["keys"].as_array().unwrap().len(), 1);

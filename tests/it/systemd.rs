@@ -212,6 +212,56 @@ fn reload_applies_a_valid_config_and_refuses_a_bad_one() {
 }
 
 #[test]
+fn splitsign_reload_asks_the_daemon_over_its_socket() {
+    let dir = Dir::new();
+    let m = FakeSystemd::new(&dir);
+    let cfg = |ttl: &str| {
+        format!(
+            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\ndefault_ttl = \"{ttl}\"\n",
+            m.socket.display()
+        )
+    };
+    let path = dir.write_config(&cfg("5m"));
+    let config = path.to_str().unwrap();
+    let mut child = m.spawn(&dir, &["--config", config], &[]);
+    m.expect("READY=1", Duration::from_secs(20));
+    let lifetime = || {
+        let mut c = Conn::open(&m.socket).unwrap();
+        let t = ok(c.sign(json!({})));
+        let v = ok(c.request(json!({"op":"verify","token":t["token"]})));
+        v["claims"]["exp"].as_i64().unwrap() - v["claims"]["iat"].as_i64().unwrap()
+    };
+    assert_eq!(lifetime(), 300);
+    // A change that needs a restart: `reload` fails and says why; the
+    // running config stays.
+    dir.write_config(&cfg("2m").replace("var/splitsign.db", "var/other.db"));
+    let out = dir.run(&["--config", config, "reload"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`db`") && err.contains("restart"), "{err}");
+    assert_eq!(lifetime(), 300);
+    // A valid change applies, and systemd hears RELOADING=1 then READY=1.
+    dir.write_config(&cfg("2m"));
+    let out = dir.run(&["--config", config, "reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.expect("RELOADING=1", Duration::from_secs(5));
+    m.expect("READY=1", Duration::from_secs(5));
+    assert_eq!(lifetime(), 120);
+    assert!(child.try_wait().unwrap().is_none(), "no restart");
+    signal(&child, rustix::process::Signal::TERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
+#[test]
 fn a_stalled_accept_loop_stops_the_watchdog() {
     // With RLIMIT_NOFILE at 48, enough idle clients make accept() fail with
     // EMFILE: the daemon stops pinging until they go away.

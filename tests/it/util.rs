@@ -47,6 +47,7 @@ impl Dir {
         c.current_dir(self.path())
             .env_remove("STATE_DIRECTORY")
             .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("SPLITSIGN_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")

@@ -36,6 +36,11 @@ struct ReshareOk<'a> {
 }
 
 #[derive(Serialize)]
+struct ReloadOk {
+    reloaded: bool,
+}
+
+#[derive(Serialize)]
 struct PruneOk {
     pruned: usize,
     before: i64,
@@ -64,7 +69,12 @@ impl Handler {
             // The writer records the prune itself, once it is done.
             return self.prune_audit(req.id, before, peer, out).await;
         }
-        let result = self.on_key_manager(req.op).await;
+        let result = match req.op {
+            // A reload reads the config file (briefly blocking).
+            Op::Reload => tokio::task::block_in_place(|| self.reload("the reload op"))
+                .map(|()| Admin::Reloaded),
+            op => self.on_key_manager(op).await,
+        };
         let mut rec = self.record(peer, name, wall_now());
         match result {
             Ok(done) => write_done(&done, req.id.as_ref(), &mut rec, out),
@@ -74,7 +84,10 @@ impl Handler {
                 let message = crate::error::chain(&e);
                 tracing::error!(error = %message, op = name, "admin op failed");
                 let code = match e {
-                    Error::Usage(_) => Code::Refused,
+                    Error::Usage(_)
+                    | Error::Setting { .. }
+                    | Error::Config { .. }
+                    | Error::ReadConfig { .. } => Code::Refused,
                     // Nothing was stored: try again once it is back.
                     Error::PostgresUnreachable { .. } => Code::Unavailable,
                     _ => Code::Internal,
@@ -134,6 +147,7 @@ enum Admin {
     Rotated(Rotated, bool),
     Reshared(Vec<(String, u32)>),
     Revoked(Revocation),
+    Reloaded,
 }
 
 /// The reply to a key change that was done, and what its record names.
@@ -152,6 +166,7 @@ fn write_done(done: &Admin, id: Option<&Value>, rec: &mut Record, out: &mut Vec<
                 },
             )
         }
+        Admin::Reloaded => protocol::write_ok(out, id, ReloadOk { reloaded: true }),
         Admin::Reshared(keys) => protocol::write_ok(
             out,
             id,

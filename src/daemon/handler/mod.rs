@@ -46,6 +46,8 @@ pub struct Handler {
     /// When a refusal was last logged (Unix seconds), so that a flood of
     /// refusals writes a log line a second, not one per request.
     last_refusal_log: AtomicI64,
+    /// The running config, for a reload.
+    pub(super) reloader: super::reload::Reloader,
 }
 
 /// What the watchdog looks at besides a test signature: whether the accept
@@ -109,6 +111,7 @@ impl Handler {
         limits: Limits,
         started: Instant,
         audit: Option<crate::daemon::audit_writer::Writer>,
+        reloader: super::reload::Reloader,
     ) -> Handler {
         Handler {
             manager,
@@ -121,6 +124,7 @@ impl Handler {
             admission: Admission::new(),
             buckets: Mutex::new(HashMap::new()),
             last_refusal_log: AtomicI64::new(i64::MIN),
+            reloader,
         }
     }
 
