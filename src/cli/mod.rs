@@ -8,6 +8,7 @@
 mod audit;
 mod cluster;
 mod daemon_cmds;
+mod docs;
 mod offline;
 mod output;
 
@@ -109,6 +110,24 @@ pub enum Command {
     /// unchanged. Offline; crash-safe; run it again to finish an
     /// interrupted move.
     MigrateStore(MigrateStoreArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish,
+    /// powershell): `splitsign completions bash > /etc/bash_completion.d/splitsign`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (splitsign.1 and one per command) to DIR, or
+    /// print splitsign.1 to stdout.
+    Manpage(ManpageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +267,12 @@ impl Ctx {
 }
 
 pub fn run(cli: Cli) -> Result<(), Failure> {
+    // These need no config (a packager runs them at build time).
+    match &cli.command {
+        Command::Completions(a) => return docs::completions(a.shell),
+        Command::Manpage(a) => return docs::manpages(a.out_dir.as_deref()),
+        _ => {}
+    }
     let overrides = Overrides {
         config: cli.config,
         shares_dir: cli.shares_dir,
@@ -276,5 +301,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Reload => daemon_cmds::reload(&cx),
         Command::PgSchema(a) => cluster::pg_schema(&cx, a),
         Command::MigrateStore(a) => cluster::migrate_store(&cx, a),
+        Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
     }
 }

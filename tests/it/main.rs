@@ -15,6 +15,7 @@
 //! - `crash`: kill -9 at every store system call of a key change.
 //! - `systemd`: the units, socket activation, sd_notify, watchdog, reload.
 //! - `examples`: the client examples against the real daemon.
+//! - `operators`: completions, man pages, metrics, the Debian package.
 //! - `cluster`: the PostgreSQL store and clusters of nodes, against a real
 //!   server started per test (`pg`).
 mod access;
@@ -24,6 +25,7 @@ mod end_to_end;
 mod examples;
 mod fairness;
 mod lifecycle;
+mod operators;
 mod pg;
 mod protocol_input;
 mod store_damage;
