@@ -150,6 +150,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde::option")]
     jwks_max_age: Option<Duration>,
     jwks_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
     postgres: Option<String>,
     postgres_password_file: Option<PathBuf>,
     postgres_ca_file: Option<PathBuf>,
@@ -237,6 +238,9 @@ pub struct Config {
     pub jwks_max_age: Duration,
     /// Where to write the JWKS for a web server to serve, if anywhere.
     pub jwks_file: Option<PathBuf>,
+    /// Where to write the metrics (Prometheus text) every 15 s, for
+    /// node_exporter's textfile collector, if anywhere.
+    pub metrics_file: Option<PathBuf>,
     /// With it, key rows, database shares and revocations live in
     /// PostgreSQL, shared by the nodes of a cluster; the local SQLite `db`
     /// keeps the audit log.
@@ -389,6 +393,7 @@ impl Config {
             prepublish: file.prepublish.unwrap_or(Duration::from_secs(3600)),
             jwks_max_age: file.jwks_max_age.unwrap_or(Duration::from_secs(900)),
             jwks_file: file.jwks_file.clone(),
+            metrics_file: file.metrics_file.clone(),
             postgres: file.postgres.clone().map(|conninfo| PostgresSettings {
                 conninfo,
                 password_file: file.postgres_password_file.clone(),
@@ -413,6 +418,7 @@ impl Config {
             db: abs(self.db),
             socket: abs(self.socket),
             jwks_file: self.jwks_file.map(abs),
+            metrics_file: self.metrics_file.map(abs),
             postgres: self.postgres.map(|p| PostgresSettings {
                 password_file: p.password_file.map(abs),
                 ca_file: p.ca_file.map(abs),
@@ -728,6 +734,7 @@ impl Config {
             prepublish: _,
             jwks_max_age: _,
             jwks_file: _,
+            metrics_file: _,
             // Fixed while running: the stores, the socket, the connection
             // table, the audit writer, and the cluster.
             shares_dir,

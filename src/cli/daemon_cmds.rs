@@ -202,3 +202,10 @@ pub fn reload(cx: &Ctx) -> Result<(), Failure> {
     );
     Ok(())
 }
+
+/// `metrics`: the daemon's metrics text, as it is.
+pub fn metrics(cx: &Ctx) -> Result<(), Failure> {
+    let r = cx.daemon()?.call("metrics", Map::new())?;
+    print!("{}", r.get("metrics").and_then(Value::as_str).unwrap_or(""));
+    Ok(())
+}

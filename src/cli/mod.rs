@@ -98,6 +98,9 @@ pub enum Command {
     /// List the audit log, check its hash chain (--verify: exit 0 if
     /// intact, 65 naming the first broken record), or prune it.
     Audit(AuditArgs),
+    /// Print the daemon's metrics (Prometheus text format), as
+    /// `metrics_file` holds them.
+    Metrics,
     /// Ask the running daemon to read its config again (what `systemctl
     /// reload` runs). Prints why a reload was refused; the daemon then
     /// keeps its running config.
@@ -299,6 +302,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Backup(a) => offline::backup(&cx, a),
         Command::Audit(a) => audit::run(&cx, a),
         Command::Reload => daemon_cmds::reload(&cx),
+        Command::Metrics => daemon_cmds::metrics(&cx),
         Command::PgSchema(a) => cluster::pg_schema(&cx, a),
         Command::MigrateStore(a) => cluster::migrate_store(&cx, a),
         Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),

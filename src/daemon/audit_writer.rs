@@ -152,6 +152,7 @@ impl Writer {
         durability: AuditSync,
         expected: FileId,
         retention: Duration,
+        metrics: Arc<crate::daemon::metrics::Metrics>,
     ) -> Result<Writer> {
         let conn = open(&path, durability)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -171,6 +172,7 @@ impl Writer {
             // The first retention pass a little after start, not during it.
             next_prune: Instant::now() + Duration::from_secs(10),
             pruning: None,
+            metrics,
         };
         std::thread::Builder::new()
             .name("audit".into())
@@ -241,6 +243,7 @@ struct WriterThread {
     health: Arc<Health>,
     retention_s: Arc<AtomicI64>,
     next_prune: Instant,
+    metrics: Arc<crate::daemon::metrics::Metrics>,
     pruning: Option<Pruning>,
 }
 
@@ -319,6 +322,7 @@ impl WriterThread {
     /// Append `records`; true if they are durable in the database at the
     /// configured path.
     fn write(&mut self, records: &[Record]) -> bool {
+        let started = Instant::now();
         let ok = match append(&mut self.conn, records) {
             Ok(()) => match self.expected.still_at(&self.path) {
                 Ok(()) => true,
@@ -335,6 +339,9 @@ impl WriterThread {
             }
         };
         self.health.set(ok, wall_now());
+        if ok {
+            self.metrics.audit_committed(started.elapsed());
+        }
         ok
     }
 

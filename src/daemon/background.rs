@@ -21,6 +21,7 @@ const MAX_TIMER: Duration = Duration::from_secs(30);
 pub(super) fn spawn(handler: &Arc<Handler>, shutdown: &CancellationToken) -> JoinHandle<()> {
     tokio::spawn(signals(Arc::clone(handler), shutdown.clone()));
     tokio::spawn(health_monitor(Arc::clone(handler), shutdown.clone()));
+    tokio::spawn(metrics_file(Arc::clone(handler), shutdown.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(watchdog(Arc::clone(handler), interval, shutdown.clone()));
     }
@@ -89,6 +90,38 @@ async fn health_monitor(handler: Arc<Handler>, shutdown: CancellationToken) {
             handler.manager.wake.notify_one();
         }
         last_offset = now_offset;
+    }
+}
+
+/// Every 15 s (at start, and after a reload): write the metrics to `metrics_file`, if it
+/// is set (a reload may set, move or unset it), atomically and mode 0644,
+/// so that a reader (node_exporter) never sees a partial file.
+async fn metrics_file(handler: Arc<Handler>, shutdown: CancellationToken) {
+    let mut failing = false;
+    loop {
+        if let Some(path) = handler.manager.config().metrics_file.clone() {
+            let h = Arc::clone(&handler);
+            let written = tokio::task::spawn_blocking(move || {
+                let text = h.metrics_text();
+                super::key_manager::write_public_file_exact(&path, text.as_bytes())
+                    .map_err(|e| (path, e))
+            })
+            .await;
+            match written {
+                Ok(Err((path, e))) if !failing => {
+                    tracing::warn!(path = %path.display(), error = %crate::error::chain(&e), "cannot write the metrics file");
+                    failing = true;
+                }
+                Ok(Ok(())) => failing = false,
+                _ => {}
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(super::metrics::FILE_INTERVAL) => {}
+            // A reload writes it at once (its path may have changed).
+            _ = handler.reloaded.notified() => {}
+        }
     }
 }
 

@@ -162,12 +162,15 @@ impl<'a> Connection<'a> {
                     answer(handler, line, peer, batch).await;
                     answered = true;
                     if batch.out.len() >= REPLY_BATCH
-                        && !flush(handler, stream, batch, limits).await
+                        && !flush(handler, stream, peer, batch, limits).await
                     {
                         return false;
                     }
                 }
                 Frame::TooLong => {
+                    handler
+                        .metrics
+                        .refused("request", Code::FrameTooLong.as_str());
                     batch.push_error(Failure::new(
                         None,
                         Code::FrameTooLong,
@@ -197,7 +200,15 @@ impl<'a> Connection<'a> {
         } else {
             self.partial_since.or(Some(Instant::now()))
         };
-        flush(self.handler, &mut self.stream, &mut self.batch, limits).await && !close
+        flush(
+            self.handler,
+            &mut self.stream,
+            &self.peer,
+            &mut self.batch,
+            limits,
+        )
+        .await
+            && !close
     }
 
     /// Give the buffers back between requests: an idle connection holds
@@ -243,16 +254,36 @@ async fn answer(handler: &Handler, line: &[u8], peer: &Peer, batch: &mut Batch) 
 async fn flush(
     handler: &Handler,
     stream: &mut UnixStream,
+    peer: &Peer,
     batch: &mut Batch,
     limits: &Limits,
 ) -> bool {
     if batch.out.is_empty() {
         return true;
     }
-    if !batch.records.is_empty()
-        && let Some(audit) = &handler.audit
-        && !audit.commit(std::mem::take(&mut batch.records)).await
-    {
+    // The tokens of this batch are issued once their records are committed.
+    let signed: Vec<String> = batch
+        .records
+        .iter()
+        .filter(|r| r.op == "sign" && r.result == "ok")
+        .filter_map(|r| r.kid.clone())
+        .collect();
+    let committed = match &handler.audit {
+        Some(audit) if !batch.records.is_empty() => {
+            audit.commit(std::mem::take(&mut batch.records)).await
+        }
+        _ => true,
+    };
+    if committed {
+        for kid in &signed {
+            handler.metrics.token_issued(&peer.policy.name, kid);
+        }
+    } else {
+        for _ in &signed {
+            handler
+                .metrics
+                .refused("sign", Code::AuditUnavailable.as_str());
+        }
         batch.withhold_tokens();
     }
     batch.records.clear();

@@ -625,8 +625,17 @@ fn check_unlocked(unlocked: &[(String, std::io::Error)], cfg: &Config) -> Result
 }
 
 /// Write a public file atomically: temp name in the same directory, mode
-/// 0644, fsync, rename over the old one, fsync the directory.
+/// 0644, fsync, rename over the old one, fsync the directory. A newline is
+/// added (the JWKS).
 pub fn write_public_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut line = Vec::with_capacity(bytes.len() + 1);
+    line.extend_from_slice(bytes);
+    line.push(b'\n');
+    write_public_file_exact(path, &line)
+}
+
+/// [`write_public_file`], with the bytes as they are.
+pub fn write_public_file_exact(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = match path.parent() {
@@ -647,7 +656,6 @@ pub fn write_public_file(path: &Path, bytes: &[u8]) -> Result<()> {
         // The daemon's umask is 0077; the JWKS is public by design.
         f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.write_all(bytes)?;
-        f.write_all(b"\n")?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()

@@ -24,6 +24,7 @@ pub mod key_manager;
 pub mod limits;
 pub mod listener;
 pub mod memory;
+pub mod metrics;
 pub mod reload;
 pub mod revocations;
 pub mod systemd;
@@ -55,14 +56,16 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let activated = systemd::take_listener()?;
     let manager = Arc::new(start_keys(&cfg)?);
     let (std_listener, bound) = listen(activated, &cfg)?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let handler = Arc::new(Handler::new(
         Arc::clone(&manager),
         Policy::new(&cfg),
         Access::new(&cfg)?,
         Limits::of(&cfg),
         started,
-        start_audit(&cfg, &manager)?,
+        start_audit(&cfg, &manager, &metrics)?,
         reload::Reloader::new(cfg.clone(), overrides),
+        metrics,
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -155,7 +158,11 @@ fn listen(
     })
 }
 
-fn start_audit(cfg: &Config, manager: &KeyManager) -> Result<Option<Writer>> {
+fn start_audit(
+    cfg: &Config,
+    manager: &KeyManager,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<Option<Writer>> {
     if !cfg.audit {
         tracing::warn!("the audit log is off (audit = false)");
         return Ok(None);
@@ -165,6 +172,7 @@ fn start_audit(cfg: &Config, manager: &KeyManager) -> Result<Option<Writer>> {
         cfg.audit_sync,
         manager.db_identity(),
         cfg.audit_retention,
+        Arc::clone(metrics),
     )
     .map(Some)
 }

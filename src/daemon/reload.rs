@@ -39,6 +39,7 @@ impl Handler {
             Ok(()) => {
                 tracing::info!(by, "reloaded the config");
                 self.manager.wake.notify_one();
+                self.reloaded.notify_one();
             }
             Err(e) => {
                 tracing::error!(by, error = %crate::error::chain(e), "reload refused; keeping the running config")

@@ -47,10 +47,11 @@ pub enum OpName {
     Revoke,
     AuditPrune,
     Reload,
+    Metrics,
 }
 
 impl OpName {
-    pub const ALL: [OpName; 10] = [
+    pub const ALL: [OpName; 11] = [
         OpName::Ping,
         OpName::Sign,
         OpName::Verify,
@@ -61,6 +62,7 @@ impl OpName {
         OpName::Revoke,
         OpName::AuditPrune,
         OpName::Reload,
+        OpName::Metrics,
     ];
 
     /// What a client policy allows when it lists no `ops`.
@@ -84,6 +86,7 @@ impl OpName {
             OpName::Revoke => "revoke",
             OpName::AuditPrune => "audit_prune",
             OpName::Reload => "reload",
+            OpName::Metrics => "metrics",
         }
     }
 
@@ -121,6 +124,9 @@ pub enum Op {
     },
     /// Admin: read the config again (as SIGHUP does).
     Reload,
+    /// The metrics in Prometheus text format (not in the default ops: a
+    /// policy lists it, admins have it).
+    Metrics,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +170,7 @@ impl Op {
             Op::Revoke(_) => OpName::Revoke,
             Op::AuditPrune { .. } => OpName::AuditPrune,
             Op::Reload => OpName::Reload,
+            Op::Metrics => OpName::Metrics,
         }
     }
 
@@ -249,6 +256,7 @@ fn parse_op(name: OpName, f: &mut Fields) -> Result<Op, FieldError> {
         OpName::Status => Op::Status,
         OpName::Reshare => Op::Reshare,
         OpName::Reload => Op::Reload,
+        OpName::Metrics => Op::Metrics,
         OpName::Rotate => Op::Rotate {
             emergency: f.bool("emergency")?.unwrap_or(false),
         },

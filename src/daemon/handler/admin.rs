@@ -93,6 +93,7 @@ impl Handler {
                     _ => Code::Internal,
                 };
                 rec.result = code.as_str();
+                self.metrics.refused(name, code.as_str());
                 protocol::write_error(out, &Failure::new(req.id, code, message));
             }
         }

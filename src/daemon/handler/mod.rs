@@ -48,6 +48,9 @@ pub struct Handler {
     last_refusal_log: AtomicI64,
     /// The running config, for a reload.
     pub(super) reloader: super::reload::Reloader,
+    pub metrics: Arc<super::metrics::Metrics>,
+    /// Notified after each applied reload.
+    pub reloaded: tokio::sync::Notify,
 }
 
 /// What the watchdog looks at besides a test signature: whether the accept
@@ -112,6 +115,7 @@ impl Handler {
         started: Instant,
         audit: Option<crate::daemon::audit_writer::Writer>,
         reloader: super::reload::Reloader,
+        metrics: Arc<super::metrics::Metrics>,
     ) -> Handler {
         Handler {
             manager,
@@ -125,6 +129,8 @@ impl Handler {
             buckets: Mutex::new(HashMap::new()),
             last_refusal_log: AtomicI64::new(i64::MIN),
             reloader,
+            metrics,
+            reloaded: tokio::sync::Notify::new(),
         }
     }
 
@@ -137,6 +143,7 @@ impl Handler {
         op: &'static str,
         result: &'static str,
     ) {
+        self.metrics.refused(op, result);
         if let Some(a) = &self.audit {
             a.tally(Record {
                 at: wall_now(),
@@ -266,9 +273,11 @@ impl Handler {
         audit: &mut Vec<Record>,
         retry: bool,
     ) -> Handled {
+        let started = Instant::now();
         let req = match protocol::parse_request(line) {
             Ok(r) => r,
             Err(f) => {
+                self.metrics.refused("request", f.code.as_str());
                 protocol::write_error(out, &f);
                 return Handled::Reply;
             }
@@ -281,15 +290,35 @@ impl Handler {
             keys: self.manager.clock.now(),
         };
         let id = req.id;
-        match req.op {
-            Op::Ping => protocol::write_ok(out, id.as_ref(), protocol::PingOk { pong: true }),
-            Op::Sign(r) => return self.answer_sign(id, r, peer, at, out, audit, retry),
-            Op::Verify(r) => self.answer_verify(id, r, peer, at, out),
-            Op::Jwks => self.answer_jwks(id, out),
-            Op::Status => self.answer_status(id, at, out),
+        let name = req.op.name().as_str();
+        let handled = match req.op {
+            Op::Ping => {
+                protocol::write_ok(out, id.as_ref(), protocol::PingOk { pong: true });
+                Handled::Reply
+            }
+            Op::Sign(r) => self.answer_sign(id, r, peer, at, out, audit, retry),
+            Op::Verify(r) => {
+                self.answer_verify(id, r, peer, at, out);
+                Handled::Reply
+            }
+            Op::Jwks => {
+                self.answer_jwks(id, out);
+                Handled::Reply
+            }
+            Op::Status => {
+                self.answer_status(id, at, out);
+                Handled::Reply
+            }
+            Op::Metrics => {
+                self.answer_metrics(id, at, out);
+                Handled::Reply
+            }
             op => return Handled::Admin(Request { id, op }),
+        };
+        if !matches!(handled, Handled::AwaitKey) {
+            self.metrics.request_took(name, started.elapsed());
         }
-        Handled::Reply
+        handled
     }
 
     /// Whether the peer's policy allows the op; if not, the refusal is

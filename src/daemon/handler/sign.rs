@@ -68,6 +68,7 @@ impl Handler {
             Err((code, msg)) => {
                 // No token: counted, not recorded one by one.
                 rec.result = code.as_str();
+                self.metrics.refused("sign", code.as_str());
                 if let Some(a) = &self.audit {
                     a.tally(rec);
                 }

@@ -75,7 +75,40 @@ struct StatusOk<'a> {
     status: StatusBody<'a>,
 }
 
+#[derive(Serialize)]
+struct MetricsOk {
+    metrics: String,
+}
+
 impl Handler {
+    /// The metrics text, with the gauges as they are now.
+    pub fn metrics_text(&self) -> String {
+        let keys = self.manager.keyring.snapshot();
+        let now = self.manager.clock.now();
+        let (revoked_jti, revoked_sub) = self.manager.revocations().len();
+        let own = keys.own_rows();
+        let next = crate::keys::schedule::next_event(&own, now, &self.manager.config());
+        self.metrics.render(crate::daemon::metrics::Now {
+            connections: self.admission.counts().1,
+            published_keys: keys.published.len(),
+            revoked_jti,
+            revoked_sub,
+            active_key_age: keys.signer_at(now).map(|s| now - s.activate_at),
+            next_transition_in: next.map(|t| t - now),
+            nodes: self.manager.cluster().map_or(1, |c| c.nodes()),
+        })
+    }
+
+    pub(super) fn answer_metrics(&self, id: Option<Value>, _at: Times, out: &mut Vec<u8>) {
+        protocol::write_ok(
+            out,
+            id.as_ref(),
+            MetricsOk {
+                metrics: self.metrics_text(),
+            },
+        );
+    }
+
     pub(super) fn answer_jwks(&self, id: Option<Value>, out: &mut Vec<u8>) {
         let keys = self.manager.keyring.snapshot();
         protocol::write_ok(out, id.as_ref(), protocol::JwksOk { jwks: &keys.jwks });

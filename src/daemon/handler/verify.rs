@@ -18,15 +18,19 @@ impl Handler {
         out: &mut Vec<u8>,
     ) {
         match self.verify(&r, at) {
-            Ok(v) => protocol::write_ok(
-                out,
-                id.as_ref(),
-                protocol::VerifyOk {
-                    claims: &v.claims,
-                    kid: &v.kid,
-                },
-            ),
+            Ok(v) => {
+                self.metrics.verified("ok");
+                protocol::write_ok(
+                    out,
+                    id.as_ref(),
+                    protocol::VerifyOk {
+                        claims: &v.claims,
+                        kid: &v.kid,
+                    },
+                )
+            }
             Err((code, msg)) => {
+                self.metrics.verified(code.as_str());
                 self.tally_refusal(peer.uid, peer.pid, "verify", code.as_str());
                 protocol::write_error(out, &Failure::new(id, code, msg));
             }

@@ -1,0 +1,275 @@
+//! `metrics`: what the daemon counts, in the Prometheus text format
+//! (0.0.4, which promtool and node_exporter's textfile collector read),
+//! from no network listener: the `metrics` op (`splitsign metrics`) and
+//! `metrics_file`, rewritten atomically every 15 s.
+//!
+//! Counters move on the request paths; gauges (connections, keys,
+//! revocations, the active key's age) are read when the text is made.
+//! Label values are names the daemon knows (policies, kids, ops, codes,
+//! uids), never a claim or a token. Connections are labelled by peer uid
+//! for the 20 uids that hold the most; the rest are summed as `other`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+/// How many peer uids get a connections series of their own.
+const MAX_UID_SERIES: usize = 20;
+
+/// How often `metrics_file` is rewritten.
+pub const FILE_INTERVAL: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    policy: String,
+    kid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    op: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UidLabels {
+    uid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    tokens: Family<TokenLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
+    verify: Family<OutcomeLabels, Counter>,
+    request_seconds: HistogramFamily,
+    audit_batches: Counter,
+    audit_commit_seconds: Histogram,
+    connections: Family<UidLabels, Gauge>,
+    published_keys: Gauge,
+    revocations: Family<KindLabels, Gauge>,
+    active_key_age: Gauge,
+    next_transition: Gauge,
+    nodes: Gauge,
+    /// Encoding reads the registry; one at a time.
+    render: Mutex<()>,
+}
+
+/// What the gauges show, read when the text is made.
+pub struct Now {
+    /// Open connections per peer uid.
+    pub connections: Vec<(u32, usize)>,
+    pub published_keys: usize,
+    pub revoked_jti: usize,
+    pub revoked_sub: usize,
+    /// Seconds since the active key's `activate_at` (none: no active key).
+    pub active_key_age: Option<i64>,
+    /// Seconds until this node's next key transition.
+    pub next_transition_in: Option<i64>,
+    /// Nodes of the cluster (1 without one).
+    pub nodes: usize,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~1.3 s.
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 9))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("splitsign");
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens_issued",
+            "Tokens issued, by client policy and signing key",
+            tokens.clone(),
+        );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests and connections refused, by op and error code",
+            refusals.clone(),
+        );
+        let verify = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "verifications",
+            "verify results, by outcome (ok or the error code)",
+            verify.clone(),
+        );
+        let request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time to handle a request, by op (the wait for the audit commit excluded)",
+            Unit::Seconds,
+            request_seconds.clone(),
+        );
+        let audit_batches = Counter::default();
+        registry.register(
+            "audit_batches",
+            "Audit log batches committed",
+            audit_batches.clone(),
+        );
+        let audit_commit_seconds = latency_histogram();
+        registry.register_with_unit(
+            "audit_commit_duration",
+            "Time to commit an audit batch (with its fsync)",
+            Unit::Seconds,
+            audit_commit_seconds.clone(),
+        );
+        let connections = Family::<UidLabels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Open client connections, by peer uid (the 20 uids with the most; the rest as other)",
+            connections.clone(),
+        );
+        let published_keys = Gauge::default();
+        registry.register(
+            "published_keys",
+            "Keys in the JWKS (every node's, in a cluster)",
+            published_keys.clone(),
+        );
+        let revocations = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "revocations",
+            "Revocations in force, by kind (jti or sub)",
+            revocations.clone(),
+        );
+        let active_key_age = Gauge::default();
+        registry.register_with_unit(
+            "active_key_age",
+            "Age of the active key (since its activation); -1 without one",
+            Unit::Seconds,
+            active_key_age.clone(),
+        );
+        let next_transition = Gauge::default();
+        registry.register_with_unit(
+            "next_transition",
+            "Time until this node's next key transition; -1 when none is scheduled",
+            Unit::Seconds,
+            next_transition.clone(),
+        );
+        let nodes = Gauge::default();
+        registry.register(
+            "nodes",
+            "Nodes with published keys (1 without a cluster)",
+            nodes.clone(),
+        );
+        registry.register(
+            "build",
+            "The running build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics {
+            registry,
+            tokens,
+            refusals,
+            verify,
+            request_seconds,
+            audit_batches,
+            audit_commit_seconds,
+            connections,
+            published_keys,
+            revocations,
+            active_key_age,
+            next_transition,
+            nodes,
+            render: Mutex::new(()),
+        }
+    }
+
+    pub fn token_issued(&self, policy: &str, kid: &str) {
+        self.tokens
+            .get_or_create(&TokenLabels {
+                policy: policy.to_owned(),
+                kid: kid.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, op: &'static str, code: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels { op, code })
+            .inc();
+    }
+
+    pub fn verified(&self, outcome: &'static str) {
+        self.verify.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn request_took(&self, op: &'static str, d: Duration) {
+        self.request_seconds
+            .get_or_create(&OpLabels { op })
+            .observe(d.as_secs_f64());
+    }
+
+    pub fn audit_committed(&self, d: Duration) {
+        self.audit_batches.inc();
+        self.audit_commit_seconds.observe(d.as_secs_f64());
+    }
+
+    /// The exposition text, with the gauges set from `now`.
+    pub fn render(&self, now: Now) -> String {
+        let _one = self.render.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_uid = now.connections;
+        by_uid.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.connections.clear();
+        let other: usize = by_uid.iter().skip(MAX_UID_SERIES).map(|(_, n)| n).sum();
+        for (uid, n) in by_uid.iter().take(MAX_UID_SERIES) {
+            self.connections
+                .get_or_create(&UidLabels {
+                    uid: uid.to_string(),
+                })
+                .set(*n as i64);
+        }
+        if other > 0 {
+            self.connections
+                .get_or_create(&UidLabels {
+                    uid: "other".into(),
+                })
+                .set(other as i64);
+        }
+        self.published_keys.set(now.published_keys as i64);
+        for (kind, n) in [("jti", now.revoked_jti), ("sub", now.revoked_sub)] {
+            self.revocations
+                .get_or_create(&KindLabels { kind })
+                .set(n as i64);
+        }
+        self.active_key_age.set(now.active_key_age.unwrap_or(-1));
+        self.next_transition
+            .set(now.next_transition_in.unwrap_or(-1));
+        self.nodes.set(now.nodes as i64);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+}
