@@ -104,12 +104,12 @@ async fn metrics_file(handler: Arc<Handler>, shutdown: CancellationToken) {
             let written = tokio::task::spawn_blocking(move || {
                 let text = h.metrics_text();
                 super::key_manager::write_public_file_exact(&path, text.as_bytes())
-                    .map_err(|e| (path, e))
+                    .map_err(|e| (path, crate::error::chain(&e)))
             })
             .await;
             match written {
                 Ok(Err((path, e))) if !failing => {
-                    tracing::warn!(path = %path.display(), error = %crate::error::chain(&e), "cannot write the metrics file");
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics file");
                     failing = true;
                 }
                 Ok(Ok(())) => failing = false,

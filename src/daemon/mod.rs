@@ -36,13 +36,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Origin as ConfigOrigin, Overrides};
 use crate::error::{Error, Result};
-use crate::keys::jws::Policy;
 use crate::store::Stores;
 use access::Access;
 use audit_writer::Writer;
 use handler::Handler;
 use key_manager::KeyManager;
-use limits::Limits;
 use listener::BoundSocket;
 
 pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
@@ -59,14 +57,11 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let handler = Arc::new(Handler::new(
         Arc::clone(&manager),
-        Policy::new(&cfg),
-        Access::new(&cfg)?,
-        Limits::of(&cfg),
+        reload::Reloader::new(cfg.clone(), overrides),
         started,
         start_audit(&cfg, &manager, &metrics)?,
-        reload::Reloader::new(cfg.clone(), overrides),
         metrics,
-    ));
+    )?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -27,6 +27,14 @@ impl Reloader {
             overrides,
         }
     }
+
+    /// The config in force.
+    pub fn running(&self) -> Config {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Handler {

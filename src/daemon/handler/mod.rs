@@ -107,21 +107,20 @@ struct Times {
 }
 
 impl Handler {
+    /// The handler of a daemon running with `reloader`'s config.
     pub fn new(
         manager: Arc<KeyManager>,
-        policy: Policy,
-        access: Access,
-        limits: Limits,
+        reloader: super::reload::Reloader,
         started: Instant,
         audit: Option<crate::daemon::audit_writer::Writer>,
-        reloader: super::reload::Reloader,
         metrics: Arc<super::metrics::Metrics>,
-    ) -> Handler {
-        Handler {
+    ) -> crate::error::Result<Handler> {
+        let cfg = reloader.running();
+        Ok(Handler {
             manager,
-            policy: Shared::new(policy),
-            access: Shared::new(access),
-            limits: Shared::new(limits),
+            policy: Shared::new(Policy::new(&cfg)),
+            access: Shared::new(Access::new(&cfg)?),
+            limits: Shared::new(Limits::of(&cfg)),
             started,
             health: Health::default(),
             audit,
@@ -131,7 +130,7 @@ impl Handler {
             reloader,
             metrics,
             reloaded: tokio::sync::Notify::new(),
-        }
+        })
     }
 
     /// Count a refusal that carries no token in the audit log (aggregated
