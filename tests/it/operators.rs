@@ -289,3 +289,165 @@ fn metrics_parse_with_promtool_count_what_happens_and_the_file_is_replaced_whole
     );
     d.stop();
 }
+
+/// Build the Debian package once for the tests that need it
+/// (`packaging/build-deb`: a release build, the man pages and completions,
+/// `cargo deb`). Returns its path.
+pub fn debian_package() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let have = Command::new("cargo")
+                .args(["deb", "--version"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                have,
+                "this test needs cargo-deb (cargo install cargo-deb --locked; .ci/run installs it)"
+            );
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let out = Command::new(root.join("packaging/build-deb"))
+                .current_dir(root)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "packaging/build-deb: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let path = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap()
+                .to_owned();
+            root.join(path)
+        })
+        .clone()
+}
+
+fn dpkg_deb(args: &[&str], deb: &std::path::Path) -> String {
+    let out = Command::new("dpkg-deb")
+        .args(args)
+        .arg(deb)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dpkg-deb {args:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_debian_package_holds_what_it_should_and_keeps_the_keys_on_purge() {
+    let deb = debian_package();
+    let files = dpkg_deb(&["-c"], &deb);
+    for want in [
+        "./usr/bin/splitsign",
+        "./usr/lib/systemd/system/splitsign.service",
+        "./usr/lib/systemd/system/splitsign.socket",
+        "./usr/lib/sysusers.d/splitsign.conf",
+        "./usr/lib/tmpfiles.d/splitsign.conf",
+        "./etc/splitsign/config.toml",
+        "./usr/share/man/man1/splitsign.1.gz",
+        "./usr/share/man/man1/splitsign-sign.1.gz",
+        "./usr/share/man/man1/splitsign-metrics.1.gz",
+        "./usr/share/bash-completion/completions/splitsign",
+        "./usr/share/zsh/vendor-completions/_splitsign",
+        "./usr/share/fish/vendor_completions.d/splitsign.fish",
+        "./usr/share/doc/splitsign/copyright",
+    ] {
+        assert!(
+            files.lines().any(|l| l.ends_with(want)),
+            "{want} is not in the package:\n{files}"
+        );
+    }
+    // Nothing under /var/lib: the stores are never the package's files.
+    assert!(!files.contains("./var/lib/splitsign"), "{files}");
+    let info = dpkg_deb(&["-I"], &deb);
+    assert!(
+        info.contains("Depends:") && info.contains("systemd"),
+        "{info}"
+    );
+    let conffiles = dpkg_deb(&["-I"], &deb).contains("conffiles");
+    assert!(conffiles, "{info}");
+    let tmp = Dir::new();
+    let control = tmp.path().join("control");
+    let out = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(control.join("conffiles"))
+            .unwrap()
+            .trim(),
+        "/etc/splitsign/config.toml"
+    );
+    // The unit runs the packaged binary; the scripts never remove the
+    // stores or the user, and postinst does not start the daemon.
+    let unit = tmp.path().join("unit");
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let service =
+        std::fs::read_to_string(unit.join("usr/lib/systemd/system/splitsign.service")).unwrap();
+    assert!(
+        service.contains("ExecStart=/usr/bin/splitsign "),
+        "{service}"
+    );
+    assert!(
+        service.contains("ExecReload=+/usr/bin/splitsign "),
+        "{service}"
+    );
+    for script in ["postinst", "prerm", "postrm"] {
+        let text = std::fs::read_to_string(control.join(script)).unwrap();
+        assert!(
+            !text.contains("rm -"),
+            "{script} removes something:\n{text}"
+        );
+        assert!(
+            !text.contains("userdel") && !text.contains("deluser"),
+            "{script}"
+        );
+        let starts = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .any(|l| {
+                (l.contains("deb-systemd-invoke") || l.contains("systemctl"))
+                    && l.split_whitespace().any(|w| w == "start" || w == "restart")
+            });
+        assert!(!starts, "{script} starts the daemon:\n{text}");
+    }
+    // Unpacked into a throwaway root, the binary runs there.
+    let root = tmp.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let out = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-depends", "--force-not-root", "--unpack"])
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dpkg --unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(root.join("usr/bin/splitsign"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("splitsign {}", env!("CARGO_PKG_VERSION"))
+    );
+}
