@@ -16,10 +16,13 @@
 //! - `systemd`: the units, socket activation, sd_notify, watchdog, reload.
 //! - `examples`: the client examples against the real daemon.
 //! - `operators`: completions, man pages, metrics, the Debian package.
+//! - `container`: the package installed and run under a real systemd
+//!   (systemd-nspawn, a cached Debian 12 root).
 //! - `cluster`: the PostgreSQL store and clusters of nodes, against a real
 //!   server started per test (`pg`).
 mod access;
 mod cluster;
+mod container;
 mod crash;
 mod end_to_end;
 mod examples;
