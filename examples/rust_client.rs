@@ -2,9 +2,15 @@
 //! JWKS, and verify the token locally with `jsonwebtoken`, as a verifier on
 //! another host would.
 //!
+//! From the repository root, with the zero-config daemon of
+//! `cargo run --release -- serve` running there:
+//!
 //! ```sh
 //! SPLITSIGN_SOCKET=var/splitsign.sock cargo run --example rust_client -- alice
 //! ```
+//!
+//! SPLITSIGN_ALG is the `alg` label to pin (default EdDSA; jsonwebtoken 12
+//! knows no other).
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -21,7 +27,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let signed = daemon.sign(&claims, Some(300))?;
     let jwks = daemon.jwks()?;
 
-    // Verify locally: the key named by the token's kid, EdDSA only.
+    // Verify locally: the key named by the token's kid, the pinned alg only.
+    let alg = std::env::var("SPLITSIGN_ALG").unwrap_or_else(|_| "EdDSA".into());
+    if alg != "EdDSA" {
+        return Err(format!(
+            "jsonwebtoken does not accept the {alg} label: keep alg = \"EdDSA\" in the daemon"
+        )
+        .into());
+    }
     let kid = jsonwebtoken::decode_header(&signed.token)?
         .kid
         .ok_or("token has no kid")?;

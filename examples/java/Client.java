@@ -3,7 +3,13 @@
 // locally with the JDK's own Ed25519 Signature, as a verifier on another
 // host would.
 //
-//   SPLITSIGN_SOCKET=var/splitsign.sock java Client.java alice
+// From the repository root, with the zero-config daemon of
+// `cargo run --release -- serve` running there:
+//
+//   SPLITSIGN_SOCKET=var/splitsign.sock java examples/java/Client.java alice
+//
+// SPLITSIGN_ALG is the `alg` label to pin (default EdDSA; the JDK also
+// verifies tokens labelled Ed25519).
 //
 // The JSON handling is deliberately minimal (no dependency): it reads the
 // few string fields this example needs.
@@ -90,7 +96,8 @@ public class Client {
         Base64.Decoder b64 = Base64.getUrlDecoder();
         String[] parts = token.split("\\.");
         String header = new String(b64.decode(parts[0]), StandardCharsets.UTF_8);
-        if (!field(header, "alg").equals("EdDSA")) throw new SecurityException("unexpected alg");
+        String alg = System.getenv().getOrDefault("SPLITSIGN_ALG", "EdDSA");
+        if (!field(header, "alg").equals(alg)) throw new SecurityException("unexpected alg");
         String kid = field(header, "kid");
         String x = null;
         Matcher keys = Pattern.compile("\\{[^{}]*\\}").matcher(jwks.substring(jwks.indexOf("\"keys\"")));

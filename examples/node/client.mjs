@@ -2,7 +2,14 @@
 // module), fetch the JWKS, and verify the token locally with `jose`, as a
 // verifier on another host would.
 //
-//   SPLITSIGN_SOCKET=var/splitsign.sock node client.mjs alice
+// From the repository root, with the zero-config daemon of
+// `cargo run --release -- serve` running there:
+//
+//   (cd examples/node && npm ci)
+//   SPLITSIGN_SOCKET=var/splitsign.sock node examples/node/client.mjs alice
+//
+// SPLITSIGN_ALG is the `alg` label to pin (default EdDSA; jose also knows
+// Ed25519).
 import net from "node:net";
 import { createLocalJWKSet, jwtVerify } from "jose";
 
@@ -41,9 +48,9 @@ const { token } = await daemon.call({ id: 1, op: "sign", claims: { sub: subject,
 const { jwks } = await daemon.call({ id: 2, op: "jwks" });
 daemon.close();
 
-// Verify locally: the key named by the token's kid, EdDSA only.
+// Verify locally: the key named by the token's kid, the pinned alg only.
 const { payload } = await jwtVerify(token, createLocalJWKSet(jwks), {
-  algorithms: ["EdDSA"],
+  algorithms: [process.env.SPLITSIGN_ALG ?? "EdDSA"],
   audience: "api",
   issuer: process.env.SPLITSIGN_ISSUER ?? "splitsign",
 });

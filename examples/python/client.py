@@ -2,10 +2,15 @@
 """splitsign from Python: sign a token over the Unix socket, fetch the JWKS,
 and verify the token locally with PyJWT, as a verifier on another host would.
 
-    SPLITSIGN_SOCKET=var/splitsign.sock python3 client.py alice
+From the repository root, with the zero-config daemon of
+`cargo run --release -- serve` running there:
+
+    python3 -m venv .venv && .venv/bin/pip install -r examples/python/requirements.txt
+    SPLITSIGN_SOCKET=var/splitsign.sock .venv/bin/python examples/python/client.py alice
 
 Needs only the standard library to talk to the daemon; PyJWT (with
-`cryptography`, for EdDSA) only for the local verification.
+`cryptography`, for EdDSA) only for the local verification. SPLITSIGN_ALG
+is the `alg` label to pin (default EdDSA); PyJWT knows no other.
 """
 import json
 import os
@@ -35,11 +40,14 @@ def main():
         token = call(f, {"id": 1, "op": "sign", "claims": {"sub": subject, "aud": "api"}, "ttl": 300})["token"]
         jwks = call(f, {"id": 2, "op": "jwks"})["jwks"]
 
-    # Verify locally: the key named by the token's kid, EdDSA only.
+    # Verify locally: the key named by the token's kid, the pinned alg only.
+    alg = os.environ.get("SPLITSIGN_ALG", "EdDSA")
+    if alg != "EdDSA":
+        sys.exit(f"PyJWT does not accept the {alg} label: keep alg = \"EdDSA\" in the daemon")
     kid = jwt.get_unverified_header(token)["kid"]
     jwk = next(k for k in jwks["keys"] if k["kid"] == kid)
     key = jwt.PyJWK(jwk).key
-    claims = jwt.decode(token, key, algorithms=["EdDSA"], audience="api", issuer=issuer)
+    claims = jwt.decode(token, key, algorithms=[alg], audience="api", issuer=issuer)
     print(claims["sub"])
 
 

@@ -15,6 +15,7 @@
 //! - `crash`: kill -9 at every store system call of a key change.
 //! - `systemd`: the units, socket activation, sd_notify, watchdog, reload.
 //! - `examples`: the client examples against the real daemon.
+//! - `docs`: every runnable command of the client docs, as written.
 //! - `operators`: completions, man pages, metrics, the Debian package.
 //! - `container`: the package installed and run under a real systemd
 //!   (systemd-nspawn, a cached Debian 12 root).
@@ -24,6 +25,7 @@ mod access;
 mod cluster;
 mod container;
 mod crash;
+mod docs;
 mod end_to_end;
 mod examples;
 mod fairness;
