@@ -261,13 +261,20 @@ async fn flush(
     if batch.out.is_empty() {
         return true;
     }
-    // The tokens of this batch are issued once their records are committed.
-    let signed: Vec<String> = batch
+    // The tokens of this batch are issued once their records are committed
+    // (counted per kid: a batch has one or two).
+    let mut signed: Vec<(String, u64)> = Vec::new();
+    for kid in batch
         .records
         .iter()
         .filter(|r| r.op == "sign" && r.result == "ok")
-        .filter_map(|r| r.kid.clone())
-        .collect();
+        .filter_map(|r| r.kid.as_deref())
+    {
+        match signed.iter_mut().find(|(k, _)| k == kid) {
+            Some((_, n)) => *n += 1,
+            None => signed.push((kid.to_owned(), 1)),
+        }
+    }
     let committed = match &handler.audit {
         Some(audit) if !batch.records.is_empty() => {
             audit.commit(std::mem::take(&mut batch.records)).await
@@ -275,15 +282,14 @@ async fn flush(
         _ => true,
     };
     if committed {
-        for kid in &signed {
-            handler.metrics.token_issued(&peer.policy.name, kid);
+        for (kid, n) in &signed {
+            handler.metrics.tokens_issued(&peer.policy.name, kid, *n);
         }
     } else {
-        for _ in &signed {
-            handler
-                .metrics
-                .refused("sign", Code::AuditUnavailable.as_str());
-        }
+        let n: u64 = signed.iter().map(|(_, n)| n).sum();
+        handler
+            .metrics
+            .refused_n("sign", Code::AuditUnavailable.as_str(), n);
         batch.withhold_tokens();
     }
     batch.records.clear();

@@ -62,10 +62,12 @@ type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
+    /// The request histogram of each op, by `OpName::ALL` position (looked
+    /// up once, not per request).
+    request_by_op: Vec<(&'static str, Histogram)>,
     tokens: Family<TokenLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     verify: Family<OutcomeLabels, Counter>,
-    request_seconds: HistogramFamily,
     audit_batches: Counter,
     audit_commit_seconds: Histogram,
     connections: Family<UidLabels, Gauge>,
@@ -126,6 +128,13 @@ impl Metrics {
             verify.clone(),
         );
         let request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let request_by_op = crate::protocol::OpName::ALL
+            .iter()
+            .map(|o| {
+                let op = o.as_str();
+                (op, request_seconds.get_or_create_owned(&OpLabels { op }))
+            })
+            .collect();
         registry.register_with_unit(
             "request_duration",
             "Time to handle a request, by op (the wait for the audit commit excluded)",
@@ -190,10 +199,10 @@ impl Metrics {
         );
         Metrics {
             registry,
+            request_by_op,
             tokens,
             refusals,
             verify,
-            request_seconds,
             audit_batches,
             audit_commit_seconds,
             connections,
@@ -206,29 +215,40 @@ impl Metrics {
         }
     }
 
-    pub fn token_issued(&self, policy: &str, kid: &str) {
+    /// `n` tokens issued under `policy` with `kid`.
+    pub fn tokens_issued(&self, policy: &str, kid: &str, n: u64) {
         self.tokens
             .get_or_create(&TokenLabels {
                 policy: policy.to_owned(),
                 kid: kid.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     pub fn refused(&self, op: &'static str, code: &'static str) {
-        self.refusals
-            .get_or_create(&RefusalLabels { op, code })
-            .inc();
+        self.refused_n(op, code, 1);
+    }
+
+    pub fn refused_n(&self, op: &'static str, code: &'static str, n: u64) {
+        if n > 0 {
+            self.refusals
+                .get_or_create(&RefusalLabels { op, code })
+                .inc_by(n);
+        }
     }
 
     pub fn verified(&self, outcome: &'static str) {
         self.verify.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    pub fn request_took(&self, op: &'static str, d: Duration) {
-        self.request_seconds
-            .get_or_create(&OpLabels { op })
-            .observe(d.as_secs_f64());
+    pub fn request_took(&self, op: crate::protocol::OpName, d: Duration) {
+        if let Some((_, h)) = self
+            .request_by_op
+            .iter()
+            .find(|(name, _)| *name == op.as_str())
+        {
+            h.observe(d.as_secs_f64());
+        }
     }
 
     pub fn audit_committed(&self, d: Duration) {

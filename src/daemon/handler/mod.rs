@@ -289,7 +289,7 @@ impl Handler {
             keys: self.manager.clock.now(),
         };
         let id = req.id;
-        let name = req.op.name().as_str();
+        let name = req.op.name();
         let handled = match req.op {
             Op::Ping => {
                 protocol::write_ok(out, id.as_ref(), protocol::PingOk { pong: true });
