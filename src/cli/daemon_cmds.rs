@@ -141,6 +141,12 @@ pub fn reshare(cx: &Ctx, a: ReshareArgs) -> Result<(), Failure> {
 }
 
 pub fn revoke(cx: &Ctx, a: RevokeArgs) -> Result<(), Failure> {
+    if let Some(file) = &a.jti_file {
+        return bulk_revoke(cx, "jti", file);
+    }
+    if let Some(file) = &a.sub_file {
+        return bulk_revoke(cx, "sub", file);
+    }
     let target = match (a.jti, a.exp, a.token, a.sub) {
         (Some(jti), Some(exp), None, None) => RevokeTarget::Jti { jti, exp },
         (None, None, Some(token), None) => RevokeTarget::Token(token),
@@ -207,5 +213,109 @@ pub fn reload(cx: &Ctx) -> Result<(), Failure> {
 pub fn metrics(cx: &Ctx) -> Result<(), Failure> {
     let r = cx.daemon()?.call("metrics", Map::new())?;
     print!("{}", r.get("metrics").and_then(Value::as_str).unwrap_or(""));
+    Ok(())
+}
+
+/// Longest line of a `--jti-file` / `--sub-file` (a protocol value is at
+/// most 1024 bytes).
+const MAX_VALUE_LINE: usize = 1024;
+
+/// The values of a revoke file: one a line, blank lines and `#` comments
+/// skipped; a line that is too long, or not UTF-8, is an error naming it.
+fn revoke_values(file: &std::path::Path) -> Result<Vec<String>, Failure> {
+    let text = if file == std::path::Path::new("-") {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)
+            .map_err(|e| usage(format!("reading stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read(file).map_err(|e| usage(format!("reading {}: {e}", file.display())))?
+    };
+    let text = String::from_utf8(text)
+        .map_err(|_| usage(format!("{} is not UTF-8 text", file.display())))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let v = line.trim();
+        if v.is_empty() || v.starts_with('#') {
+            continue;
+        }
+        if v.len() > MAX_VALUE_LINE {
+            return Err(usage(format!(
+                "{}:{}: longer than {MAX_VALUE_LINE} bytes",
+                file.display(),
+                n + 1
+            )));
+        }
+        out.push(v.to_owned());
+    }
+    Ok(out)
+}
+
+/// `revoke --jti-file` / `--sub-file`: every value, through the daemon
+/// (pipelined, a window of requests in flight, so that its revokes share
+/// transactions), or offline in one transaction.
+fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), Failure> {
+    let values = revoke_values(file)?;
+    let now = crate::lifecycle::wall_now();
+    let exp = now.saturating_add(cx.cfg.max_ttl.as_secs() as i64);
+    let target = |v: &str| match kind {
+        "jti" => RevokeTarget::Jti {
+            jti: v.to_owned(),
+            exp,
+        },
+        _ => RevokeTarget::Sub {
+            sub: v.to_owned(),
+            before: None,
+        },
+    };
+    let mut c = match cx.daemon() {
+        Ok(c) => c,
+        Err(e) if e.no_daemon() => {
+            let targets: Vec<RevokeTarget> = values.iter().map(|v| target(v)).collect();
+            return offline::revoke_many(&cx.cfg, &targets);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    const WINDOW: usize = 512;
+    let fields = |t: RevokeTarget| {
+        let mut f = Map::new();
+        match t {
+            RevokeTarget::Jti { jti, exp } => {
+                f.insert("jti".into(), jti.into());
+                f.insert("exp".into(), exp.into());
+            }
+            RevokeTarget::Sub { sub, .. } => {
+                f.insert("sub".into(), sub.into());
+            }
+            RevokeTarget::Token(_) => unreachable!("files hold ids or subjects"),
+        }
+        f
+    };
+    let mut in_flight = std::collections::VecDeque::new();
+    let (mut done, mut failed) = (0usize, Vec::new());
+    let mut next = values.iter();
+    loop {
+        while in_flight.len() < WINDOW {
+            let Some(v) = next.next() else { break };
+            in_flight.push_back((c.send("revoke", fields(target(v)))?, v));
+        }
+        let Some((id, v)) = in_flight.pop_front() else {
+            break;
+        };
+        match c.receive(id) {
+            Ok(_) => done += 1,
+            Err(crate::client::ClientError::Daemon { code, message }) => {
+                failed.push(format!("{v}: {message} ({code})"))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    println!("revoked {done} {kind} value(s) from {}", file.display());
+    if let Some(first) = failed.first() {
+        return Err(Failure {
+            code: crate::error::exit::FAILURE,
+            message: format!("{} value(s) refused; the first: {first}", failed.len()),
+        });
+    }
     Ok(())
 }

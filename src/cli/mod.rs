@@ -225,6 +225,16 @@ pub struct BackupArgs {
 pub struct RevokeArgs {
     #[arg(long, conflicts_with_all = ["token", "sub"], requires = "exp")]
     pub jti: Option<String>,
+    /// Revoke every token id in FILE, one a line ("-": stdin), each until
+    /// now + max_ttl (every token with it has expired by then). A mass
+    /// logout: pipelined, stored in large transactions.
+    #[arg(long, value_name = "FILE",
+          conflicts_with_all = ["jti", "exp", "token", "sub", "before", "sub_file"])]
+    pub jti_file: Option<PathBuf>,
+    /// Revoke every subject in FILE, one a line ("-": stdin): their tokens
+    /// issued until now.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["jti", "exp", "token", "sub", "before"])]
+    pub sub_file: Option<PathBuf>,
     /// The revoked token's exp (Unix seconds), with --jti.
     #[arg(long, value_parser = clap::value_parser!(i64).range(0..=MAX_UNIX_TIME))]
     pub exp: Option<i64>,

@@ -105,40 +105,63 @@ pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), Failure> {
 /// `revoke` with no daemon: a jti or a subject (a whole token needs the
 /// daemon to check it).
 pub fn revoke(cfg: &Config, target: &RevokeTarget) -> Result<(), Failure> {
+    revoke_many(cfg, std::slice::from_ref(target))
+}
+
+/// `revoke` with no daemon, of one or many (a file): a jti or a subject (a
+/// whole token needs the daemon to check it), in one transaction, each
+/// with its audit record.
+pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure> {
     let now = lifecycle::wall_now();
-    let row = crate::daemon::revocations::stored_for(
-        target,
-        cfg.max_ttl.as_secs() as i64,
-        cfg.leeway.as_secs() as i64,
-        now,
-    )
-    .ok_or_else(|| {
-        usage(
-            "offline, revoke takes --jti with --exp, or --sub (a whole --token needs the daemon \
-             to check it)"
-                .into(),
-        )
-    })?;
+    let rows = targets
+        .iter()
+        .map(|t| {
+            crate::daemon::revocations::stored_for(
+                t,
+                cfg.max_ttl.as_secs() as i64,
+                cfg.leeway.as_secs() as i64,
+                now,
+            )
+            .ok_or_else(|| {
+                usage(
+                    "offline, revoke takes --jti with --exp, or --sub (a whole --token needs the \
+                     daemon to check it)"
+                        .into(),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut stores = Stores::open(cfg, false)?;
-    stores.keys.add_revocation(&row, now)?;
-    let (jti, sub) = match &row {
-        crate::store::Revocation::Jti { jti, .. } => (Some(jti.clone()), None),
-        crate::store::Revocation::Sub { sub, .. } => (None, Some(sub.clone())),
-    };
-    stores.local.audit(&[Record {
-        at: now,
-        uid: Some(rustix::process::getuid().as_raw()),
-        pid: Some(std::process::id() as i32),
-        op: "revoke",
-        jti,
-        sub,
-        result: "ok",
-        ..Default::default()
-    }])?;
-    if cfg.postgres.is_some() {
-        println!("revoked (in PostgreSQL): every running node applies it within a second");
+    stores.keys.add_revocations(&rows, now)?;
+    let records: Vec<Record> = rows
+        .iter()
+        .map(|row| {
+            let (jti, sub) = match row {
+                crate::store::Revocation::Jti { jti, .. } => (Some(jti.clone()), None),
+                crate::store::Revocation::Sub { sub, .. } => (None, Some(sub.clone())),
+            };
+            Record {
+                at: now,
+                uid: Some(rustix::process::getuid().as_raw()),
+                pid: Some(std::process::id() as i32),
+                op: "revoke",
+                jti,
+                sub,
+                result: "ok",
+                ..Default::default()
+            }
+        })
+        .collect();
+    stores.local.audit(&records)?;
+    let what = if rows.len() == 1 {
+        "revoked".to_owned()
     } else {
-        println!("revoked (offline); the daemon applies it when it starts");
+        format!("revoked {} value(s)", rows.len())
+    };
+    if cfg.postgres.is_some() {
+        println!("{what} (in PostgreSQL): every running node applies it within a second");
+    } else {
+        println!("{what} (offline); the daemon applies it when it starts");
     }
     Ok(())
 }

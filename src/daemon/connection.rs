@@ -53,6 +53,8 @@ struct Batch {
     out: Vec<u8>,
     segments: Vec<Segment>,
     records: Vec<Record>,
+    /// Pipelined revokes held back to be stored together.
+    revokes: Vec<crate::protocol::Request>,
 }
 
 enum Read {
@@ -168,6 +170,7 @@ impl<'a> Connection<'a> {
                     }
                 }
                 Frame::TooLong => {
+                    answer_revokes(handler, peer, batch).await;
                     handler
                         .metrics
                         .refused("request", Code::FrameTooLong.as_str());
@@ -191,6 +194,8 @@ impl<'a> Connection<'a> {
             answer(handler, input, peer, batch).await;
             answered = true;
         }
+        // The revokes held back: this input has no more lines to join them.
+        answer_revokes(handler, peer, batch).await;
         if answered {
             self.last_request = Instant::now();
             self.ticket.touch();
@@ -221,12 +226,66 @@ impl<'a> Connection<'a> {
     }
 }
 
-/// Answer one request line (admin ops on a blocking thread) into the batch.
-async fn answer(handler: &Handler, line: &[u8], peer: &Peer, batch: &mut Batch) {
+/// The most pipelined revokes stored in one transaction.
+const MAX_REVOKES: usize = 1024;
+
+/// Answer the revokes held back (see [`answer`]), in order.
+async fn answer_revokes(handler: &Handler, peer: &Peer, batch: &mut Batch) {
+    if batch.revokes.is_empty() {
+        return;
+    }
     let start = batch.out.len();
-    let mut handled = handler.handle(line, peer, &mut batch.out, &mut batch.records, false);
+    let reqs = std::mem::take(&mut batch.revokes);
+    let mut out = Vec::new();
+    handler
+        .run_revokes(reqs, peer, &mut out, &mut batch.records)
+        .await;
+    // One segment per reply line, as for any other request.
+    let mut at = start;
+    for line in out.split_inclusive(|&b| b == b'\n') {
+        batch.out.extend_from_slice(line);
+        batch.segments.push(Segment {
+            start: at,
+            end: at + line.len(),
+            token_id: None,
+        });
+        at += line.len();
+    }
+}
+
+/// Answer one request line (admin ops on a blocking thread) into the batch.
+/// A revoke is held back while more follow in the same input, so that
+/// pipelined revokes share one transaction; any other reply waits for the
+/// held revokes' replies, so replies keep the order of the requests.
+async fn answer(handler: &Handler, line: &[u8], peer: &Peer, batch: &mut Batch) {
+    let held = !batch.revokes.is_empty();
+    // With revokes held, this line's reply is made aside and appended after
+    // theirs (no extra buffer otherwise: the sign path stays as it was).
+    let mut aside = Vec::new();
+    let out = if held { &mut aside } else { &mut batch.out };
+    let start = out.len();
+    let mut handled = handler.handle(line, peer, out, &mut batch.records, false);
+    if let Handled::Admin(req) = handled {
+        if matches!(req.op, crate::protocol::Op::Revoke(_)) {
+            batch.revokes.push(req);
+            if batch.revokes.len() >= MAX_REVOKES {
+                answer_revokes(handler, peer, batch).await;
+            }
+            return;
+        }
+        handled = Handled::Admin(req);
+    }
+    let start = if held {
+        answer_revokes(handler, peer, batch).await;
+        let at = batch.out.len();
+        batch.out.extend_from_slice(&aside);
+        at
+    } else {
+        start
+    };
     if let Handled::AwaitKey = handled {
         handler.await_key(AWAIT_KEY).await;
+        batch.out.truncate(start);
         handled = handler.handle(line, peer, &mut batch.out, &mut batch.records, true);
     }
     let token_id = match handled {

@@ -20,7 +20,7 @@ use crate::store::Revocation;
 use crate::store::{FileId, KeyStore};
 
 use super::cluster::{Cluster, Wanted};
-use super::revocations::Revocations;
+use super::revocations::{RevocationSet, Revocations};
 use crate::store::Stores;
 
 pub struct KeyManager {
@@ -31,7 +31,7 @@ pub struct KeyManager {
     /// Swapped on reload; stored key timestamps never change with it.
     cfg: Shared<Config>,
     jwks_written: Mutex<Option<String>>,
-    revoked: Shared<Revocations>,
+    revoked: RevocationSet,
     /// What the store paths named at start, for the running checks.
     places: Places,
     /// Set once the stores changed under the daemon; sticky until restart.
@@ -117,7 +117,14 @@ impl KeyManager {
         }
         let revoked = match &cluster {
             Some(c) => Revocations::from_rows(c.read_revocations(true)?.rows),
-            None => Revocations::from_rows(stores.keys.revocations(wall_now())?),
+            None => {
+                // Streamed into the compact set: no row list of a million.
+                let mut bulk = super::revocations::Bulk::default();
+                stores
+                    .keys
+                    .for_each_revocation(wall_now(), &mut |row| bulk.add(row))?;
+                bulk.build()
+            }
         };
         let places = Places {
             deployment: stores.keys.deployment().to_owned(),
@@ -127,7 +134,7 @@ impl KeyManager {
             shares_id: stores.shares.identity(),
         };
         let m = KeyManager {
-            revoked: Shared::new(revoked),
+            revoked: RevocationSet::new(revoked),
             stores: Mutex::new(stores),
             keyring: Arc::new(Keyring::new(set)),
             clock,
@@ -294,9 +301,11 @@ impl KeyManager {
                 self.sync_revocations(c, true)?;
             }
             None => {
-                let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
-                let revoked = Revocations::from_rows(stores.keys.revocations(wall_now())?);
-                self.revoked.set(revoked);
+                // This daemon is the store's only writer: purge in place,
+                // never re-read.
+                let now = wall_now();
+                stores.keys.purge_revocations(now)?;
+                self.revoked.purge(now);
             }
         }
         let rows = stores.keys.keys()?;
@@ -382,8 +391,8 @@ impl KeyManager {
     }
 
     /// The revocations in force.
-    pub fn revocations(&self) -> Arc<Revocations> {
-        self.revoked.get()
+    pub fn revocations(&self) -> &RevocationSet {
+        &self.revoked
     }
 
     /// Revoke (admin): store durably, then take effect for `verify`.
@@ -392,47 +401,85 @@ impl KeyManager {
         target: crate::protocol::RevokeTarget,
         policy: &crate::keys::jws::Policy,
     ) -> Result<Revocation> {
-        let stores = self.stores()?;
+        self.revoke_many(vec![target], policy)
+            .pop()
+            .expect("one answer per target")
+    }
+
+    /// Revoke several (a pipelined admin session): each target checked on
+    /// its own, the valid ones stored in one transaction (one fsync), then
+    /// added to the set in force in place. One answer per target, in order.
+    pub fn revoke_many(
+        &self,
+        targets: Vec<crate::protocol::RevokeTarget>,
+        policy: &crate::keys::jws::Policy,
+    ) -> Vec<Result<Revocation>> {
+        let stores = match self.stores() {
+            Ok(s) => s,
+            Err(e) => {
+                let why = crate::error::chain(&e);
+                return targets
+                    .iter()
+                    .map(|_| Err(Error::KeyStore(why.clone())))
+                    .collect();
+            }
+        };
         let now = wall_now();
         let cfg = self.config();
         let keys = self.keyring.snapshot();
-        let row = super::revocations::revocation_for(
-            &target,
-            &keys,
-            policy,
-            cfg.max_ttl.as_secs() as i64,
-            self.clock.now(),
-            now,
-        )?;
-        match &self.cluster {
-            Some(c) => {
-                let r = stores.keys.add_revocation(&row, now);
-                c.note(&r);
-                r?;
-                drop(stores);
-                // This node's own row comes back with the others'.
-                let _ = self.sync_revocations(c, false);
-                let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
-                let mut all = (*self.revoked.get()).clone();
-                all.add(row.clone());
-                self.revoked.set(all);
-            }
-            None => {
-                stores.keys.add_revocation(&row, now)?;
-                let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
-                let mut all = Revocations::from_rows(stores.keys.revocations(now)?);
-                all.add(row.clone());
-                self.revoked.set(all);
-            }
+        let mut answers: Vec<Result<Revocation>> = targets
+            .iter()
+            .map(|t| {
+                super::revocations::revocation_for(
+                    t,
+                    &keys,
+                    policy,
+                    cfg.max_ttl.as_secs() as i64,
+                    self.clock.now(),
+                    now,
+                )
+            })
+            .collect();
+        let rows: Vec<Revocation> = answers.iter().flatten().cloned().collect();
+        if rows.is_empty() {
+            return answers;
         }
-        tracing::warn!(
-            kind = match row {
-                Revocation::Jti { .. } => "jti",
-                Revocation::Sub { .. } => "sub",
-            },
-            "revoked by an admin"
-        );
-        Ok(row)
+        let stored = stores.keys.add_revocations(&rows, now);
+        if let Some(c) = &self.cluster {
+            c.note(&stored);
+        }
+        if let Err(e) = stored {
+            let why = e;
+            let unreachable = matches!(why, Error::PostgresUnreachable { .. });
+            let text = crate::error::chain(&why);
+            for a in answers.iter_mut().filter(|a| a.is_ok()) {
+                *a = Err(if unreachable {
+                    Error::PostgresUnreachable {
+                        node: self
+                            .cluster
+                            .as_ref()
+                            .map(|c| c.node().to_owned())
+                            .unwrap_or_default(),
+                        reason: text.clone(),
+                    }
+                } else {
+                    Error::KeyStore(text.clone())
+                });
+            }
+            return answers;
+        }
+        drop(stores);
+        self.revoked.add(rows.iter().cloned());
+        if let Some(c) = &self.cluster {
+            // This node's own rows come back with the others'.
+            let _ = self.sync_revocations(c, false);
+        }
+        let (jti, sub) = rows.iter().fold((0, 0), |(j, s), r| match r {
+            Revocation::Jti { .. } => (j + 1, s),
+            Revocation::Sub { .. } => (j, s + 1),
+        });
+        tracing::warn!(jti, sub, "revoked by an admin");
+        answers
     }
 
     /// Destroy what no longer signs, rebuild the key set, swap it in, and
@@ -513,13 +560,9 @@ impl KeyManager {
         let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
         let read = c.read_revocations(full)?;
         if read.full {
-            self.revoked.set(Revocations::from_rows(read.rows));
+            self.revoked.replace(Revocations::from_rows(read.rows));
         } else if !read.rows.is_empty() {
-            let mut all = (*self.revoked.get()).clone();
-            for row in read.rows {
-                all.add(row);
-            }
-            self.revoked.set(all);
+            self.revoked.add(read.rows);
         }
         Ok(())
     }

@@ -66,11 +66,23 @@ pub trait KeyStore: Send {
     fn record_legacy_alg(&self) -> Result<usize>;
     /// The database share of `row` at its current generation, checked.
     fn db_share(&self, row: &KeyInfo) -> Result<KeyShare>;
+    /// Record revocations, in one transaction.
+    fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()>;
     /// Record a revocation (every node's, in a cluster).
-    fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()>;
-    /// The revocations in force at `now` (of every node); this node's
-    /// expired ones are purged.
-    fn revocations(&self, now: i64) -> Result<Vec<Revocation>>;
+    fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
+        self.add_revocations(std::slice::from_ref(r), now)
+    }
+    /// Delete the revocations that cover no valid token at `now`.
+    fn purge_revocations(&self, now: i64) -> Result<u64>;
+    /// The revocations in force at `now` (of every node); expired ones are
+    /// purged first.
+    fn revocations(&self, now: i64) -> Result<Vec<Revocation>> {
+        let mut out = Vec::new();
+        self.for_each_revocation(now, &mut |r| out.push(r))?;
+        Ok(out)
+    }
+    /// [`KeyStore::revocations`], one row at a time (a million need no list).
+    fn for_each_revocation(&self, now: i64, f: &mut dyn FnMut(Revocation)) -> Result<()>;
     /// Move everything into the database's own file (SQLite); nothing to do
     /// elsewhere.
     fn checkpoint(&self) -> Result<()> {

@@ -1045,31 +1045,26 @@ impl KeyStore for Arc<Postgres> {
         check_share(found, row, &self.describe(), &self.deployment)
     }
 
-    fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
+    fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()> {
         let node = self.node.clone();
-        self.with("recording a revocation", async |c| {
-            insert_revocation(&*c, &node, r, now).await.map(|_| ())
+        self.with("recording revocations", async |c| {
+            let tx = c.transaction().await?;
+            for r in rows {
+                insert_revocation(&tx, &node, r, now).await?;
+            }
+            tx.commit().await
         })
     }
 
-    fn revocations(&self, now: i64) -> Result<Vec<Revocation>> {
-        self.with("reading revocations", async |c| {
-            c.execute(
-                "DELETE FROM splitsign_revocations WHERE expires_at < $1",
-                &[&now],
-            )
-            .await?;
-            let rows = c
-                .query(
-                    "SELECT kind, value, before, expires_at FROM splitsign_revocations",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|r| revocation(r.get(0), r.get(1), r.get(2), r.get(3)))
-                .collect())
-        })
+    fn purge_revocations(&self, now: i64) -> Result<u64> {
+        Postgres::purge_revocations(self, now)
+    }
+
+    fn for_each_revocation(&self, now: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
+        Postgres::purge_revocations(self, now)?;
+        let (rows, _) = self.revocations_after(0)?;
+        rows.into_iter().for_each(f);
+        Ok(())
     }
 }
 

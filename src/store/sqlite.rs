@@ -26,6 +26,7 @@ const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../../migrations/0003_integrity.sql")),
     M::up(include_str!("../../migrations/0004_audit_retention.sql")),
     M::up(include_str!("../../migrations/0005_moved.sql")),
+    M::up(include_str!("../../migrations/0006_scale.sql")),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
@@ -556,51 +557,56 @@ impl Revocation {
 }
 
 impl Database {
-    /// Record a revocation. A revocation only grows: a second one of the
-    /// same jti or sub keeps the later `before` and `expires_at`.
-    pub fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
-        let (kind, value, before, expires_at) = r.columns();
-        self.conn
-            .execute(
-                "INSERT INTO revocations (kind, value, before, expires_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (kind, value) DO UPDATE SET
-                     before = max(before, excluded.before),
-                     expires_at = max(expires_at, excluded.expires_at),
-                     created_at = excluded.created_at",
-                params![kind, value, before, expires_at, now],
-            )
-            .map_err(self.db_err())?;
-        Ok(())
+    /// Record revocations in one transaction. A revocation only grows: a
+    /// second one of the same jti or sub is another row, and the set in
+    /// force keeps the later `before` and `expires_at`.
+    pub fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()> {
+        let tx = self.conn.unchecked_transaction().map_err(self.db_err())?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    // Appended (schema 6): a second one of the same value is
+                    // a second row, and readers keep the latest.
+                    "INSERT INTO revocations (kind, value, before, expires_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(self.db_err())?;
+            for r in rows {
+                let (kind, value, before, expires_at) = r.columns();
+                stmt.execute(params![kind, value, before, expires_at, now])
+                    .map_err(self.db_err())?;
+            }
+        }
+        tx.commit().map_err(self.db_err())
     }
 
-    /// Revocations still in force at `now`; older ones are purged.
-    pub fn revocations(&self, now: i64) -> Result<Vec<Revocation>> {
+    /// Delete the revocations that cover no valid token at `now`.
+    pub fn purge_revocations(&self, now: i64) -> Result<u64> {
         self.conn
             .execute("DELETE FROM revocations WHERE expires_at < ?1", [now])
-            .map_err(self.db_err())?;
+            .map(|n| n as u64)
+            .map_err(self.db_err())
+    }
+
+    /// The revocations in force at `now`, one at a time; older ones are
+    /// purged first.
+    pub fn for_each_revocation(&self, now: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
+        self.purge_revocations(now)?;
         let mut stmt = self
             .conn
             .prepare("SELECT kind, value, before, expires_at FROM revocations")
             .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(self.db_err())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.db_err())?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(kind, value, before, expires_at)| {
-                Revocation::from_columns(&kind, value, before, expires_at)
-            })
-            .collect())
+        let mut rows = stmt.query([]).map_err(self.db_err())?;
+        while let Some(r) = rows.next().map_err(self.db_err())? {
+            let kind: String = r.get(0).map_err(self.db_err())?;
+            let value: String = r.get(1).map_err(self.db_err())?;
+            let before: Option<i64> = r.get(2).map_err(self.db_err())?;
+            let expires_at: i64 = r.get(3).map_err(self.db_err())?;
+            if let Some(rev) = Revocation::from_columns(&kind, value, before, expires_at) {
+                f(rev);
+            }
+        }
+        Ok(())
     }
 
     /// Prune audit records older than `before` (offline), keeping the
@@ -675,11 +681,14 @@ impl super::KeyStore for Database {
     fn db_share(&self, row: &KeyInfo) -> Result<KeyShare> {
         Database::db_share(self, row)
     }
-    fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
-        Database::add_revocation(self, r, now)
+    fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()> {
+        Database::add_revocations(self, rows, now)
     }
-    fn revocations(&self, now: i64) -> Result<Vec<Revocation>> {
-        Database::revocations(self, now)
+    fn purge_revocations(&self, now: i64) -> Result<u64> {
+        Database::purge_revocations(self, now)
+    }
+    fn for_each_revocation(&self, now: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
+        Database::for_each_revocation(self, now, f)
     }
     fn checkpoint(&self) -> Result<()> {
         Database::checkpoint(self)

@@ -6,6 +6,8 @@
 //! - `protocol_input`: hostile request lines.
 //! - `access`: client policies, revocation, token binding, the audit log,
 //!   locked key memory.
+//! - `growth`: pipelined admin sessions, mass revocation, the schema 6
+//!   upgrade of stores made by schema 5.
 //! - `fairness`: one peer uid cannot starve others, exhaust memory or fill
 //!   the disk (run as other uids).
 //! - `lifecycle`: scheduled rotations, admin rotate/reshare/recover/check.
@@ -29,6 +31,7 @@ mod docs;
 mod end_to_end;
 mod examples;
 mod fairness;
+mod growth;
 mod lifecycle;
 mod operators;
 mod pg;

@@ -667,3 +667,11 @@ pub fn wait_for_count(dir: &Dir, op: &str, result: &str, at_least: i64) -> i64 {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The wall clock, Unix seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

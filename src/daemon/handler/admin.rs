@@ -75,9 +75,56 @@ impl Handler {
                 .map(|()| Admin::Reloaded),
             op => self.on_key_manager(op).await,
         };
+        self.answer_admin(name, req.id, result, peer, out, audit);
+    }
+
+    /// Revoke requests that came pipelined, one after another: stored in
+    /// one transaction (one fsync), each answered on its own, in order.
+    pub async fn run_revokes(
+        &self,
+        reqs: Vec<Request>,
+        peer: &Peer,
+        out: &mut Vec<u8>,
+        audit: &mut Vec<Record>,
+    ) {
+        tracing::info!(uid = peer.uid, pid = ?peer.pid, op = "revoke", n = reqs.len(), "admin op");
+        let mut ids = Vec::with_capacity(reqs.len());
+        let mut targets = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let Op::Revoke(t) = r.op else {
+                unreachable!("only revokes are batched")
+            };
+            ids.push(r.id);
+            targets.push(t);
+        }
+        let manager = Arc::clone(&self.manager);
+        let policy = self.policy();
+        let n = targets.len();
+        let results = tokio::task::spawn_blocking(move || manager.revoke_many(targets, &policy))
+            .await
+            .unwrap_or_else(|_| {
+                (0..n)
+                    .map(|_| Err(Error::KeyStore("the admin op panicked".into())))
+                    .collect()
+            });
+        for (id, result) in ids.into_iter().zip(results) {
+            self.answer_admin("revoke", id, result.map(Admin::Revoked), peer, out, audit);
+        }
+    }
+
+    /// Append the reply to an admin op and its record.
+    fn answer_admin(
+        &self,
+        name: &'static str,
+        id: Option<Value>,
+        result: Result<Admin, Error>,
+        peer: &Peer,
+        out: &mut Vec<u8>,
+        audit: &mut Vec<Record>,
+    ) {
         let mut rec = self.record(peer, name, wall_now());
         match result {
-            Ok(done) => write_done(&done, req.id.as_ref(), &mut rec, out),
+            Ok(done) => write_done(&done, id.as_ref(), &mut rec, out),
             Err(e) => {
                 // With its causes: "writing file share …: No space left on
                 // device", not just the step.
@@ -94,7 +141,7 @@ impl Handler {
                 };
                 rec.result = code.as_str();
                 self.metrics.refused(name, code.as_str());
-                protocol::write_error(out, &Failure::new(req.id, code, message));
+                protocol::write_error(out, &Failure::new(id, code, message));
             }
         }
         audit.push(rec);

@@ -1,0 +1,276 @@
+//! The daemon as its work grows: pipelined admin sessions and mass
+//! revocations (one transaction per batch, replies in request order, never
+//! cut off), and the schema 6 representation changes upgrading a database
+//! made by schema 5 without losing anything.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::util::{Daemon, Dir, assert_ok, copy_dir, faketime, ok};
+
+fn jti(i: usize) -> String {
+    use base64::Engine;
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    b[15] = 0x5a;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+#[test]
+fn a_long_pipelined_admin_session_is_answered_in_order_and_never_cut_off() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let mut c = d.conn();
+    let token = ok(c.sign(json!({"sub":"x"})))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exp = crate::util::now() + 3600;
+    // 40,000 revokes written in one go by one thread, with a verify, a
+    // sign, a bad line and a status among them; the replies read here.
+    let n = 40_000;
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let line = match i {
+            1000 => json!({"id": i, "op": "verify", "token": token}),
+            2000 => json!({"id": i, "op": "sign", "claims": {"sub": "y"}}),
+            3000 => json!({"id": i, "op": "revoke", "jti": 7}),
+            4000 => json!({"id": i, "op": "status"}),
+            _ => json!({"id": i, "op": "revoke", "jti": jti(i), "exp": exp}),
+        };
+        lines.extend_from_slice(line.to_string().as_bytes());
+        lines.push(b'\n');
+    }
+    let s = UnixStream::connect(&d.socket).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&lines).unwrap());
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    for i in 0..n {
+        line.clear();
+        let got = r.read_line(&mut line).unwrap();
+        assert!(got > 0, "the session was cut off after {i} of {n} replies");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], i, "replies in request order: {line}");
+        match i {
+            1000 => assert_eq!(v["ok"], true, "{v}"),
+            2000 => assert!(v["token"].is_string(), "{v}"),
+            3000 => assert_eq!(v["error"]["code"], "invalid_request", "{v}"),
+            4000 => assert!(v["status"].is_object(), "{v}"),
+            _ => assert_eq!(v["revoked"], "jti", "{v}"),
+        }
+    }
+    writer.join().unwrap();
+    // Every one took effect, and every one has its audit record.
+    let st = ok(c.request(json!({"op":"status"})))["status"].clone();
+    let metrics = ok(c.request(json!({"op":"metrics"})))["metrics"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        metrics.contains(&format!("splitsign_revocations{{kind=\"jti\"}} {}", n - 4)),
+        "{metrics}"
+    );
+    assert_eq!(st["store_fault"], Value::Null);
+    let records = crate::util::wait_for_count(&dir, "revoke", "ok", (n - 4) as i64);
+    assert_eq!(records, (n - 4) as i64);
+    d.stop();
+    // They are durable: a restart knows them.
+    let d = Daemon::start(&dir);
+    let metrics = ok(d.conn().request(json!({"op":"metrics"})))["metrics"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        metrics.contains(&format!("splitsign_revocations{{kind=\"jti\"}} {}", n - 4)),
+        "{metrics}"
+    );
+}
+
+fn write_lines(path: &Path, values: &[String]) {
+    let mut text = String::from("# a mass logout\n\n");
+    for v in values {
+        text.push_str(v);
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn mass_revocation_from_files_through_the_daemon_and_offline() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let mut c = d.conn();
+    let signed: Vec<Value> = (0..20)
+        .map(|i| ok(c.sign(json!({"sub": format!("user-{i}")}))))
+        .collect();
+    // The ids of the first ten tokens among 30,000 others.
+    let mut ids: Vec<String> = (0..30_000).map(jti).collect();
+    ids.extend(
+        signed[..10]
+            .iter()
+            .map(|s| s["jti"].as_str().unwrap().to_owned()),
+    );
+    let file = dir.path().join("jtis.txt");
+    write_lines(&file, &ids);
+    let out = dir.run(&["revoke", "--jti-file", file.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked 30010 jti value(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (i, s) in signed.iter().enumerate() {
+        let r = c.request(json!({"op":"verify","token":s["token"]}));
+        if i < 10 {
+            assert_eq!(r["error"]["code"], "revoked", "{r}");
+        } else {
+            assert_eq!(r["ok"], true, "{r}");
+        }
+    }
+    // A subject file: their tokens issued until now.
+    let subs = dir.path().join("subs.txt");
+    write_lines(&subs, &["user-15".into(), "user-16".into()]);
+    assert_ok(&dir.run(&["revoke", "--sub-file", subs.to_str().unwrap()]));
+    for i in [15, 16] {
+        let r = c.request(json!({"op":"verify","token":signed[i]["token"]}));
+        assert_eq!(r["error"]["code"], "revoked", "{r}");
+    }
+    // A line that is too long is refused with its place, nothing sent.
+    let bad = dir.path().join("bad.txt");
+    write_lines(&bad, &["ok".into(), "x".repeat(2000)]);
+    let out = dir.run(&["revoke", "--sub-file", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.txt:4"));
+    drop(c);
+    d.stop();
+    // Offline (no daemon): one transaction; the next start applies it.
+    write_lines(&subs, &["user-17".into()]);
+    let out = dir.run(&["revoke", "--sub-file", subs.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("offline"));
+    let d = Daemon::start(&dir);
+    let r = d
+        .conn()
+        .request(json!({"op":"verify","token":signed[17]["token"]}));
+    assert_eq!(r["error"]["code"], "revoked", "{r}");
+    assert_eq!(
+        d.conn()
+            .request(json!({"op":"verify","token":signed[18]["token"]}))["ok"],
+        true
+    );
+}
+
+#[test]
+fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stores-v5");
+    let expect: Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expect.json")).unwrap()).unwrap();
+    let dir = Dir::new();
+    copy_dir(&fixture, dir.path());
+    for (p, mode) in [(dir.keys(), 0o700), (dir.path().join("var"), 0o700)] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for f in dir.share_files().into_iter().chain([dir.db()]) {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let before: Vec<(i64, Option<String>, Option<String>)> = {
+        let sql = dir.sql();
+        let mut stmt = sql
+            .prepare("SELECT seq, kid, jti FROM audit ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(before.len(), 27, "the fixture's chain");
+    // At the time the fixture was made: its tokens live an hour.
+    let made_at = expect["made_at"].as_i64().unwrap();
+    let offset = format!("{:+}s", made_at + 60 - crate::util::now());
+    let env = faketime(&[("FAKETIME", offset.as_str())]);
+    let args = ["--config", "config.toml"];
+    let d = Daemon::start_with_env(&dir, &args, &env).unwrap();
+    let mut c = d.conn();
+    let st = ok(c.request(json!({"op":"status"})))["status"].clone();
+    assert_eq!(st["active_kid"], expect["status"]["active_kid"]);
+    assert_eq!(st["deployment"], expect["status"]["deployment"]);
+    for t in expect["valid"].as_array().unwrap() {
+        ok(c.request(json!({"op":"verify","token":t})));
+    }
+    for t in expect["revoked"].as_array().unwrap() {
+        let r = c.request(json!({"op":"verify","token":t}));
+        assert_eq!(r["error"]["code"], "revoked", "{r}");
+    }
+    ok(c.sign(json!({"sub":"after"})));
+    drop(c);
+    d.stop();
+    // The new representation: no prev_hash, kids by number; the same
+    // records, read back with their kids, and the chain verifies across
+    // the upgrade (old records and the new one).
+    let sql = dir.sql();
+    let version: i64 = sql
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 6);
+    let columns: Vec<String> = sql
+        .prepare("SELECT name FROM pragma_table_info('audit')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!columns.contains(&"prev_hash".to_owned()), "{columns:?}");
+    let after: Vec<(i64, Option<String>, Option<String>)> = {
+        let mut stmt = sql
+            .prepare(
+                "SELECT a.seq, k.kid, a.jti FROM audit a LEFT JOIN audit_kid k ON k.id = a.kid
+                 ORDER BY a.seq",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "every record, as it was"
+    );
+    assert!(after.len() > before.len());
+    let revocations: i64 = sql
+        .query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(revocations, 2);
+    let out = dir
+        .cmd()
+        .args(args)
+        .args(["audit", "--verify"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{} records", after.len())), "{text}");
+    // An edit to an old record is still found after the upgrade.
+    sql.execute("UPDATE audit SET jti = 'forged' WHERE seq = 5", [])
+        .unwrap();
+    let out = dir
+        .cmd()
+        .args(args)
+        .args(["audit", "--verify"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
