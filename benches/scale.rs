@@ -253,7 +253,19 @@ fn sign_many(sock: &Path, n: usize) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    // `--load SOCKET SECONDS`: only sign at 16x32 against a daemon started
+    // elsewhere (for a profiler attached to it).
+    if let Some(i) = args.iter().position(|a| a == "--load") {
+        let sock = Path::new(&args[i + 1]);
+        let secs: f64 = args[i + 2].parse().unwrap();
+        println!(
+            "{:.0} signs/s",
+            line_load(sock, &sign_line(), 16, 32, secs).rate
+        );
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let z = if quick {
         Sizes {
             audit: 200_000,

@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use crate::config::AuditSync;
 use crate::error::{Error, Result};
 use crate::store::FileId;
-use crate::store::audit_log::{PRUNE_BATCH, Record, append, bound, prune_batch};
+use crate::store::audit_log::{MAX_FIELD, PRUNE_BATCH, Record, append, bound, prune_batch};
 
 /// Open a connection for audit writes: WAL, the chosen durability, and a
 /// short busy timeout so a stuck lock fails closed quickly.
@@ -110,9 +110,14 @@ impl Tally {
                     self.window = r.at;
                 }
                 // The first record of the window keeps its fields, bounded.
-                r.sub = r.sub.as_deref().map(bound);
-                r.jti = r.jti.as_deref().map(bound);
-                r.kid = r.kid.as_deref().map(bound);
+                let own = |v: &mut Option<String>| {
+                    if let Some(long) = v.as_deref().filter(|s| s.len() > MAX_FIELD) {
+                        *v = Some(bound(long).into_owned());
+                    }
+                };
+                own(&mut r.sub);
+                own(&mut r.jti);
+                own(&mut r.kid);
                 self.records.insert(key, r);
             }
         }

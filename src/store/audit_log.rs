@@ -73,9 +73,9 @@ pub const MAX_FIELD: usize = 256;
 /// A field as stored: itself if at most [`MAX_FIELD`] bytes, else a prefix
 /// and the SHA-256 of the whole value (so a long value is still told apart
 /// from others, but costs 256 bytes, not 60 KB).
-pub fn bound(s: &str) -> String {
+pub fn bound(s: &str) -> std::borrow::Cow<'_, str> {
     if s.len() <= MAX_FIELD {
-        return s.to_owned();
+        return std::borrow::Cow::Borrowed(s);
     }
     let digest: String = Sha256::digest(s.as_bytes())
         .iter()
@@ -86,10 +86,40 @@ pub fn bound(s: &str) -> String {
     while !s.is_char_boundary(keep) {
         keep -= 1;
     }
-    format!("{}{MARK}{digest}", &s[..keep])
+    std::borrow::Cow::Owned(format!("{}{MARK}{digest}", &s[..keep]))
 }
 
-fn chain_hash(prev: &[u8], seq: i64, r: &Stored) -> [u8; 32] {
+/// What a record's hash covers, borrowed (from a record being appended, or
+/// from one read back).
+struct Hashed<'a> {
+    at: i64,
+    uid: Option<i64>,
+    pid: Option<i64>,
+    op: &'a str,
+    kid: Option<&'a str>,
+    sub: Option<&'a str>,
+    jti: Option<&'a str>,
+    result: &'a str,
+    count: i64,
+}
+
+impl Stored {
+    fn hashed(&self) -> Hashed<'_> {
+        Hashed {
+            at: self.at,
+            uid: self.uid,
+            pid: self.pid,
+            op: &self.op,
+            kid: self.kid.as_deref(),
+            sub: self.sub.as_deref(),
+            jti: self.jti.as_deref(),
+            result: &self.result,
+            count: self.count,
+        }
+    }
+}
+
+fn chain_hash(prev: &[u8], seq: i64, r: &Hashed<'_>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"splitsign-audit 1\0");
     h.update(prev);
@@ -104,13 +134,7 @@ fn chain_hash(prev: &[u8], seq: i64, r: &Stored) -> [u8; 32] {
             None => h.update([0]),
         }
     }
-    for s in [
-        Some(&r.op),
-        r.kid.as_ref(),
-        r.sub.as_ref(),
-        r.jti.as_ref(),
-        Some(&r.result),
-    ] {
+    for s in [Some(r.op), r.kid, r.sub, r.jti, Some(r.result)] {
         match s {
             Some(s) => {
                 h.update([1]);
@@ -169,51 +193,115 @@ fn kid_names(conn: &Connection) -> rusqlite::Result<std::collections::HashMap<i6
     rows.collect()
 }
 
+/// Rows per INSERT statement when appending (fewer statement runs).
+const ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT … VALUES (…), (…)` for `n` records.
+fn insert_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit (seq, at, uid, pid, op, kid, sub, jti, result, count, hash) VALUES ",
+    );
+    for i in 0..n {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?)");
+    }
+    sql
+}
+
 /// Append records in one transaction, chained to the last stored one.
 /// String fields are bounded here, whoever made the record.
 pub fn append(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
+    use rusqlite::ToSql;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let (mut seq, mut prev) = chain_head(&tx)?;
     let mut kids = Vec::new();
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO audit (seq, at, uid, pid, op, kid, sub, jti, result, count, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        for r in records {
-            seq += 1;
-            let stored = Stored {
-                seq,
+    struct Row<'a> {
+        seq: i64,
+        at: i64,
+        uid: Option<i64>,
+        pid: Option<i64>,
+        op: std::borrow::Cow<'a, str>,
+        kid: Option<i64>,
+        sub: Option<std::borrow::Cow<'a, str>>,
+        jti: Option<std::borrow::Cow<'a, str>>,
+        result: std::borrow::Cow<'a, str>,
+        count: i64,
+        hash: [u8; 32],
+    }
+    let mut rows = Vec::with_capacity(records.len());
+    for r in records {
+        seq += 1;
+        let op = bound(r.op);
+        let kid = r.kid.as_deref().map(bound);
+        let sub = r.sub.as_deref().map(bound);
+        let jti = r.jti.as_deref().map(bound);
+        let result = bound(r.result);
+        let count = i64::from(r.count.max(1));
+        let hash = chain_hash(
+            &prev,
+            seq,
+            &Hashed {
                 at: r.at,
                 uid: r.uid.map(i64::from),
                 pid: r.pid.map(i64::from),
-                op: bound(r.op),
-                kid: r.kid.as_deref().map(bound),
-                sub: r.sub.as_deref().map(bound),
-                jti: r.jti.as_deref().map(bound),
-                result: bound(r.result),
-                count: i64::from(r.count.max(1)),
-            };
-            let hash = chain_hash(&prev, seq, &stored);
-            let kid = match &stored.kid {
-                Some(k) => Some(kid_id(&tx, k, &mut kids)?),
-                None => None,
-            };
-            stmt.execute(params![
-                seq,
-                stored.at,
-                stored.uid,
-                stored.pid,
-                stored.op,
-                kid,
-                stored.sub,
-                stored.jti,
-                stored.result,
-                stored.count,
-                &hash[..]
-            ])?;
-            prev = hash.to_vec();
+                op: &op,
+                kid: kid.as_deref(),
+                sub: sub.as_deref(),
+                jti: jti.as_deref(),
+                result: &result,
+                count,
+            },
+        );
+        let kid = match &kid {
+            Some(k) => Some(kid_id(&tx, k, &mut kids)?),
+            None => None,
+        };
+        rows.push(Row {
+            seq,
+            at: r.at,
+            uid: r.uid.map(i64::from),
+            pid: r.pid.map(i64::from),
+            op,
+            kid,
+            sub,
+            jti,
+            result,
+            count,
+            hash,
+        });
+        prev = hash.to_vec();
+    }
+    // Whole chunks with one statement, the rest one row at a time: two
+    // statements in the cache, never re-parsed.
+    let whole = rows.len() - rows.len() % ROWS_PER_INSERT;
+    let (full, rest) = rows.split_at(whole);
+    let (many, one) = (insert_sql(ROWS_PER_INSERT), insert_sql(1));
+    for chunk in full.chunks(ROWS_PER_INSERT).chain(rest.chunks(1)) {
+        let sql = if chunk.len() == ROWS_PER_INSERT {
+            &many
+        } else {
+            &one
+        };
+        let mut stmt = tx.prepare_cached(sql)?;
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
+        for r in chunk {
+            params.extend_from_slice(&[
+                &r.seq as &dyn ToSql,
+                &r.at,
+                &r.uid,
+                &r.pid,
+                &r.op,
+                &r.kid,
+                &r.sub,
+                &r.jti,
+                &r.result,
+                &r.count,
+                &r.hash,
+            ]);
         }
+        stmt.execute(params.as_slice())?;
     }
     tx.commit()
 }
@@ -327,7 +415,7 @@ pub fn verify(conn: &Connection) -> rusqlite::Result<Verdict> {
         }
         // A record's hash is made from its predecessor's: an edit, or a
         // record that does not follow the one before, shows here.
-        if stored_hash[..] != chain_hash(&prev, s.seq, &s)[..] {
+        if stored_hash[..] != chain_hash(&prev, s.seq, &s.hashed())[..] {
             return Ok(Verdict::Broken {
                 seq: s.seq,
                 reason: if n == 0 && anchor.is_some() {
@@ -460,6 +548,39 @@ mod tests {
             verify(&c).unwrap(),
             Verdict::Broken { seq: 2, .. }
         ));
+    }
+
+    #[test]
+    fn batches_of_any_size_are_stored_whole_and_in_order() {
+        // Around the multi-row statement's size: whole chunks, a remainder,
+        // and both together, appended one after another into one chain.
+        let sizes = [
+            1,
+            ROWS_PER_INSERT - 1,
+            ROWS_PER_INSERT,
+            ROWS_PER_INSERT + 1,
+            3 * ROWS_PER_INSERT + 5,
+        ];
+        let mut c = db();
+        let mut next = 1;
+        for n in sizes {
+            let batch: Vec<Record> = (next..next + n as i64).map(rec).collect();
+            append(&mut c, &batch).unwrap();
+            next += n as i64;
+        }
+        let total = next - 1;
+        assert!(matches!(
+            verify(&c).unwrap(),
+            Verdict::Intact { records, .. } if records == total
+        ));
+        let rows = list(&c, 1, total + 10).unwrap();
+        assert_eq!(rows.len() as i64, total);
+        for (i, s) in rows.iter().enumerate() {
+            let i = i as i64 + 1;
+            assert_eq!((s.seq, s.at), (i, i));
+            assert_eq!(s.sub.as_deref(), Some(format!("u{i}").as_str()));
+            assert_eq!(s.kid.as_deref(), Some("k"));
+        }
     }
 
     #[test]
