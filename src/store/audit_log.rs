@@ -158,11 +158,8 @@ fn chain_hash(prev: &[u8], seq: i64, r: &Hashed<'_>) -> [u8; 32] {
 /// pruned): its seq and hash.
 fn chain_head(conn: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
     let last = conn
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     match last {
         Some(head) => Ok(head),
