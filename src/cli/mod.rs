@@ -223,6 +223,7 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
+    /// Revoke the token with this jti (with --exp: kept until then).
     #[arg(long, conflicts_with_all = ["token", "sub"], requires = "exp")]
     pub jti: Option<String>,
     /// Revoke every token id in FILE, one a line ("-": stdin), each until
@@ -238,8 +239,11 @@ pub struct RevokeArgs {
     /// The revoked token's exp (Unix seconds), with --jti.
     #[arg(long, value_parser = clap::value_parser!(i64).range(0..=MAX_UNIX_TIME))]
     pub exp: Option<i64>,
+    /// Revoke this token (its jti until its exp; through the daemon, which
+    /// checks the signature first).
     #[arg(long, conflicts_with = "sub")]
     pub token: Option<String>,
+    /// Revoke every token of this subject issued until --before.
     #[arg(long)]
     pub sub: Option<String>,
     /// With --sub: tokens issued before this Unix time (default: now).

@@ -120,6 +120,16 @@ fn start_keys(cfg: &Config) -> Result<KeyManager> {
 }
 
 fn open_and_start(cfg: &Config) -> Result<KeyManager> {
+    // A schema upgrade rewrites tables once (schema 6: the whole audit log,
+    // about 2 s per million records): say so, and keep systemd waiting
+    // while it runs, or `TimeoutStartSec=` would end the start, roll the
+    // upgrade back, and the next start would begin it again.
+    let _upgrading = crate::store::Database::pending_upgrade(&cfg.db).map(|(from, to)| {
+        tracing::info!(db = %cfg.db.display(), from, to, "upgrading the database schema (a one-time rewrite; a long audit log takes a while)");
+        systemd::KeepStarting::new(format!(
+            "not ready: upgrading the database schema from version {from} to {to}"
+        ))
+    });
     let stores = Stores::open(cfg, true)?;
     KeyManager::start(stores, cfg.clone()).inspect_err(|e| {
         // Stores that do not belong together say what to do themselves.

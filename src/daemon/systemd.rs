@@ -88,6 +88,45 @@ pub fn waiting(status: &str, extend: Duration) {
     ]);
 }
 
+/// While it lives, a long start step: STATUS= says what it is, and
+/// systemd is asked for more time every 10 s (30 s at a time), so
+/// `TimeoutStartSec=` does not end it. Dropped when the step ends.
+pub struct KeepStarting {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeepStarting {
+    pub fn new(status: String) -> KeepStarting {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("starting".into())
+            .spawn(move || {
+                loop {
+                    waiting(&status, Duration::from_secs(30));
+                    match stopped.recv_timeout(Duration::from_secs(10)) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        _ => return,
+                    }
+                }
+            })
+            .ok();
+        KeepStarting {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for KeepStarting {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub fn status(status: &str) {
     notify(&[NotifyState::Status(status)]);
 }

@@ -153,14 +153,36 @@ impl Database {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(db_err)?;
-        if version != MIGRATION_ARRAY.len() as i64 {
+        let latest = MIGRATION_ARRAY.len() as i64;
+        if version != latest {
+            let what = if version < latest {
+                "an older splitsign made it: start the daemon once (`splitsign serve` upgrades \
+                 the schema at start), then run this again"
+            } else {
+                "a newer splitsign made it"
+            };
             return Err(Error::KeyStore(format!(
-                "database {} has schema version {version}; this splitsign knows {}",
+                "database {} has schema version {version}; this splitsign knows {latest} ({what})",
                 path.display(),
-                MIGRATION_ARRAY.len()
             )));
         }
         Database::finish_open(conn, path, legacy_alg)
+    }
+
+    /// The schema upgrade that opening the database at `path` for writing
+    /// would run, as (from, to) versions: none for a new or current
+    /// database, or one that cannot be read (opening it says why).
+    pub fn pending_upgrade(path: &Path) -> Option<(i64, i64)> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ok()?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .ok()?;
+        let latest = MIGRATION_ARRAY.len() as i64;
+        (version > 0 && version < latest).then_some((version, latest))
     }
 
     pub(super) fn db_err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {

@@ -7,10 +7,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Dir, assert_ok, copy_dir, faketime, ok};
+use crate::util::{Daemon, Dir, FakeSystemd, assert_ok, copy_dir, faketime, ok};
 
 fn jti(i: usize) -> String {
     use base64::Engine;
@@ -165,8 +166,8 @@ fn mass_revocation_from_files_through_the_daemon_and_offline() {
     );
 }
 
-#[test]
-fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
+/// A copy of the stores schema 5 made, with the modes a checkout loses.
+fn schema_5_stores() -> (Dir, Value) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stores-v5");
     let expect: Value =
         serde_json::from_slice(&std::fs::read(fixture.join("expect.json")).unwrap()).unwrap();
@@ -178,6 +179,46 @@ fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
     for f in dir.share_files().into_iter().chain([dir.db()]) {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
+    (dir, expect)
+}
+
+#[test]
+fn a_schema_upgrade_keeps_systemd_waiting_and_a_read_only_command_says_how_to_upgrade() {
+    let (dir, _) = schema_5_stores();
+    // `check` only reads: it refuses an old schema and says what to do.
+    let out = dir
+        .cmd()
+        .args(["--config", "config.toml", "check"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("schema version 5") && err.contains("splitsign serve"),
+        "{err}"
+    );
+    // Under systemd, the upgrade says so in STATUS= and asks for more
+    // time (EXTEND_TIMEOUT_USEC) before READY=1.
+    let m = FakeSystemd::new(&dir);
+    let path = dir.write_config(&format!(
+        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\n",
+        m.socket.display()
+    ));
+    // Stopped by pid when dropped.
+    let _daemon = m.spawn(&dir, &["--config", path.to_str().unwrap()], &[]);
+    let upgrading = m.expect("EXTEND_TIMEOUT_USEC=", Duration::from_secs(20));
+    assert!(
+        upgrading.contains("STATUS=not ready: upgrading the database schema from version 5 to 6"),
+        "{upgrading}"
+    );
+    m.expect("READY=1", Duration::from_secs(20));
+    let log = std::fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("upgrading the database schema"), "{log}");
+}
+
+#[test]
+fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
+    let (dir, expect) = schema_5_stores();
     let before: Vec<(i64, Option<String>, Option<String>)> = {
         let sql = dir.sql();
         let mut stmt = sql
