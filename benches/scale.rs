@@ -58,17 +58,23 @@ fn deployment() -> tempfile::TempDir {
         ),
     )
     .unwrap();
+    splitsign(dir.path(), "init");
+    dir
+}
+
+/// `splitsign --config config.toml COMMAND…` in `dir`, which must succeed.
+fn splitsign(dir: &Path, command: &str) {
     let out = std::process::Command::new(BIN)
-        .args(["--config", "config.toml", "init"])
-        .current_dir(dir.path())
+        .args(["--config", "config.toml"])
+        .args(command.split(' '))
+        .current_dir(dir)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{command}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir
 }
 
 fn db(dir: &Path) -> Database {
@@ -311,16 +317,7 @@ fn main() {
 
     // audit --verify over it.
     let t0 = Instant::now();
-    let out = std::process::Command::new(BIN)
-        .args(["--config", "config.toml", "audit", "--verify"])
-        .current_dir(long_log.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    splitsign(long_log.path(), "audit --verify");
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "{:<58} {:>12} {:>12.0} {:>8}",

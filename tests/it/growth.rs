@@ -4,14 +4,13 @@
 //! made by schema 5 without losing anything.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Dir, FakeSystemd, assert_ok, copy_dir, faketime, ok};
+use crate::util::{Daemon, Dir, FakeSystemd, assert_ok, faketime, fixture_stores, ok};
 
 fn jti(i: usize) -> String {
     use base64::Engine;
@@ -67,29 +66,25 @@ fn a_long_pipelined_admin_session_is_answered_in_order_and_never_cut_off() {
     }
     writer.join().unwrap();
     // Every one took effect, and every one has its audit record.
+    let revoked_jtis = |c: &mut crate::util::Conn| {
+        let metrics = ok(c.request(json!({"op":"metrics"})))["metrics"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            metrics.contains(&format!("splitsign_revocations{{kind=\"jti\"}} {}", n - 4)),
+            "{metrics}"
+        );
+    };
     let st = ok(c.request(json!({"op":"status"})))["status"].clone();
-    let metrics = ok(c.request(json!({"op":"metrics"})))["metrics"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        metrics.contains(&format!("splitsign_revocations{{kind=\"jti\"}} {}", n - 4)),
-        "{metrics}"
-    );
+    revoked_jtis(&mut c);
     assert_eq!(st["store_fault"], Value::Null);
     let records = crate::util::wait_for_count(&dir, "revoke", "ok", (n - 4) as i64);
     assert_eq!(records, (n - 4) as i64);
     d.stop();
     // They are durable: a restart knows them.
     let d = Daemon::start(&dir);
-    let metrics = ok(d.conn().request(json!({"op":"metrics"})))["metrics"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        metrics.contains(&format!("splitsign_revocations{{kind=\"jti\"}} {}", n - 4)),
-        "{metrics}"
-    );
+    revoked_jtis(&mut d.conn());
 }
 
 fn write_lines(path: &Path, values: &[String]) {
@@ -166,25 +161,9 @@ fn mass_revocation_from_files_through_the_daemon_and_offline() {
     );
 }
 
-/// A copy of the stores schema 5 made, with the modes a checkout loses.
-fn schema_5_stores() -> (Dir, Value) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stores-v5");
-    let expect: Value =
-        serde_json::from_slice(&std::fs::read(fixture.join("expect.json")).unwrap()).unwrap();
-    let dir = Dir::new();
-    copy_dir(&fixture, dir.path());
-    for (p, mode) in [(dir.keys(), 0o700), (dir.path().join("var"), 0o700)] {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    for f in dir.share_files().into_iter().chain([dir.db()]) {
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    (dir, expect)
-}
-
 #[test]
 fn a_schema_upgrade_keeps_systemd_waiting_and_a_read_only_command_says_how_to_upgrade() {
-    let (dir, _) = schema_5_stores();
+    let (dir, _) = fixture_stores("stores-v5");
     // `check` only reads: it refuses an old schema and says what to do.
     let out = dir
         .cmd()
@@ -218,7 +197,7 @@ fn a_schema_upgrade_keeps_systemd_waiting_and_a_read_only_command_says_how_to_up
 
 #[test]
 fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
-    let (dir, expect) = schema_5_stores();
+    let (dir, expect) = fixture_stores("stores-v5");
     let before: Vec<(i64, Option<String>, Option<String>)> = {
         let sql = dir.sql();
         let mut stmt = sql
@@ -288,26 +267,22 @@ fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
         .query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))
         .unwrap();
     assert_eq!(revocations, 2);
-    let out = dir
-        .cmd()
-        .args(args)
-        .args(["audit", "--verify"])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let audit_verify = || {
+        dir.cmd()
+            .args(args)
+            .args(["audit", "--verify"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = audit_verify();
     assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("{} records", after.len())), "{text}");
     // An edit to an old record is still found after the upgrade.
     sql.execute("UPDATE audit SET jti = 'forged' WHERE seq = 5", [])
         .unwrap();
-    let out = dir
-        .cmd()
-        .args(args)
-        .args(["audit", "--verify"])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let out = audit_verify();
     assert_eq!(
         out.status.code(),
         Some(65),

@@ -14,8 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
 use crate::util::{
-    Conn, Daemon, Dir, FakeSystemd, SignLoop, assert_ok, copy_dir, faketime, initialised, ok,
-    signal, verify_with_jwks_at, wait_exit,
+    Conn, Daemon, Dir, FakeSystemd, SignLoop, assert_ok, copy_dir, faketime, fixture_stores,
+    initialised, ok, signal, verify_with_jwks_at, wait_exit,
 };
 
 /// Every byte of the share directory and of the database file.
@@ -573,17 +573,7 @@ fn a_reload_applies_timeouts_and_refuses_what_needs_a_restart_by_name() {
 
 #[test]
 fn stores_made_by_0_1_upgrade_in_place_and_keep_every_token() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stores-v1");
-    let expect: Value =
-        serde_json::from_slice(&std::fs::read(fixture.join("expect.json")).unwrap()).unwrap();
-    let dir = Dir::new();
-    copy_dir(&fixture, dir.path());
-    for (p, mode) in [(dir.keys(), 0o700), (dir.path().join("var"), 0o700)] {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    for f in dir.share_files().into_iter().chain([dir.db()]) {
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let (dir, expect) = fixture_stores("stores-v1");
     // Run at the time the fixture was made (its tokens live an hour).
     let made_at = expect["made_at"].as_i64().unwrap();
     let real = std::time::SystemTime::now()
