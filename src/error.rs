@@ -143,6 +143,14 @@ impl Error {
         }
     }
 
+    /// A database error at `path`, for `map_err` (usable many times).
+    pub fn database(path: &std::path::Path) -> impl Fn(rusqlite::Error) -> Error + Copy + '_ {
+        move |source| Error::Database {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }

@@ -21,10 +21,7 @@ use crate::store::audit_log::{MAX_FIELD, PRUNE_BATCH, Record, append, bound, pru
 /// Open a connection for audit writes: WAL, the chosen durability, and a
 /// short busy timeout so a stuck lock fails closed quickly.
 pub fn open(path: &Path, durability: AuditSync) -> Result<Connection> {
-    let db_err = |source| Error::Database {
-        path: path.to_owned(),
-        source,
-    };
+    let db_err = Error::database(path);
     let conn = Connection::open(path).map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(2)).map_err(db_err)?;
     let sync = match durability {

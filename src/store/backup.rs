@@ -78,10 +78,7 @@ impl Database {
 
     fn backup_into(&self, tmp: &Path) -> Result<BackupSummary> {
         use rusqlite::backup::{Backup, StepResult};
-        let tmp_err = |source| Error::Database {
-            path: tmp.to_owned(),
-            source,
-        };
+        let tmp_err = Error::database(tmp);
         {
             let mut dst = Connection::open(tmp).map_err(tmp_err)?;
             let backup = Backup::new(&self.conn, &mut dst).map_err(self.db_err())?;

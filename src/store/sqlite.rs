@@ -55,10 +55,7 @@ impl Database {
     /// Open (or create) the database and bring its schema up to date.
     /// `legacy_alg` is the label of keys that predate recorded labels.
     pub fn open(path: &Path, legacy_alg: AlgLabel) -> Result<Database> {
-        let db_err = |source| Error::Database {
-            path: path.to_owned(),
-            source,
-        };
+        let db_err = Error::database(path);
         let mut conn = Connection::open(path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
         let mode: String = conn
@@ -91,10 +88,7 @@ impl Database {
         let identity = FileId::of(path).map_err(Error::io("examining database", path))?;
         let deployment: String = conn
             .query_row("SELECT id FROM deployment", [], |r| r.get(0))
-            .map_err(|source| Error::Database {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(Error::database(path))?;
         if !share_format::is_valid_deployment(&deployment) {
             return Err(Error::KeyStore(format!(
                 "database {}: the deployment id is malformed",
@@ -134,10 +128,7 @@ impl Database {
     /// one this binary knows.
     pub fn open_read_only(path: &Path, legacy_alg: AlgLabel) -> Result<Database> {
         use rusqlite::OpenFlags;
-        let db_err = |source| Error::Database {
-            path: path.to_owned(),
-            source,
-        };
+        let db_err = Error::database(path);
         if !path.exists() {
             return Err(Error::KeyStore(format!(
                 "database {} does not exist (run `splitsign init` first)",
@@ -186,20 +177,13 @@ impl Database {
     }
 
     pub(super) fn db_err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
-        |source| Error::Database {
-            path: self.path.clone(),
-            source,
-        }
+        Error::database(&self.path)
     }
 
     /// Insert a key row and its database share in one transaction.
     pub fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()> {
         debug_assert_eq!(share.slot, Slot::Database);
-        let path = self.path.clone();
-        let db_err = |source| Error::Database {
-            path: path.clone(),
-            source,
-        };
+        let db_err = Error::database(&self.path);
         let tx = self.conn.transaction().map_err(db_err)?;
         tx.execute(
             "INSERT INTO keys (kid, public_key, origin, created_at, activate_at, deactivate_at,
@@ -228,11 +212,7 @@ impl Database {
     /// replaces. Before this commit the new key does not exist for anyone;
     /// after it, the old timestamps and the new key hold together.
     pub fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()> {
-        let path = self.path.clone();
-        let db_err = |source| Error::Database {
-            path: path.clone(),
-            source,
-        };
+        let db_err = Error::database(&self.path);
         let tx = self.conn.transaction().map_err(db_err)?;
         let n = tx
             .execute("UPDATE keys SET verified = 1 WHERE kid = ?1", [kid])
@@ -240,7 +220,7 @@ impl Database {
         if n != 1 {
             return Err(Error::KeyStore(format!(
                 "database {}: key {kid} vanished before its creation was committed",
-                path.display()
+                self.path.display()
             )));
         }
         for s in supersede {
@@ -260,11 +240,7 @@ impl Database {
     /// transaction. (The new file share was written before; the old one is
     /// removed after.)
     pub fn commit_reshare(&mut self, share: &KeyShare, old_generation: u32) -> Result<()> {
-        let path = self.path.clone();
-        let db_err = |source| Error::Database {
-            path: path.clone(),
-            source,
-        };
+        let db_err = Error::database(&self.path);
         let tx = self.conn.transaction().map_err(db_err)?;
         insert_share(&tx, share).map_err(db_err)?;
         let n = tx
@@ -277,7 +253,7 @@ impl Database {
         if n != 1 {
             return Err(Error::KeyStore(format!(
                 "database {}: key {} is not at share generation {old_generation}",
-                path.display(),
+                self.path.display(),
                 share.kid
             )));
         }
@@ -336,11 +312,7 @@ impl Database {
     /// Put back a lost or damaged database share at the key's current
     /// generation (recovery from the offline share).
     pub fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
-        let path = self.path.clone();
-        let db_err = |source| Error::Database {
-            path: path.clone(),
-            source,
-        };
+        let db_err = Error::database(&self.path);
         let tx = self.conn.transaction().map_err(db_err)?;
         tx.execute(
             "DELETE FROM db_shares WHERE kid = ?1 AND generation = ?2",
@@ -454,11 +426,7 @@ impl Database {
     /// node `node`), and record where they went.
     pub fn finish_move(&mut self, node: &str, store: &str, now: i64) -> Result<()> {
         let deployment = self.deployment.clone();
-        let path = self.path.clone();
-        let err = |source| Error::Database {
-            path: path.clone(),
-            source,
-        };
+        let err = Error::database(&self.path);
         let tx = self.conn.transaction().map_err(err)?;
         (|| {
             tx.execute("DELETE FROM db_shares", [])?;
@@ -634,16 +602,13 @@ impl Database {
     /// Prune audit records older than `before` (offline), keeping the
     /// chain verifiable from its anchor.
     pub fn prune_audit(&mut self, before: i64) -> Result<usize> {
-        let path = self.path.clone();
-        crate::store::audit_log::prune(&mut self.conn, before)
-            .map_err(|source| Error::Database { path, source })
+        crate::store::audit_log::prune(&mut self.conn, before).map_err(Error::database(&self.path))
     }
 
     /// Append audit records (offline admin commands).
     pub fn audit(&mut self, records: &[crate::store::audit_log::Record]) -> Result<()> {
-        let path = self.path.clone();
         crate::store::audit_log::append(&mut self.conn, records)
-            .map_err(|source| Error::Database { path, source })
+            .map_err(Error::database(&self.path))
     }
 
     pub fn connection(&self) -> &Connection {
