@@ -643,8 +643,7 @@ impl Postgres {
                 insert_key_row(&tx, &node, row, true).await?;
             }
             for share in shares {
-                let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
-                insert_share(&tx, &node, share, &sum).await?;
+                insert_share(&tx, &node, share).await?;
             }
             for r in revocations {
                 insert_revocation(&tx, &node, r, now).await?;
@@ -872,11 +871,10 @@ impl KeyStore for Arc<Postgres> {
     fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()> {
         debug_assert_eq!(share.slot, Slot::Database);
         let node = self.node.clone();
-        let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
         self.with("recording a key", async |c| {
             let tx = c.transaction().await?;
             insert_key_row(&tx, &node, row, false).await?;
-            insert_share(&tx, &node, share, &sum).await?;
+            insert_share(&tx, &node, share).await?;
             tx.commit().await
         })
     }
@@ -936,10 +934,9 @@ impl KeyStore for Arc<Postgres> {
 
     fn commit_reshare(&mut self, share: &KeyShare, old_generation: u32) -> Result<()> {
         let node = self.node.clone();
-        let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
         let n = self.with("committing a re-split", async |c| {
             let tx = c.transaction().await?;
-            insert_share(&tx, &node, share, &sum).await?;
+            insert_share(&tx, &node, share).await?;
             let n = tx
                 .execute(
                     "UPDATE splitsign_keys SET share_generation = $3, pending_generation = NULL
@@ -968,7 +965,6 @@ impl KeyStore for Arc<Postgres> {
 
     fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
         let node = self.node.clone();
-        let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
         self.with("restoring a database share", async |c| {
             let tx = c.transaction().await?;
             tx.execute(
@@ -976,7 +972,7 @@ impl KeyStore for Arc<Postgres> {
                 &[&share.kid, &node, &(share.generation as i32)],
             )
             .await?;
-            insert_share(&tx, &node, share, &sum).await?;
+            insert_share(&tx, &node, share).await?;
             tx.commit().await
         })
     }
@@ -1121,8 +1117,8 @@ async fn insert_share(
     tx: &tokio_postgres::Transaction<'_>,
     node: &str,
     share: &KeyShare,
-    sum: &[u8; 32],
 ) -> std::result::Result<u64, tokio_postgres::Error> {
+    let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
     tx.execute(
         "INSERT INTO splitsign_db_shares (node, kid, generation, x, y, checksum)
          VALUES ($1, $2, $3, 2, $4, $5)",
