@@ -179,10 +179,7 @@ fn a_schema_upgrade_keeps_systemd_waiting_and_a_read_only_command_says_how_to_up
     // Under systemd, the upgrade says so in STATUS= and asks for more
     // time (EXTEND_TIMEOUT_USEC) before READY=1.
     let m = FakeSystemd::new(&dir);
-    let path = dir.write_config(&format!(
-        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\n",
-        m.socket.display()
-    ));
+    let path = dir.write_config(&m.config(""));
     // Stopped by pid when dropped.
     let _daemon = m.spawn(&dir, &["--config", path.to_str().unwrap()], &[]);
     let upgrading = m.expect("EXTEND_TIMEOUT_USEC=", Duration::from_secs(20));

@@ -167,12 +167,7 @@ fn a_client_connecting_during_a_restart_is_served_by_the_next_instance() {
 fn reload_applies_a_valid_config_and_refuses_a_bad_one() {
     let dir = Dir::new();
     let m = FakeSystemd::new(&dir);
-    let cfg = |ttl: &str| {
-        format!(
-            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\ndefault_ttl = \"{ttl}\"\n",
-            m.socket.display()
-        )
-    };
+    let cfg = |ttl: &str| m.config(&format!("default_ttl = \"{ttl}\"\n"));
     let path = dir.write_config(&cfg("5m"));
     let mut child = m.spawn(&dir, &["--config", path.to_str().unwrap()], &[]);
     m.expect("READY=1", Duration::from_secs(20));
@@ -215,12 +210,7 @@ fn reload_applies_a_valid_config_and_refuses_a_bad_one() {
 fn splitsign_reload_asks_the_daemon_over_its_socket() {
     let dir = Dir::new();
     let m = FakeSystemd::new(&dir);
-    let cfg = |ttl: &str| {
-        format!(
-            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\ndefault_ttl = \"{ttl}\"\n",
-            m.socket.display()
-        )
-    };
+    let cfg = |ttl: &str| m.config(&format!("default_ttl = \"{ttl}\"\n"));
     let path = dir.write_config(&cfg("5m"));
     let config = path.to_str().unwrap();
     let mut child = m.spawn(&dir, &["--config", config], &[]);

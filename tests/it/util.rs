@@ -354,6 +354,15 @@ impl FakeSystemd {
         }
     }
 
+    /// A config for the test's stores that names this listener's socket,
+    /// followed by `extra` lines.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\n{extra}",
+            self.socket.display()
+        )
+    }
+
     /// Start `serve` as systemd would, with the listener and notify socket.
     pub fn spawn(&self, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Started {
         Started::spawn(
