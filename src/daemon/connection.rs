@@ -264,17 +264,16 @@ async fn answer(handler: &Handler, line: &[u8], peer: &Peer, batch: &mut Batch) 
     let mut aside = Vec::new();
     let out = if held { &mut aside } else { &mut batch.out };
     let start = out.len();
-    let mut handled = handler.handle(line, peer, out, &mut batch.records, false);
-    if let Handled::Admin(req) = handled {
-        if matches!(req.op, crate::protocol::Op::Revoke(_)) {
+    let mut handled = match handler.handle(line, peer, out, &mut batch.records, false) {
+        Handled::Admin(req) if matches!(req.op, crate::protocol::Op::Revoke(_)) => {
             batch.revokes.push(req);
             if batch.revokes.len() >= MAX_REVOKES {
                 answer_revokes(handler, peer, batch).await;
             }
             return;
         }
-        handled = Handled::Admin(req);
-    }
+        other => other,
+    };
     let start = if held {
         answer_revokes(handler, peer, batch).await;
         let at = batch.out.len();
