@@ -193,6 +193,11 @@ fn kid_names(conn: &Connection) -> rusqlite::Result<std::collections::HashMap<i6
 /// Rows per INSERT statement when appending (fewer statement runs).
 const ROWS_PER_INSERT: usize = 32;
 
+/// The two statements `append` runs, made once.
+static INSERT_MANY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+static INSERT_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_sql(1));
+
 /// `INSERT … VALUES (…), (…)` for `n` records.
 fn insert_sql(n: usize) -> String {
     let mut sql = String::from(
@@ -268,18 +273,18 @@ pub fn append(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()>
             count,
             hash,
         });
-        prev = hash.to_vec();
+        prev.clear();
+        prev.extend_from_slice(&hash);
     }
     // Whole chunks with one statement, the rest one row at a time: two
     // statements in the cache, never re-parsed.
     let whole = rows.len() - rows.len() % ROWS_PER_INSERT;
     let (full, rest) = rows.split_at(whole);
-    let (many, one) = (insert_sql(ROWS_PER_INSERT), insert_sql(1));
     for chunk in full.chunks(ROWS_PER_INSERT).chain(rest.chunks(1)) {
         let sql = if chunk.len() == ROWS_PER_INSERT {
-            &many
+            &INSERT_MANY
         } else {
-            &one
+            &INSERT_ONE
         };
         let mut stmt = tx.prepare_cached(sql)?;
         let mut params: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
