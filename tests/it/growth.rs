@@ -287,3 +287,85 @@ fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_kill_9_during_the_schema_upgrade_leaves_schema_5_whole_and_the_next_start_finishes_it() {
+    let (dir, expect) = fixture_stores("stores-v5");
+    // A long audit log, so that the rewrite takes a while: the fixture's
+    // last record, a million times more (their hashes do not chain; only
+    // the rows and the schema are checked here).
+    const MORE: i64 = 1_000_000;
+    let count = |sql: &rusqlite::Connection| -> i64 {
+        sql.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+            .unwrap()
+    };
+    let version = |sql: &rusqlite::Connection| -> i64 {
+        sql.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = {
+        let sql = dir.sql();
+        let last: i64 = sql
+            .query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))
+            .unwrap();
+        sql.execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {MORE})
+             INSERT INTO audit (seq, at, uid, pid, op, kid, sub, jti, result, prev_hash, hash, count)
+             SELECT {last} + i, a.at, a.uid, a.pid, a.op, a.kid, a.sub, 'j' || i, a.result,
+                    a.prev_hash, a.hash, a.count
+             FROM n, (SELECT * FROM audit WHERE seq = {last}) a"
+        ))
+        .unwrap();
+        assert_eq!(version(&sql), 5);
+        count(&sql)
+    };
+    // The upgrade begins (the journal says so first).
+    let log = dir.path().join("upgrade.log");
+    let mut daemon = crate::util::Started::spawn(
+        dir.cmd()
+            .args(["--config", "config.toml", "serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("upgrading the database schema")
+    {
+        assert!(std::time::Instant::now() < deadline, "no upgrade began");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Killed in the middle of the rewrite: once its pages reach the WAL,
+    // uncommitted.
+    let wal = dir.path().join("var/splitsign.db-wal");
+    while std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rewrite wrote nothing: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    {
+        let sql = dir.sql();
+        let ok: String = sql
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        assert_eq!(version(&sql), 5, "the interrupted upgrade left schema 5");
+        assert_eq!(count(&sql), before, "every record of schema 5 is there");
+    }
+    // The next start upgrades it whole, and serves the same key.
+    let made_at = expect["made_at"].as_i64().unwrap();
+    let offset = format!("{:+}s", made_at + 60 - crate::util::now());
+    let env = faketime(&[("FAKETIME", offset.as_str())]);
+    let d = Daemon::start_with_env(&dir, &["--config", "config.toml"], &env).unwrap();
+    let st = ok(d.conn().request(json!({"op":"status"})))["status"].clone();
+    assert_eq!(st["active_kid"], expect["status"]["active_kid"]);
+    d.stop();
+    let sql = dir.sql();
+    assert_eq!(version(&sql), 6);
+    assert!(count(&sql) >= before, "no record lost in the upgrade");
+}
