@@ -15,8 +15,9 @@
 //! `cargo bench --bench throughput -- --versus PATH [--rounds N]` instead
 //! compares this build's daemon with another `splitsign` binary (an older
 //! release, say) side by side: sign and verify at 16 connections × 32 in
-//! flight, the two daemons alternating, N rounds (default 6), and prints
-//! the medians and their ratio.
+//! flight and the p50 of sequential signs on one connection, the two
+//! daemons alternating, N rounds (default 6), and prints the medians and
+//! their ratio.
 //!
 //! `cargo bench --bench throughput -- --postgres [--rounds N]` compares the
 //! SQLite store with the PostgreSQL store (a private server started for the
@@ -286,6 +287,7 @@ fn versus(other: &str, rounds: usize, secs: f64) {
     println!("splitsign throughput: this build vs {other} ({rounds} rounds, alternating)\n");
     let mut rates: [[Vec<f64>; 2]; 2] = Default::default();
     let mut cpu_us: [[Vec<f64>; 2]; 2] = Default::default();
+    let mut seq_p50: [Vec<f64>; 2] = Default::default();
     for round in 0..rounds {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
@@ -301,6 +303,7 @@ fn versus(other: &str, rounds: usize, secs: f64) {
                 rates[i][k].push(l.rate);
                 cpu_us[i][k].push(cpu * 1e6 / (l.rate * secs));
             }
+            seq_p50[i].push(line_load(&d.sock(), &sign_line(), 1, 1, secs).p50_us);
             d.stop();
         }
     }
@@ -324,6 +327,13 @@ fn versus(other: &str, rounds: usize, secs: f64) {
             this / that
         );
     }
+    let this = median(seq_p50[0].clone());
+    let that = median(seq_p50[1].clone());
+    println!(
+        "{:<40} {this:>12.1} {that:>12.1} {:>8.3}",
+        "  sign p50 us, 1 conn sequential",
+        this / that
+    );
     for (k, label) in ["sign", "verify"].iter().enumerate() {
         println!(
             "  {label} rounds: this {:?}, other {:?}",
@@ -498,6 +508,18 @@ fn fsync_floor(dir: &Path, n: usize) -> f64 {
 fn main() {
     // `--profile-sign N`: only N in-process signs, for a profiler.
     let args: Vec<String> = std::env::args().collect();
+    // `--load SOCKET SECS`: only sign at 16 connections x 32 in flight
+    // against a daemon started by hand, for a profiler attached to it.
+    if let Some(i) = args.iter().position(|a| a == "--load") {
+        let sock = PathBuf::from(args.get(i + 1).expect("--load SOCKET SECS"));
+        let secs: f64 = args
+            .get(i + 2)
+            .and_then(|s| s.parse().ok())
+            .expect("--load SOCKET SECS");
+        let l = line_load(&sock, &sign_line(), 16, 32, secs);
+        println!("sign 16 conn x 32 in flight: {:.0} ops/s", l.rate);
+        return;
+    }
     if args.iter().any(|a| a == "--postgres") {
         let quick = args.iter().any(|a| a == "--quick");
         let rounds = args
