@@ -24,6 +24,11 @@
 //! run, as in the tests; needs the `postgresql` package) the same way, then
 //! measures how fast a revocation and a new key propagate from one node to
 //! another (p50/p99/max).
+//!
+//! `cargo bench --bench throughput -- --load SOCKET SECS` only signs at 16
+//! connections × 32 in flight against a daemon started by hand, for a
+//! profiler attached to it (`perf record -p PID`).
+//!
 //! The client threads and the daemon share this machine: compare ratios
 //! within one run; the client's CPU share is printed.
 
