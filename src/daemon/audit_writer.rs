@@ -1,21 +1,13 @@
-//! `audit_writer` is the daemon's side of the audit log: it commits the
-//! records of issued tokens and admin ops before their replies leave, and
-//! one thread writes the aggregated failures once a second, prunes past the
-//! retention in small steps, and, while the log cannot be written (a full
-//! disk), probes until it can. The table and its chain are
-//! `store::audit_log`.
-//!
-//! A connection whose records find the writer idle commits them itself, on
-//! its own thread (`block_in_place`: the runtime moves its other tasks to
-//! another thread meanwhile), so a lone request pays no hand-off to the
-//! writer thread and back (about 35 µs here). While the writer is busy,
-//! records queue to the thread, which commits everything queued in one
-//! transaction (group commit). Either way they are durable before the
-//! reply leaves, and one lock orders the commits, so the chain is one.
+//! `audit_writer` is the daemon's side of the audit log: one thread that
+//! commits the records of issued tokens and admin ops in batches (group
+//! commit) before their replies leave, that writes the aggregated failures
+//! once a second, that prunes past the retention in small steps, and that,
+//! while the log cannot be written (a full disk), probes until it can. The
+//! table and its chain are `store::audit_log`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -135,16 +127,12 @@ impl Tally {
     }
 }
 
-/// The daemon's audit writer: commits records at once when it is idle, or
-/// through a thread that commits whatever records have queued up in one
-/// transaction, then acknowledges them all; the thread also writes
+/// The daemon's audit writer: a thread that commits whatever records have
+/// queued up in one transaction, then acknowledges them all; that writes
 /// the aggregated failures once a second; that prunes past the retention;
 /// and that, while writes fail, probes the database until they work again.
 pub struct Writer {
     tx: mpsc::Sender<Job>,
-    core: Arc<Mutex<Core>>,
-    /// Commit jobs sent to the thread and not yet taken by it.
-    queued: Arc<AtomicUsize>,
     tally: Arc<Mutex<Tally>>,
     health: Arc<Health>,
     retention_s: Arc<AtomicI64>,
@@ -176,8 +164,7 @@ impl Writer {
             failing_since: AtomicI64::new(0),
         });
         let retention_s = Arc::new(AtomicI64::new(retention.as_secs() as i64));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let core = Arc::new(Mutex::new(Core {
+        let mut thread = WriterThread {
             conn,
             path,
             expected,
@@ -188,17 +175,13 @@ impl Writer {
             next_prune: Instant::now() + Duration::from_secs(10),
             pruning: None,
             metrics,
-            queued: Arc::clone(&queued),
-        }));
-        let thread = Arc::clone(&core);
+        };
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || run(&thread, rx))
+            .spawn(move || thread.run(rx))
             .map_err(Error::io("starting the audit writer", "thread"))?;
         Ok(Writer {
             tx,
-            core,
-            queued,
             tally,
             health,
             retention_s,
@@ -206,17 +189,9 @@ impl Writer {
     }
 
     /// Commit `records`; true once they are durable in the database at the
-    /// configured path. On this task's thread if the writer is idle and
-    /// nothing is queued for it (must run on the multi-thread runtime),
-    /// otherwise through the writer thread's group commit.
+    /// configured path.
     pub async fn commit(&self, records: Vec<Record>) -> bool {
-        if self.queued.load(Ordering::Acquire) == 0
-            && let Ok(mut core) = self.core.try_lock()
-        {
-            return tokio::task::block_in_place(move || core.commit_records(records));
-        }
         let (ack, done) = tokio::sync::oneshot::channel();
-        self.queued.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Job::Commit(records, ack)).is_err() {
             return false;
         }
@@ -262,9 +237,7 @@ struct Pruning {
     ack: Option<tokio::sync::oneshot::Sender<std::result::Result<Pruned, String>>>,
 }
 
-/// The writer: the connection and what it keeps, behind one lock taken by
-/// the thread and by a connection that commits its own records.
-struct Core {
+struct WriterThread {
     conn: Connection,
     path: PathBuf,
     expected: FileId,
@@ -274,52 +247,43 @@ struct Core {
     next_prune: Instant,
     metrics: Arc<crate::daemon::metrics::Metrics>,
     pruning: Option<Pruning>,
-    queued: Arc<AtomicUsize>,
 }
 
 fn wall_now() -> i64 {
     crate::lifecycle::wall_now()
 }
 
-/// The writer thread: waits for jobs (and wakes once a [`WINDOW`]), and
-/// does each with the writer locked.
-fn run(core: &Mutex<Core>, rx: mpsc::Receiver<Job>) {
-    let lock = || core.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let wait = if lock().pruning.is_some() {
-            Duration::ZERO
-        } else {
-            WINDOW
-        };
-        let job = rx.recv_timeout(wait);
-        let mut w = lock();
-        match job {
-            Ok(Job::Commit(records, ack)) => {
-                w.queued.fetch_sub(1, Ordering::AcqRel);
-                w.commit_batch(records, ack, &rx)
-            }
-            Ok(Job::Prune { before, by, ack }) => w.start_prune(before, Some(by), Some(ack)),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let rest = w.due_tally(true);
-                if !rest.is_empty() {
-                    let _ = w.write(&rest);
+impl WriterThread {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        loop {
+            let wait = if self.pruning.is_some() {
+                Duration::ZERO
+            } else {
+                WINDOW
+            };
+            match rx.recv_timeout(wait) {
+                Ok(Job::Commit(records, ack)) => self.commit_batch(records, ack, &rx),
+                Ok(Job::Prune { before, by, ack }) => self.start_prune(before, Some(by), Some(ack)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let rest = self.due_tally(true);
+                    if !rest.is_empty() {
+                        let _ = self.write(&rest);
+                    }
+                    return;
                 }
-                return;
             }
+            let due = self.due_tally(false);
+            if !due.is_empty() && !self.write(&due) {
+                self.put_back(due);
+            }
+            if !self.health.ok() {
+                self.probe();
+            }
+            self.prune_step();
         }
-        let due = w.due_tally(false);
-        if !due.is_empty() && !w.write(&due) {
-            w.put_back(due);
-        }
-        if !w.health.ok() {
-            w.probe();
-        }
-        w.prune_step();
     }
-}
 
-impl Core {
     /// Commit this batch and every commit queued behind it (group commit),
     /// with the aggregated failures if their second is over.
     fn commit_batch(&mut self, records: Vec<Record>, ack: Ack, rx: &mpsc::Receiver<Job>) {
@@ -329,7 +293,6 @@ impl Core {
         while acks.len() < 4096 {
             match rx.try_recv() {
                 Ok(Job::Commit(r, a)) => {
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
                     all.extend(r);
                     acks.push(a);
                 }
@@ -340,20 +303,6 @@ impl Core {
                 Err(_) => break,
             }
         }
-        let ok = self.commit_records(all);
-        for a in acks {
-            let _ = a.send(ok);
-        }
-        for job in later {
-            if let Job::Prune { before, by, ack } = job {
-                self.start_prune(before, Some(by), Some(ack));
-            }
-        }
-    }
-
-    /// Commit `records` with the aggregated failures if their second is
-    /// over; true if they are durable.
-    fn commit_records(&mut self, mut all: Vec<Record>) -> bool {
         let tallied = self.due_tally(false);
         let n = tallied.len();
         all.extend(tallied);
@@ -362,7 +311,14 @@ impl Core {
             let back = all.split_off(all.len() - n);
             self.put_back(back);
         }
-        ok
+        for a in acks {
+            let _ = a.send(ok);
+        }
+        for job in later {
+            if let Job::Prune { before, by, ack } = job {
+                self.start_prune(before, Some(by), Some(ack));
+            }
+        }
     }
 
     /// Append `records`; true if they are durable in the database at the

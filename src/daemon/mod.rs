@@ -9,7 +9,7 @@
 //! peer's lines, batches, backpressure), `handler` (answering a request:
 //! sign, verify, status, admin ops), `access` (client policies),
 //! `revocations`, `key_manager` (key changes while running, store checks,
-//! the JWKS file), `audit_writer` (own or group commit, aggregation, retention),
+//! the JWKS file), `audit_writer` (group commit, aggregation, retention),
 //! `background` (schedule timer, health, watchdog, signals and reload),
 //! `systemd` (socket activation, sd_notify), `memory` (allocator tuning).
 

@@ -6,8 +6,7 @@
 //!
 //! What is recorded, and how it stays bounded:
 //! - every issued token and every admin op gets its own record, committed
-//!   (by the connection itself when the writer is idle, else in a group
-//!   commit on the writer thread) before the reply it covers
+//!   (group commit, on one writer thread) before the reply it covers
 //!   leaves; if it cannot be written, signing fails closed;
 //! - failures that carry no token (a refused verify, a refused sign, a
 //!   refused connection) are aggregated per peer uid, op and result over a
