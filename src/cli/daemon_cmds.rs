@@ -161,6 +161,18 @@ pub fn revoke(cx: &Ctx, a: RevokeArgs) -> Result<(), Failure> {
         Err(e) if e.no_daemon() => return offline::revoke(&cx.cfg, &target),
         Err(e) => return Err(e.into()),
     };
+    let r = c.call("revoke", revoke_fields(target))?;
+    println!(
+        "revoked {} {} until {}",
+        r.get("revoked").and_then(Value::as_str).unwrap_or("?"),
+        r.get("value").and_then(Value::as_str).unwrap_or("?"),
+        r.get("until").and_then(Value::as_i64).unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// The fields of a `revoke` request for `target`.
+fn revoke_fields(target: RevokeTarget) -> Map<String, Value> {
     let mut f = Map::new();
     match target {
         RevokeTarget::Jti { jti, exp } => {
@@ -177,14 +189,7 @@ pub fn revoke(cx: &Ctx, a: RevokeArgs) -> Result<(), Failure> {
             }
         }
     }
-    let r = c.call("revoke", f)?;
-    println!(
-        "revoked {} {} until {}",
-        r.get("revoked").and_then(Value::as_str).unwrap_or("?"),
-        r.get("value").and_then(Value::as_str).unwrap_or("?"),
-        r.get("until").and_then(Value::as_i64).unwrap_or(0)
-    );
-    Ok(())
+    f
 }
 
 fn is_token_error(code: &str) -> bool {
@@ -277,27 +282,13 @@ fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), Failu
         Err(e) => return Err(e.into()),
     };
     const WINDOW: usize = 512;
-    let fields = |t: RevokeTarget| {
-        let mut f = Map::new();
-        match t {
-            RevokeTarget::Jti { jti, exp } => {
-                f.insert("jti".into(), jti.into());
-                f.insert("exp".into(), exp.into());
-            }
-            RevokeTarget::Sub { sub, .. } => {
-                f.insert("sub".into(), sub.into());
-            }
-            RevokeTarget::Token(_) => unreachable!("files hold ids or subjects"),
-        }
-        f
-    };
     let mut in_flight = std::collections::VecDeque::new();
     let (mut done, mut failed) = (0usize, Vec::new());
     let mut next = values.iter();
     loop {
         while in_flight.len() < WINDOW {
             let Some(v) = next.next() else { break };
-            in_flight.push_back((c.send("revoke", fields(target(v)))?, v));
+            in_flight.push_back((c.send("revoke", revoke_fields(target(v)))?, v));
         }
         let Some((id, v)) = in_flight.pop_front() else {
             break;

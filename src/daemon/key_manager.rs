@@ -448,8 +448,7 @@ impl KeyManager {
         if let Some(c) = &self.cluster {
             c.note(&stored);
         }
-        if let Err(e) = stored {
-            let why = e;
+        if let Err(why) = stored {
             let unreachable = matches!(why, Error::PostgresUnreachable { .. });
             let text = crate::error::chain(&why);
             for a in answers.iter_mut().filter(|a| a.is_ok()) {

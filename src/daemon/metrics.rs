@@ -62,9 +62,9 @@ type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
-    /// The request histogram of each op, by `OpName::ALL` position (looked
-    /// up once, not per request).
-    request_by_op: Vec<(&'static str, Histogram)>,
+    /// The request histogram of each op (made once, not looked up by
+    /// label per request).
+    request_by_op: Vec<(crate::protocol::OpName, Histogram)>,
     tokens: Family<TokenLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     verify: Family<OutcomeLabels, Counter>,
@@ -130,9 +130,9 @@ impl Metrics {
         let request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let request_by_op = crate::protocol::OpName::ALL
             .iter()
-            .map(|o| {
+            .map(|&o| {
                 let op = o.as_str();
-                (op, request_seconds.get_or_create_owned(&OpLabels { op }))
+                (o, request_seconds.get_or_create_owned(&OpLabels { op }))
             })
             .collect();
         registry.register_with_unit(
@@ -242,11 +242,7 @@ impl Metrics {
     }
 
     pub fn request_took(&self, op: crate::protocol::OpName, d: Duration) {
-        if let Some((_, h)) = self
-            .request_by_op
-            .iter()
-            .find(|(name, _)| *name == op.as_str())
-        {
+        if let Some((_, h)) = self.request_by_op.iter().find(|(o, _)| *o == op) {
             h.observe(d.as_secs_f64());
         }
     }

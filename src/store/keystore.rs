@@ -68,10 +68,6 @@ pub trait KeyStore: Send {
     fn db_share(&self, row: &KeyInfo) -> Result<KeyShare>;
     /// Record revocations, in one transaction.
     fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()>;
-    /// Record a revocation (every node's, in a cluster).
-    fn add_revocation(&self, r: &Revocation, now: i64) -> Result<()> {
-        self.add_revocations(std::slice::from_ref(r), now)
-    }
     /// Delete the revocations that cover no valid token at `now`.
     fn purge_revocations(&self, now: i64) -> Result<u64>;
     /// The revocations in force at `now` (of every node); expired ones are
