@@ -19,7 +19,16 @@ const MAX_TIMER: Duration = Duration::from_secs(30);
 /// Start the background tasks; returns the schedule timer's handle (the
 /// others end with `shutdown` and need no waiting).
 pub(super) fn spawn(handler: &Arc<Handler>, shutdown: &CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(signals(Arc::clone(handler), shutdown.clone()));
+    // The signal streams are made here, before the daemon says it is
+    // ready, not when the task first runs: a SIGTERM sent right after
+    // READY=1 (systemd, a test) was lost when it came while the task was
+    // installing the handler, and the daemon never stopped.
+    match Signals::register() {
+        Ok(s) => {
+            tokio::spawn(signals(s, Arc::clone(handler), shutdown.clone()));
+        }
+        Err(e) => tracing::error!(error = %e, "cannot install signal handlers"),
+    }
     tokio::spawn(health_monitor(Arc::clone(handler), shutdown.clone()));
     tokio::spawn(metrics_file(Arc::clone(handler), shutdown.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
@@ -195,18 +204,33 @@ async fn watchdog(handler: Arc<Handler>, interval: Duration, shutdown: Cancellat
     }
 }
 
+/// The signals the daemon acts on, each a stream registered with the
+/// runtime.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM/SIGINT: stop. SIGHUP: reload the config (as `splitsign
 /// reload` does through the socket).
-async fn signals(handler: Arc<Handler>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn signals(s: Signals, handler: Arc<Handler>, shutdown: CancellationToken) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = s;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }

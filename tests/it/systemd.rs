@@ -420,3 +420,75 @@ fn the_swapped_layout_of_0_1_keeps_working_and_says_so() {
     let log = d.stop();
     assert!(log.contains("where splitsign 0.1 put them"), "{log}");
 }
+
+/// systemd may send SIGTERM the moment READY=1 arrives (a `restart` right
+/// after a start). The daemon must stop then, even when installing its
+/// signal handlers is slow: strace holds every `rt_sigaction` 200 ms, and
+/// SIGTERM goes out as soon as the log says ready.
+#[test]
+fn sigterm_right_after_ready_stops_the_daemon() {
+    let traced = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(traced, "this test needs strace (.ci/run installs it)");
+    let dir = Dir::new();
+    let log = dir.path().join("daemon.log");
+    let mut strace = Started::spawn(
+        Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=rt_sigaction"])
+            .args([
+                "-e",
+                "inject=rt_sigaction:delay_exit=200000",
+                "--",
+                BIN,
+                "serve",
+            ])
+            .current_dir(dir.path())
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(" ready ")
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        assert!(strace.try_wait().unwrap().is_none(), "exited before ready");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let children = format!("/proc/{0}/task/{0}/children", strace.id());
+    let daemon: i32 = std::fs::read_to_string(children)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the traced daemon")
+        .parse()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(daemon).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let stop = Instant::now() + Duration::from_secs(20);
+    while strace.try_wait().unwrap().is_none() && Instant::now() < stop {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = strace.try_wait().unwrap();
+    if stopped.is_none() {
+        // Leave nothing behind: the daemon this test started, by pid.
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let status = stopped.unwrap_or_else(|| {
+        panic!(
+            "a SIGTERM right after ready was lost: the daemon still runs\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("SIGTERM: shutting down")
+    );
+}
