@@ -175,6 +175,7 @@ impl Writer {
             next_prune: Instant::now() + Duration::from_secs(10),
             pruning: None,
             metrics,
+            purge_clock: crate::lifecycle::PurgeClock::new("audit records past the retention"),
         };
         std::thread::Builder::new()
             .name("audit".into())
@@ -247,6 +248,9 @@ struct WriterThread {
     next_prune: Instant,
     metrics: Arc<crate::daemon::metrics::Metrics>,
     pruning: Option<Pruning>,
+    /// The retention counts back from this clock, not the wall clock: a
+    /// clock stepped forward prunes nothing early.
+    purge_clock: crate::lifecycle::PurgeClock,
 }
 
 fn wall_now() -> i64 {
@@ -399,7 +403,7 @@ impl WriterThread {
     fn prune_step(&mut self) {
         if self.pruning.is_none() && Instant::now() >= self.next_prune {
             self.next_prune = Instant::now() + PRUNE_EVERY;
-            let before = wall_now() - self.retention_s.load(Ordering::Relaxed);
+            let before = self.purge_clock.now() - self.retention_s.load(Ordering::Relaxed);
             self.start_prune(before, None, None);
         }
         let Some(p) = &mut self.pruning else {

@@ -49,6 +49,8 @@ pub struct KeyManager {
     swap: Mutex<()>,
     /// Held while the revocations in force are read and swapped.
     rev_swap: Mutex<()>,
+    /// The time by which revocations of expired tokens are forgotten.
+    purge_clock: lifecycle::PurgeClock,
 }
 
 /// The store paths and the files they named when the daemon opened them.
@@ -115,14 +117,16 @@ impl KeyManager {
                 tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
             }
         }
+        let purge_clock = lifecycle::PurgeClock::new("revocations of expired tokens");
         let revoked = match &cluster {
             Some(c) => Revocations::from_rows(c.read_revocations(true)?.rows),
             None => {
                 // Streamed into the compact set: no row list of a million.
                 let mut bulk = super::revocations::Bulk::default();
-                stores
-                    .keys
-                    .for_each_revocation(wall_now(), &mut |row| bulk.add(row))?;
+                stores.keys.for_each_revocation(
+                    purge_clock.now() - lifecycle::REVOCATION_GRACE_S,
+                    &mut |row| bulk.add(row),
+                )?;
                 bulk.build()
             }
         };
@@ -143,6 +147,7 @@ impl KeyManager {
             places,
             faulted: AtomicBool::new(false),
             fault: Mutex::new(None),
+            purge_clock,
             wake: Notify::new(),
             keys_changed: Notify::new(),
             cluster,
@@ -293,20 +298,30 @@ impl KeyManager {
             }
         }
         self.refresh(&stores, now, created.into_iter().collect())?;
-        // Purge revocations that no longer cover any valid token (tokens
-        // carry wall-clock times).
-        match &self.cluster {
+        // Purge revocations that have covered no valid token for a day
+        // (tokens carry wall-clock times; see `PurgeClock` for a clock
+        // stepped forward).
+        let before = self.purge_clock.now() - lifecycle::REVOCATION_GRACE_S;
+        let purged = match &self.cluster {
             Some(c) => {
-                c.pg.purge_revocations(wall_now())?;
+                let n = c.pg.purge_revocations(before)?;
                 self.sync_revocations(c, true)?;
+                n
             }
             None => {
                 // This daemon is the store's only writer: purge in place,
                 // never re-read.
-                let now = wall_now();
-                stores.keys.purge_revocations(now)?;
-                self.revoked.purge(now);
+                let n = stores.keys.purge_revocations(before)?;
+                self.revoked.purge(before);
+                n
             }
+        };
+        if purged > 0 {
+            tracing::info!(
+                revocations = purged,
+                expired_before = before,
+                "purged the revocations of expired tokens"
+            );
         }
         let rows = stores.keys.keys()?;
         let own = crate::keys::schedule::next_event(&rows, now, &cfg);

@@ -190,12 +190,12 @@ impl Revocations {
         }
     }
 
-    /// Forget the revocations that cover no valid token at `now` (as the
-    /// stores purge their rows).
-    pub fn purge(&mut self, now: i64) {
-        self.jti.retain_unexpired(now);
-        self.other_jti.retain(|_, exp| in_force(*exp, now));
-        self.sub.retain(|_, (_, expires)| *expires >= now);
+    /// Forget the revocations kept until before `before` (as the stores
+    /// purge their rows).
+    pub fn purge(&mut self, before: i64) {
+        self.jti.retain_unexpired(before);
+        self.other_jti.retain(|_, exp| in_force(*exp, before));
+        self.sub.retain(|_, (_, expires)| *expires >= before);
     }
 
     /// Whether a token with these claims is revoked. A subject revocation
@@ -261,8 +261,8 @@ impl RevocationSet {
         *self.write() = r;
     }
 
-    pub fn purge(&self, now: i64) {
-        self.write().purge(now);
+    pub fn purge(&self, before: i64) {
+        self.write().purge(before);
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::store::{Database, KeyStore, Postgres, ShareDir};
 
-use super::{reconcile, unseal_key};
+use super::{REVOCATION_GRACE_S, reconcile, unseal_key};
 
 /// What a move carried.
 #[derive(Debug)]
@@ -56,7 +56,8 @@ pub fn move_to_postgres(
         unseal_key(&*sqlite, dir, row)?;
         shares.push(sqlite.db_share(row)?);
     }
-    let revocations = sqlite.revocations(now)?;
+    // Kept a day past their tokens, as the daemon keeps them.
+    let revocations = sqlite.revocations(now - REVOCATION_GRACE_S)?;
     // (2) One transaction in PostgreSQL.
     let deployment = sqlite.deployment().to_owned();
     pg.import_node(&deployment, &rows, &shares, &revocations, now)?;

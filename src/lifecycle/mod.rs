@@ -17,8 +17,9 @@
 //! share no signing key owns, which reconciliation removes.
 
 //!
-//! The parts: `clock` (wall time, and the lifecycle's clock that never goes
-//! backwards), `create` (new keys: first, scheduled, rotation), `reshare`
+//! The parts: `clock` (wall time, the lifecycle's clock that never goes
+//! backwards, and the purge clock that never runs ahead of measured time),
+//! `create` (new keys: first, scheduled, rotation), `reshare`
 //! (re-splitting a key, rebuilding a lost share from the offline share),
 //! `reconcile` (proving the stores belong together, then cleaning up),
 //! `unseal` (rebuilding keys into memory), `migrate` (moving a host's keys
@@ -36,7 +37,7 @@ use ed25519_dalek::SigningKey;
 
 use crate::keys::KeyInfo;
 
-pub use clock::{Clock, wall_now, wall_now_ms};
+pub use clock::{Clock, PurgeClock, REVOCATION_GRACE_S, wall_now, wall_now_ms};
 pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use migrate::{Moved, move_to_postgres};
 pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, survey};

@@ -68,17 +68,18 @@ pub trait KeyStore: Send {
     fn db_share(&self, row: &KeyInfo) -> Result<KeyShare>;
     /// Record revocations, in one transaction.
     fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()>;
-    /// Delete the revocations that cover no valid token at `now`.
-    fn purge_revocations(&self, now: i64) -> Result<u64>;
-    /// The revocations in force at `now` (of every node); expired ones are
-    /// purged first.
-    fn revocations(&self, now: i64) -> Result<Vec<Revocation>> {
+    /// Delete the revocations kept until before `before` (the daemon passes
+    /// a day before its purge clock: see `lifecycle::PurgeClock`).
+    fn purge_revocations(&self, before: i64) -> Result<u64>;
+    /// The revocations (of every node); those kept until before `before`
+    /// are purged first.
+    fn revocations(&self, before: i64) -> Result<Vec<Revocation>> {
         let mut out = Vec::new();
-        self.for_each_revocation(now, &mut |r| out.push(r))?;
+        self.for_each_revocation(before, &mut |r| out.push(r))?;
         Ok(out)
     }
     /// [`KeyStore::revocations`], one row at a time (a million need no list).
-    fn for_each_revocation(&self, now: i64, f: &mut dyn FnMut(Revocation)) -> Result<()>;
+    fn for_each_revocation(&self, before: i64, f: &mut dyn FnMut(Revocation)) -> Result<()>;
     /// Move everything into the database's own file (SQLite); nothing to do
     /// elsewhere.
     fn checkpoint(&self) -> Result<()> {

@@ -688,13 +688,13 @@ impl Postgres {
         })
     }
 
-    /// Delete the revocations that no longer cover a valid token (any
-    /// node's: row-level security lets every node purge expired rows).
-    pub fn purge_revocations(&self, now: i64) -> Result<u64> {
+    /// Delete the revocations kept until before `before` (any node's:
+    /// row-level security lets every node purge expired rows).
+    pub fn purge_revocations(&self, before: i64) -> Result<u64> {
         self.with("purging revocations", async |c| {
             c.execute(
                 "DELETE FROM splitsign_revocations WHERE expires_at < $1",
-                &[&now],
+                &[&before],
             )
             .await
         })
@@ -1052,12 +1052,12 @@ impl KeyStore for Arc<Postgres> {
         })
     }
 
-    fn purge_revocations(&self, now: i64) -> Result<u64> {
-        Postgres::purge_revocations(self, now)
+    fn purge_revocations(&self, before: i64) -> Result<u64> {
+        Postgres::purge_revocations(self, before)
     }
 
-    fn for_each_revocation(&self, now: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
-        Postgres::purge_revocations(self, now)?;
+    fn for_each_revocation(&self, before: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
+        Postgres::purge_revocations(self, before)?;
         let (rows, _) = self.revocations_after(0)?;
         rows.into_iter().for_each(f);
         Ok(())

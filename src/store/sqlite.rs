@@ -570,18 +570,18 @@ impl Database {
         tx.commit().map_err(self.db_err())
     }
 
-    /// Delete the revocations that cover no valid token at `now`.
-    pub fn purge_revocations(&self, now: i64) -> Result<u64> {
+    /// Delete the revocations kept until before `before`.
+    pub fn purge_revocations(&self, before: i64) -> Result<u64> {
         self.conn
-            .execute("DELETE FROM revocations WHERE expires_at < ?1", [now])
+            .execute("DELETE FROM revocations WHERE expires_at < ?1", [before])
             .map(|n| n as u64)
             .map_err(self.db_err())
     }
 
-    /// The revocations in force at `now`, one at a time; older ones are
-    /// purged first.
-    pub fn for_each_revocation(&self, now: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
-        self.purge_revocations(now)?;
+    /// The revocations, one at a time; those kept until before `before`
+    /// are purged first.
+    pub fn for_each_revocation(&self, before: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
+        self.purge_revocations(before)?;
         let mut stmt = self
             .conn
             .prepare("SELECT kind, value, before, expires_at FROM revocations")
@@ -671,11 +671,11 @@ impl super::KeyStore for Database {
     fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()> {
         Database::add_revocations(self, rows, now)
     }
-    fn purge_revocations(&self, now: i64) -> Result<u64> {
-        Database::purge_revocations(self, now)
+    fn purge_revocations(&self, before: i64) -> Result<u64> {
+        Database::purge_revocations(self, before)
     }
-    fn for_each_revocation(&self, now: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
-        Database::for_each_revocation(self, now, f)
+    fn for_each_revocation(&self, before: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
+        Database::for_each_revocation(self, before, f)
     }
     fn checkpoint(&self) -> Result<()> {
         Database::checkpoint(self)

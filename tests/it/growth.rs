@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Dir, FakeSystemd, assert_ok, faketime, fixture_stores, ok};
+use crate::util::{
+    Daemon, Dir, FakeSystemd, assert_ok, faketime, fixture_stores, jti_revocations, ok,
+};
 
 fn jti(i: usize) -> String {
     use base64::Engine;
@@ -19,19 +21,6 @@ fn jti(i: usize) -> String {
     b[..8].copy_from_slice(&(i as u64).to_be_bytes());
     b[15] = 0x5a;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-/// The jti revocations the daemon at `c` holds, from its metrics.
-fn jti_revocations(c: &mut crate::util::Conn) -> usize {
-    let metrics = ok(c.request(json!({"op":"metrics"})))["metrics"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("splitsign_revocations{kind=\"jti\"} "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no jti revocation count in the metrics:\n{metrics}"))
 }
 
 #[test]

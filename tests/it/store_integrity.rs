@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::util::{
     Conn, Daemon, Dir, FakeSystemd, SignLoop, assert_ok, copy_dir, faketime, fixture_stores,
-    initialised, ok, signal, verify_with_jwks_at, wait_exit,
+    initialised, jti_revocations, ok, signal, verify_with_jwks_at, wait_exit,
 };
 
 /// Every byte of the share directory and of the database file.
@@ -404,6 +404,137 @@ fn a_clock_jump_forward_then_corrected_signs_with_real_times_again() {
     assert_eq!(dir.key_count(), 2);
 }
 
+/// What the daemon keeps: its jti revocations, and the audit rows up to
+/// `seq` (the log's records are numbered from 1).
+fn kept(c: &mut Conn, dir: &Dir, seq: i64) -> (usize, i64) {
+    let rows: i64 = dir
+        .sql()
+        .query_row("SELECT count(*) FROM audit WHERE seq <= ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    (jti_revocations(c), rows)
+}
+
+#[test]
+fn a_clock_stepped_forward_then_corrected_forgets_no_revocation_and_no_audit_record() {
+    let dir = Dir::new();
+    let cfg = dir.write_config(
+        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\naudit_retention = \"1h\"\n",
+    );
+    let offset = dir.path().join("faketime");
+    let set_offset = |o: &str| {
+        let tmp = dir.path().join("faketime.tmp");
+        std::fs::write(&tmp, o).unwrap();
+        std::fs::rename(&tmp, &offset).unwrap();
+    };
+    set_offset("+0");
+    let file = offset.to_str().unwrap().to_owned();
+    let env = faketime(&[
+        ("FAKETIME_TIMESTAMP_FILE", file.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+    ]);
+    let d = Daemon::start_with_env(&dir, &["--config", cfg.to_str().unwrap()], &env).unwrap();
+    let started = Instant::now();
+    let mut c = d.conn();
+    let t = ok(c.sign(json!({"sub":"alice"})));
+    ok(c.request(json!({"op":"revoke","jti":t["jti"],"exp":t["exp"]})));
+    let r = c.request(json!({"op":"verify","token":t["token"]}));
+    assert_eq!(r["error"]["code"], "revoked", "{r}");
+    let (revoked, records) = kept(&mut c, &dir, i64::MAX);
+    assert_eq!(revoked, 1);
+    assert!(records >= 2, "{records}");
+
+    // The system clock steps 3 days ahead: the token has expired, and so
+    // has the revocation (by more than its day of grace), by that clock.
+    // A reload runs the schedule, whose purge must not follow the jump;
+    // the audit retention (1 hour) runs 10 s after start and must not
+    // either. Both say so in the log.
+    set_offset("+3d");
+    d.signal(rustix::process::Signal::HUP);
+    let said = |log: &str| {
+        log.contains("revocations of expired tokens are purged by the measured time")
+            && log.contains("audit records past the retention are purged by the measured time")
+    };
+    let deadline = started + Duration::from_secs(40);
+    while !said(&d.log()) {
+        assert_eq!(
+            kept(&mut c, &dir, records),
+            (1, records),
+            "forgotten at the jumped time:\n{}",
+            d.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no purge held back after the jump:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = c.request(json!({"op":"verify","token":t["token"]}));
+    assert_eq!(r["error"]["code"], "token_expired", "{r}");
+    assert_eq!(
+        kept(&mut c, &dir, records),
+        (1, records),
+        "nothing forgotten at the wrong time"
+    );
+
+    // The clock is set right: the token is valid by time again, and still
+    // revoked.
+    set_offset("+0");
+    let r = c.request(json!({"op":"verify","token":t["token"]}));
+    assert_eq!(r["error"]["code"], "revoked", "{r}");
+    // Another schedule step on the right clock changes nothing either.
+    d.signal(rustix::process::Signal::HUP);
+    let reloads = || d.log().matches("reloaded the config").count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads() < 2 {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = c.request(json!({"op":"verify","token":t["token"]}));
+    assert_eq!(r["error"]["code"], "revoked", "{r}");
+    drop(c);
+    let log = d.stop();
+    assert!(!log.contains("purged the revocations"), "{log}");
+    assert!(!log.contains("pruned the audit log"), "{log}");
+    assert_ok(&dir.run(&["audit", "--verify"]));
+}
+
+#[test]
+fn a_revocation_is_kept_a_day_past_its_token_then_purged() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let mut c = d.conn();
+    // One token of the default 15 minutes, and a revocation kept 10 days.
+    let t = ok(c.sign(json!({"sub":"alice"})));
+    ok(c.request(json!({"op":"revoke","jti":t["jti"],"exp":t["exp"]})));
+    let far = t["exp"].as_i64().unwrap() + 10 * 86_400;
+    ok(c.request(json!({"op":"revoke","jti":"long-lived","exp":far})));
+    drop(c);
+    d.stop();
+    let rows = || -> i64 {
+        dir.sql()
+            .query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))
+            .unwrap()
+    };
+    let revoked_at = |offset: &str| {
+        let env = faketime(&[("FAKETIME", offset)]);
+        let d = Daemon::start_with_env(&dir, &[], &env).unwrap();
+        let n = jti_revocations(&mut d.conn());
+        d.stop();
+        n
+    };
+    // Started 20 hours later (a hardware clock kept in local time, before
+    // NTP sets it right, looks the same): the expired token's revocation
+    // is kept.
+    assert_eq!(revoked_at("+20h"), 2);
+    assert_eq!(rows(), 2);
+    // Two days later: purged, and the other kept.
+    assert_eq!(revoked_at("+2d"), 1);
+    assert_eq!(rows(), 1);
+}
+
 #[test]
 fn an_alg_change_by_reload_keeps_every_token_verifying() {
     let dir = Dir::new();
@@ -415,11 +546,7 @@ fn an_alg_change_by_reload_keeps_every_token_verifying() {
     let before = ok(c.sign(json!({})));
     dir.write_config(&format!("{base}alg = \"Ed25519\"\n"));
     let reloads = d.log().matches("reloaded the config").count();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(d.pid() as i32).unwrap(),
-        rustix::process::Signal::HUP,
-    )
-    .unwrap();
+    d.signal(rustix::process::Signal::HUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.log().matches("reloaded the config").count() == reloads {
         assert!(Instant::now() < deadline, "{}", d.log());
@@ -536,11 +663,7 @@ fn a_reload_applies_timeouts_and_refuses_what_needs_a_restart_by_name() {
     let d = Daemon::start_with(&dir, &["--config", cfg.to_str().unwrap()]).unwrap();
     let hup = |expect: &str| {
         let n = d.log().matches(expect).count();
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(d.pid() as i32).unwrap(),
-            rustix::process::Signal::HUP,
-        )
-        .unwrap();
+        d.signal(rustix::process::Signal::HUP);
         let deadline = Instant::now() + Duration::from_secs(10);
         while d.log().matches(expect).count() == n {
             assert!(Instant::now() < deadline, "no {expect:?}:\n{}", d.log());

@@ -199,6 +199,11 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Send `sig` to the daemon.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        signal(self.child.as_ref().expect("running"), sig);
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -695,6 +700,19 @@ pub fn wait_for_count(dir: &Dir, op: &str, result: &str, at_least: i64) -> i64 {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The jti revocations the daemon at `c` holds, from its metrics.
+pub fn jti_revocations(c: &mut Conn) -> usize {
+    let metrics = ok(c.request(json!({"op":"metrics"})))["metrics"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("splitsign_revocations{kind=\"jti\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no jti revocation count in the metrics:\n{metrics}"))
 }
 
 /// The wall clock, Unix seconds.
