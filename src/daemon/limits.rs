@@ -7,6 +7,27 @@ use std::time::Duration;
 
 use super::admission::Caps;
 
+/// The async runtime's workers: one per core, at most this many. Signing
+/// is CPU-bound and parallel, but past this the audit writer and the
+/// shared state bound it anyway, and the thread count must stay within the
+/// unit's `TasksMax` (64) whatever the host's core count.
+pub const MAX_WORKERS: usize = 16;
+/// Threads for store work off the async workers (schedule steps, revoke
+/// batches, reloads, health checks); more wait their turn.
+pub const MAX_BLOCKING: usize = 8;
+/// The PostgreSQL client's runtime (a cluster node): one worker, and at
+/// most this many threads for blocking work (name lookups).
+pub const PG_BLOCKING: usize = 2;
+/// Every thread the daemon can have at once: the main thread, the audit
+/// writer, the start-up keep-alive, the workers, the blocking threads and
+/// the PostgreSQL runtime's. The unit's `TasksMax` must be above it.
+pub const MAX_THREADS: usize = 3 + MAX_WORKERS + MAX_BLOCKING + 1 + PG_BLOCKING;
+
+/// How many async workers to run on a host with `cores` usable cores.
+pub fn workers(cores: usize) -> usize {
+    cores.clamp(1, MAX_WORKERS)
+}
+
 /// Limits of the accept loop and connections. All but `max_frame_bytes`
 /// and `max_connections` follow a reload (each connection reads them at
 /// every turn of its loop, admission at every accept).
@@ -40,5 +61,20 @@ impl Limits {
             per_peer: self.max_connections_per_peer,
             admin_reserve: self.admin_connections,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workers_follow_the_cores_up_to_the_cap() {
+        assert_eq!(workers(0), 1);
+        assert_eq!(workers(2), 2);
+        assert_eq!(workers(MAX_WORKERS), MAX_WORKERS);
+        // A 96-core host: still within the unit's TasksMax.
+        assert_eq!(workers(96), MAX_WORKERS);
+        assert!(MAX_THREADS < 64);
     }
 }

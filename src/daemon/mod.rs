@@ -62,7 +62,10 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         start_audit(&cfg, &manager, &metrics)?,
         metrics,
     )?);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(limits::workers(cores))
+        .max_blocking_threads(limits::MAX_BLOCKING)
         .enable_all()
         .build()
         .map_err(Error::io("starting the async runtime", "tokio"))?;

@@ -328,6 +328,7 @@ impl Postgres {
         let connector = Connector::new(settings)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .max_blocking_threads(crate::daemon::limits::PG_BLOCKING)
             .thread_name("postgres")
             .enable_all()
             .build()

@@ -487,3 +487,78 @@ fn a_kill_9_during_a_pipelined_mass_revocation_loses_no_answered_revoke() {
     assert_ok(&dir.run(&["audit", "--verify"]));
     assert_ok(&dir.run(&["check"]));
 }
+
+/// The daemon's thread count now, from /proc.
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn many_admin_sessions_revoking_at_once_stay_within_the_thread_budget() {
+    use splitsign::daemon::limits::MAX_THREADS;
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let pid = d.pid();
+    let exp = crate::util::now() + 3600;
+    // 48 admin sessions pipeline 2,000 revokes each, at once: every batch
+    // is store work off the async workers, and they queue for the store.
+    let sessions: Vec<_> = (0..48)
+        .map(|s| {
+            let sock = d.socket.clone();
+            std::thread::spawn(move || {
+                let bytes: Vec<u8> = (0..2_000)
+                    .flat_map(|i| {
+                        let j = jti(10_000_000 + s * 10_000 + i);
+                        format!("{}\n", json!({"op": "revoke", "jti": j, "exp": exp})).into_bytes()
+                    })
+                    .collect();
+                let st = UnixStream::connect(&sock).unwrap();
+                let mut w = st.try_clone().unwrap();
+                let writer = std::thread::spawn(move || w.write_all(&bytes).unwrap());
+                let mut answered = 0;
+                for line in BufReader::new(st).lines() {
+                    let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+                    assert_eq!(v["revoked"], "jti", "{v}");
+                    answered += 1;
+                    if answered == 2_000 {
+                        break;
+                    }
+                }
+                writer.join().unwrap();
+                answered
+            })
+        })
+        .collect();
+    let mut most = 0;
+    while !sessions.iter().all(|s| s.is_finished()) {
+        most = most.max(threads(pid));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let answered: usize = sessions.into_iter().map(|s| s.join().unwrap()).sum();
+    assert_eq!(answered, 48 * 2_000);
+    assert_eq!(jti_revocations(&mut d.conn()), 48 * 2_000);
+    assert!(
+        most <= MAX_THREADS,
+        "{most} threads at once, the budget (within the unit's TasksMax) is {MAX_THREADS}"
+    );
+    // The unit leaves room for them.
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/splitsign.service"),
+    )
+    .unwrap();
+    let tasks_max: usize = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TasksMax="))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("TasksMax= in the unit");
+    assert!(
+        MAX_THREADS < tasks_max,
+        "{MAX_THREADS} threads, TasksMax={tasks_max}"
+    );
+    d.stop();
+}
