@@ -22,6 +22,7 @@ pub const PG_BLOCKING: usize = 2;
 /// writer, the start-up keep-alive, the workers, the blocking threads and
 /// the PostgreSQL runtime's. The unit's `TasksMax` must be above it.
 pub const MAX_THREADS: usize = 3 + MAX_WORKERS + MAX_BLOCKING + 1 + PG_BLOCKING;
+const _: () = assert!(MAX_THREADS < 64, "above the unit's TasksMax");
 
 /// How many async workers to run on a host with `cores` usable cores.
 pub fn workers(cores: usize) -> usize {
@@ -75,6 +76,5 @@ mod tests {
         assert_eq!(workers(MAX_WORKERS), MAX_WORKERS);
         // A 96-core host: still within the unit's TasksMax.
         assert_eq!(workers(96), MAX_WORKERS);
-        assert!(MAX_THREADS < 64);
     }
 }
