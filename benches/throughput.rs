@@ -17,7 +17,8 @@
 //! release, say) side by side: sign and verify at 16 connections × 32 in
 //! flight and the p50 of sequential signs on one connection, the two
 //! daemons alternating, N rounds (default 6), and prints the medians and
-//! their ratio.
+//! their ratio. `--config TEXT` adds settings to both daemons' config (for
+//! example `--config 'audit = false'`; only settings both versions know).
 //!
 //! `cargo bench --bench throughput -- --postgres [--rounds N]` compares the
 //! SQLite store with the PostgreSQL store (a private server started for the
@@ -288,8 +289,9 @@ fn row(label: &str, l: &Load, extra: &str) {
 /// `--versus PATH`: this build against another binary, alternating. Both
 /// the rate and the daemon's CPU time per operation (the work it does,
 /// which a shared machine's scheduling disturbs much less than the rate).
-fn versus(other: &str, rounds: usize, secs: f64) {
-    println!("splitsign throughput: this build vs {other} ({rounds} rounds, alternating)\n");
+fn versus(other: &str, rounds: usize, secs: f64, config: &str) {
+    println!("splitsign throughput: this build vs {other} ({rounds} rounds, alternating)");
+    println!("config added to both: {config:?}\n");
     let mut rates: [[Vec<f64>; 2]; 2] = Default::default();
     let mut cpu_us: [[Vec<f64>; 2]; 2] = Default::default();
     let mut seq_p50: [Vec<f64>; 2] = Default::default();
@@ -299,7 +301,7 @@ fn versus(other: &str, rounds: usize, secs: f64) {
             let bin = if i == 0 { BIN } else { other };
             // Only settings every version knows; 16 connections fit every
             // version's default limits.
-            let d = Daemon::start_bin(bin, tempfile::tempdir().unwrap(), "");
+            let d = Daemon::start_bin(bin, tempfile::tempdir().unwrap(), config);
             let verify = verify_line(&d.sock());
             for (k, line) in [sign_line(), verify].iter().enumerate() {
                 let cpu0 = cpu_of(d.pid());
@@ -550,7 +552,12 @@ fn main() {
         } else {
             1.5
         };
-        versus(other, rounds, secs);
+        let config = args
+            .iter()
+            .position(|a| a == "--config")
+            .map(|j| args.get(j + 1).expect("--config TEXT").replace("\\n", "\n"))
+            .unwrap_or_default();
+        versus(other, rounds, secs, &config);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--profile-sign") {
