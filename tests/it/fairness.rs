@@ -5,15 +5,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::util::{
-    BIN, Conn, Daemon, Dir, FakeSystemd, NOBODY, Started, assert_ok, code, is_root, ok,
-    open_deployment, raise_nofile, signal, vm, wait_exit, wait_for_count,
+    BIN, Conn, Daemon, Dir, FakeSystemd, NOBODY, Started, Tmpfs, assert_ok, code, fill, is_root,
+    ok, open_deployment, raise_nofile, signal, vm, wait_exit, wait_for_count,
 };
 
 /// A peer (`tests/it/peer.py`) running as `uid`, group nogroup (the
@@ -493,49 +492,6 @@ fn the_cli_gives_up_after_its_timeout_with_exit_69() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A tmpfs of `size` mounted at `at`, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert_ok(&out);
-        Tmpfs(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Fill the filesystem of `dir` with a file; returns its path.
-fn fill(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("filler");
-    let mut f = std::fs::File::create(&p).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    loop {
-        if f.write_all(&chunk).is_err() {
-            break;
-        }
-    }
-    // And the last few bytes.
-    while f.write_all(&[0u8; 512]).is_ok() {}
-    p
 }
 
 #[test]

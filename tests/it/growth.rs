@@ -1,6 +1,7 @@
 //! The daemon as its work grows: pipelined admin sessions and mass
 //! revocations (one transaction per batch, replies in request order, never
-//! cut off, no answered one lost to a kill -9), and the schema 6
+//! cut off, no answered one lost to a kill -9, none in force that a full
+//! disk refused, within the thread budget), and the schema 6
 //! representation changes upgrading a database made by schema 5 without
 //! losing anything.
 
@@ -561,4 +562,108 @@ fn many_admin_sessions_revoking_at_once_stay_within_the_thread_budget() {
         "{MAX_THREADS} threads, TasksMax={tasks_max}"
     );
     d.stop();
+}
+
+#[test]
+fn a_full_disk_refuses_the_revokes_it_cannot_store_and_holds_only_those_it_stored() {
+    if !crate::util::is_root() {
+        return;
+    }
+    let dir = Dir::new();
+    let mnt = dir.path().join("mnt");
+    let _fs = crate::util::Tmpfs::mount(&mnt, "4m");
+    let cfg = dir.write_config(
+        "shares_dir = \"mnt/keys\"\ndb = \"mnt/var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n",
+    );
+    let args = ["--config", cfg.to_str().unwrap()];
+    let d = Daemon::start_with(&dir, &args).unwrap();
+    let mut c = d.conn();
+    let t = ok(c.sign(json!({"sub":"kept"})));
+    // The disk fills up during the session: 1 MiB is left.
+    let filler = crate::util::fill(&mnt);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() - (1 << 20)).unwrap();
+    drop(f);
+
+    // One session pipelines 4,000 revokes of 1,000-byte ids (more than the
+    // whole filesystem holds), then the token's.
+    let exp = crate::util::now() + 3600;
+    let n = 4_000;
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        let line = json!({"id": i, "op": "revoke", "jti": format!("{i:0>1000}"), "exp": exp});
+        bytes.extend(format!("{line}\n").into_bytes());
+    }
+    let line = json!({"id": n, "op": "revoke", "jti": t["jti"], "exp": t["exp"]});
+    bytes.extend(format!("{line}\n").into_bytes());
+    let s = UnixStream::connect(&d.socket).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&bytes).unwrap());
+    let mut stored = 0;
+    let mut refused = 0;
+    let mut token_stored = false;
+    for (i, line) in BufReader::new(s).lines().take(n + 1).enumerate() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(v["id"], i, "{v}");
+        if v["ok"] == true {
+            assert_eq!(v["revoked"], "jti", "{v}");
+            stored += 1;
+            token_stored |= i == n;
+        } else {
+            // It says why, with the OS's or SQLite's cause.
+            let why = v["error"]["message"].as_str().unwrap();
+            assert!(
+                why.contains("disk is full") || why.contains("No space left on device"),
+                "{v}"
+            );
+            refused += 1;
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(stored + refused, n + 1);
+    assert!(stored > 0, "no revoke was stored with 1 MiB free");
+    assert!(refused > 0, "every revoke was stored on a full disk");
+    // In force: exactly what was stored, nothing that was refused.
+    assert_eq!(jti_revocations(&mut c), stored);
+    let r = c.request(json!({"op":"verify","token":t["token"]}));
+    if token_stored {
+        assert_eq!(r["error"]["code"], "revoked", "{r}");
+    } else {
+        assert_eq!(r["ok"], true, "a refused revoke is in force: {r}");
+    }
+
+    // Space again: the refused revoke goes through when it is sent again.
+    std::fs::remove_file(filler).unwrap();
+    let mut held = stored;
+    if !token_stored {
+        ok(c.request(json!({"op":"revoke","jti":t["jti"],"exp":t["exp"]})));
+        held += 1;
+    }
+    let r = c.request(json!({"op":"verify","token":t["token"]}));
+    assert_eq!(r["error"]["code"], "revoked", "{r}");
+    drop(c);
+    d.stop();
+
+    // After a restart: the same revocations, from the database.
+    let d = Daemon::start_with(&dir, &args).unwrap();
+    let mut c = d.conn();
+    assert_eq!(jti_revocations(&mut c), held);
+    let r = c.request(json!({"op":"verify","token":t["token"]}));
+    assert_eq!(r["error"]["code"], "revoked", "{r}");
+    drop(c);
+    d.stop();
+    let db = rusqlite::Connection::open(mnt.join("var/splitsign.db")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM revocations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows as usize, held);
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    assert_ok(&dir.run(&["--config", cfg.to_str().unwrap(), "check"]));
+    assert_ok(&dir.run(&["--config", cfg.to_str().unwrap(), "audit", "--verify"]));
 }
