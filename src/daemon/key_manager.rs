@@ -124,7 +124,7 @@ impl KeyManager {
                 // Streamed into the compact set: no row list of a million.
                 let mut bulk = super::revocations::Bulk::default();
                 stores.keys.for_each_revocation(
-                    purge_clock.now() - lifecycle::REVOCATION_GRACE_S,
+                    lifecycle::revocations_purged_before(purge_clock.now()),
                     &mut |row| bulk.add(row),
                 )?;
                 bulk.build()
@@ -301,7 +301,7 @@ impl KeyManager {
         // Purge revocations that have covered no valid token for a day
         // (tokens carry wall-clock times; see `PurgeClock` for a clock
         // stepped forward).
-        let before = self.purge_clock.now() - lifecycle::REVOCATION_GRACE_S;
+        let before = lifecycle::revocations_purged_before(self.purge_clock.now());
         let purged = match &self.cluster {
             Some(c) => {
                 let n = c.pg.purge_revocations(before)?;

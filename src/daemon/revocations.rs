@@ -92,9 +92,9 @@ impl JtiSet {
         self.recent.shrink_to_fit();
     }
 
-    fn retain_unexpired(&mut self, now: i64) {
-        self.base.retain(|e| in_force(e.exp, now));
-        self.recent.retain(|_, exp| in_force(*exp, now));
+    fn retain_unexpired(&mut self, before: i64) {
+        self.base.retain(|e| kept(e.exp.into(), before));
+        self.recent.retain(|_, exp| kept((*exp).into(), before));
     }
 
     fn len(&self) -> usize {
@@ -149,9 +149,10 @@ fn jti_bytes(jti: &str) -> Option<[u8; 16]> {
     }
 }
 
-/// Whether a revocation kept until `exp` still covers a valid token at `now`.
-fn in_force(exp: u32, now: i64) -> bool {
-    i64::from(exp) >= now
+/// Whether a purge of the revocations kept until before `before` keeps
+/// one kept until `expires_at`.
+fn kept(expires_at: i64, before: i64) -> bool {
+    expires_at >= before
 }
 
 fn exp32(exp: i64) -> u32 {
@@ -194,8 +195,8 @@ impl Revocations {
     /// purge their rows).
     pub fn purge(&mut self, before: i64) {
         self.jti.retain_unexpired(before);
-        self.other_jti.retain(|_, exp| in_force(*exp, before));
-        self.sub.retain(|_, (_, expires)| *expires >= before);
+        self.other_jti.retain(|_, exp| kept((*exp).into(), before));
+        self.sub.retain(|_, (_, expires)| kept(*expires, before));
     }
 
     /// Whether a token with these claims is revoked. A subject revocation

@@ -60,7 +60,13 @@ impl Clock {
 /// hardware clock kept in local time, before NTP sets it right) forgets no
 /// revocation of a token that is valid again once the clock is corrected,
 /// as long as the clock was ahead by less than this.
-pub const REVOCATION_GRACE_S: i64 = 86_400;
+const REVOCATION_GRACE_S: i64 = 86_400;
+
+/// The purge of revocations at `now` (by the purge clock) deletes those
+/// kept until before this: a day before.
+pub fn revocations_purged_before(now: i64) -> i64 {
+    now - REVOCATION_GRACE_S
+}
 
 /// How much faster than measured time the purge clock may catch up with a
 /// wall clock that is ahead of it: 1 hour a day.

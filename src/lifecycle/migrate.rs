@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::store::{Database, KeyStore, Postgres, ShareDir};
 
-use super::{REVOCATION_GRACE_S, reconcile, unseal_key};
+use super::{reconcile, revocations_purged_before, unseal_key};
 
 /// What a move carried.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ pub fn move_to_postgres(
         shares.push(sqlite.db_share(row)?);
     }
     // Kept a day past their tokens, as the daemon keeps them.
-    let revocations = sqlite.revocations(now - REVOCATION_GRACE_S)?;
+    let revocations = sqlite.revocations(revocations_purged_before(now))?;
     // (2) One transaction in PostgreSQL.
     let deployment = sqlite.deployment().to_owned();
     pg.import_node(&deployment, &rows, &shares, &revocations, now)?;
