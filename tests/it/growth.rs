@@ -489,16 +489,6 @@ fn a_kill_9_during_a_pipelined_mass_revocation_loses_no_answered_revoke() {
     assert_ok(&dir.run(&["check"]));
 }
 
-/// The daemon's thread count now, from /proc.
-fn threads(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn many_admin_sessions_revoking_at_once_stay_within_the_thread_budget() {
     use splitsign::daemon::limits::MAX_THREADS;
@@ -537,7 +527,7 @@ fn many_admin_sessions_revoking_at_once_stay_within_the_thread_budget() {
         .collect();
     let mut most = 0;
     while !sessions.iter().all(|s| s.is_finished()) {
-        most = most.max(threads(pid));
+        most = most.max(crate::util::vm(pid, "Threads:") as usize);
         std::thread::sleep(Duration::from_millis(1));
     }
     let answered: usize = sessions.into_iter().map(|s| s.join().unwrap()).sum();

@@ -14,8 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 
 use crate::util::{
-    Conn, Daemon, Dir, FakeSystemd, SignLoop, assert_ok, copy_dir, faketime, fixture_stores,
-    initialised, jti_revocations, ok, signal, verify_with_jwks_at, wait_exit,
+    Conn, Daemon, Dir, FakeClock, FakeSystemd, SignLoop, assert_ok, copy_dir, faketime,
+    fixture_stores, initialised, jti_revocations, ok, signal, verify_with_jwks_at, wait_exit,
 };
 
 /// Every byte of the share directory and of the database file.
@@ -343,19 +343,8 @@ fn a_clock_jump_forward_then_corrected_signs_with_real_times_again() {
 
     // The clock jumps 30 days ahead (libfaketime re-reads the offset file
     // at every call), the daemon starts and rotates once.
-    let offset = dir.path().join("faketime");
-    let set_offset = |o: &str| {
-        let tmp = dir.path().join("faketime.tmp");
-        std::fs::write(&tmp, o).unwrap();
-        std::fs::rename(&tmp, &offset).unwrap();
-    };
-    set_offset("+30d");
-    let file = offset.to_str().unwrap().to_owned();
-    let env = faketime(&[
-        ("FAKETIME_TIMESTAMP_FILE", file.as_str()),
-        ("FAKETIME_NO_CACHE", "1"),
-    ]);
-    let d = Daemon::start_with_env(&dir, &[], &env).unwrap();
+    let clock = FakeClock::new(&dir, "+30d");
+    let d = Daemon::start_with_env(&dir, &[], &clock.env()).unwrap();
     let mut c = d.conn();
     let ahead = ok(c.sign(json!({})));
     let k2 = field(&ahead, "kid");
@@ -368,7 +357,7 @@ fn a_clock_jump_forward_then_corrected_signs_with_real_times_again() {
     // A client signs all through the correction: never refused.
     let steady = SignLoop::start(&d.socket, Duration::from_millis(5));
     std::thread::sleep(Duration::from_millis(200));
-    set_offset("+0");
+    clock.set("+0");
     let corrected = Instant::now();
     // Every token signed after the correction carries real times, and
     // verifies with the daemon and with jsonwebtoken checking nbf.
@@ -422,19 +411,9 @@ fn a_clock_stepped_forward_then_corrected_forgets_no_revocation_and_no_audit_rec
     let cfg = dir.write_config(
         "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\naudit_retention = \"1h\"\n",
     );
-    let offset = dir.path().join("faketime");
-    let set_offset = |o: &str| {
-        let tmp = dir.path().join("faketime.tmp");
-        std::fs::write(&tmp, o).unwrap();
-        std::fs::rename(&tmp, &offset).unwrap();
-    };
-    set_offset("+0");
-    let file = offset.to_str().unwrap().to_owned();
-    let env = faketime(&[
-        ("FAKETIME_TIMESTAMP_FILE", file.as_str()),
-        ("FAKETIME_NO_CACHE", "1"),
-    ]);
-    let d = Daemon::start_with_env(&dir, &["--config", cfg.to_str().unwrap()], &env).unwrap();
+    let clock = FakeClock::new(&dir, "+0");
+    let d =
+        Daemon::start_with_env(&dir, &["--config", cfg.to_str().unwrap()], &clock.env()).unwrap();
     let started = Instant::now();
     let mut c = d.conn();
     let t = ok(c.sign(json!({"sub":"alice"})));
@@ -450,7 +429,7 @@ fn a_clock_stepped_forward_then_corrected_forgets_no_revocation_and_no_audit_rec
     // A reload runs the schedule, whose purge must not follow the jump;
     // the audit retention (1 hour) runs 10 s after start and must not
     // either. Both say so in the log.
-    set_offset("+3d");
+    clock.set("+3d");
     d.signal(rustix::process::Signal::HUP);
     let said = |log: &str| {
         log.contains("revocations of expired tokens are purged by the measured time")
@@ -481,17 +460,11 @@ fn a_clock_stepped_forward_then_corrected_forgets_no_revocation_and_no_audit_rec
 
     // The clock is set right: the token is valid by time again, and still
     // revoked.
-    set_offset("+0");
+    clock.set("+0");
     let r = c.request(json!({"op":"verify","token":t["token"]}));
     assert_eq!(r["error"]["code"], "revoked", "{r}");
     // Another schedule step on the right clock changes nothing either.
-    d.signal(rustix::process::Signal::HUP);
-    let reloads = || d.log().matches("reloaded the config").count();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads() < 2 {
-        assert!(Instant::now() < deadline, "{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.hup_and_wait("reloaded the config");
     let r = c.request(json!({"op":"verify","token":t["token"]}));
     assert_eq!(r["error"]["code"], "revoked", "{r}");
     drop(c);
@@ -545,13 +518,7 @@ fn an_alg_change_by_reload_keeps_every_token_verifying() {
     let mut c = d.conn();
     let before = ok(c.sign(json!({})));
     dir.write_config(&format!("{base}alg = \"Ed25519\"\n"));
-    let reloads = d.log().matches("reloaded the config").count();
-    d.signal(rustix::process::Signal::HUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.log().matches("reloaded the config").count() == reloads {
-        assert!(Instant::now() < deadline, "{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.hup_and_wait("reloaded the config");
     // The active key keeps its label; the next key takes the new one.
     let after = ok(c.sign(json!({})));
     let k2 = field(&ok(c.request(json!({"op":"rotate"}))), "kid");
@@ -661,22 +628,13 @@ fn a_reload_applies_timeouts_and_refuses_what_needs_a_restart_by_name() {
         "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n";
     let cfg = dir.write_config(base);
     let d = Daemon::start_with(&dir, &["--config", cfg.to_str().unwrap()]).unwrap();
-    let hup = |expect: &str| {
-        let n = d.log().matches(expect).count();
-        d.signal(rustix::process::Signal::HUP);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while d.log().matches(expect).count() == n {
-            assert!(Instant::now() < deadline, "no {expect:?}:\n{}", d.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
     for (setting, line) in [
         ("audit", "audit = false\n"),
         ("audit_sync", "audit_sync = \"normal\"\n"),
         ("max_connections", "max_connections = 100\n"),
     ] {
         dir.write_config(&format!("{base}{line}"));
-        hup("reload refused");
+        d.hup_and_wait("reload refused");
         let log = d.log();
         let last = log
             .lines()
@@ -687,7 +645,7 @@ fn a_reload_applies_timeouts_and_refuses_what_needs_a_restart_by_name() {
     }
     // A timeout is applied: an idle connection now closes after 1s.
     dir.write_config(&format!("{base}idle_timeout = \"1s\"\n"));
-    hup("reloaded the config");
+    d.hup_and_wait("reloaded the config");
     let mut c = d.conn();
     ok(c.request(json!({"op":"ping"})));
     std::thread::sleep(Duration::from_millis(1500));

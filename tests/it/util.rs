@@ -204,6 +204,18 @@ impl Daemon {
         signal(self.child.as_ref().expect("running"), sig);
     }
 
+    /// SIGHUP, then wait (10 s at most) until the log has one more line
+    /// with `expect` ("reloaded the config", "reload refused").
+    pub fn hup_and_wait(&self, expect: &str) {
+        let n = self.log().matches(expect).count();
+        self.signal(rustix::process::Signal::HUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(expect).count() == n {
+            assert!(Instant::now() < deadline, "no {expect:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -627,6 +639,39 @@ pub fn faketime<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     ];
     env.extend_from_slice(vars);
     env
+}
+
+/// A wall-clock offset for libfaketime in a file, which a test changes
+/// while the daemon runs (libfaketime re-reads it at every call).
+pub struct FakeClock {
+    file: String,
+}
+
+impl FakeClock {
+    /// The file in `dir`, at `offset` ("+0", "+3d").
+    pub fn new(dir: &Dir, offset: &str) -> FakeClock {
+        let c = FakeClock {
+            file: dir.path().join("faketime").to_str().unwrap().to_owned(),
+        };
+        c.set(offset);
+        c
+    }
+
+    /// Move the clock to `offset` (atomically: a reader never sees a
+    /// partial file).
+    pub fn set(&self, offset: &str) {
+        let tmp = format!("{}.tmp", self.file);
+        std::fs::write(&tmp, offset).unwrap();
+        std::fs::rename(&tmp, &self.file).unwrap();
+    }
+
+    /// The environment of a process on this clock.
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        faketime(&[
+            ("FAKETIME_TIMESTAMP_FILE", self.file.as_str()),
+            ("FAKETIME_NO_CACHE", "1"),
+        ])
+    }
 }
 
 /// uid and gid of `nobody`/`nogroup`: a peer that is not root.
