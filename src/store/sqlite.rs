@@ -27,6 +27,7 @@ const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../../migrations/0004_audit_retention.sql")),
     M::up(include_str!("../../migrations/0005_moved.sql")),
     M::up(include_str!("../../migrations/0006_scale.sql")),
+    M::up(include_str!("../../migrations/0007_cluster_seen.sql")),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
