@@ -89,13 +89,21 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("PostgreSQL ({node}): {what}")]
+    /// A statement or connection failed. `reason` is the server's message
+    /// without its DETAIL, which may quote a row's values (a share's bytes).
+    #[error("PostgreSQL ({node}): {what}: {reason}")]
     Postgres {
         node: String,
         what: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
+        reason: String,
+        /// The SQLSTATE, when the server answered with an error.
+        code: Option<String>,
     },
+    /// PostgreSQL refuses this node its login or its rights: the owner
+    /// removed it from the cluster, or never added it. Restarting cannot
+    /// fix it.
+    #[error("PostgreSQL refuses node {node}: {reason}")]
+    NodeRefused { node: String, reason: String },
     /// PostgreSQL is not reachable (yet): the node keeps trying.
     #[error("PostgreSQL ({node}) is unreachable: {reason}")]
     PostgresUnreachable { node: String, reason: String },
@@ -132,7 +140,8 @@ impl Error {
             | Error::KeyRow { .. }
             | Error::SharesMismatch { .. }
             | Error::StoresDisagree { .. }
-            | Error::KeyStore(_) => exit::KEY_STORE,
+            | Error::KeyStore(_)
+            | Error::NodeRefused { .. } => exit::KEY_STORE,
             Error::WriteShare { .. }
             | Error::Database { .. }
             | Error::Postgres { .. }
@@ -140,6 +149,16 @@ impl Error {
             | Error::Io { .. }
             | Error::Random(_) => exit::FAILURE,
             Error::PostgresUnreachable { .. } => exit::UNAVAILABLE,
+        }
+    }
+
+    /// Whether PostgreSQL refused this node its login or a right (SQLSTATE
+    /// 28000 or 42501, which includes a row-level security refusal).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Error::NodeRefused { .. } => true,
+            Error::Postgres { code: Some(c), .. } => c == "28000" || c == "42501",
+            _ => false,
         }
     }
 

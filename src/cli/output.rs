@@ -57,12 +57,7 @@ pub fn signs_from(activate_at: Option<i64>) -> String {
     }
 }
 
-pub fn rfc3339(secs: i64) -> String {
-    std::time::UNIX_EPOCH
-        .checked_add(Duration::from_secs(secs.max(0) as u64))
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_default()
-}
+pub use crate::lifecycle::rfc3339;
 
 /// A point in time given on the command line: Unix seconds, RFC 3339, or
 /// an age ("90d": that long ago).

@@ -142,6 +142,14 @@ impl PurgeClock {
     }
 }
 
+/// Unix seconds as RFC 3339 ("2026-12-07T16:12:11Z"), for messages.
+pub fn rfc3339(secs: i64) -> String {
+    std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs(secs.max(0) as u64))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ use ed25519_dalek::SigningKey;
 
 use crate::keys::KeyInfo;
 
-pub use clock::{Clock, PurgeClock, revocations_purged_before, wall_now, wall_now_ms};
+pub use clock::{Clock, PurgeClock, revocations_purged_before, rfc3339, wall_now, wall_now_ms};
 pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use migrate::{Moved, move_to_postgres};
 pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, survey};

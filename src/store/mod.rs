@@ -8,7 +8,9 @@
 pub mod audit_log;
 pub mod backup;
 pub mod keystore;
+pub mod membership;
 pub mod postgres;
+pub mod seen;
 pub mod share_files;
 pub mod sqlite;
 

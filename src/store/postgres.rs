@@ -9,13 +9,16 @@
 //! server that cannot be reached is [`Error::PostgresUnreachable`]. A
 //! second connection listens for the `NOTIFY`s of other nodes' changes
 //! (see [`Postgres::listen`]).
+//!
+//! Another node's rows are never trusted as a whole: `membership` reads
+//! the owner's list of members and bounds, and judges each key row of
+//! another node on its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 
 use crate::config::{PostgresSettings, is_local_host};
@@ -29,21 +32,98 @@ use super::keystore::{KeyStore, NodeKey, RawKey, RawShare, check_share};
 use super::sqlite::{Revocation, Supersede};
 
 /// The schema, in order; `splitsign_schema` records how far it is applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_trust.sql"),
+];
+
+/// How long a statement may wait for a lock, and run, before it fails
+/// (and is retried) rather than hang: no session of another node can hold
+/// this node's work up for longer.
+const LOCK_TIMEOUT_MS: u32 = 5_000;
+const STATEMENT_TIMEOUT_MS: u32 = 60_000;
 
 /// The advisory lock that serializes schema changes between nodes.
 const SCHEMA_LOCK: i64 = 0x7370_6c69_7473_6731; // "splitsg1"
 
-/// What the other nodes changed, as `NOTIFY` says (a hint: re-read).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    Keys,
-    Revocations,
-    /// The listening connection is (re)established: anything may have been
-    /// missed, re-read everything.
-    Connected,
-    /// The listening connection is lost; the node works on what it knows.
-    Lost(String),
+/// What the other nodes changed, as their `NOTIFY`s say (hints only: the
+/// node re-reads), gathered until the follower takes them. A flood of
+/// notifications sets a flag; it never grows a queue.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub keys: bool,
+    pub revocations: bool,
+    /// The listening connection was (re)established: anything may have
+    /// been missed; re-read everything.
+    pub connected: bool,
+    /// The listening connection was lost (the latest reason); the node
+    /// works on what it knows.
+    pub lost: Option<String>,
+    /// The server refuses this node's login (the latest reason).
+    pub refused: Option<String>,
+    /// Notifications received since the last take.
+    pub notifications: u64,
+}
+
+impl Changed {
+    /// What `later` adds to what changed before it.
+    pub fn merge(&mut self, later: Changed) {
+        self.keys |= later.keys;
+        self.revocations |= later.revocations;
+        self.connected |= later.connected;
+        if later.connected {
+            self.lost = None;
+            self.refused = None;
+        }
+        if later.lost.is_some() {
+            self.lost = later.lost;
+        }
+        if later.refused.is_some() {
+            self.refused = later.refused;
+        }
+        self.notifications += later.notifications;
+    }
+
+    fn any(&self) -> bool {
+        self.keys
+            || self.revocations
+            || self.connected
+            || self.lost.is_some()
+            || self.refused.is_some()
+    }
+}
+
+/// Where the listening connection leaves what it heard.
+#[derive(Default)]
+pub struct Listener {
+    state: Mutex<Changed>,
+    ready: tokio::sync::Notify,
+}
+
+impl Listener {
+    fn update(&self, f: impl FnOnce(&mut Changed)) {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
+        self.ready.notify_one();
+    }
+
+    /// Wait until something changed, and take it all.
+    pub async fn changed(&self) -> Changed {
+        loop {
+            let wait = self.ready.notified();
+            {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if s.any() {
+                    return std::mem::take(&mut *s);
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Take what changed meanwhile, without waiting.
+    pub fn take(&self) -> Changed {
+        std::mem::take(&mut *self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 pub struct Postgres {
@@ -79,6 +159,13 @@ impl Connector {
         }
         // A half-open connection stays silent: keepalives notice.
         config.keepalives(true);
+        // No lock another session holds, and no statement, may stall this
+        // node for long: it fails, and is retried.
+        let options = format!(
+            "{} -c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            config.get_options().unwrap_or("")
+        );
+        config.options(options.trim_start());
         config.keepalives_idle(Duration::from_secs(30));
         if let Some(pw) = password(settings, &config)? {
             config.password(pw);
@@ -115,29 +202,28 @@ impl Connector {
         })
     }
 
-    /// A connection; its driver runs on the current runtime and forwards
+    /// A connection; its driver runs on the current runtime and reports
     /// notifications to `notes`.
     async fn connect(
         &self,
-        notes: Option<mpsc::UnboundedSender<String>>,
-    ) -> std::result::Result<Client, tokio_postgres::Error> {
+        notes: Option<Arc<Listener>>,
+    ) -> std::result::Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
         match &self.tls {
             None => {
                 let (client, conn) = self.config.connect(NoTls).await?;
-                tokio::spawn(drive(conn, notes));
-                Ok(client)
+                Ok((client, tokio::spawn(drive(conn, notes))))
             }
             Some(tls) => {
                 let (client, conn) = self.config.connect(tls.clone()).await?;
-                tokio::spawn(drive(conn, notes));
-                Ok(client)
+                Ok((client, tokio::spawn(drive(conn, notes))))
             }
         }
     }
 }
 
-/// Drive a connection until it ends, forwarding `NOTIFY` channel names.
-async fn drive<S, T>(mut conn: Connection<S, T>, notes: Option<mpsc::UnboundedSender<String>>)
+/// Drive a connection until it ends, noting which table each `NOTIFY`
+/// names (its payload is not read: any role may send any).
+async fn drive<S, T>(mut conn: Connection<S, T>, notes: Option<Arc<Listener>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -145,13 +231,24 @@ where
     loop {
         match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
             Some(Ok(AsyncMessage::Notification(n))) => {
-                if let Some(tx) = &notes {
-                    let _ = tx.send(n.channel().to_owned());
+                if let Some(l) = &notes {
+                    let keys = n.channel() == "splitsign_keys";
+                    l.update(|c| {
+                        c.notifications += 1;
+                        if keys {
+                            c.keys = true;
+                        } else {
+                            c.revocations = true;
+                        }
+                    });
                 }
             }
             Some(Ok(_)) => {}
-            Some(Err(_)) | None => return,
+            Some(Err(_)) | None => break,
         }
+    }
+    if let Some(l) = &notes {
+        l.update(|c| c.lost = Some("the listening connection closed".into()));
     }
 }
 
@@ -287,6 +384,30 @@ fn read_secret_file(path: &Path, key: &'static str) -> Result<String> {
     Ok(text)
 }
 
+/// An error, for a message: the server's own words without their DETAIL
+/// (which may quote a row, a share's bytes included), or the chain of
+/// causes of a client-side error.
+pub(super) fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => crate::error::chain(e),
+    }
+}
+
+/// The SQLSTATE of a refusal of this node's login or rights: 28000 (the
+/// role may not log in, or pg_hba rejects it) or 42501 (no right, or a
+/// row-level security policy refused the row).
+fn refusal_code(e: &tokio_postgres::Error) -> Option<&'static str> {
+    let code = e.code()?;
+    if *code == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+        Some("28000")
+    } else if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
+        Some("42501")
+    } else {
+        None
+    }
+}
+
 /// Whether an error means the server could not be reached (and trying
 /// again later may work), rather than that it refused something or that
 /// the settings are wrong (a password, a certificate).
@@ -315,12 +436,24 @@ impl Postgres {
     /// may). The node need not be registered yet ([`Postgres::register`]).
     /// A server that cannot be reached is `PostgresUnreachable`.
     pub fn open(settings: &PostgresSettings, node: &str) -> Result<Postgres> {
-        let pg = Postgres::connect(settings, node)?;
-        pg.ensure_schema()?;
-        let mut pg = pg;
-        pg.check_role()?;
-        pg.deployment = pg.read_deployment()?.unwrap_or_default();
-        Ok(pg)
+        let opened = (|| {
+            let mut pg = Postgres::connect(settings, node)?;
+            pg.ensure_schema()?;
+            pg.check_role()?;
+            pg.check_member()?;
+            pg.deployment = pg.read_deployment()?.unwrap_or_default();
+            Ok(pg)
+        })();
+        opened.map_err(|e| match e {
+            Error::Postgres { reason, .. } if e.is_refusal() => Error::NodeRefused {
+                node: node.to_owned(),
+                reason: format!(
+                    "{reason}. The owner may have removed this node (`splitsign node list`), or \
+                     not added it (`splitsign node add {node}`)"
+                ),
+            },
+            e => e,
+        })
     }
 
     /// Connect only (for `pg-schema`, which applies the schema itself).
@@ -443,7 +576,7 @@ impl Postgres {
     }
 
     /// Run `f` on the connection (reconnecting first if it was lost).
-    fn with<T>(
+    pub(super) fn with<T>(
         &self,
         what: &'static str,
         f: impl AsyncFnOnce(&mut Client) -> std::result::Result<T, tokio_postgres::Error>,
@@ -453,7 +586,8 @@ impl Postgres {
             let client = self
                 .rt()
                 .block_on(self.connector.connect(None))
-                .map_err(|e| self.error("connecting", e))?;
+                .map_err(|e| self.error("connecting", e))?
+                .0;
             *guard = Some(client);
         }
         let client = guard.as_mut().expect("connected above");
@@ -464,17 +598,18 @@ impl Postgres {
         result.map_err(|e| self.error(what, e))
     }
 
-    fn error(&self, what: &'static str, e: tokio_postgres::Error) -> Error {
+    pub(super) fn error(&self, what: &'static str, e: tokio_postgres::Error) -> Error {
         if unreachable(&e) {
             Error::PostgresUnreachable {
                 node: self.node.clone(),
-                reason: format!("{what}: {}", crate::error::chain(&e)),
+                reason: format!("{what}: {}", error_text(&e)),
             }
         } else {
             Error::Postgres {
                 node: self.node.clone(),
                 what,
-                source: e,
+                reason: error_text(&e),
+                code: e.code().map(|c| c.code().to_owned()),
             }
         }
     }
@@ -570,24 +705,6 @@ impl Postgres {
         &self.connector.describe
     }
 
-    /// Let `role` (a node's login role) use the tables; row-level security
-    /// confines it to the rows of the node of its name.
-    pub fn grant(&self, role: &str) -> Result<()> {
-        if !crate::config::valid_node(role) {
-            return Err(Error::Usage(format!(
-                "{role:?} is not a node role name: 1 to 63 letters, digits, '_', '.' or '-'"
-            )));
-        }
-        let quoted = format!("\"{role}\"");
-        let sql = format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON splitsign_nodes, splitsign_keys, \
-             splitsign_db_shares, splitsign_revocations TO {quoted};
-             GRANT USAGE ON SEQUENCE splitsign_revocations_id_seq TO {quoted};
-             GRANT SELECT ON splitsign_schema TO {quoted};"
-        );
-        self.with("granting a role", async |c| c.batch_execute(&sql).await)
-    }
-
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -633,13 +750,7 @@ impl Postgres {
                 )
                 .await?;
             }
-            tx.execute("DELETE FROM splitsign_keys WHERE node = $1", &[&node])
-                .await?;
-            tx.execute(
-                "DELETE FROM splitsign_revocations WHERE node = $1",
-                &[&node],
-            )
-            .await?;
+            tx.execute("SELECT splitsign_clear_own_rows()", &[]).await?;
             for row in keys {
                 insert_key_row(&tx, &node, row, true).await?;
             }
@@ -666,92 +777,132 @@ impl Postgres {
         }
     }
 
-    /// Revocations changed since `after` (an id): every node's, in order,
-    /// and the highest id seen.
-    pub fn revocations_after(&self, after: i64) -> Result<(Vec<Revocation>, i64)> {
+    /// Stream the revocations changed since `after` (an id), in order, to
+    /// `f`: those this node trusts (of active members, and those a removed
+    /// member recorded before its removal), kept until `kept_from` or later.
+    /// Returns the revocation sequence's high mark and this node's beat,
+    /// read first: a mark or a beat below what the node has seen means the
+    /// database went back (a restored dump).
+    pub fn read_revocations(
+        &self,
+        after: i64,
+        kept_from: i64,
+        f: &mut dyn FnMut(RevocationRow),
+    ) -> Result<Marks> {
+        use futures_util::StreamExt;
+        let node = self.node.clone();
         self.with("reading revocations", async |c| {
-            let rows = c
-                .query(
-                    "SELECT id, kind, value, before, expires_at FROM splitsign_revocations
-                     WHERE id > $1 ORDER BY id",
-                    &[&after],
+            let r = c
+                .query_one(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,
+                            coalesce((SELECT beat FROM splitsign_nodes WHERE node = $1), 0)
+                     FROM splitsign_revocations_id_seq",
+                    &[&node],
                 )
                 .await?;
-            let mut last = after;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                last = last.max(r.get::<_, i64>(0));
+            let marks = Marks {
+                high: r.get(0),
+                beat: r.get(1),
+            };
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &kept_from];
+            let rows = c
+                .query_raw(
+                    "SELECT r.id, r.kind, r.value, r.before, r.expires_at, r.node
+                     FROM splitsign_revocations r JOIN splitsign_members m ON m.node = r.node
+                     WHERE r.id > $1 AND r.expires_at >= $2
+                       AND (m.active OR r.recorded_at < m.removed_at)
+                     ORDER BY r.id",
+                    params,
+                )
+                .await?;
+            let mut rows = std::pin::pin!(rows);
+            // One row at a time: a full read of a million holds no list.
+            while let Some(r) = rows.next().await {
+                let r = r?;
                 if let Some(rev) = revocation(r.get(1), r.get(2), r.get(3), r.get(4)) {
-                    out.push(rev);
+                    f(RevocationRow {
+                        id: r.get(0),
+                        node: r.get(5),
+                        rev,
+                    });
                 }
             }
-            Ok((out, last))
+            Ok(marks)
         })
     }
 
-    /// Delete the revocations kept until before `before` (any node's:
-    /// row-level security lets every node purge expired rows).
-    pub fn purge_revocations(&self, before: i64) -> Result<u64> {
-        self.with("purging revocations", async |c| {
+    /// Raise this node's beat to `beat` (see [`Marks`]).
+    pub fn set_beat(&self, beat: i64) -> Result<()> {
+        let node = self.node.clone();
+        self.with("raising the node's beat", async |c| {
             c.execute(
-                "DELETE FROM splitsign_revocations WHERE expires_at < $1",
-                &[&before],
+                "UPDATE splitsign_nodes SET beat = $2 WHERE node = $1 AND beat < $2",
+                &[&node, &beat],
             )
             .await
+            .map(|_| ())
+        })
+    }
+
+    /// Delete the revocations kept until before `before`: this node's,
+    /// and those of nodes no longer active (never a row another session
+    /// holds: none of them can hold this node up).
+    pub fn purge_revocations(&self, before: i64) -> Result<u64> {
+        self.with("purging revocations", async |c| {
+            let n: i64 = c
+                .query_one("SELECT splitsign_purge_revocations($1)", &[&before])
+                .await?
+                .get(0);
+            Ok(n.max(0) as u64)
         })
     }
 
     /// Listen for other nodes' changes on a connection of its own, kept up
     /// with backoff (50 ms, doubling, at most 1 s), for as long as the
     /// receiver lives. `Change::Connected` follows each (re)connection.
-    pub fn listen(&self) -> mpsc::UnboundedReceiver<Change> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn listen(&self) -> Arc<Listener> {
+        let listener = Arc::new(Listener::default());
+        let weak = Arc::downgrade(&listener);
         let connector = self.connector.clone();
         self.rt().spawn(async move {
             let mut backoff = Duration::from_millis(50);
             loop {
-                let (notes_tx, mut notes) = mpsc::unbounded_channel();
+                let Some(l) = weak.upgrade() else {
+                    return;
+                };
                 let listening = async {
-                    let client = connector.connect(Some(notes_tx)).await?;
+                    let (client, driver) = connector.connect(Some(Arc::clone(&l))).await?;
                     client
                         .batch_execute("LISTEN splitsign_keys; LISTEN splitsign_revocations")
                         .await?;
-                    Ok::<_, tokio_postgres::Error>(client)
+                    Ok::<_, tokio_postgres::Error>((client, driver))
                 };
                 match listening.await {
-                    Ok(client) => {
+                    Ok((client, driver)) => {
                         backoff = Duration::from_millis(50);
-                        if tx.send(Change::Connected).is_err() {
-                            return;
-                        }
-                        while let Some(channel) = notes.recv().await {
-                            let change = match channel.as_str() {
-                                "splitsign_keys" => Change::Keys,
-                                _ => Change::Revocations,
-                            };
-                            if tx.send(change).is_err() {
-                                return;
-                            }
-                        }
+                        l.update(|c| {
+                            c.connected = true;
+                            c.lost = None;
+                            c.refused = None;
+                        });
+                        drop(l);
+                        // Until the connection ends (the driver says so).
+                        let _ = driver.await;
                         drop(client);
-                        if tx
-                            .send(Change::Lost("the listening connection closed".into()))
-                            .is_err()
-                        {
-                            return;
-                        }
                     }
                     Err(e) => {
-                        if tx.send(Change::Lost(crate::error::chain(&e))).is_err() {
-                            return;
-                        }
+                        let why = error_text(&e);
+                        l.update(|c| match refusal_code(&e) {
+                            Some(_) => c.refused = Some(why),
+                            None => c.lost = Some(why),
+                        });
                     }
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         });
-        rx
+        listener
     }
 }
 
@@ -765,6 +916,23 @@ impl Drop for Postgres {
     }
 }
 
+/// What a node compares to notice that the database went back: the
+/// revocation sequence's mark (ids are never handed out twice), and this
+/// node's beat, which only this node raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marks {
+    pub high: i64,
+    pub beat: i64,
+}
+
+/// A revocation as another node (or this one) stored it.
+#[derive(Debug, Clone)]
+pub struct RevocationRow {
+    pub id: i64,
+    pub node: String,
+    pub rev: Revocation,
+}
+
 /// A revocation row (see [`Revocation::from_columns`]).
 fn revocation(
     kind: String,
@@ -775,10 +943,11 @@ fn revocation(
     Revocation::from_columns(&kind, value, before, expires_at)
 }
 
-const KEY_COLUMNS: &str = "kid, public_key, origin, created_at, activate_at, deactivate_at, \
-                           retire_at, share_generation, verified, alg, pending_generation";
+pub(super) const KEY_COLUMNS: &str = "kid, public_key, origin, created_at, activate_at, \
+                                      deactivate_at, retire_at, share_generation, verified, alg, \
+                                      pending_generation";
 
-fn raw_key(r: &tokio_postgres::Row) -> RawKey {
+pub(super) fn raw_key(r: &tokio_postgres::Row) -> RawKey {
     RawKey {
         kid: r.get(0),
         public_key: r.get(1),
@@ -834,26 +1003,7 @@ impl KeyStore for Arc<Postgres> {
     }
 
     fn other_nodes_keys(&self) -> Result<Vec<NodeKey>> {
-        let node = self.node.clone();
-        let rows = self.with("reading other nodes' keys", async |c| {
-            c.query(
-                &format!(
-                    "SELECT {KEY_COLUMNS}, node FROM splitsign_keys
-                     WHERE node <> $1 AND verified ORDER BY activate_at, created_at, kid"
-                ),
-                &[&node],
-            )
-            .await
-        })?;
-        let db = self.describe();
-        rows.iter()
-            .map(|r| {
-                Ok(NodeKey {
-                    node: r.get(11),
-                    key: raw_key(r).check(&db, crate::config::AlgLabel::EdDSA)?,
-                })
-            })
-            .collect()
+        Ok(self.view(crate::lifecycle::wall_now())?.keys)
     }
 
     fn is_empty(&self) -> Result<bool> {
@@ -954,8 +1104,8 @@ impl KeyStore for Arc<Postgres> {
                 return Ok(n);
             }
             tx.execute(
-                "DELETE FROM splitsign_db_shares WHERE kid = $1 AND node = $2 AND generation <> $3",
-                &[&share.kid, &node, &(share.generation as i32)],
+                "SELECT splitsign_delete_shares($1, $2)",
+                &[&share.kid, &(share.generation as i32)],
             )
             .await?;
             tx.commit().await?;
@@ -966,40 +1116,42 @@ impl KeyStore for Arc<Postgres> {
 
     fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
         let node = self.node.clone();
+        let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
         self.with("restoring a database share", async |c| {
-            let tx = c.transaction().await?;
-            tx.execute(
-                "DELETE FROM splitsign_db_shares WHERE kid = $1 AND node = $2 AND generation = $3",
-                &[&share.kid, &node, &(share.generation as i32)],
+            // In place of a damaged one at the same generation, if any.
+            c.execute(
+                "INSERT INTO splitsign_db_shares (node, kid, generation, x, y, checksum)
+                 VALUES ($1, $2, $3, 2, $4, $5)
+                 ON CONFLICT (node, kid, generation) DO UPDATE SET
+                     y = EXCLUDED.y, checksum = EXCLUDED.checksum",
+                &[
+                    &node,
+                    &share.kid,
+                    &(share.generation as i32),
+                    &&share.y.as_bytes()[..],
+                    &&sum[..],
+                ],
             )
-            .await?;
-            insert_share(&tx, &node, share).await?;
-            tx.commit().await
+            .await
+            .map(|_| ())
         })
     }
 
     fn discard_key(&self, kid: &str) -> Result<()> {
-        let node = self.node.clone();
         self.with("discarding a key", async |c| {
-            c.execute(
-                "DELETE FROM splitsign_keys WHERE kid = $1 AND node = $2",
-                &[&kid, &node],
-            )
-            .await
+            c.execute("SELECT splitsign_discard_key($1)", &[&kid]).await
         })
         .map(|_| ())
     }
 
     fn delete_db_shares(&self, kid: &str) -> Result<bool> {
-        let node = self.node.clone();
         self.with("destroying database shares", async |c| {
-            c.execute(
-                "DELETE FROM splitsign_db_shares WHERE kid = $1 AND node = $2",
-                &[&kid, &node],
-            )
-            .await
+            let n: i64 = c
+                .query_one("SELECT splitsign_delete_shares($1, NULL::integer)", &[&kid])
+                .await?
+                .get(0);
+            Ok(n > 0)
         })
-        .map(|n| n > 0)
     }
 
     fn kids_with_db_shares(&self) -> Result<Vec<String>> {
@@ -1059,8 +1211,7 @@ impl KeyStore for Arc<Postgres> {
 
     fn for_each_revocation(&self, before: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
         Postgres::purge_revocations(self, before)?;
-        let (rows, _) = self.revocations_after(0)?;
-        rows.into_iter().for_each(f);
+        self.read_revocations(0, before, &mut |r| f(r.rev))?;
         Ok(())
     }
 }
@@ -1093,7 +1244,8 @@ async fn insert_key_row(
 }
 
 /// Record a revocation; one only grows (the later `before` and
-/// `expires_at` win). Its new id tells the other nodes.
+/// `expires_at` win). Its new id (drawn by the table's trigger) tells the
+/// other nodes.
 async fn insert_revocation(
     tx: &impl tokio_postgres::GenericClient,
     node: &str,
@@ -1107,8 +1259,7 @@ async fn insert_revocation(
          ON CONFLICT (kind, value, node) DO UPDATE SET
              before = GREATEST(splitsign_revocations.before, EXCLUDED.before),
              expires_at = GREATEST(splitsign_revocations.expires_at, EXCLUDED.expires_at),
-             created_at = EXCLUDED.created_at,
-             id = nextval('splitsign_revocations_id_seq')",
+             created_at = EXCLUDED.created_at",
         &[&kind, &value, &before, &expires_at, &now, &node],
     )
     .await
