@@ -1,42 +1,123 @@
 //! `cluster`: how a node of a PostgreSQL deployment keeps up with the
-//! others. It listens for their `NOTIFY`s (a key row changed, a revocation
-//! was added) and re-reads what changed: the other nodes' keys (published
-//! and verified here), the revocations added since it last looked. A
-//! reconnection re-reads everything, and the key schedule's timer re-reads
-//! everything at least every 30 s, which catches a lost notification.
+//! others, and what it trusts of them. It listens for their `NOTIFY`s (a
+//! hint, never trusted data: a flood of them is one read per
+//! [`READ_GAP`]) and re-reads what changed: the members and bounds the
+//! owner set and the keys of other nodes (each row judged on its own; a bad
+//! one is skipped, counted and logged once), or the revocations added since
+//! it last looked (from an order the database keeps, which no node can
+//! move). A reconnection re-reads everything, and so does the schedule
+//! every [`FULL_READ_EVERY`].
+//!
+//! What it has seen, it keeps: every revocation read is recorded in the
+//! local database (`store::seen`), stays in force here even when the
+//! database goes back (a restored dump), and this node writes its own back.
 //!
 //! While PostgreSQL cannot be reached the node is degraded, not down: it
 //! signs with the keys it holds, verifies with the keys and revocations it
 //! last read, and says "degraded: database unreachable" in `STATUS=` and
 //! `status`.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::key_manager::KeyManager;
+use super::revocations::{Bulk, RevocationSet};
 use crate::error::{Error, Result};
-use crate::store::postgres::Change;
-use crate::store::{NodeKey, Postgres};
+use crate::store::membership::{Bounds, Member, Skipped};
+use crate::store::postgres::{Changed, Marks, RevocationRow};
+use crate::store::seen::Seen;
+use crate::store::{NodeKey, Postgres, Revocation};
 
 /// How long a revocation id may stay uncommitted while later ids are
 /// read: a sequence hands out ids in one order, transactions commit in
 /// another. An incremental read looks this far back again.
 const COMMIT_LAG: Duration = Duration::from_secs(2);
 
+/// The least time between two reads that notifications ask for: a flood
+/// of them (any role may send any) costs one read per gap.
+pub const READ_GAP: Duration = Duration::from_millis(100);
+
+/// How often the schedule re-reads every revocation (what an incremental
+/// read could have missed: a transaction that committed long after its id
+/// was drawn).
+const FULL_READ_EVERY: Duration = Duration::from_secs(300);
+
+/// Revocations applied, and recorded locally, this many at a time.
+const CHUNK: usize = 4096;
+
+/// Skipped rows remembered (so that each is logged once) at most.
+const LOGGED_MAX: usize = 10_000;
+
 /// A node's view of the cluster.
 pub struct Cluster {
     pub pg: Arc<Postgres>,
-    /// The other nodes' keys, as last read.
-    others: Mutex<Vec<NodeKey>>,
+    /// The members, bounds and trusted keys of other nodes, as last read.
+    view: Mutex<Arc<View>>,
     /// Why PostgreSQL is unreachable, while it is.
     down: Mutex<Option<String>>,
     /// Whether the listening connection is up (and its first read done).
     listening: AtomicBool,
     cursor: Mutex<Cursor>,
+    /// What this node has seen (its local database).
+    seen: Mutex<Seen>,
+    /// The highest mark of the revocation sequence seen.
+    high: AtomicI64,
+    /// This node's beat (see `store::postgres::Marks`).
+    beat: AtomicI64,
+    went_back: Mutex<Option<WentBack>>,
+    /// Skipped rows already logged.
+    logged: Mutex<HashSet<(String, String, String)>>,
+    last_full: Mutex<Option<Instant>>,
+    pub stats: Stats,
+}
+
+/// What the other nodes and the owner have, as last read.
+#[derive(Debug, Default)]
+pub struct View {
+    pub members: Vec<Member>,
+    /// `None` until the first read.
+    pub bounds: Option<Bounds>,
+    pub keys: Vec<NodeKey>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The database went back (a restored dump, a rolled-back replica).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WentBack {
+    /// When this node noticed (Unix seconds).
+    pub at: i64,
+    /// The revocation sequence's mark this node had seen, and the
+    /// database's; this node's beat, and the database's.
+    pub seen_mark: i64,
+    pub database_mark: i64,
+    pub seen_beat: i64,
+    pub database_beat: i64,
+    /// This node's own revocations it found missing and wrote back.
+    pub written_back: usize,
+}
+
+/// What one read of the revocations found.
+struct Pass {
+    /// The database's marks, read first.
+    marks: Marks,
+    /// This node's own revocations written back.
+    written_back: usize,
+    /// Revocations that were news to this node.
+    news: usize,
+}
+
+/// Counters for the metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub key_reads: AtomicU64,
+    pub revocation_reads: AtomicU64,
+    pub full_reads: AtomicU64,
+    pub notifications: AtomicU64,
+    pub went_back: AtomicU64,
 }
 
 /// Where incremental revocation reads start: the highest id read at least
@@ -72,45 +153,122 @@ impl Cursor {
     }
 }
 
+/// The digest a revocation is compared by (its kind and value).
+fn digest(r: &Revocation) -> [u8; 16] {
+    use sha2::Digest;
+    let (kind, value, _, _) = r.columns();
+    let mut h = sha2::Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(value.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
 impl Cluster {
-    pub fn new(pg: Arc<Postgres>) -> Cluster {
-        Cluster {
+    /// The cluster of `pg`, keeping what it sees in the local database at
+    /// `local_db`.
+    pub fn new(pg: Arc<Postgres>, local_db: &std::path::Path) -> Result<Cluster> {
+        let seen = Seen::open(local_db)?;
+        let high = seen.high()?;
+        let beat = seen.beat()?;
+        Ok(Cluster {
             pg,
-            others: Mutex::new(Vec::new()),
+            view: Mutex::new(Arc::new(View::default())),
             down: Mutex::new(None),
             listening: AtomicBool::new(false),
             cursor: Mutex::new(Cursor::default()),
-        }
+            seen: Mutex::new(seen),
+            high: AtomicI64::new(high),
+            beat: AtomicI64::new(beat),
+            went_back: Mutex::new(None),
+            logged: Mutex::new(HashSet::new()),
+            last_full: Mutex::new(None),
+            stats: Stats::default(),
+        })
     }
 
     pub fn node(&self) -> &str {
         self.pg.node()
     }
 
-    /// The other nodes' keys, as last read.
+    /// The members, bounds and other nodes' keys, as last read.
+    pub fn view(&self) -> Arc<View> {
+        Arc::clone(&self.view.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The other nodes' trusted keys, as last read.
     pub fn others(&self) -> Vec<NodeKey> {
-        self.others
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.view().keys.clone()
     }
 
-    pub(super) fn set_others(&self, keys: Vec<NodeKey>) {
-        *self.others.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+    /// The owner's bounds, once read.
+    pub fn bounds(&self) -> Option<Bounds> {
+        self.view().bounds
     }
 
-    /// How many nodes the cluster has, as last read (this one included).
+    /// Read the members, the bounds and the other nodes' keys (judged one
+    /// by one; each row skipped is logged once). This node must be an
+    /// active member.
+    pub fn refresh_view(&self, now: i64) -> Result<Arc<View>> {
+        self.stats.key_reads.fetch_add(1, Ordering::Relaxed);
+        let v = self.pg.view(now)?;
+        if let Some(me) = v.members.iter().find(|m| m.node == self.node())
+            && !me.active
+        {
+            return Err(Error::NodeRefused {
+                node: self.node().to_owned(),
+                reason: format!(
+                    "the owner removed it from the cluster{} at {}",
+                    if me.at_once { " at once" } else { "" },
+                    crate::lifecycle::rfc3339(me.removed_at.unwrap_or(0))
+                ),
+            });
+        }
+        {
+            let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            if logged.len() > LOGGED_MAX {
+                logged.clear();
+            }
+            for s in &v.skipped {
+                if logged.insert((s.node.clone(), s.kid.clone(), s.reason.clone())) {
+                    tracing::warn!(
+                        node = %s.node,
+                        kid = %s.kid,
+                        reason = %s.reason,
+                        "skipped a key row of another node (not published, not trusted)"
+                    );
+                }
+            }
+        }
+        let view = Arc::new(View {
+            members: v.members,
+            bounds: Some(v.bounds),
+            keys: v.keys,
+            skipped: v.skipped,
+        });
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&view);
+        Ok(view)
+    }
+
+    /// How many active members the cluster has (this node included), as
+    /// last read.
     pub fn nodes(&self) -> usize {
-        let others = self.others.lock().unwrap_or_else(|p| p.into_inner());
-        let mut names: Vec<&str> = others.iter().map(|k| k.node.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        names.len() + 1
+        self.view().members.iter().filter(|m| m.active).count()
     }
 
     /// Why PostgreSQL is unreachable, if it is.
     pub fn unreachable(&self) -> Option<String> {
         self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// When (and how) the database was last found to have gone back.
+    pub fn went_back(&self) -> Option<WentBack> {
+        self.went_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_down(&self, why: String) {
@@ -139,55 +297,293 @@ impl Cluster {
         }
     }
 
-    /// The revocations added since the last read (with `full`, all of
-    /// them), to apply over the set in force.
-    pub(super) fn read_revocations(&self, full: bool) -> Result<RevocationsRead> {
-        let mut cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let from = if full { 0 } else { cursor.from(now) };
-        let (rows, last) = self.pg.revocations_after(from)?;
-        if full {
-            cursor.reset(now, last);
-        } else {
-            cursor.saw(now, last);
+    /// Load the revocations in force at start: what this node has seen
+    /// (kept until `kept_from` or later), then everything the database
+    /// holds (see [`Cluster::read_revocations`]).
+    pub(super) fn load_revocations(&self, set: &RevocationSet, kept_from: i64) -> Result<()> {
+        let mut bulk = Bulk::default();
+        self.seen()
+            .for_each(None, kept_from, &mut |_, r| bulk.add(r))?;
+        set.replace(bulk.build());
+        self.read_revocations(set, true, kept_from)
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record this node's own new revocations (stored in PostgreSQL just
+    /// now) in the local database.
+    pub(super) fn record_own(&self, rows: &[Revocation]) -> Result<()> {
+        let node = self.node().to_owned();
+        self.seen().record(
+            rows.iter().map(|r| (node.as_str(), r)),
+            self.high.load(Ordering::Acquire),
+        )?;
+        self.raise_beat()
+    }
+
+    /// This node learned of revocations: raise its beat, in PostgreSQL
+    /// first (a crash in between leaves the database ahead, never behind).
+    fn raise_beat(&self) -> Result<()> {
+        let beat = self.beat.load(Ordering::Acquire) + 1;
+        self.pg.set_beat(beat)?;
+        self.seen().set_beat(beat)?;
+        self.beat.fetch_max(beat, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Whether the schedule should re-read every revocation now.
+    pub(super) fn full_read_due(&self) -> bool {
+        self.last_full
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= FULL_READ_EVERY)
+    }
+
+    /// Read the revocations changed since the last read (with `full`, all
+    /// of them) that are kept until `kept_from` or later, record the new
+    /// ones locally and add them to `set` (a revocation is never removed
+    /// here but by time: a database that went back un-revokes nothing).
+    /// A database found to have gone back is reported, read again whole,
+    /// and given back this node's own revocations. The caller holds the
+    /// revocation lock (one read at a time).
+    pub(super) fn read_revocations(
+        &self,
+        set: &RevocationSet,
+        full: bool,
+        kept_from: i64,
+    ) -> Result<()> {
+        let seen = Marks {
+            high: self.high.load(Ordering::Acquire),
+            beat: self.beat.load(Ordering::Acquire),
+        };
+        let back = |m: &Marks| m.high < seen.high || m.beat < seen.beat;
+        let mut read = self.read_pass(set, full, kept_from)?;
+        if back(&read.marks) && !full {
+            // Ids are handed out again below what the cursor passed: read
+            // everything (and write this node's own back).
+            read = self.read_pass(set, true, kept_from)?;
         }
-        Ok(RevocationsRead { rows, full })
+        if back(&read.marks) || read.written_back > 0 {
+            self.report_going_back(seen, read.marks, read.written_back)?;
+        } else {
+            if read.marks.high > seen.high {
+                self.high.fetch_max(read.marks.high, Ordering::AcqRel);
+                self.seen().record(std::iter::empty(), read.marks.high)?;
+            }
+            if read.marks.beat > seen.beat {
+                // A local database older than the node's (restored from a
+                // backup of the host): count on from the database's beat.
+                self.beat.fetch_max(read.marks.beat, Ordering::AcqRel);
+                self.seen().set_beat(read.marks.beat)?;
+            }
+        }
+        if read.news > 0 {
+            self.raise_beat()?;
+        }
+        Ok(())
+    }
+
+    /// One read (see [`Cluster::read_revocations`]); a full one also
+    /// writes back this node's own revocations that it did not find.
+    fn read_pass(&self, set: &RevocationSet, full: bool, kept_from: i64) -> Result<Pass> {
+        let now = Instant::now();
+        let from = if full {
+            0
+        } else {
+            self.cursor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .from(now)
+        };
+        let me = self.node().to_owned();
+        let mut own: HashSet<[u8; 16]> = HashSet::new();
+        let mut chunk: Vec<RevocationRow> = Vec::with_capacity(256);
+        let mut last_id = from;
+        let mut failed: Option<Error> = None;
+        let mut news = 0;
+        let mark = self.high.load(Ordering::Acquire);
+        let marks = self.pg.read_revocations(from, kept_from, &mut |row| {
+            if failed.is_some() {
+                return;
+            }
+            last_id = last_id.max(row.id);
+            if full && row.node == me {
+                own.insert(digest(&row.rev));
+            }
+            chunk.push(row);
+            if chunk.len() >= CHUNK {
+                match self.apply(set, &mut chunk, mark) {
+                    Ok(n) => news += n,
+                    Err(e) => failed = Some(e),
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        news += self.apply(set, &mut chunk, mark)?;
+        self.stats.revocation_reads.fetch_add(1, Ordering::Relaxed);
+        let written_back = if full {
+            self.stats.full_reads.fetch_add(1, Ordering::Relaxed);
+            *self.last_full.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+            self.write_back(&own, kept_from)?
+        } else {
+            0
+        };
+        let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        if full {
+            c.reset(now, last_id);
+        } else {
+            c.saw(now, last_id);
+        }
+        Ok(Pass {
+            marks,
+            written_back,
+            news,
+        })
+    }
+
+    /// Say loudly that the database went back; compare with its marks
+    /// from now on.
+    fn report_going_back(&self, seen: Marks, now: Marks, written_back: usize) -> Result<()> {
+        tracing::error!(
+            seen_mark = seen.high,
+            database_mark = now.high,
+            seen_beat = seen.beat,
+            database_beat = now.beat,
+            own_revocations_written_back = written_back,
+            "the cluster's database went back (restored from a backup, or rolled back): \
+             revocations this node has seen stay in force here, and it wrote its own missing \
+             ones back"
+        );
+        self.stats.went_back.fetch_add(1, Ordering::Relaxed);
+        *self.went_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(WentBack {
+            at: crate::lifecycle::wall_now(),
+            seen_mark: seen.high,
+            database_mark: now.high,
+            seen_beat: seen.beat,
+            database_beat: now.beat,
+            written_back,
+        });
+        self.high.store(now.high, Ordering::Release);
+        self.beat.store(now.beat, Ordering::Release);
+        self.seen().reset(now.high, now.beat)
+    }
+
+    /// Record the rows of `chunk` that are news locally, then add them to
+    /// the set in force; empties `chunk`. Returns how many were news.
+    fn apply(
+        &self,
+        set: &RevocationSet,
+        chunk: &mut Vec<RevocationRow>,
+        high: i64,
+    ) -> Result<usize> {
+        if chunk.is_empty() {
+            return Ok(0);
+        }
+        let news: Vec<&RevocationRow> = {
+            let news = set.news(chunk.iter().map(|r| &r.rev));
+            chunk
+                .iter()
+                .zip(news)
+                .filter(|(_, n)| *n)
+                .map(|(r, _)| r)
+                .collect()
+        };
+        let n = news.len();
+        if n > 0 {
+            self.seen()
+                .record(news.iter().map(|r| (r.node.as_str(), &r.rev)), high)?;
+            set.add(news.into_iter().map(|r| r.rev.clone()));
+        }
+        chunk.clear();
+        Ok(n)
+    }
+
+    /// Write back this node's own revocations (as recorded locally, kept
+    /// until `kept_from` or later) that a full read did not find (`found`:
+    /// their digests). Returns how many.
+    fn write_back(&self, found: &HashSet<[u8; 16]>, kept_from: i64) -> Result<usize> {
+        let mut missing = Vec::new();
+        self.seen()
+            .for_each(Some(self.node()), kept_from, &mut |_, r| {
+                if !found.contains(&digest(&r)) {
+                    missing.push(r);
+                }
+            })?;
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let now = crate::lifecycle::wall_now();
+        for batch in missing.chunks(1024) {
+            crate::store::KeyStore::add_revocations(&self.pg, batch, now)?;
+        }
+        tracing::warn!(
+            revocations = missing.len(),
+            "this node's own revocations were missing from the cluster's database; wrote them back"
+        );
+        Ok(missing.len())
+    }
+
+    /// Purge the revocations kept until before `before`: in PostgreSQL
+    /// (this node's, and those of removed nodes), in the local record, and
+    /// in `set`. Returns how many rows PostgreSQL purged.
+    pub(super) fn purge(&self, set: &RevocationSet, before: i64) -> Result<u64> {
+        let n = self.pg.purge_revocations(before)?;
+        self.seen().purge(before)?;
+        set.purge(before);
+        Ok(n)
     }
 }
 
-pub(super) struct RevocationsRead {
-    pub rows: Vec<crate::store::Revocation>,
-    /// The rows are every revocation (replace the set), not only new ones.
-    pub full: bool,
-}
-
-/// Follow the other nodes until shutdown: listen, and re-read what each
-/// notification says changed (several at once are read once).
+/// Follow the other nodes until shutdown: listen, and re-read what the
+/// notifications say changed, at most once per [`READ_GAP`].
 pub async fn follow(manager: Arc<KeyManager>, shutdown: CancellationToken) {
     let Some(cluster) = manager.cluster() else {
         return;
     };
-    let mut changes = cluster.pg.listen();
+    let listener = cluster.pg.listen();
+    let mut last_read: Option<Instant> = None;
+    // A read that failed, to try again (1 s, doubling, at most 30 s).
+    let mut failed = Wanted::default();
+    let mut retry = Duration::from_secs(1);
     loop {
-        let first = tokio::select! {
+        let mut changed = tokio::select! {
             _ = shutdown.cancelled() => return,
-            c = changes.recv() => match c {
-                Some(c) => c,
-                None => return,
-            },
+            c = listener.changed() => c,
+            _ = tokio::time::sleep(retry), if failed.any() => Changed::default(),
         };
-        let mut wanted = Wanted::default();
-        wanted.add(cluster, first);
-        while let Ok(c) = changes.try_recv() {
-            wanted.add(cluster, c);
+        if let Some(gap) = last_read.map(|t| READ_GAP.saturating_sub(t.elapsed()))
+            && !gap.is_zero()
+        {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(gap) => {}
+            }
+            changed.merge(listener.take());
         }
+        let wanted = Wanted::from(cluster, &manager, changed).or(failed);
         if !wanted.any() {
             continue;
         }
+        last_read = Some(Instant::now());
         let m = Arc::clone(&manager);
         let done = tokio::task::spawn_blocking(move || m.follow_cluster(wanted)).await;
-        if let Ok(Err(e)) = done {
-            tracing::warn!(error = %e, "could not read the other nodes' changes; retrying when PostgreSQL answers");
+        match done {
+            Ok(Ok(())) => {
+                failed = Wanted::default();
+                retry = Duration::from_secs(1);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, retry_s = retry.as_secs(), "could not read the other nodes' changes; retrying");
+                if failed.any() {
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                }
+                failed = wanted;
+            }
+            Err(_) => failed = wanted,
         }
     }
 }
@@ -202,23 +598,41 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    fn add(&mut self, cluster: &Cluster, change: Change) {
-        match change {
-            Change::Keys => self.keys = true,
-            Change::Revocations => self.revocations = true,
-            Change::Connected => {
-                cluster.listening.store(true, Ordering::Release);
-                self.all = true;
-            }
-            Change::Lost(why) => {
-                cluster.listening.store(false, Ordering::Release);
-                cluster.set_down(why);
-            }
+    fn from(cluster: &Cluster, manager: &KeyManager, c: Changed) -> Wanted {
+        cluster
+            .stats
+            .notifications
+            .fetch_add(c.notifications, Ordering::Relaxed);
+        let mut w = Wanted {
+            keys: c.keys,
+            revocations: c.revocations,
+            all: false,
+        };
+        if c.connected {
+            cluster.listening.store(true, Ordering::Release);
+            w.all = true;
         }
+        if let Some(why) = c.lost {
+            cluster.listening.store(false, Ordering::Release);
+            cluster.set_down(why);
+        }
+        if let Some(why) = c.refused {
+            cluster.listening.store(false, Ordering::Release);
+            manager.refused(&why);
+        }
+        w
     }
 
     fn any(&self) -> bool {
         self.keys || self.revocations || self.all
+    }
+
+    fn or(self, other: Wanted) -> Wanted {
+        Wanted {
+            keys: self.keys || other.keys,
+            revocations: self.revocations || other.revocations,
+            all: self.all || other.all,
+        }
     }
 }
 
@@ -241,5 +655,21 @@ mod tests {
         c.reset(t0 + Duration::from_secs(9), 40);
         assert_eq!(c.from(t0 + Duration::from_secs(9)), 0);
         assert_eq!(c.from(t0 + Duration::from_secs(12)), 40);
+    }
+
+    #[test]
+    fn a_revocation_is_compared_by_kind_and_value() {
+        let sub = |v: &str, before| Revocation::Sub {
+            sub: v.into(),
+            before,
+            expires_at: before + 10,
+        };
+        assert_eq!(digest(&sub("a", 1)), digest(&sub("a", 5)));
+        assert_ne!(digest(&sub("a", 1)), digest(&sub("b", 1)));
+        let jti = Revocation::Jti {
+            jti: "a".into(),
+            expires_at: 11,
+        };
+        assert_ne!(digest(&jti), digest(&sub("a", 1)));
     }
 }

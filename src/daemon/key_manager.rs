@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::keyset::Keyring;
 use crate::lifecycle::{self, Clock, NewKey, wall_now};
+use crate::store::FileId;
 use crate::store::Revocation;
-use crate::store::{FileId, KeyStore};
 
 use super::cluster::{Cluster, Wanted};
 use super::revocations::{RevocationSet, Revocations};
@@ -86,9 +86,15 @@ impl KeyManager {
             .unwrap_or(0);
         let clock = Arc::new(Clock::new(floor));
         let now = clock.now();
-        let cluster = stores.cluster.clone().map(Cluster::new);
+        let cluster = match stores.cluster.clone() {
+            Some(pg) => Some(Cluster::new(pg, stores.local.path())?),
+            None => None,
+        };
         if let Some(c) = &cluster {
-            c.set_others(c.pg.other_nodes_keys()?);
+            let view = c.refresh_view(now)?;
+            if let Some(b) = &view.bounds {
+                check_bounds(&cfg, b)?;
+            }
         }
         let others = cluster.as_ref().map(Cluster::others).unwrap_or_default();
         // Prove the stores belong together, then unseal what exists, before
@@ -118,18 +124,20 @@ impl KeyManager {
             }
         }
         let purge_clock = lifecycle::PurgeClock::new("revocations of expired tokens");
-        let revoked = match &cluster {
-            Some(c) => Revocations::from_rows(c.read_revocations(true)?.rows),
+        let kept_from = lifecycle::revocations_purged_before(purge_clock.now());
+        let revoked = RevocationSet::new(Revocations::default());
+        match &cluster {
+            // What this node has seen, then what the database holds.
+            Some(c) => c.load_revocations(&revoked, kept_from)?,
             None => {
                 // Streamed into the compact set: no row list of a million.
                 let mut bulk = super::revocations::Bulk::default();
-                stores.keys.for_each_revocation(
-                    lifecycle::revocations_purged_before(purge_clock.now()),
-                    &mut |row| bulk.add(row),
-                )?;
-                bulk.build()
+                stores
+                    .keys
+                    .for_each_revocation(kept_from, &mut |row| bulk.add(row))?;
+                revoked.replace(bulk.build());
             }
-        };
+        }
         let places = Places {
             deployment: stores.keys.deployment().to_owned(),
             db: stores.local.path().to_owned(),
@@ -138,7 +146,7 @@ impl KeyManager {
             shares_id: stores.shares.identity(),
         };
         let m = KeyManager {
-            revoked: RevocationSet::new(revoked),
+            revoked,
             stores: Mutex::new(stores),
             keyring: Arc::new(Keyring::new(set)),
             clock,
@@ -171,22 +179,20 @@ impl KeyManager {
     /// or share directory that was swapped or removed under the daemon.
     fn stores(&self) -> Result<std::sync::MutexGuard<'_, Stores>> {
         if let Some(why) = self.fault() {
-            return Err(Error::KeyStore(format!(
-                "the key stores changed under the daemon ({why}); restart it"
-            )));
+            return Err(Error::KeyStore(why));
         }
         let stores = self.lock();
         if let Err(why) = stores.still_in_place() {
+            let why = stores_changed(&why);
             self.set_fault(why.clone());
-            return Err(Error::KeyStore(format!(
-                "the key stores changed under the daemon ({why}); restart it"
-            )));
+            return Err(Error::KeyStore(why));
         }
         Ok(stores)
     }
 
-    /// Why the daemon stopped issuing tokens, if it did: the stores changed
-    /// under it. Sticky: only a restart (and its checks) clears it.
+    /// Why the daemon stopped issuing tokens, if it did (a sentence): the
+    /// stores changed under it, or the cluster's owner removed this node.
+    /// Sticky: only a restart (and its checks) clears it.
     pub fn fault(&self) -> Option<String> {
         if !self.faulted.load(Ordering::Acquire) {
             return None;
@@ -202,9 +208,35 @@ impl KeyManager {
     fn set_fault(&self, why: String) {
         let mut f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
-            tracing::error!(reason = %why, "the key stores changed under the running daemon; no token is issued until it is restarted");
+            tracing::error!(reason = %why, "no token is issued until the daemon is restarted");
             *f = Some(why);
             self.faulted.store(true, Ordering::Release);
+        }
+    }
+
+    /// PostgreSQL refuses this node its login or its rights (`why`): the
+    /// owner removed it. It signs nothing more, creates no key, and says
+    /// why.
+    pub fn refused(&self, why: &str) {
+        self.set_fault(format!(
+            "PostgreSQL refuses this node ({why}): the cluster's owner removed it, or took its \
+             rights away; it signs nothing more (`splitsign node list` on the owner's side)"
+        ));
+    }
+
+    /// Note the outcome of an operation on PostgreSQL (see
+    /// [`Cluster::note`]); a refusal of this node is a fault.
+    fn note<T>(&self, r: &Result<T>) {
+        if let Some(c) = &self.cluster {
+            c.note(r);
+        }
+        if let Err(e) = r
+            && e.is_refusal()
+        {
+            self.refused(&match e {
+                Error::NodeRefused { reason, .. } => reason.clone(),
+                e => crate::error::chain(e),
+            });
         }
     }
 
@@ -227,6 +259,7 @@ impl KeyManager {
             problem = self.missing_share_file();
         }
         if let Some(why) = problem {
+            let why = stores_changed(&why);
             self.set_fault(why.clone());
             return Some(why);
         }
@@ -272,20 +305,25 @@ impl KeyManager {
     /// Do what the schedule asks for now; returns when to run next.
     pub fn tick(&self) -> Result<Option<i64>> {
         let r = self.run_schedule();
-        if let Some(c) = &self.cluster {
-            c.note(&r);
-        }
+        self.note(&r);
         r
     }
 
     fn run_schedule(&self) -> Result<Option<i64>> {
         let mut stores = self.stores()?;
-        if let Some(c) = &self.cluster {
-            // The periodic re-read: whatever a lost notification missed.
-            c.set_others(c.pg.other_nodes_keys()?);
-        }
         let now = self.clock.now();
         let cfg = self.config();
+        if let Some(c) = &self.cluster {
+            // The periodic re-read: whatever a lost notification missed.
+            let view = c.refresh_view(now)?;
+            if let Some(b) = &view.bounds
+                && let Err(e) = check_bounds(&cfg, b)
+            {
+                // The owner lowered a bound: this node's next key would be
+                // refused. Say so at each step until it is fixed.
+                tracing::error!(error = %e, "this node's config is outside the cluster's bounds");
+            }
+        }
         let created = {
             let s = &mut *stores;
             lifecycle::run_due(&mut *s.keys, &s.shares, &cfg, now)?
@@ -304,8 +342,13 @@ impl KeyManager {
         let before = lifecycle::revocations_purged_before(self.purge_clock.now());
         let purged = match &self.cluster {
             Some(c) => {
-                let n = c.pg.purge_revocations(before)?;
-                self.sync_revocations(c, true)?;
+                let n = {
+                    let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
+                    c.purge(&self.revoked, before)?
+                };
+                if c.full_read_due() {
+                    self.sync_revocations(c, true)?;
+                }
                 n
             }
             None => {
@@ -367,9 +410,7 @@ impl KeyManager {
                 delay,
             )
         };
-        if let Some(c) = &self.cluster {
-            c.note(&r);
-        }
+        self.note(&r);
         let (new, previous) = r?;
         let kid = new.row.kid.clone();
         let activate_at = new.row.activate_at;
@@ -455,14 +496,31 @@ impl KeyManager {
                 )
             })
             .collect();
+        if let Some(c) = &self.cluster {
+            // Within the cluster's bounds, which the database enforces too.
+            let ttl = c
+                .bounds()
+                .map_or(cfg.max_ttl.as_secs() as i64, |b| b.max_token_ttl);
+            for a in answers.iter_mut() {
+                if let Ok(r) = a {
+                    match super::revocations::within_cluster_bounds(
+                        r,
+                        ttl,
+                        now,
+                        policy.leeway as i64,
+                    ) {
+                        Ok(r) => *a = Ok(r),
+                        Err(e) => *a = Err(e),
+                    }
+                }
+            }
+        }
         let rows: Vec<Revocation> = answers.iter().flatten().cloned().collect();
         if rows.is_empty() {
             return answers;
         }
         let stored = stores.keys.add_revocations(&rows, now);
-        if let Some(c) = &self.cluster {
-            c.note(&stored);
-        }
+        self.note(&stored);
         if let Err(why) = stored {
             let unreachable = matches!(why, Error::PostgresUnreachable { .. });
             let text = crate::error::chain(&why);
@@ -483,6 +541,13 @@ impl KeyManager {
             return answers;
         }
         drop(stores);
+        if let Some(c) = &self.cluster
+            && let Err(e) = c.record_own(&rows)
+        {
+            // Stored in PostgreSQL: in force. Only the local copy that
+            // outlives a restored database is missing; a full read makes it.
+            tracing::warn!(error = %e, "could not record this node's revocations locally");
+        }
         self.revoked.add(rows.iter().cloned());
         if let Some(c) = &self.cluster {
             // This node's own rows come back with the others'.
@@ -523,7 +588,13 @@ impl KeyManager {
 
     /// Swap a new key set in (the caller holds `swap`), and rewrite the
     /// JWKS file if it changed.
-    fn install(&self, set: crate::keys::keyset::KeySet, cfg: &Config) -> Result<()> {
+    fn install(&self, mut set: crate::keys::keyset::KeySet, cfg: &Config) -> Result<()> {
+        // The cluster's bound on a token's lifetime, for sign and verify.
+        set.max_token_ttl = self
+            .cluster
+            .as_ref()
+            .and_then(Cluster::bounds)
+            .map(|b| b.max_token_ttl);
         let jwks = set.jwks.get().to_owned();
         self.keyring.replace(set);
         self.keys_changed.notify_waiters();
@@ -553,36 +624,35 @@ impl KeyManager {
                 self.sync_revocations(c, wanted.all)?;
             }
             if wanted.all || wanted.keys {
-                self.apply_others(c, c.pg.other_nodes_keys()?)?;
+                c.refresh_view(self.clock.now())?;
+                self.apply_others()?;
             }
             Ok(())
         })();
-        c.note(&r);
-        if (wanted.all || wanted.keys) && r.is_ok() {
+        self.note(&r);
+        if wanted.all && r.is_ok() {
             // Back in touch: catch up this node's own schedule too (a
-            // rotation that could not be stored). A key row changed: this
-            // node's own may have been changed by the tables' owner (a node
-            // removed, its keys retired).
+            // rotation that could not be stored). A notification alone
+            // never runs it (any role may send one).
             self.wake.notify_one();
         }
         r
     }
 
     /// Read the revocations (all, or those added since the last read) and
-    /// swap the set in force.
+    /// add the new ones to the set in force (a revocation leaves it only
+    /// by time).
     fn sync_revocations(&self, c: &Cluster, full: bool) -> Result<()> {
         let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
-        let read = c.read_revocations(full)?;
-        if read.full {
-            self.revoked.replace(Revocations::from_rows(read.rows));
-        } else if !read.rows.is_empty() {
-            self.revoked.add(read.rows);
-        }
-        Ok(())
+        let kept_from = lifecycle::revocations_purged_before(self.purge_clock.now());
+        c.read_revocations(&self.revoked, full, kept_from)
     }
 
-    /// Publish the other nodes' keys as just read, beside this node's.
-    fn apply_others(&self, c: &Cluster, others: Vec<crate::store::NodeKey>) -> Result<()> {
+    /// Publish the other nodes' keys as last read, beside this node's.
+    fn apply_others(&self) -> Result<()> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
         let cfg = self.config();
         let now = self.clock.now();
         let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
@@ -593,10 +663,12 @@ impl KeyManager {
             .filter(|p| p.node.is_none())
             .cloned()
             .collect();
-        published.extend(lifecycle::published_others(&others, now));
-        c.set_others(others);
+        published.extend(lifecycle::published_others(&c.others(), now));
         let set = crate::keys::keyset::KeySet::new(current.signers.clone(), published);
-        if set.jwks.get() == current.jwks.get() && set.published.len() == current.published.len() {
+        if set.jwks.get() == current.jwks.get()
+            && set.published.len() == current.published.len()
+            && c.bounds().map(|b| b.max_token_ttl) == current.max_token_ttl
+        {
             return Ok(());
         }
         self.install(set, &cfg)
@@ -639,10 +711,19 @@ impl KeyManager {
         }
     }
 
+    /// Refuse a config that the cluster's bounds would not let work (its
+    /// keys or tokens would be refused by every other node).
+    pub fn check_config(&self, cfg: &Config) -> Result<()> {
+        match self.cluster.as_ref().and_then(Cluster::bounds) {
+            Some(b) => check_bounds(cfg, &b),
+            None => Ok(()),
+        }
+    }
+
     /// A one-line summary for systemd's STATUS=.
     pub fn status_line(&self) -> String {
         if let Some(why) = self.fault() {
-            return format!("not signing: the key stores changed ({why}); restart the daemon");
+            return format!("not signing: {why}");
         }
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
@@ -662,6 +743,45 @@ impl KeyManager {
             None => keys_line,
         }
     }
+}
+
+/// The fault of stores that changed under the daemon (`why`: what).
+fn stores_changed(why: &str) -> String {
+    format!("the key stores changed under the daemon ({why}); restart it")
+}
+
+/// The config within the cluster's bounds: `max_ttl` within its
+/// `max_token_ttl`, a key's lifetime (`rotation_interval` + `max_ttl` +
+/// `leeway`) within its `max_key_lifetime`.
+fn check_bounds(cfg: &Config, b: &crate::store::membership::Bounds) -> Result<()> {
+    let fmt = |s: i64| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64));
+    let ttl = cfg.max_ttl.as_secs() as i64;
+    if ttl > b.max_token_ttl {
+        return Err(Error::Setting {
+            key: "max_ttl",
+            message: format!(
+                "{} is over the cluster's max_token_ttl ({}): every other node would refuse \
+                 such tokens. Lower it, or ask the owner (`splitsign node bounds \
+                 --max-token-ttl`)",
+                fmt(ttl),
+                fmt(b.max_token_ttl)
+            ),
+        });
+    }
+    let lifetime = cfg.rotation_interval.as_secs() as i64 + ttl + cfg.leeway.as_secs() as i64;
+    if lifetime > b.max_key_lifetime {
+        return Err(Error::Setting {
+            key: "rotation_interval",
+            message: format!(
+                "a key lives {} (rotation_interval + max_ttl + leeway), over the cluster's \
+                 max_key_lifetime ({}): the database would refuse this node's next key. Lower \
+                 it, or ask the owner (`splitsign node bounds --max-key-lifetime`)",
+                fmt(lifetime),
+                fmt(b.max_key_lifetime)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Key pages that could not be locked: a warning, or (with

@@ -54,6 +54,11 @@ struct UidLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabels {
+    what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -76,6 +81,11 @@ pub struct Metrics {
     active_key_age: Gauge,
     next_transition: Gauge,
     nodes: Gauge,
+    skipped_keys: Gauge,
+    cluster_reads: Family<WhatLabels, Counter>,
+    notifications: Counter,
+    went_back: Counter,
+    database_unreachable: Gauge,
     /// Encoding reads the registry; one at a time.
     render: Mutex<()>,
 }
@@ -93,6 +103,21 @@ pub struct Now {
     pub next_transition_in: Option<i64>,
     /// Nodes of the cluster (1 without one).
     pub nodes: usize,
+    /// In a cluster: what the node read of the others.
+    pub cluster: Option<ClusterNow>,
+}
+
+/// A cluster node's counts (running totals since start).
+pub struct ClusterNow {
+    /// Key rows of other nodes skipped at the last read.
+    pub skipped_keys: usize,
+    pub key_reads: u64,
+    pub revocation_reads: u64,
+    pub full_reads: u64,
+    pub notifications: u64,
+    /// How often the database was found to have gone back.
+    pub went_back: u64,
+    pub unreachable: bool,
 }
 
 fn latency_histogram() -> Histogram {
@@ -189,8 +214,41 @@ impl Metrics {
         let nodes = Gauge::default();
         registry.register(
             "nodes",
-            "Nodes with published keys (1 without a cluster)",
+            "Active members of the cluster, this node included (1 without a cluster)",
             nodes.clone(),
+        );
+        let skipped_keys = Gauge::default();
+        registry.register(
+            "cluster_skipped_keys",
+            "Key rows of other nodes skipped at the last read (malformed, out of bounds, \
+             over max_keys): not published, not trusted",
+            skipped_keys.clone(),
+        );
+        let cluster_reads = Family::<WhatLabels, Counter>::default();
+        registry.register(
+            "cluster_reads",
+            "Reads of what other nodes changed: keys (with members and bounds), revocations \
+             (incremental), revocations_full",
+            cluster_reads.clone(),
+        );
+        let notifications = Counter::default();
+        registry.register(
+            "cluster_notifications",
+            "NOTIFYs received (hints only: a flood of them is one read per 100 ms)",
+            notifications.clone(),
+        );
+        let went_back = Counter::default();
+        registry.register(
+            "cluster_database_went_back",
+            "Times the cluster's database was found to have gone back (a restored dump); \
+             revocations seen stayed in force",
+            went_back.clone(),
+        );
+        let database_unreachable = Gauge::default();
+        registry.register(
+            "cluster_database_unreachable",
+            "1 while PostgreSQL cannot be reached (the node is degraded)",
+            database_unreachable.clone(),
         );
         registry.register(
             "build",
@@ -211,6 +269,11 @@ impl Metrics {
             active_key_age,
             next_transition,
             nodes,
+            skipped_keys,
+            cluster_reads,
+            notifications,
+            went_back,
+            database_unreachable,
             render: Mutex::new(()),
         }
     }
@@ -283,6 +346,29 @@ impl Metrics {
         self.next_transition
             .set(now.next_transition_in.unwrap_or(-1));
         self.nodes.set(now.nodes as i64);
+        if let Some(c) = now.cluster {
+            // Running totals kept by the cluster follower, as counters.
+            let follow = |counter: &Counter, total: u64| {
+                counter.inc_by(total.saturating_sub(counter.get()));
+            };
+            self.skipped_keys.set(c.skipped_keys as i64);
+            for (what, total) in [
+                ("keys", c.key_reads),
+                (
+                    "revocations",
+                    c.revocation_reads.saturating_sub(c.full_reads),
+                ),
+                ("revocations_full", c.full_reads),
+            ] {
+                follow(
+                    &self.cluster_reads.get_or_create(&WhatLabels { what }),
+                    total,
+                );
+            }
+            follow(&self.notifications, c.notifications);
+            follow(&self.went_back, c.went_back);
+            self.database_unreachable.set(i64::from(c.unreachable));
+        }
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");

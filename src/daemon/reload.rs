@@ -67,6 +67,7 @@ impl Handler {
                 message: "cannot change on reload; restart the daemon".into(),
             });
         }
+        self.manager.check_config(&new)?;
         let access = Access::new(&new)?;
         self.set_policies(Policy::new(&new), access);
         self.set_limits(Limits::of(&new));

@@ -51,17 +51,30 @@ impl JtiSet {
         self.recent.contains_key(key) || self.base.binary_search_by(|e| e.key.cmp(key)).is_ok()
     }
 
-    fn add(&mut self, key: [u8; 16], exp: u32) {
+    /// Add `key` until `exp`; whether that is news (a new key, or a later
+    /// expiry).
+    fn add(&mut self, key: [u8; 16], exp: u32) -> bool {
         if let Ok(i) = self.base.binary_search_by(|e| e.key.cmp(&key)) {
             let e = &mut self.base[i];
+            let grew = exp > e.exp;
             e.exp = e.exp.max(exp);
-            return;
+            return grew;
         }
-        let e = self.recent.entry(key).or_insert(exp);
-        *e = (*e).max(exp);
+        let grew = match self.recent.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let grew = exp > *o.get();
+                *o.get_mut() = (*o.get()).max(exp);
+                grew
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(exp);
+                true
+            }
+        };
         if self.recent.len() >= MERGE_AT.max(self.base.len() / 8) {
             self.merge();
         }
+        grew
     }
 
     fn merge(&mut self) {
@@ -172,22 +185,75 @@ impl Revocations {
     /// (two nodes', or a second revoke), the later `before` and
     /// `expires_at` win.
     pub fn add(&mut self, row: Revocation) {
+        self.add_ref(&row);
+    }
+
+    /// [`Revocations::add`], copying only what is new; whether the set
+    /// grew (a new jti or sub, a later `before` or expiry).
+    pub fn add_ref(&mut self, row: &Revocation) -> bool {
         match row {
-            Revocation::Jti { jti, expires_at } => match jti_bytes(&jti) {
-                Some(key) => self.jti.add(key, exp32(expires_at)),
+            Revocation::Jti { jti, expires_at } => match jti_bytes(jti) {
+                Some(key) => self.jti.add(key, exp32(*expires_at)),
                 None => {
-                    let e = self.other_jti.entry(jti).or_insert(0);
-                    *e = (*e).max(exp32(expires_at));
+                    let exp = exp32(*expires_at);
+                    match self.other_jti.get_mut(jti.as_str()) {
+                        Some(e) => {
+                            let grew = exp > *e;
+                            *e = (*e).max(exp);
+                            grew
+                        }
+                        None => {
+                            self.other_jti.insert(jti.clone(), exp);
+                            true
+                        }
+                    }
                 }
             },
             Revocation::Sub {
                 sub,
                 before,
                 expires_at,
-            } => {
-                let e = self.sub.entry(sub).or_insert((before, expires_at));
-                *e = (e.0.max(before), e.1.max(expires_at));
+            } => match self.sub.get_mut(sub.as_str()) {
+                Some(e) => {
+                    let grew = *before > e.0 || *expires_at > e.1;
+                    *e = (e.0.max(*before), e.1.max(*expires_at));
+                    grew
+                }
+                None => {
+                    self.sub.insert(sub.clone(), (*before, *expires_at));
+                    true
+                }
+            },
+        }
+    }
+
+    /// Whether adding `row` would change the set.
+    pub fn is_news(&self, row: &Revocation) -> bool {
+        match row {
+            Revocation::Jti { jti, expires_at } => {
+                let exp = exp32(*expires_at);
+                match jti_bytes(jti) {
+                    Some(key) => {
+                        let have = self.jti.recent.get(&key).copied().or_else(|| {
+                            self.jti
+                                .base
+                                .binary_search_by(|e| e.key.cmp(&key))
+                                .ok()
+                                .map(|i| self.jti.base[i].exp)
+                        });
+                        have.is_none_or(|h| exp > h)
+                    }
+                    None => self.other_jti.get(jti.as_str()).is_none_or(|&h| exp > h),
+                }
             }
+            Revocation::Sub {
+                sub,
+                before,
+                expires_at,
+            } => self
+                .sub
+                .get(sub.as_str())
+                .is_none_or(|&(b, e)| *before > b || *expires_at > e),
         }
     }
 
@@ -255,6 +321,13 @@ impl RevocationSet {
         for row in rows {
             w.add(row);
         }
+    }
+
+    /// For each of `rows`, whether adding it would change the set (a new
+    /// jti or sub, a later `before` or expiry).
+    pub fn news<'a>(&self, rows: impl IntoIterator<Item = &'a Revocation>) -> Vec<bool> {
+        let r = self.read();
+        rows.into_iter().map(|row| r.is_news(row)).collect()
     }
 
     /// Replace the whole set (a full re-read).
@@ -325,6 +398,38 @@ pub fn revocation_for(
         jti,
         expires_at: exp + leeway,
     })
+}
+
+/// How far ahead of now a subject revocation's `before` may be in a
+/// cluster (the database refuses more, by its own clock).
+pub const CLUSTER_BEFORE_AHEAD: i64 = 600;
+
+/// A revocation as a cluster stores it, within the bounds its database
+/// enforces: a token id kept no longer than any token with it can be valid
+/// (`exp` is at most now + the cluster's `max_token_ttl` + leeway), and a
+/// subject's `before` at most [`CLUSTER_BEFORE_AHEAD`] ahead.
+pub fn within_cluster_bounds(
+    r: &Revocation,
+    max_token_ttl: i64,
+    now: i64,
+    leeway: i64,
+) -> Result<Revocation, Error> {
+    match r {
+        Revocation::Jti { jti, expires_at } => Ok(Revocation::Jti {
+            jti: jti.clone(),
+            expires_at: (*expires_at).min(
+                now.saturating_add(max_token_ttl)
+                    .saturating_add(leeway.saturating_mul(2)),
+            ),
+        }),
+        Revocation::Sub { before, .. } if *before > now + CLUSTER_BEFORE_AHEAD => {
+            Err(Error::Usage(format!(
+                "in a cluster, `before` may be at most {CLUSTER_BEFORE_AHEAD} s ahead of now \
+                 (the database refuses a revocation of tokens not yet issued)"
+            )))
+        }
+        sub => Ok(sub.clone()),
+    }
 }
 
 #[cfg(test)]

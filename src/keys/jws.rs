@@ -268,6 +268,19 @@ pub fn verify(
     if iat > now.saturating_add(leeway) {
         return Err(Invalid("iat is in the future"));
     }
+    // No token outlives its key's publication (sign never issues one), and
+    // in a cluster none lives longer than the owner's bound: a token that
+    // says otherwise was forged with a key another node published.
+    if exp > key.row.retire_at {
+        return Err(Invalid("exp is past its key's retire_at"));
+    }
+    if let Some(bound) = keys.max_token_ttl
+        && exp.saturating_sub(iat) > bound.saturating_add(leeway)
+    {
+        return Err(Invalid(
+            "the token's lifetime (exp - iat) is over the cluster's max_token_ttl",
+        ));
+    }
     if let Some(want) = audience {
         let ok = match claims.get("aud") {
             Some(Value::String(a)) => a == want,

@@ -91,6 +91,9 @@ pub struct KeySet {
     pub signers: Vec<Arc<Signer>>,
     pub published: Vec<Published>,
     pub jwks: Box<RawValue>,
+    /// In a cluster, the owner's bound on a token's lifetime (`exp - iat`,
+    /// seconds): sign stays within it, verify refuses beyond it.
+    pub max_token_ttl: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -127,6 +130,7 @@ impl KeySet {
             signers,
             published,
             jwks,
+            max_token_ttl: None,
         }
     }
 

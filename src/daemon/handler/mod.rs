@@ -208,7 +208,7 @@ impl Handler {
             return Err("accepting connections fails".into());
         }
         if let Some(why) = self.manager.check_stores() {
-            return Err(format!("the key stores changed ({why})"));
+            return Err(why);
         }
         if let Some(a) = &self.audit
             && !a.health().ok()

@@ -97,6 +97,14 @@ impl Handler {
             ));
         }
         let keys = self.manager.keyring.snapshot();
+        if let Some(bound) = keys.max_token_ttl
+            && ttl as i64 > bound
+        {
+            return Err((
+                Code::TtlTooLong,
+                format!("ttl {ttl}s exceeds the cluster's max_token_ttl {bound}s"),
+            ));
+        }
         let Some(signer) = keys.signer_at(at.keys) else {
             let why = match self.manager.cluster().and_then(|c| c.unreachable()) {
                 // The key's signing period ended and its successor could
@@ -121,18 +129,14 @@ impl Handler {
         Ok((s, signer.kid.clone()))
     }
 
-    /// Fail closed when the stores changed under the daemon: no token may
+    /// Fail closed when the stores changed under the daemon (no token may
     /// leave whose audit record would not reach the configured database,
-    /// and the keys are no longer backed by their stores.
+    /// and the keys are no longer backed by their stores), or when the
+    /// cluster's owner removed this node.
     fn refuse_on_store_fault(&self) -> Result<(), Refused> {
         match self.manager.fault() {
             None => Ok(()),
-            Some(why) => Err((
-                Code::Unavailable,
-                format!(
-                    "not signing: the key stores changed under the daemon ({why}); it must be restarted"
-                ),
-            )),
+            Some(why) => Err((Code::Unavailable, format!("not signing: {why}"))),
         }
     }
 

@@ -35,7 +35,8 @@ struct StatusBody<'a> {
     /// How far the wall clock is behind the latest time the daemon has seen
     /// (after a clock was set back); key states follow the latter.
     clock_behind_s: i64,
-    /// Why the daemon does not sign, when its stores changed under it.
+    /// Why the daemon does not sign: its stores changed under it, or the
+    /// cluster's owner removed this node.
     store_fault: Option<String>,
     audit: AuditStatus,
     connections: usize,
@@ -53,11 +54,25 @@ struct ClusterStatus<'a> {
     /// uses the keys and revocations last read.
     database: &'static str,
     reason: Option<String>,
-    /// The nodes with published keys, this one included.
+    /// The active members, this one included.
     nodes: usize,
     /// Revoked token ids and subjects in force.
     revoked_jti: usize,
     revoked_sub: usize,
+    /// The owner's bounds (none before the first read).
+    bounds: Option<crate::store::membership::Bounds>,
+    /// Key rows of other nodes skipped at the last read, and why.
+    skipped_keys: Vec<SkippedKey>,
+    /// When this node last found the database gone back (a restored
+    /// dump); revocations it had seen stayed in force.
+    database_went_back: Option<crate::daemon::cluster::WentBack>,
+}
+
+#[derive(Serialize)]
+struct SkippedKey {
+    node: String,
+    kid: String,
+    reason: String,
 }
 
 #[derive(Serialize)]
@@ -96,6 +111,27 @@ impl Handler {
             active_key_age: keys.signer_at(now).map(|s| now - s.activate_at),
             next_transition_in: next.map(|t| t - now),
             nodes: self.manager.cluster().map_or(1, |c| c.nodes()),
+            cluster: self
+                .manager
+                .cluster()
+                .map(|c| crate::daemon::metrics::ClusterNow {
+                    skipped_keys: c.view().skipped.len(),
+                    key_reads: c.stats.key_reads.load(std::sync::atomic::Ordering::Relaxed),
+                    revocation_reads: c
+                        .stats
+                        .revocation_reads
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    full_reads: c
+                        .stats
+                        .full_reads
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    notifications: c
+                        .stats
+                        .notifications
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    went_back: c.stats.went_back.load(std::sync::atomic::Ordering::Relaxed),
+                    unreachable: c.unreachable().is_some(),
+                }),
         })
     }
 
@@ -122,6 +158,7 @@ impl Handler {
         let cluster = self.manager.cluster().map(|c| {
             let reason = c.unreachable();
             let (revoked_jti, revoked_sub) = self.manager.revocations().len();
+            let view = c.view();
             ClusterStatus {
                 node: c.node(),
                 database: if reason.is_some() {
@@ -133,6 +170,17 @@ impl Handler {
                 nodes: c.nodes(),
                 revoked_jti,
                 revoked_sub,
+                bounds: view.bounds,
+                skipped_keys: view
+                    .skipped
+                    .iter()
+                    .map(|s| SkippedKey {
+                        node: s.node.clone(),
+                        kid: s.kid.clone(),
+                        reason: s.reason.clone(),
+                    })
+                    .collect(),
+                database_went_back: c.went_back(),
             }
         });
         let body = StatusBody {
