@@ -1,12 +1,14 @@
 //! `cluster`: the commands of a PostgreSQL deployment. `pg-schema` applies
-//! the schema (as the tables' owner) and grants node roles their rights;
-//! `migrate-store --to-postgres` moves this host's keys from its SQLite
-//! database into PostgreSQL.
+//! the schema (as the tables' owner); `node` lists, adds and removes the
+//! members and sets the bounds (as the owner); `migrate-store
+//! --to-postgres` moves this host's keys from its SQLite database into
+//! PostgreSQL.
 
-use super::output::{Failure, usage};
-use super::{Ctx, MigrateStoreArgs, PgSchemaArgs};
+use super::output::{Failure, rfc3339, usage};
+use super::{BoundsArgs, Ctx, MigrateStoreArgs, NodeCommand, PgSchemaArgs};
 use crate::config::PostgresSettings;
 use crate::lifecycle;
+use crate::store::membership::{Bounds, BoundsChange};
 use crate::store::{LocalStores, Postgres};
 
 fn settings(cx: &Ctx) -> Result<&PostgresSettings, Failure> {
@@ -37,12 +39,155 @@ pub fn pg_schema(cx: &Ctx, a: PgSchemaArgs) -> Result<(), Failure> {
             pg.describe_server()
         );
     }
-    for role in &a.grant {
-        pg.grant(role)?;
+    for node in &a.grant {
+        add(&pg, node)?;
+    }
+    Ok(())
+}
+
+/// `node list|add|remove|bounds`, with the owner's login.
+pub fn node(cx: &Ctx, c: NodeCommand) -> Result<(), Failure> {
+    let pg = Postgres::connect(settings(cx)?, &cx.cfg.node)?;
+    let have = pg.schema_version()?;
+    if have < 2 {
+        return Err(usage(format!(
+            "the cluster's schema is version {have}; membership needs version 2: run \
+             `splitsign pg-schema` with this config first"
+        )));
+    }
+    match c {
+        NodeCommand::List { json } => list(&pg, json),
+        NodeCommand::Add { node } => add(&pg, &node),
+        NodeCommand::Remove { node, at_once } => remove(&pg, &node, at_once),
+        NodeCommand::Bounds(a) => bounds(&pg, a),
+    }
+}
+
+fn add(pg: &Postgres, node: &str) -> Result<(), Failure> {
+    let added = pg.add_member(node)?;
+    if added.already {
+        println!("node {node} is already a member; its rights are granted again");
+    } else {
         println!(
-            "granted role {role} the splitsign tables (row-level security: it changes only node \
-             {role}'s rows)"
+            "added node {node}: its role may use the splitsign tables (row-level security: it \
+             changes only its own rows), and the other nodes trust its keys and revocations"
         );
+    }
+    for n in &added.notes {
+        println!("note: {n}");
+    }
+    Ok(())
+}
+
+fn remove(pg: &Postgres, node: &str, at_once: bool) -> Result<(), Failure> {
+    let r = pg.remove_member(node, at_once)?;
+    if r.already {
+        println!("node {node} was already removed");
+    } else if at_once {
+        println!(
+            "removed node {node} at once: no node trusts its keys from now on (its tokens are \
+             refused within a second); {} database share(s) destroyed",
+            r.shares_destroyed
+        );
+    } else {
+        println!(
+            "removed node {node}: its keys stay published until their retire_at, then leave \
+             every JWKS; it signs nothing more"
+        );
+    }
+    println!(
+        "its rights on the tables are taken away; {} session(s) of it ended",
+        r.sessions_ended
+    );
+    let mut failed = false;
+    for n in &r.notes {
+        println!("NOT DONE: {n}");
+        failed = true;
+    }
+    if failed {
+        println!(
+            "node {node} is marked removed: the other nodes trust nothing it writes from now on"
+        );
+    }
+    Ok(())
+}
+
+fn list(pg: &Postgres, json: bool) -> Result<(), Failure> {
+    let now = lifecycle::wall_now();
+    let members = pg.member_usage(now)?;
+    let b = pg.bounds()?;
+    if json {
+        let v = serde_json::json!({ "members": members, "bounds": b });
+        println!("{v:#}");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<28} {:>4} {:>12} {:>12} LOGIN",
+        "NODE", "STATE", "KEYS", "REVOCATIONS", "BYTES"
+    );
+    for m in &members {
+        let state = match (m.member.active, m.member.removed_at) {
+            (true, _) => "active".to_owned(),
+            (false, at) => format!(
+                "removed{} {}",
+                if m.member.at_once { " at once" } else { "" },
+                rfc3339(at.unwrap_or(0))
+            ),
+        };
+        let login = match m.can_login {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "(none)",
+        };
+        println!(
+            "{:<24} {:<28} {:>4} {:>12} {:>12} {}",
+            m.member.node, state, m.keys, m.revocations, m.revocation_bytes, login
+        );
+    }
+    print_bounds(&b);
+    Ok(())
+}
+
+fn print_bounds(b: &Bounds) {
+    let d = |s: i64| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64));
+    println!(
+        "bounds: max_key_lifetime {}, max_token_ttl {}, max_keys {} a node, max_revocations {} \
+         and max_revocation_bytes {} a node",
+        d(b.max_key_lifetime),
+        d(b.max_token_ttl),
+        b.max_keys,
+        b.max_revocations,
+        b.max_revocation_bytes
+    );
+}
+
+fn bounds(pg: &Postgres, a: BoundsArgs) -> Result<(), Failure> {
+    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs() as i64);
+    let change = BoundsChange {
+        max_key_lifetime: secs(a.max_key_lifetime),
+        max_token_ttl: secs(a.max_token_ttl),
+        max_keys: a.max_keys,
+        max_revocations: a.max_revocations,
+        max_revocation_bytes: a.max_revocation_bytes,
+    };
+    let any = [
+        change.max_key_lifetime,
+        change.max_token_ttl,
+        change.max_keys,
+        change.max_revocations,
+        change.max_revocation_bytes,
+    ]
+    .iter()
+    .any(Option::is_some);
+    let b = if any {
+        pg.set_bounds(change)?
+    } else {
+        pg.bounds()?
+    };
+    if a.json {
+        println!("{:#}", serde_json::json!(b));
+    } else {
+        print_bounds(&b);
     }
     Ok(())
 }

@@ -106,8 +106,12 @@ pub enum Command {
     /// keeps its running config.
     Reload,
     /// PostgreSQL: apply the schema (run with a config whose `postgres`
-    /// logs in as the tables' owner) and grant node roles the tables.
+    /// logs in as the tables' owner); `--grant NODE` is `node add NODE`.
     PgSchema(PgSchemaArgs),
+    /// PostgreSQL: the cluster's members and bounds (run with the owner's
+    /// config, like `pg-schema`).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Move this host's keys, database shares and revocations from its
     /// SQLite database to PostgreSQL (the `postgres` of the config), kids
     /// unchanged. Offline; crash-safe; run it again to finish an
@@ -135,10 +139,76 @@ pub struct ManpageArgs {
 
 #[derive(Debug, Args)]
 pub struct PgSchemaArgs {
-    /// Grant this node role (named like its node) the splitsign tables
-    /// (repeatable).
-    #[arg(long, value_name = "ROLE")]
+    /// Add this node (its login role is named like it) to the cluster, as
+    /// `node add` does (repeatable).
+    #[arg(long, value_name = "NODE")]
     pub grant: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the members: state, keys not yet retired, revocations against
+    /// the cap, whether the role may log in; and the bounds.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make NODE a member: grant its role (named like it, made beforehand
+    /// with a password) the tables, list it as active, cap its connections.
+    Add { node: String },
+    /// Remove NODE: mark it removed, take its rights away, disable its
+    /// login and end its sessions, in one step. Its keys retire by their
+    /// timestamps; with --at-once, no node trusts them any more (its
+    /// tokens are refused within a second) and its database shares are
+    /// destroyed. A removed node never comes back under its name.
+    Remove {
+        node: String,
+        #[arg(long)]
+        at_once: bool,
+    },
+    /// Show the bounds no node can raise, or change them.
+    Bounds(BoundsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BoundsArgs {
+    /// The longest key lifetime (activation to retirement), e.g. 32d.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_key_lifetime: Option<Duration>,
+    /// The longest token TTL (exp - iat) any node may issue, e.g. 1h.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_token_ttl: Option<Duration>,
+    /// Keys of one node not yet retired (2 to 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(2..=1000))]
+    pub max_keys: Option<i64>,
+    /// Revocations one node may hold.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+    pub max_revocations: Option<i64>,
+    /// Bytes of revoked values one node may hold (K, M, G: KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_revocation_bytes: Option<i64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A size in bytes: digits, optionally followed by K, M or G (powers of
+/// 1024; "KiB" and the like too).
+fn parse_size(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (like 16777216, 16M or 16MiB)"))?;
+    let mul: i64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: the unit must be K, M or G")),
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -318,6 +388,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Reload => daemon_cmds::reload(&cx),
         Command::Metrics => daemon_cmds::metrics(&cx),
         Command::PgSchema(a) => cluster::pg_schema(&cx, a),
+        Command::Node(c) => cluster::node(&cx, c),
         Command::MigrateStore(a) => cluster::migrate_store(&cx, a),
         Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
     }

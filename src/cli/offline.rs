@@ -132,7 +132,24 @@ pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut stores = Stores::open(cfg, false)?;
+    let rows = match &stores.cluster {
+        // Within the bounds the cluster's database enforces.
+        Some(pg) => {
+            let ttl = pg.bounds()?.max_token_ttl;
+            let leeway = cfg.leeway.as_secs() as i64;
+            rows.iter()
+                .map(|r| crate::daemon::revocations::within_cluster_bounds(r, ttl, now, leeway))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => rows,
+    };
     stores.keys.add_revocations(&rows, now)?;
+    if let Some(pg) = &stores.cluster {
+        // Kept here too: a database that goes back never un-revokes them,
+        // and the daemon writes them back.
+        let seen = crate::store::seen::Seen::open(&cfg.db)?;
+        seen.record(rows.iter().map(|r| (pg.node(), r)), seen.high()?)?;
+    }
     let records: Vec<Record> = rows
         .iter()
         .map(|row| {
