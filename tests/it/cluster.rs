@@ -20,19 +20,19 @@ pub fn node_dir(pg: &PgServer, node: &str, extra: &str) -> Dir {
     dir
 }
 
-fn start(dir: &Dir) -> Daemon {
+pub fn start(dir: &Dir) -> Daemon {
     Daemon::start_with(dir, &["--config", "config.toml"])
         .unwrap_or_else(|e| panic!("node did not start: {e:?}"))
 }
 
-fn refused_start(dir: &Dir, args: &[&str]) -> crate::util::Exited {
+pub fn refused_start(dir: &Dir, args: &[&str]) -> crate::util::Exited {
     match Daemon::start_with(dir, args) {
         Ok(d) => panic!("the daemon started: {}", d.stop()),
         Err(e) => e,
     }
 }
 
-fn kids(d: &Daemon) -> BTreeSet<String> {
+pub fn kids(d: &Daemon) -> BTreeSet<String> {
     ok(d.conn().request(json!({"op":"jwks"})))["jwks"]["keys"]
         .as_array()
         .unwrap()
@@ -41,11 +41,11 @@ fn kids(d: &Daemon) -> BTreeSet<String> {
         .collect()
 }
 
-fn status(d: &Daemon) -> Value {
+pub fn status(d: &Daemon) -> Value {
     ok(d.conn().request(json!({"op":"status"})))["status"].clone()
 }
 
-fn sign(d: &Daemon, sub: &str) -> (String, String) {
+pub fn sign(d: &Daemon, sub: &str) -> (String, String) {
     let r = ok(d
         .conn()
         .request(json!({"op":"sign","claims":{"sub":sub},"ttl":600})));
@@ -55,17 +55,17 @@ fn sign(d: &Daemon, sub: &str) -> (String, String) {
     )
 }
 
-fn verify(d: &Daemon, token: &str) -> Value {
+pub fn verify(d: &Daemon, token: &str) -> Value {
     d.conn().request(json!({"op":"verify","token":token}))
 }
 
 /// Whether `d` answers `revoked` for `token` (an answer may also be ok).
-fn revoked(d: &Daemon, token: &str) -> bool {
+pub fn revoked(d: &Daemon, token: &str) -> bool {
     verify(d, token)["error"]["code"] == "revoked"
 }
 
 /// Poll until `f` holds, at most `within`; returns how long it took.
-fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+pub fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
     loop {
         if f() {
@@ -77,7 +77,7 @@ fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration 
 }
 
 /// A server with the schema applied, and three nodes started.
-fn three_nodes() -> (PgServer, Vec<(Dir, Daemon)>) {
+pub fn three_nodes() -> (PgServer, Vec<(Dir, Daemon)>) {
     let pg = PgServer::start();
     let names = ["node_a", "node_b", "node_c"];
     let dirs: Vec<Dir> = names.iter().map(|n| node_dir(&pg, n, "")).collect();
@@ -429,7 +429,7 @@ fn row_level_security_keeps_each_node_to_its_own_rows() {
     // Inserting rows as B: refused by the policy.
     for sql in [
         "INSERT INTO splitsign_revocations (kind, value, expires_at, created_at, node) \
-         VALUES ('sub', 'x', 9999999999, 0, 'node_b')",
+         VALUES ('sub', 'x', extract(epoch FROM now())::bigint + 60, 0, 'node_b')",
         "INSERT INTO splitsign_db_shares (node, kid, generation, x, y, checksum) \
          SELECT 'node_b', kid, 9, 2, y, checksum FROM splitsign_db_shares WHERE node = 'node_a'",
         "INSERT INTO splitsign_nodes (node, deployment, created_at) \

@@ -23,8 +23,11 @@
 //!   (systemd-nspawn, a cached Debian 12 root).
 //! - `cluster`: the PostgreSQL store and clusters of nodes, against a real
 //!   server started per test (`pg`).
+//! - `cluster_trust`: a node's login in an attacker's hands, a node
+//!   removed, a restored dump: what one node can do to the others.
 mod access;
 mod cluster;
+mod cluster_trust;
 mod container;
 mod crash;
 mod docs;

@@ -367,32 +367,129 @@ impl PgServer {
         format!("pw-{node}-{}", std::process::id())
     }
 
-    /// Apply the schema as the owner (`splitsign pg-schema`) and grant
-    /// `roles`.
+    /// Apply the schema as the owner (`splitsign pg-schema`) and add
+    /// `roles` as nodes (`--grant`, as `node add`).
     pub fn apply_schema(&self, roles: &[&str]) {
-        let dir = tempfile::tempdir().unwrap();
-        let pw = dir.path().join("owner-password");
-        std::fs::write(&pw, OWNER_PW).unwrap();
-        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "postgres = \"host={} port={} dbname=splitsign user={OWNER}\"\n\
-                 postgres_password_file = \"{}\"\nnode = \"owner\"\n",
-                self.socket_dir().display(),
-                self.port,
-                pw.display()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config").arg(&config).arg("pg-schema");
+        let mut args = vec!["pg-schema"];
         for r in roles {
-            cmd.args(["--grant", r]);
+            args.extend(["--grant", r]);
         }
-        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        let out = self.owner(&args);
         assert!(out.status.success(), "pg-schema: {}", show(&out));
+    }
+
+    /// Run `splitsign ARGS` with the owner's config (`postgres` logging in
+    /// as [`OWNER`]).
+    pub fn owner(&self, args: &[&str]) -> Output {
+        let dir = self.path().join("owner");
+        let config = dir.join("config.toml");
+        if !config.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            let pw = dir.join("owner-password");
+            std::fs::write(&pw, OWNER_PW).unwrap();
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::write(
+                &config,
+                format!(
+                    "postgres = \"host={} port={} dbname=splitsign user={OWNER}\"\n\
+                     postgres_password_file = \"{}\"\nnode = \"owner\"\n",
+                    self.socket_dir().display(),
+                    self.port,
+                    pw.display()
+                ),
+            )
+            .unwrap();
+        }
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Let the owner manage node roles, as a real deployment's owner may:
+    /// disable a login (CREATEROLE) and end a session (pg_signal_backend).
+    pub fn owner_manages_roles(&self) {
+        self.super_sql(&format!(
+            "ALTER ROLE {OWNER} CREATEROLE; GRANT pg_signal_backend TO {OWNER};"
+        ));
+    }
+
+    /// A session of `user` running `sql` (a script, through stdin) that
+    /// stays open until the child is killed (end the script with
+    /// `SELECT pg_sleep(…)`).
+    pub fn session_as(&self, user: &str, password: &str, sql: &str) -> std::process::Child {
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
+            .args(["-U", user, "-d", "splitsign", "-f", "-"])
+            .env("PGPASSWORD", password)
+            .env_remove("PGPASSFILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(sql.as_bytes()).unwrap();
+        drop(stdin);
+        child
+    }
+
+    /// `pg_dump` of the splitsign database in the custom format, into
+    /// `file`.
+    pub fn dump_to(&self, file: &Path) {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "splitsign", "-Fc", "-f"])
+            .arg(file)
+            .env("PGPASSWORD", SUPER_PW)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_dump: {}", show(&out));
+    }
+
+    /// Restore a dump of [`PgServer::dump_to`] in place of the splitsign
+    /// database, as an operator would: into a new database, then swapped
+    /// in (the old one dropped, its sessions ended).
+    pub fn restore_from(&self, file: &Path) {
+        self.super_sql(&format!(
+            "CREATE DATABASE splitsign_restored OWNER {OWNER};"
+        ));
+        let out = Command::new(self.bin.join("pg_restore"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "splitsign_restored"])
+            .arg(file)
+            .env("PGPASSWORD", SUPER_PW)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_restore: {}", show(&out));
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres"])
+            .args(["-c", "DROP DATABASE splitsign WITH (FORCE)"])
+            .args([
+                "-c",
+                "ALTER DATABASE splitsign_restored RENAME TO splitsign",
+            ])
+            .env("PGPASSWORD", SUPER_PW)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "swapping the restored database in: {}",
+            show(&out)
+        );
     }
 
     /// The `postgres` setting for `node`'s role.
