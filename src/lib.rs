@@ -20,15 +20,18 @@
 //!     `key_manager` (key changes while running, store checks, the JWKS
 //!     file), `audit_writer` (group commit, aggregated failures,
 //!     retention), `background` (schedule timer, health, watchdog,
-//!     signals), `systemd`, `memory`.
+//!     signals), `cluster` (following the other nodes), `systemd`,
+//!     `memory`.
 //! - [`lifecycle`]: the sequences that touch both stores, shared by the
 //!   daemon and the offline commands: `create`, `reshare` (and recover),
 //!   `reconcile` (prove the stores belong together, then clean up),
 //!   `unseal`, `clock`.
 //! - [`store`]: what lives on disk, never a whole key: `share_files` (the
 //!   file shares), `sqlite` (key rows, database shares, revocations),
-//!   `audit_log` (the hash chain), `backup`; [`store::Stores`] opens both
-//!   under one lock.
+//!   `postgres` (the same for a cluster), `membership` (the owner's members
+//!   and bounds; other nodes' rows judged one by one), `seen` (revocations a
+//!   cluster node has seen), `audit_log` (the hash chain), `backup`;
+//!   [`store::Stores`] opens both under one lock.
 //! - [`keys`]: pure key code, no I/O beyond locking memory: `shamir`
 //!   (split/recover, every `sharks` trap guarded), `share_format` (the share
 //!   file, kids), `locked` (keys in locked, undumpable pages), `keyset` (the

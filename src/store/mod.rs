@@ -1,9 +1,11 @@
 //! `store` keeps what lives on disk: the share directory (`share_files`,
 //! the file shares, x = 1), the SQLite database (`sqlite`: key rows, the
 //! database shares, x = 2, revocations; `audit_log`: the audit chain;
-//! `backup`), and [`Stores`], the two opened together under one lock, so
-//! that the daemon and offline admin commands never work on the same stores
-//! at once. No module here ever sees a whole key.
+//! `backup`; `seen`: what a cluster node has seen), PostgreSQL for a
+//! cluster (`postgres`, `membership`), and [`Stores`], the two opened
+//! together under one lock, so that the daemon and offline admin commands
+//! never work on the same stores at once. No module here ever sees a whole
+//! key.
 
 pub mod audit_log;
 pub mod backup;
