@@ -154,6 +154,32 @@ pub struct BoundsChange {
 /// one each): one node cannot take the server's every connection.
 pub const CONNECTION_LIMIT: i32 = 8;
 
+/// Every member, in name order.
+async fn read_members(
+    c: &tokio_postgres::Client,
+) -> std::result::Result<Vec<Member>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            &format!("SELECT {MEMBER_COLUMNS} FROM splitsign_members ORDER BY node"),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(member).collect())
+}
+
+/// The owner's bounds.
+async fn read_bounds(
+    c: &impl tokio_postgres::GenericClient,
+) -> std::result::Result<Bounds, tokio_postgres::Error> {
+    let r = c
+        .query_one(
+            &format!("SELECT {BOUNDS_COLUMNS} FROM splitsign_settings"),
+            &[],
+        )
+        .await?;
+    Ok(bounds(&r))
+}
+
 fn member(r: &tokio_postgres::Row) -> Member {
     Member {
         node: r.get(0),
@@ -197,27 +223,13 @@ fn check_name(node: &str) -> Result<()> {
 impl Postgres {
     /// The members, in name order.
     pub fn members(&self) -> Result<Vec<Member>> {
-        self.with("reading the members", async |c| {
-            let rows = c
-                .query(
-                    &format!("SELECT {MEMBER_COLUMNS} FROM splitsign_members ORDER BY node"),
-                    &[],
-                )
-                .await?;
-            Ok(rows.iter().map(member).collect())
-        })
+        self.with("reading the members", async |c| read_members(c).await)
     }
 
     /// The owner's bounds.
     pub fn bounds(&self) -> Result<Bounds> {
         self.with("reading the cluster's bounds", async |c| {
-            let r = c
-                .query_one(
-                    &format!("SELECT {BOUNDS_COLUMNS} FROM splitsign_settings"),
-                    &[],
-                )
-                .await?;
-            Ok(bounds(&r))
+            read_bounds(&*c).await
         })
     }
 
@@ -250,18 +262,8 @@ impl Postgres {
     pub fn view(&self, now: i64) -> Result<ClusterView> {
         let node = self.node().to_owned();
         let (members, b, rows) = self.with("reading the other nodes' keys", async |c| {
-            let members = c
-                .query(
-                    &format!("SELECT {MEMBER_COLUMNS} FROM splitsign_members ORDER BY node"),
-                    &[],
-                )
-                .await?;
-            let b = c
-                .query_one(
-                    &format!("SELECT {BOUNDS_COLUMNS} FROM splitsign_settings"),
-                    &[],
-                )
-                .await?;
+            let members = read_members(c).await?;
+            let b = read_bounds(&*c).await?;
             let rows = c
                 .query(
                     &format!(
@@ -276,8 +278,6 @@ impl Postgres {
                 .await?;
             Ok((members, b, rows))
         })?;
-        let members: Vec<Member> = members.iter().map(member).collect();
-        let b = bounds(&b);
         let db = self.describe();
         let mut skipped = Vec::new();
         let mut keys = Vec::with_capacity(rows.len());
@@ -516,14 +516,9 @@ impl Postgres {
                 tx.execute("UPDATE splitsign_settings SET max_keys = $1", &[&v])
                     .await?;
             }
-            let r = tx
-                .query_one(
-                    &format!("SELECT {BOUNDS_COLUMNS} FROM splitsign_settings"),
-                    &[],
-                )
-                .await?;
+            let b = read_bounds(&tx).await?;
             tx.commit().await?;
-            Ok(bounds(&r))
+            Ok(b)
         })
     }
 }

@@ -755,7 +755,7 @@ impl Postgres {
                 insert_key_row(&tx, &node, row, true).await?;
             }
             for share in shares {
-                insert_share(&tx, &node, share).await?;
+                insert_share(&tx, &node, share, false).await?;
             }
             for r in revocations {
                 insert_revocation(&tx, &node, r, now).await?;
@@ -1025,7 +1025,7 @@ impl KeyStore for Arc<Postgres> {
         self.with("recording a key", async |c| {
             let tx = c.transaction().await?;
             insert_key_row(&tx, &node, row, false).await?;
-            insert_share(&tx, &node, share).await?;
+            insert_share(&tx, &node, share, false).await?;
             tx.commit().await
         })
     }
@@ -1087,7 +1087,7 @@ impl KeyStore for Arc<Postgres> {
         let node = self.node.clone();
         let n = self.with("committing a re-split", async |c| {
             let tx = c.transaction().await?;
-            insert_share(&tx, &node, share).await?;
+            insert_share(&tx, &node, share, false).await?;
             let n = tx
                 .execute(
                     "UPDATE splitsign_keys SET share_generation = $3, pending_generation = NULL
@@ -1116,24 +1116,9 @@ impl KeyStore for Arc<Postgres> {
 
     fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
         let node = self.node.clone();
-        let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
         self.with("restoring a database share", async |c| {
             // In place of a damaged one at the same generation, if any.
-            c.execute(
-                "INSERT INTO splitsign_db_shares (node, kid, generation, x, y, checksum)
-                 VALUES ($1, $2, $3, 2, $4, $5)
-                 ON CONFLICT (node, kid, generation) DO UPDATE SET
-                     y = EXCLUDED.y, checksum = EXCLUDED.checksum",
-                &[
-                    &node,
-                    &share.kid,
-                    &(share.generation as i32),
-                    &&share.y.as_bytes()[..],
-                    &&sum[..],
-                ],
-            )
-            .await
-            .map(|_| ())
+            insert_share(&*c, &node, share, true).await.map(|_| ())
         })
     }
 
@@ -1265,15 +1250,26 @@ async fn insert_revocation(
     .await
 }
 
+/// Store a database share; with `replace`, in place of one at the same
+/// generation (a damaged one being repaired).
 async fn insert_share(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &impl tokio_postgres::GenericClient,
     node: &str,
     share: &KeyShare,
+    replace: bool,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
     let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
-    tx.execute(
+    let sql = if replace {
         "INSERT INTO splitsign_db_shares (node, kid, generation, x, y, checksum)
-         VALUES ($1, $2, $3, 2, $4, $5)",
+         VALUES ($1, $2, $3, 2, $4, $5)
+         ON CONFLICT (node, kid, generation) DO UPDATE SET
+             y = EXCLUDED.y, checksum = EXCLUDED.checksum"
+    } else {
+        "INSERT INTO splitsign_db_shares (node, kid, generation, x, y, checksum)
+         VALUES ($1, $2, $3, 2, $4, $5)"
+    };
+    tx.execute(
+        sql,
         &[
             &node,
             &share.kid,

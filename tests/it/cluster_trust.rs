@@ -41,6 +41,21 @@ fn key_row(node: &str, kid: &str, pk_hex: &str, times: [i64; 4]) -> String {
     )
 }
 
+/// A key row of the attacker's in `node`'s name, active for an hour,
+/// inserted by a path other than the node's login (the superuser: the
+/// owner's own tooling, a session that outlived a removal).
+fn key_in_the_name_of(pg: &PgServer, node: &str, seed: u8) -> (ed25519_dalek::SigningKey, String) {
+    let (key, kid, pk) = attacker(seed);
+    let t = now();
+    pg.super_sql(&key_row(
+        node,
+        &kid,
+        &pk,
+        [t - 5, t - 5, t + 3600, t + 7200],
+    ));
+    (key, kid)
+}
+
 /// A token signed with `key` under `kid`, with these claims.
 fn forge(key: &ed25519_dalek::SigningKey, kid: &str, claims: Value) -> String {
     let header = json!({"alg":"EdDSA","typ":"JWT","kid":kid});
@@ -232,14 +247,8 @@ fn a_node_removed_at_once_publishes_nothing_and_its_tokens_are_refused_within_a_
     );
     // A key row in A's name by any other path (the owner's own tooling, a
     // session that outlived the removal): not trusted.
-    let (key, kid, pk) = attacker(9);
+    let (key, kid) = key_in_the_name_of(&pg, "node_a", 9);
     let t = now();
-    pg.super_sql(&key_row(
-        "node_a",
-        &kid,
-        &pk,
-        [t - 5, t - 5, t + 3600, t + 7200],
-    ));
     let forged = forge(
         &key,
         &kid,
@@ -346,14 +355,7 @@ fn a_removal_the_owner_cannot_finish_is_reported_and_nothing_new_of_the_node_is_
         );
     }
     // A key row recorded in A's name after its removal is not trusted.
-    let (_, kid, pk) = attacker(7);
-    let t = now();
-    pg.super_sql(&key_row(
-        "node_a",
-        &kid,
-        &pk,
-        [t - 5, t - 5, t + 3600, t + 7200],
-    ));
+    let (_, kid) = key_in_the_name_of(&pg, "node_a", 7);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!kids(&b).contains(&kid));
     // A's daemon learns it was removed (its sessions live on), says so and
