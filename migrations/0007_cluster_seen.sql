@@ -6,15 +6,16 @@
 -- un-revokes a token here: the node keeps these in force, and writes its
 -- own back. Empty on a single host.
 CREATE TABLE cluster_revocations (
+    -- SHA-256 of kind, value and node (16 bytes): the key, so that no
+    -- index repeats a value of up to 1,024 bytes.
+    digest     BLOB    NOT NULL UNIQUE CHECK (length(digest) = 16),
     kind       TEXT    NOT NULL CHECK (kind IN ('jti', 'sub')),
     value      TEXT    NOT NULL CHECK (length(value) BETWEEN 1 AND 1024),
     node       TEXT    NOT NULL,
     before     INTEGER,
-    expires_at INTEGER NOT NULL,
-    UNIQUE (kind, value, node)
+    expires_at INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX cluster_revocations_expiry ON cluster_revocations (expires_at);
-CREATE INDEX cluster_revocations_node ON cluster_revocations (node);
 
 -- The highest mark of PostgreSQL's revocation sequence this node has
 -- seen, and this node's beat (raised each time it learns of revocations,

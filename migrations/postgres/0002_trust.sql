@@ -28,7 +28,12 @@ CREATE TABLE splitsign_members (
     -- Removed at once: none of its keys is trusted any more (else they
     -- retire by their timestamps).
     at_once    BOOLEAN NOT NULL DEFAULT false,
+    -- The database's snapshot when it was removed: of its rows, only those
+    -- written by a transaction that had committed by then are trusted (one
+    -- it held open across the removal and committed later is not).
+    removed_snapshot pg_snapshot,
     CHECK (active = (removed_at IS NULL)),
+    CHECK (active = (removed_snapshot IS NULL)),
     CHECK (active OR removed_at >= added_at),
     CHECK (NOT (active AND at_once))
 );
@@ -63,11 +68,14 @@ FROM splitsign_keys;
 -- other nodes have written since.
 ALTER TABLE splitsign_nodes ADD COLUMN beat BIGINT NOT NULL DEFAULT 0;
 
--- Server time of each row's last write; set by the triggers below.
+-- Server time of each row's first write, and the transaction of its last
+-- write; set by the triggers below.
 ALTER TABLE splitsign_keys
-    ADD COLUMN recorded_at BIGINT NOT NULL DEFAULT extract(epoch FROM now())::bigint;
+    ADD COLUMN recorded_at BIGINT NOT NULL DEFAULT extract(epoch FROM now())::bigint,
+    ADD COLUMN recorded_xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 ALTER TABLE splitsign_revocations
-    ADD COLUMN recorded_at BIGINT NOT NULL DEFAULT extract(epoch FROM now())::bigint;
+    ADD COLUMN recorded_at BIGINT NOT NULL DEFAULT extract(epoch FROM now())::bigint,
+    ADD COLUMN recorded_xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 CREATE INDEX splitsign_revocations_node ON splitsign_revocations (node);
 -- The id is drawn by the trigger below, never by a writer's default.
 ALTER TABLE splitsign_revocations ALTER COLUMN id DROP DEFAULT;
@@ -105,6 +113,7 @@ DECLARE
     live BIGINT;
 BEGIN
     SELECT * INTO s FROM splitsign_settings;
+    NEW.recorded_xid := pg_current_xact_id();
     IF TG_OP = 'INSERT' THEN
         NEW.recorded_at := now_;
     ELSE
@@ -151,6 +160,7 @@ BEGIN
     SELECT * INTO s FROM splitsign_settings;
     NEW.id := nextval('splitsign_revocations_id_seq');
     NEW.recorded_at := now_;
+    NEW.recorded_xid := pg_current_xact_id();
     IF TG_OP = 'UPDATE' AND (NEW.kind <> OLD.kind OR NEW.value <> OLD.value
                              OR NEW.node <> OLD.node) THEN
         RAISE EXCEPTION 'a revocation''s kind, value and node never change'
@@ -236,13 +246,17 @@ CREATE FUNCTION splitsign_delete_shares(k TEXT, keep INTEGER) RETURNS BIGINT
     SELECT count(*) FROM d
 $$;
 
--- Delete the revocations kept until before `until` (never later than the
--- server's clock): the caller's own, and those of nodes no longer active.
+-- Delete the revocations kept until before `until`, and a day before the
+-- server's clock at the latest (as long as every node keeps them: a node
+-- cannot take its cap back from revocations the others still hold): the
+-- caller's own, and those of nodes no longer active. A node never deletes
+-- a revocation of its own that may still be in force.
 CREATE FUNCTION splitsign_purge_revocations(until BIGINT) RETURNS BIGINT
     LANGUAGE sql SECURITY DEFINER AS $$
     WITH d AS (DELETE FROM splitsign_revocations WHERE ctid IN (
                    SELECT r.ctid FROM splitsign_revocations r
-                    WHERE r.expires_at < least(until, extract(epoch FROM now())::bigint)
+                    WHERE r.expires_at < least(until,
+                                               extract(epoch FROM now())::bigint - 86400)
                       AND (r.node = session_user
                            OR NOT splitsign_is_active(r.node))
                       AND splitsign_is_active(session_user)
@@ -251,8 +265,9 @@ CREATE FUNCTION splitsign_purge_revocations(until BIGINT) RETURNS BIGINT
     SELECT count(*) FROM d
 $$;
 
--- Delete all of the caller's keys, shares and revocations (a move of a
--- host into the cluster replaces what an interrupted move left).
+-- Delete all of the caller's keys and shares (a move of a host into the
+-- cluster replaces what an interrupted move left; its revocations only
+-- grow).
 CREATE FUNCTION splitsign_clear_own_rows() RETURNS VOID
     LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
@@ -261,7 +276,6 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     DELETE FROM splitsign_keys WHERE node = session_user;
-    DELETE FROM splitsign_revocations WHERE node = session_user;
 END
 $$;
 

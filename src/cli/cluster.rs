@@ -27,7 +27,18 @@ fn settings(cx: &Ctx) -> Result<&PostgresSettings, Failure> {
 pub fn pg_schema(cx: &Ctx, a: PgSchemaArgs) -> Result<(), Failure> {
     let pg = Postgres::connect(settings(cx)?, &cx.cfg.node)?;
     let before = pg.schema_version()?;
-    let now = pg.migrate()?;
+    let now = pg.migrate().map_err(|e| match e {
+        crate::error::Error::Postgres {
+            code: Some(c),
+            reason,
+            ..
+        } if c == "55P03" => crate::error::Error::KeyStore(format!(
+            "applying the schema: {reason}. Another session holds a lock on the splitsign tables \
+             (a node's open transaction?): find it in pg_locks and pg_stat_activity and end it \
+             (pg_terminate_backend), or stop the nodes, then run pg-schema again"
+        )),
+        e => e,
+    })?;
     if before == now {
         println!(
             "schema version {now}: up to date ({})",

@@ -72,6 +72,9 @@ pub struct Cluster {
     /// Skipped rows already logged.
     logged: Mutex<HashSet<(String, String, String)>>,
     last_full: Mutex<Option<Instant>>,
+    /// Held by the full read under way (one at a time; incremental reads
+    /// go on meanwhile).
+    full: Mutex<()>,
     pub stats: Stats,
 }
 
@@ -145,11 +148,11 @@ impl Cursor {
         self.recent.push_back((now, id));
     }
 
-    /// After a full read at `now` up to `id`.
-    fn reset(&mut self, now: Instant, id: i64) {
+    /// The ids were handed out again (the database went back): start
+    /// over.
+    fn reset(&mut self) {
         self.recent.clear();
         self.floor = 0;
-        self.saw(now, id);
     }
 }
 
@@ -185,6 +188,7 @@ impl Cluster {
             went_back: Mutex::new(None),
             logged: Mutex::new(HashSet::new()),
             last_full: Mutex::new(None),
+            full: Mutex::new(()),
             stats: Stats::default(),
         })
     }
@@ -333,6 +337,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Check the database's marks alone (cheap): if it went back, read
+    /// everything (which reports it and writes this node's own back).
+    pub(super) fn check_marks(&self, set: &RevocationSet, kept_from: i64) -> Result<()> {
+        let m = self.pg.marks()?;
+        if m.high < self.high.load(Ordering::Acquire) || m.beat < self.beat.load(Ordering::Acquire)
+        {
+            self.read_revocations(set, true, kept_from)?;
+        }
+        Ok(())
+    }
+
+    /// A full read asked for failed: the schedule's next step does one.
+    pub(super) fn full_read_failed(&self) {
+        *self.last_full.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Whether the schedule should re-read every revocation now.
     pub(super) fn full_read_due(&self) -> bool {
         self.last_full
@@ -346,24 +366,42 @@ impl Cluster {
     /// ones locally and add them to `set` (a revocation is never removed
     /// here but by time: a database that went back un-revokes nothing).
     /// A database found to have gone back is reported, read again whole,
-    /// and given back this node's own revocations. The caller holds the
-    /// revocation lock (one read at a time).
+    /// and given back this node's own revocations. Incremental reads are
+    /// one at a time (the caller's revocation lock); a full read holds no
+    /// lock they need (one full read at a time: another asked for
+    /// meanwhile is skipped).
     pub(super) fn read_revocations(
         &self,
         set: &RevocationSet,
         full: bool,
         kept_from: i64,
     ) -> Result<()> {
+        let _full = if full {
+            match self.full.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            }
+        } else {
+            None
+        };
         let seen = Marks {
             high: self.high.load(Ordering::Acquire),
             beat: self.beat.load(Ordering::Acquire),
         };
         let back = |m: &Marks| m.high < seen.high || m.beat < seen.beat;
         let mut read = self.read_pass(set, full, kept_from)?;
-        if back(&read.marks) && !full {
+        if back(&read.marks) {
             // Ids are handed out again below what the cursor passed: read
-            // everything (and write this node's own back).
-            read = self.read_pass(set, true, kept_from)?;
+            // everything again from the start (and write this node's own
+            // back).
+            self.cursor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reset();
+            if !full {
+                read = self.read_pass(set, true, kept_from)?;
+            }
         }
         if back(&read.marks) || read.written_back > 0 {
             self.report_going_back(seen, read.marks, read.written_back)?;
@@ -428,16 +466,20 @@ impl Cluster {
         let written_back = if full {
             self.stats.full_reads.fetch_add(1, Ordering::Relaxed);
             *self.last_full.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
-            self.write_back(&own, kept_from)?
+            // A write-back the database refuses (a cap, a bound lowered
+            // since) must not stop this node from reading: it is retried
+            // at the next full read.
+            self.write_back(&own, kept_from).unwrap_or_else(|e| {
+                tracing::warn!(error = %crate::error::chain(&e), "could not write this node's own revocations back; retrying at the next full read");
+                0
+            })
         } else {
             0
         };
-        let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
-        if full {
-            c.reset(now, last_id);
-        } else {
-            c.saw(now, last_id);
-        }
+        self.cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .saw(now, last_id);
         Ok(Pass {
             marks,
             written_back,
@@ -568,6 +610,16 @@ pub async fn follow(manager: Arc<KeyManager>, shutdown: CancellationToken) {
         if !wanted.any() {
             continue;
         }
+        if wanted.all {
+            // Everything, beside the incremental reads (a full read of many
+            // revocations takes a while; none of them waits for it).
+            let m = Arc::clone(&manager);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = m.read_all_revocations() {
+                    tracing::warn!(error = %e, "could not read every revocation; the schedule tries again");
+                }
+            });
+        }
         last_read = Some(Instant::now());
         let m = Arc::clone(&manager);
         let done = tokio::task::spawn_blocking(move || m.follow_cluster(wanted)).await;
@@ -652,7 +704,8 @@ mod tests {
         // Past it, from the highest id read at least the lag ago.
         assert_eq!(c.from(t0 + COMMIT_LAG), 10);
         assert_eq!(c.from(t0 + COMMIT_LAG + Duration::from_secs(1)), 12);
-        c.reset(t0 + Duration::from_secs(9), 40);
+        c.reset();
+        c.saw(t0 + Duration::from_secs(9), 40);
         assert_eq!(c.from(t0 + Duration::from_secs(9)), 0);
         assert_eq!(c.from(t0 + Duration::from_secs(12)), 40);
     }

@@ -348,6 +348,11 @@ impl KeyManager {
                 };
                 if c.full_read_due() {
                     self.sync_revocations(c, true)?;
+                } else {
+                    // A database restored without a reconnection (and with
+                    // nothing written since) is noticed here too.
+                    let kept_from = lifecycle::revocations_purged_before(self.purge_clock.now());
+                    c.check_marks(&self.revoked, kept_from)?;
                 }
                 n
             }
@@ -621,7 +626,9 @@ impl KeyManager {
         };
         let r = (|| {
             if wanted.all || wanted.revocations {
-                self.sync_revocations(c, wanted.all)?;
+                // After a reconnection the follower reads everything beside
+                // (see `cluster::follow`); this catches up at once.
+                self.sync_revocations(c, false)?;
             }
             if wanted.all || wanted.keys {
                 c.refresh_view(self.clock.now())?;
@@ -641,11 +648,27 @@ impl KeyManager {
 
     /// Read the revocations (all, or those added since the last read) and
     /// add the new ones to the set in force (a revocation leaves it only
-    /// by time).
+    /// by time). Incremental reads take turns; a full read (long, with
+    /// many revocations) holds none of them up.
     fn sync_revocations(&self, c: &Cluster, full: bool) -> Result<()> {
-        let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
+        let _swap = (!full).then(|| self.rev_swap.lock().unwrap_or_else(|p| p.into_inner()));
         let kept_from = lifecycle::revocations_purged_before(self.purge_clock.now());
         c.read_revocations(&self.revoked, full, kept_from)
+    }
+
+    /// Read every revocation (a reconnection: anything may have been
+    /// missed), beside the incremental reads.
+    pub fn read_all_revocations(&self) -> Result<()> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        let r = self.sync_revocations(c, true);
+        if r.is_err() {
+            // The schedule's next step reads everything instead.
+            c.full_read_failed();
+        }
+        self.note(&r);
+        r
     }
 
     /// Publish the other nodes' keys as last read, beside this node's.

@@ -270,7 +270,8 @@ impl Postgres {
                         "SELECT {KEY_COLUMNS}, k.node FROM splitsign_keys k
                              JOIN splitsign_members m ON m.node = k.node
                              WHERE k.node <> $1 AND k.verified AND k.retire_at > $2
-                               AND (m.active OR (NOT m.at_once AND k.recorded_at < m.removed_at))
+                               AND (m.active OR (NOT m.at_once AND
+                                    pg_visible_in_snapshot(k.recorded_xid, m.removed_snapshot)))
                              ORDER BY k.node, k.activate_at DESC, k.kid"
                     ),
                     &[&node, &now],
@@ -399,9 +400,12 @@ impl Postgres {
                 ..Removed::default()
             };
             if active {
+                // What the node had committed by now stays trusted (without
+                // --at-once); a transaction it holds open is not.
                 tx.execute(
                     "UPDATE splitsign_members SET active = false, at_once = $2,
-                         removed_at = greatest(added_at, extract(epoch FROM now())::bigint)
+                         removed_at = greatest(added_at, extract(epoch FROM now())::bigint),
+                         removed_snapshot = pg_current_snapshot()
                      WHERE node = $1",
                     &[&node, &at_once],
                 )
@@ -412,11 +416,6 @@ impl Postgres {
                     &[&node],
                 )
                 .await?;
-            }
-            if at_once {
-                out.shares_destroyed = tx
-                    .execute("DELETE FROM splitsign_db_shares WHERE node = $1", &[&node])
-                    .await?;
             }
             let role_exists = tx
                 .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&node])
@@ -454,10 +453,26 @@ impl Postgres {
                 Ok(r) => out.sessions_ended = r.get(0),
                 Err(e) => out.notes.push(format!(
                     "could not end the sessions the node still holds ({}): they can do nothing \
-                     but read the list of members; end them with pg_terminate_backend as a role \
-                     that may",
+                     but read the list of members, and nothing they commit is trusted; end them \
+                     with pg_terminate_backend as a role that may",
                     super::postgres::error_text(&e)
                 )),
+            }
+            if at_once {
+                // Apart from the removal, which no lock the node holds on its
+                // own rows can hold up (the removal is done either way: none
+                // of its keys is trusted). Run it again to retry.
+                match c
+                    .execute("DELETE FROM splitsign_db_shares WHERE node = $1", &[&node])
+                    .await
+                {
+                    Ok(n) => out.shares_destroyed = n,
+                    Err(e) => out.notes.push(format!(
+                        "could not destroy the node's database shares ({}): none of its keys is \
+                         trusted any more; run `node remove {node} --at-once` again to retry",
+                        super::postgres::error_text(&e)
+                    )),
+                }
             }
             Ok(Ok(out))
         })?;

@@ -630,20 +630,27 @@ impl Postgres {
         })
     }
 
-    /// Apply the migrations this schema lacks, in one transaction, under an
-    /// advisory lock (nodes starting together apply them once). Returns the
-    /// version now applied.
+    /// Apply the migrations this schema lacks, in one transaction (nodes
+    /// or owners starting together apply them once): under the version
+    /// row's lock, which only the owner may take, or, before the schema
+    /// exists, an advisory lock. Returns the version now applied.
     pub fn migrate(&self) -> Result<usize> {
         self.with("applying the schema", async |c| {
             let tx = c.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            let exists: bool = tx
+                .query_one("SELECT to_regclass('splitsign_schema') IS NOT NULL", &[])
+                .await?
+                .get(0);
+            if !exists {
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                    .await?;
+                tx.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS splitsign_schema (version INTEGER NOT NULL)",
+                )
                 .await?;
-            tx.batch_execute(
-                "CREATE TABLE IF NOT EXISTS splitsign_schema (version INTEGER NOT NULL)",
-            )
-            .await?;
+            }
             let version: i32 = match tx
-                .query_opt("SELECT version FROM splitsign_schema", &[])
+                .query_opt("SELECT version FROM splitsign_schema FOR UPDATE", &[])
                 .await?
             {
                 Some(row) => row.get(0),
@@ -653,6 +660,12 @@ impl Postgres {
                     0
                 }
             };
+            if version as usize >= MIGRATIONS.len() {
+                tx.commit().await?;
+                return Ok(version as usize);
+            }
+            // A schema change waits for the tables' locks a while longer.
+            tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
             for sql in &MIGRATIONS[version as usize..] {
                 tx.batch_execute(sql).await?;
             }
@@ -792,25 +805,14 @@ impl Postgres {
         use futures_util::StreamExt;
         let node = self.node.clone();
         self.with("reading revocations", async |c| {
-            let r = c
-                .query_one(
-                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,
-                            coalesce((SELECT beat FROM splitsign_nodes WHERE node = $1), 0)
-                     FROM splitsign_revocations_id_seq",
-                    &[&node],
-                )
-                .await?;
-            let marks = Marks {
-                high: r.get(0),
-                beat: r.get(1),
-            };
+            let marks = read_marks(c, &node).await?;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &kept_from];
             let rows = c
                 .query_raw(
                     "SELECT r.id, r.kind, r.value, r.before, r.expires_at, r.node
                      FROM splitsign_revocations r JOIN splitsign_members m ON m.node = r.node
                      WHERE r.id > $1 AND r.expires_at >= $2
-                       AND (m.active OR r.recorded_at < m.removed_at)
+                       AND (m.active OR pg_visible_in_snapshot(r.recorded_xid, m.removed_snapshot))
                      ORDER BY r.id",
                     params,
                 )
@@ -828,6 +830,15 @@ impl Postgres {
                 }
             }
             Ok(marks)
+        })
+    }
+
+    /// The database's marks (see [`Marks`]), alone: a cheap check that it
+    /// did not go back.
+    pub fn marks(&self) -> Result<Marks> {
+        let node = self.node.clone();
+        self.with("reading the revocation marks", async |c| {
+            read_marks(c, &node).await
         })
     }
 
@@ -923,6 +934,21 @@ impl Drop for Postgres {
 pub struct Marks {
     pub high: i64,
     pub beat: i64,
+}
+
+async fn read_marks(c: &Client, node: &str) -> std::result::Result<Marks, tokio_postgres::Error> {
+    let r = c
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,
+                    coalesce((SELECT beat FROM splitsign_nodes WHERE node = $1), 0)
+             FROM splitsign_revocations_id_seq",
+            &[&node],
+        )
+        .await?;
+    Ok(Marks {
+        high: r.get(0),
+        beat: r.get(1),
+    })
 }
 
 /// A revocation as another node (or this one) stored it.

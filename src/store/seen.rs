@@ -75,9 +75,9 @@ impl Seen {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO cluster_revocations (kind, value, node, before, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (kind, value, node) DO UPDATE SET
+                    "INSERT INTO cluster_revocations (digest, kind, value, node, before, expires_at)
+                     VALUES (?6, ?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (digest) DO UPDATE SET
                          before = max(coalesce(before, excluded.before),
                                       coalesce(excluded.before, before)),
                          expires_at = max(expires_at, excluded.expires_at)",
@@ -85,7 +85,8 @@ impl Seen {
                 .map_err(self.err())?;
             for (node, r) in rows {
                 let (kind, value, before, expires_at) = r.columns();
-                stmt.execute(params![kind, value, node, before, expires_at])
+                let d = digest(kind, value, node);
+                stmt.execute(params![kind, value, node, before, expires_at, &d[..]])
                     .map_err(self.err())?;
             }
             tx.execute(
@@ -175,6 +176,19 @@ impl Seen {
             .map(|n| n as u64)
             .map_err(self.err())
     }
+}
+
+/// The key of a revocation made by `node`.
+fn digest(kind: &str, value: &str, node: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [kind, value, node] {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
 }
 
 #[cfg(test)]

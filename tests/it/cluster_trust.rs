@@ -221,6 +221,21 @@ fn a_node_removed_at_once_publishes_nothing_and_its_tokens_are_refused_within_a_
             verify(d, &t_a)["ok"] == true
         });
     }
+    // A holds a lock on its own database shares (which `--at-once`
+    // destroys), in a transaction it keeps open.
+    let mut holding = pg.session_as(
+        "node_a",
+        &pg.node_password("node_a"),
+        "BEGIN; UPDATE splitsign_db_shares SET y = y WHERE node = 'node_a'; SELECT pg_sleep(60);",
+    );
+    until(Duration::from_secs(5), "A holds its shares' rows", || {
+        pg.super_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'node_a' \
+             AND query LIKE '%pg_sleep(60)%';",
+        )
+        .trim()
+            == "1"
+    });
     let rows_of_a =
         || pg.super_sql("SELECT kid FROM splitsign_keys WHERE node = 'node_a' ORDER BY kid;");
     let before = rows_of_a();
@@ -230,6 +245,7 @@ fn a_node_removed_at_once_publishes_nothing_and_its_tokens_are_refused_within_a_
     let text = stdout(&out);
     assert!(text.contains("removed node node_a at once"), "{text}");
     assert!(!text.contains("NOT DONE"), "{text}");
+    let _ = holding.wait();
     let took = until(Duration::from_secs(1), "B and C refuse A's token", || {
         [b, c]
             .iter()
@@ -322,6 +338,31 @@ fn a_removal_the_owner_cannot_finish_is_reported_and_nothing_new_of_the_node_is_
     until(Duration::from_secs(2), "B verifies A's token", || {
         verify(&b, &t_a)["ok"] == true
     });
+    // A opens a transaction that writes a key of the attacker's and holds
+    // it open across its removal, then commits.
+    let (_, late_kid, late_pk) = attacker(8);
+    let t = now();
+    let late = pg.session_as(
+        "node_a",
+        &pg.node_password("node_a"),
+        &format!(
+            "BEGIN;\n{}\nSELECT pg_sleep(3);\nCOMMIT;\n",
+            key_row(
+                "node_a",
+                &late_kid,
+                &late_pk,
+                [t - 5, t - 5, t + 3600, t + 7200]
+            )
+        ),
+    );
+    until(Duration::from_secs(5), "A's transaction is open", || {
+        pg.super_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'node_a' \
+             AND state = 'active' AND query LIKE '%pg_sleep%';",
+        )
+        .trim()
+            == "1"
+    });
     // The owner may not alter roles or end sessions (its own tooling
     // manages them): `remove` says what it could not do, and removes.
     let out = pg.owner(&["node", "remove", "node_a"]);
@@ -354,10 +395,18 @@ fn a_removal_the_owner_cannot_finish_is_reported_and_nothing_new_of_the_node_is_
             show(&out)
         );
     }
-    // A key row recorded in A's name after its removal is not trusted.
+    // A key row recorded in A's name after its removal is not trusted,
+    // nor the one A's open transaction committed after it.
     let (_, kid) = key_in_the_name_of(&pg, "node_a", 7);
+    let out = late.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let committed = pg.super_sql(&format!(
+        "SELECT count(*) FROM splitsign_keys WHERE kid = '{late_kid}';"
+    ));
+    assert_eq!(committed.trim(), "1", "A's late row was committed");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!kids(&b).contains(&kid));
+    assert!(!kids(&b).contains(&late_kid));
     // A's daemon learns it was removed (its sessions live on), says so and
     // signs nothing.
     until(Duration::from_secs(3), "A knows it was removed", || {
@@ -547,22 +596,36 @@ fn a_forged_revocation_id_and_a_notify_flood_leave_propagation_under_a_second() 
 #[test]
 fn one_nodes_mass_of_revocations_is_capped_and_no_nodes_memory_reaches_64_mib() {
     let (pg, nodes) = three_nodes();
-    // 200,000 revocations of 1,000 bytes from A, 1,000 a statement.
-    let mut script = String::new();
-    for s in 0..200 {
-        script.push_str(&format!(
-            "INSERT INTO splitsign_revocations (kind, value, expires_at, created_at, node) \
-             SELECT 'jti', lpad(i::text, 1000, 'x'), extract(epoch FROM now())::bigint + 3600, \
-             0, 'node_a' FROM generate_series({}, {}) i;\n",
-            s * 1000,
-            s * 1000 + 999
-        ));
-    }
-    let out = pg
-        .session_as("node_a", &pg.node_password("node_a"), &script)
-        .wait_with_output()
-        .unwrap();
-    let refused = stderr(&out).matches("revocation cap").count();
+    // 200,000 revocations of 1,000 bytes from A, 1,000 a statement, in
+    // two rounds; between them A deletes what it can of its own (to take
+    // its cap back while the other nodes keep what they saw).
+    let round = |r: usize| {
+        let mut script = String::new();
+        for s in 0..100 {
+            script.push_str(&format!(
+                "INSERT INTO splitsign_revocations (kind, value, expires_at, created_at, node) \
+                 SELECT 'jti', lpad('{r}-' || i::text, 1000, 'x'), \
+                 extract(epoch FROM now())::bigint + 3600, 0, 'node_a' \
+                 FROM generate_series({}, {}) i;\n",
+                s * 1000,
+                s * 1000 + 999
+            ));
+        }
+        pg.session_as("node_a", &pg.node_password("node_a"), &script)
+            .wait_with_output()
+            .unwrap()
+    };
+    let first = round(1);
+    let out = as_node(
+        &pg,
+        "node_a",
+        "SELECT splitsign_clear_own_rows(); SELECT splitsign_purge_revocations(9999999999);",
+    );
+    assert_ok(&out);
+    let second = round(2);
+    let refused = stderr(&first).matches("revocation cap").count()
+        + stderr(&second).matches("revocation cap").count();
+    let out = first;
     let held: i64 = pg
         .super_sql("SELECT count(*) FROM splitsign_revocations WHERE node = 'node_a';")
         .trim()
@@ -571,6 +634,11 @@ fn one_nodes_mass_of_revocations_is_capped_and_no_nodes_memory_reaches_64_mib() 
     eprintln!("A's revocations: {held} stored, {refused} statements refused at the cap");
     assert!(held > 0 && held <= 16 * 1024, "{held} held");
     assert!(refused >= 180, "{refused} refused: {}", show(&out));
+    assert_eq!(
+        stderr(&second).matches("revocation cap").count(),
+        100,
+        "the second round is refused whole: A took nothing of its cap back"
+    );
     // Every node holds what was stored, within 64 MiB, peak included.
     let check = |d: &Daemon, what: &str| {
         until(
@@ -615,7 +683,7 @@ fn a_restored_dump_never_un_revokes_a_token_and_every_node_says_the_database_wen
         );
     }
     // The database is restored from the dump under the running nodes.
-    pg.restore_from(&dump);
+    pg.restore_from(&dump, "");
     let back = pg.super_sql("SELECT count(*) FROM splitsign_revocations WHERE value = 'mallory';");
     assert_eq!(back.trim(), "0", "the dump predates the revoke");
     for d in [a, b, c] {
@@ -749,6 +817,7 @@ fn a_node_can_lock_nothing_that_holds_another_up_and_learns_nothing_of_its_share
          SELECT count(*) FROM (SELECT 1 FROM splitsign_keys WHERE node = 'node_a' FOR UPDATE) x;
          INSERT INTO splitsign_revocations (kind, value, expires_at, created_at, node)
              VALUES ('sub', 'held', extract(epoch FROM now())::bigint + 60, 0, 'node_a');
+         SELECT pg_advisory_lock(8318267711934392113);
          SELECT pg_sleep(60);",
     );
     until(Duration::from_secs(5), "A holds its locks", || {
@@ -762,6 +831,11 @@ fn a_node_can_lock_nothing_that_holds_another_up_and_learns_nothing_of_its_share
             >= 4
     });
     let t0 = Instant::now();
+    // The owner's commands are not held up either (the advisory lock
+    // pg-schema took once is A's now).
+    assert_ok(&pg.owner(&["pg-schema"]));
+    pg.add_node_role("node_d", tempfile::tempdir().unwrap().path());
+    assert_ok(&pg.owner(&["node", "add", "node_d"]));
     assert_ok(&b_dir.run(&["--config", "config.toml", "rotate"]));
     let (t, _) = sign(c, "held");
     assert_ok(&b_dir.run(&["--config", "config.toml", "revoke", "--sub", "held"]));
@@ -777,6 +851,95 @@ fn a_node_can_lock_nothing_that_holds_another_up_and_learns_nothing_of_its_share
     let _ = hold.kill();
     let _ = hold.wait();
     b.stop();
+    for (_, d) in nodes {
+        d.stop();
+    }
+}
+
+#[test]
+fn a_database_restored_in_place_is_noticed_at_the_next_schedule_step() {
+    let (pg, nodes) = three_nodes();
+    let [(a_dir, a), (_, b), (_, c)] = &nodes[..] else {
+        unreachable!()
+    };
+    let (t, _) = sign(c, "mallory");
+    let dump = pg.path().join("before-the-revoke.dump");
+    pg.dump_to(&dump);
+    assert_ok(&a_dir.run(&["--config", "config.toml", "revoke", "--sub", "mallory"]));
+    for d in [a, b, c] {
+        until(
+            Duration::from_secs(1),
+            "the revocation reaches every node",
+            || revoked(d, &t),
+        );
+    }
+    // Restored under the nodes' sessions: none ends, and the restore
+    // announces nothing.
+    pg.restore_in_place(&dump);
+    std::thread::sleep(Duration::from_secs(1));
+    // The next schedule step checks the database's marks (a reload runs
+    // it now; it runs at least every 30 s).
+    for d in [a, b, c] {
+        assert!(revoked(d, &t), "un-revoked by the restored database");
+        d.hup_and_wait("reloaded the config");
+        until(Duration::from_secs(3), "the node notices", || {
+            status(d)["cluster"]["database_went_back"].is_object()
+        });
+    }
+    until(
+        Duration::from_secs(3),
+        "A writes its revocation back",
+        || {
+            pg.super_sql("SELECT count(*) FROM splitsign_revocations WHERE value = 'mallory';")
+                .trim()
+                == "1"
+        },
+    );
+    for (_, d) in nodes {
+        d.stop();
+    }
+}
+
+#[test]
+fn a_write_back_the_restored_database_refuses_stops_no_node_from_reading() {
+    let (pg, nodes) = three_nodes();
+    let [(a_dir, a), (_, b), (_, c)] = &nodes[..] else {
+        unreachable!()
+    };
+    let (t, _) = sign(c, "mallory");
+    let dump = pg.path().join("before-the-revoke.dump");
+    pg.dump_to(&dump);
+    assert_ok(&a_dir.run(&["--config", "config.toml", "revoke", "--sub", "mallory"]));
+    for d in [a, b, c] {
+        until(
+            Duration::from_secs(1),
+            "the revocation reaches every node",
+            || revoked(d, &t),
+        );
+    }
+    // The restored database refuses every revocation (a cap of 0): A
+    // cannot write its own back.
+    pg.restore_from(&dump, "UPDATE splitsign_settings SET max_revocations = 0");
+    until(Duration::from_secs(10), "A notices", || {
+        status(a)["cluster"]["database_went_back"].is_object()
+    });
+    until(
+        Duration::from_secs(3),
+        "A says it could not write back",
+        || {
+            a.log()
+                .contains("could not write this node's own revocations back")
+        },
+    );
+    assert!(revoked(a, &t));
+    // Once revocations are allowed again, A keeps learning of them.
+    pg.super_sql("UPDATE splitsign_settings SET max_revocations = 200000;");
+    let (t2, _) = sign(b, "eve");
+    std::thread::sleep(Duration::from_millis(500));
+    ok(c.conn().request(json!({"op":"revoke","sub":"eve"})));
+    until(Duration::from_secs(1), "C's revocation reaches A", || {
+        revoked(a, &t2)
+    });
     for (_, d) in nodes {
         d.stop();
     }

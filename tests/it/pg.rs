@@ -457,21 +457,24 @@ impl PgServer {
 
     /// Restore a dump of [`PgServer::dump_to`] in place of the splitsign
     /// database, as an operator would: into a new database, then swapped
-    /// in (the old one dropped, its sessions ended).
-    pub fn restore_from(&self, file: &Path) {
+    /// in (the old one dropped, its sessions ended). `sql` runs in the
+    /// restored database before the swap.
+    pub fn restore_from(&self, file: &Path, sql: &str) {
         self.super_sql(&format!(
             "CREATE DATABASE splitsign_restored OWNER {OWNER};"
         ));
-        let out = Command::new(self.bin.join("pg_restore"))
-            .arg("-h")
-            .arg(self.socket_dir())
-            .args(["-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", "splitsign_restored"])
-            .arg(file)
-            .env("PGPASSWORD", SUPER_PW)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pg_restore: {}", show(&out));
+        self.pg_restore(file, "splitsign_restored", &[]);
+        if !sql.is_empty() {
+            let out = Command::new(self.bin.join("psql"))
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+                .arg(self.socket_dir())
+                .args(["-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-d", "splitsign_restored", "-c", sql])
+                .env("PGPASSWORD", SUPER_PW)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{sql}: {}", show(&out));
+        }
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.socket_dir())
@@ -490,6 +493,26 @@ impl PgServer {
             "swapping the restored database in: {}",
             show(&out)
         );
+    }
+
+    /// Restore a dump into the splitsign database itself, under the
+    /// sessions connected to it (`pg_restore --clean`): no session ends.
+    pub fn restore_in_place(&self, file: &Path) {
+        self.pg_restore(file, "splitsign", &["--clean", "--if-exists"]);
+    }
+
+    fn pg_restore(&self, file: &Path, db: &str, args: &[&str]) {
+        let out = Command::new(self.bin.join("pg_restore"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", db])
+            .args(args)
+            .arg(file)
+            .env("PGPASSWORD", SUPER_PW)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_restore: {}", show(&out));
     }
 
     /// The `postgres` setting for `node`'s role.
