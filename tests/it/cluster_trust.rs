@@ -346,7 +346,7 @@ fn a_removal_the_owner_cannot_finish_is_reported_and_nothing_new_of_the_node_is_
         "node_a",
         &pg.node_password("node_a"),
         &format!(
-            "BEGIN;\n{}\nSELECT pg_sleep(3);\nCOMMIT;\n",
+            "BEGIN;\n{}\nSELECT pg_sleep(4);\nCOMMIT;\n",
             key_row(
                 "node_a",
                 &late_kid,
@@ -363,6 +363,9 @@ fn a_removal_the_owner_cannot_finish_is_reported_and_nothing_new_of_the_node_is_
         .trim()
             == "1"
     });
+    // Its transaction began well before the removal (a clock cannot tell
+    // them apart).
+    std::thread::sleep(Duration::from_millis(1500));
     // The owner may not alter roles or end sessions (its own tooling
     // manages them): `remove` says what it could not do, and removes.
     let out = pg.owner(&["node", "remove", "node_a"]);
