@@ -346,6 +346,17 @@ END
 $$;
 CREATE TRIGGER splitsign_members_changed AFTER INSERT OR UPDATE OR DELETE ON splitsign_members
     FOR EACH STATEMENT EXECUTE FUNCTION splitsign_notify('splitsign_keys');
+
+-- Only what other nodes read is announced (a node waits a little before
+-- it reads again after an announcement that brought nothing new, which
+-- may have been forged): a key row once verified (not its unverified
+-- first write), a revocation added or grown (not a purge).
+DROP TRIGGER splitsign_keys_changed ON splitsign_keys;
+CREATE TRIGGER splitsign_keys_changed AFTER INSERT OR UPDATE ON splitsign_keys
+    FOR EACH ROW WHEN (NEW.verified) EXECUTE FUNCTION splitsign_notify();
+DROP TRIGGER splitsign_revocations_changed ON splitsign_revocations;
+CREATE TRIGGER splitsign_revocations_changed AFTER INSERT OR UPDATE ON splitsign_revocations
+    FOR EACH STATEMENT EXECUTE FUNCTION splitsign_notify();
 CREATE TRIGGER splitsign_settings_changed AFTER INSERT OR UPDATE OR DELETE
     ON splitsign_settings FOR EACH STATEMENT EXECUTE FUNCTION splitsign_notify('splitsign_keys');
 

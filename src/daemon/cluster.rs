@@ -37,8 +37,9 @@ use crate::store::{NodeKey, Postgres, Revocation};
 /// another. An incremental read looks this far back again.
 const COMMIT_LAG: Duration = Duration::from_secs(2);
 
-/// The least time between two reads that notifications ask for: a flood
-/// of them (any role may send any) costs one read per gap.
+/// The least time between a read that brought nothing new and the next
+/// read that notifications ask for: a flood of forged ones (any role may
+/// send any) costs one read per gap.
 pub const READ_GAP: Duration = Duration::from_millis(100);
 
 /// How often the schedule re-reads every revocation (what an incremental
@@ -86,6 +87,28 @@ pub struct View {
     pub bounds: Option<Bounds>,
     pub keys: Vec<NodeKey>,
     pub skipped: Vec<Skipped>,
+}
+
+impl View {
+    /// Whether `other` holds the same members, bounds and trusted keys.
+    pub fn same_as(&self, other: &View) -> bool {
+        let keys = |v: &View| -> Vec<(String, String, [i64; 3])> {
+            v.keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.node.clone(),
+                        k.key.kid.clone(),
+                        [k.key.activate_at, k.key.deactivate_at, k.key.retire_at],
+                    )
+                })
+                .collect()
+        };
+        self.members == other.members
+            && self.bounds == other.bounds
+            && self.skipped == other.skipped
+            && keys(self) == keys(other)
+    }
 }
 
 /// The database went back (a restored dump, a rolled-back replica).
@@ -309,7 +332,7 @@ impl Cluster {
         self.seen()
             .for_each(None, kept_from, &mut |_, r| bulk.add(r))?;
         set.replace(bulk.build());
-        self.read_revocations(set, true, kept_from)
+        self.read_revocations(set, true, kept_from).map(|_| ())
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -370,17 +393,18 @@ impl Cluster {
     /// one at a time (the caller's revocation lock); a full read holds no
     /// lock they need (one full read at a time: another asked for
     /// meanwhile is skipped).
+    /// Returns how many revocations were news to this node.
     pub(super) fn read_revocations(
         &self,
         set: &RevocationSet,
         full: bool,
         kept_from: i64,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let _full = if full {
             match self.full.try_lock() {
                 Ok(g) => Some(g),
                 Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(0),
             }
         } else {
             None
@@ -420,7 +444,7 @@ impl Cluster {
         if read.news > 0 {
             self.raise_beat()?;
         }
-        Ok(())
+        Ok(read.news)
     }
 
     /// One read (see [`Cluster::read_revocations`]); a full one also
@@ -587,7 +611,10 @@ pub async fn follow(manager: Arc<KeyManager>, shutdown: CancellationToken) {
         return;
     };
     let listener = cluster.pg.listen();
-    let mut last_read: Option<Instant> = None;
+    // When the last read that brought nothing new was made: a flood of
+    // forged notifications is one read per gap; one that brings news
+    // (a real change) is followed at once.
+    let mut last_idle: Option<Instant> = None;
     // A read that failed, to try again (1 s, doubling, at most 30 s).
     let mut failed = Wanted::default();
     let mut retry = Duration::from_secs(1);
@@ -597,7 +624,7 @@ pub async fn follow(manager: Arc<KeyManager>, shutdown: CancellationToken) {
             c = listener.changed() => c,
             _ = tokio::time::sleep(retry), if failed.any() => Changed::default(),
         };
-        if let Some(gap) = last_read.map(|t| READ_GAP.saturating_sub(t.elapsed()))
+        if let Some(gap) = last_idle.map(|t| READ_GAP.saturating_sub(t.elapsed()))
             && !gap.is_zero()
         {
             tokio::select! {
@@ -620,11 +647,15 @@ pub async fn follow(manager: Arc<KeyManager>, shutdown: CancellationToken) {
                 }
             });
         }
-        last_read = Some(Instant::now());
+        let started = Instant::now();
         let m = Arc::clone(&manager);
         let done = tokio::task::spawn_blocking(move || m.follow_cluster(wanted)).await;
+        last_idle = match done {
+            Ok(Ok(true)) => None,
+            _ => Some(started),
+        };
         match done {
-            Ok(Ok(())) => {
+            Ok(Ok(_)) => {
                 failed = Wanted::default();
                 retry = Duration::from_secs(1);
             }

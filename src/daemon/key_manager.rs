@@ -620,21 +620,26 @@ impl KeyManager {
     }
 
     /// Re-read what the other nodes changed (see `cluster::follow`).
-    pub fn follow_cluster(&self, wanted: Wanted) -> Result<()> {
+    /// Returns whether anything was new (a notification that brought
+    /// nothing may have been forged: the follower then waits before the
+    /// next read).
+    pub fn follow_cluster(&self, wanted: Wanted) -> Result<bool> {
         let Some(c) = &self.cluster else {
-            return Ok(());
+            return Ok(false);
         };
         let r = (|| {
+            let mut news = false;
             if wanted.all || wanted.revocations {
                 // After a reconnection the follower reads everything beside
                 // (see `cluster::follow`); this catches up at once.
-                self.sync_revocations(c, false)?;
+                news |= self.sync_revocations(c, false)? > 0;
             }
             if wanted.all || wanted.keys {
-                c.refresh_view(self.clock.now())?;
+                let before = c.view();
+                news |= !c.refresh_view(self.clock.now())?.same_as(&before);
                 self.apply_others()?;
             }
-            Ok(())
+            Ok(news)
         })();
         self.note(&r);
         if wanted.all && r.is_ok() {
@@ -650,7 +655,8 @@ impl KeyManager {
     /// add the new ones to the set in force (a revocation leaves it only
     /// by time). Incremental reads take turns; a full read (long, with
     /// many revocations) holds none of them up.
-    fn sync_revocations(&self, c: &Cluster, full: bool) -> Result<()> {
+    /// Returns how many were news.
+    fn sync_revocations(&self, c: &Cluster, full: bool) -> Result<usize> {
         let _swap = (!full).then(|| self.rev_swap.lock().unwrap_or_else(|p| p.into_inner()));
         let kept_from = lifecycle::revocations_purged_before(self.purge_clock.now());
         c.read_revocations(&self.revoked, full, kept_from)
@@ -662,7 +668,7 @@ impl KeyManager {
         let Some(c) = &self.cluster else {
             return Ok(());
         };
-        let r = self.sync_revocations(c, true);
+        let r = self.sync_revocations(c, true).map(|_| ());
         if r.is_err() {
             // The schedule's next step reads everything instead.
             c.full_read_failed();

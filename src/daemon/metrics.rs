@@ -234,7 +234,7 @@ impl Metrics {
         let notifications = Counter::default();
         registry.register(
             "cluster_notifications",
-            "NOTIFYs received (hints only: a flood of them is one read per 100 ms)",
+            "NOTIFYs received (hints only: a flood of forged ones is one read per 100 ms)",
             notifications.clone(),
         );
         let went_back = Counter::default();
