@@ -128,6 +128,30 @@ pub fn render_status(status: &Value) -> String {
                 .unwrap_or_default(),
             c.get("nodes").and_then(Value::as_u64).unwrap_or(1)
         ));
+        if let Some(w) = c.get("database_went_back").filter(|w| w.is_object()) {
+            out.push_str(&format!(
+                "database         WENT BACK at {} (a restored dump?): the revocations seen stay \
+                 in force; {} of this node's written back\n",
+                t(w, "at"),
+                w.get("written_back").and_then(Value::as_u64).unwrap_or(0)
+            ));
+        }
+        for k in c
+            .get("skipped_keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!(
+                "skipped key      {} of node {}: {}\n",
+                s(k, "kid"),
+                s(k, "node"),
+                s(k, "reason")
+            ));
+        }
+    }
+    if let Some(f) = status.get("store_fault").and_then(Value::as_str) {
+        out.push_str(&format!("NOT SIGNING      {f}\n"));
     }
     let keys: Vec<&Value> = status
         .get("keys")

@@ -202,6 +202,8 @@ fn a_malformed_key_row_of_one_node_stops_no_other_node() {
         "{log}"
     );
     assert!(!kids(&b).contains(&other_kid));
+    let text = stdout(&b_dir.run(&["--config", "config.toml", "status"]));
+    assert_eq!(text.matches("skipped key ").count(), 2, "{text}");
     for d in [a, b, c] {
         d.stop();
     }
@@ -418,6 +420,11 @@ fn a_removal_the_owner_cannot_finish_is_reported_and_nothing_new_of_the_node_is_
             .is_some_and(|f| f.contains("removed"))
     });
     assert_eq!(code(&a.conn().sign(json!({}))), "unavailable");
+    let text = stdout(&a_dir.run(&["--config", "config.toml", "status"]));
+    assert!(
+        text.contains("NOT SIGNING") && text.contains("removed"),
+        "{text}"
+    );
     let out = pg.owner(&["node", "list"]);
     let line = stdout(&out)
         .lines()
@@ -697,6 +704,8 @@ fn a_restored_dump_never_un_revokes_a_token_and_every_node_says_the_database_wen
         assert!(metric(d, "splitsign_cluster_database_went_back_total") >= 1.0);
         assert!(d.log().contains("database went back"), "{}", d.log());
     }
+    let text = stdout(&a_dir.run(&["--config", "config.toml", "status"]));
+    assert!(text.contains("WENT BACK"), "{text}");
     // A, whose revocation it was, wrote it back.
     until(
         Duration::from_secs(3),
