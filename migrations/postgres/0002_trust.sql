@@ -81,6 +81,19 @@ CREATE INDEX splitsign_revocations_node ON splitsign_revocations (node);
 ALTER TABLE splitsign_revocations ALTER COLUMN id DROP DEFAULT;
 CREATE INDEX splitsign_keys_node ON splitsign_keys (node, retire_at);
 
+-- A key is a node's by proof: its row carries a signature by the key
+-- over the node and kid (`pop`, made when the key is created, or moved
+-- into the cluster), which every other node checks. Rows from before this
+-- schema have none, and are marked `legacy` (a mark no node can set). And
+-- a kid is unique per node, not in the cluster: a node that inserts a row
+-- of another host's public key (seen in a JWKS) blocks nobody's key.
+ALTER TABLE splitsign_keys
+    ADD COLUMN pop BYTEA CHECK (pop IS NULL OR length(pop) = 64),
+    ADD COLUMN legacy BOOLEAN NOT NULL DEFAULT true;
+ALTER TABLE splitsign_keys ALTER COLUMN legacy SET DEFAULT false;
+ALTER TABLE splitsign_keys DROP CONSTRAINT splitsign_keys_pkey;
+ALTER TABLE splitsign_keys ADD PRIMARY KEY (node, kid);
+
 -- A node's share of another node's kid is its own row (it then fails on the
 -- foreign key), never a duplicate of the other node's: an error must not
 -- tell which share generations another node has.
@@ -116,8 +129,10 @@ BEGIN
     NEW.recorded_xid := pg_current_xact_id();
     IF TG_OP = 'INSERT' THEN
         NEW.recorded_at := now_;
+        NEW.legacy := false;
     ELSE
         NEW.recorded_at := OLD.recorded_at;
+        NEW.legacy := OLD.legacy;
         IF NEW.kid <> OLD.kid OR NEW.node <> OLD.node OR NEW.public_key <> OLD.public_key
            OR NEW.created_at <> OLD.created_at OR NEW.alg <> OLD.alg
            OR NEW.origin <> OLD.origin THEN
@@ -164,6 +179,15 @@ BEGIN
     IF TG_OP = 'UPDATE' AND (NEW.kind <> OLD.kind OR NEW.value <> OLD.value
                              OR NEW.node <> OLD.node) THEN
         RAISE EXCEPTION 'a revocation''s kind, value and node never change'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    -- A revocation only grows: every node keeps what it saw, so a shrunk
+    -- one would leave the cap while the others still hold it.
+    IF TG_OP = 'UPDATE' AND (NEW.expires_at < OLD.expires_at
+                             OR NEW.before IS DISTINCT FROM OLD.before
+                                AND (NEW.before IS NULL OR NEW.before < OLD.before)) THEN
+        RAISE EXCEPTION 'revocation of node %: a revocation only grows (a later before and '
+                        'expires_at)', NEW.node
             USING ERRCODE = 'check_violation';
     END IF;
     IF NEW.before IS NOT NULL AND NEW.before > now_ + 600 THEN
@@ -373,13 +397,20 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE (beat) ON splitsign_nodes TO %I', r);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE (y, checksum) ON splitsign_db_shares TO %I', r);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE (activate_at, deactivate_at, retire_at, '
-                   'share_generation, pending_generation, verified) ON splitsign_keys TO %I', r);
+                   'share_generation, pending_generation, verified, pop) ON splitsign_keys TO %I',
+                   r);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE (before, expires_at, created_at) '
                    'ON splitsign_revocations TO %I', r);
     EXECUTE format('GRANT SELECT ON SEQUENCE splitsign_revocations_id_seq TO %I', r);
     EXECUTE format('GRANT EXECUTE ON FUNCTION splitsign_is_active(text), '
                    'splitsign_discard_key(text), splitsign_delete_shares(text, integer), '
                    'splitsign_purge_revocations(bigint), splitsign_clear_own_rows() TO %I', r);
+    BEGIN
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), r);
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE WARNING 'cannot grant % the right to connect to database % (the owner of the '
+                      'tables does not own it)', r, current_database();
+    END;
 END
 $$;
 
@@ -396,9 +427,32 @@ BEGIN
                    'splitsign_discard_key(text), splitsign_delete_shares(text, integer), '
                    'splitsign_purge_revocations(bigint), splitsign_clear_own_rows() FROM %I', r);
     EXECUTE format('GRANT SELECT ON splitsign_members TO %I', r);
+    BEGIN
+        EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM %I', current_database(), r);
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL; -- `node remove` reports whether the role may still connect
+    END;
 END
 $$;
 REVOKE ALL ON FUNCTION splitsign_grant(text), splitsign_revoke(text) FROM PUBLIC;
+
+-- Who may connect to this database at all: the owner and each node, not
+-- every role (PUBLIC's default). A removed node's door is then its CONNECT
+-- right, which no node can hold a lock on (a role may lock its own
+-- pg_authid row, by changing its password in an open transaction, and so
+-- hold up `ALTER ROLE … NOLOGIN`). Other roles that read this database
+-- (monitoring) need GRANT CONNECT of their own. Where the tables' owner
+-- does not own the database, this is left as it was, with a warning, and
+-- `node remove` says that the role may still connect.
+DO $$
+BEGIN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), current_user);
+    EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE WARNING 'the owner of the splitsign tables does not own database %: PUBLIC keeps the '
+                  'right to connect to it, so a removed node may still connect', current_database();
+END
+$$;
 
 -- The members of a v1 cluster get the new rights in place of the old.
 DO $$

@@ -110,12 +110,13 @@ fn remove(pg: &Postgres, node: &str, at_once: bool) -> Result<(), Failure> {
         "its rights on the tables are taken away; {} session(s) of it ended",
         r.sessions_ended
     );
-    let mut failed = false;
     for n in &r.notes {
-        println!("NOT DONE: {n}");
-        failed = true;
+        println!("note: {n}");
     }
-    if failed {
+    for n in &r.not_done {
+        println!("NOT DONE: {n}");
+    }
+    if !r.not_done.is_empty() {
         println!(
             "node {node} is marked removed: the other nodes trust nothing it writes from now on"
         );

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::key_manager::KeyManager;
-use super::revocations::{Bulk, RevocationSet};
+use super::revocations::{Bulk, News, RevocationSet};
 use crate::error::{Error, Result};
 use crate::store::membership::{Bounds, Member, Skipped};
 use crate::store::postgres::{Changed, Marks, RevocationRow};
@@ -132,8 +132,26 @@ struct Pass {
     marks: Marks,
     /// This node's own revocations written back.
     written_back: usize,
-    /// Revocations that were news to this node.
-    news: usize,
+    /// What the revocations read changed.
+    news: Applied,
+}
+
+/// What applying revocations changed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Applied {
+    /// Revocations that changed the set (new, or grown).
+    changed: usize,
+    /// Of those, new token ids or subjects.
+    fresh: usize,
+}
+
+impl Applied {
+    fn plus(self, o: Applied) -> Applied {
+        Applied {
+            changed: self.changed + o.changed,
+            fresh: self.fresh + o.fresh,
+        }
+    }
 }
 
 /// Counters for the metrics.
@@ -393,7 +411,8 @@ impl Cluster {
     /// one at a time (the caller's revocation lock); a full read holds no
     /// lock they need (one full read at a time: another asked for
     /// meanwhile is skipped).
-    /// Returns how many revocations were news to this node.
+    /// Returns how many revocations were new to this node (a revocation
+    /// only grown is not counted: see `follow`).
     pub(super) fn read_revocations(
         &self,
         set: &RevocationSet,
@@ -441,10 +460,10 @@ impl Cluster {
                 self.seen().set_beat(read.marks.beat)?;
             }
         }
-        if read.news > 0 {
+        if read.news.changed > 0 {
             self.raise_beat()?;
         }
-        Ok(read.news)
+        Ok(read.news.fresh)
     }
 
     /// One read (see [`Cluster::read_revocations`]); a full one also
@@ -464,7 +483,7 @@ impl Cluster {
         let mut chunk: Vec<RevocationRow> = Vec::with_capacity(256);
         let mut last_id = from;
         let mut failed: Option<Error> = None;
-        let mut news = 0;
+        let mut news = Applied::default();
         let mark = self.high.load(Ordering::Acquire);
         let marks = self.pg.read_revocations(from, kept_from, &mut |row| {
             if failed.is_some() {
@@ -477,7 +496,7 @@ impl Cluster {
             chunk.push(row);
             if chunk.len() >= CHUNK {
                 match self.apply(set, &mut chunk, mark) {
-                    Ok(n) => news += n,
+                    Ok(a) => news = news.plus(a),
                     Err(e) => failed = Some(e),
                 }
             }
@@ -485,7 +504,7 @@ impl Cluster {
         if let Some(e) = failed {
             return Err(e);
         }
-        news += self.apply(set, &mut chunk, mark)?;
+        news = news.plus(self.apply(set, &mut chunk, mark)?);
         self.stats.revocation_reads.fetch_add(1, Ordering::Relaxed);
         let written_back = if full {
             self.stats.full_reads.fetch_add(1, Ordering::Relaxed);
@@ -539,33 +558,33 @@ impl Cluster {
     }
 
     /// Record the rows of `chunk` that are news locally, then add them to
-    /// the set in force; empties `chunk`. Returns how many were news.
+    /// the set in force; empties `chunk`. Returns how many changed the set,
+    /// and how many of those were new values.
     fn apply(
         &self,
         set: &RevocationSet,
         chunk: &mut Vec<RevocationRow>,
         high: i64,
-    ) -> Result<usize> {
+    ) -> Result<Applied> {
         if chunk.is_empty() {
-            return Ok(0);
+            return Ok(Applied::default());
         }
-        let news: Vec<&RevocationRow> = {
-            let news = set.news(chunk.iter().map(|r| &r.rev));
-            chunk
-                .iter()
-                .zip(news)
-                .filter(|(_, n)| *n)
-                .map(|(r, _)| r)
-                .collect()
-        };
-        let n = news.len();
-        if n > 0 {
+        let kinds = set.news(chunk.iter().map(|r| &r.rev));
+        let fresh = kinds.iter().filter(|k| **k == News::New).count();
+        let news: Vec<&RevocationRow> = chunk
+            .iter()
+            .zip(kinds)
+            .filter(|(_, k)| *k != News::Nothing)
+            .map(|(r, _)| r)
+            .collect();
+        let changed = news.len();
+        if changed > 0 {
             self.seen()
                 .record(news.iter().map(|r| (r.node.as_str(), &r.rev)), high)?;
             set.add(news.into_iter().map(|r| r.rev.clone()));
         }
         chunk.clear();
-        Ok(n)
+        Ok(Applied { changed, fresh })
     }
 
     /// Write back this node's own revocations (as recorded locally, kept
@@ -612,8 +631,9 @@ pub async fn follow(manager: Arc<KeyManager>, shutdown: CancellationToken) {
     };
     let listener = cluster.pg.listen();
     // When the last read that brought nothing new was made: a flood of
-    // forged notifications is one read per gap; one that brings news
-    // (a real change) is followed at once.
+    // forged notifications is one read per gap; one that brings a new
+    // revocation or key is followed at once (a revocation only grown, which
+    // a node can do without end to its own, is not).
     let mut last_idle: Option<Instant> = None;
     // A read that failed, to try again (1 s, doubling, at most 30 s).
     let mut failed = Wanted::default();

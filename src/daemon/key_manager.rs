@@ -692,7 +692,7 @@ impl KeyManager {
             .filter(|p| p.node.is_none())
             .cloned()
             .collect();
-        published.extend(lifecycle::published_others(&c.others(), now));
+        lifecycle::add_published_others(&mut published, &c.others(), now);
         let set = crate::keys::keyset::KeySet::new(current.signers.clone(), published);
         if set.jwks.get() == current.jwks.get()
             && set.published.len() == current.published.len()

@@ -227,24 +227,23 @@ impl Revocations {
         }
     }
 
-    /// Whether adding `row` would change the set.
-    pub fn is_news(&self, row: &Revocation) -> bool {
+    /// What adding `row` would change in the set.
+    pub fn news_of(&self, row: &Revocation) -> News {
+        let grew = |grew: bool| if grew { News::Grown } else { News::Nothing };
         match row {
             Revocation::Jti { jti, expires_at } => {
                 let exp = exp32(*expires_at);
-                match jti_bytes(jti) {
-                    Some(key) => {
-                        let have = self.jti.recent.get(&key).copied().or_else(|| {
-                            self.jti
-                                .base
-                                .binary_search_by(|e| e.key.cmp(&key))
-                                .ok()
-                                .map(|i| self.jti.base[i].exp)
-                        });
-                        have.is_none_or(|h| exp > h)
-                    }
-                    None => self.other_jti.get(jti.as_str()).is_none_or(|&h| exp > h),
-                }
+                let have = match jti_bytes(jti) {
+                    Some(key) => self.jti.recent.get(&key).copied().or_else(|| {
+                        self.jti
+                            .base
+                            .binary_search_by(|e| e.key.cmp(&key))
+                            .ok()
+                            .map(|i| self.jti.base[i].exp)
+                    }),
+                    None => self.other_jti.get(jti.as_str()).copied(),
+                };
+                have.map_or(News::New, |h| grew(exp > h))
             }
             Revocation::Sub {
                 sub,
@@ -253,7 +252,7 @@ impl Revocations {
             } => self
                 .sub
                 .get(sub.as_str())
-                .is_none_or(|&(b, e)| *before > b || *expires_at > e),
+                .map_or(News::New, |&(b, e)| grew(*before > b || *expires_at > e)),
         }
     }
 
@@ -284,6 +283,16 @@ impl Revocations {
     pub fn is_empty(&self) -> bool {
         self.len() == (0, 0)
     }
+}
+
+/// What a revocation read brings to the set in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum News {
+    /// A token id or subject not revoked yet.
+    New,
+    /// One revoked already, now with a later `before` or expiry.
+    Grown,
+    Nothing,
 }
 
 /// The revocations in force, changed in place (never rebuilt for one more
@@ -323,11 +332,10 @@ impl RevocationSet {
         }
     }
 
-    /// For each of `rows`, whether adding it would change the set (a new
-    /// jti or sub, a later `before` or expiry).
-    pub fn news<'a>(&self, rows: impl IntoIterator<Item = &'a Revocation>) -> Vec<bool> {
+    /// For each of `rows`, what adding it would change in the set.
+    pub fn news<'a>(&self, rows: impl IntoIterator<Item = &'a Revocation>) -> Vec<News> {
         let r = self.read();
-        rows.into_iter().map(|row| r.is_news(row)).collect()
+        rows.into_iter().map(|row| r.news_of(row)).collect()
     }
 
     /// Replace the whole set (a full re-read).

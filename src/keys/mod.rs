@@ -14,6 +14,37 @@ pub mod share_format;
 
 pub use schedule::{State, state};
 
+/// What a cluster node signs with a key of its own to prove that it holds
+/// it: the key row's node and kid. Another node cannot publish a key row
+/// of a public key it does not hold (one seen in a JWKS), nor a node's key
+/// under another node's name.
+fn possession_message(node: &str, kid: &str) -> Vec<u8> {
+    let mut m = b"splitsign key row 1\0".to_vec();
+    m.extend_from_slice(node.as_bytes());
+    m.push(0);
+    m.extend_from_slice(kid.as_bytes());
+    m
+}
+
+/// The proof that `node` holds `key`, whose kid is `kid`.
+pub fn prove_possession(key: &ed25519_dalek::SigningKey, node: &str, kid: &str) -> [u8; 64] {
+    use ed25519_dalek::Signer;
+    key.sign(&possession_message(node, kid)).to_bytes()
+}
+
+/// Whether `proof` shows that `node` holds the key `public_key` (kid
+/// `kid`).
+pub fn check_possession(public_key: &[u8; 32], node: &str, kid: &str, proof: &[u8]) -> bool {
+    let (Ok(key), Ok(sig)) = (
+        ed25519_dalek::VerifyingKey::from_bytes(public_key),
+        ed25519_dalek::Signature::from_slice(proof),
+    ) else {
+        return false;
+    };
+    key.verify_strict(&possession_message(node, kid), &sig)
+        .is_ok()
+}
+
 use crate::config::AlgLabel;
 
 /// Where a key came from.

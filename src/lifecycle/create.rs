@@ -110,6 +110,10 @@ pub fn create_key(
         if let Some(p) = c.recovery {
             share_files::write_recovery(p, &recovery_share)?;
         }
+        if let Some(node) = database.cluster_node() {
+            let proof = crate::keys::prove_possession(&key, node, &kid);
+            database.record_possession(&kid, &proof)?;
+        }
         database.commit_key(&kid, &c.supersede)?;
         Ok(key)
     };

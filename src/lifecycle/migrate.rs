@@ -88,7 +88,12 @@ pub fn move_to_postgres(
         .iter()
         .filter(|r| crate::keys::state(r, now).needs_shares())
     {
-        unseal_key(&pg, dir, row)?;
+        // Rebuilt: proven to the other nodes too. (A key that no longer
+        // signs has no shares left, so no proof: the other nodes do not
+        // publish it; its tokens verify on this node.)
+        let key = unseal_key(&pg, dir, row)?;
+        let proof = crate::keys::prove_possession(&key, pg.node(), &row.kid);
+        KeyStore::record_possession(&pg, &row.kid, &proof)?;
     }
     // (4) The commit point of the move.
     sqlite.finish_move(pg.node(), &pg.describe(), now)?;

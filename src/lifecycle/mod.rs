@@ -42,7 +42,7 @@ pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use migrate::{Moved, move_to_postgres};
 pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, survey};
 pub use reshare::{Recovered, recover, reshare};
-pub use unseal::{build_keyset, published_others, unseal_key};
+pub use unseal::{add_published_others, build_keyset, unseal_key};
 
 /// How many times one key may be split (its share generations). Each split
 /// of the same secret with `sharks` 0.5 leaks a little (RUSTSEC-2024-0398:

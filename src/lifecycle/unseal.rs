@@ -115,22 +115,28 @@ pub fn build_keyset(
             });
         }
     }
-    published.extend(published_others(others, now));
+    add_published_others(&mut published, others, now);
     Ok((KeySet::new(signers, published), unlocked))
 }
 
-/// The keys of other nodes that are published at `now` (a key whose point
-/// is not valid is skipped: another node's row never stops this one).
-pub fn published_others(others: &[NodeKey], now: i64) -> impl Iterator<Item = Published> + '_ {
-    others
+/// Add the keys of other nodes that are published at `now` to `published`
+/// (a key whose point is not valid is skipped: another node's row never
+/// stops this one). A kid published already (this node's own, or another
+/// node's: the same key imported on two nodes) is not published twice.
+pub fn add_published_others(published: &mut Vec<Published>, others: &[NodeKey], now: i64) {
+    for o in others
         .iter()
-        .filter(move |o| o.key.verified && crate::keys::state(&o.key, now).is_published())
-        .filter_map(|o| {
-            let key = ed25519_dalek::VerifyingKey::from_bytes(&o.key.public_key).ok()?;
-            Some(Published {
+        .filter(|o| o.key.verified && crate::keys::state(&o.key, now).is_published())
+    {
+        if published.iter().any(|p| p.row.kid == o.key.kid) {
+            continue;
+        }
+        if let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&o.key.public_key) {
+            published.push(Published {
                 row: o.key.clone(),
                 key,
                 node: Some(o.node.clone()),
-            })
-        })
+            });
+        }
+    }
 }

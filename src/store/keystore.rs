@@ -46,6 +46,16 @@ pub trait KeyStore: Send {
     fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()>;
     /// A creation's commit point; see `Database::commit_key`.
     fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()>;
+    /// The node whose keys these are, in a cluster (PostgreSQL): other
+    /// nodes trust a key row of it only with a proof of possession.
+    fn cluster_node(&self) -> Option<&str> {
+        None
+    }
+    /// Record the proof that this node holds the key `kid` (see
+    /// `keys::prove_possession`); nothing to do on a single host.
+    fn record_possession(&self, _kid: &str, _proof: &[u8; 64]) -> Result<()> {
+        Ok(())
+    }
     /// Record that a re-split into `generation` begins.
     fn begin_reshare(&self, kid: &str, generation: u32) -> Result<()>;
     /// Forget an interrupted re-split.

@@ -61,10 +61,26 @@ pub struct ClusterView {
     pub skipped: Vec<Skipped>,
 }
 
+/// What shows that a key row's node holds the key.
+#[derive(Debug, Clone, Default)]
+pub struct Proof {
+    /// A signature by the key over the node and kid.
+    pub pop: Option<Vec<u8>>,
+    /// The row predates proofs (schema 2 marked it; no node can).
+    pub legacy: bool,
+}
+
 /// Judge another node's key row on its own: the kid is the thumbprint of
-/// the public key, which is a valid Ed25519 point of large order; the
-/// timestamps are ordered; the lifetime is within the owner's bound.
-pub fn judge(raw: RawKey, db: &str, bounds: &Bounds) -> std::result::Result<KeyInfo, String> {
+/// the public key, which is a valid Ed25519 point of large order; the node
+/// proved that it holds the key; the timestamps are ordered; the lifetime
+/// is within the owner's bound.
+pub fn judge(
+    raw: RawKey,
+    db: &str,
+    bounds: &Bounds,
+    node: &str,
+    proof: &Proof,
+) -> std::result::Result<KeyInfo, String> {
     let key = raw
         .check(db, crate::config::AlgLabel::EdDSA)
         .map_err(|e| match e {
@@ -74,6 +90,16 @@ pub fn judge(raw: RawKey, db: &str, bounds: &Bounds) -> std::result::Result<KeyI
     match ed25519_dalek::VerifyingKey::from_bytes(&key.public_key) {
         Ok(k) if !k.is_weak() => {}
         _ => return Err("public key is not a valid Ed25519 point".into()),
+    }
+    let proven = proof
+        .pop
+        .as_deref()
+        .is_some_and(|p| crate::keys::check_possession(&key.public_key, node, &key.kid, p));
+    if !proven && !proof.legacy {
+        return Err(format!(
+            "no proof that node {node} holds this key (a signature by the key over its node and \
+             kid)"
+        ));
     }
     let lifetime = key.retire_at.saturating_sub(key.activate_at);
     if lifetime > bounds.max_key_lifetime {
@@ -124,6 +150,10 @@ pub struct Removed {
     pub already: bool,
     pub shares_destroyed: u64,
     pub sessions_ended: i64,
+    /// Steps that could not be done (the owner's own tooling manages
+    /// roles): the node may still connect, or holds sessions.
+    pub not_done: Vec<String>,
+    /// What else to know.
     pub notes: Vec<String>,
 }
 
@@ -136,7 +166,8 @@ pub struct MemberUsage {
     pub keys: i64,
     pub revocations: i64,
     pub revocation_bytes: i64,
-    /// Whether its role may log in (None: no such role).
+    /// Whether its role may log in and connect to this database (None: no
+    /// such role).
     pub can_login: Option<bool>,
 }
 
@@ -150,7 +181,7 @@ pub struct BoundsChange {
     pub max_revocation_bytes: Option<i64>,
 }
 
-/// A node's connections at most (its daemon holds two; offline commands
+/// A node's connections at most (its daemon holds three; offline commands
 /// one each): one node cannot take the server's every connection.
 pub const CONNECTION_LIMIT: i32 = 8;
 
@@ -267,7 +298,7 @@ impl Postgres {
             let rows = c
                 .query(
                     &format!(
-                        "SELECT {KEY_COLUMNS}, k.node FROM splitsign_keys k
+                        "SELECT {KEY_COLUMNS}, k.node, k.pop, k.legacy FROM splitsign_keys k
                              JOIN splitsign_members m ON m.node = k.node
                              WHERE k.node <> $1 AND k.verified AND k.retire_at > $2
                                AND (m.active OR (NOT m.at_once AND
@@ -284,9 +315,13 @@ impl Postgres {
         let mut keys = Vec::with_capacity(rows.len());
         for r in &rows {
             let node: String = r.get(11);
+            let proof = Proof {
+                pop: r.get(12),
+                legacy: r.get(13),
+            };
             let raw = raw_key(r);
             let kid = crate::store::keystore::printable(&raw.kid);
-            match judge(raw, &db, &b) {
+            match judge(raw, &db, &b, &node, &proof) {
                 Ok(key) => keys.push(NodeKey { node, key }),
                 Err(reason) => skipped.push(Skipped { node, kid, reason }),
             }
@@ -422,17 +457,36 @@ impl Postgres {
                 .await?
                 .is_some();
             if role_exists {
+                // Its rights, and its right to connect to this database.
                 tx.execute("SELECT splitsign_revoke($1)", &[&node]).await?;
                 tx.batch_execute("SAVEPOINT login").await?;
                 let nologin = format!("ALTER ROLE {} NOLOGIN", quoted(&node));
-                if let Err(e) = tx.batch_execute(&nologin).await {
+                let login = tx.batch_execute(&nologin).await;
+                if login.is_err() {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT login").await?;
-                    out.notes.push(format!(
-                        "could not disable the role's login ({}): run `{nologin}` with your own \
-                         tooling. Its rights on the tables are taken away, and no row it writes \
-                         is trusted",
+                }
+                let may_connect: bool = tx
+                    .query_one(
+                        "SELECT rolcanlogin AND has_database_privilege(rolname, \
+                                current_database(), 'CONNECT')
+                         FROM pg_roles WHERE rolname = $1",
+                        &[&node],
+                    )
+                    .await?
+                    .get(0);
+                match (login, may_connect) {
+                    (Err(e), true) => out.not_done.push(format!(
+                        "could not disable the role's login ({}), and it may still connect to \
+                         this database: run `{nologin}` with your own tooling. Its rights on the \
+                         tables are taken away, and no row it writes is trusted",
                         super::postgres::error_text(&e)
-                    ));
+                    )),
+                    (Err(e), false) => out.notes.push(format!(
+                        "could not disable the role's login ({}); it may no longer connect to \
+                         this database",
+                        super::postgres::error_text(&e)
+                    )),
+                    (Ok(()), _) => {}
                 }
             } else {
                 out.notes.push(format!(
@@ -451,7 +505,7 @@ impl Postgres {
                 .await
             {
                 Ok(r) => out.sessions_ended = r.get(0),
-                Err(e) => out.notes.push(format!(
+                Err(e) => out.not_done.push(format!(
                     "could not end the sessions the node still holds ({}): they can do nothing \
                      but read the list of members, and nothing they commit is trusted; end them \
                      with pg_terminate_backend as a role that may",
@@ -467,7 +521,7 @@ impl Postgres {
                     .await
                 {
                     Ok(n) => out.shares_destroyed = n,
-                    Err(e) => out.notes.push(format!(
+                    Err(e) => out.not_done.push(format!(
                         "could not destroy the node's database shares ({}): none of its keys is \
                          trusted any more; run `node remove {node} --at-once` again to retry",
                         super::postgres::error_text(&e)
@@ -489,9 +543,11 @@ impl Postgres {
                             (SELECT count(*) FROM splitsign_keys k
                               WHERE k.node = m.node AND k.verified AND k.retire_at > $1),
                             coalesce(u.rows, 0), coalesce(u.bytes, 0),
-                            (SELECT rolcanlogin FROM pg_roles WHERE rolname = m.node)
+                            r.rolcanlogin
+                                AND has_database_privilege(r.rolname, current_database(), 'CONNECT')
                          FROM splitsign_members m
                          LEFT JOIN splitsign_revocation_usage u USING (node)
+                         LEFT JOIN pg_roles r ON r.rolname = m.node
                          ORDER BY node"
                     ),
                     &[&now],
@@ -569,33 +625,67 @@ mod tests {
             .to_bytes()
     }
 
+    /// The proof that node "a" holds the key of `seed`.
+    fn proof(seed: u8) -> Proof {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let kid = crate::keys::share_format::thumbprint(&key.verifying_key().to_bytes());
+        Proof {
+            pop: Some(crate::keys::prove_possession(&key, "a", &kid).to_vec()),
+            legacy: false,
+        }
+    }
+
+    fn judged(r: RawKey, p: &Proof) -> std::result::Result<KeyInfo, String> {
+        judge(r, "db", &BOUNDS, "a", p)
+    }
+
     #[test]
     fn another_nodes_row_is_judged_on_its_own() {
         let pk = good_key(1);
-        assert!(judge(raw(pk, [0, 10, 20, 1010]), "db", &BOUNDS).is_ok());
+        let p = proof(1);
+        assert!(judged(raw(pk, [0, 10, 20, 1010]), &p).is_ok());
         // Lifetime over the bound.
-        let e = judge(raw(pk, [0, 10, 20, 1011]), "db", &BOUNDS).unwrap_err();
+        let e = judged(raw(pk, [0, 10, 20, 1011]), &p).unwrap_err();
         assert!(e.contains("max_key_lifetime"), "{e}");
         // Timestamps out of order.
-        let e = judge(raw(pk, [0, 30, 20, 40]), "db", &BOUNDS).unwrap_err();
+        let e = judged(raw(pk, [0, 30, 20, 40]), &p).unwrap_err();
         assert!(e.contains("out of order"), "{e}");
         // A kid that is not the thumbprint.
         let mut r = raw(pk, [0, 10, 20, 30]);
         r.kid = crate::keys::share_format::thumbprint(&good_key(2));
-        let e = judge(r, "db", &BOUNDS).unwrap_err();
+        let e = judged(r, &p).unwrap_err();
         assert!(e.contains("thumbprint"), "{e}");
         // A small-order point (the identity), whose kid is its thumbprint.
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        let e = judge(raw(identity, [0, 10, 20, 30]), "db", &BOUNDS).unwrap_err();
+        let e = judged(raw(identity, [0, 10, 20, 30]), &Proof::default()).unwrap_err();
         assert!(e.contains("not a valid Ed25519 point"), "{e}");
+    }
+
+    #[test]
+    fn another_nodes_key_needs_its_proof_of_possession() {
+        let pk = good_key(1);
+        let times = [0, 10, 20, 30];
+        // None, another key's, the same key's for another node: refused.
+        for p in [Proof::default(), proof(2)] {
+            let e = judged(raw(pk, times), &p).unwrap_err();
+            assert!(e.contains("no proof that node a holds this key"), "{e}");
+        }
+        let e = judge(raw(pk, times), "db", &BOUNDS, "b", &proof(1)).unwrap_err();
+        assert!(e.contains("no proof that node b"), "{e}");
+        // Rows from before proofs, marked by the schema: trusted.
+        let legacy = Proof {
+            pop: None,
+            legacy: true,
+        };
+        assert!(judged(raw(pk, times), &legacy).is_ok());
     }
 
     #[test]
     fn at_most_max_keys_keys_of_each_node() {
         let key = |node: &str, seed: u8| NodeKey {
             node: node.into(),
-            key: judge(raw(good_key(seed), [0, 10, 20, 30]), "db", &BOUNDS).unwrap(),
+            key: judged(raw(good_key(seed), [0, 10, 20, 30]), &proof(seed)).unwrap(),
         };
         let mut skipped = Vec::new();
         let kept = cap_per_node(

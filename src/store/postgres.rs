@@ -131,6 +131,9 @@ pub struct Postgres {
     rt: Option<tokio::runtime::Runtime>,
     connector: Connector,
     client: Mutex<Option<Client>>,
+    /// A second connection, for reading every revocation (long, with many):
+    /// the statements of the first never wait for it.
+    bulk: Mutex<Option<Client>>,
     node: String,
     deployment: String,
 }
@@ -470,6 +473,7 @@ impl Postgres {
             rt: Some(rt),
             connector,
             client: Mutex::new(None),
+            bulk: Mutex::new(None),
             node: node.to_owned(),
             deployment: String::new(),
         })
@@ -581,7 +585,17 @@ impl Postgres {
         what: &'static str,
         f: impl AsyncFnOnce(&mut Client) -> std::result::Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
-        let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        self.with_on(&self.client, what, f)
+    }
+
+    /// [`Postgres::with`], on the connection in `slot`.
+    fn with_on<T>(
+        &self,
+        slot: &Mutex<Option<Client>>,
+        what: &'static str,
+        f: impl AsyncFnOnce(&mut Client) -> std::result::Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             let client = self
                 .rt()
@@ -804,7 +818,10 @@ impl Postgres {
     ) -> Result<Marks> {
         use futures_util::StreamExt;
         let node = self.node.clone();
-        self.with("reading revocations", async |c| {
+        // Every revocation (from id 0) on the second connection: the
+        // incremental reads and the node's other statements go on beside.
+        let slot = if after == 0 { &self.bulk } else { &self.client };
+        self.with_on(slot, "reading revocations", async |c| {
             let marks = read_marks(c, &node).await?;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &kept_from];
             let rows = c
@@ -1000,6 +1017,22 @@ fn one_row(n: u64, what: &str, kid: &str, node: &str) -> Result<()> {
 impl KeyStore for Arc<Postgres> {
     fn describe(&self) -> String {
         Postgres::describe(self)
+    }
+
+    fn cluster_node(&self) -> Option<&str> {
+        Some(&self.node)
+    }
+
+    fn record_possession(&self, kid: &str, proof: &[u8; 64]) -> Result<()> {
+        let node = self.node.clone();
+        let n = self.with("recording the proof of a key", async |c| {
+            c.execute(
+                "UPDATE splitsign_keys SET pop = $3 WHERE kid = $1 AND node = $2",
+                &[&kid, &node, &&proof[..]],
+            )
+            .await
+        })?;
+        one_row(n, "the proof", kid, &self.node)
     }
 
     fn deployment(&self) -> &str {

@@ -576,10 +576,39 @@ fn moving_a_host_from_sqlite_to_postgresql_keeps_its_tokens_verifying() {
     let (token, kid) = sign(&d, "alice");
     let (revoked, _) = sign(&d, "mallory");
     assert_ok(&dir.run(&["revoke", "--sub", "mallory"]));
+    let jwk = ok(d.conn().request(json!({"op":"jwks"})))["jwks"]["keys"][0].clone();
     d.stop();
     // The same paths, now with PostgreSQL.
     let pw = pg.add_node_role("web1", dir.path());
-    pg.apply_schema(&["web1"]);
+    let squatter = Dir::new();
+    let squatter_pw = pg.add_node_role("squatter", squatter.path());
+    pg.apply_schema(&["web1", "squatter"]);
+    // A member that saw the host's JWKS takes its kid first (with its
+    // public key): it holds nothing up.
+    let pk: String = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwk["x"].as_str().unwrap())
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let t = crate::util::now();
+    let out = pg.sql_as(
+        "squatter",
+        std::fs::read_to_string(&squatter_pw).unwrap().trim(),
+        &format!(
+            "INSERT INTO splitsign_nodes (node, deployment, created_at) \
+             VALUES ('squatter', '0123456789abcdef0123456789abcdef', 0);
+             INSERT INTO splitsign_keys (node, kid, public_key, origin, created_at, activate_at,
+             deactivate_at, retire_at, share_generation, verified, alg) VALUES ('squatter', '{kid}',
+             decode('{pk}', 'hex'), 'generated', {t}, {t}, {}, {}, 1, true, 'EdDSA');",
+            t + 60,
+            t + 120
+        ),
+    );
+    assert_ok(&out);
     write_node_config(&pg, dir.path(), "web1", &pw, "");
     let refused = refused_start(&dir, &["--config", "config.toml"]);
     assert_eq!(refused.status.code(), Some(65), "{}", refused.stderr);

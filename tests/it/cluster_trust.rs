@@ -56,6 +56,23 @@ fn key_in_the_name_of(pg: &PgServer, node: &str, seed: u8) -> (ed25519_dalek::Si
     (key, kid)
 }
 
+/// SQL that inserts a verified key row of `key` for `node`, with the proof
+/// that `node` holds it (a node publishing a key of its own).
+fn proven_key_row(node: &str, key: &ed25519_dalek::SigningKey, times: [i64; 4]) -> String {
+    let pk = key.verifying_key().to_bytes();
+    let kid = splitsign::keys::share_format::thumbprint(&pk);
+    let proof = splitsign::keys::prove_possession(key, node, &kid);
+    let [c, a, d, r] = times;
+    format!(
+        "INSERT INTO splitsign_keys (node, kid, public_key, origin, created_at, activate_at, \
+         deactivate_at, retire_at, share_generation, verified, alg, pop) VALUES ('{node}', \
+         '{kid}', decode('{}', 'hex'), 'generated', {c}, {a}, {d}, {r}, 1, true, 'EdDSA', \
+         decode('{}', 'hex'));",
+        hex(&pk),
+        hex(&proof)
+    )
+}
+
 /// A token signed with `key` under `kid`, with these claims.
 fn forge(key: &ed25519_dalek::SigningKey, kid: &str, claims: Value) -> String {
     let header = json!({"alg":"EdDSA","typ":"JWT","kid":kid});
@@ -140,6 +157,18 @@ fn a_malformed_key_row_of_one_node_stops_no_other_node() {
         ),
     );
     assert_ok(&out);
+    // And B's own key (kid and public key, from B's JWKS) under A's name:
+    // A cannot prove that it holds it.
+    let b_key = ok(b.conn().request(json!({"op":"jwks"})))["jwks"]["keys"][0].clone();
+    let b_kid = b_key["kid"].as_str().unwrap().to_owned();
+    let b_pk = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b_key["x"].as_str().unwrap())
+        .unwrap();
+    assert_ok(&as_node(
+        &pg,
+        "node_a",
+        &key_row("node_a", &b_kid, &hex(&b_pk), times),
+    ));
     // A row over the owner's lifetime bound is refused by the database.
     let (_, long_kid, long_hex) = attacker(3);
     let out = as_node(
@@ -173,37 +202,55 @@ fn a_malformed_key_row_of_one_node_stops_no_other_node() {
     assert_eq!(verify(&c, &t_b)["ok"], true);
     assert_eq!(verify(&a, &t_b)["ok"], true);
 
-    // B skipped A's two rows, says which and why, counts them, and logged
-    // each once (though it read the keys again at each of C's rotations).
+    // B skipped A's three rows, says which and why, counts them, and
+    // logged each once (though it read the keys again at each of C's
+    // rotations).
     let st = status(&b);
     let skipped = st["cluster"]["skipped_keys"].as_array().unwrap().clone();
-    assert_eq!(skipped.len(), 2, "{st}");
+    assert_eq!(skipped.len(), 3, "{st}");
     assert!(skipped.iter().all(|s| s["node"] == "node_a"), "{st}");
     let reasons: Vec<&str> = skipped
         .iter()
         .map(|s| s["reason"].as_str().unwrap())
         .collect();
-    assert!(
-        reasons.iter().any(|r| r.contains("thumbprint")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("not a valid Ed25519 point")),
-        "{reasons:?}"
-    );
-    assert_eq!(metric(&b, "splitsign_cluster_skipped_keys"), 2.0);
+    for why in [
+        "thumbprint",
+        "not a valid Ed25519 point",
+        "no proof that node node_a holds this key",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(why)),
+            "{why}: {reasons:?}"
+        );
+    }
+    assert_eq!(metric(&b, "splitsign_cluster_skipped_keys"), 3.0);
     assert!(metric(&b, "splitsign_cluster_reads_total{what=\"keys\"}") >= 2.0);
     let log = b.log();
     assert_eq!(
         log.matches("skipped a key row of another node").count(),
-        2,
+        3,
         "{log}"
     );
     assert!(!kids(&b).contains(&other_kid));
     let text = stdout(&b_dir.run(&["--config", "config.toml", "status"]));
-    assert_eq!(text.matches("skipped key ").count(), 2, "{text}");
+    assert_eq!(text.matches("skipped key ").count(), 3, "{text}");
+    // C publishes B's key once, as B's.
+    let jwks = ok(c.conn().request(json!({"op":"jwks"})))["jwks"]["keys"].clone();
+    let copies = jwks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] == b_kid.as_str())
+        .count();
+    assert_eq!(copies, 1, "{jwks}");
+    let of_b = status(&c)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == b_kid.as_str())
+        .unwrap()["node"]
+        .clone();
+    assert_eq!(of_b, "node_b");
     for d in [a, b, c] {
         d.stop();
     }
@@ -224,11 +271,13 @@ fn a_node_removed_at_once_publishes_nothing_and_its_tokens_are_refused_within_a_
         });
     }
     // A holds a lock on its own database shares (which `--at-once`
-    // destroys), in a transaction it keeps open.
+    // destroys) and on its own role (a password change, which holds up
+    // `ALTER ROLE … NOLOGIN`), in a transaction it keeps open.
     let mut holding = pg.session_as(
         "node_a",
         &pg.node_password("node_a"),
-        "BEGIN; UPDATE splitsign_db_shares SET y = y WHERE node = 'node_a'; SELECT pg_sleep(60);",
+        "BEGIN; ALTER ROLE node_a PASSWORD 'changed'; \
+         UPDATE splitsign_db_shares SET y = y WHERE node = 'node_a'; SELECT pg_sleep(60);",
     );
     until(Duration::from_secs(5), "A holds its shares' rows", || {
         pg.super_sql(
@@ -255,13 +304,18 @@ fn a_node_removed_at_once_publishes_nothing_and_its_tokens_are_refused_within_a_
     });
     eprintln!("A's token refused on B and C {took:?} after `node remove --at-once`");
 
-    // A's role can no longer log in.
+    // A's role can no longer connect (its lock on its own role held up
+    // NOLOGIN: its right to connect to the database was taken instead).
     let out = as_node(&pg, "node_a", "SELECT 1");
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("not permitted to log in"),
+        stderr(&out).contains("permission denied for database"),
         "{}",
         show(&out)
+    );
+    assert!(
+        text.contains("note: could not disable the role's login"),
+        "{text}"
     );
     // A key row in A's name by any other path (the owner's own tooling, a
     // session that outlived the removal): not trusted.
@@ -322,7 +376,11 @@ fn a_node_removed_at_once_publishes_nothing_and_its_tokens_are_refused_within_a_
     assert!(log.contains("removed"), "{log}");
     let e = refused_start(&a_dir, &["--config", "config.toml"]);
     assert_eq!(e.status.code(), Some(65), "{}", e.stderr);
-    assert!(e.stderr.contains("not permitted to log in"), "{}", e.stderr);
+    assert!(
+        e.stderr.contains("permission denied for database"),
+        "{}",
+        e.stderr
+    );
     for (_, d) in nodes {
         d.stop();
     }
@@ -374,7 +432,8 @@ fn a_removal_the_owner_cannot_finish_is_reported_and_nothing_new_of_the_node_is_
     assert_ok(&out);
     let text = stdout(&out);
     assert!(
-        text.contains("NOT DONE: could not disable the role's login"),
+        text.contains("note: could not disable the role's login")
+            && text.contains("it may no longer connect"),
         "{text}"
     );
     assert!(
@@ -431,7 +490,7 @@ fn a_removal_the_owner_cannot_finish_is_reported_and_nothing_new_of_the_node_is_
         .find(|l| l.starts_with("node_a "))
         .unwrap()
         .to_owned();
-    assert!(line.contains("removed") && line.ends_with("yes"), "{line}");
+    assert!(line.contains("removed") && line.ends_with("no"), "{line}");
     a.stop();
     b.stop();
 }
@@ -453,14 +512,15 @@ fn tokens_past_their_keys_retirement_or_the_clusters_ttl_are_refused() {
 
     let a = start(&a_dir);
     let b = start(&b_dir);
-    // With A's login, a key of the attacker's, within the bounds.
-    let (key, kid, pk) = attacker(5);
+    // With A's login, a key of the attacker's (proven: A holds it), within
+    // the bounds.
+    let (key, kid, _) = attacker(5);
     let t = now();
     let retire = t + 2 * 86400;
     let out = as_node(
         &pg,
         "node_a",
-        &key_row("node_a", &kid, &pk, [t - 5, t - 5, t + 86400, retire]),
+        &proven_key_row("node_a", &key, [t - 5, t - 5, t + 86400, retire]),
     );
     assert_ok(&out);
     until(Duration::from_secs(2), "B publishes A's new key", || {
@@ -598,6 +658,31 @@ fn a_forged_revocation_id_and_a_notify_flood_leave_propagation_under_a_second() 
     );
     let _ = flood.kill();
     let _ = flood.wait();
+
+    // Real changes without end: A grows its own revocation by a second,
+    // 2,000 times, each in a transaction of its own. Each is news to B
+    // (kept locally), but not a new one: one read per 100 ms still.
+    std::thread::sleep(Duration::from_millis(300));
+    let (r0, t0) = (reads(b), Instant::now());
+    let out = as_node(
+        &pg,
+        "node_a",
+        "DO $$ BEGIN FOR i IN 1..2000 LOOP UPDATE splitsign_revocations \
+         SET expires_at = expires_at + 1 WHERE node = 'node_a' AND value = 'forged'; \
+         COMMIT; END LOOP; END $$;",
+    );
+    assert_ok(&out);
+    std::thread::sleep(Duration::from_millis(300));
+    let (r1, elapsed) = (reads(b), t0.elapsed());
+    eprintln!(
+        "2,000 grown revocations: {} revocation reads in {elapsed:?}",
+        r1.0 - r0.0
+    );
+    assert!(
+        r1.0 - r0.0 <= elapsed.as_secs_f64() / 0.1 + 6.0,
+        "{} reads in {elapsed:?}",
+        r1.0 - r0.0
+    );
     for (_, d) in nodes {
         d.stop();
     }
@@ -626,6 +711,20 @@ fn one_nodes_mass_of_revocations_is_capped_and_no_nodes_memory_reaches_64_mib() 
             .unwrap()
     };
     let first = round(1);
+    // Shrinking them (so that a purge takes them) is refused; deleting
+    // them takes nothing.
+    for sql in [
+        "UPDATE splitsign_revocations SET expires_at = 0 WHERE node = 'node_a'",
+        "UPDATE splitsign_revocations SET before = 0 WHERE node = 'node_a' AND kind = 'sub'",
+    ] {
+        let out = as_node(&pg, "node_a", sql);
+        assert!(
+            out.status.success() == sql.contains("kind = 'sub'")
+                && (out.status.success() || stderr(&out).contains("only grows")),
+            "{sql}: {}",
+            show(&out)
+        );
+    }
     let out = as_node(
         &pg,
         "node_a",
