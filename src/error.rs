@@ -152,12 +152,12 @@ impl Error {
         }
     }
 
-    /// Whether PostgreSQL refused this node its login or a right (SQLSTATE
-    /// 28000 or 42501, which includes a row-level security refusal).
+    /// Whether PostgreSQL refused this node its login or a right (see
+    /// [`is_refusal_code`]).
     pub fn is_refusal(&self) -> bool {
         match self {
             Error::NodeRefused { .. } => true,
-            Error::Postgres { code: Some(c), .. } => c == "28000" || c == "42501",
+            Error::Postgres { code: Some(c), .. } => is_refusal_code(c),
             _ => false,
         }
     }
@@ -177,6 +177,13 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether a PostgreSQL SQLSTATE refuses this node its login or a right:
+/// 28000 (the role may not log in, or pg_hba rejects it) or 42501 (no
+/// right, or a row-level security policy refused the row).
+pub fn is_refusal_code(sqlstate: &str) -> bool {
+    sqlstate == "28000" || sqlstate == "42501"
+}
 
 /// An error with all its causes, as one line: "writing file share X: No
 /// space left on device (os error 28)". The OS's reason is often the only

@@ -12,8 +12,8 @@
 --   node's keys and revocations. Triggers owned by the owner enforce them
 --   on every write.
 -- - Order comes from the database: a revocation's `id` is drawn from the
---   sequence by a trigger whatever the writer sends, and `recorded_at`
---   (server time) is set by triggers on keys and revocations.
+--   sequence by a trigger whatever the writer sends, and `recorded_xid`
+--   (the writing transaction) is set by triggers on keys and revocations.
 -- - No table-level UPDATE, DELETE or TRUNCATE for node roles: those rights
 --   would let a node LOCK a shared table and stop every other node. Nodes
 --   update listed columns of their own rows, and delete through the
@@ -68,13 +68,9 @@ FROM splitsign_keys;
 -- other nodes have written since.
 ALTER TABLE splitsign_nodes ADD COLUMN beat BIGINT NOT NULL DEFAULT 0;
 
--- Server time of each row's first write, and the transaction of its last
--- write; set by the triggers below.
-ALTER TABLE splitsign_keys
-    ADD COLUMN recorded_at BIGINT NOT NULL DEFAULT extract(epoch FROM now())::bigint,
-    ADD COLUMN recorded_xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+-- The transaction of each row's last write; set by the triggers below.
+ALTER TABLE splitsign_keys ADD COLUMN recorded_xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 ALTER TABLE splitsign_revocations
-    ADD COLUMN recorded_at BIGINT NOT NULL DEFAULT extract(epoch FROM now())::bigint,
     ADD COLUMN recorded_xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 CREATE INDEX splitsign_revocations_node ON splitsign_revocations (node);
 -- The id is drawn by the trigger below, never by a writer's default.
@@ -116,8 +112,9 @@ CREATE FUNCTION splitsign_is_active(who TEXT) RETURNS BOOLEAN
     SELECT coalesce((SELECT active FROM splitsign_members WHERE node = who), false)
 $$;
 
--- Keys: recorded_at is the server's; identity never changes; the lifetime
--- and the number of keys not yet retired are within the owner's bounds.
+-- Keys: recorded_xid is the writer's transaction; identity never changes;
+-- the lifetime and the number of keys not yet retired are within the
+-- owner's bounds.
 CREATE FUNCTION splitsign_keys_guard() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
@@ -128,10 +125,8 @@ BEGIN
     SELECT * INTO s FROM splitsign_settings;
     NEW.recorded_xid := pg_current_xact_id();
     IF TG_OP = 'INSERT' THEN
-        NEW.recorded_at := now_;
         NEW.legacy := false;
     ELSE
-        NEW.recorded_at := OLD.recorded_at;
         NEW.legacy := OLD.legacy;
         IF NEW.kid <> OLD.kid OR NEW.node <> OLD.node OR NEW.public_key <> OLD.public_key
            OR NEW.created_at <> OLD.created_at OR NEW.alg <> OLD.alg
@@ -162,8 +157,8 @@ $$;
 CREATE TRIGGER splitsign_keys_guard BEFORE INSERT OR UPDATE ON splitsign_keys
     FOR EACH ROW EXECUTE FUNCTION splitsign_keys_guard();
 
--- Revocations: the id from the sequence and recorded_at from the server's
--- clock, whatever the writer sent; times within the owner's bounds (a
+-- Revocations: the id from the sequence and recorded_xid from the writer's
+-- transaction, whatever the writer sent; times within the owner's bounds (a
 -- revocation covers tokens issued up to 10 minutes ahead of the server's
 -- clock at most, and lasts no longer than the longest token).
 CREATE FUNCTION splitsign_revocations_guard() RETURNS trigger
@@ -174,7 +169,6 @@ DECLARE
 BEGIN
     SELECT * INTO s FROM splitsign_settings;
     NEW.id := nextval('splitsign_revocations_id_seq');
-    NEW.recorded_at := now_;
     NEW.recorded_xid := pg_current_xact_id();
     IF TG_OP = 'UPDATE' AND (NEW.kind <> OLD.kind OR NEW.value <> OLD.value
                              OR NEW.node <> OLD.node) THEN

@@ -148,7 +148,7 @@ pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure
         // Kept here too: a database that goes back never un-revokes them,
         // and the daemon writes them back.
         let seen = crate::store::seen::Seen::open(&cfg.db)?;
-        seen.record(rows.iter().map(|r| (pg.node(), r)), seen.high()?)?;
+        seen.record(rows.iter().map(|r| (pg.node(), r)))?;
     }
     let records: Vec<Record> = rows
         .iter()

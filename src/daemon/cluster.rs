@@ -29,7 +29,7 @@ use super::revocations::{Bulk, News, RevocationSet};
 use crate::error::{Error, Result};
 use crate::store::membership::{Bounds, Member, Skipped};
 use crate::store::postgres::{Changed, Marks, RevocationRow};
-use crate::store::seen::Seen;
+use crate::store::seen::{Seen, digest};
 use crate::store::{NodeKey, Postgres, Revocation};
 
 /// How long a revocation id may stay uncommitted while later ids are
@@ -76,7 +76,8 @@ pub struct Cluster {
     /// Held by the full read under way (one at a time; incremental reads
     /// go on meanwhile).
     full: Mutex<()>,
-    pub stats: Stats,
+    /// Counted for the metrics (see [`Cluster::counts`]).
+    stats: Stats,
 }
 
 /// What the other nodes and the owner have, as last read.
@@ -156,12 +157,12 @@ impl Applied {
 
 /// Counters for the metrics.
 #[derive(Debug, Default)]
-pub struct Stats {
-    pub key_reads: AtomicU64,
-    pub revocation_reads: AtomicU64,
-    pub full_reads: AtomicU64,
-    pub notifications: AtomicU64,
-    pub went_back: AtomicU64,
+struct Stats {
+    key_reads: AtomicU64,
+    revocation_reads: AtomicU64,
+    full_reads: AtomicU64,
+    notifications: AtomicU64,
+    went_back: AtomicU64,
 }
 
 /// Where incremental revocation reads start: the highest id read at least
@@ -195,19 +196,6 @@ impl Cursor {
         self.recent.clear();
         self.floor = 0;
     }
-}
-
-/// The digest a revocation is compared by (its kind and value).
-fn digest(r: &Revocation) -> [u8; 16] {
-    use sha2::Digest;
-    let (kind, value, _, _) = r.columns();
-    let mut h = sha2::Sha256::new();
-    h.update(kind.as_bytes());
-    h.update([0]);
-    h.update(value.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&h.finalize()[..16]);
-    out
 }
 
 impl Cluster {
@@ -259,16 +247,15 @@ impl Cluster {
     pub fn refresh_view(&self, now: i64) -> Result<Arc<View>> {
         self.stats.key_reads.fetch_add(1, Ordering::Relaxed);
         let v = self.pg.view(now)?;
-        if let Some(me) = v.members.iter().find(|m| m.node == self.node())
-            && !me.active
+        if let Some(reason) = v
+            .members
+            .iter()
+            .find(|m| m.node == self.node())
+            .and_then(Member::removal)
         {
             return Err(Error::NodeRefused {
                 node: self.node().to_owned(),
-                reason: format!(
-                    "the owner removed it from the cluster{} at {}",
-                    if me.at_once { " at once" } else { "" },
-                    crate::lifecycle::rfc3339(me.removed_at.unwrap_or(0))
-                ),
+                reason,
             });
         }
         {
@@ -306,6 +293,20 @@ impl Cluster {
     /// Why PostgreSQL is unreachable, if it is.
     pub fn unreachable(&self) -> Option<String> {
         self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What the metrics show of this node's following.
+    pub fn counts(&self) -> super::metrics::ClusterNow {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        super::metrics::ClusterNow {
+            skipped_keys: self.view().skipped.len(),
+            key_reads: n(&self.stats.key_reads),
+            revocation_reads: n(&self.stats.revocation_reads),
+            full_reads: n(&self.stats.full_reads),
+            notifications: n(&self.stats.notifications),
+            went_back: n(&self.stats.went_back),
+            unreachable: self.unreachable().is_some(),
+        }
     }
 
     /// When (and how) the database was last found to have gone back.
@@ -361,11 +362,17 @@ impl Cluster {
     /// now) in the local database.
     pub(super) fn record_own(&self, rows: &[Revocation]) -> Result<()> {
         let node = self.node().to_owned();
-        self.seen().record(
-            rows.iter().map(|r| (node.as_str(), r)),
-            self.high.load(Ordering::Acquire),
-        )?;
+        self.seen()
+            .record(rows.iter().map(|r| (node.as_str(), r)))?;
         self.raise_beat()
+    }
+
+    /// The marks this node has seen.
+    fn seen_marks(&self) -> Marks {
+        Marks {
+            high: self.high.load(Ordering::Acquire),
+            beat: self.beat.load(Ordering::Acquire),
+        }
     }
 
     /// This node learned of revocations: raise its beat, in PostgreSQL
@@ -381,9 +388,7 @@ impl Cluster {
     /// Check the database's marks alone (cheap): if it went back, read
     /// everything (which reports it and writes this node's own back).
     pub(super) fn check_marks(&self, set: &RevocationSet, kept_from: i64) -> Result<()> {
-        let m = self.pg.marks()?;
-        if m.high < self.high.load(Ordering::Acquire) || m.beat < self.beat.load(Ordering::Acquire)
-        {
+        if self.pg.marks()?.below(&self.seen_marks()) {
             self.read_revocations(set, true, kept_from)?;
         }
         Ok(())
@@ -428,13 +433,9 @@ impl Cluster {
         } else {
             None
         };
-        let seen = Marks {
-            high: self.high.load(Ordering::Acquire),
-            beat: self.beat.load(Ordering::Acquire),
-        };
-        let back = |m: &Marks| m.high < seen.high || m.beat < seen.beat;
+        let seen = self.seen_marks();
         let mut read = self.read_pass(set, full, kept_from)?;
-        if back(&read.marks) {
+        if read.marks.below(&seen) {
             // Ids are handed out again below what the cursor passed: read
             // everything again from the start (and write this node's own
             // back).
@@ -446,12 +447,12 @@ impl Cluster {
                 read = self.read_pass(set, true, kept_from)?;
             }
         }
-        if back(&read.marks) || read.written_back > 0 {
+        if read.marks.below(&seen) || read.written_back > 0 {
             self.report_going_back(seen, read.marks, read.written_back)?;
         } else {
             if read.marks.high > seen.high {
                 self.high.fetch_max(read.marks.high, Ordering::AcqRel);
-                self.seen().record(std::iter::empty(), read.marks.high)?;
+                self.seen().raise_high(read.marks.high)?;
             }
             if read.marks.beat > seen.beat {
                 // A local database older than the node's (restored from a
@@ -484,18 +485,18 @@ impl Cluster {
         let mut last_id = from;
         let mut failed: Option<Error> = None;
         let mut news = Applied::default();
-        let mark = self.high.load(Ordering::Acquire);
         let marks = self.pg.read_revocations(from, kept_from, &mut |row| {
             if failed.is_some() {
                 return;
             }
             last_id = last_id.max(row.id);
             if full && row.node == me {
-                own.insert(digest(&row.rev));
+                let (kind, value, _, _) = row.rev.columns();
+                own.insert(digest(kind, value, &me));
             }
             chunk.push(row);
             if chunk.len() >= CHUNK {
-                match self.apply(set, &mut chunk, mark) {
+                match self.apply(set, &mut chunk) {
                     Ok(a) => news = news.plus(a),
                     Err(e) => failed = Some(e),
                 }
@@ -504,7 +505,7 @@ impl Cluster {
         if let Some(e) = failed {
             return Err(e);
         }
-        news = news.plus(self.apply(set, &mut chunk, mark)?);
+        news = news.plus(self.apply(set, &mut chunk)?);
         self.stats.revocation_reads.fetch_add(1, Ordering::Relaxed);
         let written_back = if full {
             self.stats.full_reads.fetch_add(1, Ordering::Relaxed);
@@ -560,12 +561,7 @@ impl Cluster {
     /// Record the rows of `chunk` that are news locally, then add them to
     /// the set in force; empties `chunk`. Returns how many changed the set,
     /// and how many of those were new values.
-    fn apply(
-        &self,
-        set: &RevocationSet,
-        chunk: &mut Vec<RevocationRow>,
-        high: i64,
-    ) -> Result<Applied> {
+    fn apply(&self, set: &RevocationSet, chunk: &mut Vec<RevocationRow>) -> Result<Applied> {
         if chunk.is_empty() {
             return Ok(Applied::default());
         }
@@ -580,7 +576,7 @@ impl Cluster {
         let changed = news.len();
         if changed > 0 {
             self.seen()
-                .record(news.iter().map(|r| (r.node.as_str(), &r.rev)), high)?;
+                .record(news.iter().map(|r| (r.node.as_str(), &r.rev)))?;
             set.add(news.into_iter().map(|r| r.rev.clone()));
         }
         chunk.clear();
@@ -593,8 +589,9 @@ impl Cluster {
     fn write_back(&self, found: &HashSet<[u8; 16]>, kept_from: i64) -> Result<usize> {
         let mut missing = Vec::new();
         self.seen()
-            .for_each(Some(self.node()), kept_from, &mut |_, r| {
-                if !found.contains(&digest(&r)) {
+            .for_each(Some(self.node()), kept_from, &mut |node, r| {
+                let (kind, value, _, _) = r.columns();
+                if !found.contains(&digest(kind, value, node)) {
                     missing.push(r);
                 }
             })?;
@@ -759,21 +756,5 @@ mod tests {
         c.saw(t0 + Duration::from_secs(9), 40);
         assert_eq!(c.from(t0 + Duration::from_secs(9)), 0);
         assert_eq!(c.from(t0 + Duration::from_secs(12)), 40);
-    }
-
-    #[test]
-    fn a_revocation_is_compared_by_kind_and_value() {
-        let sub = |v: &str, before| Revocation::Sub {
-            sub: v.into(),
-            before,
-            expires_at: before + 10,
-        };
-        assert_eq!(digest(&sub("a", 1)), digest(&sub("a", 5)));
-        assert_ne!(digest(&sub("a", 1)), digest(&sub("b", 1)));
-        let jti = Revocation::Jti {
-            jti: "a".into(),
-            expires_at: 11,
-        };
-        assert_ne!(digest(&jti), digest(&sub("a", 1)));
     }
 }

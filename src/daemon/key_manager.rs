@@ -351,8 +351,7 @@ impl KeyManager {
                 } else {
                     // A database restored without a reconnection (and with
                     // nothing written since) is noticed here too.
-                    let kept_from = lifecycle::revocations_purged_before(self.purge_clock.now());
-                    c.check_marks(&self.revoked, kept_from)?;
+                    c.check_marks(&self.revoked, before)?;
                 }
                 n
             }
@@ -508,15 +507,12 @@ impl KeyManager {
                 .map_or(cfg.max_ttl.as_secs() as i64, |b| b.max_token_ttl);
             for a in answers.iter_mut() {
                 if let Ok(r) = a {
-                    match super::revocations::within_cluster_bounds(
+                    *a = super::revocations::within_cluster_bounds(
                         r,
                         ttl,
                         now,
                         policy.leeway as i64,
-                    ) {
-                        Ok(r) => *a = Ok(r),
-                        Err(e) => *a = Err(e),
-                    }
+                    );
                 }
             }
         }
@@ -797,7 +793,8 @@ fn check_bounds(cfg: &Config, b: &crate::store::membership::Bounds) -> Result<()
             ),
         });
     }
-    let lifetime = cfg.rotation_interval.as_secs() as i64 + ttl + cfg.leeway.as_secs() as i64;
+    // What the schedule gives a key, from its activation to its retirement.
+    let (_, lifetime) = crate::keys::schedule::schedule(cfg, 0);
     if lifetime > b.max_key_lifetime {
         return Err(Error::Setting {
             key: "rotation_interval",

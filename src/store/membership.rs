@@ -28,6 +28,20 @@ pub struct Member {
     pub at_once: bool,
 }
 
+impl Member {
+    /// Why the owner's list refuses this node ("the owner removed it from
+    /// the cluster at once at …"), if it was removed.
+    pub fn removal(&self) -> Option<String> {
+        (!self.active).then(|| {
+            format!(
+                "the owner removed it from the cluster{} at {}",
+                if self.at_once { " at once" } else { "" },
+                crate::lifecycle::rfc3339(self.removed_at.unwrap_or(0))
+            )
+        })
+    }
+}
+
 /// The owner's bounds (see migrations/postgres/0002_trust.sql).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Bounds {
@@ -43,7 +57,7 @@ pub struct Bounds {
 }
 
 /// A row of another node that this node does not use, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skipped {
     pub node: String,
     pub kid: String,
@@ -268,13 +282,13 @@ impl Postgres {
     pub(super) fn check_member(&self) -> Result<()> {
         let me = self.members()?.into_iter().find(|m| m.node == self.node());
         let reason = match me {
-            Some(m) if m.active => return Ok(()),
-            Some(m) => format!(
-                "the owner removed it from the cluster{} at {} (`splitsign node list`); it signs \
-                 nothing more. A host comes back as a new node, under a new name",
-                if m.at_once { " at once" } else { "" },
-                crate::lifecycle::rfc3339(m.removed_at.unwrap_or(0))
-            ),
+            Some(m) => match m.removal() {
+                None => return Ok(()),
+                Some(why) => format!(
+                    "{why} (`splitsign node list`); it signs nothing more. A host comes back as \
+                     a new node, under a new name"
+                ),
+            },
             None => format!(
                 "it is not a member of the cluster: the owner adds it with `splitsign node add {}`",
                 self.node()

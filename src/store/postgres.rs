@@ -397,20 +397,6 @@ pub(super) fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// The SQLSTATE of a refusal of this node's login or rights: 28000 (the
-/// role may not log in, or pg_hba rejects it) or 42501 (no right, or a
-/// row-level security policy refused the row).
-fn refusal_code(e: &tokio_postgres::Error) -> Option<&'static str> {
-    let code = e.code()?;
-    if *code == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
-        Some("28000")
-    } else if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
-        Some("42501")
-    } else {
-        None
-    }
-}
-
 /// Whether an error means the server could not be reached (and trying
 /// again later may work), rather than that it refused something or that
 /// the settings are wrong (a password, a certificate).
@@ -887,7 +873,7 @@ impl Postgres {
 
     /// Listen for other nodes' changes on a connection of its own, kept up
     /// with backoff (50 ms, doubling, at most 1 s), for as long as the
-    /// receiver lives. `Change::Connected` follows each (re)connection.
+    /// listener lives. `Changed::connected` follows each (re)connection.
     pub fn listen(&self) -> Arc<Listener> {
         let listener = Arc::new(Listener::default());
         let weak = Arc::downgrade(&listener);
@@ -920,9 +906,15 @@ impl Postgres {
                     }
                     Err(e) => {
                         let why = error_text(&e);
-                        l.update(|c| match refusal_code(&e) {
-                            Some(_) => c.refused = Some(why),
-                            None => c.lost = Some(why),
+                        let refused = e
+                            .code()
+                            .is_some_and(|c| crate::error::is_refusal_code(c.code()));
+                        l.update(|c| {
+                            if refused {
+                                c.refused = Some(why);
+                            } else {
+                                c.lost = Some(why);
+                            }
                         });
                     }
                 }
@@ -951,6 +943,14 @@ impl Drop for Postgres {
 pub struct Marks {
     pub high: i64,
     pub beat: i64,
+}
+
+impl Marks {
+    /// Whether these (the database's) are below what a node has `seen`:
+    /// the database went back.
+    pub fn below(&self, seen: &Marks) -> bool {
+        self.high < seen.high || self.beat < seen.beat
+    }
 }
 
 async fn read_marks(c: &Client, node: &str) -> std::result::Result<Marks, tokio_postgres::Error> {

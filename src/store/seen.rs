@@ -65,11 +65,10 @@ impl Seen {
     }
 
     /// Record revocations (each with the node that made it; one only
-    /// grows) and the sequence's mark, in one transaction.
+    /// grows), in one transaction.
     pub fn record<'a>(
         &self,
         rows: impl IntoIterator<Item = (&'a str, &'a Revocation)>,
-        high: i64,
     ) -> Result<()> {
         let tx = self.conn.unchecked_transaction().map_err(self.err())?;
         {
@@ -89,14 +88,20 @@ impl Seen {
                 stmt.execute(params![kind, value, node, before, expires_at, &d[..]])
                     .map_err(self.err())?;
             }
-            tx.execute(
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    /// Raise the sequence's mark seen to `high`.
+    pub fn raise_high(&self, high: i64) -> Result<()> {
+        self.conn
+            .execute(
                 "INSERT INTO cluster_seen (singleton, high_id) VALUES (1, ?1)
                  ON CONFLICT (singleton) DO UPDATE SET high_id = max(high_id, excluded.high_id)",
                 [high],
             )
-            .map_err(self.err())?;
-        }
-        tx.commit().map_err(self.err())
+            .map(|_| ())
+            .map_err(self.err())
     }
 
     /// Set the sequence's mark and this node's beat (after the database
@@ -178,8 +183,9 @@ impl Seen {
     }
 }
 
-/// The key of a revocation made by `node`.
-fn digest(kind: &str, value: &str, node: &str) -> [u8; 16] {
+/// The key of a revocation made by `node` (also what a node compares its
+/// own revocations by, with the database's).
+pub fn digest(kind: &str, value: &str, node: &str) -> [u8; 16] {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     for part in [kind, value, node] {
@@ -211,9 +217,11 @@ mod tests {
             jti: "j".into(),
             expires_at: 50,
         };
-        seen.record([("a", &sub(10, 100)), ("b", &jti)], 7).unwrap();
+        seen.record([("a", &sub(10, 100)), ("b", &jti)]).unwrap();
+        seen.raise_high(7).unwrap();
         // An earlier `before` and a lower mark change nothing.
-        seen.record([("a", &sub(5, 90))], 3).unwrap();
+        seen.record([("a", &sub(5, 90))]).unwrap();
+        seen.raise_high(3).unwrap();
         assert_eq!(seen.high().unwrap(), 7);
         let mut all = Vec::new();
         seen.for_each(None, 0, &mut |n, r| all.push((n.to_owned(), r)))
@@ -230,5 +238,15 @@ mod tests {
         assert_eq!(seen.beat().unwrap(), 4);
         seen.reset(2, 1).unwrap();
         assert_eq!((seen.high().unwrap(), seen.beat().unwrap()), (2, 1));
+    }
+
+    #[test]
+    fn a_revocation_is_keyed_by_kind_value_and_node() {
+        assert_eq!(digest("sub", "a", "n"), digest("sub", "a", "n"));
+        assert_ne!(digest("sub", "a", "n"), digest("sub", "b", "n"));
+        assert_ne!(digest("sub", "a", "n"), digest("jti", "a", "n"));
+        assert_ne!(digest("sub", "a", "n"), digest("sub", "a", "m"));
+        // Lengths are hashed: parts cannot run into each other.
+        assert_ne!(digest("sub", "ab", "c"), digest("sub", "a", "bc"));
     }
 }

@@ -16,7 +16,7 @@ use crate::cluster::{
     kids, node_dir, refused_start, revoked, sign, start, status, three_nodes, until, verify,
 };
 use crate::pg::{PgServer, show};
-use crate::util::{Daemon, assert_ok, code, now, ok, vm};
+use crate::util::{Daemon, Dir, assert_ok, code, now, ok, vm};
 
 /// A key pair of the attacker's: the signing key, its kid (the RFC 7638
 /// thumbprint) and its public key in hex.
@@ -774,10 +774,11 @@ fn one_nodes_mass_of_revocations_is_capped_and_no_nodes_memory_reaches_64_mib() 
     }
 }
 
-#[test]
-fn a_restored_dump_never_un_revokes_a_token_and_every_node_says_the_database_went_back() {
-    let (pg, nodes) = three_nodes();
-    let [(a_dir, a), (_, b), (_, c)] = &nodes[..] else {
+/// Three nodes' setup for a restore: a token of C's, a dump of the
+/// database, then A revokes its subject and every node has it. Returns
+/// the token and the dump (which predates the revoke).
+fn revoked_after_a_dump(pg: &PgServer, nodes: &[(Dir, Daemon)]) -> (String, std::path::PathBuf) {
+    let [(a_dir, a), (_, b), (_, c)] = nodes else {
         unreachable!()
     };
     let (t, _) = sign(c, "mallory");
@@ -791,6 +792,16 @@ fn a_restored_dump_never_un_revokes_a_token_and_every_node_says_the_database_wen
             || revoked(d, &t),
         );
     }
+    (t, dump)
+}
+
+#[test]
+fn a_restored_dump_never_un_revokes_a_token_and_every_node_says_the_database_went_back() {
+    let (pg, nodes) = three_nodes();
+    let [(a_dir, a), (_, b), (_, c)] = &nodes[..] else {
+        unreachable!()
+    };
+    let (t, dump) = revoked_after_a_dump(&pg, &nodes);
     // The database is restored from the dump under the running nodes.
     pg.restore_from(&dump, "");
     let back = pg.super_sql("SELECT count(*) FROM splitsign_revocations WHERE value = 'mallory';");
@@ -970,20 +981,10 @@ fn a_node_can_lock_nothing_that_holds_another_up_and_learns_nothing_of_its_share
 #[test]
 fn a_database_restored_in_place_is_noticed_at_the_next_schedule_step() {
     let (pg, nodes) = three_nodes();
-    let [(a_dir, a), (_, b), (_, c)] = &nodes[..] else {
+    let [(_, a), (_, b), (_, c)] = &nodes[..] else {
         unreachable!()
     };
-    let (t, _) = sign(c, "mallory");
-    let dump = pg.path().join("before-the-revoke.dump");
-    pg.dump_to(&dump);
-    assert_ok(&a_dir.run(&["--config", "config.toml", "revoke", "--sub", "mallory"]));
-    for d in [a, b, c] {
-        until(
-            Duration::from_secs(1),
-            "the revocation reaches every node",
-            || revoked(d, &t),
-        );
-    }
+    let (t, dump) = revoked_after_a_dump(&pg, &nodes);
     // Restored under the nodes' sessions: none ends, and the restore
     // announces nothing.
     pg.restore_in_place(&dump);
@@ -1014,20 +1015,10 @@ fn a_database_restored_in_place_is_noticed_at_the_next_schedule_step() {
 #[test]
 fn a_write_back_the_restored_database_refuses_stops_no_node_from_reading() {
     let (pg, nodes) = three_nodes();
-    let [(a_dir, a), (_, b), (_, c)] = &nodes[..] else {
+    let [(_, a), (_, b), (_, c)] = &nodes[..] else {
         unreachable!()
     };
-    let (t, _) = sign(c, "mallory");
-    let dump = pg.path().join("before-the-revoke.dump");
-    pg.dump_to(&dump);
-    assert_ok(&a_dir.run(&["--config", "config.toml", "revoke", "--sub", "mallory"]));
-    for d in [a, b, c] {
-        until(
-            Duration::from_secs(1),
-            "the revocation reaches every node",
-            || revoked(d, &t),
-        );
-    }
+    let (t, dump) = revoked_after_a_dump(&pg, &nodes);
     // The restored database refuses every revocation (a cap of 0): A
     // cannot write its own back.
     pg.restore_from(&dump, "UPDATE splitsign_settings SET max_revocations = 0");

@@ -62,17 +62,10 @@ struct ClusterStatus<'a> {
     /// The owner's bounds (none before the first read).
     bounds: Option<crate::store::membership::Bounds>,
     /// Key rows of other nodes skipped at the last read, and why.
-    skipped_keys: Vec<SkippedKey>,
+    skipped_keys: Vec<crate::store::membership::Skipped>,
     /// When this node last found the database gone back (a restored
     /// dump); revocations it had seen stayed in force.
     database_went_back: Option<crate::daemon::cluster::WentBack>,
-}
-
-#[derive(Serialize)]
-struct SkippedKey {
-    node: String,
-    kid: String,
-    reason: String,
 }
 
 #[derive(Serialize)]
@@ -111,27 +104,7 @@ impl Handler {
             active_key_age: keys.signer_at(now).map(|s| now - s.activate_at),
             next_transition_in: next.map(|t| t - now),
             nodes: self.manager.cluster().map_or(1, |c| c.nodes()),
-            cluster: self
-                .manager
-                .cluster()
-                .map(|c| crate::daemon::metrics::ClusterNow {
-                    skipped_keys: c.view().skipped.len(),
-                    key_reads: c.stats.key_reads.load(std::sync::atomic::Ordering::Relaxed),
-                    revocation_reads: c
-                        .stats
-                        .revocation_reads
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    full_reads: c
-                        .stats
-                        .full_reads
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    notifications: c
-                        .stats
-                        .notifications
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    went_back: c.stats.went_back.load(std::sync::atomic::Ordering::Relaxed),
-                    unreachable: c.unreachable().is_some(),
-                }),
+            cluster: self.manager.cluster().map(|c| c.counts()),
         })
     }
 
@@ -171,15 +144,7 @@ impl Handler {
                 revoked_jti,
                 revoked_sub,
                 bounds: view.bounds,
-                skipped_keys: view
-                    .skipped
-                    .iter()
-                    .map(|s| SkippedKey {
-                        node: s.node.clone(),
-                        kid: s.kid.clone(),
-                        reason: s.reason.clone(),
-                    })
-                    .collect(),
+                skipped_keys: view.skipped.clone(),
                 database_went_back: c.went_back(),
             }
         });
