@@ -286,6 +286,57 @@ fn row(label: &str, l: &Load, extra: &str) {
     );
 }
 
+/// The fairness rows: sign and verify at 16 and 64 connections x 32 in
+/// flight (p99 against p50 per batch), and a polite client's verify, one at
+/// a time, beside 15 connections pipelining verifies.
+fn fairness(d: &Daemon, secs: f64) -> Vec<(String, Load)> {
+    let (sign, verify) = (sign_line(), verify_line(&d.sock()));
+    let mut rows = Vec::new();
+    for (op, line) in [("sign", &sign), ("verify", &verify)] {
+        for conns in [16, 64] {
+            let l = line_load(&d.sock(), line, conns, 32, secs);
+            rows.push((format!("{op}, {conns} conn x 32"), l));
+        }
+    }
+    let l = polite_load(&d.sock(), &verify, &verify, 15, 32, secs);
+    rows.push(("polite verify beside 15 x 32 verify".to_owned(), l));
+    rows
+}
+
+fn print_fairness(title: &str, rows: &[(String, Load)]) {
+    println!(
+        "{:<44} {:>10} {:>10} {:>10} {:>9}",
+        title, "ops/s", "p50 us", "p99 us", "p99/p50"
+    );
+    for (label, l) in rows {
+        println!(
+            "  {label:<42} {:>10.0} {:>10.1} {:>10.1} {:>9.1}",
+            l.rate,
+            l.p50_us,
+            l.p99_us,
+            l.p99_us / l.p50_us.max(1e-9)
+        );
+    }
+}
+
+/// `--fair [PATH]`: only the fairness rows, of this build and, given, of
+/// another binary, each `rounds` times.
+fn fair_only(other: Option<&str>, rounds: usize, secs: f64) {
+    for round in 0..rounds {
+        for bin in std::iter::once(BIN).chain(other) {
+            let d = Daemon::start_bin(
+                bin,
+                tempfile::tempdir().unwrap(),
+                "max_connections = 8192\nmax_connections_per_peer = 8192\n",
+            );
+            let rows = fairness(&d, secs);
+            d.stop();
+            let who = if bin == BIN { "this build" } else { bin };
+            print_fairness(&format!("fairness, {who}, round {}", round + 1), &rows);
+        }
+    }
+}
+
 /// `--versus PATH`: this build against another binary, alternating. Both
 /// the rate and the daemon's CPU time per operation (the work it does,
 /// which a shared machine's scheduling disturbs much less than the rate).
@@ -537,6 +588,22 @@ fn main() {
             .unwrap_or(if quick { 2 } else { 6 });
         let (secs, samples) = if quick { (0.2, 20) } else { (1.5, 500) };
         versus_postgres(rounds, secs, samples);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--fair") {
+        let other = args.get(i + 1).filter(|a| !a.starts_with("--"));
+        let rounds = args
+            .iter()
+            .position(|a| a == "--rounds")
+            .and_then(|j| args.get(j + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let secs = if args.iter().any(|a| a == "--quick") {
+            0.3
+        } else {
+            2.0
+        };
+        fair_only(other.map(|s| s.as_str()), rounds, secs);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--versus") {

@@ -87,6 +87,47 @@ pub fn line_load(sock: &Path, line: &[u8], conns: usize, depth: usize, secs: f64
     collect(handles, cpu0)
 }
 
+/// A polite client (one `polite` line at a time, on its own connection)
+/// beside `busy` connections that each keep `depth` `busy` lines in
+/// flight, for `secs`: the polite client's load (its latency per request).
+pub fn polite_load(
+    sock: &Path,
+    polite: &[u8],
+    busy: &[u8],
+    busy_conns: usize,
+    depth: usize,
+    secs: f64,
+) -> Load {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let others: Vec<_> = (0..busy_conns)
+        .map(|_| {
+            let (sock, stop) = (sock.to_owned(), std::sync::Arc::clone(&stop));
+            let batch = busy.repeat(depth);
+            std::thread::spawn(move || {
+                let s = UnixStream::connect(&sock).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::with_capacity(64 * 1024, s);
+                let mut buf = Vec::with_capacity(1024);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    w.write_all(&batch).unwrap();
+                    for _ in 0..depth {
+                        buf.clear();
+                        r.read_until(b'\n', &mut buf).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the busy connections reach their pace first.
+    std::thread::sleep(Duration::from_millis(200));
+    let l = line_load(sock, polite, 1, 1, secs);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in others {
+        h.join().unwrap();
+    }
+    l
+}
+
 /// Join the client threads (each: its rate, its latencies in µs) into one
 /// `Load`: summed rate, p50/p99 over all latencies, the client's CPU time.
 pub fn collect(handles: Vec<std::thread::JoinHandle<(f64, Vec<f64>)>>, cpu0: f64) -> Load {

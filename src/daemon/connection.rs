@@ -10,6 +10,14 @@
 //! clients. So a connection holds at most one read chunk and one partial
 //! line of input (`max_frame_bytes`) and about [`REPLY_BATCH`] of replies,
 //! and an idle connection holds no buffer at all.
+//!
+//! Connections take turns: one answers lines for at most [`TURN`] and
+//! after each read chunk, then yields to the others. Without that, a
+//! connection whose client had its next lines in the socket when the
+//! daemon came back to read never waited: reads from a ready socket cost
+//! nothing of tokio's cooperative budget and only each reply write cost one
+//! unit of 128, so it kept its worker for up to 128 batches (verify at
+//! 16 connections x 32 in flight: p99 320 ms against p50 1.2 ms).
 
 use std::time::Duration;
 
@@ -32,6 +40,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Replies are written once this many bytes of them wait: with one read
 /// chunk and one partial line, the bound on a connection's memory.
 pub const REPLY_BATCH: usize = 32 * 1024;
+
+/// The longest a connection answers lines before it lets the others run
+/// (about 5 verifies or 10 signs).
+const TURN: Duration = Duration::from_micros(200);
 
 /// How long a sign request that found no key able to sign waits for the
 /// key schedule to make one (after a clock jump), before `unavailable`.
@@ -106,6 +118,7 @@ impl<'a> Connection<'a> {
                 break;
             }
             self.release_buffers();
+            tokio::task::yield_now().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
     }
@@ -157,12 +170,17 @@ impl<'a> Connection<'a> {
         } = self;
         let mut answered = false;
         let mut close = false;
+        let mut turn = Instant::now();
         while let Some(frame) = splitter.next(input) {
             match frame {
                 Frame::Line(line) if line.trim_ascii().is_empty() => {}
                 Frame::Line(line) => {
                     answer(handler, line, peer, batch).await;
                     answered = true;
+                    if turn.elapsed() >= TURN {
+                        tokio::task::yield_now().await;
+                        turn = Instant::now();
+                    }
                     if batch.out.len() >= REPLY_BATCH
                         && !flush(handler, stream, peer, batch, limits).await
                     {
@@ -200,10 +218,13 @@ impl<'a> Connection<'a> {
             self.last_request = Instant::now();
             self.ticket.touch();
         }
-        self.partial_since = if self.input.is_empty() {
-            None
-        } else {
-            self.partial_since.or(Some(Instant::now()))
+        // The deadline is the line's, not the connection's: a line that
+        // started after a completed one starts its own clock (a client that
+        // pipelines without a pause always has a partial line waiting).
+        self.partial_since = match (self.input.is_empty(), answered) {
+            (true, _) => None,
+            (false, true) => Some(Instant::now()),
+            (false, false) => self.partial_since.or(Some(Instant::now())),
         };
         flush(
             self.handler,

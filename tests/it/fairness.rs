@@ -596,3 +596,114 @@ fn a_full_disk_fails_signing_closed_and_it_comes_back_by_itself() {
     let out = dir.run(&["--config", cfg.to_str().unwrap(), "audit", "--verify"]);
     assert_ok(&out);
 }
+
+/// A connection pipelining requests without a pause does not keep the
+/// daemon from the others: on one worker thread, a ping sent while another
+/// connection streams 200,000 pings is answered within a turn or two of the
+/// stream (a turn is 200 µs of work). Counted in replies, not time.
+///
+/// Before, a connection whose client wrote its next lines before the
+/// daemon came back to read never waited on its socket, and kept its worker
+/// for as long as tokio's cooperative budget lasted (128 socket reads and
+/// writes: tens of thousands of lines).
+#[test]
+fn a_pipelining_connection_takes_turns_with_the_others() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LINES: u64 = 200_000;
+    let dir = Dir::new();
+    let d = Daemon::start_on_one_cpu(&dir, &[]);
+    let stream = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all("{\"op\":\"ping\"}\n".repeat(LINES as usize).as_bytes())
+            .unwrap()
+    });
+    let got = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let got = Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut r = BufReader::with_capacity(64 * 1024, stream);
+            let mut buf = Vec::new();
+            for _ in 0..LINES {
+                buf.clear();
+                r.read_until(b'\n', &mut buf).unwrap();
+                assert!(
+                    buf.starts_with(b"{\"ok\":true"),
+                    "reply {:?}",
+                    String::from_utf8_lossy(&buf)
+                );
+                got.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Once the stream is being answered, a polite ping, a few times.
+    while got.load(Ordering::Relaxed) < 1000 {
+        std::thread::yield_now();
+    }
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let before = got.load(Ordering::Relaxed);
+        let mut c = d.conn();
+        ok(c.request(json!({"op":"ping"})));
+        let after = got.load(Ordering::Relaxed);
+        assert!(
+            after < LINES,
+            "the stream ended before the polite ping was answered"
+        );
+        waits.push(after - before);
+    }
+    writer.join().unwrap();
+    reader.join().unwrap();
+    println!("the stream's replies while a polite ping waited: {waits:?}");
+    let worst = *waits.iter().max().unwrap();
+    assert!(
+        worst <= 10_000,
+        "a polite ping waited while the stream got {worst} replies: {waits:?}"
+    );
+}
+
+/// `read_timeout` bounds how long one line may take to arrive, not how long
+/// a connection may pipeline: a client that streams for longer than it,
+/// each write ending inside a line, is answered in full. (Before, the clock
+/// started at the first partial line and ran on while lines completed: the
+/// connection was closed after `read_timeout`.)
+#[test]
+fn a_client_streaming_longer_than_read_timeout_is_answered_in_full() {
+    let (_dir, _d, sock) = open_deployment("read_timeout = \"1s\"\n");
+    let stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let line = "{\"op\":\"ping\"}\n";
+    let rounds = 250; // 10 ms apart: 2.5 s
+    let per = 40;
+    let writer = std::thread::spawn(move || {
+        let all = line.repeat(per * rounds);
+        // Each write but the last ends 5 bytes into a line.
+        let mut from = 0;
+        for i in 1..=rounds {
+            let to = (i * line.len() * per + 5).min(all.len());
+            if w.write_all(&all.as_bytes()[from..to]).is_err() {
+                break; // closed by the daemon: the count below says so
+            }
+            from = to;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let mut r = BufReader::new(stream);
+    let mut n = 0;
+    let mut buf = String::new();
+    while n < per * rounds {
+        buf.clear();
+        if r.read_line(&mut buf).unwrap() == 0 {
+            break;
+        }
+        assert!(buf.starts_with("{\"ok\":true"), "{buf}");
+        n += 1;
+    }
+    writer.join().unwrap();
+    assert_eq!(
+        n,
+        per * rounds,
+        "the connection was closed after {n} replies"
+    );
+}

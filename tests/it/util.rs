@@ -151,11 +151,34 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Daemon, Exited> {
+        let mut cmd = dir.cmd();
+        cmd.envs(env.iter().copied());
+        Daemon::start_cmd(dir, cmd, extra)
+    }
+
+    /// Start `serve` on one CPU: its runtime has one worker thread, so the
+    /// order in which it serves connections is its own, not the kernel's.
+    pub fn start_on_one_cpu(dir: &Dir, extra: &[&str]) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = dir.cmd();
+        // SAFETY: sched_setaffinity is async-signal-safe; the set is local.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Daemon::start_cmd(dir, cmd, extra).unwrap_or_else(|e| panic!("daemon did not start: {e:?}"))
+    }
+
+    fn start_cmd(dir: &Dir, mut cmd: Command, extra: &[&str]) -> Result<Daemon, Exited> {
         let socket = socket_of(dir, extra);
         let stderr = dir.path().join(format!("daemon-{}.log", unique()));
-        let child = dir
-            .cmd()
-            .envs(env.iter().copied())
+        let child = cmd
             .args(extra)
             .arg("serve")
             .stdout(Stdio::null())
