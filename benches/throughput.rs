@@ -7,6 +7,8 @@
 //! - OpenSSH ssh-agent signing with an Ed25519 key over its socket, speaking
 //!   the agent protocol (the closest peer);
 //! - a bare Unix-socket JSON-lines echo (the transport floor);
+//! - fairness: p99 against p50 at 16 and 64 connections x 32 in flight,
+//!   and a polite client's verify beside 15 pipelining connections;
 //! - the daemon's memory, its start-to-ready time with 10 live keys, and the
 //!   audit log's cost.
 //!
@@ -19,6 +21,9 @@
 //! daemons alternating, N rounds (default 6), and prints the medians and
 //! their ratio. `--config TEXT` adds settings to both daemons' config (for
 //! example `--config 'audit = false'`; only settings both versions know).
+//!
+//! `cargo bench --bench throughput -- --fair [PATH] [--rounds N]` prints
+//! only the fairness rows, of this build and, given, of another binary.
 //!
 //! `cargo bench --bench throughput -- --postgres [--rounds N]` compares the
 //! SQLite store with the PostgreSQL store (a private server started for the
@@ -710,6 +715,9 @@ fn main() {
         }
     }
     let daemon_cpu = cpu_of(pid) - daemon_cpu0;
+    println!();
+    print_fairness("fairness (latency per batch)", &fairness(&d, o.secs));
+    println!();
     let rss_after = rss_kib(pid);
     let idle: Vec<UnixStream> = (0..2000)
         .filter_map(|_| UnixStream::connect(d.sock()).ok())
