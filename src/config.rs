@@ -56,6 +56,122 @@ pub enum AuditSync {
     Normal,
 }
 
+/// How much of the audit log's filesystem stays free for the admins
+/// (`audit_keep_free`): below it, only admins may sign, so that legitimate
+/// traffic never fills the disk to the last byte. A size (`"256MiB"`, or
+/// bytes as an integer) or a share of the filesystem (`"5%"`); `0` turns
+/// the reserve off. The default is 5% of the filesystem, at most 1 GiB
+/// (journald's `SystemKeepFree=` has the same shape).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeepFree {
+    Bytes(u64),
+    /// A share of the filesystem's size, in percent, at most `cap` bytes.
+    Percent {
+        percent: f64,
+        cap: Option<u64>,
+    },
+}
+
+impl Default for KeepFree {
+    fn default() -> Self {
+        KeepFree::Percent {
+            percent: 5.0,
+            cap: Some(1 << 30),
+        }
+    }
+}
+
+impl KeepFree {
+    /// The reserve in bytes, on a filesystem of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            KeepFree::Bytes(n) => n,
+            KeepFree::Percent { percent, cap } => {
+                let n = (total as f64 * percent / 100.0) as u64;
+                cap.map_or(n, |c| n.min(c))
+            }
+        }
+    }
+
+    /// Parse `"5%"`, `"256MiB"`, `"1G"`, `"0"`: units K, M, G, T (powers
+    /// of 1024, with or without `iB`/`B`). A percentage is at most 50.
+    pub fn parse(text: &str) -> std::result::Result<KeepFree, String> {
+        let t = text.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            let percent: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not a percentage like \"5%\""))?;
+            if !(0.0..=50.0).contains(&percent) {
+                return Err(format!("{text:?}: a percentage must be between 0% and 50%"));
+            }
+            return Ok(KeepFree::Percent { percent, cap: None });
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("{text:?} is not a size like \"256MiB\" or a percentage like \"5%\"")
+        })?;
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "K" | "KiB" | "KB" => 10,
+            "M" | "MiB" | "MB" => 20,
+            "G" | "GiB" | "GB" => 30,
+            "T" | "TiB" | "TB" => 40,
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (use K, M, G or T, powers of 1024, or %)"
+                ));
+            }
+        };
+        n.checked_mul(1u64 << shift)
+            .map(KeepFree::Bytes)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+/// A size for people: `812 KiB`, `12.3 MiB`, `1.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{} KiB", n >> 10),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.1} GiB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+impl std::fmt::Display for KeepFree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeepFree::Bytes(n) => write!(f, "{}", human_bytes(*n)),
+            KeepFree::Percent {
+                percent,
+                cap: Some(c),
+            } => write!(
+                f,
+                "{percent}% of the filesystem, at most {}",
+                human_bytes(*c)
+            ),
+            KeepFree::Percent { percent, cap: None } => write!(f, "{percent}% of the filesystem"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepFree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(KeepFree::Bytes(n)),
+            Raw::Text(t) => KeepFree::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// What to do when key pages cannot be locked in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,6 +254,7 @@ struct FileConfig {
     audit_sync: Option<AuditSync>,
     #[serde(default, with = "humantime_serde::option")]
     audit_retention: Option<Duration>,
+    audit_keep_free: Option<KeepFree>,
     admin_uids: Option<Vec<u32>>,
     #[serde(default)]
     policy: Vec<PolicyFile>,
@@ -223,6 +340,8 @@ pub struct Config {
     /// Audit records older than this are pruned in the background (an
     /// anchor keeps the rest of the chain verifiable).
     pub audit_retention: Duration,
+    /// Free space kept on the audit log's filesystem for the admins.
+    pub audit_keep_free: KeepFree,
     /// Peers with these uids may use admin ops. Default: root and the
     /// daemon's own uid.
     pub admin_uids: Option<Vec<u32>>,
@@ -384,6 +503,7 @@ impl Config {
             audit_retention: file
                 .audit_retention
                 .unwrap_or(Duration::from_secs(90 * 86400)),
+            audit_keep_free: file.audit_keep_free.unwrap_or_default(),
             admin_uids: file.admin_uids.clone(),
             policies: file.policy.clone(),
             rotation_interval: file
@@ -713,7 +833,7 @@ impl Config {
             origin: _,
             // Applied by a reload: token settings, policies (and their rate
             // limits), the schedule, the JWKS file, connection timeouts and
-            // per-peer limits, audit retention, mlock for keys unsealed from
+            // per-peer limits, audit retention and reserve, mlock for keys unsealed from
             // then on.
             issuer: _,
             alg: _,
@@ -726,6 +846,7 @@ impl Config {
             max_connections_per_peer: _,
             admin_connections: _,
             audit_retention: _,
+            audit_keep_free: _,
             mlock: _,
             admin_uids: _,
             policies: _,
@@ -1094,5 +1215,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("shares_dir"), "{e}");
+    }
+
+    #[test]
+    fn the_audit_reserve_is_a_size_or_a_share() {
+        let gib = 1u64 << 30;
+        // The default: 5%, at most 1 GiB.
+        let d = from_toml("").unwrap().audit_keep_free;
+        assert_eq!(d.bytes(100 << 20), 5 << 20);
+        assert_eq!(d.bytes(100 * gib), gib);
+        for (text, total, want) in [
+            ("audit_keep_free = \"256MiB\"", 0, 256 << 20),
+            ("audit_keep_free = \"1G\"", 0, gib),
+            ("audit_keep_free = \"512K\"", 0, 512 << 10),
+            ("audit_keep_free = 4096", 0, 4096),
+            ("audit_keep_free = \"0\"", 1 << 40, 0),
+            ("audit_keep_free = \"10%\"", 100 * gib, 10 * gib),
+            ("audit_keep_free = \"2.5%\"", 1000, 25),
+        ] {
+            assert_eq!(
+                from_toml(text).unwrap().audit_keep_free.bytes(total),
+                want,
+                "{text}"
+            );
+        }
+        for bad in [
+            "\"5 %%\"",
+            "\"60%\"",
+            "\"-1%\"",
+            "\"12 parsecs\"",
+            "\"MiB\"",
+            "\"99999999T\"",
+            "-5",
+        ] {
+            let e = from_toml(&format!("audit_keep_free = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("audit_keep_free"), "{bad}: {e}");
+        }
     }
 }

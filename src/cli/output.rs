@@ -29,8 +29,11 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         let code = match &e {
             ClientError::Connect { .. } | ClientError::Timeout { .. } => exit::UNAVAILABLE,
-            // Try again later: the daemon is busy, or cannot reach a store.
-            ClientError::Daemon { code, .. } if code == "unavailable" || code == "busy" => {
+            // Try again later: the daemon is busy, cannot reach a store, or
+            // keeps the audit log's last disk space for the admins.
+            ClientError::Daemon { code, .. }
+                if matches!(code.as_str(), "unavailable" | "busy" | "audit_reserve") =>
+            {
                 exit::UNAVAILABLE
             }
             _ => exit::FAILURE,
@@ -149,6 +152,26 @@ pub fn render_status(status: &Value) -> String {
                 s(k, "reason")
             ));
         }
+    }
+    if let Some(a) = status.get("audit").filter(|a| a.is_object()) {
+        let bytes = |k: &str| {
+            a.get(k)
+                .and_then(Value::as_u64)
+                .map_or_else(|| "-".to_owned(), crate::config::human_bytes)
+        };
+        let space = format!(
+            "{} free, {} kept free by audit_keep_free",
+            bytes("free_bytes"),
+            bytes("keep_free_bytes")
+        );
+        out.push_str(&match s(a, "state").as_str() {
+            "failing" => format!("NOT SIGNING      the audit log cannot be written ({space})\n"),
+            "off" => "audit log        off (audit = false)\n".to_owned(),
+            state if a.get("reserve_in_use") == Some(&Value::Bool(true)) => format!(
+                "audit log        {state}, DOWN TO ITS RESERVE: only admins sign ({space})\n"
+            ),
+            state => format!("audit log        {state} ({space})\n"),
+        });
     }
     if let Some(f) = status.get("store_fault").and_then(Value::as_str) {
         out.push_str(&format!("NOT SIGNING      {f}\n"));

@@ -1,19 +1,21 @@
 //! `audit_writer` is the daemon's side of the audit log: one thread that
 //! commits the records of issued tokens and admin ops in batches (group
 //! commit) before their replies leave, that writes the aggregated failures
-//! once a second, that prunes past the retention in small steps, and that,
-//! while the log cannot be written (a full disk), probes until it can. The
-//! table and its chain are `store::audit_log`.
+//! once a second, that prunes past the retention in small steps, that
+//! watches the free space of the log's filesystem against its reserve
+//! (`audit_keep_free`: below it, only admins may sign), and that, while the
+//! log cannot be written (a full disk), probes until it can. The table and
+//! its chain are `store::audit_log`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::config::AuditSync;
+use crate::config::{AuditSync, KeepFree};
 use crate::error::{Error, Result};
 use crate::store::FileId;
 use crate::store::audit_log::{MAX_FIELD, PRUNE_BATCH, Record, append, bound, prune_batch};
@@ -53,17 +55,46 @@ enum Job {
     },
 }
 
-/// Whether the log can be written, as the writer last found it.
-#[derive(Debug)]
+/// Whether the log can be written, and whether its filesystem is down to
+/// the reserve, as the writer last found them.
+#[derive(Debug, Default)]
 pub struct Health {
     ok: AtomicBool,
     /// Unix seconds of the first failure since the last success.
     failing_since: AtomicI64,
+    /// The free space is below the reserve: only admins sign.
+    in_reserve: AtomicBool,
+    /// Bytes free on the log's filesystem (for unprivileged writers), and
+    /// the reserve in bytes, at the last check.
+    free_bytes: AtomicU64,
+    keep_free_bytes: AtomicU64,
+}
+
+/// The reserve as last checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub in_reserve: bool,
+    pub free_bytes: u64,
+    pub keep_free_bytes: u64,
 }
 
 impl Health {
     pub fn ok(&self) -> bool {
         self.ok.load(Ordering::Relaxed)
+    }
+
+    /// True while the free space is below the reserve (one atomic load:
+    /// the sign path asks it).
+    pub fn in_reserve(&self) -> bool {
+        self.in_reserve.load(Ordering::Relaxed)
+    }
+
+    pub fn space(&self) -> Space {
+        Space {
+            in_reserve: self.in_reserve(),
+            free_bytes: self.free_bytes.load(Ordering::Relaxed),
+            keep_free_bytes: self.keep_free_bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// Since when writes fail, if they do.
@@ -136,6 +167,7 @@ pub struct Writer {
     tally: Arc<Mutex<Tally>>,
     health: Arc<Health>,
     retention_s: Arc<AtomicI64>,
+    keep_free: Arc<Mutex<KeepFree>>,
 }
 
 /// How often aggregated failures are written, and the writer wakes.
@@ -154,6 +186,7 @@ impl Writer {
         durability: AuditSync,
         expected: FileId,
         retention: Duration,
+        keep_free: KeepFree,
         metrics: Arc<crate::daemon::metrics::Metrics>,
     ) -> Result<Writer> {
         let conn = open(&path, durability)?;
@@ -161,9 +194,10 @@ impl Writer {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let health = Arc::new(Health {
             ok: AtomicBool::new(true),
-            failing_since: AtomicI64::new(0),
+            ..Health::default()
         });
         let retention_s = Arc::new(AtomicI64::new(retention.as_secs() as i64));
+        let keep_free = Arc::new(Mutex::new(keep_free));
         let mut thread = WriterThread {
             conn,
             path,
@@ -176,7 +210,10 @@ impl Writer {
             pruning: None,
             metrics,
             purge_clock: crate::lifecycle::PurgeClock::new("audit records past the retention"),
+            keep_free: Arc::clone(&keep_free),
         };
+        // The reserve is known before the first sign.
+        thread.check_space();
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || thread.run(rx))
@@ -186,6 +223,7 @@ impl Writer {
             tally,
             health,
             retention_s,
+            keep_free,
         })
     }
 
@@ -222,10 +260,12 @@ impl Writer {
         &self.health
     }
 
-    /// Take a reloaded retention.
-    pub fn set_retention(&self, retention: Duration) {
+    /// Take a reloaded retention and reserve (the reserve is checked
+    /// again within a second).
+    pub fn set_retention(&self, retention: Duration, keep_free: KeepFree) {
         self.retention_s
             .store(retention.as_secs() as i64, Ordering::Relaxed);
+        *self.keep_free.lock().unwrap_or_else(|p| p.into_inner()) = keep_free;
     }
 }
 
@@ -251,6 +291,7 @@ struct WriterThread {
     /// The retention counts back from this clock, not the wall clock: a
     /// clock stepped forward prunes nothing early.
     purge_clock: crate::lifecycle::PurgeClock,
+    keep_free: Arc<Mutex<KeepFree>>,
 }
 
 fn wall_now() -> i64 {
@@ -284,6 +325,7 @@ impl WriterThread {
             if !self.health.ok() {
                 self.probe();
             }
+            self.check_space();
             self.prune_step();
         }
     }
@@ -315,6 +357,9 @@ impl WriterThread {
             let back = all.split_off(all.len() - n);
             self.put_back(back);
         }
+        // Before the replies leave: the next batch is judged by the space
+        // this one left.
+        self.check_space();
         for a in acks {
             let _ = a.send(ok);
         }
@@ -366,6 +411,45 @@ impl WriterThread {
         let mut t = self.tally.lock().unwrap_or_else(|p| p.into_inner());
         for r in records {
             t.add(r);
+        }
+    }
+
+    /// Compare the free space of the log's filesystem with the reserve, and
+    /// say so when it crosses it. A filesystem that cannot be asked leaves
+    /// the last answer (the writes themselves still fail closed).
+    fn check_space(&mut self) {
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let Ok(fs) = rustix::fs::statvfs(dir) else {
+            return;
+        };
+        let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let keep = self
+            .keep_free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes(total);
+        let low = free < keep;
+        let h = &self.health;
+        h.free_bytes.store(free, Ordering::Relaxed);
+        h.keep_free_bytes.store(keep, Ordering::Relaxed);
+        let was = h.in_reserve.swap(low, Ordering::Relaxed);
+        if low && !was {
+            tracing::warn!(
+                free = %crate::config::human_bytes(free),
+                keep_free = %crate::config::human_bytes(keep),
+                db = %self.path.display(),
+                "the audit log's filesystem is down to its reserve (audit_keep_free): only admins may sign until space is freed"
+            );
+        } else if was && !low {
+            tracing::info!(
+                free = %crate::config::human_bytes(free),
+                keep_free = %crate::config::human_bytes(keep),
+                "the audit log's filesystem is above its reserve again: everyone may sign"
+            );
         }
     }
 

@@ -86,6 +86,8 @@ pub struct Metrics {
     notifications: Counter,
     went_back: Counter,
     database_unreachable: Gauge,
+    audit_reserve: Gauge,
+    audit_free_bytes: Gauge,
     /// Encoding reads the registry; one at a time.
     render: Mutex<()>,
 }
@@ -105,6 +107,9 @@ pub struct Now {
     pub nodes: usize,
     /// In a cluster: what the node read of the others.
     pub cluster: Option<ClusterNow>,
+    /// The audit log's reserve, as the writer last found it (none with
+    /// the audit log off).
+    pub audit_space: Option<crate::daemon::audit_writer::Space>,
 }
 
 /// A cluster node's counts (running totals since start).
@@ -250,6 +255,19 @@ impl Metrics {
             "1 while PostgreSQL cannot be reached (the node is degraded)",
             database_unreachable.clone(),
         );
+        let audit_reserve = Gauge::default();
+        registry.register(
+            "audit_reserve_in_use",
+            "1 while the audit log's filesystem is down to its reserve (audit_keep_free): \
+             only admins may sign",
+            audit_reserve.clone(),
+        );
+        let audit_free_bytes = Gauge::default();
+        registry.register(
+            "audit_free_bytes",
+            "Bytes free on the audit log's filesystem, at the audit writer's last check",
+            audit_free_bytes.clone(),
+        );
         registry.register(
             "build",
             "The running build",
@@ -274,6 +292,8 @@ impl Metrics {
             notifications,
             went_back,
             database_unreachable,
+            audit_reserve,
+            audit_free_bytes,
             render: Mutex::new(()),
         }
     }
@@ -368,6 +388,11 @@ impl Metrics {
             follow(&self.notifications, c.notifications);
             follow(&self.went_back, c.went_back);
             self.database_unreachable.set(i64::from(c.unreachable));
+        }
+        if let Some(space) = now.audit_space {
+            self.audit_reserve.set(i64::from(space.in_reserve));
+            self.audit_free_bytes
+                .set(i64::try_from(space.free_bytes).unwrap_or(i64::MAX));
         }
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)

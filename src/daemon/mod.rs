@@ -180,6 +180,7 @@ fn start_audit(
         cfg.audit_sync,
         manager.db_identity(),
         cfg.audit_retention,
+        cfg.audit_keep_free,
         Arc::clone(metrics),
     )
     .map(Some)

@@ -53,6 +53,9 @@ pub enum Code {
     FingerprintMismatch,
     /// The audit record could not be committed; no token was issued.
     AuditUnavailable,
+    /// The audit log's filesystem is down to its reserve
+    /// (`audit_keep_free`): only admins may sign until space is freed.
+    AuditReserve,
     /// The peer's uid holds as many connections as it may
     /// (`max_connections_per_peer`); the connection is closed.
     Busy,
@@ -85,13 +88,14 @@ impl Code {
             Code::Revoked => "revoked",
             Code::FingerprintMismatch => "fingerprint_mismatch",
             Code::AuditUnavailable => "audit_unavailable",
+            Code::AuditReserve => "audit_reserve",
             Code::Busy => "busy",
             Code::RateLimited => "rate_limited",
             Code::Internal => "internal",
         }
     }
 
-    pub const ALL: [Code; 23] = [
+    pub const ALL: [Code; 24] = [
         Code::InvalidJson,
         Code::InvalidUtf8,
         Code::InvalidRequest,
@@ -112,6 +116,7 @@ impl Code {
         Code::Revoked,
         Code::FingerprintMismatch,
         Code::AuditUnavailable,
+        Code::AuditReserve,
         Code::Busy,
         Code::RateLimited,
         Code::Internal,

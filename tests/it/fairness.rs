@@ -4,6 +4,7 @@
 //! through the audit log. Plus the smaller defects found the same way.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -705,5 +706,167 @@ fn a_client_streaming_longer_than_read_timeout_is_answered_in_full() {
         n,
         per * rounds,
         "the connection was closed after {n} replies"
+    );
+}
+
+/// The audit log's reserve: two uids signing legitimately fill a small
+/// filesystem down to `audit_keep_free`, then get `audit_reserve`, while
+/// root still signs, rotates and reads the status from the reserve; STATUS=,
+/// `status` and the metrics say the reserve is in use; the refusals are
+/// aggregated; signing resumes by itself once space is freed; nothing
+/// answered is lost (`audit --verify`, every issued token's record).
+#[test]
+fn legitimate_signs_stop_at_the_reserve_and_admins_keep_signing() {
+    if !is_root() {
+        return;
+    }
+    let dir = Dir::new();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mnt = dir.path().join("mnt");
+    let _fs = Tmpfs::mount(&mnt, "12m");
+    // Ballast the operator will remove to make room.
+    let ballast = mnt.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 5 << 20]).unwrap();
+    let sd = FakeSystemd::new(&dir);
+    let cfg = dir.write_config(&format!(
+        "shares_dir = \"mnt/keys\"\ndb = \"mnt/var/splitsign.db\"\nsocket = \"{}\"\n\
+         audit_keep_free = \"4MiB\"\n",
+        sd.socket.display()
+    ));
+    let mut child = sd.spawn(&dir, &["--config", cfg.to_str().unwrap()], &[]);
+    sd.expect("READY=1", Duration::from_secs(20));
+    let sock = sd.socket.to_str().unwrap().to_owned();
+    for p in [sd.socket.parent().unwrap(), &sd.socket] {
+        std::os::unix::fs::chown(p, None, Some(NOBODY)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o770)).unwrap();
+    }
+    let mut root = Conn::open(&sd.socket).unwrap();
+    let st = ok(root.request(json!({"op":"status"})))["status"]["audit"].clone();
+    assert_eq!(st["reserve_in_use"], false, "{st}");
+    assert_eq!(st["keep_free_bytes"], 4 << 20, "{st}");
+
+    // Two uids sign until refused.
+    let mut peers: Vec<Peer> = [NOBODY, OTHER]
+        .into_iter()
+        .map(|uid| Peer::start(uid, "sign_until", &sock, &[]))
+        .collect();
+    let mut issued = 0;
+    for p in &mut peers {
+        let said = p.next();
+        println!("peer: {said}");
+        assert_eq!(said["refused"]["code"], "audit_reserve", "{said}");
+        assert!(
+            said["refused"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("only admins may sign"),
+            "{said}"
+        );
+        issued += said["issued"].as_u64().unwrap();
+    }
+    for p in peers {
+        p.finish();
+    }
+    assert!(issued > 1000, "only {issued} tokens before the reserve");
+    // A non-admin's CLI says so, and exits 69 (try again later).
+    let (out, _) = cli_as(OTHER, &sock, &["sign", "--claim", "sub=late"]);
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("audit_reserve"),
+        "{out:?}"
+    );
+
+    // Root signs from the reserve.
+    for _ in 0..200 {
+        ok(root.sign(json!({"sub":"root"})));
+    }
+    // The reserve is reported: status (JSON and text), the metrics, STATUS=.
+    let st = ok(root.request(json!({"op":"status"})))["status"]["audit"].clone();
+    assert_eq!(st["reserve_in_use"], true, "{st}");
+    assert_eq!(st["state"], "ok", "{st}");
+    assert!(st["free_bytes"].as_u64().unwrap() < 4 << 20, "{st}");
+    let text = dir.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--socket",
+        &sock,
+        "status",
+    ]);
+    assert_ok(&text);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("DOWN TO ITS RESERVE"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    let m = ok(root.request(json!({"op":"metrics"})))["metrics"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(m.contains("splitsign_audit_reserve_in_use 1"), "{m}");
+    assert!(
+        m.contains("splitsign_refusals_total{op=\"sign\",code=\"audit_reserve\"}"),
+        "{m}"
+    );
+    let status = sd.expect(
+        "STATUS=audit log down to its reserve",
+        Duration::from_secs(3),
+    );
+    assert!(status.contains("only admins sign"), "{status}");
+    // An admin op from the reserve (its truncating checkpoint may give
+    // the WAL's space back).
+    let rotated = ok(root.request(json!({"op":"rotate"})));
+    ok(root.sign(json!({"sub":"after-rotate"})));
+
+    // Space comes back (the operator removes the ballast): signing
+    // resumes by itself.
+    std::fs::remove_file(&ballast).unwrap();
+    let freed = Instant::now();
+    loop {
+        let r = request_as(OTHER, &sock, json!({"op":"sign","claims":{}}));
+        if r["ok"] == true {
+            break;
+        }
+        assert_eq!(r["error"]["code"], "audit_reserve", "{r}");
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "still refusing: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sd.expect("STATUS=active key", Duration::from_secs(3));
+    drop(root);
+    signal(&child, rustix::process::Signal::TERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+
+    // Nothing answered was lost, and the refusals were aggregated: a few
+    // records (one per uid and second), not one per refused sign.
+    let out = dir.run(&["--config", cfg.to_str().unwrap(), "audit", "--verify"]);
+    assert_ok(&out);
+    let db = rusqlite::Connection::open(mnt.join("var/splitsign.db")).unwrap();
+    let signed: i64 = db
+        .query_row(
+            "SELECT count(*) FROM audit WHERE op = 'sign' AND result = 'ok'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        signed as u64 >= issued + 202,
+        "{signed} records for {issued} + 202 tokens"
+    );
+    let (records, refusals): (i64, i64) = db
+        .query_row(
+            "SELECT count(*), coalesce(sum(count), 0) FROM audit WHERE result = 'audit_reserve'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    println!(
+        "{issued} tokens before the reserve; {refusals} refusals in {records} records; kid {}",
+        rotated["kid"]
+    );
+    assert!(
+        refusals >= 2 && records <= 20,
+        "{records} records for {refusals} refusals"
     );
 }

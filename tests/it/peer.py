@@ -148,6 +148,25 @@ elif mode == "signs":
         out.append("ok" if r["ok"] else r["error"]["code"])
     say(codes=out)
 
+elif mode == "sign_until":
+    # Signs, 64 in flight, until one is refused: how many were issued, and
+    # the first refusal.
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    f = s.makefile("rwb")
+    line = json.dumps({"op": "sign", "claims": {"sub": "u%d" % os.getuid()}}).encode() + b"\n"
+    issued, refused = 0, None
+    while refused is None:
+        f.write(line * 64)
+        f.flush()
+        for _ in range(64):
+            r = json.loads(f.readline())
+            if r["ok"]:
+                issued += 1
+            elif refused is None:
+                refused = r["error"]
+    say(issued=issued, refused=refused)
+
 elif mode == "request":
     # One request (JSON on the command line); the reply.
     s = socket.socket(socket.AF_UNIX)

@@ -232,6 +232,9 @@ impl Handler {
         let keys = self.manager.status_line();
         match unhealthy {
             Some(why) if self.manager.fault().is_none() => format!("unhealthy: {why}; {keys}"),
+            None if self.audit.as_ref().is_some_and(|a| a.health().in_reserve()) => {
+                format!("audit log down to its reserve (audit_keep_free): only admins sign; {keys}")
+            }
             _ => keys,
         }
     }

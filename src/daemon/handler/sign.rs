@@ -1,4 +1,5 @@
-//! `sign`: the sign path. Store fault → reserved claims → the client's
+//! `sign`: the sign path. Store fault → the audit reserve (admins only
+//! below it) → reserved claims → the client's
 //! policy (claims, audiences, forced claims, `sub` from the peer) → TTL →
 //! rate limit → the signing key → the token. An issued token's record goes
 //! to the batch (committed before the reply leaves); a refusal is counted.
@@ -8,6 +9,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::{Handled, Handler, Peer, Times, truncate};
+use crate::config::human_bytes;
 use crate::daemon::access::Refusal;
 use crate::keys::jws::{self, Policy, SignError};
 use crate::protocol::{self, Code, Failure, SignRequest};
@@ -78,6 +80,27 @@ impl Handler {
         }
     }
 
+    /// While the audit log's filesystem is down to its reserve, only
+    /// admins sign: the rest of the disk is theirs (and the admin ops').
+    fn refuse_in_reserve(&self, peer: &Peer) -> Result<(), Refused> {
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        if peer.policy.admin || !audit.health().in_reserve() {
+            return Ok(());
+        }
+        let space = audit.health().space();
+        Err((
+            Code::AuditReserve,
+            format!(
+                "the audit log's disk is down to its reserve ({} free, audit_keep_free keeps {}): \
+                 only admins may sign until space is freed",
+                human_bytes(space.free_bytes),
+                human_bytes(space.keep_free_bytes)
+            ),
+        ))
+    }
+
     /// The sign path as steps; returns the token and its kid.
     fn sign(
         &self,
@@ -86,6 +109,7 @@ impl Handler {
         at: Times,
     ) -> Result<(jws::Signed, String), Refused> {
         self.refuse_on_store_fault()?;
+        self.refuse_in_reserve(peer)?;
         refuse_reserved(&r.claims)?;
         self.apply_policy(peer, &mut r.claims)?;
         let policy = self.policy();

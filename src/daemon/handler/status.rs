@@ -76,6 +76,10 @@ struct AuditStatus {
     /// The database with its WAL, and the free space on its filesystem.
     db_bytes: Option<u64>,
     free_bytes: Option<u64>,
+    /// The reserve (`audit_keep_free`) in bytes, and whether the free
+    /// space is below it (only admins sign).
+    keep_free_bytes: Option<u64>,
+    reserve_in_use: bool,
 }
 
 #[derive(Serialize)]
@@ -105,6 +109,7 @@ impl Handler {
             next_transition_in: next.map(|t| t - now),
             nodes: self.manager.cluster().map_or(1, |c| c.nodes()),
             cluster: self.manager.cluster().map(|c| c.counts()),
+            audit_space: self.audit.as_ref().map(|a| a.health().space()),
         })
     }
 
@@ -206,11 +211,14 @@ impl Handler {
                 Some(t) => ("failing", Some(t)),
             },
         };
+        let space = self.audit.as_ref().map(|a| a.health().space());
         AuditStatus {
             state,
             failing_since,
             db_bytes: size("").map(|n| n + size("-wal").unwrap_or(0)),
             free_bytes: free,
+            keep_free_bytes: space.map(|s| s.keep_free_bytes),
+            reserve_in_use: space.is_some_and(|s| s.in_reserve),
         }
     }
 }
