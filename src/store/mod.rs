@@ -3,13 +3,15 @@
 //! database shares, x = 2, revocations; `audit_log`: the audit chain;
 //! `backup`; `seen`: what a cluster node has seen), PostgreSQL for a
 //! cluster (`postgres`, `membership`), and [`Stores`], the two opened
-//! together under one lock, so that the daemon and offline admin commands
-//! never work on the same stores at once. No module here ever sees a whole
+//! together under one lock (`lock`: by the stores' identity, not their
+//! paths), so that the daemon and offline admin commands never work on the
+//! same stores at once. No module here ever sees a whole
 //! key.
 
 pub mod audit_log;
 pub mod backup;
 pub mod keystore;
+pub mod lock;
 pub mod membership;
 pub mod postgres;
 pub mod seen;
@@ -17,12 +19,12 @@ pub mod share_files;
 pub mod sqlite;
 
 pub use keystore::{KeyStore, NodeKey};
+pub use lock::StoreLock;
 pub use postgres::Postgres;
 pub use share_files::{Entry, FileId, ShareDir, temp_path};
 pub use sqlite::{Database, Revocation, Supersede};
 
-use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,28 +34,28 @@ use crate::lifecycle::{self, Reconciled, Survey};
 
 /// The share directory and the key store of one deployment, and the local
 /// SQLite database (the audit log; in a single-host deployment, the key
-/// store too), held under `<db>.lock` for as long as the value lives.
+/// store too), held under their [`StoreLock`] for as long as the value lives.
 pub struct Stores {
     pub shares: ShareDir,
     pub keys: Box<dyn KeyStore>,
     pub local: Database,
     /// The cluster's store, when `postgres` is set (also `keys`).
     pub cluster: Option<Arc<Postgres>>,
-    _lock: File,
+    _lock: StoreLock,
 }
 
 /// This host's stores: the share directory and the local SQLite database,
-/// under `<db>.lock`. What [`Stores`] is made of; `migrate-store` works on
+/// under their [`StoreLock`]. What [`Stores`] is made of; `migrate-store` works on
 /// it directly.
 pub struct LocalStores {
     pub shares: ShareDir,
     pub local: Database,
-    lock: File,
+    lock: StoreLock,
 }
 
 impl LocalStores {
     /// Open (creating when `create`) the share directory and the local
-    /// database, holding `<db>.lock` for as long as the value lives.
+    /// database, holding their [`StoreLock`] for as long as the value lives.
     pub fn open(cfg: &Config, create: bool) -> Result<LocalStores> {
         // Everything we create is private: shares, database, WAL, temp files.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
@@ -104,27 +106,7 @@ impl LocalStores {
             }
         }
         refuse_swapped(cfg, &dir, &db_dir)?;
-        let lock_path = {
-            let mut p = cfg.db.clone().into_os_string();
-            p.push(".lock");
-            PathBuf::from(p)
-        };
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(Error::io("opening lock file", &lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |_| {
-                Error::Usage(format!(
-                    "the key stores are in use by another splitsign process (lock {} is held)",
-                    lock_path.display()
-                ))
-            },
-        )?;
+        let lock = StoreLock::take(&cfg.db, &cfg.shares_dir)?;
         let local = Database::open(&cfg.db, cfg.alg)?;
         Ok(LocalStores {
             shares: dir,
@@ -137,7 +119,7 @@ impl LocalStores {
 impl Stores {
     /// Open (creating when `create`) the share directory, the local
     /// database and the key store (PostgreSQL when `postgres` is set, else
-    /// the local database), holding `<db>.lock` for as long as the value
+    /// the local database), holding their [`StoreLock`] for as long as the value
     /// lives.
     pub fn open(cfg: &Config, create: bool) -> Result<Stores> {
         let LocalStores {

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::util::{Daemon, Dir, assert_ok, code, ok, verify_with_jwks};
+use crate::util::{Daemon, Dir, assert_ok, code, copy_dir, is_root, ok, verify_with_jwks};
 
 /// RFC 7638 thumbprint computed independently of the daemon's code.
 fn thumbprint(x_b64: &str) -> String {
@@ -324,10 +324,118 @@ fn a_second_daemon_on_the_same_stores_is_refused() {
     let e = Daemon::start_with(&dir, &[]).err().expect("refused");
     assert_eq!(e.status.code(), Some(2));
     assert!(
-        e.stderr.contains("in use by another splitsign process"),
+        e.stderr.contains("the key stores are in use: pid"),
         "{}",
         e.stderr
     );
+}
+
+/// One daemon per store by identity, not by path: a second daemon (or an
+/// offline admin command) reaching the running daemon's database through a
+/// symlink, a bind mount of its directory or a relative path, or its share
+/// directory through a bind mount, is refused with exit 2 naming the
+/// holder's pid, and the first keeps signing with its key. (Before, the
+/// lock was `<db path>.lock` by the path string: through a symlink, a
+/// second daemon started, and its `rotate` made the first fail closed.)
+#[test]
+fn a_second_daemon_through_a_symlink_a_bind_mount_or_a_relative_path_is_refused() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let kid = ok(d.conn().sign(json!({})))["kid"].clone();
+    let holder = format!("pid {}", d.pid());
+    let other = Dir::new();
+    let o = other.path();
+    // Copies: a second daemon with them alone would start; each attempt
+    // below shares exactly one store with the running daemon.
+    copy_dir(&dir.path().join("keys"), &o.join("keys-copy"));
+    std::fs::create_dir(o.join("var-copy")).unwrap();
+    std::fs::copy(dir.db(), o.join("var-copy/splitsign.db")).unwrap();
+    std::os::unix::fs::symlink(dir.db(), o.join("link.db")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("var"), o.join("var-link")).unwrap();
+    let s = |p: &str| o.join(p).to_str().unwrap().to_owned();
+    let rel = format!(
+        "../{}/var/splitsign.db",
+        dir.path().file_name().unwrap().to_str().unwrap()
+    );
+    let mut attempts: Vec<(&str, String, String)> = vec![
+        ("a symlink to the database", s("link.db"), s("keys-copy")),
+        (
+            "a symlink to its directory",
+            s("var-link/splitsign.db"),
+            s("keys-copy"),
+        ),
+        ("a relative path", rel, s("keys-copy")),
+    ];
+    let _mounts: Vec<BindMount> = if is_root() {
+        let m = vec![
+            BindMount::new(&dir.path().join("var"), &o.join("var-bind")),
+            BindMount::new(&dir.path().join("keys"), &o.join("keys-bind")),
+        ];
+        attempts.push((
+            "a bind mount of its directory",
+            s("var-bind/splitsign.db"),
+            s("keys-copy"),
+        ));
+        attempts.push((
+            "a bind mount of the share directory",
+            s("var-copy/splitsign.db"),
+            s("keys-bind"),
+        ));
+        m
+    } else {
+        Vec::new()
+    };
+    for (how, db, shares) in &attempts {
+        let flags = [
+            "--db",
+            db,
+            "--shares-dir",
+            shares,
+            "--socket",
+            &s("other.sock"),
+        ];
+        let e = Daemon::start_with(&other, &flags)
+            .err()
+            .unwrap_or_else(|| panic!("{how}: a second daemon started"));
+        assert_eq!(e.status.code(), Some(2), "{how}: {}", e.stderr);
+        assert!(
+            e.stderr.contains("the key stores are in use") && e.stderr.contains(&holder),
+            "{how}: {}",
+            e.stderr
+        );
+        // An offline admin command the same way.
+        let out = other.cmd().args(flags).arg("rotate").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{how}: {out:?}");
+    }
+    assert_eq!(ok(d.conn().sign(json!({})))["kid"], kid);
+    assert!(
+        !d.log().contains("ERROR") && !d.log().contains("WARN"),
+        "the running daemon saw a change:\n{}",
+        d.log()
+    );
+}
+
+/// A bind mount, unmounted when dropped.
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    fn new(from: &std::path::Path, at: &std::path::Path) -> BindMount {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(at)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        BindMount(at.to_owned())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
 
 #[test]
