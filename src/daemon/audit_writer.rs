@@ -64,8 +64,9 @@ pub struct Health {
     failing_since: AtomicI64,
     /// The free space is below the reserve: only admins sign.
     in_reserve: AtomicBool,
-    /// Bytes free on the log's filesystem (for unprivileged writers), and
-    /// the reserve in bytes, at the last check.
+    /// Bytes free on the log's filesystem (for unprivileged writers) plus
+    /// the pages the database freed, and the reserve in bytes, at the last
+    /// check.
     free_bytes: AtomicU64,
     keep_free_bytes: AtomicU64,
 }
@@ -426,7 +427,21 @@ impl WriterThread {
             return;
         };
         let total = fs.f_blocks.saturating_mul(fs.f_frsize);
-        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        // Pages the database freed (a prune) are reused before its file
+        // grows: they count as free, or a prune would not bring signing
+        // back.
+        let reusable = self
+            .conn
+            .query_row(
+                "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        let free = fs
+            .f_bavail
+            .saturating_mul(fs.f_frsize)
+            .saturating_add(reusable);
         let keep = self
             .keep_free
             .lock()

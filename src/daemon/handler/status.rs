@@ -73,7 +73,9 @@ struct AuditStatus {
     /// `ok`, `failing` (signing fails closed) or `off`.
     state: &'static str,
     failing_since: Option<i64>,
-    /// The database with its WAL, and the free space on its filesystem.
+    /// The database with its WAL, and the free space on its filesystem
+    /// (with the audit log on: plus the pages the database freed, which it
+    /// reuses before it grows; as of the writer's last check).
     db_bytes: Option<u64>,
     free_bytes: Option<u64>,
     /// The reserve (`audit_keep_free`) in bytes, and whether the free
@@ -201,9 +203,14 @@ impl Handler {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => std::path::Path::new("."),
         };
-        let free = rustix::fs::statvfs(dir)
-            .ok()
-            .map(|v| v.f_bavail.saturating_mul(v.f_frsize));
+        let space = self.audit.as_ref().map(|a| a.health().space());
+        // With the audit log on, the writer's count (the pages the
+        // database freed included), else the filesystem's.
+        let free = space.map(|s| s.free_bytes).or_else(|| {
+            rustix::fs::statvfs(dir)
+                .ok()
+                .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+        });
         let (state, failing_since) = match &self.audit {
             None => ("off", None),
             Some(a) => match a.health().failing_since() {
@@ -211,7 +218,6 @@ impl Handler {
                 Some(t) => ("failing", Some(t)),
             },
         };
-        let space = self.audit.as_ref().map(|a| a.health().space());
         AuditStatus {
             state,
             failing_since,
