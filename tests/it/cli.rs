@@ -5,9 +5,66 @@
 //! a JWKS or metrics file in a missing directory is refused before any key
 //! is made; log fields are plain values, and counts are named as counts.
 
+use std::process::Output;
+
 use serde_json::json;
 
-use crate::util::{Daemon, Dir, assert_ok};
+use crate::util::{Daemon, Dir, assert_ok, ok};
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const LOCAL: &str =
+    "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n";
+
+#[test]
+fn a_jwks_or_metrics_file_in_a_missing_directory_is_refused_before_any_key_is_made() {
+    for key in ["jwks_file", "metrics_file"] {
+        let dir = Dir::new();
+        let file = dir.path().join("missing/dir/out.json");
+        dir.write_config(&format!("{LOCAL}{key} = \"{}\"\n", file.display()));
+        let e = Daemon::start_with(&dir, &["--config", "config.toml"])
+            .err()
+            .expect("refused");
+        assert_eq!(e.status.code(), Some(2), "{key}: {}", e.stderr);
+        assert!(
+            e.stderr.contains(key) && e.stderr.contains(&file.display().to_string()),
+            "{key}: {}",
+            e.stderr
+        );
+        assert!(dir.share_files().is_empty(), "{key}: a share was written");
+        assert!(!dir.db().exists(), "{key}: a database was made");
+        assert!(!dir.keys().exists(), "{key}: the share directory was made");
+    }
+    // A file that names a directory is refused too.
+    let dir = Dir::new();
+    dir.write_config(&format!(
+        "{LOCAL}jwks_file = \"{}\"\n",
+        dir.path().display()
+    ));
+    let e = Daemon::start_with(&dir, &["--config", "config.toml"])
+        .err()
+        .expect("refused");
+    assert_eq!(e.status.code(), Some(2), "{}", e.stderr);
+    assert!(!dir.db().exists());
+
+    // A reload that moves the file into a missing directory is refused
+    // whole, naming the path; the daemon keeps signing.
+    let dir = Dir::new();
+    let cfg = dir.write_config(LOCAL);
+    let d = Daemon::start_with(&dir, &["--config", "config.toml"]).unwrap();
+    let file = dir.path().join("gone/metrics.prom");
+    dir.write_config(&format!("{LOCAL}metrics_file = \"{}\"\n", file.display()));
+    let out = dir.run(&["--config", cfg.to_str().unwrap(), "reload"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&file.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    ok(d.conn().sign(json!({"sub":"a"})));
+}
 
 #[test]
 fn log_fields_are_plain_values_and_counts_are_named_as_counts() {
