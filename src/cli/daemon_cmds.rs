@@ -82,7 +82,7 @@ pub fn jwks(cx: &Ctx) -> Result<(), Failure> {
 pub fn status(cx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
     let status = match cx.daemon() {
         Ok(mut c) => c.status()?,
-        Err(e) if e.no_daemon() => offline::status(&cx.cfg)?,
+        Err(e) if e.no_daemon() => offline::status(cx.offline()?)?,
         Err(e) => return Err(e.into()),
     };
     if a.json {
@@ -96,7 +96,7 @@ pub fn status(cx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
 pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), Failure> {
     let mut c = match cx.daemon() {
         Ok(c) => c,
-        Err(e) if e.no_daemon() => return offline::rotate(&cx.cfg, a.emergency),
+        Err(e) if e.no_daemon() => return offline::rotate(cx.offline()?, a.emergency),
         Err(e) => return Err(e.into()),
     };
     let mut f = Map::new();
@@ -114,7 +114,7 @@ pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), Failure> {
 pub fn reshare(cx: &Ctx, a: ReshareArgs) -> Result<(), Failure> {
     let mut c = match cx.daemon() {
         Ok(c) => c,
-        Err(e) if e.no_daemon() => return offline::reshare(&cx.cfg, a.recovery_share),
+        Err(e) if e.no_daemon() => return offline::reshare(cx.offline()?, a.recovery_share),
         Err(e) => return Err(e.into()),
     };
     if a.recovery_share.is_some() {
@@ -158,7 +158,7 @@ pub fn revoke(cx: &Ctx, a: RevokeArgs) -> Result<(), Failure> {
     };
     let mut c = match cx.daemon() {
         Ok(c) => c,
-        Err(e) if e.no_daemon() => return offline::revoke(&cx.cfg, &target),
+        Err(e) if e.no_daemon() => return offline::revoke(cx.offline()?, &target),
         Err(e) => return Err(e.into()),
     };
     let r = c.call("revoke", revoke_fields(target))?;
@@ -277,7 +277,7 @@ fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), Failu
         Ok(c) => c,
         Err(e) if e.no_daemon() => {
             let targets: Vec<RevokeTarget> = values.iter().map(|v| target(v)).collect();
-            return offline::revoke_many(&cx.cfg, &targets);
+            return offline::revoke_many(cx.offline()?, &targets);
         }
         Err(e) => return Err(e.into()),
     };

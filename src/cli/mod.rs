@@ -11,17 +11,19 @@ mod daemon_cmds;
 mod docs;
 mod offline;
 mod output;
+mod places;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 use crate::config::{Config, Env, Overrides};
 use crate::protocol::MAX_UNIX_TIME;
 
 pub use output::Failure;
+pub use places::Unreached;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -344,12 +346,26 @@ pub struct AuditArgs {
 pub struct Ctx {
     pub cfg: Config,
     timeout: Duration,
+    /// What chose the places besides the config file (for messages).
+    given: places::Given,
 }
 
 impl Ctx {
-    /// A connection to the daemon, within `--timeout`.
-    pub fn daemon(&self) -> Result<Client, ClientError> {
+    /// A connection to the daemon, within `--timeout`. When no daemon
+    /// listens, the error says where the CLI looked.
+    pub fn daemon(&self) -> Result<Client, Unreached> {
         Client::connect_timeout(&self.cfg.socket, self.timeout)
+            .map_err(|e| Unreached::new(e, &self.cfg, self.given))
+    }
+
+    /// The configuration, for a command that works on the stores
+    /// offline; refused, saying where the CLI looked, when no store is
+    /// there at all.
+    pub fn offline(&self) -> Result<&Config, Failure> {
+        match places::nothing_here(&self.cfg, self.given) {
+            Some(f) => Err(f),
+            None => Ok(&self.cfg),
+        }
     }
 }
 
@@ -360,6 +376,20 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Manpage(a) => return docs::manpages(a.out_dir.as_deref()),
         _ => {}
     }
+    let env = Env::from_process();
+    let given = places::Given {
+        socket: cli.socket.is_some(),
+        db: cli.db.is_some(),
+        shares_dir: cli.shares_dir.is_some(),
+        state_directory: env
+            .state_directory
+            .as_deref()
+            .is_some_and(|s| !s.is_empty()),
+        runtime_directory: env
+            .runtime_directory
+            .as_deref()
+            .is_some_and(|s| !s.is_empty()),
+    };
     let overrides = Overrides {
         config: cli.config,
         shares_dir: cli.shares_dir,
@@ -367,8 +397,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         socket: cli.socket,
     };
     let cx = Ctx {
-        cfg: Config::load(&overrides, &Env::from_process())?,
+        cfg: Config::load(&overrides, &env)?,
         timeout: cli.timeout,
+        given,
     };
     match cli.command {
         Command::Serve => Ok(crate::daemon::serve(cx.cfg, overrides)?),

@@ -15,8 +15,121 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `out` exited with `code`, and its stderr has each of `has`.
+fn exits(out: &Output, code: i32, has: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    for h in has {
+        assert!(err.contains(h), "no {h:?} in: {err}");
+    }
+}
+
 const LOCAL: &str =
     "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n";
+
+/// The commands that find nothing where they looked, and what they must
+/// say: where they looked (the config, the socket, the database), and how
+/// to point elsewhere.
+#[test]
+fn from_a_directory_without_stores_the_cli_says_where_it_looked_and_never_suggests_init() {
+    let dir = Dir::new();
+    let socket = dir.socket().display().to_string();
+    let db = dir.db().display().to_string();
+    let daemon_cmds: &[&[&str]] = &[
+        &["sign", "--claim", "sub=a"],
+        &["verify", "x"],
+        &["jwks"],
+        &["metrics"],
+        &["reload"],
+    ];
+    for args in daemon_cmds {
+        let out = dir.run(args);
+        exits(
+            &out,
+            69,
+            &[
+                &socket,
+                "/etc/splitsign/config.toml",
+                "--socket",
+                "SPLITSIGN_SOCKET",
+                "--config",
+            ],
+        );
+        assert!(!stderr(&out).contains("init"), "{args:?}: {}", stderr(&out));
+    }
+    let store_cmds: &[&[&str]] = &[
+        &["status"],
+        &["rotate"],
+        &["reshare"],
+        &["revoke", "--sub", "a"],
+        &["check"],
+        &["audit"],
+        &["audit", "--prune-before", "90d"],
+        &["backup", "copy.db"],
+        &["recover", "--recovery-share", "r.share"],
+    ];
+    for args in store_cmds {
+        let out = dir.run(args);
+        exits(
+            &out,
+            65,
+            &[
+                &db,
+                &dir.keys().display().to_string(),
+                "/etc/splitsign/config.toml",
+                "--config",
+                "--db",
+            ],
+        );
+        assert!(!stderr(&out).contains("init"), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    }
+    // `status` asks the daemon first: it names the socket too.
+    exits(&dir.run(&["status"]), 65, &[&socket, "SPLITSIGN_SOCKET"]);
+    // A repository checkout has keys/ with a README: still no store.
+    std::fs::create_dir(dir.keys()).unwrap();
+    std::fs::write(dir.keys().join("README.md"), "shares live here\n").unwrap();
+    let out = dir.run(&["status"]);
+    exits(&out, 65, &["holds no share file"]);
+    assert!(!stderr(&out).contains("init"), "{}", stderr(&out));
+    assert!(!dir.path().join("var").exists(), "nothing was created");
+
+    // A config that was found and names empty places, with no daemon at
+    // its socket: a new deployment, where `init` is the answer.
+    let fresh = Dir::new();
+    let cfg = fresh.write_config(LOCAL);
+    let out = fresh.run(&["--config", cfg.to_str().unwrap(), "status"]);
+    exits(&out, 65, &[cfg.to_str().unwrap(), "splitsign init"]);
+
+    // The same config, but its socket reaches a daemon running elsewhere:
+    // never `init` (it would make a second, unrelated key store).
+    let running = Dir::new();
+    let _d = Daemon::start(&running);
+    let cfg = fresh.write_config(&format!(
+        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"{}\"\n",
+        running.socket().display()
+    ));
+    for args in [&["check"][..], &["backup", "copy.db"], &["audit"]] {
+        let out = fresh.run(&[&["--config", cfg.to_str().unwrap()], args].concat());
+        exits(&out, 65, &["daemon answers", "--config"]);
+        assert!(!stderr(&out).contains("init"), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!fresh.path().join("var").exists(), "nothing was created");
+
+    // Half a deployment (the database gone, the share there) is damage,
+    // not a new deployment: the message names the database, and no `init`.
+    let (half, _) = crate::util::initialised();
+    std::fs::remove_file(half.db()).unwrap();
+    for args in [&["status"][..], &["rotate"], &["check"]] {
+        let out = half.run(args);
+        exits(
+            &out,
+            65,
+            &[&half.db().display().to_string(), "does not exist"],
+        );
+        assert!(!stderr(&out).contains("init"), "{args:?}: {}", stderr(&out));
+    }
+}
 
 #[test]
 fn a_jwks_or_metrics_file_in_a_missing_directory_is_refused_before_any_key_is_made() {
