@@ -7,7 +7,7 @@
 
 use std::process::Output;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::util::{Daemon, Dir, assert_ok, ok};
 
@@ -26,6 +26,141 @@ fn exits(out: &Output, code: i32, has: &[&str]) {
 
 const LOCAL: &str =
     "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n";
+
+#[test]
+fn verify_exits_3_for_every_answer_that_the_token_is_not_valid_and_takes_a_fingerprint() {
+    let dir = Dir::new();
+    // No leeway: a 1-second token is expired 2 seconds later.
+    dir.write_config(&format!("{LOCAL}leeway = \"0s\"\n"));
+    let d = Daemon::start_with(&dir, &["--config", "config.toml"]).unwrap();
+    let run = |args: &[&str]| dir.run(&[&["--config", "config.toml"], args].concat());
+    let token = |args: &[&str]| {
+        let out = run(&[
+            &["sign", "--claim", "sub=alice", "--claim", "aud=api"],
+            args,
+        ]
+        .concat());
+        assert_ok(&out);
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+
+    // A token bound to a fingerprint: 0 with it, 3 without it or with another.
+    let bound = token(&["--fingerprint", "cookie-1"]);
+    let out = run(&["verify", &bound, "--fingerprint", "cookie-1"]);
+    assert_ok(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["claims"]["sub"], "alice");
+    assert!(v["claims"]["fph"].is_string(), "{v}");
+    exits(&run(&["verify", &bound]), 3, &["fingerprint_mismatch"]);
+    exits(
+        &run(&["verify", &bound, "--fingerprint", "cookie-2"]),
+        3,
+        &["fingerprint_mismatch"],
+    );
+    // The same token sent over the protocol with the fingerprint: the CLI
+    // passed it as the daemon takes it.
+    ok(d.conn()
+        .request(json!({"op":"verify","token":bound,"fingerprint":"cookie-1"})));
+
+    let plain = token(&[]);
+    assert_ok(&run(&["verify", &plain]));
+    // A fingerprint for a token bound to none.
+    exits(
+        &run(&["verify", &plain, "--fingerprint", "cookie-1"]),
+        3,
+        &["fingerprint_mismatch"],
+    );
+    exits(
+        &run(&["verify", &plain, "--aud", "admin"]),
+        3,
+        &["audience_mismatch"],
+    );
+    // Revoked.
+    assert_ok(&run(&["revoke", "--token", &plain]));
+    exits(&run(&["verify", &plain]), 3, &["revoked"]);
+    // Malformed, and a bad signature.
+    exits(&run(&["verify", "not-a-token"]), 3, &["invalid_token"]);
+    exits(&run(&["verify", ""]), 3, &["invalid_token"]);
+    let other = token(&[]);
+    let mut forged = other.clone();
+    forged.pop();
+    forged.push(if other.ends_with('A') { 'B' } else { 'A' });
+    exits(&run(&["verify", &forged]), 3, &["invalid_token"]);
+    // Longer than any token the daemon issues (past its frame limit).
+    exits(
+        &run(&["verify", &"a".repeat(70_000)]),
+        3,
+        &["frame_too_long"],
+    );
+    // Expired.
+    let short = token(&["--ttl", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    exits(&run(&["verify", &short]), 3, &["token_expired"]);
+    // Signed by another deployment's key.
+    let elsewhere = Dir::new();
+    let e = Daemon::start(&elsewhere);
+    let out = elsewhere.run(&["sign", "--claim", "sub=eve"]);
+    assert_ok(&out);
+    drop(e);
+    let foreign = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    exits(&run(&["verify", &foreign]), 3, &["unknown_key"]);
+
+    // The daemon gone is not an answer about the token: 69.
+    d.stop();
+    exits(&run(&["verify", &other]), 69, &["cannot connect"]);
+}
+
+#[test]
+fn bad_flag_values_are_usage_errors_naming_the_flag() {
+    let dir = Dir::new();
+    let d = Daemon::start(&dir);
+    let cases: &[(&[&str], &str)] = &[
+        (&["sign", "--claim", "=x"], "--claim"),
+        (&["sign", "--claim", "sub"], "--claim"),
+        (&["sign", "--claim", "sub=a", "--claim", "sub=b"], "--claim"),
+        (&["sign", "--ttl", "0s"], "--ttl"),
+        (&["sign", "--ttl", "1500ms"], "--ttl"),
+        (&["sign", "--ttl", "soon"], "--ttl"),
+        (&["sign", "--fingerprint", ""], "--fingerprint"),
+        (&["--timeout", "0s", "jwks"], "--timeout"),
+        (&["--timeout", "2d", "jwks"], "--timeout"),
+        (&["verify", "x", "--aud", ""], "--aud"),
+        (&["verify", "x", "--fingerprint", ""], "--fingerprint"),
+        (&["revoke", "--sub", ""], "--sub"),
+        (&["revoke", "--jti", "", "--exp", "1"], "--jti"),
+        (&["revoke", "--token", ""], "--token"),
+        (&["audit", "--limit", "0"], "--limit"),
+        (&["audit", "--limit", "100001"], "--limit"),
+        (&["audit", "--from", "0"], "--from"),
+        (
+            &["node", "bounds", "--max-token-ttl", "0s"],
+            "--max-token-ttl",
+        ),
+        (
+            &["node", "bounds", "--max-key-lifetime", "59s"],
+            "--max-key-lifetime",
+        ),
+    ];
+    for (args, flag) in cases {
+        let out = dir.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // Nothing was signed or revoked; the smallest good values work.
+    assert_eq!(
+        crate::util::wait_for_count(&dir, "sign", "ok", 0),
+        0,
+        "a refused command signed"
+    );
+    let out = dir.run(&["--timeout", "1d", "sign", "--claim", "sub=a", "--ttl", "1s"]);
+    assert_ok(&out);
+    let t = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let v = ok(d.conn().request(json!({"op":"verify","token":t})));
+    let c = &v["claims"];
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 1);
+    assert_ok(&dir.run(&["audit", "--limit", "1", "--from", "1"]));
+}
 
 /// The commands that find nothing where they looked, and what they must
 /// say: where they looked (the config, the socket, the database), and how
