@@ -252,10 +252,24 @@ impl Client {
         claims: &Map<String, Value>,
         ttl: Option<u64>,
     ) -> Result<SignedToken, ClientError> {
+        self.sign_bound(claims, ttl, None)
+    }
+
+    /// [`Client::sign`], the token bound to a client `fingerprint` when
+    /// one is given (`verify` then needs the same fingerprint).
+    pub fn sign_bound(
+        &mut self,
+        claims: &Map<String, Value>,
+        ttl: Option<u64>,
+        fingerprint: Option<&str>,
+    ) -> Result<SignedToken, ClientError> {
         let mut f = Map::new();
         f.insert("claims".into(), Value::Object(claims.clone()));
         if let Some(t) = ttl {
             f.insert("ttl".into(), t.into());
+        }
+        if let Some(fp) = fingerprint {
+            f.insert("fingerprint".into(), fp.into());
         }
         let r = self.call("sign", f)?;
         let s = |k: &str| {
@@ -277,10 +291,25 @@ impl Client {
 
     /// Ask the daemon to verify `token` (optionally for audience `aud`).
     pub fn verify(&mut self, token: &str, aud: Option<&str>) -> Result<VerifiedToken, ClientError> {
+        self.verify_bound(token, aud, None)
+    }
+
+    /// [`Client::verify`] with the client `fingerprint` a bound token
+    /// needs (a bound token without it, or with another, is refused:
+    /// `fingerprint_mismatch`).
+    pub fn verify_bound(
+        &mut self,
+        token: &str,
+        aud: Option<&str>,
+        fingerprint: Option<&str>,
+    ) -> Result<VerifiedToken, ClientError> {
         let mut f = Map::new();
         f.insert("token".into(), token.into());
         if let Some(a) = aud {
             f.insert("aud".into(), a.into());
+        }
+        if let Some(fp) = fingerprint {
+            f.insert("fingerprint".into(), fp.into());
         }
         let mut r = self.call("verify", f)?;
         let Some(Value::Object(claims)) = r.remove("claims") else {

@@ -789,12 +789,13 @@ impl Config {
     /// Store, socket and JWKS paths.
     fn check_paths(&self) -> Result<()> {
         let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
-        if self
-            .jwks_file
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return bad("jwks_file", "must not be empty".into());
+        for (key, file) in [
+            ("jwks_file", &self.jwks_file),
+            ("metrics_file", &self.metrics_file),
+        ] {
+            if file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return bad(key, "must not be empty".into());
+            }
         }
         for (key, p) in [
             ("shares_dir", &self.shares_dir),
@@ -824,6 +825,65 @@ impl Config {
 }
 
 impl Config {
+    /// The files the daemon writes beside its stores (`jwks_file`,
+    /// `metrics_file`) need a directory that exists and that it may
+    /// write in: checked by `serve` before it opens the stores (so before
+    /// a first key is made), and by a reload. Not part of the shape checks
+    /// of [`Config::load`]: every command loads the config, and only the
+    /// daemon writes these files.
+    pub fn check_output_files(&self) -> Result<()> {
+        for (key, file) in [
+            ("jwks_file", &self.jwks_file),
+            ("metrics_file", &self.metrics_file),
+        ] {
+            let Some(path) = file else { continue };
+            let bad = |message: String| Err(Error::Setting { key, message });
+            if path.file_name().is_none() {
+                return bad(format!("{} names no file", path.display()));
+            }
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return bad(format!(
+                        "the directory of {}, {}, does not exist: create it, or set another path",
+                        path.display(),
+                        dir.display()
+                    ));
+                }
+                Err(e) => {
+                    return bad(format!(
+                        "the directory of {}, {}: {e}",
+                        path.display(),
+                        dir.display()
+                    ));
+                }
+                Ok(m) if !m.is_dir() => {
+                    return bad(format!(
+                        "the directory of {}, {}, is not a directory",
+                        path.display(),
+                        dir.display()
+                    ));
+                }
+                Ok(_) => {}
+            }
+            if path.is_dir() {
+                return bad(format!("{} is a directory", path.display()));
+            }
+            // The file is replaced by a rename from a temp file beside it.
+            if let Err(e) = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+                return bad(format!(
+                    "the directory of {}, {}, is not writable by this process: {e}",
+                    path.display(),
+                    dir.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The first setting that differs between `self` (running) and `new`
     /// and that a reload cannot apply: it needs a restart. Every setting is
     /// listed (the destructuring has no `..`), so a new setting must be

@@ -4,7 +4,6 @@ use serde_json::{Map, Value};
 
 use super::output::{Failure, parse_time, rfc3339};
 use super::{AuditArgs, Ctx};
-use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::error::{Error, exit};
 use crate::lifecycle;
@@ -12,8 +11,8 @@ use crate::store::Stores;
 
 pub fn run(cx: &Ctx, a: AuditArgs) -> Result<(), Failure> {
     match a.prune_before {
-        Some(time) => prune_audit(&cx.cfg, cx.daemon(), &time),
-        None => audit(&cx.cfg, a.verify, a.from, a.limit, a.json),
+        Some(time) => prune_audit(cx, &time),
+        None => audit(cx.offline()?, a.verify, a.from, a.limit, a.json),
     }
 }
 
@@ -48,8 +47,7 @@ fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Resul
             }),
         };
     }
-    let rows =
-        crate::store::audit_log::list(conn, from, limit.clamp(1, 100_000)).map_err(db_err)?;
+    let rows = crate::store::audit_log::list(conn, from, limit).map_err(db_err)?;
     for r in rows {
         if json {
             println!("{}", serde_json::to_string(&r).expect("JSON serializes"));
@@ -82,13 +80,9 @@ fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Resul
 }
 
 /// `audit --prune-before TIME`: through the daemon (admin op) or offline.
-fn prune_audit(
-    cfg: &Config,
-    daemon: Result<Client, ClientError>,
-    time: &str,
-) -> Result<(), Failure> {
+fn prune_audit(cx: &Ctx, time: &str) -> Result<(), Failure> {
     let before = parse_time(time)?;
-    let pruned = match daemon {
+    let pruned = match cx.daemon() {
         Ok(mut c) => {
             let mut f = Map::new();
             f.insert("before".into(), before.into());
@@ -96,7 +90,7 @@ fn prune_audit(
             r.get("pruned").and_then(Value::as_u64).unwrap_or(0) as usize
         }
         Err(e) if e.no_daemon() => {
-            let mut stores = Stores::open(cfg, false)?;
+            let mut stores = Stores::open(cx.offline()?, false)?;
             let n = stores.local.prune_audit(before)?;
             stores.local.audit(&[crate::store::audit_log::Record {
                 at: lifecycle::wall_now(),

@@ -217,7 +217,7 @@ pub fn migrate_store(cx: &Ctx, a: MigrateStoreArgs) -> Result<(), Failure> {
     }
     crate::keys::locked::harden_process()?;
     // Held (with the stores' lock) until the move is done.
-    let mut stores = LocalStores::open(&cx.cfg, false)?;
+    let mut stores = LocalStores::open(cx.offline()?, false)?;
     if let Some((node, store)) = stores.local.moved_to_postgres()? {
         println!("already moved: the keys of this host are in {store} as node {node}");
         return Ok(());

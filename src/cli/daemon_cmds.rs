@@ -12,7 +12,7 @@ use super::output::{Failure, previous_note, render_status, signs_from, usage};
 use super::{Ctx, ReshareArgs, RevokeArgs, RotateArgs, SignArgs, StatusArgs, VerifyArgs};
 use crate::client::ClientError;
 use crate::error::exit;
-use crate::protocol::RevokeTarget;
+use crate::protocol::{Code, RevokeTarget};
 
 pub fn sign(cx: &Ctx, a: SignArgs) -> Result<(), Failure> {
     let mut claims = match a.claims_json {
@@ -22,15 +22,21 @@ pub fn sign(cx: &Ctx, a: SignArgs) -> Result<(), Failure> {
             _ => return Err(usage("--claims-json must be a JSON object".into())),
         },
     };
-    for c in a.claims {
-        let (k, v) = c
-            .split_once('=')
-            .ok_or_else(|| usage(format!("--claim {c:?} is not NAME=VALUE")))?;
-        claims.insert(k.to_owned(), Value::String(v.to_owned()));
+    let mut named = std::collections::HashSet::new();
+    for (k, v) in a.claims {
+        if !named.insert(k.clone()) {
+            return Err(usage(format!(
+                "--claim {k:?} is given twice: give each claim once"
+            )));
+        }
+        claims.insert(k, Value::String(v));
     }
-    let s = cx
-        .daemon()?
-        .sign(&claims, a.ttl.map(|d| d.as_secs().max(1)))?;
+    // `--ttl` is whole seconds, at least 1 (checked when parsed).
+    let s = cx.daemon()?.sign_bound(
+        &claims,
+        a.ttl.map(|d| d.as_secs()),
+        a.fingerprint.as_deref(),
+    )?;
     if a.json {
         println!(
             "{}",
@@ -53,7 +59,10 @@ pub fn verify(cx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
     } else {
         a.token
     };
-    match cx.daemon()?.verify(&token, a.aud.as_deref()) {
+    match cx
+        .daemon()?
+        .verify_bound(&token, a.aud.as_deref(), a.fingerprint.as_deref())
+    {
         Ok(v) => {
             let out = json!({"kid": v.kid, "claims": v.claims});
             println!(
@@ -62,7 +71,7 @@ pub fn verify(cx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Err(ClientError::Daemon { code, message }) if is_token_error(&code) => Err(Failure {
+        Err(ClientError::Daemon { code, message }) if says_not_valid(&code) => Err(Failure {
             code: exit::INVALID_TOKEN,
             message: format!("token is not valid: {message} ({code})"),
         }),
@@ -82,7 +91,7 @@ pub fn jwks(cx: &Ctx) -> Result<(), Failure> {
 pub fn status(cx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
     let status = match cx.daemon() {
         Ok(mut c) => c.status()?,
-        Err(e) if e.no_daemon() => offline::status(&cx.cfg)?,
+        Err(e) if e.no_daemon() => offline::status(cx.offline()?)?,
         Err(e) => return Err(e.into()),
     };
     if a.json {
@@ -96,7 +105,7 @@ pub fn status(cx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
 pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), Failure> {
     let mut c = match cx.daemon() {
         Ok(c) => c,
-        Err(e) if e.no_daemon() => return offline::rotate(&cx.cfg, a.emergency),
+        Err(e) if e.no_daemon() => return offline::rotate(cx.offline()?, a.emergency),
         Err(e) => return Err(e.into()),
     };
     let mut f = Map::new();
@@ -114,7 +123,7 @@ pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), Failure> {
 pub fn reshare(cx: &Ctx, a: ReshareArgs) -> Result<(), Failure> {
     let mut c = match cx.daemon() {
         Ok(c) => c,
-        Err(e) if e.no_daemon() => return offline::reshare(&cx.cfg, a.recovery_share),
+        Err(e) if e.no_daemon() => return offline::reshare(cx.offline()?, a.recovery_share),
         Err(e) => return Err(e.into()),
     };
     if a.recovery_share.is_some() {
@@ -158,7 +167,7 @@ pub fn revoke(cx: &Ctx, a: RevokeArgs) -> Result<(), Failure> {
     };
     let mut c = match cx.daemon() {
         Ok(c) => c,
-        Err(e) if e.no_daemon() => return offline::revoke(&cx.cfg, &target),
+        Err(e) if e.no_daemon() => return offline::revoke(cx.offline()?, &target),
         Err(e) => return Err(e.into()),
     };
     let r = c.call("revoke", revoke_fields(target))?;
@@ -192,15 +201,14 @@ fn revoke_fields(target: RevokeTarget) -> Map<String, Value> {
     f
 }
 
-fn is_token_error(code: &str) -> bool {
-    matches!(
-        code,
-        "invalid_token"
-            | "unknown_key"
-            | "token_expired"
-            | "token_not_yet_valid"
-            | "audience_mismatch"
-    )
+/// Whether the daemon's answer to a `verify` says the token is not valid
+/// (exit 3): every code that rejects the token (revoked and a fingerprint
+/// mismatch too), and a line too long for the daemon to read, since every
+/// token it issues fits in a line (`max_token_bytes` leaves room in
+/// `max_frame_bytes`). The daemon unreachable or busy, a refusal of the
+/// peer, or an internal failure are not answers about the token.
+fn says_not_valid(code: &str) -> bool {
+    Code::parse(code).is_some_and(|c| c.rejects_token() || c == Code::FrameTooLong)
 }
 
 /// `reload`: through the daemon only (there is nothing to reload offline).
@@ -277,7 +285,7 @@ fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), Failu
         Ok(c) => c,
         Err(e) if e.no_daemon() => {
             let targets: Vec<RevokeTarget> = values.iter().map(|v| target(v)).collect();
-            return offline::revoke_many(&cx.cfg, &targets);
+            return offline::revoke_many(cx.offline()?, &targets);
         }
         Err(e) => return Err(e.into()),
     };

@@ -11,17 +11,19 @@ mod daemon_cmds;
 mod docs;
 mod offline;
 mod output;
+mod places;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 use crate::config::{Config, Env, Overrides};
 use crate::protocol::MAX_UNIX_TIME;
 
 pub use output::Failure;
+pub use places::Unreached;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,9 +46,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", env = "SPLITSIGN_SOCKET")]
     pub socket: Option<PathBuf>,
     /// How long to wait to connect to the daemon, and for each reply; then
-    /// give up with exit 69.
+    /// give up with exit 69. Between 1ms and 1d.
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
-          value_parser = humantime::parse_duration)]
+          value_parser = parse_timeout)]
     pub timeout: Duration,
     #[command(subcommand)]
     pub command: Command,
@@ -63,7 +65,9 @@ pub enum Command {
     /// Ask the daemon for a token; prints it.
     Sign(SignArgs),
     /// Ask the daemon to verify a token ("-" reads it from stdin). Exit 0 if
-    /// valid, 3 if not.
+    /// valid, 3 if the daemon says it is not (revoked, expired, unknown key,
+    /// bad signature, malformed, wrong audience or fingerprint), 69 if the
+    /// daemon cannot be reached, 1 on any other failure.
     Verify(VerifyArgs),
     /// Print the published keys (JWKS).
     Jwks,
@@ -172,11 +176,13 @@ pub enum NodeCommand {
 
 #[derive(Debug, Args)]
 pub struct BoundsArgs {
-    /// The longest key lifetime (activation to retirement), e.g. 32d.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// The longest key lifetime (activation to retirement), e.g. 32d;
+    /// between 60s and 3660d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_key_lifetime)]
     pub max_key_lifetime: Option<Duration>,
-    /// The longest token TTL (exp - iat) any node may issue, e.g. 1h.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// The longest token TTL (exp - iat) any node may issue, e.g. 1h;
+    /// between 1s and 366d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_token_ttl_bound)]
     pub max_token_ttl: Option<Duration>,
     /// Keys of one node not yet retired (2 to 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(2..=1000))]
@@ -189,6 +195,81 @@ pub struct BoundsArgs {
     pub max_revocation_bytes: Option<i64>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// A duration flag's value: humantime (`90s`, `5m`, `1h`), between `min`
+/// and `max`, and a whole number of seconds when `whole` (a value the
+/// command would otherwise round is refused, never changed).
+fn duration_between(
+    s: &str,
+    min: Duration,
+    max: Duration,
+    whole: bool,
+) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write a duration like 90s, 5m or 1h)"))?;
+    if whole && d.subsec_nanos() != 0 {
+        return Err("must be a whole number of seconds".into());
+    }
+    if d < min || d > max {
+        return Err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+const DAY: u64 = 86_400;
+
+/// `--timeout`: more than nothing (a zero timeout cannot wait for any
+/// reply), at most a day.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    duration_between(s, Duration::from_millis(1), Duration::from_secs(DAY), false)
+}
+
+/// `sign --ttl`: whole seconds, at least 1s (the daemon's `max_ttl` is the
+/// upper bound).
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    duration_between(s, Duration::from_secs(1), Duration::MAX, true)
+}
+
+/// `node bounds --max-key-lifetime`: the range the cluster's schema takes.
+fn parse_key_lifetime(s: &str) -> Result<Duration, String> {
+    duration_between(
+        s,
+        Duration::from_secs(60),
+        Duration::from_secs(3660 * DAY),
+        true,
+    )
+}
+
+/// `node bounds --max-token-ttl`: the range the cluster's schema takes.
+fn parse_token_ttl_bound(s: &str) -> Result<Duration, String> {
+    duration_between(
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(366 * DAY),
+        true,
+    )
+}
+
+/// `sign --claim NAME=VALUE`: a name that is not empty.
+fn parse_claim(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| "must be NAME=VALUE".to_owned())?;
+    if name.is_empty() {
+        return Err("the claim name (before `=`) is empty".into());
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// A string flag whose empty value means nothing (an audience, a
+/// fingerprint, a subject or token id to revoke).
+fn non_empty() -> clap::builder::NonEmptyStringValueParser {
+    clap::builder::NonEmptyStringValueParser::new()
 }
 
 /// A size in bytes: digits, optionally followed by K, M or G (powers of
@@ -236,15 +317,22 @@ pub struct ImportArgs {
 
 #[derive(Debug, Args)]
 pub struct SignArgs {
-    /// A string claim, NAME=VALUE (repeatable).
-    #[arg(long = "claim", value_name = "NAME=VALUE")]
-    pub claims: Vec<String>,
+    /// A string claim, NAME=VALUE (repeatable, each name once; the name
+    /// must not be empty).
+    #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = parse_claim)]
+    pub claims: Vec<(String, String)>,
     /// Claims as a JSON object, merged before --claim.
     #[arg(long = "claims-json", value_name = "JSON")]
     pub claims_json: Option<String>,
-    /// Lifetime, e.g. 90s, 5m, 1h (default: the daemon's default_ttl).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Lifetime in whole seconds, at least 1s, e.g. 90s, 5m, 1h (default:
+    /// the daemon's default_ttl).
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<Duration>,
+    /// Bind the token to this client fingerprint (a session cookie, a
+    /// TLS client certificate's hash…): only its SHA-256 goes into the
+    /// token, and verifying it then needs the same --fingerprint.
+    #[arg(long, value_name = "VALUE", value_parser = non_empty())]
+    pub fingerprint: Option<String>,
     /// Print the whole response as JSON instead of the token alone.
     #[arg(long)]
     pub json: bool,
@@ -254,8 +342,12 @@ pub struct SignArgs {
 pub struct VerifyArgs {
     pub token: String,
     /// Also require this audience.
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty())]
     pub aud: Option<String>,
+    /// The client fingerprint the token is bound to (`sign
+    /// --fingerprint`): a bound token verifies only with it.
+    #[arg(long, value_name = "VALUE", value_parser = non_empty())]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -294,7 +386,7 @@ pub struct BackupArgs {
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
     /// Revoke the token with this jti (with --exp: kept until then).
-    #[arg(long, conflicts_with_all = ["token", "sub"], requires = "exp")]
+    #[arg(long, conflicts_with_all = ["token", "sub"], requires = "exp", value_parser = non_empty())]
     pub jti: Option<String>,
     /// Revoke every token id in FILE, one a line ("-": stdin), each until
     /// now + max_ttl (every token with it has expired by then). A mass
@@ -311,10 +403,10 @@ pub struct RevokeArgs {
     pub exp: Option<i64>,
     /// Revoke this token (its jti until its exp; through the daemon, which
     /// checks the signature first).
-    #[arg(long, conflicts_with = "sub")]
+    #[arg(long, conflicts_with = "sub", value_parser = non_empty())]
     pub token: Option<String>,
     /// Revoke every token of this subject issued until --before.
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty())]
     pub sub: Option<String>,
     /// With --sub: tokens issued before this Unix time (default: now).
     #[arg(long, requires = "sub", value_parser = clap::value_parser!(i64).range(0..=MAX_UNIX_TIME))]
@@ -331,10 +423,11 @@ pub struct AuditArgs {
     /// else offline.
     #[arg(long, value_name = "TIME")]
     pub prune_before: Option<String>,
-    /// First record to list.
-    #[arg(long, default_value_t = 1)]
+    /// First record to list (1 or more).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
     pub from: i64,
-    #[arg(long, default_value_t = 100)]
+    /// How many records to list (1 to 100000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub limit: i64,
     #[arg(long)]
     pub json: bool,
@@ -344,12 +437,26 @@ pub struct AuditArgs {
 pub struct Ctx {
     pub cfg: Config,
     timeout: Duration,
+    /// What chose the places besides the config file (for messages).
+    given: places::Given,
 }
 
 impl Ctx {
-    /// A connection to the daemon, within `--timeout`.
-    pub fn daemon(&self) -> Result<Client, ClientError> {
+    /// A connection to the daemon, within `--timeout`. When no daemon
+    /// listens, the error says where the CLI looked.
+    pub fn daemon(&self) -> Result<Client, Unreached> {
         Client::connect_timeout(&self.cfg.socket, self.timeout)
+            .map_err(|e| Unreached::new(e, &self.cfg, self.given))
+    }
+
+    /// The configuration, for a command that works on the stores
+    /// offline; refused, saying where the CLI looked, when no store is
+    /// there at all.
+    pub fn offline(&self) -> Result<&Config, Failure> {
+        match places::nothing_here(&self.cfg, self.given) {
+            Some(f) => Err(f),
+            None => Ok(&self.cfg),
+        }
     }
 }
 
@@ -360,6 +467,20 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Manpage(a) => return docs::manpages(a.out_dir.as_deref()),
         _ => {}
     }
+    let env = Env::from_process();
+    let given = places::Given {
+        socket: cli.socket.is_some(),
+        db: cli.db.is_some(),
+        shares_dir: cli.shares_dir.is_some(),
+        state_directory: env
+            .state_directory
+            .as_deref()
+            .is_some_and(|s| !s.is_empty()),
+        runtime_directory: env
+            .runtime_directory
+            .as_deref()
+            .is_some_and(|s| !s.is_empty()),
+    };
     let overrides = Overrides {
         config: cli.config,
         shares_dir: cli.shares_dir,
@@ -367,8 +488,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         socket: cli.socket,
     };
     let cx = Ctx {
-        cfg: Config::load(&overrides, &Env::from_process())?,
+        cfg: Config::load(&overrides, &env)?,
         timeout: cli.timeout,
+        given,
     };
     match cli.command {
         Command::Serve => Ok(crate::daemon::serve(cx.cfg, overrides)?),

@@ -35,7 +35,7 @@ pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), Failure> {
         ));
     }
     crate::keys::locked::harden_process()?;
-    let mut stores = Stores::open(&cx.cfg, false)?;
+    let mut stores = Stores::open(cx.offline()?, false)?;
     let now = lifecycle::wall_now();
     let (kid, what) = {
         let s = &mut stores;
@@ -61,11 +61,11 @@ pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), Failure> {
 }
 
 pub fn check(cx: &Ctx) -> Result<(), Failure> {
-    check_stores(&cx.cfg)
+    check_stores(cx.offline()?)
 }
 
 pub fn backup(cx: &Ctx, a: BackupArgs) -> Result<(), Failure> {
-    backup_db(&cx.cfg, &a.file)
+    backup_db(cx.offline()?, &a.file)
 }
 
 /// `rotate` with no daemon. What the key issued is unknown: its tokens may

@@ -379,13 +379,13 @@ impl WriterThread {
             Ok(()) => match self.expected.still_at(&self.path) {
                 Ok(()) => true,
                 Err(why) => {
-                    tracing::error!(reason = %why, records = records.len(), "audit records went to a database no longer at its path; withholding their tokens");
+                    tracing::error!(reason = %why, record_count = records.len(), "audit records went to a database no longer at its path; withholding their tokens");
                     false
                 }
             },
             Err(e) => {
                 if self.health.ok() {
-                    tracing::error!(error = %e, db = %self.path.display(), records = records.len(), "audit log write failed; signing fails closed until it can be written");
+                    tracing::error!(error = %e, db = %self.path.display(), record_count = records.len(), "audit log write failed; signing fails closed until it can be written");
                 }
                 false
             }
@@ -515,7 +515,7 @@ impl WriterThread {
                 p.records += n;
                 let p = self.pruning.take().expect("a prune in progress");
                 if p.records > 0 || p.by.is_some() {
-                    tracing::info!(records = p.records, before, "pruned the audit log");
+                    tracing::info!(record_count = p.records, before, "pruned the audit log");
                     let mut rec = p.by.unwrap_or(Record {
                         op: "audit_prune",
                         result: "ok",

@@ -539,7 +539,7 @@ impl Cluster {
             database_mark = now.high,
             seen_beat = seen.beat,
             database_beat = now.beat,
-            own_revocations_written_back = written_back,
+            own_revocations_written_back_count = written_back,
             "the cluster's database went back (restored from a backup, or rolled back): \
              revocations this node has seen stay in force here, and it wrote its own missing \
              ones back"
@@ -603,7 +603,7 @@ impl Cluster {
             crate::store::KeyStore::add_revocations(&self.pg, batch, now)?;
         }
         tracing::warn!(
-            revocations = missing.len(),
+            revocation_count = missing.len(),
             "this node's own revocations were missing from the cluster's database; wrote them back"
         );
         Ok(missing.len())

@@ -365,7 +365,7 @@ impl KeyManager {
         };
         if purged > 0 {
             tracing::info!(
-                revocations = purged,
+                revocation_count = purged,
                 expired_before = before,
                 "purged the revocations of expired tokens"
             );
@@ -418,7 +418,7 @@ impl KeyManager {
         let (new, previous) = r?;
         let kid = new.row.kid.clone();
         let activate_at = new.row.activate_at;
-        tracing::warn!(%kid, previous = ?previous, emergency, activate_at, "rotated by an admin");
+        tracing::warn!(%kid, previous = previous.as_deref().map(tracing::field::display), emergency, activate_at, "rotated by an admin");
         self.refresh(&stores, now, vec![new])?;
         Ok(Rotated {
             kid,
@@ -554,11 +554,11 @@ impl KeyManager {
             // This node's own rows come back with the others'.
             let _ = self.sync_revocations(c, false);
         }
-        let (jti, sub) = rows.iter().fold((0, 0), |(j, s), r| match r {
+        let (jti_count, sub_count) = rows.iter().fold((0, 0), |(j, s), r| match r {
             Revocation::Jti { .. } => (j + 1, s),
             Revocation::Sub { .. } => (j, s + 1),
         });
-        tracing::warn!(jti, sub, "revoked by an admin");
+        tracing::warn!(jti_count, sub_count, "revoked by an admin");
         answers
     }
 

@@ -48,8 +48,10 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     crate::keys::locked::harden_process()?;
     memory::tune_allocator();
     log_config(&cfg);
-    // Check the access policies (user and group names) before anything else.
+    // Check the access policies (user and group names) and where the JWKS
+    // and metrics files go before anything else: a refusal creates nothing.
     Access::new(&cfg)?;
+    cfg.check_output_files()?;
     // Adopt systemd's socket before anything else can open a descriptor.
     let activated = systemd::take_listener()?;
     let manager = Arc::new(start_keys(&cfg)?);

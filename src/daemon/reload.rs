@@ -68,6 +68,7 @@ impl Handler {
             });
         }
         self.manager.check_config(&new)?;
+        new.check_output_files()?;
         let access = Access::new(&new)?;
         self.set_policies(Policy::new(&new), access);
         self.set_limits(Limits::of(&new));

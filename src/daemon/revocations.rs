@@ -392,7 +392,7 @@ pub fn revocation_for(
     };
     let v = jws::verify(keys, policy, t, None, key_now, now).map_err(|e| {
         Error::Usage(format!(
-            "cannot revoke that token: {e:?} (only a valid token can be revoked by value)"
+            "cannot revoke that token: {e} (only a valid token can be revoked by value)"
         ))
     })?;
     let jti = v

@@ -173,6 +173,18 @@ pub enum VerifyError {
     AudienceMismatch,
 }
 
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VerifyError::Invalid(why) => why,
+            VerifyError::UnknownKey => "no published key with the token's kid verifies now",
+            VerifyError::Expired => "the token has expired",
+            VerifyError::NotYetValid => "the token is not valid yet (nbf)",
+            VerifyError::AudienceMismatch => "the token is not issued for that audience",
+        })
+    }
+}
+
 /// A token that passed every check.
 #[derive(Debug)]
 pub struct Verified {

@@ -125,6 +125,38 @@ impl Code {
     pub fn parse(s: &str) -> Option<Code> {
         Code::ALL.into_iter().find(|c| c.as_str() == s)
     }
+
+    /// Whether this answer to a `verify` says that the token is not valid
+    /// (`splitsign verify` exits 3), rather than that the request or the
+    /// daemon failed. Every code is listed, so that a new one must be
+    /// classified here before the crate compiles.
+    pub fn rejects_token(self) -> bool {
+        match self {
+            Code::InvalidToken
+            | Code::UnknownKey
+            | Code::TokenExpired
+            | Code::TokenNotYetValid
+            | Code::AudienceMismatch
+            | Code::Revoked
+            | Code::FingerprintMismatch => true,
+            Code::InvalidJson
+            | Code::InvalidUtf8
+            | Code::InvalidRequest
+            | Code::UnknownOp
+            | Code::FrameTooLong
+            | Code::ReservedClaim
+            | Code::TtlTooLong
+            | Code::TokenTooLarge
+            | Code::Unavailable
+            | Code::Forbidden
+            | Code::Refused
+            | Code::ForbiddenClaim
+            | Code::AuditUnavailable
+            | Code::Busy
+            | Code::RateLimited
+            | Code::Internal => false,
+        }
+    }
 }
 
 /// A failed request: code, human message, and the id to echo (if known).
@@ -212,4 +244,31 @@ pub struct JwksOk<'a> {
 #[derive(Serialize)]
 pub struct PingOk {
     pub pong: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn the_codes_that_reject_a_token_are_the_documented_ones() {
+        // docs/clients.md and the README's exit code 3 list these.
+        let rejecting: Vec<&str> = Code::ALL
+            .into_iter()
+            .filter(|c| c.rejects_token())
+            .map(Code::as_str)
+            .collect();
+        assert_eq!(
+            rejecting,
+            [
+                "invalid_token",
+                "unknown_key",
+                "token_expired",
+                "token_not_yet_valid",
+                "audience_mismatch",
+                "revoked",
+                "fingerprint_mismatch"
+            ]
+        );
+    }
 }

@@ -84,7 +84,7 @@ impl LocalStores {
         if !cfg.db.exists() {
             if !create {
                 return Err(Error::KeyStore(format!(
-                    "database {} does not exist (run `splitsign init` first)",
+                    "database {} does not exist",
                     cfg.db.display()
                 )));
             }

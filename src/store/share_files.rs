@@ -342,6 +342,16 @@ pub fn share_file_name(kid: &str, generation: u32) -> String {
     format!("{kid}.{generation}{SUFFIX}")
 }
 
+/// Whether the directory at `path` holds a share file, by name (nothing
+/// is opened or checked); false when it does not exist or cannot be read.
+/// For messages that must tell a fresh place from a deployment.
+pub fn holds_share_files(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|rd| {
+        rd.filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_str().and_then(parse_share_name).is_some())
+    })
+}
+
 /// `<kid>.<generation>.share`
 fn parse_share_name(name: &str) -> Option<(String, u32)> {
     let stem = name.strip_suffix(SUFFIX)?;

@@ -132,7 +132,7 @@ impl Database {
         let db_err = Error::database(path);
         if !path.exists() {
             return Err(Error::KeyStore(format!(
-                "database {} does not exist (run `splitsign init` first)",
+                "database {} does not exist",
                 path.display()
             )));
         }

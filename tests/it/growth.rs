@@ -188,6 +188,9 @@ fn a_schema_upgrade_keeps_systemd_waiting_and_a_read_only_command_says_how_to_up
 
 #[test]
 fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
+    if !crate::util::have_faketime() {
+        return;
+    }
     let (dir, expect) = fixture_stores("stores-v5");
     let before: Vec<(i64, Option<String>, Option<String>)> = {
         let sql = dir.sql();
@@ -285,6 +288,9 @@ fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
 
 #[test]
 fn a_kill_9_during_the_schema_upgrade_leaves_schema_5_whole_and_the_next_start_finishes_it() {
+    if !crate::util::have_faketime() {
+        return;
+    }
     let (dir, expect) = fixture_stores("stores-v5");
     // A long audit log, so that the rewrite takes a while: the fixture's
     // last record, a million times more (their hashes do not chain; only

@@ -4,6 +4,8 @@
 //! - `end_to_end`: init → serve → sign → verify against the JWKS, restart,
 //!   import, the CLI, pipelining.
 //! - `protocol_input`: hostile request lines.
+//! - `cli`: the command line's promises: exit codes, flag values, where it
+//!   looked, start checks, log fields.
 //! - `access`: client policies, revocation, token binding, the audit log,
 //!   locked key memory.
 //! - `growth`: pipelined admin sessions, mass revocation, the schema 6
@@ -26,6 +28,7 @@
 //! - `cluster_trust`: a node's login in an attacker's hands, a node
 //!   removed, a restored dump: what one node can do to the others.
 mod access;
+mod cli;
 mod cluster;
 mod cluster_trust;
 mod container;

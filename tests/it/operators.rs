@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::util::{BIN, Dir, assert_ok};
+use crate::util::{BIN, CARGO_DEB, Dir, assert_ok, optional_tool, runs};
 
 #[test]
 fn bash_sources_the_completion_script_and_it_completes_commands() {
@@ -88,16 +88,16 @@ fn man_pages_render_without_warnings_and_cover_every_command() {
 /// promtool (Debian package `prometheus`): `PROMTOOL`, or on PATH. `.ci/run`
 /// extracts it from the package without installing the server.
 fn promtool() -> String {
-    if let Ok(p) = std::env::var("PROMTOOL") {
-        return p;
-    }
-    let on_path = Command::new("promtool").arg("--version").output();
-    assert!(
-        on_path.is_ok_and(|o| o.status.success()),
-        "this test needs promtool: set PROMTOOL, or run .ci/run (it extracts it from the \
-         Debian prometheus package)"
-    );
-    "promtool".into()
+    std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into())
+}
+
+/// Whether promtool is here (see [`optional_tool`]).
+fn have_promtool() -> bool {
+    optional_tool(
+        runs(&promtool(), &["--version"]),
+        "promtool (set PROMTOOL, or run .ci/run: it extracts it from the Debian prometheus \
+         package)",
+    )
 }
 
 /// `promtool check metrics` on `text`: it must parse, with no lint.
@@ -143,6 +143,9 @@ fn value(text: &str, name: &str, want: &[&str]) -> f64 {
 #[test]
 fn metrics_parse_with_promtool_count_what_happens_and_the_file_is_replaced_whole() {
     use serde_json::json;
+    if !have_promtool() {
+        return;
+    }
     let dir = Dir::new();
     let prom = dir.path().join("splitsign.prom");
     let cfg = dir.write_config(&format!(
@@ -292,19 +295,15 @@ fn metrics_parse_with_promtool_count_what_happens_and_the_file_is_replaced_whole
 
 /// Build the Debian package once for the tests that need it
 /// (`packaging/build-deb`: a release build, the man pages and completions,
-/// `cargo deb`). Returns its path.
-pub fn debian_package() -> std::path::PathBuf {
+/// `cargo deb`). Returns its path, or `None` when cargo-deb is missing:
+/// the test is skipped (see [`optional_tool`]).
+pub fn debian_package() -> Option<std::path::PathBuf> {
+    if !optional_tool(runs("cargo", &["deb", "--version"]), CARGO_DEB) {
+        return None;
+    }
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
+    let deb = BUILT
         .get_or_init(|| {
-            let have = Command::new("cargo")
-                .args(["deb", "--version"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            assert!(
-                have,
-                "this test needs cargo-deb (cargo install cargo-deb --locked; .ci/run installs it)"
-            );
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
             let out = Command::new(root.join("packaging/build-deb"))
                 .current_dir(root)
@@ -324,7 +323,8 @@ pub fn debian_package() -> std::path::PathBuf {
                 .to_owned();
             root.join(path)
         })
-        .clone()
+        .clone();
+    Some(deb)
 }
 
 fn dpkg_deb(args: &[&str], deb: &std::path::Path) -> String {
@@ -339,7 +339,9 @@ fn dpkg_deb(args: &[&str], deb: &std::path::Path) -> String {
 
 #[test]
 fn the_debian_package_holds_what_it_should_and_keeps_the_keys_on_purge() {
-    let deb = debian_package();
+    let Some(deb) = debian_package() else {
+        return;
+    };
     let files = dpkg_deb(&["-c"], &deb);
     for want in [
         "./usr/bin/splitsign",

@@ -326,6 +326,9 @@ fn removing_the_database_under_a_running_daemon_stops_tokens_and_the_watchdog() 
 
 #[test]
 fn a_clock_jump_forward_then_corrected_signs_with_real_times_again() {
+    if !crate::util::have_faketime() {
+        return;
+    }
     let dir = Dir::new();
     let d = Daemon::start(&dir);
     let k1 = field(&ok(d.conn().sign(json!({}))), "kid");
@@ -407,6 +410,9 @@ fn kept(c: &mut Conn, dir: &Dir, seq: i64) -> (usize, i64) {
 
 #[test]
 fn a_clock_stepped_forward_then_corrected_forgets_no_revocation_and_no_audit_record() {
+    if !crate::util::have_faketime() {
+        return;
+    }
     let dir = Dir::new();
     let cfg = dir.write_config(
         "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\naudit_retention = \"1h\"\n",
@@ -476,6 +482,9 @@ fn a_clock_stepped_forward_then_corrected_forgets_no_revocation_and_no_audit_rec
 
 #[test]
 fn a_revocation_is_kept_a_day_past_its_token_then_purged() {
+    if !crate::util::have_faketime() {
+        return;
+    }
     let dir = Dir::new();
     let d = Daemon::start(&dir);
     let mut c = d.conn();
@@ -654,6 +663,9 @@ fn a_reload_applies_timeouts_and_refuses_what_needs_a_restart_by_name() {
 
 #[test]
 fn stores_made_by_0_1_upgrade_in_place_and_keep_every_token() {
+    if !crate::util::have_faketime() {
+        return;
+    }
     let (dir, expect) = fixture_stores("stores-v1");
     // Run at the time the fixture was made (its tokens live an hour).
     let made_at = expect["made_at"].as_i64().unwrap();

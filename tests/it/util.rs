@@ -645,8 +645,93 @@ pub fn initialised() -> (Dir, String) {
     (dir, kid)
 }
 
+/// Whether a test may run, given whether an optional tool it needs was
+/// found (`have`); `needs` names the tool and how to get it. When it is
+/// missing, the test is skipped: this says "skipped: needs …" on stderr
+/// (past the test harness's capture, so that `cargo test` shows it) and
+/// returns false, and the caller returns. With `SPLITSIGN_REQUIRE_ALL=1`
+/// (`.ci/run` sets it: CI installs every tool) a missing tool fails the
+/// test instead.
+pub fn optional_tool(have: bool, needs: &str) -> bool {
+    let require_all = std::env::var_os("SPLITSIGN_REQUIRE_ALL").is_some_and(|v| v == "1");
+    // Straight to fd 2: `eprintln!` would be captured, and shown only for
+    // a failing test.
+    tool_or_skip(have, needs, require_all, &mut std::io::stderr())
+}
+
+fn tool_or_skip(have: bool, needs: &str, require_all: bool, say: &mut dyn Write) -> bool {
+    if have {
+        return true;
+    }
+    assert!(
+        !require_all,
+        "needs {needs} (SPLITSIGN_REQUIRE_ALL=1: no test may be skipped)"
+    );
+    let _ = writeln!(say, "skipped: needs {needs}");
+    false
+}
+
+#[test]
+fn a_missing_tool_skips_the_test_unless_every_test_must_run() {
+    let mut said = Vec::new();
+    assert!(tool_or_skip(true, "x", true, &mut said));
+    assert!(tool_or_skip(true, "x", false, &mut said));
+    assert!(said.is_empty());
+    assert!(!tool_or_skip(false, "x (get it)", false, &mut said));
+    assert_eq!(
+        String::from_utf8(said).unwrap(),
+        "skipped: needs x (get it)\n"
+    );
+    let failed = std::panic::catch_unwind(|| {
+        tool_or_skip(
+            false,
+            "a-tool (apt-get install a-tool)",
+            true,
+            &mut Vec::new(),
+        )
+    });
+    let message = failed.expect_err("with SPLITSIGN_REQUIRE_ALL=1 a missing tool fails");
+    let message = message
+        .downcast_ref::<String>()
+        .expect("a formatted panic message");
+    assert!(
+        message.contains("needs a-tool (apt-get install a-tool)"),
+        "{message}"
+    );
+}
+
+/// Whether `program args` runs and succeeds (a tool's `--version`).
+pub fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// cargo-deb, for the tests that build the Debian package.
+pub const CARGO_DEB: &str = "cargo-deb (cargo install cargo-deb --locked --version 3.8.0)";
+
+/// strace, for the tests that stop the daemon at system calls.
+pub const STRACE: &str = "strace (apt-get install strace; .ci/run installs it)";
+
+/// Whether strace is here (see [`optional_tool`]).
+pub fn have_strace() -> bool {
+    optional_tool(runs("strace", &["-V"]), STRACE)
+}
+
 /// libfaketime (Debian package `faketime`) shifts the daemon's wall clock.
 pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Whether libfaketime is here (see [`optional_tool`]); the tests that
+/// shift the clock ask first.
+pub fn have_faketime() -> bool {
+    optional_tool(
+        Path::new(FAKETIME_LIB).exists(),
+        "libfaketime (apt-get install faketime; .ci/run installs it)",
+    )
+}
 
 /// The environment that runs a process under libfaketime with `vars`
 /// (`FAKETIME`, or `FAKETIME_TIMESTAMP_FILE` with `FAKETIME_NO_CACHE`), the

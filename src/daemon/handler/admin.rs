@@ -64,7 +64,7 @@ impl Handler {
         audit: &mut Vec<Record>,
     ) {
         let name = req.op.name().as_str();
-        tracing::info!(uid = peer.uid, pid = ?peer.pid, op = name, "admin op");
+        tracing::info!(uid = peer.uid, pid = peer.pid, op = name, "admin op");
         if let Op::AuditPrune { before } = req.op {
             // The writer records the prune itself, once it is done.
             return self.prune_audit(req.id, before, peer, out).await;
@@ -87,7 +87,13 @@ impl Handler {
         out: &mut Vec<u8>,
         audit: &mut Vec<Record>,
     ) {
-        tracing::info!(uid = peer.uid, pid = ?peer.pid, op = "revoke", n = reqs.len(), "admin op");
+        tracing::info!(
+            uid = peer.uid,
+            pid = peer.pid,
+            op = "revoke",
+            request_count = reqs.len(),
+            "admin op"
+        );
         let mut ids = Vec::with_capacity(reqs.len());
         let mut targets = Vec::with_capacity(reqs.len());
         for r in reqs {
