@@ -152,6 +152,7 @@ impl Code {
             | Code::Refused
             | Code::ForbiddenClaim
             | Code::AuditUnavailable
+            | Code::AuditReserve
             | Code::Busy
             | Code::RateLimited
             | Code::Internal => false,
