@@ -10,9 +10,12 @@
 //! too. A refusal names the holder (its pid and command line, from
 //! `/proc/locks`).
 //!
-//! Not covered: a bind mount of the database *file* alone, used with
-//! another share directory; that pairing has no shares of the database's
-//! keys, so it does not start (the stores disagree).
+//! A path to the database that does not go through its directory would
+//! meet neither the lock file nor the database's own WAL (SQLite keeps
+//! `<path>-wal` beside the path it was given): a hard link, or the file
+//! bind-mounted alone. So a database with more than one link, or that is a
+//! mount point, is refused (exit 2) before anything is opened: then every
+//! path to the file goes through its one directory, and so to one lock.
 
 use std::fs::File;
 use std::io::Read;
@@ -32,7 +35,9 @@ impl StoreLock {
     /// Take both locks, or say who holds them (a usage error: exit 2).
     /// `db`'s directory and `shares` must exist.
     pub fn take(db: &Path, shares: &Path) -> Result<StoreLock> {
-        let path = lock_path(db)?;
+        let real = canonical_db(db)?;
+        one_path_only(db, &real)?;
+        let path = lock_of(&real);
         let db_lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -62,10 +67,21 @@ impl StoreLock {
     }
 }
 
-/// `<db>.lock`, from the database's canonical path: the file itself when
-/// it exists (a symlink to it is followed), else its directory's.
+/// `<db>.lock`, from the database's canonical path.
 pub fn lock_path(db: &Path) -> Result<PathBuf> {
-    let real = match std::fs::canonicalize(db) {
+    canonical_db(db).map(|real| lock_of(&real))
+}
+
+fn lock_of(real: &Path) -> PathBuf {
+    let mut p = real.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// The database's canonical path: the file itself when it exists (a
+/// symlink to it is followed), else its directory's, joined with its name.
+fn canonical_db(db: &Path) -> Result<PathBuf> {
+    Ok(match std::fs::canonicalize(db) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dir = match db.parent() {
@@ -80,10 +96,70 @@ pub fn lock_path(db: &Path) -> Result<PathBuf> {
                 .join(name)
         }
         Err(e) => return Err(Error::io("resolving the database path", db)(e)),
+    })
+}
+
+/// Refuse a database that another path reaches without its directory: a
+/// second hard link, or a bind mount of the file itself (`real`: its
+/// canonical path).
+fn one_path_only(db: &Path, real: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(db) else {
+        return Ok(()); // not created yet: nothing else can reach it
     };
-    let mut p = real.into_os_string();
-    p.push(".lock");
-    Ok(PathBuf::from(p))
+    if meta.nlink() > 1 {
+        return Err(Error::Usage(format!(
+            "the database {} has {} hard links: another path to the same file would bypass its \
+             lock and its WAL. Remove the other links (find them with `find / -xdev -samefile \
+             {}`)",
+            db.display(),
+            meta.nlink(),
+            db.display()
+        )));
+    }
+    if is_mount_point(real) {
+        return Err(Error::Usage(format!(
+            "the database {} is a mount point (the file bind-mounted alone): its lock and WAL \
+             would not be the original's. Bind-mount its directory instead",
+            db.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `path` (canonical) is where something is mounted, by
+/// `/proc/self/mountinfo` (field 5, octal escapes undone).
+fn is_mount_point(path: &Path) -> bool {
+    let mut text = String::new();
+    if File::open("/proc/self/mountinfo")
+        .and_then(|f| f.take(16 << 20).read_to_string(&mut text))
+        .is_err()
+    {
+        return false;
+    }
+    let want = path.as_os_str().as_encoded_bytes();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape(m) == want)
+}
+
+/// Undo mountinfo's `\ooo` escapes (space, tab, newline, backslash).
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// An exclusive `flock` without waiting; when it is held, a usage error
@@ -153,9 +229,14 @@ fn holder(dev: u64, ino: u64) -> Option<String> {
             line
         })
         .filter(|l| !l.is_empty());
+    // The uid too: a lock file in a directory others may write to could be
+    // held by anyone, under any command line.
+    let uid = std::fs::metadata(format!("/proc/{pid}"))
+        .map(|m| format!(", uid {}", m.uid()))
+        .unwrap_or_default();
     Some(match command {
-        Some(c) => format!("pid {pid} ({c})"),
-        None => format!("pid {pid}"),
+        Some(c) => format!("pid {pid}{uid} ({c})"),
+        None => format!("pid {pid}{uid}"),
     })
 }
 
@@ -183,13 +264,36 @@ mod tests {
     }
 
     #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/a\040b\134c"), b"/a b\\c");
+        assert_eq!(unescape(r"/plain\04"), b"/plain\\04");
+        assert!(is_mount_point(Path::new("/")));
+        assert!(!is_mount_point(Path::new("/no/such/mount/point")));
+    }
+
+    #[test]
+    fn a_database_with_a_second_hard_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, shares) = (dir.path().join("s.db"), dir.path().join("keys"));
+        std::fs::create_dir(&shares).unwrap();
+        std::fs::write(&db, b"").unwrap();
+        drop(StoreLock::take(&db, &shares).unwrap());
+        std::fs::hard_link(&db, dir.path().join("other.db")).unwrap();
+        let e = StoreLock::take(&db, &shares).unwrap_err().to_string();
+        assert!(e.contains("2 hard links"), "{e}");
+    }
+
+    #[test]
     fn a_held_lock_names_its_holder() {
         let dir = tempfile::tempdir().unwrap();
         let (db, shares) = (dir.path().join("s.db"), dir.path().join("keys"));
         std::fs::create_dir(&shares).unwrap();
         let _held = StoreLock::take(&db, &shares).unwrap();
         let e = StoreLock::take(&db, &shares).unwrap_err().to_string();
-        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        assert!(
+            e.contains(&format!("pid {}, uid ", std::process::id())),
+            "{e}"
+        );
         assert!(e.contains("the database"), "{e}");
         // The share directory alone, reached through a symlink.
         let other = dir.path().join("other.db");

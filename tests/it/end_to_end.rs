@@ -334,7 +334,9 @@ fn a_second_daemon_on_the_same_stores_is_refused() {
 /// offline admin command) reaching the running daemon's database through a
 /// symlink, a bind mount of its directory or a relative path, or its share
 /// directory through a bind mount, is refused with exit 2 naming the
-/// holder's pid, and the first keeps signing with its key. (Before, the
+/// holder's pid; a path that would bypass the database's directory (a hard
+/// link, the file bind-mounted alone) is refused too; and the first keeps
+/// signing with its key. (Before, the
 /// lock was `<db path>.lock` by the path string: through a symlink, a
 /// second daemon started, and its `rotate` made the first fail closed.)
 #[test]
@@ -357,35 +359,53 @@ fn a_second_daemon_through_a_symlink_a_bind_mount_or_a_relative_path_is_refused(
         "../{}/var/splitsign.db",
         dir.path().file_name().unwrap().to_str().unwrap()
     );
-    let mut attempts: Vec<(&str, String, String)> = vec![
-        ("a symlink to the database", s("link.db"), s("keys-copy")),
+    // (how, db, shares, what the refusal says)
+    let in_use = "the key stores are in use";
+    let mut attempts: Vec<(&str, String, String, &str)> = vec![
+        (
+            "a symlink to the database",
+            s("link.db"),
+            s("keys-copy"),
+            in_use,
+        ),
         (
             "a symlink to its directory",
             s("var-link/splitsign.db"),
             s("keys-copy"),
+            in_use,
         ),
-        ("a relative path", rel, s("keys-copy")),
+        ("a relative path", rel, s("keys-copy"), in_use),
     ];
     let _mounts: Vec<BindMount> = if is_root() {
+        std::fs::write(o.join("file-bind.db"), b"").unwrap();
         let m = vec![
             BindMount::new(&dir.path().join("var"), &o.join("var-bind")),
             BindMount::new(&dir.path().join("keys"), &o.join("keys-bind")),
+            BindMount::new(&dir.db(), &o.join("file-bind.db")),
         ];
         attempts.push((
             "a bind mount of its directory",
             s("var-bind/splitsign.db"),
             s("keys-copy"),
+            in_use,
         ));
         attempts.push((
             "a bind mount of the share directory",
             s("var-copy/splitsign.db"),
             s("keys-bind"),
+            in_use,
+        ));
+        attempts.push((
+            "a bind mount of the database file alone",
+            s("file-bind.db"),
+            s("keys-copy"),
+            "is a mount point",
         ));
         m
     } else {
         Vec::new()
     };
-    for (how, db, shares) in &attempts {
+    for (how, db, shares, says) in &attempts {
         let flags = [
             "--db",
             db,
@@ -398,15 +418,34 @@ fn a_second_daemon_through_a_symlink_a_bind_mount_or_a_relative_path_is_refused(
             .err()
             .unwrap_or_else(|| panic!("{how}: a second daemon started"));
         assert_eq!(e.status.code(), Some(2), "{how}: {}", e.stderr);
-        assert!(
-            e.stderr.contains("the key stores are in use") && e.stderr.contains(&holder),
-            "{how}: {}",
-            e.stderr
-        );
+        assert!(e.stderr.contains(says), "{how}: {}", e.stderr);
+        if *says == in_use {
+            assert!(e.stderr.contains(&holder), "{how}: {}", e.stderr);
+        }
         // An offline admin command the same way.
         let out = other.cmd().args(flags).arg("rotate").output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{how}: {out:?}");
     }
+    // A hard link to the live database (its WAL and lock are not the
+    // link's): refused, and the daemon's own restart says why too.
+    std::fs::hard_link(dir.db(), o.join("hard.db")).unwrap();
+    let flags = [
+        "--db",
+        &s("hard.db"),
+        "--shares-dir",
+        &s("keys-copy"),
+        "--socket",
+        &s("other.sock"),
+    ];
+    let out = other.cmd().args(flags).arg("rotate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 hard links"),
+        "{out:?}"
+    );
+    let e = Daemon::start_with(&other, &flags).err().expect("refused");
+    assert!(e.stderr.contains("2 hard links"), "{}", e.stderr);
+    std::fs::remove_file(o.join("hard.db")).unwrap();
     assert_eq!(ok(d.conn().sign(json!({})))["kid"], kid);
     assert!(
         !d.log().contains("ERROR") && !d.log().contains("WARN"),
@@ -419,8 +458,11 @@ fn a_second_daemon_through_a_symlink_a_bind_mount_or_a_relative_path_is_refused(
 struct BindMount(std::path::PathBuf);
 
 impl BindMount {
+    /// `at` is made for a directory; a file's must exist.
     fn new(from: &std::path::Path, at: &std::path::Path) -> BindMount {
-        std::fs::create_dir_all(at).unwrap();
+        if from.is_dir() {
+            std::fs::create_dir_all(at).unwrap();
+        }
         let out = std::process::Command::new("mount")
             .arg("--bind")
             .arg(from)
