@@ -125,9 +125,24 @@ impl KeepFree {
             }
         };
         n.checked_mul(1u64 << shift)
-            .map(KeepFree::Bytes)
             .ok_or_else(|| format!("{text:?} is too large"))
+            .and_then(KeepFree::bounded)
     }
+
+    /// A size, at most [`KeepFree::MAX`].
+    fn bounded(n: u64) -> std::result::Result<KeepFree, String> {
+        if n > KeepFree::MAX {
+            return Err(format!(
+                "{} is more than any filesystem this is for (at most {})",
+                human_bytes(n),
+                human_bytes(KeepFree::MAX)
+            ));
+        }
+        Ok(KeepFree::Bytes(n))
+    }
+
+    /// The largest size taken: 1 PiB.
+    pub const MAX: u64 = 1 << 50;
 }
 
 /// A size for people: `812 KiB`, `12.3 MiB`, `1.2 GiB`.
@@ -136,7 +151,8 @@ pub fn human_bytes(n: u64) -> String {
         0..1024 => format!("{n} B"),
         1024..1_048_576 => format!("{} KiB", n >> 10),
         1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-        _ => format!("{:.1} GiB", n as f64 / 1_073_741_824.0),
+        1_073_741_824..1_099_511_627_776 => format!("{:.1} GiB", n as f64 / 1_073_741_824.0),
+        _ => format!("{:.1} TiB", n as f64 / 1_099_511_627_776.0),
     }
 }
 
@@ -159,16 +175,25 @@ impl std::fmt::Display for KeepFree {
 
 impl<'de> Deserialize<'de> for KeepFree {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = KeepFree;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size like \"256MiB\", a percentage like \"5%\", or bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<KeepFree, E> {
+                KeepFree::bounded(n).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<KeepFree, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom(format!("{n} is negative")))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> std::result::Result<KeepFree, E> {
+                KeepFree::parse(t).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(KeepFree::Bytes(n)),
-            Raw::Text(t) => KeepFree::parse(&t).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visit)
     }
 }
 
@@ -1306,12 +1331,16 @@ mod tests {
             "\"12 parsecs\"",
             "\"MiB\"",
             "\"99999999T\"",
+            "\"99999T\"",
+            "18446744073709551615",
             "-5",
+            "5.0",
         ] {
             let e = from_toml(&format!("audit_keep_free = {bad}"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("audit_keep_free"), "{bad}: {e}");
+            assert!(!e.contains("enum") && !e.contains("Raw"), "{bad}: {e}");
         }
     }
 }

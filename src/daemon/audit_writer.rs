@@ -199,6 +199,17 @@ impl Writer {
         });
         let retention_s = Arc::new(AtomicI64::new(retention.as_secs() as i64));
         let keep_free = Arc::new(Mutex::new(keep_free));
+        // Where the database and its WAL really are (symlinks resolved).
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let space_dir = match real.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let wal_path = {
+            let mut p = real.into_os_string();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
         let mut thread = WriterThread {
             conn,
             path,
@@ -212,6 +223,11 @@ impl Writer {
             metrics,
             purge_clock: crate::lifecycle::PurgeClock::new("audit records past the retention"),
             keep_free: Arc::clone(&keep_free),
+            space_dir,
+            last_avail: 0,
+            margin: 0,
+            wal_path,
+            wal_peak: WAL_PEAK,
         };
         // The reserve is known before the first sign.
         thread.check_space();
@@ -293,6 +309,73 @@ struct WriterThread {
     /// clock stepped forward prunes nothing early.
     purge_clock: crate::lifecycle::PurgeClock,
     keep_free: Arc<Mutex<KeepFree>>,
+    /// The directory that holds the database and its WAL (its symlinks
+    /// resolved), whose filesystem the reserve is measured on.
+    space_dir: PathBuf,
+    /// Bytes free at the last check, and how early the reserve starts.
+    last_avail: u64,
+    margin: u64,
+    /// The WAL, and the largest it has been (at least [`WAL_PEAK`]).
+    wal_path: PathBuf,
+    wal_peak: u64,
+}
+
+/// The least reserve (unless it is off): the WAL's peak and a prune's
+/// room; without them no one could write, admins included, and a prune
+/// could not free anything.
+pub const WAL_ROOM: u64 = WAL_PEAK + PRUNE_ROOM;
+
+/// The WAL's usual peak: 1,000 pages (SQLite's autocheckpoint) of 4 KiB.
+const WAL_PEAK: u64 = 4 << 20;
+
+/// Room on the filesystem itself, beyond the WAL's peak, that the reserve
+/// always keeps: a prune's batch writes its pages to the WAL first.
+const PRUNE_ROOM: u64 = 4 << 20;
+
+/// While the log is in its reserve, refusals (which carry no token) are
+/// aggregated over this many seconds instead of one: they would otherwise
+/// eat the admins' reserve, a record per uid, op and code each second.
+const RESERVE_WINDOW_S: i64 = 600;
+
+/// What the space check found: the free space, the reserve, and whether
+/// the free space is below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Judged {
+    free: u64,
+    keep: u64,
+    low: bool,
+}
+
+/// `avail`: bytes free on the filesystem for unprivileged writers;
+/// `reusable`: the database's free pages; `wal_growth`: what the WAL may
+/// still take before it is at its peak again (a WAL truncated at a key
+/// change gives its space back only until it regrows: counted, the reserve
+/// does not open and close with it); `margin`: how early the reserve
+/// starts (what the last batch took: the next is likely to take as much).
+fn judge(
+    avail: u64,
+    reusable: u64,
+    wal_growth: u64,
+    total: u64,
+    setting: KeepFree,
+    margin: u64,
+) -> Judged {
+    let room = avail.saturating_sub(wal_growth);
+    let free = room.saturating_add(reusable);
+    let keep = match setting.bytes(total) {
+        0 => {
+            return Judged {
+                free,
+                keep: 0,
+                low: false,
+            };
+        }
+        n => n.max(WAL_ROOM),
+    };
+    // The database's free pages count only while the filesystem itself
+    // has room left for a prune's batch.
+    let low = room < PRUNE_ROOM || free < keep.saturating_add(margin);
+    Judged { free, keep, low }
 }
 
 fn wall_now() -> i64 {
@@ -399,8 +482,13 @@ impl WriterThread {
 
     /// The aggregated failures whose window is over (all, with `flush`).
     fn due_tally(&self, flush: bool) -> Vec<Record> {
+        let window = if self.health.in_reserve() {
+            RESERVE_WINDOW_S
+        } else {
+            WINDOW.as_secs() as i64
+        };
         let mut t = self.tally.lock().unwrap_or_else(|p| p.into_inner());
-        if t.records.is_empty() || (!flush && wall_now() < t.window + WINDOW.as_secs() as i64) {
+        if t.records.is_empty() || (!flush && wall_now() < t.window + window) {
             return Vec::new();
         }
         t.take()
@@ -419,17 +507,11 @@ impl WriterThread {
     /// say so when it crosses it. A filesystem that cannot be asked leaves
     /// the last answer (the writes themselves still fail closed).
     fn check_space(&mut self) {
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let Ok(fs) = rustix::fs::statvfs(dir) else {
+        let Ok(fs) = rustix::fs::statvfs(&self.space_dir) else {
             return;
         };
-        let total = fs.f_blocks.saturating_mul(fs.f_frsize);
-        // Pages the database freed (a prune) are reused before its file
-        // grows: they count as free, or a prune would not bring signing
-        // back.
+        // Pages the database freed (a prune's) are reused before its file
+        // grows.
         let reusable = self
             .conn
             .query_row(
@@ -438,31 +520,43 @@ impl WriterThread {
                 |r| r.get::<_, i64>(0),
             )
             .map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        let free = fs
-            .f_bavail
-            .saturating_mul(fs.f_frsize)
-            .saturating_add(reusable);
-        let keep = self
-            .keep_free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .bytes(total);
-        let low = free < keep;
+        let avail = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let setting = *self.keep_free.lock().unwrap_or_else(|p| p.into_inner());
+        // The reserve starts early by what the last batch took; in the
+        // reserve, that margin stays until space comes back (hysteresis:
+        // the margin falls when only admins write).
+        let used = self.last_avail.saturating_sub(avail);
+        self.margin = if self.health.in_reserve() {
+            self.margin.max(used)
+        } else {
+            used
+        };
+        self.last_avail = avail;
+        let wal = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        self.wal_peak = self.wal_peak.max(wal);
+        let j = judge(
+            avail,
+            reusable,
+            self.wal_peak - wal,
+            fs.f_blocks.saturating_mul(fs.f_frsize),
+            setting,
+            self.margin,
+        );
         let h = &self.health;
-        h.free_bytes.store(free, Ordering::Relaxed);
-        h.keep_free_bytes.store(keep, Ordering::Relaxed);
-        let was = h.in_reserve.swap(low, Ordering::Relaxed);
-        if low && !was {
+        h.free_bytes.store(j.free, Ordering::Relaxed);
+        h.keep_free_bytes.store(j.keep, Ordering::Relaxed);
+        let was = h.in_reserve.swap(j.low, Ordering::Relaxed);
+        if j.low && !was {
             tracing::warn!(
-                free = %crate::config::human_bytes(free),
-                keep_free = %crate::config::human_bytes(keep),
+                free = %crate::config::human_bytes(j.free),
+                keep_free = %crate::config::human_bytes(j.keep),
                 db = %self.path.display(),
                 "the audit log's filesystem is down to its reserve (audit_keep_free): only admins may sign until space is freed"
             );
-        } else if was && !low {
+        } else if was && !j.low {
             tracing::info!(
-                free = %crate::config::human_bytes(free),
-                keep_free = %crate::config::human_bytes(keep),
+                free = %crate::config::human_bytes(j.free),
+                keep_free = %crate::config::human_bytes(j.keep),
                 "the audit log's filesystem is above its reserve again: everyone may sign"
             );
         }
@@ -526,6 +620,10 @@ impl WriterThread {
                         tracing::warn!("could not record the prune in the audit log");
                     }
                 }
+                // The WAL the prune grew goes back to the filesystem.
+                let _ = self
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                 if let Some(ack) = p.ack {
                     let _ = ack.send(Ok(Pruned {
                         records: p.records,
@@ -547,6 +645,33 @@ impl WriterThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserve_keeps_room_for_the_wal_and_starts_early() {
+        let mib = 1u64 << 20;
+        let pct = |p: f64| KeepFree::Percent {
+            percent: p,
+            cap: None,
+        };
+        let bytes = KeepFree::Bytes;
+        // Off: never low.
+        assert!(!judge(0, 0, 0, 64 * mib, bytes(0), 0).low);
+        // 5% of 64 MiB is 3.2 MiB: the reserve is at least WAL_ROOM.
+        let j = judge(9 * mib, 0, 0, 64 * mib, pct(5.0), 0);
+        assert_eq!((j.keep, j.low), (WAL_ROOM, false));
+        assert!(judge(7 * mib, 0, 0, 64 * mib, pct(5.0), 0).low);
+        // Freed pages count, but not while the filesystem itself is short
+        // of room for a prune.
+        let j = judge(10 * mib, 30 * mib, 0, 100 * mib, bytes(32 * mib), 0);
+        assert_eq!((j.free, j.low), (40 * mib, false));
+        assert!(judge(3 * mib, 90 * mib, 0, 100 * mib, bytes(32 * mib), 0).low);
+        // A truncated WAL's space is counted as the WAL's, until it regrows.
+        let j = judge(14 * mib, 0, 4 * mib, 100 * mib, bytes(12 * mib), 0);
+        assert_eq!((j.free, j.low), (10 * mib, true));
+        // What the last batch took, the reserve starts early by.
+        assert!(!judge(34 * mib, 0, 0, 100 * mib, bytes(32 * mib), mib).low);
+        assert!(judge(34 * mib, 0, 0, 100 * mib, bytes(32 * mib), 3 * mib).low);
+    }
 
     #[test]
     fn failures_aggregate_per_uid_op_and_result() {

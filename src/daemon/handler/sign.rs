@@ -93,8 +93,8 @@ impl Handler {
         Err((
             Code::AuditReserve,
             format!(
-                "the audit log's disk is down to its reserve ({} free, audit_keep_free keeps {}): \
-                 only admins may sign until space is freed",
+                "the audit log's disk is down to its reserve ({} free; audit_keep_free keeps {}, \
+                 starting a batch early): only admins may sign until space is freed",
                 human_bytes(space.free_bytes),
                 human_bytes(space.keep_free_bytes)
             ),
