@@ -367,6 +367,9 @@ pub struct Config {
     pub audit_retention: Duration,
     /// Free space kept on the audit log's filesystem for the admins.
     pub audit_keep_free: KeepFree,
+    /// The stores or the socket were given as relative paths (taken from
+    /// the working directory; they are absolute here).
+    pub relative_stores: bool,
     /// Peers with these uids may use admin ops. Default: root and the
     /// daemon's own uid.
     pub admin_uids: Option<Vec<u32>>,
@@ -529,6 +532,7 @@ impl Config {
                 .audit_retention
                 .unwrap_or(Duration::from_secs(90 * 86400)),
             audit_keep_free: file.audit_keep_free.unwrap_or_default(),
+            relative_stores: false,
             admin_uids: file.admin_uids.clone(),
             policies: file.policy.clone(),
             rotation_interval: file
@@ -558,7 +562,11 @@ impl Config {
                 std::path::absolute(&p).unwrap_or(p)
             }
         };
+        let relative_stores = [&self.shares_dir, &self.db, &self.socket]
+            .iter()
+            .any(|p| p.is_relative());
         Config {
+            relative_stores,
             shares_dir: abs(self.shares_dir),
             db: abs(self.db),
             socket: abs(self.socket),
@@ -932,6 +940,7 @@ impl Config {
             admin_connections: _,
             audit_retention: _,
             audit_keep_free: _,
+            relative_stores: _,
             mlock: _,
             admin_uids: _,
             policies: _,

@@ -15,18 +15,22 @@ use crate::error::exit;
 use crate::protocol::{Code, RevokeTarget};
 
 pub fn sign(cx: &Ctx, a: SignArgs) -> Result<(), Failure> {
+    // A claim given twice is ambiguous: refused, as the daemon refuses it.
     let mut claims = match a.claims_json {
         None => Map::new(),
-        Some(j) => match serde_json::from_str(&j) {
+        Some(j) => match crate::protocol::strict_json::parse(&j) {
             Ok(Value::Object(m)) => m,
+            Err(e) if crate::protocol::strict_json::is_duplicate(&e) => {
+                return Err(usage(format!("--claims-json: {e}")));
+            }
             _ => return Err(usage("--claims-json must be a JSON object".into())),
         },
     };
     let mut named = std::collections::HashSet::new();
     for (k, v) in a.claims {
-        if !named.insert(k.clone()) {
+        if !named.insert(k.clone()) || claims.contains_key(&k) {
             return Err(usage(format!(
-                "--claim {k:?} is given twice: give each claim once"
+                "--claim {k:?} is given twice (or also in --claims-json): give each claim once"
             )));
         }
         claims.insert(k, Value::String(v));
@@ -59,6 +63,11 @@ pub fn verify(cx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
     } else {
         a.token
     };
+    if token.trim().is_empty() {
+        return Err(usage(
+            "verify: the token is empty (give it as the argument, or \"-\" and on stdin)".into(),
+        ));
+    }
     match cx
         .daemon()?
         .verify_bound(&token, a.aud.as_deref(), a.fingerprint.as_deref())

@@ -212,11 +212,15 @@ fn duration_between(
         return Err("must be a whole number of seconds".into());
     }
     if d < min || d > max {
-        return Err(format!(
-            "must be between {} and {}",
-            humantime::format_duration(min),
-            humantime::format_duration(max)
-        ));
+        return Err(if max == Duration::MAX {
+            format!("must be at least {}", humantime::format_duration(min))
+        } else {
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            )
+        });
     }
     Ok(d)
 }
@@ -262,6 +266,12 @@ fn parse_claim(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| "must be NAME=VALUE".to_owned())?;
     if name.is_empty() {
         return Err("the claim name (before `=`) is empty".into());
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "the claim name {name:?} holds a space or a control character (use --claims-json \
+             for such a name)"
+        ));
     }
     Ok((name.to_owned(), value.to_owned()))
 }

@@ -146,6 +146,18 @@ pub fn nothing_here(cfg: &Config, given: Given) -> Option<Failure> {
              --shares-dir) it runs with",
             cfg.socket.display()
         ));
+    } else if let Some(elsewhere) = relative_elsewhere(cfg) {
+        // The config's relative paths name other places from its own
+        // directory: the deployment may well be there.
+        m.push_str(&format!(
+            ". The config's paths are relative: they are taken from the current directory ({}), \
+             not the config file's ({}); run splitsign from there, or give the config absolute \
+             paths",
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "?".into()),
+            elsewhere.display()
+        ));
     } else if chosen {
         m.push_str(&format!(
             ", and no daemon answers at the {}. If this is a new deployment, `splitsign init` \
@@ -166,6 +178,18 @@ pub fn nothing_here(cfg: &Config, given: Given) -> Option<Failure> {
         code: exit::KEY_STORE,
         message: m,
     })
+}
+
+/// The config file's directory, when the config names a store or the
+/// socket by a relative path and the current directory is another one.
+fn relative_elsewhere(cfg: &Config) -> Option<std::path::PathBuf> {
+    let Origin::File(file) = &cfg.origin else {
+        return None;
+    };
+    let relative = cfg.relative_stores;
+    let dir = std::fs::canonicalize(file).ok()?.parent()?.to_owned();
+    let cwd = std::env::current_dir().ok()?.canonicalize().ok()?;
+    (relative && dir != cwd).then_some(dir)
 }
 
 /// Whether something accepts connections at `socket` (a daemon, or a

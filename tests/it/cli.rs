@@ -118,6 +118,23 @@ fn bad_flag_values_are_usage_errors_naming_the_flag() {
         (&["sign", "--claim", "=x"], "--claim"),
         (&["sign", "--claim", "sub"], "--claim"),
         (&["sign", "--claim", "sub=a", "--claim", "sub=b"], "--claim"),
+        (&["sign", "--claim", " =x"], "--claim"),
+        (&["sign", "--claim", "a b=x"], "--claim"),
+        (&["sign", "--claim", "\u{1}=x"], "--claim"),
+        (
+            &[
+                "sign",
+                "--claims-json",
+                r#"{"sub":"a"}"#,
+                "--claim",
+                "sub=b",
+            ],
+            "--claim",
+        ),
+        (
+            &["sign", "--claims-json", r#"{"a":1,"a":2}"#],
+            "--claims-json",
+        ),
         (&["sign", "--ttl", "0s"], "--ttl"),
         (&["sign", "--ttl", "1500ms"], "--ttl"),
         (&["sign", "--ttl", "soon"], "--ttl"),
@@ -147,6 +164,19 @@ fn bad_flag_values_are_usage_errors_naming_the_flag() {
         assert!(stderr(&out).contains(flag), "{args:?}: {}", stderr(&out));
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+    // --ttl has no upper bound of its own (the daemon's max_ttl is it).
+    let out = dir.run(&["sign", "--ttl", "0"]);
+    assert!(stderr(&out).contains("at least 1s"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("years"), "{}", stderr(&out));
+    // An empty token on stdin is a usage error, not a token found invalid.
+    let out = dir
+        .cmd()
+        .args(["verify", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
     // Nothing was signed or revoked; the smallest good values work.
     assert_eq!(
         crate::util::wait_for_count(&dir, "sign", "ok", 0),
@@ -235,6 +265,32 @@ fn from_a_directory_without_stores_the_cli_says_where_it_looked_and_never_sugges
     let cfg = fresh.write_config(LOCAL);
     let out = fresh.run(&["--config", cfg.to_str().unwrap(), "status"]);
     exits(&out, 65, &[cfg.to_str().unwrap(), "splitsign init"]);
+
+    // A deployment whose config has relative paths, asked from another
+    // directory: the paths name empty places here, but the config's own
+    // directory may hold the stores: say so, never `init`.
+    let deployed = Dir::new();
+    let cfg_there = deployed.write_config(LOCAL);
+    let _there = Daemon::start_with(&deployed, &["--config", "config.toml"]).unwrap();
+    let elsewhere = Dir::new();
+    for args in [
+        &["status"][..],
+        &["rotate"],
+        &["check"],
+        &["audit", "--verify"],
+    ] {
+        let out = elsewhere.run(&[&["--config", cfg_there.to_str().unwrap()], args].concat());
+        exits(
+            &out,
+            65,
+            &["relative", &deployed.path().display().to_string()],
+        );
+        assert!(!stderr(&out).contains("init"), "{args:?}: {}", stderr(&out));
+    }
+    assert!(
+        !elsewhere.path().join("var").exists(),
+        "nothing was created"
+    );
 
     // The same config, but its socket reaches a daemon running elsewhere:
     // never `init` (it would make a second, unrelated key store).
