@@ -620,10 +620,12 @@ impl WriterThread {
                         tracing::warn!("could not record the prune in the audit log");
                     }
                 }
-                // The WAL the prune grew goes back to the filesystem.
-                let _ = self
-                    .conn
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                // The WAL a prune grew goes back to the filesystem.
+                if p.records > 0 {
+                    let _ = self
+                        .conn
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                }
                 if let Some(ack) = p.ack {
                     let _ = ack.send(Ok(Pruned {
                         records: p.records,

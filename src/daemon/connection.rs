@@ -11,8 +11,9 @@
 //! line of input (`max_frame_bytes`) and about [`REPLY_BATCH`] of replies,
 //! and an idle connection holds no buffer at all.
 //!
-//! Connections take turns: one answers lines for at most [`TURN`] and
-//! after each read chunk, then yields to the others. Without that, a
+//! Connections take turns: one answers lines for at most [`TURN`] (the
+//! lines left wait in its input) or to the end of a read chunk, writes the
+//! replies, gives its batch back, and yields to the others. Without that, a
 //! connection whose client had its next lines in the socket when the
 //! daemon came back to read never waited: reads from a ready socket cost
 //! nothing of tokio's cooperative budget and only each reply write cost one
@@ -106,17 +107,29 @@ impl<'a> Connection<'a> {
     /// Read, answer, write, until the peer is done, times out, is evicted,
     /// or the daemon stops.
     pub async fn serve(mut self, shutdown: &CancellationToken) {
+        let mut eof = false;
+        // Whole lines of the input left unanswered when the turn ended.
+        let mut left = false;
         loop {
             let limits = *self.handler.limits();
-            let read = self.read(&limits, shutdown).await;
-            let eof = match read {
-                Read::Close => break,
-                Read::Eof => true,
-                Read::Data => false,
-            };
-            if !self.answer_input(&limits, eof).await || eof {
+            if !left {
+                match self.read(&limits, shutdown).await {
+                    Read::Close => break,
+                    Read::Eof => eof = true,
+                    Read::Data => {}
+                }
+            } else if shutdown.is_cancelled() || self.ticket.evicted.is_cancelled() {
                 break;
             }
+            let Some(more) = self.answer_input(&limits, eof).await else {
+                break;
+            };
+            if eof && !more {
+                break;
+            }
+            left = more;
+            // The turn is over: the replies are written, the batch is
+            // given back, and the others run.
             self.release_buffers();
             tokio::task::yield_now().await;
         }
@@ -155,10 +168,12 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Answer every complete line of the input (and, at EOF, an
-    /// unterminated last one), writing the replies whenever
-    /// [`REPLY_BATCH`] bytes of them wait. Returns false to close.
-    async fn answer_input(&mut self, limits: &Limits, eof: bool) -> bool {
+    /// Answer the complete lines of the input (and, at EOF, an
+    /// unterminated last one) for one turn ([`TURN`]), writing the replies
+    /// whenever [`REPLY_BATCH`] bytes of them wait and at the end. Returns
+    /// `None` to close, else whether whole lines are left for the next
+    /// turn.
+    async fn answer_input(&mut self, limits: &Limits, eof: bool) -> Option<bool> {
         let Connection {
             handler,
             stream,
@@ -170,21 +185,22 @@ impl<'a> Connection<'a> {
         } = self;
         let mut answered = false;
         let mut close = false;
-        let mut turn = Instant::now();
+        let mut more = false;
+        let turn = Instant::now();
         while let Some(frame) = splitter.next(input) {
             match frame {
                 Frame::Line(line) if line.trim_ascii().is_empty() => {}
                 Frame::Line(line) => {
                     answer(handler, line, peer, batch).await;
                     answered = true;
-                    if turn.elapsed() >= TURN {
-                        tokio::task::yield_now().await;
-                        turn = Instant::now();
-                    }
                     if batch.out.len() >= REPLY_BATCH
                         && !flush(handler, stream, peer, batch, limits).await
                     {
-                        return false;
+                        return None;
+                    }
+                    if turn.elapsed() >= TURN {
+                        more = true;
+                        break;
                     }
                 }
                 Frame::TooLong => {
@@ -207,8 +223,10 @@ impl<'a> Connection<'a> {
         }
         input.advance(splitter.consumed());
         splitter.reset();
+        // Lines may be left only if one of them is whole.
+        more = more && input.contains(&b'\n');
         // A last line without `\n` before EOF (e.g. `printf … | socat`).
-        if eof && !close && !input.trim_ascii().is_empty() {
+        if eof && !close && !more && !input.trim_ascii().is_empty() {
             answer(handler, input, peer, batch).await;
             answered = true;
         }
@@ -221,20 +239,20 @@ impl<'a> Connection<'a> {
         // The deadline is the line's, not the connection's: a line that
         // started after a completed one starts its own clock (a client that
         // pipelines without a pause always has a partial line waiting).
-        self.partial_since = match (self.input.is_empty(), answered) {
+        self.partial_since = match (self.input.is_empty() || more, answered) {
             (true, _) => None,
             (false, true) => Some(Instant::now()),
             (false, false) => self.partial_since.or(Some(Instant::now())),
         };
-        flush(
+        let written = flush(
             self.handler,
             &mut self.stream,
             &self.peer,
             &mut self.batch,
             limits,
         )
-        .await
-            && !close
+        .await;
+        (written && !close).then_some(more)
     }
 
     /// Give the buffers back between requests: an idle connection holds

@@ -80,7 +80,7 @@ fn verify_exits_3_for_every_answer_that_the_token_is_not_valid_and_takes_a_finge
     exits(&run(&["verify", &plain]), 3, &["revoked"]);
     // Malformed, and a bad signature.
     exits(&run(&["verify", "not-a-token"]), 3, &["invalid_token"]);
-    exits(&run(&["verify", ""]), 3, &["invalid_token"]);
+    exits(&run(&["verify", ""]), 2, &["the token is empty"]);
     let other = token(&[]);
     let mut forged = other.clone();
     forged.pop();

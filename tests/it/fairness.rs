@@ -258,11 +258,9 @@ fn garbage_verifies_and_huge_refused_signs_barely_grow_the_database() {
         done["codes"]["token_too_large"].as_u64().unwrap() > 10,
         "{done}"
     );
-    assert!(
-        after - before < 1024 * 1024,
-        "grew {} bytes",
-        after - before
-    );
+    // (A truncating checkpoint may shrink the WAL meanwhile.)
+    let grew = after.saturating_sub(before);
+    assert!(grew < 1024 * 1024, "grew {grew} bytes");
     // Every failure is counted; the stored `sub` is bounded.
     let sql = dir.sql();
     let counted: i64 = sql
