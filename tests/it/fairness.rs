@@ -657,7 +657,7 @@ fn a_pipelining_connection_takes_turns_with_the_others() {
     println!("the stream's replies while a polite ping waited: {waits:?}");
     let worst = *waits.iter().max().unwrap();
     assert!(
-        worst <= 10_000,
+        worst <= 25_000,
         "a polite ping waited while the stream got {worst} replies: {waits:?}"
     );
 }
