@@ -106,8 +106,9 @@ impl Container {
             _dir: dir,
             root,
         };
-        // Until its systemd answers (`offline` while it is not up yet).
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Until its systemd answers (`offline` while it is not up yet; on
+        // a loaded 2-core machine, booting took more than 60 s once).
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let state = c.run(&["systemctl", "is-system-running", "--wait"]);
             let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
