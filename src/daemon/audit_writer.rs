@@ -191,6 +191,9 @@ impl Writer {
         metrics: Arc<crate::daemon::metrics::Metrics>,
     ) -> Result<Writer> {
         let conn = open(&path, durability)?;
+        let page_size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .map_or(4096, |n| u64::try_from(n).unwrap_or(4096));
         let (tx, rx) = mpsc::channel::<Job>();
         let tally = Arc::new(Mutex::new(Tally::default()));
         let health = Arc::new(Health {
@@ -228,6 +231,8 @@ impl Writer {
             margin: 0,
             wal_path,
             wal_peak: WAL_PEAK,
+            page_size,
+            checked: Instant::now(),
         };
         // The reserve is known before the first sign.
         thread.check_space();
@@ -318,12 +323,19 @@ struct WriterThread {
     /// The WAL, and the largest it has been (at least [`WAL_PEAK`]).
     wal_path: PathBuf,
     wal_peak: u64,
+    page_size: u64,
+    /// When the space was last checked.
+    checked: Instant,
 }
 
 /// The least reserve (unless it is off): the WAL's peak and a prune's
 /// room; without them no one could write, admins included, and a prune
 /// could not free anything.
 pub const WAL_ROOM: u64 = WAL_PEAK + PRUNE_ROOM;
+
+/// The space is checked after a commit at most this often (and every
+/// second, and at start).
+const SPACE_CHECK: Duration = Duration::from_millis(20);
 
 /// The WAL's usual peak: 1,000 pages (SQLite's autocheckpoint) of 4 KiB.
 const WAL_PEAK: u64 = 4 << 20;
@@ -441,11 +453,15 @@ impl WriterThread {
             let back = all.split_off(all.len() - n);
             self.put_back(back);
         }
-        // Before the replies leave: the next batch is judged by the space
-        // this one left.
-        self.check_space();
         for a in acks {
             let _ = a.send(ok);
+        }
+        // The next batches are judged by the space this one left: after the
+        // acknowledgements, and at most every SPACE_CHECK (the margin
+        // covers what the batches between two checks take), so that the
+        // check is not on the signing path's latency.
+        if self.checked.elapsed() >= SPACE_CHECK {
+            self.check_space();
         }
         for job in later {
             if let Job::Prune { before, by, ack } = job {
@@ -507,6 +523,7 @@ impl WriterThread {
     /// say so when it crosses it. A filesystem that cannot be asked leaves
     /// the last answer (the writes themselves still fail closed).
     fn check_space(&mut self) {
+        self.checked = Instant::now();
         let Ok(fs) = rustix::fs::statvfs(&self.space_dir) else {
             return;
         };
@@ -514,12 +531,9 @@ impl WriterThread {
         // grows.
         let reusable = self
             .conn
-            .query_row(
-                "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+            .query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+            .saturating_mul(self.page_size);
         let avail = fs.f_bavail.saturating_mul(fs.f_frsize);
         let setting = *self.keep_free.lock().unwrap_or_else(|p| p.into_inner());
         // The reserve starts early by what the last batch took; in the

@@ -12,7 +12,8 @@
 //! and an idle connection holds no buffer at all.
 //!
 //! Connections take turns. A turn begins when the connection waited for
-//! its socket (the others ran meanwhile) or yielded, and lasts [`TURN`]
+//! its socket or an audit commit (the others ran meanwhile) or yielded,
+//! and lasts [`TURN`]
 //! of answering, across inputs; then the connection writes its replies,
 //! gives its batch back (the lines left wait in its input) and yields.
 //! Replies that carry tokens wait for their audit commit, which lets the
@@ -206,22 +207,28 @@ impl<'a> Connection<'a> {
             input,
             splitter,
             batch,
+            turn,
             ..
         } = self;
         let mut answered = false;
         let mut close = false;
         let mut more = false;
-        let turn = self.turn;
         while let Some(frame) = splitter.next(input) {
             match frame {
                 Frame::Line(line) if line.trim_ascii().is_empty() => {}
                 Frame::Line(line) => {
                     answer(handler, line, peer, batch).await;
                     answered = true;
-                    if batch.out.len() >= REPLY_BATCH
-                        && !flush(handler, stream, peer, batch, limits).await
-                    {
-                        return None;
+                    if batch.out.len() >= REPLY_BATCH {
+                        let waits = !batch.records.is_empty();
+                        if !flush(handler, stream, peer, batch, limits).await {
+                            return None;
+                        }
+                        if waits {
+                            // The audit commit was waited for: the others
+                            // ran meanwhile.
+                            *turn = Instant::now();
+                        }
                     }
                     // Replies that wait for their audit records end the
                     // turn anyway: their flush awaits the group commit
@@ -272,6 +279,7 @@ impl<'a> Connection<'a> {
             (false, true) => Some(Instant::now()),
             (false, false) => self.partial_since.or(Some(Instant::now())),
         };
+        let waits = !self.batch.records.is_empty();
         let written = flush(
             self.handler,
             &mut self.stream,
@@ -280,6 +288,9 @@ impl<'a> Connection<'a> {
             limits,
         )
         .await;
+        if waits {
+            self.turn = Instant::now();
+        }
         (written && !close).then_some(more)
     }
 
