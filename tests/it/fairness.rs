@@ -707,6 +707,24 @@ fn a_client_streaming_longer_than_read_timeout_is_answered_in_full() {
     );
 }
 
+/// Wait (5 s at most) until a non-admin uid signs again after `what`,
+/// refused only with `audit_reserve` meanwhile.
+fn signs_again(sock: &str, what: &str) {
+    let from = Instant::now();
+    loop {
+        let r = request_as(OTHER, sock, json!({"op":"sign","claims":{}}));
+        if r["ok"] == true {
+            return;
+        }
+        assert_eq!(r["error"]["code"], "audit_reserve", "{r}");
+        assert!(
+            from.elapsed() < Duration::from_secs(5),
+            "still refusing after {what}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The audit log's reserve: two uids signing legitimately fill a small
 /// filesystem down to `audit_keep_free`, then get `audit_reserve`, while
 /// root still signs, rotates and reads the status from the reserve; STATUS=,
@@ -839,19 +857,7 @@ fn legitimate_signs_stop_at_the_reserve_and_admins_keep_signing() {
     // Space comes back (the operator removes the ballast): signing
     // resumes by itself.
     std::fs::remove_file(&ballast).unwrap();
-    let freed = Instant::now();
-    loop {
-        let r = request_as(OTHER, &sock, json!({"op":"sign","claims":{}}));
-        if r["ok"] == true {
-            break;
-        }
-        assert_eq!(r["error"]["code"], "audit_reserve", "{r}");
-        assert!(
-            freed.elapsed() < Duration::from_secs(5),
-            "still refusing: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    signs_again(&sock, "the ballast was removed");
     sd.expect("STATUS=active key", Duration::from_secs(3));
 
     // Nothing answered was lost, and the refusals are aggregated: a few
@@ -901,19 +907,7 @@ fn legitimate_signs_stop_at_the_reserve_and_admins_keep_signing() {
     assert_eq!(said["refused"]["code"], "audit_reserve", "{said}");
     let pruned = ok(root.request(json!({"op":"audit_prune","before": now() + 1})));
     println!("pruned: {pruned}");
-    let pruned_at = Instant::now();
-    loop {
-        let r = request_as(OTHER, &sock, json!({"op":"sign","claims":{}}));
-        if r["ok"] == true {
-            break;
-        }
-        assert_eq!(r["error"]["code"], "audit_reserve", "{r}");
-        assert!(
-            pruned_at.elapsed() < Duration::from_secs(5),
-            "still refusing after the prune: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    signs_again(&sock, "the prune");
     drop(root);
     signal(&child, rustix::process::Signal::TERM);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
