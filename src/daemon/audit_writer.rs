@@ -64,6 +64,8 @@ pub struct Health {
     failing_since: AtomicI64,
     /// The free space is below the reserve: only admins sign.
     in_reserve: AtomicBool,
+    /// Down to the floor (room for the WAL and a prune): no one signs.
+    at_floor: AtomicBool,
     /// Bytes free on the log's filesystem (for unprivileged writers) plus
     /// the pages the database freed, and the reserve in bytes, at the last
     /// check.
@@ -88,6 +90,11 @@ impl Health {
     /// the sign path asks it).
     pub fn in_reserve(&self) -> bool {
         self.in_reserve.load(Ordering::Relaxed)
+    }
+
+    /// True while the room left is only the floor's: no one signs.
+    pub fn at_floor(&self) -> bool {
+        self.at_floor.load(Ordering::Relaxed)
     }
 
     pub fn space(&self) -> Space {
@@ -230,7 +237,6 @@ impl Writer {
             last_avail: 0,
             margin: 0,
             wal_path,
-            wal_peak: WAL_PEAK,
             page_size,
             checked: Instant::now(),
         };
@@ -320,9 +326,8 @@ struct WriterThread {
     /// Bytes free at the last check, and how early the reserve starts.
     last_avail: u64,
     margin: u64,
-    /// The WAL, and the largest it has been (at least [`WAL_PEAK`]).
+    /// The WAL (what it holds is not yet in the database).
     wal_path: PathBuf,
-    wal_peak: u64,
     page_size: u64,
     /// When the space was last checked.
     checked: Instant,
@@ -349,45 +354,61 @@ const PRUNE_ROOM: u64 = 4 << 20;
 /// eat the admins' reserve, a record per uid, op and code each second.
 const RESERVE_WINDOW_S: i64 = 600;
 
-/// What the space check found: the free space, the reserve, and whether
-/// the free space is below it.
+/// What the space check found: the free space, the reserve, whether the
+/// free space is below it, and whether it is down to the floor that even
+/// admins' signs may not cross (room for the WAL and a prune).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Judged {
     free: u64,
     keep: u64,
     low: bool,
+    floor: bool,
 }
 
 /// `avail`: bytes free on the filesystem for unprivileged writers;
-/// `reusable`: the database's free pages; `wal_growth`: what the WAL may
-/// still take before it is at its peak again (a WAL truncated at a key
-/// change gives its space back only until it regrows: counted, the reserve
-/// does not open and close with it); `margin`: how early the reserve
-/// starts (what the last batch took: the next is likely to take as much).
+/// `reusable`: the database's free pages; `wal`: the WAL's size now;
+/// `margin`: how early the reserve starts (what the last batch took: the
+/// next is likely to take as much).
+///
+/// What the WAL will still take is counted as taken: it may grow back to
+/// its usual peak (a WAL truncated at a key change gives its space back
+/// only until it regrows, so the reserve does not open and close with it),
+/// and a checkpoint may copy all of it into new pages of the database, less
+/// the free pages it reuses (a WAL that a long reader kept from being
+/// checkpointed grows the database by that much once it is).
 fn judge(
     avail: u64,
     reusable: u64,
-    wal_growth: u64,
+    wal: u64,
     total: u64,
     setting: KeepFree,
     margin: u64,
 ) -> Judged {
-    let room = avail.saturating_sub(wal_growth);
-    let free = room.saturating_add(reusable);
+    let regrow = WAL_PEAK.saturating_sub(wal);
+    let checkpoint = wal.saturating_sub(reusable);
+    let room = avail.saturating_sub(regrow).saturating_sub(checkpoint);
+    let free = room.saturating_add(reusable.saturating_sub(wal));
     let keep = match setting.bytes(total) {
         0 => {
             return Judged {
                 free,
                 keep: 0,
                 low: false,
+                floor: false,
             };
         }
         n => n.max(WAL_ROOM),
     };
-    // The database's free pages count only while the filesystem itself
-    // has room left for a prune's batch.
-    let low = room < PRUNE_ROOM || free < keep.saturating_add(margin);
-    Judged { free, keep, low }
+    // Freed pages help the database, not the filesystem: below the floor,
+    // no one signs, so that a prune (and every admin op) still has room.
+    let floor = room < PRUNE_ROOM;
+    let low = floor || free < keep.saturating_add(margin);
+    Judged {
+        free,
+        keep,
+        low,
+        floor,
+    }
 }
 
 fn wall_now() -> i64 {
@@ -547,11 +568,10 @@ impl WriterThread {
         };
         self.last_avail = avail;
         let wal = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
-        self.wal_peak = self.wal_peak.max(wal);
         let j = judge(
             avail,
             reusable,
-            self.wal_peak - wal,
+            wal,
             fs.f_blocks.saturating_mul(fs.f_frsize),
             setting,
             self.margin,
@@ -559,6 +579,14 @@ impl WriterThread {
         let h = &self.health;
         h.free_bytes.store(j.free, Ordering::Relaxed);
         h.keep_free_bytes.store(j.keep, Ordering::Relaxed);
+        let was_floor = h.at_floor.swap(j.floor, Ordering::Relaxed);
+        if j.floor && !was_floor {
+            tracing::error!(
+                free = %crate::config::human_bytes(avail),
+                db = %self.path.display(),
+                "the audit log's filesystem is down to its floor: no one may sign until space is freed (admin ops and `splitsign audit --prune-before` still work)"
+            );
+        }
         let was = h.in_reserve.swap(j.low, Ordering::Relaxed);
         if j.low && !was {
             tracing::warn!(
@@ -576,8 +604,12 @@ impl WriterThread {
         }
     }
 
-    /// While writes fail (a full disk): try a write that adds no record.
+    /// While writes fail (a full disk): give the WAL's space back if it
+    /// can, then try a write that adds no record.
     fn probe(&mut self) {
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         let ok = self
             .conn
             .execute("UPDATE audit_probe SET n = n + 1", [])
@@ -670,23 +702,30 @@ mod tests {
             cap: None,
         };
         let bytes = KeepFree::Bytes;
+        // The WAL at its peak, nothing freed: what is free is what is left
+        // after a checkpoint copied the WAL into the database.
+        let peak = WAL_PEAK;
         // Off: never low.
-        assert!(!judge(0, 0, 0, 64 * mib, bytes(0), 0).low);
+        assert!(!judge(0, 0, peak, 64 * mib, bytes(0), 0).low);
         // 5% of 64 MiB is 3.2 MiB: the reserve is at least WAL_ROOM.
-        let j = judge(9 * mib, 0, 0, 64 * mib, pct(5.0), 0);
-        assert_eq!((j.keep, j.low), (WAL_ROOM, false));
-        assert!(judge(7 * mib, 0, 0, 64 * mib, pct(5.0), 0).low);
-        // Freed pages count, but not while the filesystem itself is short
-        // of room for a prune.
-        let j = judge(10 * mib, 30 * mib, 0, 100 * mib, bytes(32 * mib), 0);
-        assert_eq!((j.free, j.low), (40 * mib, false));
-        assert!(judge(3 * mib, 90 * mib, 0, 100 * mib, bytes(32 * mib), 0).low);
+        let j = judge(13 * mib, 0, peak, 64 * mib, pct(5.0), 0);
+        assert_eq!((j.free, j.keep, j.low), (9 * mib, WAL_ROOM, false));
+        assert!(judge(11 * mib, 0, peak, 64 * mib, pct(5.0), 0).low);
+        // Freed pages count, but not below the floor: no one signs there.
+        let j = judge(10 * mib, 30 * mib, peak, 100 * mib, bytes(32 * mib), 0);
+        assert_eq!((j.free, j.low, j.floor), (36 * mib, false, false));
+        let j = judge(3 * mib, 90 * mib, peak, 100 * mib, bytes(32 * mib), 0);
+        assert!(j.low && j.floor);
         // A truncated WAL's space is counted as the WAL's, until it regrows.
-        let j = judge(14 * mib, 0, 4 * mib, 100 * mib, bytes(12 * mib), 0);
+        let j = judge(14 * mib, 0, 0, 100 * mib, bytes(12 * mib), 0);
         assert_eq!((j.free, j.low), (10 * mib, true));
+        // A WAL a long reader kept from its checkpoint: the database will
+        // grow by it (less the freed pages).
+        let j = judge(30 * mib, 2 * mib, 25 * mib, 100 * mib, bytes(8 * mib), 0);
+        assert_eq!((j.free, j.low, j.floor), (7 * mib, true, false));
         // What the last batch took, the reserve starts early by.
-        assert!(!judge(34 * mib, 0, 0, 100 * mib, bytes(32 * mib), mib).low);
-        assert!(judge(34 * mib, 0, 0, 100 * mib, bytes(32 * mib), 3 * mib).low);
+        assert!(!judge(38 * mib, 0, peak, 100 * mib, bytes(32 * mib), mib).low);
+        assert!(judge(38 * mib, 0, peak, 100 * mib, bytes(32 * mib), 3 * mib).low);
     }
 
     #[test]

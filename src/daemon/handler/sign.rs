@@ -86,10 +86,20 @@ impl Handler {
         let Some(audit) = &self.audit else {
             return Ok(());
         };
-        if peer.policy.admin || !audit.health().in_reserve() {
+        let space = audit.health().space();
+        if audit.health().at_floor() {
+            return Err((
+                Code::AuditReserve,
+                format!(
+                    "the audit log's disk is down to its floor ({} free): no one may sign until \
+                     space is freed (`splitsign audit --prune-before` still works)",
+                    human_bytes(space.free_bytes)
+                ),
+            ));
+        }
+        if peer.policy.admin || !space.in_reserve {
             return Ok(());
         }
-        let space = audit.health().space();
         Err((
             Code::AuditReserve,
             format!(
