@@ -384,7 +384,10 @@ fn judge(
     setting: KeepFree,
     margin: u64,
 ) -> Judged {
-    let regrow = WAL_PEAK.saturating_sub(wal);
+    // On a small filesystem (under 64 MiB), the WAL's peak and a prune's
+    // room shrink with it (a WAL of 4 MiB does not fit on 4 MiB).
+    let (wal_peak, prune_room) = (WAL_PEAK.min(total / 8), PRUNE_ROOM.min(total / 16));
+    let regrow = wal_peak.saturating_sub(wal);
     let checkpoint = wal.saturating_sub(reusable);
     let room = avail.saturating_sub(regrow).saturating_sub(checkpoint);
     let free = room.saturating_add(reusable.saturating_sub(wal));
@@ -397,11 +400,11 @@ fn judge(
                 floor: false,
             };
         }
-        n => n.max(WAL_ROOM),
+        n => n.max(wal_peak + prune_room),
     };
     // Freed pages help the database, not the filesystem: below the floor,
     // no one signs, so that a prune (and every admin op) still has room.
-    let floor = room < PRUNE_ROOM;
+    let floor = room < prune_room;
     let low = floor || free < keep.saturating_add(margin);
     Judged {
         free,
@@ -707,6 +710,9 @@ mod tests {
         let peak = WAL_PEAK;
         // Off: never low.
         assert!(!judge(0, 0, peak, 64 * mib, bytes(0), 0).low);
+        // A 4 MiB filesystem: the WAL's peak and the prune's room shrink.
+        let j = judge(2 * mib, 0, 0, 4 * mib, pct(5.0), 0);
+        assert_eq!((j.free, j.keep, j.floor), (3 * mib / 2, 3 * mib / 4, false));
         // 5% of 64 MiB is 3.2 MiB: the reserve is at least WAL_ROOM.
         let j = judge(13 * mib, 0, peak, 64 * mib, pct(5.0), 0);
         assert_eq!((j.free, j.keep, j.low), (9 * mib, WAL_ROOM, false));

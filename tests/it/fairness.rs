@@ -502,7 +502,11 @@ fn a_full_disk_fails_signing_closed_and_it_comes_back_by_itself() {
     let mnt = dir.path().join("mnt");
     let _fs = Tmpfs::mount(&mnt, "4m");
     let cfg = dir.write_config(
-        "shares_dir = \"mnt/keys\"\ndb = \"mnt/var/splitsign.db\"\nsocket = \"run/sign.sock\"\n",
+        // The reserve off: this is the disk filled to the last byte (by
+        // another process, say), which the reserve's floor would refuse
+        // before any write failed.
+        "shares_dir = \"mnt/keys\"\ndb = \"mnt/var/splitsign.db\"\nsocket = \"run/sign.sock\"\n\
+         audit_keep_free = 0\n",
     );
     let sd = FakeSystemd::new(&dir);
     let mut child = sd.spawn(

@@ -571,7 +571,11 @@ fn a_full_disk_refuses_the_revokes_it_cannot_store_and_holds_only_those_it_store
     let mnt = dir.path().join("mnt");
     let _fs = crate::util::Tmpfs::mount(&mnt, "4m");
     let cfg = dir.write_config(
-        "shares_dir = \"mnt/keys\"\ndb = \"mnt/var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n",
+        // The reserve off: this is the disk filled to the last byte (by
+        // another process, say), which the reserve's floor would refuse
+        // before any write failed.
+        "shares_dir = \"mnt/keys\"\ndb = \"mnt/var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
+         audit_keep_free = 0\n",
     );
     let args = ["--config", cfg.to_str().unwrap()];
     let d = Daemon::start_with(&dir, &args).unwrap();
