@@ -145,6 +145,22 @@ impl KeepFree {
     pub const MAX: u64 = 1 << 50;
 }
 
+/// The directory a file is in: its parent, or `.` for a bare name.
+pub fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// `path` with `suffix` appended to its last component (`x.db` →
+/// `x.db-wal`, `x.db.lock`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
 /// A size for people: `812 KiB`, `12.3 MiB`, `1.2 GiB`.
 pub fn human_bytes(n: u64) -> String {
     match n {
@@ -874,10 +890,7 @@ impl Config {
             if path.file_name().is_none() {
                 return bad(format!("{} names no file", path.display()));
             }
-            let dir = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
+            let dir = dir_of(path);
             match std::fs::metadata(dir) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return bad(format!(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::config::{AuditSync, KeepFree};
+use crate::config::{AuditSync, KeepFree, dir_of, with_suffix};
 use crate::error::{Error, Result};
 use crate::store::FileId;
 use crate::store::audit_log::{MAX_FIELD, PRUNE_BATCH, Record, append, bound, prune_batch};
@@ -210,16 +210,9 @@ impl Writer {
         let retention_s = Arc::new(AtomicI64::new(retention.as_secs() as i64));
         let keep_free = Arc::new(Mutex::new(keep_free));
         // Where the database and its WAL really are (symlinks resolved).
-        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        let space_dir = match real.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let wal_path = {
-            let mut p = real.into_os_string();
-            p.push("-wal");
-            PathBuf::from(p)
-        };
+        let real = crate::store::lock::canonical_db(&path).unwrap_or_else(|_| path.clone());
+        let space_dir = dir_of(&real).to_owned();
+        let wal_path = with_suffix(&real, "-wal");
         let mut thread = WriterThread {
             conn,
             path,
@@ -333,11 +326,6 @@ struct WriterThread {
     checked: Instant,
 }
 
-/// The least reserve (unless it is off): the WAL's peak and a prune's
-/// room; without them no one could write, admins included, and a prune
-/// could not free anything.
-pub const WAL_ROOM: u64 = WAL_PEAK + PRUNE_ROOM;
-
 /// The space is checked after a commit at most this often (and every
 /// second, and at start).
 const SPACE_CHECK: Duration = Duration::from_millis(20);
@@ -402,6 +390,8 @@ fn judge(
         }
         n => n.max(wal_peak + prune_room),
     };
+    // (The least reserve: without the WAL's peak and a prune's room no one
+    // could write, admins included, and a prune could not free anything.)
     // Freed pages help the database, not the filesystem: below the floor,
     // no one signs, so that a prune (and every admin op) still has room.
     let floor = room < prune_room;
@@ -713,9 +703,13 @@ mod tests {
         // A 4 MiB filesystem: the WAL's peak and the prune's room shrink.
         let j = judge(2 * mib, 0, 0, 4 * mib, pct(5.0), 0);
         assert_eq!((j.free, j.keep, j.floor), (3 * mib / 2, 3 * mib / 4, false));
-        // 5% of 64 MiB is 3.2 MiB: the reserve is at least WAL_ROOM.
+        // 5% of 64 MiB is 3.2 MiB: the reserve is at least the WAL's peak
+        // and a prune's room.
         let j = judge(13 * mib, 0, peak, 64 * mib, pct(5.0), 0);
-        assert_eq!((j.free, j.keep, j.low), (9 * mib, WAL_ROOM, false));
+        assert_eq!(
+            (j.free, j.keep, j.low),
+            (9 * mib, WAL_PEAK + PRUNE_ROOM, false)
+        );
         assert!(judge(11 * mib, 0, peak, 64 * mib, pct(5.0), 0).low);
         // Freed pages count, but not below the floor: no one signs there.
         let j = judge(10 * mib, 30 * mib, peak, 100 * mib, bytes(32 * mib), 0);

@@ -19,12 +19,12 @@
 //! times as long (ending a turn flushes, and so commits: a commit per
 //! 200 µs cost a fifth of sign throughput); the yield after it puts the
 //! connection behind the others (the commit waits alone left sign at
-//! 16 x 32 with p99 up to 7.8 x p50). Without turns, a connection whose client had its next
-//! lines in the socket when the daemon came back to read never waited:
-//! reads from a ready socket cost nothing of tokio's cooperative budget
-//! and each reply write one unit of 128, so it kept its worker for up to
-//! 128 batches (verify at 16 connections x 32 in flight: p99 320 ms
-//! against p50 1.2 ms).
+//! 16 x 32 with p99 up to 7.8 x p50). Without turns, a connection whose
+//! client had its next lines in the socket when the daemon came back to
+//! read never waited: reads from a ready socket cost nothing of tokio's
+//! cooperative budget and each reply write one unit of 128, so it kept its
+//! worker for up to 128 batches (verify at 16 connections x 32 in flight:
+//! p99 320 ms against p50 1.2 ms).
 
 use std::time::Duration;
 

@@ -841,10 +841,7 @@ pub fn write_public_file(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_public_file_exact(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = crate::config::dir_of(path);
     let name = path
         .file_name()
         .ok_or_else(|| Error::Usage(format!("jwks_file {} has no file name", path.display())))?;

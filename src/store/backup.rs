@@ -1,7 +1,7 @@
 //! `backup` copies the database store consistently with SQLite's online
 //! backup API, beside a running daemon. It never holds a file share.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -29,10 +29,7 @@ impl Database {
     /// fsync'ed, and only then renamed to `dest`.
     pub fn backup(&self, dest: &Path) -> Result<BackupSummary> {
         use std::os::unix::fs::OpenOptionsExt;
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let dir = crate::config::dir_of(dest).to_owned();
         let name = dest
             .file_name()
             .ok_or_else(|| Error::Usage(format!("{} names no file", dest.display())))?;
@@ -68,9 +65,7 @@ impl Database {
         });
         if result.is_err() {
             for suffix in ["", "-wal", "-shm", "-journal"] {
-                let mut p = tmp.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_file(crate::config::with_suffix(&tmp, suffix));
             }
         }
         result

@@ -22,6 +22,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::config::{dir_of, with_suffix};
 use crate::error::{Error, Result};
 
 /// The two locks; released when dropped.
@@ -37,7 +38,7 @@ impl StoreLock {
     pub fn take(db: &Path, shares: &Path) -> Result<StoreLock> {
         let real = canonical_db(db)?;
         one_path_only(db, &real)?;
-        let path = lock_of(&real);
+        let path = with_suffix(&real, ".lock");
         let db_lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -69,25 +70,16 @@ impl StoreLock {
 
 /// `<db>.lock`, from the database's canonical path.
 pub fn lock_path(db: &Path) -> Result<PathBuf> {
-    canonical_db(db).map(|real| lock_of(&real))
-}
-
-fn lock_of(real: &Path) -> PathBuf {
-    let mut p = real.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
+    canonical_db(db).map(|real| with_suffix(&real, ".lock"))
 }
 
 /// The database's canonical path: the file itself when it exists (a
 /// symlink to it is followed), else its directory's, joined with its name.
-fn canonical_db(db: &Path) -> Result<PathBuf> {
+pub fn canonical_db(db: &Path) -> Result<PathBuf> {
     Ok(match std::fs::canonicalize(db) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let dir = match db.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
+            let dir = dir_of(db);
             let name = db
                 .file_name()
                 .ok_or_else(|| Error::Usage(format!("db {} does not name a file", db.display())))?;

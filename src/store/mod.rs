@@ -25,7 +25,6 @@ pub use share_files::{Entry, FileId, ShareDir, temp_path};
 pub use sqlite::{Database, Revocation, Supersede};
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -64,10 +63,7 @@ impl LocalStores {
         } else {
             ShareDir::open(&cfg.shares_dir)?
         };
-        let db_dir = match cfg.db.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let db_dir = crate::config::dir_of(&cfg.db).to_owned();
         if !db_dir.exists() {
             if !create {
                 return Err(Error::KeyStore(format!(

@@ -451,11 +451,9 @@ pub fn write_recovery(path: &Path, share: &KeyShare) -> Result<()> {
     file.write_all(&share_format::encode_file(share))
         .map_err(wrap)?;
     file.sync_all().map_err(wrap)?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent).and_then(|d| d.sync_all()).map_err(wrap)
+    File::open(crate::config::dir_of(path))
+        .and_then(|d| d.sync_all())
+        .map_err(wrap)
 }
 
 /// A unique temp name in `dir` for a file that will be renamed to `name`:

@@ -195,14 +195,11 @@ impl Handler {
     fn audit_status(&self) -> AuditStatus {
         let db = self.manager.db_path();
         let size = |suffix: &str| {
-            let mut p = db.as_os_str().to_owned();
-            p.push(suffix);
-            std::fs::metadata(p).map(|m| m.len()).ok()
+            std::fs::metadata(crate::config::with_suffix(db, suffix))
+                .map(|m| m.len())
+                .ok()
         };
-        let dir = match db.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => std::path::Path::new("."),
-        };
+        let dir = crate::config::dir_of(db);
         let space = self.audit.as_ref().map(|a| a.health().space());
         // With the audit log on, the writer's count (the pages the
         // database freed included), else the filesystem's.
