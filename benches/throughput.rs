@@ -568,6 +568,15 @@ fn fsync_floor(dir: &Path, n: usize) -> f64 {
     lat[lat.len() / 2]
 }
 
+/// `--rounds N`, or `default`.
+fn rounds(args: &[String], default: usize) -> usize {
+    args.iter()
+        .position(|a| a == "--rounds")
+        .and_then(|j| args.get(j + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
     // `--profile-sign N`: only N in-process signs, for a profiler.
     let args: Vec<String> = std::env::args().collect();
@@ -585,24 +594,14 @@ fn main() {
     }
     if args.iter().any(|a| a == "--postgres") {
         let quick = args.iter().any(|a| a == "--quick");
-        let rounds = args
-            .iter()
-            .position(|a| a == "--rounds")
-            .and_then(|j| args.get(j + 1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(if quick { 2 } else { 6 });
+        let rounds = rounds(&args, if quick { 2 } else { 6 });
         let (secs, samples) = if quick { (0.2, 20) } else { (1.5, 500) };
         versus_postgres(rounds, secs, samples);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--fair") {
         let other = args.get(i + 1).filter(|a| !a.starts_with("--"));
-        let rounds = args
-            .iter()
-            .position(|a| a == "--rounds")
-            .and_then(|j| args.get(j + 1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1);
+        let rounds = rounds(&args, 1);
         let secs = if args.iter().any(|a| a == "--quick") {
             0.3
         } else {
@@ -613,12 +612,7 @@ fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--versus") {
         let other = args.get(i + 1).expect("--versus PATH");
-        let rounds = args
-            .iter()
-            .position(|a| a == "--rounds")
-            .and_then(|j| args.get(j + 1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(6);
+        let rounds = rounds(&args, 6);
         let secs = if args.iter().any(|a| a == "--quick") {
             0.2
         } else {

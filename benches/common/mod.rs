@@ -98,33 +98,15 @@ pub fn polite_load(
     depth: usize,
     secs: f64,
 ) -> Load {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let others: Vec<_> = (0..busy_conns)
-        .map(|_| {
-            let (sock, stop) = (sock.to_owned(), std::sync::Arc::clone(&stop));
-            let batch = busy.repeat(depth);
-            std::thread::spawn(move || {
-                let s = UnixStream::connect(&sock).unwrap();
-                let mut w = s.try_clone().unwrap();
-                let mut r = BufReader::with_capacity(64 * 1024, s);
-                let mut buf = Vec::with_capacity(1024);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    w.write_all(&batch).unwrap();
-                    for _ in 0..depth {
-                        buf.clear();
-                        r.read_until(b'\n', &mut buf).unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    // Let the busy connections reach their pace first.
+    // The busy connections start 200 ms before the polite client (to
+    // reach their pace) and end about as long after it.
+    let others = {
+        let (sock, busy) = (sock.to_owned(), busy.to_vec());
+        std::thread::spawn(move || line_load(&sock, &busy, busy_conns, depth, secs + 0.4))
+    };
     std::thread::sleep(Duration::from_millis(200));
     let l = line_load(sock, polite, 1, 1, secs);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in others {
-        h.join().unwrap();
-    }
+    others.join().unwrap();
     l
 }
 
