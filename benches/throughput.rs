@@ -86,7 +86,7 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
         share_generation: 1,
         pending_generation: None,
         verified: true,
-        alg: cfg.alg,
+        alg: cfg.tokens.alg,
     };
     let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, i64::MIN));
     let set = Arc::new(KeySet::new(

@@ -326,7 +326,7 @@ pub struct Overrides {
 
 /// Where the settings came from, for the startup log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
+pub enum Source {
     File(PathBuf),
     /// No file: zero-config local run, or systemd directories.
     Defaults,
@@ -345,19 +345,67 @@ pub struct PostgresSettings {
     pub ca_file: Option<PathBuf>,
 }
 
-/// The validated configuration.
+/// The validated configuration, in sections: each consumer takes the
+/// section it needs, and [`Config::needs_restart`] compares the sections
+/// a reload cannot apply.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub origin: Origin,
-    pub issuer: String,
-    pub alg: AlgLabel,
+    /// Where the settings came from.
+    pub source: Source,
+    pub paths: Paths,
+    pub outputs: Outputs,
+    pub tokens: Tokens,
+    pub limits: Limits,
+    pub audit: Audit,
+    pub schedule: Schedule,
+    pub clients: Clients,
+    pub cluster: Cluster,
+    pub mlock: MlockMode,
+}
+
+/// The stores and the socket (fixed while running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
     pub shares_dir: PathBuf,
     pub db: PathBuf,
     pub socket: PathBuf,
     pub socket_mode: u32,
+    /// The stores or the socket were given as relative paths (taken from
+    /// the working directory; they are absolute here).
+    pub relative_stores: bool,
+    /// The stores are where splitsign 0.1 put them under systemd (swapped:
+    /// the database in `…/shares`, the file shares in `…/db`), and are used
+    /// there.
+    pub legacy_layout: bool,
+}
+
+/// Files the daemon writes for others to read (applied by a reload).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outputs {
+    /// Where to write the JWKS for a web server to serve, if anywhere.
+    pub jwks_file: Option<PathBuf>,
+    /// Where to write the metrics (Prometheus text) every 15 s, for
+    /// node_exporter's textfile collector, if anywhere.
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// What tokens carry and how long they live (applied by a reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub issuer: String,
+    pub alg: AlgLabel,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub max_token_bytes: usize,
+    /// Clock skew allowed when verifying `exp`, `nbf` and `iat`; keys also
+    /// stay published this long past their last token's expiry.
+    pub leeway: Duration,
+}
+
+/// What bounds the accept loop and each connection. `max_frame_bytes` and
+/// `max_connections` are fixed while running; the rest follow a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
     pub max_frame_bytes: usize,
     /// Open connections, all peers together (admin uids included).
     pub max_connections: usize,
@@ -372,38 +420,51 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Close a connection that does not take its responses within this long.
     pub write_timeout: Duration,
-    pub mlock: MlockMode,
-    /// Keep the audit log (default on; off only to measure its cost).
-    pub audit: bool,
+}
+
+/// The audit log. `enabled` and `sync` are fixed while running; retention
+/// and the reserve follow a reload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Audit {
+    /// Keep the audit log (`audit`, default on; off only to measure its
+    /// cost).
+    pub enabled: bool,
     /// `full` (default): each audit batch is fsync'ed before its replies;
     /// `normal`: it is in the OS (survives a daemon crash, not power loss).
-    pub audit_sync: AuditSync,
+    pub sync: AuditSync,
     /// Audit records older than this are pruned in the background (an
     /// anchor keeps the rest of the chain verifiable).
-    pub audit_retention: Duration,
+    pub retention: Duration,
     /// Free space kept on the audit log's filesystem for the admins.
-    pub audit_keep_free: KeepFree,
-    /// The stores or the socket were given as relative paths (taken from
-    /// the working directory; they are absolute here).
-    pub relative_stores: bool,
+    pub keep_free: KeepFree,
+}
+
+/// When keys are created, published and activated (applied by a reload;
+/// stored key timestamps never change with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub rotation_interval: Duration,
+    /// How long before its activation the next key is created and published.
+    pub prepublish: Duration,
+    /// The longest time verifiers cache the JWKS (the Cache-Control max-age
+    /// the operator serves it with). The prepublish lead must cover it.
+    pub jwks_max_age: Duration,
+}
+
+/// Who may do what (applied by a reload).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Clients {
     /// Peers with these uids may use admin ops. Default: root and the
     /// daemon's own uid.
     pub admin_uids: Option<Vec<u32>>,
     /// Per-client policies, first match wins. Empty: every peer that can
     /// connect may use the non-admin ops under the global limits.
     pub policies: Vec<PolicyFile>,
-    pub rotation_interval: Duration,
-    pub leeway: Duration,
-    /// How long before its activation the next key is created and published.
-    pub prepublish: Duration,
-    /// The longest time verifiers cache the JWKS (the Cache-Control max-age
-    /// the operator serves it with). The prepublish lead must cover it.
-    pub jwks_max_age: Duration,
-    /// Where to write the JWKS for a web server to serve, if anywhere.
-    pub jwks_file: Option<PathBuf>,
-    /// Where to write the metrics (Prometheus text) every 15 s, for
-    /// node_exporter's textfile collector, if anywhere.
-    pub metrics_file: Option<PathBuf>,
+}
+
+/// The cluster (fixed while running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
     /// With it, key rows, database shares and revocations live in
     /// PostgreSQL, shared by the nodes of a cluster; the local SQLite `db`
     /// keeps the audit log.
@@ -411,10 +472,6 @@ pub struct Config {
     /// This daemon's name among the nodes of a cluster (default: the host
     /// name). It creates and rotates only its own keys.
     pub node: String,
-    /// The stores are where splitsign 0.1 put them under systemd (swapped:
-    /// the database in `…/shares`, the file shares in `…/db`), and are used
-    /// there.
-    pub legacy_layout: bool,
 }
 
 /// What the process environment contributes (read once, passed in so that
@@ -442,11 +499,11 @@ impl Config {
             None if Path::new(SYSTEM_CONFIG).exists() => Some(PathBuf::from(SYSTEM_CONFIG)),
             None => None,
         };
-        let (file, origin) = match path {
-            Some(path) => (read_file(&path)?, Origin::File(path)),
-            None => (FileConfig::default(), Origin::Defaults),
+        let (file, source) = match path {
+            Some(path) => (read_file(&path)?, Source::File(path)),
+            None => (FileConfig::default(), Source::Defaults),
         };
-        Config::build(file, origin, overrides, env)
+        Config::build(file, source, overrides, env)
     }
 
     /// Parse settings from TOML text (no file, no environment); for tests
@@ -458,14 +515,14 @@ impl Config {
         })?;
         Config::build(
             file,
-            Origin::File("<inline>".into()),
+            Source::File("<inline>".into()),
             &Overrides::default(),
             &Env::default(),
         )
     }
 
-    fn build(file: FileConfig, origin: Origin, ov: &Overrides, env: &Env) -> Result<Config> {
-        let (def_shares, def_db, def_socket) = default_places(env, &origin)?;
+    fn build(file: FileConfig, source: Source, ov: &Overrides, env: &Env) -> Result<Config> {
+        let (def_shares, def_db, def_socket) = default_places(env, &source)?;
         let from_state = file.shares_dir.is_none()
             && file.db.is_none()
             && ov.shares_dir.is_none()
@@ -475,13 +532,7 @@ impl Config {
             None => 0o660,
             Some(s) => parse_mode(s)?,
         };
-        let cfg = Config {
-            origin,
-            issuer: file
-                .issuer
-                .clone()
-                .unwrap_or_else(|| "splitsign".to_owned()),
-            alg: file.alg.unwrap_or(AlgLabel::EdDSA),
+        let paths = Paths {
             shares_dir: ov
                 .shares_dir
                 .clone()
@@ -494,107 +545,122 @@ impl Config {
                 .or(file.socket.clone())
                 .unwrap_or(def_socket),
             socket_mode,
-            ..Config::settings(&file)
-        }
-        .absolute();
-        let cfg = if from_state && legacy_swapped_layout(&cfg.shares_dir, &cfg.db) {
-            // Keep working where 0.1 put the stores (said in the log).
-            let db_name = cfg.db.file_name().map(PathBuf::from).unwrap_or_default();
-            let db_dir = cfg.db.parent().map(Path::to_path_buf).unwrap_or_default();
-            Config {
-                db: cfg.shares_dir.join(db_name),
-                shares_dir: db_dir,
-                legacy_layout: true,
-                ..cfg
-            }
-        } else {
-            cfg
+            relative_stores: false,
+            legacy_layout: false,
         };
+        let mut cfg = Config::settings(&file, source, paths).absolute();
+        if from_state && legacy_swapped_layout(&cfg.paths.shares_dir, &cfg.paths.db) {
+            // Keep working where 0.1 put the stores (said in the log).
+            let p = &mut cfg.paths;
+            let db_name = p.db.file_name().map(PathBuf::from).unwrap_or_default();
+            let db_dir = p.db.parent().map(Path::to_path_buf).unwrap_or_default();
+            p.db = p.shares_dir.join(db_name);
+            p.shares_dir = db_dir;
+            p.legacy_layout = true;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Every setting but the places, from the file or the defaults.
-    fn settings(file: &FileConfig) -> Config {
+    fn settings(file: &FileConfig, source: Source, paths: Paths) -> Config {
         let conns = file.max_connections.unwrap_or(1024);
         Config {
-            origin: Origin::Defaults,
-            issuer: String::new(),
-            alg: AlgLabel::EdDSA,
-            shares_dir: PathBuf::new(),
-            db: PathBuf::new(),
-            legacy_layout: false,
-            socket: PathBuf::new(),
-            socket_mode: 0o660,
-            default_ttl: file.default_ttl.unwrap_or(Duration::from_secs(15 * 60)),
-            max_ttl: file.max_ttl.unwrap_or(Duration::from_secs(60 * 60)),
-            max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
-            max_frame_bytes: file.max_frame_bytes.unwrap_or(64 * 1024),
-            max_connections: conns,
-            // Unset, these follow a smaller max_connections.
-            max_connections_per_peer: file
-                .max_connections_per_peer
-                .unwrap_or_else(|| conns.clamp(1, 64)),
-            admin_connections: file
-                .admin_connections
-                .unwrap_or_else(|| (conns / 2).clamp(1, 4)),
-            idle_timeout: file.idle_timeout.unwrap_or(Duration::from_secs(300)),
-            read_timeout: file.read_timeout.unwrap_or(Duration::from_secs(10)),
-            write_timeout: file.write_timeout.unwrap_or(Duration::from_secs(10)),
+            source,
+            paths,
+            outputs: Outputs {
+                jwks_file: file.jwks_file.clone(),
+                metrics_file: file.metrics_file.clone(),
+            },
+            tokens: Tokens {
+                issuer: file
+                    .issuer
+                    .clone()
+                    .unwrap_or_else(|| "splitsign".to_owned()),
+                alg: file.alg.unwrap_or(AlgLabel::EdDSA),
+                default_ttl: file.default_ttl.unwrap_or(Duration::from_secs(15 * 60)),
+                max_ttl: file.max_ttl.unwrap_or(Duration::from_secs(60 * 60)),
+                max_token_bytes: file.max_token_bytes.unwrap_or(8 * 1024),
+                leeway: file.leeway.unwrap_or(Duration::from_secs(60)),
+            },
+            limits: Limits {
+                max_frame_bytes: file.max_frame_bytes.unwrap_or(64 * 1024),
+                max_connections: conns,
+                // Unset, these follow a smaller max_connections.
+                max_connections_per_peer: file
+                    .max_connections_per_peer
+                    .unwrap_or_else(|| conns.clamp(1, 64)),
+                admin_connections: file
+                    .admin_connections
+                    .unwrap_or_else(|| (conns / 2).clamp(1, 4)),
+                idle_timeout: file.idle_timeout.unwrap_or(Duration::from_secs(300)),
+                read_timeout: file.read_timeout.unwrap_or(Duration::from_secs(10)),
+                write_timeout: file.write_timeout.unwrap_or(Duration::from_secs(10)),
+            },
+            audit: Audit {
+                enabled: file.audit.unwrap_or(true),
+                sync: file.audit_sync.unwrap_or(AuditSync::Full),
+                retention: file
+                    .audit_retention
+                    .unwrap_or(Duration::from_secs(90 * 86400)),
+                keep_free: file.audit_keep_free.unwrap_or_default(),
+            },
+            schedule: Schedule {
+                rotation_interval: file
+                    .rotation_interval
+                    .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+                prepublish: file.prepublish.unwrap_or(Duration::from_secs(3600)),
+                jwks_max_age: file.jwks_max_age.unwrap_or(Duration::from_secs(900)),
+            },
+            clients: Clients {
+                admin_uids: file.admin_uids.clone(),
+                policies: file.policy.clone(),
+            },
+            cluster: Cluster {
+                postgres: file.postgres.clone().map(|conninfo| PostgresSettings {
+                    conninfo,
+                    password_file: file.postgres_password_file.clone(),
+                    ca_file: file.postgres_ca_file.clone(),
+                }),
+                node: file.node.clone().unwrap_or_else(host_name),
+            },
             mlock: file.mlock.unwrap_or(MlockMode::Warn),
-            audit: file.audit.unwrap_or(true),
-            audit_sync: file.audit_sync.unwrap_or(AuditSync::Full),
-            audit_retention: file
-                .audit_retention
-                .unwrap_or(Duration::from_secs(90 * 86400)),
-            audit_keep_free: file.audit_keep_free.unwrap_or_default(),
-            relative_stores: false,
-            admin_uids: file.admin_uids.clone(),
-            policies: file.policy.clone(),
-            rotation_interval: file
-                .rotation_interval
-                .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
-            leeway: file.leeway.unwrap_or(Duration::from_secs(60)),
-            prepublish: file.prepublish.unwrap_or(Duration::from_secs(3600)),
-            jwks_max_age: file.jwks_max_age.unwrap_or(Duration::from_secs(900)),
-            jwks_file: file.jwks_file.clone(),
-            metrics_file: file.metrics_file.clone(),
-            postgres: file.postgres.clone().map(|conninfo| PostgresSettings {
-                conninfo,
-                password_file: file.postgres_password_file.clone(),
-                ca_file: file.postgres_ca_file.clone(),
-            }),
-            node: file.node.clone().unwrap_or_else(host_name),
         }
     }
 
     /// Relative paths are relative to the working directory; made absolute
     /// once, so that logs and errors name exactly one file.
-    fn absolute(self) -> Config {
-        let abs = |p: PathBuf| {
-            if p.as_os_str().is_empty() {
-                p
-            } else {
-                std::path::absolute(&p).unwrap_or(p)
+    fn absolute(mut self) -> Config {
+        fn abs(p: &mut PathBuf) {
+            if !p.as_os_str().is_empty()
+                && let Ok(a) = std::path::absolute(&*p)
+            {
+                *p = a;
             }
-        };
-        let relative_stores = [&self.shares_dir, &self.db, &self.socket]
+        }
+        let p = &mut self.paths;
+        p.relative_stores = [&p.shares_dir, &p.db, &p.socket]
             .iter()
             .any(|p| p.is_relative());
-        Config {
-            relative_stores,
-            shares_dir: abs(self.shares_dir),
-            db: abs(self.db),
-            socket: abs(self.socket),
-            jwks_file: self.jwks_file.map(abs),
-            metrics_file: self.metrics_file.map(abs),
-            postgres: self.postgres.map(|p| PostgresSettings {
-                password_file: p.password_file.map(abs),
-                ca_file: p.ca_file.map(abs),
-                ..p
-            }),
-            ..self
+        for path in [&mut p.shares_dir, &mut p.db, &mut p.socket] {
+            abs(path);
         }
+        let o = &mut self.outputs;
+        for path in [&mut o.jwks_file, &mut o.metrics_file]
+            .into_iter()
+            .flatten()
+        {
+            abs(path);
+        }
+        if let Some(pg) = &mut self.cluster.postgres {
+            for path in [&mut pg.password_file, &mut pg.ca_file]
+                .into_iter()
+                .flatten()
+            {
+                abs(path);
+            }
+        }
+        self
     }
 
     /// Shape checks, one section at a time; the first problem is the
@@ -603,7 +669,7 @@ impl Config {
         self.check_tokens()?;
         self.check_limits()?;
         self.check_schedule()?;
-        for p in &self.policies {
+        for p in &self.clients.policies {
             self.check_policy(p)?;
         }
         self.check_paths()?;
@@ -615,16 +681,16 @@ impl Config {
     fn check_cluster(&self) -> Result<()> {
         let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
         // Without a cluster the node name is not used.
-        let Some(pg) = &self.postgres else {
+        let Some(pg) = &self.cluster.postgres else {
             return Ok(());
         };
-        if !valid_node(&self.node) {
+        if !valid_node(&self.cluster.node) {
             return bad(
                 "node",
                 format!(
                     "{:?} is not a node name: 1 to 63 letters, digits, '_', '.' or '-' (set \
                      `node` if the host name is not one)",
-                    self.node
+                    self.cluster.node
                 ),
             );
         }
@@ -656,22 +722,25 @@ impl Config {
     /// The issuer and token lifetimes.
     fn check_tokens(&self) -> Result<()> {
         let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
-        if self.issuer.is_empty() || self.issuer.len() > 256 {
+        if self.tokens.issuer.is_empty() || self.tokens.issuer.len() > 256 {
             return bad("issuer", "must be 1 to 256 bytes long".into());
         }
-        if self.issuer.chars().any(char::is_control) {
+        if self.tokens.issuer.chars().any(char::is_control) {
             return bad("issuer", "must not contain control characters".into());
         }
-        if self.max_ttl < Duration::from_secs(1) || self.max_ttl > Duration::from_secs(366 * 86400)
+        if self.tokens.max_ttl < Duration::from_secs(1)
+            || self.tokens.max_ttl > Duration::from_secs(366 * 86400)
         {
             return bad("max_ttl", "must be between 1s and 366d".into());
         }
-        if self.default_ttl < Duration::from_secs(1) || self.default_ttl > self.max_ttl {
+        if self.tokens.default_ttl < Duration::from_secs(1)
+            || self.tokens.default_ttl > self.tokens.max_ttl
+        {
             return bad(
                 "default_ttl",
                 format!(
                     "must be between 1s and max_ttl ({})",
-                    humantime::format_duration(self.max_ttl)
+                    humantime::format_duration(self.tokens.max_ttl)
                 ),
             );
         }
@@ -681,43 +750,45 @@ impl Config {
     /// Frames, tokens, connections, timeouts and the audit log's retention.
     fn check_limits(&self) -> Result<()> {
         let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
-        if !(1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes) {
+        if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_frame_bytes) {
             return bad(
                 "max_frame_bytes",
                 "must be between 1024 and 16777216".into(),
             );
         }
-        if self.max_token_bytes < 256 || self.max_token_bytes + 256 > self.max_frame_bytes {
+        if self.tokens.max_token_bytes < 256
+            || self.tokens.max_token_bytes + 256 > self.limits.max_frame_bytes
+        {
             return bad(
                 "max_token_bytes",
                 "must be at least 256 and leave 256 bytes of a response frame (max_frame_bytes)"
                     .into(),
             );
         }
-        if !(2..=1_000_000).contains(&self.max_connections) {
+        if !(2..=1_000_000).contains(&self.limits.max_connections) {
             return bad("max_connections", "must be between 2 and 1000000".into());
         }
-        if !(1..=self.max_connections).contains(&self.max_connections_per_peer) {
+        if !(1..=self.limits.max_connections).contains(&self.limits.max_connections_per_peer) {
             return bad(
                 "max_connections_per_peer",
                 "must be between 1 and max_connections".into(),
             );
         }
-        if self.admin_connections >= self.max_connections {
+        if self.limits.admin_connections >= self.limits.max_connections {
             return bad(
                 "admin_connections",
                 "must be less than max_connections (the rest is for other peers)".into(),
             );
         }
-        if self.audit_retention < Duration::from_secs(3600)
-            || self.audit_retention > Duration::from_secs(100 * 366 * 86400)
+        if self.audit.retention < Duration::from_secs(3600)
+            || self.audit.retention > Duration::from_secs(100 * 366 * 86400)
         {
             return bad("audit_retention", "must be between 1h and 100 years".into());
         }
         for (key, d) in [
-            ("idle_timeout", self.idle_timeout),
-            ("read_timeout", self.read_timeout),
-            ("write_timeout", self.write_timeout),
+            ("idle_timeout", self.limits.idle_timeout),
+            ("read_timeout", self.limits.read_timeout),
+            ("write_timeout", self.limits.write_timeout),
         ] {
             if d < Duration::from_millis(100) || d > Duration::from_secs(86400) {
                 return bad(key, "must be between 100ms and 1d".into());
@@ -729,31 +800,31 @@ impl Config {
     /// Rotation, leeway, pre-publication and the JWKS cache.
     fn check_schedule(&self) -> Result<()> {
         let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
-        if self.rotation_interval < Duration::from_secs(1)
-            || self.rotation_interval > Duration::from_secs(3650 * 86400)
+        if self.schedule.rotation_interval < Duration::from_secs(1)
+            || self.schedule.rotation_interval > Duration::from_secs(3650 * 86400)
         {
             return bad("rotation_interval", "must be between 1s and 3650d".into());
         }
-        if self.leeway > Duration::from_secs(600) {
+        if self.tokens.leeway > Duration::from_secs(600) {
             return bad("leeway", "must be at most 10m".into());
         }
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
-        if self.prepublish >= self.rotation_interval {
+        if self.schedule.prepublish >= self.schedule.rotation_interval {
             return bad(
                 "prepublish",
                 format!(
                     "must be shorter than rotation_interval ({})",
-                    fmt(self.rotation_interval)
+                    fmt(self.schedule.rotation_interval)
                 ),
             );
         }
-        if self.prepublish < self.jwks_max_age {
+        if self.schedule.prepublish < self.schedule.jwks_max_age {
             return bad(
                 "prepublish",
                 format!(
                     "must be at least jwks_max_age ({}): verifiers that cache the JWKS must \
                      learn a key before it signs",
-                    fmt(self.jwks_max_age)
+                    fmt(self.schedule.jwks_max_age)
                 ),
             );
         }
@@ -825,7 +896,7 @@ impl Config {
             );
         }
         if p.max_ttl
-            .is_some_and(|t| t < Duration::from_secs(1) || t > self.max_ttl)
+            .is_some_and(|t| t < Duration::from_secs(1) || t > self.tokens.max_ttl)
         {
             return bad(
                 "policy.max_ttl",
@@ -839,30 +910,30 @@ impl Config {
     fn check_paths(&self) -> Result<()> {
         let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
         for (key, file) in [
-            ("jwks_file", &self.jwks_file),
-            ("metrics_file", &self.metrics_file),
+            ("jwks_file", &self.outputs.jwks_file),
+            ("metrics_file", &self.outputs.metrics_file),
         ] {
             if file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 return bad(key, "must not be empty".into());
             }
         }
         for (key, p) in [
-            ("shares_dir", &self.shares_dir),
-            ("db", &self.db),
-            ("socket", &self.socket),
+            ("shares_dir", &self.paths.shares_dir),
+            ("db", &self.paths.db),
+            ("socket", &self.paths.socket),
         ] {
             if p.as_os_str().is_empty() {
                 return bad(key, "must not be empty".into());
             }
         }
         // sockaddr_un.sun_path holds 108 bytes including the NUL.
-        if self.socket.as_os_str().len() > 107 {
+        if self.paths.socket.as_os_str().len() > 107 {
             return bad(
                 "socket",
                 "path is longer than 107 bytes (a Unix socket limit)".into(),
             );
         }
-        if self.shares_dir == self.db.parent().unwrap_or(Path::new("")) {
+        if self.paths.shares_dir == self.paths.db.parent().unwrap_or(Path::new("")) {
             return bad(
                 "shares_dir",
                 "must differ from the database directory: the two shares must live in two stores"
@@ -882,8 +953,8 @@ impl Config {
     /// daemon writes these files.
     pub fn check_output_files(&self) -> Result<()> {
         for (key, file) in [
-            ("jwks_file", &self.jwks_file),
-            ("metrics_file", &self.metrics_file),
+            ("jwks_file", &self.outputs.jwks_file),
+            ("metrics_file", &self.outputs.metrics_file),
         ] {
             let Some(path) = file else { continue };
             let bad = |message: String| Err(Error::Setting { key, message });
@@ -936,73 +1007,112 @@ impl Config {
     /// classified here before the crate compiles.
     pub fn needs_restart(&self, new: &Config) -> Option<&'static str> {
         let Config {
-            origin: _,
             // Applied by a reload: token settings, policies (and their rate
-            // limits), the schedule, the JWKS file, connection timeouts and
-            // per-peer limits, audit retention and reserve, mlock for keys unsealed from
-            // then on.
-            issuer: _,
-            alg: _,
-            default_ttl: _,
-            max_ttl: _,
-            max_token_bytes: _,
-            idle_timeout: _,
-            read_timeout: _,
-            write_timeout: _,
-            max_connections_per_peer: _,
-            admin_connections: _,
-            audit_retention: _,
-            audit_keep_free: _,
-            relative_stores: _,
+            // limits), the schedule, the JWKS and metrics files, mlock for
+            // keys unsealed from then on; and parts of the limits and the
+            // audit log (below).
+            source: _,
+            outputs: _,
+            tokens: _,
+            schedule: _,
+            clients: _,
             mlock: _,
-            admin_uids: _,
-            policies: _,
-            rotation_interval: _,
-            leeway: _,
-            prepublish: _,
-            jwks_max_age: _,
-            jwks_file: _,
-            metrics_file: _,
-            // Fixed while running: the stores, the socket, the connection
-            // table, the audit writer, and the cluster.
+            // Fixed while running, in whole or in part: the stores, the
+            // socket, the connection table, the audit writer, the cluster.
+            paths,
+            limits,
+            audit,
+            cluster,
+        } = self;
+        paths
+            .needs_restart(&new.paths)
+            .or_else(|| limits.needs_restart(&new.limits))
+            .or_else(|| audit.needs_restart(&new.audit))
+            .or_else(|| cluster.needs_restart(&new.cluster))
+    }
+}
+
+/// The first of `changes` that is true: the setting a reload cannot apply.
+fn first_change<const N: usize>(changes: [(&'static str, bool); N]) -> Option<&'static str> {
+    changes
+        .into_iter()
+        .find_map(|(key, changed)| changed.then_some(key))
+}
+
+// Each section lists every field (the destructuring has no `..`), so a new
+// setting must be classified before the crate compiles.
+impl Paths {
+    fn needs_restart(&self, new: &Paths) -> Option<&'static str> {
+        let Paths {
             shares_dir,
             db,
             socket,
             socket_mode,
-            max_frame_bytes,
-            max_connections,
-            audit,
-            audit_sync,
-            postgres,
-            node,
+            // Follow from the paths.
+            relative_stores: _,
             legacy_layout: _,
         } = self;
-        [
+        first_change([
             ("shares_dir", *shares_dir != new.shares_dir),
             ("db", *db != new.db),
             ("socket", *socket != new.socket),
             ("socket_mode", *socket_mode != new.socket_mode),
+        ])
+    }
+}
+
+impl Limits {
+    fn needs_restart(&self, new: &Limits) -> Option<&'static str> {
+        let Limits {
+            max_frame_bytes,
+            max_connections,
+            // Read by each connection at every turn, by admission at every
+            // accept.
+            max_connections_per_peer: _,
+            admin_connections: _,
+            idle_timeout: _,
+            read_timeout: _,
+            write_timeout: _,
+        } = self;
+        first_change([
             ("max_frame_bytes", *max_frame_bytes != new.max_frame_bytes),
             ("max_connections", *max_connections != new.max_connections),
-            ("audit", *audit != new.audit),
-            ("audit_sync", *audit_sync != new.audit_sync),
+        ])
+    }
+}
+
+impl Audit {
+    fn needs_restart(&self, new: &Audit) -> Option<&'static str> {
+        let Audit {
+            enabled,
+            sync,
+            retention: _,
+            keep_free: _,
+        } = self;
+        first_change([
+            ("audit", *enabled != new.enabled),
+            ("audit_sync", *sync != new.sync),
+        ])
+    }
+}
+
+impl Cluster {
+    fn needs_restart(&self, new: &Cluster) -> Option<&'static str> {
+        let Cluster { postgres, node } = self;
+        first_change([
             ("postgres", *postgres != new.postgres),
             ("node", *node != new.node),
-        ]
-        .into_iter()
-        .find_map(|(key, changed)| changed.then_some(key))
+        ])
     }
 }
 
 /// The store paths and the socket when the config gives none: a config
 /// file means a system install; with no file the daemon runs from the
-/// current directory. systemd's `StateDirectory=` lists "shares" then "db"
-/// (colon-separated).
-/// The default store paths and socket. From `STATE_DIRECTORY`, the
+/// current directory. From `STATE_DIRECTORY` (colon-separated), the
 /// directories are told apart by name (`…/shares`, `…/db`), never by their
 /// order: systemd sorts the list (`StateDirectory=splitsign/shares
 /// splitsign/db` arrives as `…/db:…/shares`).
-fn default_places(env: &Env, origin: &Origin) -> Result<(PathBuf, PathBuf, PathBuf)> {
+fn default_places(env: &Env, source: &Source) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let state_dirs: Vec<PathBuf> = env
         .state_directory
         .as_deref()
@@ -1019,7 +1129,7 @@ fn default_places(env: &Env, origin: &Origin) -> Result<(PathBuf, PathBuf, PathB
             .find(|d| d.file_name().is_some_and(|n| n == name))
             .cloned()
     };
-    let (def_shares, def_db) = match (state_dirs.as_slice(), &origin) {
+    let (def_shares, def_db) = match (state_dirs.as_slice(), source) {
         ([_, _, ..], _) => match (named("shares"), named("db")) {
             (Some(shares), Some(db)) => (shares, db.join("splitsign.db")),
             _ => {
@@ -1032,20 +1142,20 @@ fn default_places(env: &Env, origin: &Origin) -> Result<(PathBuf, PathBuf, PathB
             }
         },
         ([one], _) => (one.join("shares"), one.join("db").join("splitsign.db")),
-        ([], Origin::File(_)) => (
+        ([], Source::File(_)) => (
             PathBuf::from("/var/lib/splitsign/shares"),
             PathBuf::from("/var/lib/splitsign/db/splitsign.db"),
         ),
-        ([], Origin::Defaults) => (PathBuf::from("keys"), PathBuf::from("var/splitsign.db")),
+        ([], Source::Defaults) => (PathBuf::from("keys"), PathBuf::from("var/splitsign.db")),
     };
-    let def_socket = match (env.runtime_directory.as_deref(), &origin) {
+    let def_socket = match (env.runtime_directory.as_deref(), source) {
         (Some(rt), _) if !rt.is_empty() => {
             PathBuf::from(rt.split(':').next().unwrap_or(rt)).join("sign.sock")
         }
         // A config file, or systemd's StateDirectory=: a system install.
-        (_, Origin::File(_)) => PathBuf::from("/run/splitsign/sign.sock"),
+        (_, Source::File(_)) => PathBuf::from("/run/splitsign/sign.sock"),
         _ if !state_dirs.is_empty() => PathBuf::from("/run/splitsign/sign.sock"),
-        (_, Origin::Defaults) => PathBuf::from("var/splitsign.sock"),
+        (_, Source::Defaults) => PathBuf::from("var/splitsign.sock"),
     };
     Ok((def_shares, def_db, def_socket))
 }
@@ -1182,7 +1292,7 @@ mod tests {
         })?;
         Config::build(
             file,
-            Origin::File("t.toml".into()),
+            Source::File("t.toml".into()),
             &Overrides::default(),
             &Env::default(),
         )
@@ -1229,27 +1339,27 @@ mod tests {
             "postgres = \"postgresql://u@db.internal/s?sslmode=verify-full&application_name=x\"",
         ] {
             let c = from_toml(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-            assert!(c.postgres.is_some());
+            assert!(c.cluster.postgres.is_some());
         }
         let c = from_toml("node = \"not checked without postgres\"").unwrap();
-        assert!(c.postgres.is_none());
+        assert!(c.cluster.postgres.is_none());
     }
 
     #[test]
     fn zero_config_uses_the_current_directory() {
         let c = Config::build(
             FileConfig::default(),
-            Origin::Defaults,
+            Source::Defaults,
             &Overrides::default(),
             &Env::default(),
         )
         .unwrap();
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(c.shares_dir, cwd.join("keys"));
-        assert_eq!(c.db, cwd.join("var/splitsign.db"));
-        assert_eq!(c.socket, cwd.join("var/splitsign.sock"));
-        assert_eq!(c.default_ttl, Duration::from_secs(900));
-        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(c.paths.shares_dir, cwd.join("keys"));
+        assert_eq!(c.paths.db, cwd.join("var/splitsign.db"));
+        assert_eq!(c.paths.socket, cwd.join("var/splitsign.sock"));
+        assert_eq!(c.tokens.default_ttl, Duration::from_secs(900));
+        assert_eq!(c.paths.socket_mode, 0o660);
     }
 
     #[test]
@@ -1265,22 +1375,22 @@ mod tests {
             };
             let c = Config::build(
                 FileConfig::default(),
-                Origin::Defaults,
+                Source::Defaults,
                 &Overrides::default(),
                 &env,
             )
             .unwrap();
             assert_eq!(
-                c.shares_dir,
+                c.paths.shares_dir,
                 PathBuf::from("/var/lib/splitsign/shares"),
                 "{list}"
             );
             assert_eq!(
-                c.db,
+                c.paths.db,
                 PathBuf::from("/var/lib/splitsign/db/splitsign.db"),
                 "{list}"
             );
-            assert!(!c.legacy_layout);
+            assert!(!c.paths.legacy_layout);
         }
         let env = Env {
             state_directory: Some("/x/a:/x/b".into()),
@@ -1288,7 +1398,7 @@ mod tests {
         };
         let e = Config::build(
             FileConfig::default(),
-            Origin::Defaults,
+            Source::Defaults,
             &Overrides::default(),
             &env,
         )
@@ -1300,10 +1410,10 @@ mod tests {
     #[test]
     fn durations_and_values_parse() {
         let c = from_toml("issuer = \"https://a.example\"\ndefault_ttl = \"5m\"\nmax_ttl = \"2h\"\nalg = \"Ed25519\"\nsocket_mode = \"0600\"").unwrap();
-        assert_eq!(c.default_ttl, Duration::from_secs(300));
-        assert_eq!(c.max_ttl, Duration::from_secs(7200));
-        assert_eq!(c.alg, AlgLabel::Ed25519);
-        assert_eq!(c.socket_mode, 0o600);
+        assert_eq!(c.tokens.default_ttl, Duration::from_secs(300));
+        assert_eq!(c.tokens.max_ttl, Duration::from_secs(7200));
+        assert_eq!(c.tokens.alg, AlgLabel::Ed25519);
+        assert_eq!(c.paths.socket_mode, 0o600);
     }
 
     #[test]
@@ -1328,7 +1438,7 @@ mod tests {
     fn the_audit_reserve_is_a_size_or_a_share() {
         let gib = 1u64 << 30;
         // The default: 5%, at most 1 GiB.
-        let d = from_toml("").unwrap().audit_keep_free;
+        let d = from_toml("").unwrap().audit.keep_free;
         assert_eq!(d.bytes(100 << 20), 5 << 20);
         assert_eq!(d.bytes(100 * gib), gib);
         for (text, total, want) in [
@@ -1341,7 +1451,7 @@ mod tests {
             ("audit_keep_free = \"2.5%\"", 1000, 25),
         ] {
             assert_eq!(
-                from_toml(text).unwrap().audit_keep_free.bytes(total),
+                from_toml(text).unwrap().audit.keep_free.bytes(total),
                 want,
                 "{text}"
             );

@@ -17,9 +17,9 @@ pub fn run(cx: &Ctx, a: AuditArgs) -> Result<(), Failure> {
 }
 
 fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Result<(), Failure> {
-    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let database = crate::store::Database::open_read_only(&cfg.paths.db, cfg.tokens.alg)?;
     let conn = database.connection();
-    let db_err = Error::database(&cfg.db);
+    let db_err = Error::database(&cfg.paths.db);
     if verify {
         return match crate::store::audit_log::verify(conn).map_err(db_err)? {
             crate::store::audit_log::Verdict::Intact {

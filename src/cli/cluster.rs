@@ -12,7 +12,7 @@ use crate::store::membership::{Bounds, BoundsChange};
 use crate::store::{LocalStores, Postgres};
 
 fn settings(cx: &Ctx) -> Result<&PostgresSettings, Failure> {
-    cx.cfg.postgres.as_ref().ok_or_else(|| {
+    cx.cfg.cluster.postgres.as_ref().ok_or_else(|| {
         usage(
             "`postgres` is not set in the config: set it to the cluster's connection string \
              (docs/CLUSTER.md)"
@@ -25,7 +25,7 @@ fn settings(cx: &Ctx) -> Result<&PostgresSettings, Failure> {
 /// each ROLE (a node's login role, named like the node) use the tables;
 /// row-level security limits it to its own node's rows.
 pub fn pg_schema(cx: &Ctx, a: PgSchemaArgs) -> Result<(), Failure> {
-    let pg = Postgres::connect(settings(cx)?, &cx.cfg.node)?;
+    let pg = Postgres::connect(settings(cx)?, &cx.cfg.cluster.node)?;
     let before = pg.schema_version()?;
     let now = pg.migrate().map_err(|e| match e {
         crate::error::Error::Postgres {
@@ -58,7 +58,7 @@ pub fn pg_schema(cx: &Ctx, a: PgSchemaArgs) -> Result<(), Failure> {
 
 /// `node list|add|remove|bounds`, with the owner's login.
 pub fn node(cx: &Ctx, c: NodeCommand) -> Result<(), Failure> {
-    let pg = Postgres::connect(settings(cx)?, &cx.cfg.node)?;
+    let pg = Postgres::connect(settings(cx)?, &cx.cfg.cluster.node)?;
     let have = pg.schema_version()?;
     if have < 2 {
         return Err(usage(format!(
@@ -222,7 +222,7 @@ pub fn migrate_store(cx: &Ctx, a: MigrateStoreArgs) -> Result<(), Failure> {
         println!("already moved: the keys of this host are in {store} as node {node}");
         return Ok(());
     }
-    let pg = Postgres::open(settings, &cx.cfg.node)?;
+    let pg = Postgres::open(settings, &cx.cfg.cluster.node)?;
     let now = lifecycle::wall_now();
     let m = lifecycle::move_to_postgres(&mut stores.local, &stores.shares, pg, now)?;
     println!(
@@ -232,7 +232,7 @@ pub fn migrate_store(cx: &Ctx, a: MigrateStoreArgs) -> Result<(), Failure> {
     );
     println!(
         "{} now keeps only the audit log; start the daemon with this config",
-        cx.cfg.db.display()
+        cx.cfg.paths.db.display()
     );
     Ok(())
 }

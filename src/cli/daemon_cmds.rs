@@ -226,7 +226,7 @@ pub fn reload(cx: &Ctx) -> Result<(), Failure> {
     c.call("reload", Map::new())?;
     println!(
         "reloaded the config of the daemon at {}",
-        cx.cfg.socket.display()
+        cx.cfg.paths.socket.display()
     );
     Ok(())
 }
@@ -279,7 +279,7 @@ fn revoke_values(file: &std::path::Path) -> Result<Vec<String>, Failure> {
 fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), Failure> {
     let values = revoke_values(file)?;
     let now = crate::lifecycle::wall_now();
-    let exp = now.saturating_add(cx.cfg.max_ttl.as_secs() as i64);
+    let exp = now.saturating_add(cx.cfg.tokens.max_ttl.as_secs() as i64);
     let target = |v: &str| match kind {
         "jti" => RevokeTarget::Jti {
             jti: v.to_owned(),

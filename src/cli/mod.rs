@@ -455,7 +455,7 @@ impl Ctx {
     /// A connection to the daemon, within `--timeout`. When no daemon
     /// listens, the error says where the CLI looked.
     pub fn daemon(&self) -> Result<Client, Unreached> {
-        Client::connect_timeout(&self.cfg.socket, self.timeout)
+        Client::connect_timeout(&self.cfg.paths.socket, self.timeout)
             .map_err(|e| Unreached::new(e, &self.cfg, self.given))
     }
 

@@ -74,7 +74,7 @@ pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), Failure> {
     crate::keys::locked::harden_process()?;
     let mut stores = Stores::open(cfg, false)?;
     let now = lifecycle::wall_now();
-    let latest_exp = now.saturating_add(cfg.max_ttl.as_secs() as i64);
+    let latest_exp = now.saturating_add(cfg.tokens.max_ttl.as_secs() as i64);
     let (new, previous) = {
         let s = &mut stores;
         let delay = if s.cluster.is_some() {
@@ -118,8 +118,8 @@ pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure
         .map(|t| {
             crate::daemon::revocations::stored_for(
                 t,
-                cfg.max_ttl.as_secs() as i64,
-                cfg.leeway.as_secs() as i64,
+                cfg.tokens.max_ttl.as_secs() as i64,
+                cfg.tokens.leeway.as_secs() as i64,
                 now,
             )
             .ok_or_else(|| {
@@ -136,7 +136,7 @@ pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure
         // Within the bounds the cluster's database enforces.
         Some(pg) => {
             let ttl = pg.bounds()?.max_token_ttl;
-            let leeway = cfg.leeway.as_secs() as i64;
+            let leeway = cfg.tokens.leeway.as_secs() as i64;
             rows.iter()
                 .map(|r| crate::daemon::revocations::within_cluster_bounds(r, ttl, now, leeway))
                 .collect::<Result<Vec<_>, _>>()?
@@ -147,7 +147,7 @@ pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure
     if let Some(pg) = &stores.cluster {
         // Kept here too: a database that goes back never un-revokes them,
         // and the daemon writes them back.
-        let seen = crate::store::seen::Seen::open(&cfg.db)?;
+        let seen = crate::store::seen::Seen::open(&cfg.paths.db)?;
         seen.record(rows.iter().map(|r| (pg.node(), r)))?;
     }
     let records: Vec<Record> = rows
@@ -175,7 +175,7 @@ pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure
     } else {
         format!("revoked {} value(s)", rows.len())
     };
-    if cfg.postgres.is_some() {
+    if cfg.cluster.postgres.is_some() {
         println!("{what} (in PostgreSQL): every running node applies it within a second");
     } else {
         println!("{what} (offline); the daemon applies it when it starts");
@@ -214,15 +214,18 @@ pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
 /// The key store, to read: the SQLite database (read-only), or this node
 /// in PostgreSQL.
 fn key_store_to_read(cfg: &Config) -> Result<Box<dyn KeyStore>, Failure> {
-    Ok(match &cfg.postgres {
-        None => Box::new(crate::store::Database::open_read_only(&cfg.db, cfg.alg)?),
+    Ok(match &cfg.cluster.postgres {
+        None => Box::new(crate::store::Database::open_read_only(
+            &cfg.paths.db,
+            cfg.tokens.alg,
+        )?),
         Some(settings) => {
-            let pg = crate::store::Postgres::open(settings, &cfg.node)?;
+            let pg = crate::store::Postgres::open(settings, &cfg.cluster.node)?;
             if !pg.registered() {
                 return Err(Error::KeyStore(format!(
                     "{} has no node {} (run `splitsign init` on this host first)",
                     pg.describe(),
-                    cfg.node
+                    cfg.cluster.node
                 ))
                 .into());
             }
@@ -241,7 +244,11 @@ pub fn status(cfg: &Config) -> Result<Value, Failure> {
         .into_iter()
         .filter(|r| r.verified)
         .collect();
-    let own_node = cfg.postgres.as_ref().map(|_| cfg.node.as_str());
+    let own_node = cfg
+        .cluster
+        .postgres
+        .as_ref()
+        .map(|_| cfg.cluster.node.as_str());
     let others = database.other_nodes_keys()?;
     let key = |r: &crate::keys::KeyInfo, node: Option<&str>| {
         let mut v = serde_json::json!({
@@ -281,11 +288,11 @@ pub fn status(cfg: &Config) -> Result<Value, Failure> {
     Ok(serde_json::json!({
         "cluster": cluster,
         "daemon": "not running",
-        "issuer": cfg.issuer,
-        "alg": cfg.alg.as_str(),
+        "issuer": cfg.tokens.issuer,
+        "alg": cfg.tokens.alg.as_str(),
         "active_kid": crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone()),
         "now": now,
-        "next_transition": crate::keys::schedule::next_event(&rows, now, cfg),
+        "next_transition": crate::keys::schedule::next_event(&rows, now, &cfg.schedule),
         "keys": keys,
     }))
 }
@@ -298,17 +305,17 @@ fn backup_db(cfg: &Config, file: &Path) -> Result<(), Failure> {
         .ok()
         .and_then(|p| p.parent().map(|d| d.to_owned()))
         .and_then(|d| d.canonicalize().ok());
-    if dest_dir.is_some() && dest_dir == cfg.shares_dir.canonicalize().ok() {
+    if dest_dir.is_some() && dest_dir == cfg.paths.shares_dir.canonicalize().ok() {
         return Err(usage(format!(
             "{} is in the share directory; keep the database backup apart from the file shares",
             file.display()
         )));
     }
-    let database = crate::store::Database::open_read_only(&cfg.db, cfg.alg)?;
+    let database = crate::store::Database::open_read_only(&cfg.paths.db, cfg.tokens.alg)?;
     let s = database.backup(file)?;
     println!(
         "backed up database {} to {} (schema {}, deployment {}, {} keys, {} revocations, {} audit records)",
-        cfg.db.display(),
+        cfg.paths.db.display(),
         file.display(),
         s.schema,
         s.deployment,
@@ -318,7 +325,7 @@ fn backup_db(cfg: &Config, file: &Path) -> Result<(), Failure> {
     );
     println!(
         "the file shares are not in it: back up {} separately, and keep the two apart",
-        cfg.shares_dir.display()
+        cfg.paths.shares_dir.display()
     );
     Ok(())
 }
@@ -327,7 +334,7 @@ fn backup_db(cfg: &Config, file: &Path) -> Result<(), Failure> {
 /// may sign from its two shares, read-only.
 fn check_stores(cfg: &Config) -> Result<(), Failure> {
     crate::keys::locked::harden_process()?;
-    let dir = crate::store::ShareDir::open(&cfg.shares_dir)?;
+    let dir = crate::store::ShareDir::open(&cfg.paths.shares_dir)?;
     let database = key_store_to_read(cfg)?;
     let database = &*database;
     let now = lifecycle::wall_now();

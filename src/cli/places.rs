@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::output::Failure;
 use crate::client::ClientError;
-use crate::config::{Config, Origin, SYSTEM_CONFIG};
+use crate::config::{Config, SYSTEM_CONFIG, Source};
 use crate::error::exit;
 
 /// What chose the places besides the config file: flags, and the
@@ -65,9 +65,9 @@ impl From<Unreached> for Failure {
 
 /// Where the config came from.
 fn config_clause(cfg: &Config) -> String {
-    match &cfg.origin {
-        Origin::File(p) => format!("config file {}", p.display()),
-        Origin::Defaults => {
+    match &cfg.source {
+        Source::File(p) => format!("config file {}", p.display()),
+        Source::Defaults => {
             format!("no config file was found (no --config, and {SYSTEM_CONFIG} does not exist)")
         }
     }
@@ -80,13 +80,13 @@ fn socket_clause(cfg: &Config, given: Given) -> String {
     } else if given.runtime_directory {
         "in RUNTIME_DIRECTORY"
     } else {
-        match cfg.origin {
-            Origin::File(_) => "the config file's",
-            Origin::Defaults if given.state_directory => "the systemd default",
-            Origin::Defaults => "the zero-config socket, under the current directory",
+        match cfg.source {
+            Source::File(_) => "the config file's",
+            Source::Defaults if given.state_directory => "the systemd default",
+            Source::Defaults => "the zero-config socket, under the current directory",
         }
     };
-    format!("socket {} ({from})", cfg.socket.display())
+    format!("socket {} ({from})", cfg.paths.socket.display())
 }
 
 /// How to point the CLI at a daemon elsewhere.
@@ -96,8 +96,8 @@ const POINT_AT_DAEMON: &str = "point splitsign at the daemon with --socket PATH 
 /// What to add to "cannot connect to the daemon".
 fn no_daemon(cfg: &Config, given: Given) -> String {
     let socket = socket_clause(cfg, given);
-    match cfg.origin {
-        Origin::Defaults if !given.socket => format!(
+    match cfg.source {
+        Source::Defaults if !given.socket => format!(
             "{}, so splitsign looked for the daemon at the {socket}. Run splitsign from the \
              directory the daemon runs in, or {POINT_AT_DAEMON}",
             config_clause(cfg)
@@ -115,7 +115,7 @@ fn no_daemon(cfg: &Config, given: Given) -> String {
 /// only a README, is empty). Stores half there are damage, not a wrong
 /// place: the store code names what is missing then.
 pub fn no_stores(cfg: &Config) -> bool {
-    !cfg.db.exists() && !crate::store::share_files::holds_share_files(&cfg.shares_dir)
+    !cfg.paths.db.exists() && !crate::store::share_files::holds_share_files(&cfg.paths.shares_dir)
 }
 
 /// The failure of an offline command that finds no store where it
@@ -124,27 +124,27 @@ pub fn nothing_here(cfg: &Config, given: Given) -> Option<Failure> {
     if !no_stores(cfg) {
         return None;
     }
-    let shares = if cfg.shares_dir.exists() {
+    let shares = if cfg.paths.shares_dir.exists() {
         "holds no share file"
     } else {
         "does not exist"
     };
     let mut m = format!(
         "no key stores here: database {} does not exist, share directory {} {shares}; {}",
-        cfg.db.display(),
-        cfg.shares_dir.display(),
+        cfg.paths.db.display(),
+        cfg.paths.shares_dir.display(),
         config_clause(cfg)
     );
-    let chosen = matches!(cfg.origin, Origin::File(_))
+    let chosen = matches!(cfg.source, Source::File(_))
         || given.db
         || given.shares_dir
         || given.state_directory;
-    if daemon_answers(&cfg.socket) {
+    if daemon_answers(&cfg.paths.socket) {
         // A daemon runs with other stores: never start a second deployment.
         m.push_str(&format!(
             ". A daemon answers at {}: give this command the same --config (or --db and \
              --shares-dir) it runs with",
-            cfg.socket.display()
+            cfg.paths.socket.display()
         ));
     } else if let Some(elsewhere) = relative_elsewhere(cfg) {
         // The config's relative paths name other places from its own
@@ -183,10 +183,10 @@ pub fn nothing_here(cfg: &Config, given: Given) -> Option<Failure> {
 /// The config file's directory, when the config names a store or the
 /// socket by a relative path and the current directory is another one.
 fn relative_elsewhere(cfg: &Config) -> Option<std::path::PathBuf> {
-    let Origin::File(file) = &cfg.origin else {
+    let Source::File(file) = &cfg.source else {
         return None;
     };
-    let relative = cfg.relative_stores;
+    let relative = cfg.paths.relative_stores;
     let dir = std::fs::canonicalize(file).ok()?.parent()?.to_owned();
     let cwd = std::env::current_dir().ok()?.canonicalize().ok()?;
     (relative && dir != cwd).then_some(dir)

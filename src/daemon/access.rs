@@ -125,7 +125,7 @@ impl Access {
                 })
         };
         let mut policies = Vec::new();
-        for p in &cfg.policies {
+        for p in &cfg.clients.policies {
             let mut uids = p.uids.clone();
             for u in &p.users {
                 uids.push(lookup(&passwd, u, "policy.users")?);
@@ -138,6 +138,7 @@ impl Access {
         }
         let own = rustix::process::geteuid().as_raw();
         let admin_uids = cfg
+            .clients
             .admin_uids
             .clone()
             .unwrap_or_else(|| if own == 0 { vec![0] } else { vec![0, own] });

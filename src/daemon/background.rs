@@ -108,7 +108,7 @@ async fn health_monitor(handler: Arc<Handler>, shutdown: CancellationToken) {
 async fn metrics_file(handler: Arc<Handler>, shutdown: CancellationToken) {
     let mut failing = false;
     loop {
-        if let Some(path) = handler.manager.config().metrics_file.clone() {
+        if let Some(path) = handler.manager.config().outputs.metrics_file.clone() {
             let h = Arc::clone(&handler);
             let written = tokio::task::spawn_blocking(move || {
                 let text = h.metrics_text();

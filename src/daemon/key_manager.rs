@@ -371,7 +371,7 @@ impl KeyManager {
             );
         }
         let rows = stores.keys.keys()?;
-        let own = crate::keys::schedule::next_event(&rows, now, &cfg);
+        let own = crate::keys::schedule::next_event(&rows, now, &cfg.schedule);
         // The other nodes' keys enter and leave the JWKS at their times.
         let others = self
             .cluster
@@ -494,7 +494,7 @@ impl KeyManager {
                     t,
                     &keys,
                     policy,
-                    cfg.max_ttl.as_secs() as i64,
+                    cfg.tokens.max_ttl.as_secs() as i64,
                     self.clock.now(),
                     now,
                 )
@@ -504,7 +504,7 @@ impl KeyManager {
             // Within the cluster's bounds, which the database enforces too.
             let ttl = c
                 .bounds()
-                .map_or(cfg.max_ttl.as_secs() as i64, |b| b.max_token_ttl);
+                .map_or(cfg.tokens.max_ttl.as_secs() as i64, |b| b.max_token_ttl);
             for a in answers.iter_mut() {
                 if let Ok(r) = a {
                     *a = super::revocations::within_cluster_bounds(
@@ -599,7 +599,7 @@ impl KeyManager {
         let jwks = set.jwks.get().to_owned();
         self.keyring.replace(set);
         self.keys_changed.notify_waiters();
-        if let Some(path) = &cfg.jwks_file {
+        if let Some(path) = &cfg.outputs.jwks_file {
             let mut last = self.jwks_written.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_deref() != Some(jwks.as_str()) {
                 write_public_file(path, jwks.as_bytes())?;
@@ -753,7 +753,7 @@ impl KeyManager {
         let now = self.clock.now();
         let keys = self.keyring.snapshot();
         let rows = keys.own_rows();
-        let next = crate::keys::schedule::next_event(&rows, now, &self.config())
+        let next = crate::keys::schedule::next_event(&rows, now, &self.config().schedule)
             .and_then(|t| {
                 std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t as u64))
             })
@@ -780,7 +780,7 @@ fn stores_changed(why: &str) -> String {
 /// `leeway`) within its `max_key_lifetime`.
 fn check_bounds(cfg: &Config, b: &crate::store::membership::Bounds) -> Result<()> {
     let fmt = |s: i64| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64));
-    let ttl = cfg.max_ttl.as_secs() as i64;
+    let ttl = cfg.tokens.max_ttl.as_secs() as i64;
     if ttl > b.max_token_ttl {
         return Err(Error::Setting {
             key: "max_ttl",
@@ -794,7 +794,7 @@ fn check_bounds(cfg: &Config, b: &crate::store::membership::Bounds) -> Result<()
         });
     }
     // What the schedule gives a key, from its activation to its retirement.
-    let (_, lifetime) = crate::keys::schedule::schedule(cfg, 0);
+    let (_, lifetime) = crate::keys::schedule::schedule(&cfg.schedule, &cfg.tokens, 0);
     if lifetime > b.max_key_lifetime {
         return Err(Error::Setting {
             key: "rotation_interval",

@@ -46,13 +46,13 @@ pub struct Limits {
 impl Limits {
     pub fn of(cfg: &crate::config::Config) -> Limits {
         Limits {
-            max_connections: cfg.max_connections,
-            max_connections_per_peer: cfg.max_connections_per_peer,
-            admin_connections: cfg.admin_connections,
-            max_frame_bytes: cfg.max_frame_bytes,
-            idle_timeout: cfg.idle_timeout,
-            read_timeout: cfg.read_timeout,
-            write_timeout: cfg.write_timeout,
+            max_connections: cfg.limits.max_connections,
+            max_connections_per_peer: cfg.limits.max_connections_per_peer,
+            admin_connections: cfg.limits.admin_connections,
+            max_frame_bytes: cfg.limits.max_frame_bytes,
+            idle_timeout: cfg.limits.idle_timeout,
+            read_timeout: cfg.limits.read_timeout,
+            write_timeout: cfg.limits.write_timeout,
         }
     }
 

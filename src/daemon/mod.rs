@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Origin as ConfigOrigin, Overrides};
+use crate::config::{Config, Overrides, Source};
 use crate::error::{Error, Result};
 use crate::store::Stores;
 use access::Access;
@@ -78,21 +78,21 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
 }
 
 fn log_config(cfg: &Config) {
-    match &cfg.origin {
-        ConfigOrigin::File(p) => tracing::info!(config = %p.display(), "loaded config"),
-        ConfigOrigin::Defaults => tracing::info!("no config file; using built-in defaults"),
+    match &cfg.source {
+        Source::File(p) => tracing::info!(config = %p.display(), "loaded config"),
+        Source::Defaults => tracing::info!("no config file; using built-in defaults"),
     }
     tracing::info!(
-        shares = %cfg.shares_dir.display(),
-        db = %cfg.db.display(),
-        socket = %cfg.socket.display(),
-        issuer = %cfg.issuer,
+        shares = %cfg.paths.shares_dir.display(),
+        db = %cfg.paths.db.display(),
+        socket = %cfg.paths.socket.display(),
+        issuer = %cfg.tokens.issuer,
         "stores and socket"
     );
-    if cfg.legacy_layout {
+    if cfg.paths.legacy_layout {
         tracing::warn!(
-            shares = %cfg.shares_dir.display(),
-            db = %cfg.db.display(),
+            shares = %cfg.paths.shares_dir.display(),
+            db = %cfg.paths.db.display(),
             "the stores are where splitsign 0.1 put them under systemd (the file shares in \
              …/db, the database in …/shares); keeping them there. Back up these paths, or move \
              them as docs/INSTALL.md says (Upgrading from 0.1)"
@@ -129,8 +129,8 @@ fn open_and_start(cfg: &Config) -> Result<KeyManager> {
     // about 2 s per million records): say so, and keep systemd waiting
     // while it runs, or `TimeoutStartSec=` would end the start, roll the
     // upgrade back, and the next start would begin it again.
-    let _upgrading = crate::store::Database::pending_upgrade(&cfg.db).map(|(from, to)| {
-        tracing::info!(db = %cfg.db.display(), from, to, "upgrading the database schema (a one-time rewrite; a long audit log takes a while)");
+    let _upgrading = crate::store::Database::pending_upgrade(&cfg.paths.db).map(|(from, to)| {
+        tracing::info!(db = %cfg.paths.db.display(), from, to, "upgrading the database schema (a one-time rewrite; a long audit log takes a while)");
         systemd::KeepStarting::new(format!(
             "not ready: upgrading the database schema from version {from} to {to}"
         ))
@@ -162,7 +162,7 @@ fn listen(
             (l, None)
         }
         None => {
-            let (l, b) = listener::bind(&cfg.socket, cfg.socket_mode)?;
+            let (l, b) = listener::bind(&cfg.paths.socket, cfg.paths.socket_mode)?;
             (l, Some(b))
         }
     })
@@ -173,16 +173,16 @@ fn start_audit(
     manager: &KeyManager,
     metrics: &Arc<metrics::Metrics>,
 ) -> Result<Option<Writer>> {
-    if !cfg.audit {
+    if !cfg.audit.enabled {
         tracing::warn!("the audit log is off (audit = false)");
         return Ok(None);
     }
     Writer::start(
-        cfg.db.clone(),
-        cfg.audit_sync,
+        cfg.paths.db.clone(),
+        cfg.audit.sync,
         manager.db_identity(),
-        cfg.audit_retention,
-        cfg.audit_keep_free,
+        cfg.audit.retention,
+        cfg.audit.keep_free,
         Arc::clone(metrics),
     )
     .map(Some)
@@ -196,13 +196,13 @@ async fn run(
     started: Instant,
 ) -> Result<()> {
     let socket = tokio::net::UnixListener::from_std(std_listener)
-        .map_err(Error::io("registering socket", &cfg.socket))?;
+        .map_err(Error::io("registering socket", &cfg.paths.socket))?;
     let shutdown = CancellationToken::new();
     let timer = background::spawn(&handler, &shutdown);
     let status = handler.manager.status_line();
     tracing::info!(
         status = %status,
-        socket = %cfg.socket.display(),
+        socket = %cfg.paths.socket.display(),
         startup_ms = started.elapsed().as_millis() as u64,
         "ready"
     );

@@ -73,7 +73,7 @@ impl Handler {
         self.set_policies(Policy::new(&new), access);
         self.set_limits(Limits::of(&new));
         if let Some(a) = &self.audit {
-            a.set_retention(new.audit_retention, new.audit_keep_free);
+            a.set_retention(new.audit.retention, new.audit.keep_free);
         }
         self.manager.set_config(new.clone());
         *running = new;

@@ -56,13 +56,13 @@ pub struct Policy {
 impl Policy {
     pub fn new(cfg: &crate::config::Config) -> Policy {
         Policy {
-            issuer: cfg.issuer.clone(),
-            issuer_json: serde_json::to_string(&cfg.issuer).expect("a string serializes"),
-            alg: cfg.alg,
-            default_ttl: cfg.default_ttl.as_secs(),
-            max_ttl: cfg.max_ttl.as_secs(),
-            max_token_bytes: cfg.max_token_bytes,
-            leeway: cfg.leeway.as_secs(),
+            issuer: cfg.tokens.issuer.clone(),
+            issuer_json: serde_json::to_string(&cfg.tokens.issuer).expect("a string serializes"),
+            alg: cfg.tokens.alg,
+            default_ttl: cfg.tokens.default_ttl.as_secs(),
+            max_ttl: cfg.tokens.max_ttl.as_secs(),
+            max_token_bytes: cfg.tokens.max_token_bytes,
+            leeway: cfg.tokens.leeway.as_secs(),
         }
     }
 }

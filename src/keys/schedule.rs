@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Schedule, Tokens};
 
 use super::KeyInfo;
 
@@ -61,9 +61,10 @@ pub fn state(row: &KeyInfo, now: i64) -> State {
 /// `deactivate_at` and `retire_at` of a key that activates at `activate_at`.
 /// Retirement waits until the last token the key may sign has expired (plus
 /// clock leeway), so no token outlives its key's publication.
-pub fn schedule(cfg: &Config, activate_at: i64) -> (i64, i64) {
-    let deactivate_at = activate_at + cfg.rotation_interval.as_secs() as i64;
-    let retire_at = deactivate_at + cfg.max_ttl.as_secs() as i64 + cfg.leeway.as_secs() as i64;
+pub fn schedule(s: &Schedule, tokens: &Tokens, activate_at: i64) -> (i64, i64) {
+    let deactivate_at = activate_at + s.rotation_interval.as_secs() as i64;
+    let retire_at =
+        deactivate_at + tokens.max_ttl.as_secs() as i64 + tokens.leeway.as_secs() as i64;
     (deactivate_at, retire_at)
 }
 
@@ -87,13 +88,13 @@ pub enum Due {
     Now,
 }
 
-pub fn due(rows: &[KeyInfo], now: i64, cfg: &Config) -> Due {
+pub fn due(rows: &[KeyInfo], now: i64, s: &Schedule) -> Due {
     let verified = || rows.iter().filter(|r| r.verified);
     let pending_after = |t: i64| verified().any(|r| r.activate_at >= t && now < r.activate_at);
     match active(rows, now) {
         None => Due::Now,
         Some(a) => {
-            let lead = cfg.prepublish.as_secs() as i64;
+            let lead = s.prepublish.as_secs() as i64;
             if now >= a.deactivate_at - lead && !pending_after(a.deactivate_at) {
                 Due::Next(a.deactivate_at.max(now))
             } else {
@@ -105,14 +106,14 @@ pub fn due(rows: &[KeyInfo], now: i64, cfg: &Config) -> Due {
 
 /// The next time at which something changes for these keys: an activation,
 /// a deactivation, a retirement, or the pre-publication of the next key.
-pub fn next_event(rows: &[KeyInfo], now: i64, cfg: &Config) -> Option<i64> {
+pub fn next_event(rows: &[KeyInfo], now: i64, s: &Schedule) -> Option<i64> {
     let mut times: Vec<i64> = rows
         .iter()
         .filter(|r| r.verified)
         .flat_map(|r| [r.activate_at, r.deactivate_at, r.retire_at])
         .collect();
     if let Some(a) = active(rows, now) {
-        times.push(a.deactivate_at - cfg.prepublish.as_secs() as i64);
+        times.push(a.deactivate_at - s.prepublish.as_secs() as i64);
     }
     times.into_iter().filter(|&t| t > now).min()
 }
@@ -120,6 +121,7 @@ pub fn next_event(rows: &[KeyInfo], now: i64, cfg: &Config) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::keys::Origin;
 
     fn cfg() -> Config {
@@ -131,7 +133,7 @@ mod tests {
     }
 
     fn row(kid: &str, activate: i64, cfg: &Config) -> KeyInfo {
-        let (d, r) = schedule(cfg, activate);
+        let (d, r) = schedule(&cfg.schedule, &cfg.tokens, activate);
         KeyInfo {
             kid: kid.into(),
             public_key: [0; 32],
@@ -151,16 +153,28 @@ mod tests {
     fn the_next_key_is_due_prepublish_before_the_switch() {
         let c = cfg();
         let a = row("a", 1000, &c);
-        assert_eq!(due(std::slice::from_ref(&a), 1000, &c), Due::Nothing);
-        assert_eq!(due(std::slice::from_ref(&a), 1089, &c), Due::Nothing);
-        assert_eq!(due(std::slice::from_ref(&a), 1090, &c), Due::Next(1100));
+        assert_eq!(
+            due(std::slice::from_ref(&a), 1000, &c.schedule),
+            Due::Nothing
+        );
+        assert_eq!(
+            due(std::slice::from_ref(&a), 1089, &c.schedule),
+            Due::Nothing
+        );
+        assert_eq!(
+            due(std::slice::from_ref(&a), 1090, &c.schedule),
+            Due::Next(1100)
+        );
         // Once the next key exists, nothing more is due.
         let b = row("b", 1100, &c);
-        assert_eq!(due(&[a.clone(), b.clone()], 1095, &c), Due::Nothing);
+        assert_eq!(
+            due(&[a.clone(), b.clone()], 1095, &c.schedule),
+            Due::Nothing
+        );
         // At 1100 b is active, a retiring.
         assert_eq!(active(&[a.clone(), b.clone()], 1100).unwrap().kid, "b");
         assert_eq!(state(&a, 1100), State::Retiring);
-        assert_eq!(next_event(&[a, b], 1095, &c), Some(1100));
+        assert_eq!(next_event(&[a, b], 1095, &c.schedule), Some(1100));
     }
 
     #[test]
@@ -168,9 +182,12 @@ mod tests {
         let c = cfg();
         let a = row("a", 1000, &c);
         let year = 365 * 86400;
-        assert_eq!(due(std::slice::from_ref(&a), 1000 + year, &c), Due::Now);
+        assert_eq!(
+            due(std::slice::from_ref(&a), 1000 + year, &c.schedule),
+            Due::Now
+        );
         let b = row("b", 1000 + year, &c);
-        assert_eq!(due(&[a, b], 1000 + year, &c), Due::Nothing);
+        assert_eq!(due(&[a, b], 1000 + year, &c.schedule), Due::Nothing);
     }
 
     #[test]
@@ -179,7 +196,7 @@ mod tests {
         let a = row("a", 1000, &c);
         // A token signed the second before deactivation with max_ttl expires
         // no later than retire_at.
-        assert!(a.deactivate_at - 1 + c.max_ttl.as_secs() as i64 <= a.retire_at);
+        assert!(a.deactivate_at - 1 + c.tokens.max_ttl.as_secs() as i64 <= a.retire_at);
     }
 
     fn info(activate: i64, deactivate: i64, retire: i64) -> KeyInfo {

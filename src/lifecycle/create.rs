@@ -67,7 +67,7 @@ pub fn create_key(
             "key {kid} is already in the database"
         )));
     }
-    let (deactivate_at, retire_at) = schedule(cfg, c.activate_at);
+    let (deactivate_at, retire_at) = schedule(&cfg.schedule, &cfg.tokens, c.activate_at);
     let row = KeyInfo {
         kid: kid.clone(),
         public_key,
@@ -79,7 +79,7 @@ pub fn create_key(
         share_generation: 1,
         pending_generation: None,
         verified: false,
-        alg: cfg.alg,
+        alg: cfg.tokens.alg,
     };
     let split = shamir::split(seed);
     let share = |slot, y| KeyShare {
@@ -143,7 +143,7 @@ pub fn run_due(
     now: i64,
 ) -> Result<Option<NewKey>> {
     let rows = database.keys()?;
-    let activate_at = match due(&rows, now, cfg) {
+    let activate_at = match due(&rows, now, &cfg.schedule) {
         Due::Nothing => return Ok(None),
         Due::Next(t) => t,
         Due::Now => now,
@@ -201,13 +201,13 @@ pub fn rotate_now(
         let end = (now + delay).max(o.activate_at);
         // Tokens it signs in the delay expire by now + delay + max_ttl.
         let latest_exp = if delay > 0 {
-            latest_exp.max((now + delay).saturating_add(cfg.max_ttl.as_secs() as i64))
+            latest_exp.max((now + delay).saturating_add(cfg.tokens.max_ttl.as_secs() as i64))
         } else {
             latest_exp
         };
         let needed = now
             .max(latest_exp)
-            .saturating_add(cfg.leeway.as_secs() as i64);
+            .saturating_add(cfg.tokens.leeway.as_secs() as i64);
         supersede.push(Supersede {
             kid: o.kid.clone(),
             activate_at: o.activate_at,

@@ -78,7 +78,7 @@ pub fn build_keyset(
                 // Tokens an earlier process signed with a key active before
                 // now expire by now + max_ttl at the latest.
                 let before_us = if row.activate_at < now {
-                    now.saturating_add(cfg.max_ttl.as_secs() as i64)
+                    now.saturating_add(cfg.tokens.max_ttl.as_secs() as i64)
                         .min(row.retire_at)
                 } else {
                     i64::MIN

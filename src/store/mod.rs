@@ -59,11 +59,11 @@ impl LocalStores {
         // Everything we create is private: shares, database, WAL, temp files.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         let dir = if create {
-            ShareDir::open_or_create(&cfg.shares_dir)?
+            ShareDir::open_or_create(&cfg.paths.shares_dir)?
         } else {
-            ShareDir::open(&cfg.shares_dir)?
+            ShareDir::open(&cfg.paths.shares_dir)?
         };
-        let db_dir = crate::config::dir_of(&cfg.db).to_owned();
+        let db_dir = crate::config::dir_of(&cfg.paths.db).to_owned();
         if !db_dir.exists() {
             if !create {
                 return Err(Error::KeyStore(format!(
@@ -77,33 +77,33 @@ impl LocalStores {
                 .create(&db_dir)
                 .map_err(Error::io("creating database directory", &db_dir))?;
         }
-        if !cfg.db.exists() {
+        if !cfg.paths.db.exists() {
             if !create {
                 return Err(Error::KeyStore(format!(
                     "database {} does not exist",
-                    cfg.db.display()
+                    cfg.paths.db.display()
                 )));
             }
             // A new database beside shares is a wrong path (or a lost
             // database), never a new deployment: create nothing.
             let shares = share_files(&dir)?;
-            if !shares.is_empty() && cfg.postgres.is_none() {
+            if !shares.is_empty() && cfg.cluster.postgres.is_none() {
                 return Err(Error::StoresDisagree {
-                    db: cfg.db.display().to_string(),
-                    shares: cfg.shares_dir.clone(),
+                    db: cfg.paths.db.display().to_string(),
+                    shares: cfg.paths.shares_dir.clone(),
                     problems: vec![format!(
                         "database {} does not exist, but the share directory holds share \
                          file(s) {}: is the database path right? To start a new deployment, \
                          move the share files away",
-                        cfg.db.display(),
+                        cfg.paths.db.display(),
                         shares.join(", ")
                     )],
                 });
             }
         }
         refuse_swapped(cfg, &dir, &db_dir)?;
-        let lock = StoreLock::take(&cfg.db, &cfg.shares_dir)?;
-        let local = Database::open(&cfg.db, cfg.alg)?;
+        let lock = StoreLock::take(&cfg.paths.db, &cfg.paths.shares_dir)?;
+        let local = Database::open(&cfg.paths.db, cfg.tokens.alg)?;
         Ok(LocalStores {
             shares: dir,
             local,
@@ -123,16 +123,17 @@ impl Stores {
             local,
             lock,
         } = LocalStores::open(cfg, create)?;
-        let (keys, cluster) = match &cfg.postgres {
+        let (keys, cluster) = match &cfg.cluster.postgres {
             None => {
                 if let Some((node, store)) = local.moved_to_postgres()? {
                     return Err(Error::KeyStore(format!(
                         "the keys of database {} moved to PostgreSQL ({store}) as node {node}: \
                          set `postgres` (and `node = \"{node}\"`) in the config",
-                        cfg.db.display()
+                        cfg.paths.db.display()
                     )));
                 }
-                let keys: Box<dyn KeyStore> = Box::new(Database::open(&cfg.db, cfg.alg)?);
+                let keys: Box<dyn KeyStore> =
+                    Box::new(Database::open(&cfg.paths.db, cfg.tokens.alg)?);
                 (keys, None)
             }
             Some(settings) => {
@@ -226,21 +227,21 @@ fn open_cluster(
         return Err(Error::KeyStore(format!(
             "`postgres` is set, but the local database {} still holds keys: move them with \
              `splitsign migrate-store --to-postgres` (it finishes an interrupted move too)",
-            cfg.db.display()
+            cfg.paths.db.display()
         )));
     }
-    let mut pg = Postgres::open(settings, &cfg.node)?;
+    let mut pg = Postgres::open(settings, &cfg.cluster.node)?;
     if !pg.registered() {
         let shares = share_files(dir)?;
         if !shares.is_empty() {
             return Err(Error::StoresDisagree {
                 db: pg.describe(),
-                shares: cfg.shares_dir.clone(),
+                shares: cfg.paths.shares_dir.clone(),
                 problems: vec![format!(
                     "PostgreSQL has no node {}, but the share directory holds share file(s) {}: \
                      are `node` and `postgres` right? To make this host a new node, move the \
                      share files away",
-                    cfg.node,
+                    cfg.cluster.node,
                     shares.join(", ")
                 )],
             });
@@ -249,7 +250,7 @@ fn open_cluster(
             return Err(Error::KeyStore(format!(
                 "{} has no node {} (run `splitsign init` on this host first)",
                 pg.describe(),
-                cfg.node
+                cfg.cluster.node
             )));
         }
         pg.register(None)?;
@@ -269,7 +270,7 @@ fn refuse_swapped(cfg: &Config, dir: &ShareDir, db_dir: &std::path::Path) -> Res
         {
             found.push(format!(
                 "the share directory {} holds a SQLite database ({})",
-                cfg.shares_dir.display(),
+                cfg.paths.shares_dir.display(),
                 path.display()
             ));
         }
@@ -296,8 +297,8 @@ fn refuse_swapped(cfg: &Config, dir: &ShareDir, db_dir: &std::path::Path) -> Res
             .into(),
     );
     Err(Error::StoresDisagree {
-        db: cfg.db.display().to_string(),
-        shares: cfg.shares_dir.clone(),
+        db: cfg.paths.db.display().to_string(),
+        shares: cfg.paths.shares_dir.clone(),
         problems: found,
     })
 }

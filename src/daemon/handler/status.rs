@@ -101,7 +101,7 @@ impl Handler {
         let now = self.manager.clock.now();
         let (revoked_jti, revoked_sub) = self.manager.revocations().len();
         let own = keys.own_rows();
-        let next = crate::keys::schedule::next_event(&own, now, &self.manager.config());
+        let next = crate::keys::schedule::next_event(&own, now, &self.manager.config().schedule);
         self.metrics.render(crate::daemon::metrics::Now {
             connections: self.admission.counts().1,
             published_keys: keys.published.len(),
@@ -170,7 +170,7 @@ impl Handler {
             next_transition: crate::keys::schedule::next_event(
                 &rows,
                 at.keys,
-                &self.manager.config(),
+                &self.manager.config().schedule,
             ),
             cluster,
             keys: keys
