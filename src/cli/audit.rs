@@ -2,21 +2,27 @@
 
 use serde_json::{Map, Value};
 
-use super::output::{Failure, parse_time, rfc3339};
+use super::output::{CommandError, parse_time, rfc3339};
 use super::{AuditArgs, Ctx};
 use crate::config::Config;
 use crate::error::{Error, exit};
 use crate::lifecycle;
 use crate::store::Stores;
 
-pub fn run(cx: &Ctx, a: AuditArgs) -> Result<(), Failure> {
+pub fn run(cx: &Ctx, a: AuditArgs) -> Result<(), CommandError> {
     match a.prune_before {
         Some(time) => prune_audit(cx, &time),
         None => audit(cx.offline()?, a.verify, a.from, a.limit, a.json),
     }
 }
 
-fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Result<(), Failure> {
+fn audit(
+    cfg: &Config,
+    verify: bool,
+    from: i64,
+    limit: i64,
+    json: bool,
+) -> Result<(), CommandError> {
     let database = crate::store::Database::open_read_only(&cfg.paths.db, cfg.tokens.alg)?;
     let conn = database.connection();
     let db_err = Error::database(&cfg.paths.db);
@@ -41,7 +47,7 @@ fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Resul
                 }
                 Ok(())
             }
-            crate::store::audit_log::Verdict::Broken { seq, reason } => Err(Failure {
+            crate::store::audit_log::Verdict::Broken { seq, reason } => Err(CommandError {
                 code: exit::KEY_STORE,
                 message: format!("audit log broken at record {seq}: {reason}"),
             }),
@@ -80,7 +86,7 @@ fn audit(cfg: &Config, verify: bool, from: i64, limit: i64, json: bool) -> Resul
 }
 
 /// `audit --prune-before TIME`: through the daemon (admin op) or offline.
-fn prune_audit(cx: &Ctx, time: &str) -> Result<(), Failure> {
+fn prune_audit(cx: &Ctx, time: &str) -> Result<(), CommandError> {
     let before = parse_time(time)?;
     let pruned = match cx.daemon() {
         Ok(mut c) => {

@@ -4,14 +4,14 @@
 //! --to-postgres` moves this host's keys from its SQLite database into
 //! PostgreSQL.
 
-use super::output::{Failure, rfc3339, usage};
+use super::output::{CommandError, rfc3339, usage};
 use super::{BoundsArgs, Ctx, MigrateStoreArgs, NodeCommand, PgSchemaArgs};
 use crate::config::PostgresSettings;
 use crate::lifecycle;
 use crate::store::membership::{Bounds, BoundsChange};
 use crate::store::{LocalStores, Postgres};
 
-fn settings(cx: &Ctx) -> Result<&PostgresSettings, Failure> {
+fn settings(cx: &Ctx) -> Result<&PostgresSettings, CommandError> {
     cx.cfg.cluster.postgres.as_ref().ok_or_else(|| {
         usage(
             "`postgres` is not set in the config: set it to the cluster's connection string \
@@ -24,7 +24,7 @@ fn settings(cx: &Ctx) -> Result<&PostgresSettings, Failure> {
 /// `pg-schema [--grant ROLE]...`: bring the schema up to date, then let
 /// each ROLE (a node's login role, named like the node) use the tables;
 /// row-level security limits it to its own node's rows.
-pub fn pg_schema(cx: &Ctx, a: PgSchemaArgs) -> Result<(), Failure> {
+pub fn pg_schema(cx: &Ctx, a: PgSchemaArgs) -> Result<(), CommandError> {
     let pg = Postgres::connect(settings(cx)?, &cx.cfg.cluster.node)?;
     let before = pg.schema_version()?;
     let now = pg.migrate().map_err(|e| match e {
@@ -57,7 +57,7 @@ pub fn pg_schema(cx: &Ctx, a: PgSchemaArgs) -> Result<(), Failure> {
 }
 
 /// `node list|add|remove|bounds`, with the owner's login.
-pub fn node(cx: &Ctx, c: NodeCommand) -> Result<(), Failure> {
+pub fn node(cx: &Ctx, c: NodeCommand) -> Result<(), CommandError> {
     let pg = Postgres::connect(settings(cx)?, &cx.cfg.cluster.node)?;
     let have = pg.schema_version()?;
     if have < 2 {
@@ -74,7 +74,7 @@ pub fn node(cx: &Ctx, c: NodeCommand) -> Result<(), Failure> {
     }
 }
 
-fn add(pg: &Postgres, node: &str) -> Result<(), Failure> {
+fn add(pg: &Postgres, node: &str) -> Result<(), CommandError> {
     let added = pg.add_member(node)?;
     if added.already {
         println!("node {node} is already a member; its rights are granted again");
@@ -90,7 +90,7 @@ fn add(pg: &Postgres, node: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn remove(pg: &Postgres, node: &str, at_once: bool) -> Result<(), Failure> {
+fn remove(pg: &Postgres, node: &str, at_once: bool) -> Result<(), CommandError> {
     let r = pg.remove_member(node, at_once)?;
     if r.already {
         println!("node {node} was already removed");
@@ -124,7 +124,7 @@ fn remove(pg: &Postgres, node: &str, at_once: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn list(pg: &Postgres, json: bool) -> Result<(), Failure> {
+fn list(pg: &Postgres, json: bool) -> Result<(), CommandError> {
     let now = lifecycle::wall_now();
     let members = pg.member_usage(now)?;
     let b = pg.bounds()?;
@@ -173,7 +173,7 @@ fn print_bounds(b: &Bounds) {
     );
 }
 
-fn bounds(pg: &Postgres, a: BoundsArgs) -> Result<(), Failure> {
+fn bounds(pg: &Postgres, a: BoundsArgs) -> Result<(), CommandError> {
     let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs() as i64);
     let change = BoundsChange {
         max_key_lifetime: secs(a.max_key_lifetime),
@@ -205,7 +205,7 @@ fn bounds(pg: &Postgres, a: BoundsArgs) -> Result<(), Failure> {
 }
 
 /// `migrate-store --to-postgres`: see [`lifecycle::move_to_postgres`].
-pub fn migrate_store(cx: &Ctx, a: MigrateStoreArgs) -> Result<(), Failure> {
+pub fn migrate_store(cx: &Ctx, a: MigrateStoreArgs) -> Result<(), CommandError> {
     if !a.to_postgres {
         return Err(usage("say where to: --to-postgres".into()));
     }

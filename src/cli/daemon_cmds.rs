@@ -8,13 +8,13 @@ use std::io::Read;
 use serde_json::{Map, Value, json};
 
 use super::offline;
-use super::output::{Failure, previous_note, render_status, signs_from, usage};
+use super::output::{CommandError, previous_note, render_status, signs_from, usage};
 use super::{Ctx, ReshareArgs, RevokeArgs, RotateArgs, SignArgs, StatusArgs, VerifyArgs};
 use crate::client::ClientError;
 use crate::error::exit;
 use crate::protocol::{Code, RevokeTarget};
 
-pub fn sign(cx: &Ctx, a: SignArgs) -> Result<(), Failure> {
+pub fn sign(cx: &Ctx, a: SignArgs) -> Result<(), CommandError> {
     // A claim given twice is ambiguous: refused, as the daemon refuses it.
     let mut claims = match a.claims_json {
         None => Map::new(),
@@ -52,7 +52,7 @@ pub fn sign(cx: &Ctx, a: SignArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn verify(cx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
+pub fn verify(cx: &Ctx, a: VerifyArgs) -> Result<(), CommandError> {
     let token = if a.token == "-" {
         let mut t = String::new();
         std::io::stdin()
@@ -80,7 +80,7 @@ pub fn verify(cx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Err(ClientError::Daemon { code, message }) if says_not_valid(&code) => Err(Failure {
+        Err(ClientError::Daemon { code, message }) if says_not_valid(&code) => Err(CommandError {
             code: exit::INVALID_TOKEN,
             message: format!("token is not valid: {message} ({code})"),
         }),
@@ -88,7 +88,7 @@ pub fn verify(cx: &Ctx, a: VerifyArgs) -> Result<(), Failure> {
     }
 }
 
-pub fn jwks(cx: &Ctx) -> Result<(), Failure> {
+pub fn jwks(cx: &Ctx) -> Result<(), CommandError> {
     let jwks = cx.daemon()?.jwks()?;
     println!(
         "{}",
@@ -97,7 +97,7 @@ pub fn jwks(cx: &Ctx) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn status(cx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
+pub fn status(cx: &Ctx, a: StatusArgs) -> Result<(), CommandError> {
     let status = match cx.daemon() {
         Ok(mut c) => c.status()?,
         Err(e) if e.no_daemon() => offline::status(cx.offline()?)?,
@@ -111,7 +111,7 @@ pub fn status(cx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), Failure> {
+pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), CommandError> {
     let mut c = match cx.daemon() {
         Ok(c) => c,
         Err(e) if e.no_daemon() => return offline::rotate(cx.offline()?, a.emergency),
@@ -129,7 +129,7 @@ pub fn rotate(cx: &Ctx, a: RotateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn reshare(cx: &Ctx, a: ReshareArgs) -> Result<(), Failure> {
+pub fn reshare(cx: &Ctx, a: ReshareArgs) -> Result<(), CommandError> {
     let mut c = match cx.daemon() {
         Ok(c) => c,
         Err(e) if e.no_daemon() => return offline::reshare(cx.offline()?, a.recovery_share),
@@ -158,7 +158,7 @@ pub fn reshare(cx: &Ctx, a: ReshareArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn revoke(cx: &Ctx, a: RevokeArgs) -> Result<(), Failure> {
+pub fn revoke(cx: &Ctx, a: RevokeArgs) -> Result<(), CommandError> {
     if let Some(file) = &a.jti_file {
         return bulk_revoke(cx, "jti", file);
     }
@@ -221,7 +221,7 @@ fn says_not_valid(code: &str) -> bool {
 }
 
 /// `reload`: through the daemon only (there is nothing to reload offline).
-pub fn reload(cx: &Ctx) -> Result<(), Failure> {
+pub fn reload(cx: &Ctx) -> Result<(), CommandError> {
     let mut c = cx.daemon()?;
     c.call("reload", Map::new())?;
     println!(
@@ -232,7 +232,7 @@ pub fn reload(cx: &Ctx) -> Result<(), Failure> {
 }
 
 /// `metrics`: the daemon's metrics text, as it is.
-pub fn metrics(cx: &Ctx) -> Result<(), Failure> {
+pub fn metrics(cx: &Ctx) -> Result<(), CommandError> {
     let r = cx.daemon()?.call("metrics", Map::new())?;
     print!("{}", r.get("metrics").and_then(Value::as_str).unwrap_or(""));
     Ok(())
@@ -244,7 +244,7 @@ const MAX_VALUE_LINE: usize = 1024;
 
 /// The values of a revoke file: one a line, blank lines and `#` comments
 /// skipped; a line that is too long, or not UTF-8, is an error naming it.
-fn revoke_values(file: &std::path::Path) -> Result<Vec<String>, Failure> {
+fn revoke_values(file: &std::path::Path) -> Result<Vec<String>, CommandError> {
     let text = if file == std::path::Path::new("-") {
         let mut s = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)
@@ -276,7 +276,7 @@ fn revoke_values(file: &std::path::Path) -> Result<Vec<String>, Failure> {
 /// `revoke --jti-file` / `--sub-file`: every value, through the daemon
 /// (pipelined, a window of requests in flight, so that its revokes share
 /// transactions), or offline in one transaction.
-fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), Failure> {
+fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), CommandError> {
     let values = revoke_values(file)?;
     let now = crate::lifecycle::wall_now();
     let exp = now.saturating_add(cx.cfg.tokens.max_ttl.as_secs() as i64);
@@ -320,7 +320,7 @@ fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), Failu
     }
     println!("revoked {done} {kind} value(s) from {}", file.display());
     if let Some(first) = failed.first() {
-        return Err(Failure {
+        return Err(CommandError {
             code: crate::error::exit::FAILURE,
             message: format!("{} value(s) refused; the first: {first}", failed.len()),
         });

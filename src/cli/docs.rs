@@ -6,10 +6,10 @@ use std::path::Path;
 use clap::CommandFactory;
 
 use super::Cli;
-use super::output::{Failure, usage};
+use super::output::{CommandError, usage};
 
 /// `completions SHELL`: the script, on stdout.
-pub fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
+pub fn completions(shell: clap_complete::Shell) -> Result<(), CommandError> {
     clap_complete::generate(
         shell,
         &mut Cli::command(),
@@ -21,7 +21,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
 
 /// `manpage [--out-dir DIR]`: splitsign.1 and splitsign-COMMAND.1 for every
 /// command into DIR; without it, splitsign.1 on stdout.
-pub fn manpages(out_dir: Option<&Path>) -> Result<(), Failure> {
+pub fn manpages(out_dir: Option<&Path>) -> Result<(), CommandError> {
     let source = format!("splitsign {}", env!("CARGO_PKG_VERSION"));
     let mut cmd = Cli::command().disable_help_subcommand(true);
     cmd.build();

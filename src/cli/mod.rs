@@ -22,7 +22,7 @@ use crate::client::Client;
 use crate::config::{Config, Env, Overrides};
 use crate::protocol::MAX_UNIX_TIME;
 
-pub use output::Failure;
+pub use output::CommandError;
 pub use places::Unreached;
 
 #[derive(Debug, Parser)]
@@ -462,7 +462,7 @@ impl Ctx {
     /// The configuration, for a command that works on the stores
     /// offline; refused, saying where the CLI looked, when no store is
     /// there at all.
-    pub fn offline(&self) -> Result<&Config, Failure> {
+    pub fn offline(&self) -> Result<&Config, CommandError> {
         match places::nothing_here(&self.cfg, self.given) {
             Some(f) => Err(f),
             None => Ok(&self.cfg),
@@ -470,7 +470,7 @@ impl Ctx {
     }
 }
 
-pub fn run(cli: Cli) -> Result<(), Failure> {
+pub fn run(cli: Cli) -> Result<(), CommandError> {
     // These need no config (a packager runs them at build time).
     match &cli.command {
         Command::Completions(a) => return docs::completions(a.shell),

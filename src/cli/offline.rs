@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::output::{Failure, previous_note, usage};
+use super::output::{CommandError, previous_note, usage};
 use super::{BackupArgs, Ctx, ImportArgs, InitArgs, RecoverArgs};
 use crate::config::Config;
 use crate::error::Error;
@@ -17,15 +17,15 @@ use crate::protocol::RevokeTarget;
 use crate::store::audit_log::Record;
 use crate::store::{KeyStore, Stores};
 
-pub fn init(cx: &Ctx, a: InitArgs) -> Result<(), Failure> {
+pub fn init(cx: &Ctx, a: InitArgs) -> Result<(), CommandError> {
     create_first(&cx.cfg, None, a.recovery_share)
 }
 
-pub fn import(cx: &Ctx, a: ImportArgs) -> Result<(), Failure> {
+pub fn import(cx: &Ctx, a: ImportArgs) -> Result<(), CommandError> {
     create_first(&cx.cfg, Some(a.pem), a.recovery_share)
 }
 
-pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), Failure> {
+pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), CommandError> {
     if !cx.daemon().is_err_and(|e| e.no_daemon()) {
         return Err(usage(
             "a daemon is running, so the key is intact in its memory: run `splitsign \
@@ -60,17 +60,17 @@ pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn check(cx: &Ctx) -> Result<(), Failure> {
+pub fn check(cx: &Ctx) -> Result<(), CommandError> {
     check_stores(cx.offline()?)
 }
 
-pub fn backup(cx: &Ctx, a: BackupArgs) -> Result<(), Failure> {
+pub fn backup(cx: &Ctx, a: BackupArgs) -> Result<(), CommandError> {
     backup_db(cx.offline()?, &a.file)
 }
 
 /// `rotate` with no daemon. What the key issued is unknown: its tokens may
 /// carry any exp up to now + max_ttl.
-pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), Failure> {
+pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), CommandError> {
     crate::keys::locked::harden_process()?;
     let mut stores = Stores::open(cfg, false)?;
     let now = lifecycle::wall_now();
@@ -104,14 +104,14 @@ pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), Failure> {
 
 /// `revoke` with no daemon: a jti or a subject (a whole token needs the
 /// daemon to check it).
-pub fn revoke(cfg: &Config, target: &RevokeTarget) -> Result<(), Failure> {
+pub fn revoke(cfg: &Config, target: &RevokeTarget) -> Result<(), CommandError> {
     revoke_many(cfg, std::slice::from_ref(target))
 }
 
 /// `revoke` with no daemon, of one or many (a file): a jti or a subject (a
 /// whole token needs the daemon to check it), in one transaction, each
 /// with its audit record.
-pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure> {
+pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), CommandError> {
     let now = lifecycle::wall_now();
     let rows = targets
         .iter()
@@ -183,7 +183,7 @@ pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Failure
     Ok(())
 }
 
-pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
+pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), CommandError> {
     crate::keys::locked::harden_process()?;
     let mut stores = Stores::open(cfg, false)?;
     let now = lifecycle::wall_now();
@@ -213,7 +213,7 @@ pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), Failure> {
 
 /// The key store, to read: the SQLite database (read-only), or this node
 /// in PostgreSQL.
-fn key_store_to_read(cfg: &Config) -> Result<Box<dyn KeyStore>, Failure> {
+fn key_store_to_read(cfg: &Config) -> Result<Box<dyn KeyStore>, CommandError> {
     Ok(match &cfg.cluster.postgres {
         None => Box::new(crate::store::Database::open_read_only(
             &cfg.paths.db,
@@ -236,7 +236,7 @@ fn key_store_to_read(cfg: &Config) -> Result<Box<dyn KeyStore>, Failure> {
 
 /// `status` without a daemon: the same fields, read from the database
 /// (in a cluster, every node's keys).
-pub fn status(cfg: &Config) -> Result<Value, Failure> {
+pub fn status(cfg: &Config) -> Result<Value, CommandError> {
     let database = key_store_to_read(cfg)?;
     let now = lifecycle::wall_now();
     let rows: Vec<_> = database
@@ -298,7 +298,7 @@ pub fn status(cfg: &Config) -> Result<Value, Failure> {
 }
 
 /// `backup FILE`: a consistent copy of the database store.
-fn backup_db(cfg: &Config, file: &Path) -> Result<(), Failure> {
+fn backup_db(cfg: &Config, file: &Path) -> Result<(), CommandError> {
     // Both shares of a key in one place is what the split is there to
     // prevent: no database backup inside the share directory.
     let dest_dir = std::path::absolute(file)
@@ -332,7 +332,7 @@ fn backup_db(cfg: &Config, file: &Path) -> Result<(), Failure> {
 
 /// `check`: prove the stores belong together and rebuild every key that
 /// may sign from its two shares, read-only.
-fn check_stores(cfg: &Config) -> Result<(), Failure> {
+fn check_stores(cfg: &Config) -> Result<(), CommandError> {
     crate::keys::locked::harden_process()?;
     let dir = crate::store::ShareDir::open(&cfg.paths.shares_dir)?;
     let database = key_store_to_read(cfg)?;
@@ -380,7 +380,7 @@ fn create_first(
     cfg: &Config,
     pem: Option<PathBuf>,
     recovery: Option<PathBuf>,
-) -> Result<(), Failure> {
+) -> Result<(), CommandError> {
     crate::keys::locked::harden_process()?;
     // Read the PEM before touching the stores, so a bad file changes nothing.
     let imported = match &pem {
@@ -443,7 +443,7 @@ fn create_first(
     Ok(())
 }
 
-fn read_pem(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, Failure> {
+fn read_pem(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, CommandError> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
     let mut text = zeroize::Zeroizing::new(String::new());
     std::fs::File::open(path)
@@ -458,7 +458,7 @@ fn read_pem(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, Failure> {
     Ok(zeroize::Zeroizing::new(key.to_bytes()))
 }
 
-fn current_generation(stores: &Stores, kid: &str) -> Result<u32, Failure> {
+fn current_generation(stores: &Stores, kid: &str) -> Result<u32, CommandError> {
     Ok(stores
         .keys
         .keys()?

@@ -11,22 +11,22 @@ use crate::lifecycle;
 
 /// A command's failure, with the exit code it maps to.
 #[derive(Debug)]
-pub struct Failure {
+pub struct CommandError {
     pub code: u8,
     pub message: String,
 }
 
-impl From<Error> for Failure {
-    fn from(e: Error) -> Failure {
-        Failure {
+impl From<Error> for CommandError {
+    fn from(e: Error) -> CommandError {
+        CommandError {
             code: e.exit_code(),
             message: crate::error::chain(&e),
         }
     }
 }
 
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Failure {
+impl From<ClientError> for CommandError {
+    fn from(e: ClientError) -> CommandError {
         let code = match &e {
             ClientError::Connect { .. } | ClientError::Timeout { .. } => exit::UNAVAILABLE,
             // Try again later: the daemon is busy, cannot reach a store, or
@@ -38,14 +38,14 @@ impl From<ClientError> for Failure {
             }
             _ => exit::FAILURE,
         };
-        Failure {
+        CommandError {
             code,
             message: e.to_string(),
         }
     }
 }
-pub fn usage(message: String) -> Failure {
-    Failure {
+pub fn usage(message: String) -> CommandError {
+    CommandError {
         code: exit::USAGE,
         message,
     }
@@ -64,7 +64,7 @@ pub use crate::lifecycle::rfc3339;
 
 /// A point in time given on the command line: Unix seconds, RFC 3339, or
 /// an age ("90d": that long ago).
-pub fn parse_time(s: &str) -> Result<i64, Failure> {
+pub fn parse_time(s: &str) -> Result<i64, CommandError> {
     let bad = || {
         usage(format!(
             "{s:?} is not a time: give Unix seconds, RFC 3339 (2026-01-31T00:00:00Z) or an age (90d)"

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::output::Failure;
+use super::output::CommandError;
 use crate::client::ClientError;
 use crate::config::{Config, SYSTEM_CONFIG, Source};
 use crate::error::exit;
@@ -53,9 +53,9 @@ impl Unreached {
     }
 }
 
-impl From<Unreached> for Failure {
-    fn from(u: Unreached) -> Failure {
-        let mut f = Failure::from(u.error);
+impl From<Unreached> for CommandError {
+    fn from(u: Unreached) -> CommandError {
+        let mut f = CommandError::from(u.error);
         if !u.looked.is_empty() {
             f.message = format!("{}; {}", f.message, u.looked);
         }
@@ -120,7 +120,7 @@ pub fn no_stores(cfg: &Config) -> bool {
 
 /// The failure of an offline command that finds no store where it
 /// looked (see [`no_stores`]), or `None` when there is something there.
-pub fn nothing_here(cfg: &Config, given: Given) -> Option<Failure> {
+pub fn nothing_here(cfg: &Config, given: Given) -> Option<CommandError> {
     if !no_stores(cfg) {
         return None;
     }
@@ -174,7 +174,7 @@ pub fn nothing_here(cfg: &Config, given: Given) -> Option<Failure> {
             socket_clause(cfg, given)
         ));
     }
-    Some(Failure {
+    Some(CommandError {
         code: exit::KEY_STORE,
         message: m,
     })

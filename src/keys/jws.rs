@@ -1,4 +1,4 @@
-//! `token` builds and checks compact JWS tokens (RFC 7515 §7.1) and applies
+//! `jws` builds and checks compact JWS tokens (RFC 7515 §7.1) and applies
 //! the claims policy. Signing is done by hand: a pre-encoded header,
 //! serde_json claims, base64url and an ed25519-dalek signature; it never
 //! re-parses a key per token.
