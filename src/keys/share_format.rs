@@ -198,12 +198,24 @@ pub fn db_checksum(kid: &str, generation: u32, x: u8, y: &ShareY) -> [u8; 32] {
 mod tests {
     use super::*;
     use crate::keys::shamir::tests::shares_of;
+    use crate::keys::shamir::{RecoverError, recover};
     use proptest::prelude::*;
+
+    /// The three shares of `seed`, named by the key's thumbprint as the
+    /// stores name them.
+    fn named_shares_of(seed: &[u8; 32]) -> (KeyShare, KeyShare, KeyShare) {
+        let (mut f, mut d, mut r) = shares_of(seed);
+        let kid = thumbprint(&f.public_key);
+        for s in [&mut f, &mut d, &mut r] {
+            s.kid = kid.clone();
+        }
+        (f, d, r)
+    }
 
     proptest! {
         #[test]
         fn file_format_round_trips(seed in any::<[u8; 32]>(), generation in 1u32..1000) {
-            let (mut f, _, _) = shares_of(&seed);
+            let (mut f, _, _) = named_shares_of(&seed);
             f.generation = generation;
             let back = decode_file(&encode_file(&f)).unwrap();
             prop_assert_eq!(back.deployment, f.deployment);
@@ -221,7 +233,7 @@ mod tests {
 
     #[test]
     fn format_1_files_still_read_without_a_deployment() {
-        let (f, _, _) = shares_of(&[4u8; 32]);
+        let (f, _, _) = named_shares_of(&[4u8; 32]);
         let v2 = String::from_utf8(encode_file(&f).to_vec()).unwrap();
         // Format 1: no deployment line, its own magic, its own checksum.
         let body: String = v2
@@ -255,7 +267,7 @@ mod tests {
 
     #[test]
     fn truncation_and_flips_read_as_corrupt() {
-        let (f, _, _) = shares_of(&[3u8; 32]);
+        let (f, _, _) = named_shares_of(&[3u8; 32]);
         let bytes = encode_file(&f);
         for n in [0, 1, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode_file(&bytes[..n]).is_err(), "truncated to {n}");
@@ -278,5 +290,17 @@ mod tests {
             thumbprint(&pk),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
+    }
+
+    #[test]
+    fn same_store_twice_is_refused_not_interpolated() {
+        let (f, _, _) = named_shares_of(&[1u8; 32]);
+        let f2 = KeyShare {
+            y: ShareY::from_slice(f.y.as_bytes()).unwrap(),
+            kid: f.kid.clone(),
+            ..f
+        };
+        let f = decode_file(&encode_file(&f2)).unwrap();
+        assert_eq!(recover(&f, &f2).unwrap_err(), RecoverError::SameSlot(1));
     }
 }
