@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::AlgLabel;
-use crate::keys::keyset::{KeySet, Signer};
+use crate::keys::keyset::{KeySet, Published, Signer};
 
 /// Claims only the daemon sets (the protocol's list; `fph` is the
 /// SHA-256 of a client fingerprint, from the sign request's `fingerprint`).
@@ -211,13 +211,38 @@ pub fn verify(
     key_time: i64,
     now: i64,
 ) -> Result<Verified, VerifyError> {
-    use VerifyError::Invalid;
+    let (h, p, s) = split_compact(token)?;
+    let header = parse_header(h)?;
+    let key = keys
+        .verifier(&header.kid, key_time)
+        .ok_or(VerifyError::UnknownKey)?;
+    check_signature(key, &header, token, h, p, s)?;
+    let claims = parse_claims(p)?;
+    check_claims(keys, key, policy, &claims, now)?;
+    check_audience(&claims, audience)?;
+    Ok(Verified {
+        kid: header.kid,
+        claims,
+    })
+}
+
+/// Step 1: the token's three base64url parts (header, payload, signature).
+#[inline]
+fn split_compact(token: &str) -> Result<(&str, &str, &str), VerifyError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Invalid("not a compact JWS (three base64url parts)"));
+        return Err(VerifyError::Invalid(
+            "not a compact JWS (three base64url parts)",
+        ));
     };
+    Ok((h, p, s))
+}
+
+/// Step 2: decode the header and check its shape, `alg` and `typ`.
+fn parse_header(h: &str) -> Result<Header, VerifyError> {
+    use VerifyError::Invalid;
     if h.len() > 1024 {
         return Err(Invalid("header is too long"));
     }
@@ -232,9 +257,19 @@ pub fn verify(
     if header.typ.as_deref().is_some_and(|t| t != "JWT") {
         return Err(Invalid("typ must be JWT"));
     }
-    let key = keys
-        .verifier(&header.kid, key_time)
-        .ok_or(VerifyError::UnknownKey)?;
+    Ok(header)
+}
+
+/// Step 3: `alg` is the key's own label and the signature verifies strictly.
+fn check_signature(
+    key: &Published,
+    header: &Header,
+    token: &str,
+    h: &str,
+    p: &str,
+    s: &str,
+) -> Result<(), VerifyError> {
+    use VerifyError::Invalid;
     if header.alg != key.row.alg.as_str() {
         return Err(Invalid("alg is not the label this key signs with"));
     }
@@ -246,19 +281,34 @@ pub fn verify(
     let signing_input = &token[..h.len() + 1 + p.len()];
     key.key
         .verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig))
-        .map_err(|_| Invalid("signature does not verify"))?;
+        .map_err(|_| Invalid("signature does not verify"))
+}
 
+/// Step 4: the payload as a claims object, without duplicate names.
+fn parse_claims(p: &str) -> Result<Map<String, Value>, VerifyError> {
+    use VerifyError::Invalid;
     let payload = B64
         .decode(p)
         .map_err(|_| Invalid("payload is not base64url"))?;
     let payload = std::str::from_utf8(&payload).map_err(|_| Invalid("payload is not UTF-8"))?;
-    let claims = match crate::protocol::strict_json::parse(payload) {
-        Ok(Value::Object(claims)) => claims,
+    match crate::protocol::strict_json::parse(payload) {
+        Ok(Value::Object(claims)) => Ok(claims),
         Err(e) if crate::protocol::strict_json::is_duplicate(&e) => {
-            return Err(Invalid("payload has the same claim name twice"));
+            Err(Invalid("payload has the same claim name twice"))
         }
-        _ => return Err(Invalid("payload is not a JSON object")),
-    };
+        _ => Err(Invalid("payload is not a JSON object")),
+    }
+}
+
+/// Step 5: the issuer, `exp`, `nbf`, `iat`, `retire_at` and `max_token_ttl`.
+fn check_claims(
+    keys: &KeySet,
+    key: &Published,
+    policy: &Policy,
+    claims: &Map<String, Value>,
+    now: i64,
+) -> Result<(), VerifyError> {
+    use VerifyError::Invalid;
     let int = |name: &str| claims.get(name).and_then(Value::as_i64);
     let leeway = policy.leeway as i64;
     let exp = int("exp").ok_or(Invalid("exp is missing or not an integer"))?;
@@ -293,6 +343,12 @@ pub fn verify(
             "the token's lifetime (exp - iat) is over the cluster's max_token_ttl",
         ));
     }
+    Ok(())
+}
+
+/// Step 6: with an expected `audience`, the `aud` claim names it.
+#[inline]
+fn check_audience(claims: &Map<String, Value>, audience: Option<&str>) -> Result<(), VerifyError> {
     if let Some(want) = audience {
         let ok = match claims.get("aud") {
             Some(Value::String(a)) => a == want,
@@ -303,10 +359,7 @@ pub fn verify(
             return Err(VerifyError::AudienceMismatch);
         }
     }
-    Ok(Verified {
-        kid: header.kid,
-        claims,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
