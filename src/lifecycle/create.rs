@@ -21,6 +21,7 @@ use crate::keys::share_format;
 use crate::keys::{KeyInfo, Origin};
 use crate::store::ShareDir;
 use crate::store::share_files;
+use crate::store::share_files::Staged;
 use crate::store::{KeyStore, Supersede};
 
 use super::NewKey;
@@ -52,42 +53,15 @@ pub fn create_key(
     now: i64,
     c: Creation<'_>,
 ) -> Result<NewKey> {
-    if let Some(p) = c.recovery
-        && p.exists()
-    {
-        return Err(Error::Usage(format!(
-            "recovery share {} already exists; choose a new path",
-            p.display()
-        )));
-    }
-    let public_key = SigningKey::from_bytes(seed).verifying_key().to_bytes();
-    let kid = share_format::thumbprint(&public_key);
-    if database.keys()?.iter().any(|k| k.kid == kid) {
-        return Err(Error::Usage(format!(
-            "key {kid} is already in the database"
-        )));
-    }
-    let (deactivate_at, retire_at) = schedule(&cfg.schedule, &cfg.tokens, c.activate_at);
-    let row = KeyInfo {
-        kid: kid.clone(),
-        public_key,
-        origin,
-        created_at: now.min(c.activate_at),
-        activate_at: c.activate_at,
-        deactivate_at,
-        retire_at,
-        share_generation: 1,
-        pending_generation: None,
-        verified: false,
-        alg: cfg.tokens.alg,
-    };
+    refuse_existing_recovery(c.recovery)?;
+    let row = new_row(database, cfg, seed, origin, now, c.activate_at)?;
     let split = shamir::split(seed);
     let share = |slot, y| KeyShare {
         deployment: Some(database.deployment().to_owned()),
-        kid: kid.clone(),
+        kid: row.kid.clone(),
         generation: 1,
         slot,
-        public_key,
+        public_key: row.public_key,
         y,
     };
     let file_share = share(Slot::File, split.file);
@@ -104,20 +78,7 @@ pub fn create_key(
     }
     // 3. The file share gets its final name, now that the database knows
     // its key; 4. read both back from the stores and rebuild; 5. commit.
-    let finish = |database: &mut dyn KeyStore| -> Result<SigningKey> {
-        dir.publish(staged)?;
-        let key = unseal_key(database, dir, &row)?;
-        if let Some(p) = c.recovery {
-            share_files::write_recovery(p, &recovery_share)?;
-        }
-        if let Some(node) = database.cluster_node() {
-            let proof = crate::keys::prove_possession(&key, node, &kid);
-            database.record_possession(&kid, &proof)?;
-        }
-        database.commit_key(&kid, &c.supersede)?;
-        Ok(key)
-    };
-    match finish(database) {
+    match finish(database, dir, staged, &row, &recovery_share, &c) {
         Ok(key) => Ok(NewKey {
             row: KeyInfo {
                 verified: true,
@@ -126,11 +87,78 @@ pub fn create_key(
             key,
         }),
         Err(e) => {
-            let _ = database.discard_key(&kid);
+            let _ = database.discard_key(&row.kid);
             let _ = dir.destroy(&file_path);
             Err(e)
         }
     }
+}
+
+/// Refuse to overwrite an existing recovery share at `recovery`.
+pub(super) fn refuse_existing_recovery(recovery: Option<&Path>) -> Result<()> {
+    if let Some(p) = recovery
+        && p.exists()
+    {
+        return Err(Error::Usage(format!(
+            "recovery share {} already exists; choose a new path",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The unverified row of the key of `seed`, unless the database holds it.
+fn new_row(
+    database: &dyn KeyStore,
+    cfg: &Config,
+    seed: &Zeroizing<[u8; 32]>,
+    origin: Origin,
+    now: i64,
+    activate_at: i64,
+) -> Result<KeyInfo> {
+    let public_key = SigningKey::from_bytes(seed).verifying_key().to_bytes();
+    let kid = share_format::thumbprint(&public_key);
+    if database.keys()?.iter().any(|k| k.kid == kid) {
+        return Err(Error::Usage(format!(
+            "key {kid} is already in the database"
+        )));
+    }
+    let (deactivate_at, retire_at) = schedule(&cfg.schedule, &cfg.tokens, activate_at);
+    Ok(KeyInfo {
+        kid,
+        public_key,
+        origin,
+        created_at: now.min(activate_at),
+        activate_at,
+        deactivate_at,
+        retire_at,
+        share_generation: 1,
+        pending_generation: None,
+        verified: false,
+        alg: cfg.tokens.alg,
+    })
+}
+
+/// Steps 3 to 5: publish the file share, rebuild the key, then commit it.
+fn finish(
+    database: &mut dyn KeyStore,
+    dir: &ShareDir,
+    staged: Staged,
+    row: &KeyInfo,
+    recovery_share: &KeyShare,
+    c: &Creation<'_>,
+) -> Result<SigningKey> {
+    dir.publish(staged)?;
+    let key = unseal_key(database, dir, row)?;
+    if let Some(p) = c.recovery {
+        share_files::write_recovery(p, recovery_share)?;
+    }
+    if let Some(node) = database.cluster_node() {
+        let proof = crate::keys::prove_possession(&key, node, &row.kid);
+        database.record_possession(&row.kid, &proof)?;
+    }
+    database.commit_key(&row.kid, &c.supersede)?;
+    Ok(key)
 }
 
 /// Apply what is due: create the next or a replacement key. Returns the
