@@ -16,6 +16,7 @@ use crate::store::ShareDir;
 use crate::store::share_files;
 
 use super::MAX_GENERATIONS;
+use super::create::refuse_existing_recovery;
 use super::unseal::unseal_key;
 
 /// Re-split `key` (the key of `row`) into a new share generation, so that
@@ -28,27 +29,7 @@ pub fn reshare(
     key: &SigningKey,
     recovery: Option<&Path>,
 ) -> Result<u32> {
-    if row.share_generation >= MAX_GENERATIONS {
-        return Err(Error::Usage(format!(
-            "key {} has been split {} times, the cap (each split of the same key leaks a \
-             little, RUSTSEC-2024-0398); rotate instead: `splitsign rotate`",
-            row.kid, row.share_generation
-        )));
-    }
-    if let Some(p) = recovery
-        && p.exists()
-    {
-        return Err(Error::Usage(format!(
-            "recovery share {} already exists; choose a new path",
-            p.display()
-        )));
-    }
-    if key.verifying_key().to_bytes() != row.public_key {
-        return Err(Error::KeyStore(format!(
-            "the key in memory is not key {}",
-            row.kid
-        )));
-    }
+    check_reshare(row, key, recovery)?;
     let generation = row.share_generation + 1;
     let seed = Zeroizing::new(key.to_bytes());
     let split = shamir::split(&seed);
@@ -92,16 +73,45 @@ pub fn reshare(
         let _ = database.clear_pending_generation(&row.kid);
         return Err(e);
     }
-    // Commit point: the database switches generation in one transaction.
-    database.commit_reshare(&db_share, row.share_generation)?;
+    switch_generation(database, dir, row, &db_share, generation)?;
+    Ok(generation)
+}
+
+/// The checks before a re-split: generation cap, recovery path, key in memory.
+fn check_reshare(row: &KeyInfo, key: &SigningKey, recovery: Option<&Path>) -> Result<()> {
+    if row.share_generation >= MAX_GENERATIONS {
+        return Err(Error::Usage(format!(
+            "key {} has been split {} times, the cap (each split of the same key leaks a \
+             little, RUSTSEC-2024-0398); rotate instead: `splitsign rotate`",
+            row.kid, row.share_generation
+        )));
+    }
+    refuse_existing_recovery(recovery)?;
+    if key.verifying_key().to_bytes() != row.public_key {
+        return Err(Error::KeyStore(format!(
+            "the key in memory is not key {}",
+            row.kid
+        )));
+    }
+    Ok(())
+}
+
+/// The commit point: switch generation, rebuild, destroy the old file share.
+fn switch_generation(
+    database: &mut dyn KeyStore,
+    dir: &ShareDir,
+    row: &KeyInfo,
+    db_share: &KeyShare,
+    generation: u32,
+) -> Result<()> {
+    database.commit_reshare(db_share, row.share_generation)?;
     let new_row = KeyInfo {
         share_generation: generation,
         pending_generation: None,
         ..row.clone()
     };
     unseal_key(database, dir, &new_row)?;
-    dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
-    Ok(generation)
+    dir.destroy(&dir.share_path(&row.kid, row.share_generation))
 }
 
 /// Which store `recover` rebuilt.
@@ -122,6 +132,53 @@ pub fn recover(
     recovery_path: &Path,
     now: i64,
 ) -> Result<(String, Recovered)> {
+    let rec = read_recovery(database, recovery_path)?;
+    let rows = database.keys()?;
+    let row = key_to_recover(&rows, &rec, recovery_path, now)?;
+    let file = dir.read(&row.kid, row.share_generation);
+    let db = database.db_share(row);
+    let mismatch = || Error::SharesMismatch {
+        kid: row.kid.clone(),
+        file: recovery_path.to_owned(),
+        db: database.describe(),
+    };
+    let file_ok = file
+        .as_ref()
+        .ok()
+        .filter(|f| shamir::recover(f, &rec).is_ok());
+    let db_ok = db
+        .as_ref()
+        .ok()
+        .filter(|d| shamir::recover(d, &rec).is_ok());
+    match (file_ok, db_ok) {
+        (Some(_), Some(_)) => Ok((row.kid.clone(), Recovered::Nothing)),
+        (None, Some(d)) => {
+            let y = shamir::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
+            let share = rebuilt_share(database.deployment(), row, Slot::File, y);
+            dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
+            dir.write_new(&share)?;
+            unseal_key(database, dir, row)?;
+            Ok((row.kid.clone(), Recovered::FileShare))
+        }
+        (Some(f), None) => {
+            let y = shamir::derive(f, &rec, Slot::Database).map_err(|_| mismatch())?;
+            let share = rebuilt_share(database.deployment(), row, Slot::Database, y);
+            database.restore_db_share(&share)?;
+            unseal_key(database, dir, row)?;
+            Ok((row.kid.clone(), Recovered::DatabaseShare))
+        }
+        (None, None) => Err(Error::KeyStore(format!(
+            "neither store's share of key {} rebuilds the key with recovery share {}; \
+             it cannot be recovered. `splitsign rotate` makes a new key (tokens of the old \
+             one keep verifying until they expire)",
+            row.kid,
+            recovery_path.display()
+        ))),
+    }
+}
+
+/// The recovery share at `recovery_path`, if of this deployment.
+fn read_recovery(database: &dyn KeyStore, recovery_path: &Path) -> Result<KeyShare> {
     let rec = share_files::read_share_file(recovery_path, Slot::Recovery)?;
     if let Some(d) = &rec.deployment
         && d != database.deployment()
@@ -132,7 +189,16 @@ pub fn recover(
             database.deployment()
         )));
     }
-    let rows = database.keys()?;
+    Ok(rec)
+}
+
+/// The key `rec` rebuilds: verified, still needing shares, at its generation.
+fn key_to_recover<'a>(
+    rows: &'a [KeyInfo],
+    rec: &KeyShare,
+    recovery_path: &Path,
+    now: i64,
+) -> Result<&'a KeyInfo> {
     let Some(row) = rows.iter().find(|r| r.kid == rec.kid && r.verified) else {
         return Err(Error::Usage(format!(
             "recovery share {} belongs to key {}, which the database does not hold",
@@ -157,58 +223,17 @@ pub fn recover(
             row.share_generation
         )));
     }
-    let file = dir.read(&row.kid, row.share_generation);
-    let db = database.db_share(row);
-    let mismatch = || Error::SharesMismatch {
+    Ok(row)
+}
+
+/// The rebuilt share `y` of `row`'s current generation, in `slot`.
+fn rebuilt_share(deployment: &str, row: &KeyInfo, slot: Slot, y: shamir::ShareY) -> KeyShare {
+    KeyShare {
+        deployment: Some(deployment.to_owned()),
         kid: row.kid.clone(),
-        file: recovery_path.to_owned(),
-        db: database.describe(),
-    };
-    let file_ok = file
-        .as_ref()
-        .ok()
-        .filter(|f| shamir::recover(f, &rec).is_ok());
-    let db_ok = db
-        .as_ref()
-        .ok()
-        .filter(|d| shamir::recover(d, &rec).is_ok());
-    match (file_ok, db_ok) {
-        (Some(_), Some(_)) => Ok((row.kid.clone(), Recovered::Nothing)),
-        (None, Some(d)) => {
-            let y = shamir::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
-            let share = KeyShare {
-                deployment: Some(database.deployment().to_owned()),
-                kid: row.kid.clone(),
-                generation: row.share_generation,
-                slot: Slot::File,
-                public_key: row.public_key,
-                y,
-            };
-            dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
-            dir.write_new(&share)?;
-            unseal_key(database, dir, row)?;
-            Ok((row.kid.clone(), Recovered::FileShare))
-        }
-        (Some(f), None) => {
-            let y = shamir::derive(f, &rec, Slot::Database).map_err(|_| mismatch())?;
-            let share = KeyShare {
-                deployment: Some(database.deployment().to_owned()),
-                kid: row.kid.clone(),
-                generation: row.share_generation,
-                slot: Slot::Database,
-                public_key: row.public_key,
-                y,
-            };
-            database.restore_db_share(&share)?;
-            unseal_key(database, dir, row)?;
-            Ok((row.kid.clone(), Recovered::DatabaseShare))
-        }
-        (None, None) => Err(Error::KeyStore(format!(
-            "neither store's share of key {} rebuilds the key with recovery share {}; \
-             it cannot be recovered. `splitsign rotate` makes a new key (tokens of the old \
-             one keep verifying until they expire)",
-            row.kid,
-            recovery_path.display()
-        ))),
+        generation: row.share_generation,
+        slot,
+        public_key: row.public_key,
+        y,
     }
 }
