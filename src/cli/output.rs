@@ -99,83 +99,105 @@ pub fn previous_note(previous: Option<&str>, emergency: bool) -> String {
 
 /// A readable table of `status`.
 pub fn render_status(status: &Value) -> String {
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
-    let t = |v: &Value, k: &str| {
-        v.get(k)
-            .and_then(Value::as_i64)
-            .and_then(|secs| {
-                std::time::UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(secs).ok()?))
-            })
-            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-            .unwrap_or_else(|| "-".into())
-    };
     let daemon = match status.get("uptime_s").and_then(Value::as_u64) {
         Some(up) => format!("daemon up {up}s"),
         None => "daemon not running".into(),
     };
     let mut out = format!(
         "issuer {}  alg {}  {daemon}\nactive key       {}\nnext transition  {}\n",
-        s(status, "issuer"),
-        s(status, "alg"),
-        s(status, "active_kid"),
-        t(status, "next_transition"),
+        text(status, "issuer"),
+        text(status, "alg"),
+        text(status, "active_kid"),
+        time(status, "next_transition"),
     );
     if let Some(c) = status.get("cluster") {
-        out.push_str(&format!(
-            "node             {}  (database {}{}; {} node(s))\n",
-            s(c, "node"),
-            s(c, "database"),
-            c.get("reason")
-                .and_then(Value::as_str)
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default(),
-            c.get("nodes").and_then(Value::as_u64).unwrap_or(1)
-        ));
-        if let Some(w) = c.get("database_went_back").filter(|w| w.is_object()) {
-            out.push_str(&format!(
-                "database         WENT BACK at {} (a restored dump?): the revocations seen stay \
-                 in force; {} of this node's written back\n",
-                t(w, "at"),
-                w.get("written_back").and_then(Value::as_u64).unwrap_or(0)
-            ));
-        }
-        for k in c
-            .get("skipped_keys")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            out.push_str(&format!(
-                "skipped key      {} of node {}: {}\n",
-                s(k, "kid"),
-                s(k, "node"),
-                s(k, "reason")
-            ));
-        }
+        render_cluster(&mut out, c);
     }
     if let Some(a) = status.get("audit").filter(|a| a.is_object()) {
-        let bytes = |k: &str| {
-            a.get(k)
-                .and_then(Value::as_u64)
-                .map_or_else(|| "-".to_owned(), crate::config::human_bytes)
-        };
-        let space = format!(
-            "{} free, {} kept free by audit_keep_free",
-            bytes("free_bytes"),
-            bytes("keep_free_bytes")
-        );
-        out.push_str(&match s(a, "state").as_str() {
-            "failing" => format!("NOT SIGNING      the audit log cannot be written ({space})\n"),
-            "off" => "audit log        off (audit = false)\n".to_owned(),
-            state if a.get("reserve_in_use") == Some(&Value::Bool(true)) => format!(
-                "audit log        {state}, DOWN TO ITS RESERVE: only admins sign ({space})\n"
-            ),
-            state => format!("audit log        {state} ({space})\n"),
-        });
+        render_audit(&mut out, a);
     }
     if let Some(f) = status.get("store_fault").and_then(Value::as_str) {
         out.push_str(&format!("NOT SIGNING      {f}\n"));
     }
+    render_keys(&mut out, status);
+    out
+}
+
+/// The string field `k` of `v`, or "-".
+fn text(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned()
+}
+
+/// The Unix-seconds field `k` of `v` in RFC 3339, or "-".
+fn time(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_i64)
+        .and_then(|secs| {
+            std::time::UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(secs).ok()?))
+        })
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The status's cluster lines: the node, a database gone back, skipped keys.
+fn render_cluster(out: &mut String, c: &Value) {
+    out.push_str(&format!(
+        "node             {}  (database {}{}; {} node(s))\n",
+        text(c, "node"),
+        text(c, "database"),
+        c.get("reason")
+            .and_then(Value::as_str)
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default(),
+        c.get("nodes").and_then(Value::as_u64).unwrap_or(1)
+    ));
+    if let Some(w) = c.get("database_went_back").filter(|w| w.is_object()) {
+        out.push_str(&format!(
+            "database         WENT BACK at {} (a restored dump?): the revocations seen stay \
+             in force; {} of this node's written back\n",
+            time(w, "at"),
+            w.get("written_back").and_then(Value::as_u64).unwrap_or(0)
+        ));
+    }
+    for k in c
+        .get("skipped_keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "skipped key      {} of node {}: {}\n",
+            text(k, "kid"),
+            text(k, "node"),
+            text(k, "reason")
+        ));
+    }
+}
+
+/// The status's audit log line: its state and the disk space left.
+fn render_audit(out: &mut String, a: &Value) {
+    let bytes = |k: &str| {
+        a.get(k)
+            .and_then(Value::as_u64)
+            .map_or_else(|| "-".to_owned(), crate::config::human_bytes)
+    };
+    let space = format!(
+        "{} free, {} kept free by audit_keep_free",
+        bytes("free_bytes"),
+        bytes("keep_free_bytes")
+    );
+    out.push_str(&match text(a, "state").as_str() {
+        "failing" => format!("NOT SIGNING      the audit log cannot be written ({space})\n"),
+        "off" => "audit log        off (audit = false)\n".to_owned(),
+        state if a.get("reserve_in_use") == Some(&Value::Bool(true)) => {
+            format!("audit log        {state}, DOWN TO ITS RESERVE: only admins sign ({space})\n")
+        }
+        state => format!("audit log        {state} ({space})\n"),
+    });
+}
+
+/// The status's table of keys, with a node column in a cluster.
+fn render_keys(out: &mut String, status: &Value) {
     let keys: Vec<&Value> = status
         .get("keys")
         .and_then(Value::as_array)
@@ -188,7 +210,7 @@ pub fn render_status(status: &Value) -> String {
         if !nodes {
             return String::new();
         }
-        let name = k.map_or_else(|| "NODE".to_owned(), |k| s(k, "node"));
+        let name = k.map_or_else(|| "NODE".to_owned(), |k| text(k, "node"));
         format!("{name:<16} ")
     };
     out.push_str(&format!(
@@ -204,12 +226,11 @@ pub fn render_status(status: &Value) -> String {
         out.push_str(&format!(
             "{}{:<44} {:<9} {:<21} {:<21} {:<21}\n",
             node_col(Some(k)),
-            s(k, "kid"),
-            s(k, "state"),
-            t(k, "activate_at"),
-            t(k, "deactivate_at"),
-            t(k, "retire_at")
+            text(k, "kid"),
+            text(k, "state"),
+            time(k, "activate_at"),
+            time(k, "deactivate_at"),
+            time(k, "retire_at")
         ));
     }
-    out
 }
