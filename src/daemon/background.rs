@@ -112,7 +112,7 @@ async fn metrics_file(handler: Arc<Handler>, shutdown: CancellationToken) {
             let h = Arc::clone(&handler);
             let written = tokio::task::spawn_blocking(move || {
                 let text = h.metrics_text();
-                super::key_manager::write_public_file_exact(&path, text.as_bytes())
+                super::public_file::write_exact(&path, text.as_bytes())
                     .map_err(|e| (path, crate::error::chain(&e)))
             })
             .await;

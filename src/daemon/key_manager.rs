@@ -602,7 +602,7 @@ impl KeyManager {
         if let Some(path) = &cfg.jwks_file {
             let mut last = self.jwks_written.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_deref() != Some(jwks.as_str()) {
-                write_public_file(path, jwks.as_bytes())?;
+                super::public_file::write(path, jwks.as_bytes())?;
                 tracing::info!(path = %path.display(), "wrote the JWKS file");
                 *last = Some(jwks);
             }
@@ -825,43 +825,4 @@ fn check_unlocked(unlocked: &[(String, std::io::Error)], cfg: &Config) -> Result
         tracing::warn!(%kid, error = %e, "could not mlock the key page (raise LimitMEMLOCK / RLIMIT_MEMLOCK); the key may be swapped");
     }
     Ok(())
-}
-
-/// Write a public file atomically: temp name in the same directory, mode
-/// 0644, fsync, rename over the old one, fsync the directory. A newline is
-/// added (the JWKS).
-pub fn write_public_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut line = Vec::with_capacity(bytes.len() + 1);
-    line.extend_from_slice(bytes);
-    line.push(b'\n');
-    write_public_file_exact(path, &line)
-}
-
-/// [`write_public_file`], with the bytes as they are.
-pub fn write_public_file_exact(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = crate::config::dir_of(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("jwks_file {} has no file name", path.display())))?;
-    let tmp = crate::store::temp_path(dir, &name.to_string_lossy())?;
-    let io = Error::io("writing JWKS file", path);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        // The daemon's umask is 0077; the JWKS is public by design.
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
 }

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
+pub mod public_file;
 pub mod reload;
 pub mod revocations;
 pub mod systemd;
