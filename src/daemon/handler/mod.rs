@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::access::{Access, ClientPolicy, Refusal};
+use super::access::{Access, ClientPolicy, Denial};
 use super::admission::Admission;
 use super::audit_writer::Writer;
 use super::key_manager::KeyManager;
@@ -37,7 +37,7 @@ pub struct Handler {
     access: Shared<Access>,
     limits: Shared<Limits>,
     pub started: Instant,
-    pub health: Health,
+    pub health: AcceptHealth,
     pub audit: Option<Writer>,
     /// Who holds which connection (per-uid caps, admin reserve).
     pub admission: Arc<Admission>,
@@ -56,13 +56,13 @@ pub struct Handler {
 /// What the watchdog looks at besides a test signature: whether the accept
 /// loop is stuck failing (EMFILE and the like).
 #[derive(Debug, Default)]
-pub struct Health {
+pub struct AcceptHealth {
     /// Unix seconds since when accept() has failed without a success; 0
     /// when it is fine.
     pub accept_failing_since: AtomicI64,
 }
 
-impl Health {
+impl AcceptHealth {
     /// How long accept() has been failing, if it is.
     pub fn accept_failing_for(&self, now: i64) -> Option<i64> {
         match self.accept_failing_since.load(Ordering::Relaxed) {
@@ -122,7 +122,7 @@ impl Handler {
             access: Shared::new(Access::new(&cfg)?),
             limits: Shared::new(Limits::of(&cfg)),
             started,
-            health: Health::default(),
+            health: AcceptHealth::default(),
             audit,
             admission: Admission::new(),
             buckets: Mutex::new(HashMap::new()),
@@ -326,7 +326,7 @@ impl Handler {
     /// Whether the peer's policy allows the op; if not, the refusal is
     /// answered, counted and (at most once a second) logged.
     fn allowed(&self, req: &Request, peer: &Peer, out: &mut Vec<u8>) -> bool {
-        let Err(Refusal::Op(op)) = peer.policy.allows(&req.op) else {
+        let Err(Denial::Op(op)) = peer.policy.allows(&req.op) else {
             return true;
         };
         self.log_refusal(

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::{Handled, Handler, Peer, Times, truncate};
 use crate::config::human_bytes;
-use crate::daemon::access::Refusal;
+use crate::daemon::access::Denial;
 use crate::keys::jws::{self, Policy, SignError};
 use crate::protocol::{self, Code, Failure, SignRequest};
 use crate::store::audit_log::Record;
@@ -184,15 +184,15 @@ impl Handler {
             String::new()
         };
         client.apply(claims, &name).map_err(|r| match r {
-            Refusal::Claim(c) => (
+            Denial::Claim(c) => (
                 Code::ForbiddenClaim,
                 format!("claim {:?} is not allowed for this client", truncate(&c)),
             ),
-            Refusal::Audience => (
+            Denial::Audience => (
                 Code::ForbiddenClaim,
                 "this `aud` is not allowed for this client".into(),
             ),
-            Refusal::Op(op) => (Code::Forbidden, format!("op {op:?} is not allowed")),
+            Denial::Op(op) => (Code::Forbidden, format!("op {op:?} is not allowed")),
         })
     }
 
