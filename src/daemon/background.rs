@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::Handler;
+use super::handler::reload;
 use super::key_manager::KeyManager;
+use super::state::State;
 use super::systemd;
 
 /// Longest sleep of the lifecycle timer, so that a change of the system
@@ -18,28 +19,28 @@ const MAX_TIMER: Duration = Duration::from_secs(30);
 
 /// Start the background tasks; returns the schedule timer's handle (the
 /// others end with `shutdown` and need no waiting).
-pub(super) fn spawn(handler: &Arc<Handler>, shutdown: &CancellationToken) -> JoinHandle<()> {
+pub(super) fn spawn(state: &Arc<State>, shutdown: &CancellationToken) -> JoinHandle<()> {
     // The signal streams are made here, before the daemon says it is
     // ready, not when the task first runs: a SIGTERM sent right after
     // READY=1 (systemd, a test) was lost when it came while the task was
     // installing the handler, and the daemon never stopped.
     match Signals::register() {
         Ok(s) => {
-            tokio::spawn(signals(s, Arc::clone(handler), shutdown.clone()));
+            tokio::spawn(signals(s, Arc::clone(state), shutdown.clone()));
         }
         Err(e) => tracing::error!(error = %e, "cannot install signal handlers"),
     }
-    tokio::spawn(health_monitor(Arc::clone(handler), shutdown.clone()));
-    tokio::spawn(metrics_file(Arc::clone(handler), shutdown.clone()));
+    tokio::spawn(health_monitor(Arc::clone(state), shutdown.clone()));
+    tokio::spawn(metrics_file(Arc::clone(state), shutdown.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
-        tokio::spawn(watchdog(Arc::clone(handler), interval, shutdown.clone()));
+        tokio::spawn(watchdog(Arc::clone(state), interval, shutdown.clone()));
     }
     tokio::spawn(super::cluster::follow(
-        Arc::clone(&handler.manager),
+        Arc::clone(&state.manager),
         shutdown.clone(),
     ));
     tokio::spawn(lifecycle_timer(
-        Arc::clone(&handler.manager),
+        Arc::clone(&state.manager),
         shutdown.clone(),
     ))
 }
@@ -49,12 +50,12 @@ pub(super) fn spawn(handler: &Arc<Handler>, shutdown: &CancellationToken) -> Joi
 /// clock did not jump.
 const HEALTH_CHECK: Duration = Duration::from_millis(500);
 
-/// Twice a second: check health (see [`Handler::healthy`]; a store found
+/// Twice a second: check health (see [`State::healthy`]; a store found
 /// changed stops the signing for good, until a restart), keep `STATUS=`
 /// saying what is wrong or, when all is well, the active key and the next
 /// transition, and wake the key schedule when the wall clock jumps, so
 /// that a key that can sign is there within a second.
-async fn health_monitor(handler: Arc<Handler>, shutdown: CancellationToken) {
+async fn health_monitor(state: Arc<State>, shutdown: CancellationToken) {
     let mono = Instant::now();
     let offset =
         |at: Instant| crate::lifecycle::wall_now_ms() - at.duration_since(mono).as_millis() as i64;
@@ -73,7 +74,7 @@ async fn health_monitor(handler: Arc<Handler>, shutdown: CancellationToken) {
             // back to the OS, so RSS follows the load down.
             tokio::task::spawn_blocking(crate::daemon::memory::release_free_memory);
         }
-        let h = Arc::clone(&handler);
+        let h = Arc::clone(&state);
         let Ok(health) = tokio::task::spawn_blocking(move || h.healthy(HEALTH_CHECK)).await else {
             continue;
         };
@@ -85,7 +86,7 @@ async fn health_monitor(handler: Arc<Handler>, shutdown: CancellationToken) {
             _ => {}
         }
         was_healthy = health.is_ok();
-        let status = handler.status_line(health.err());
+        let status = state.status_line(health.err());
         if status != last_status {
             systemd::status(&status);
             last_status = status;
@@ -96,7 +97,7 @@ async fn health_monitor(handler: Arc<Handler>, shutdown: CancellationToken) {
                 jump_ms = now_offset - last_offset,
                 "the wall clock jumped; running the key schedule"
             );
-            handler.manager.wake.notify_one();
+            state.manager.wake.notify_one();
         }
         last_offset = now_offset;
     }
@@ -105,11 +106,11 @@ async fn health_monitor(handler: Arc<Handler>, shutdown: CancellationToken) {
 /// Every 15 s (at start, and after a reload): write the metrics to `metrics_file`, if it
 /// is set (a reload may set, move or unset it), atomically and mode 0644,
 /// so that a reader (node_exporter) never sees a partial file.
-async fn metrics_file(handler: Arc<Handler>, shutdown: CancellationToken) {
+async fn metrics_file(state: Arc<State>, shutdown: CancellationToken) {
     let mut failing = false;
     loop {
-        if let Some(path) = handler.manager.config().metrics_file.clone() {
-            let h = Arc::clone(&handler);
+        if let Some(path) = state.manager.config().metrics_file.clone() {
+            let h = Arc::clone(&state);
             let written = tokio::task::spawn_blocking(move || {
                 let text = h.metrics_text();
                 super::public_file::write_exact(&path, text.as_bytes())
@@ -129,7 +130,7 @@ async fn metrics_file(handler: Arc<Handler>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(super::metrics::FILE_INTERVAL) => {}
             // A reload writes it at once (its path may have changed).
-            _ = handler.reloaded.notified() => {}
+            _ = state.reloaded.notified() => {}
         }
     }
 }
@@ -190,14 +191,14 @@ async fn lifecycle_timer(manager: Arc<KeyManager>, shutdown: CancellationToken) 
 /// Ping systemd's watchdog every half interval, but only while the daemon
 /// is healthy: a stuck accept loop or a sign path that cannot sign stops
 /// the pings, and systemd restarts the service.
-async fn watchdog(handler: Arc<Handler>, interval: Duration, shutdown: CancellationToken) {
+async fn watchdog(state: Arc<State>, interval: Duration, shutdown: CancellationToken) {
     let period = interval / 2;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        let h = Arc::clone(&handler);
+        let h = Arc::clone(&state);
         if let Ok(Ok(())) = tokio::task::spawn_blocking(move || h.healthy(period)).await {
             systemd::watchdog();
         }
@@ -225,7 +226,7 @@ impl Signals {
 
 /// SIGTERM/SIGINT: stop. SIGHUP: reload the config (as `splitsign
 /// reload` does through the socket).
-async fn signals(s: Signals, handler: Arc<Handler>, shutdown: CancellationToken) {
+async fn signals(s: Signals, state: Arc<State>, shutdown: CancellationToken) {
     let Signals {
         mut term,
         mut int,
@@ -236,8 +237,8 @@ async fn signals(s: Signals, handler: Arc<Handler>, shutdown: CancellationToken)
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
             _ = hup.recv() => {
-                let h = Arc::clone(&handler);
-                let _ = tokio::task::spawn_blocking(move || h.reload("SIGHUP")).await;
+                let h = Arc::clone(&state);
+                let _ = tokio::task::spawn_blocking(move || reload::reload(&h, "SIGHUP")).await;
             }
         }
     }

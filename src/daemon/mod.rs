@@ -26,8 +26,8 @@ pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod public_file;
-pub mod reload;
 pub mod revocations;
+pub mod state;
 pub mod systemd;
 
 use std::sync::Arc;
@@ -40,9 +40,9 @@ use crate::error::{Error, Result};
 use crate::store::Stores;
 use access::Access;
 use audit_writer::Writer;
-use handler::Handler;
 use key_manager::KeyManager;
 use listener::BoundSocket;
+use state::State;
 
 pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let started = Instant::now();
@@ -58,9 +58,9 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let manager = Arc::new(start_keys(&cfg)?);
     let (std_listener, bound) = listen(activated, &cfg)?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let handler = Arc::new(Handler::new(
+    let state = Arc::new(State::new(
         Arc::clone(&manager),
-        reload::Reloader::new(cfg.clone(), overrides),
+        state::Running::new(cfg.clone(), overrides),
         started,
         start_audit(&cfg, &manager, &metrics)?,
         metrics,
@@ -72,7 +72,7 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         .enable_all()
         .build()
         .map_err(Error::io("starting the async runtime", "tokio"))?;
-    runtime.block_on(run(std_listener, handler, cfg, started))?;
+    runtime.block_on(run(std_listener, state, cfg, started))?;
     drop(bound);
     stop(&manager);
     Ok(())
@@ -192,15 +192,15 @@ fn start_audit(
 /// Serve until a signal says stop, with the background tasks beside.
 async fn run(
     std_listener: std::os::unix::net::UnixListener,
-    handler: Arc<Handler>,
+    state: Arc<State>,
     cfg: Config,
     started: Instant,
 ) -> Result<()> {
     let socket = tokio::net::UnixListener::from_std(std_listener)
         .map_err(Error::io("registering socket", &cfg.socket))?;
     let shutdown = CancellationToken::new();
-    let timer = background::spawn(&handler, &shutdown);
-    let status = handler.manager.status_line();
+    let timer = background::spawn(&state, &shutdown);
+    let status = state.manager.status_line();
     tracing::info!(
         status = %status,
         socket = %cfg.socket.display(),
@@ -208,7 +208,7 @@ async fn run(
         "ready"
     );
     systemd::ready(&status);
-    listener::run(socket, handler, shutdown).await;
+    listener::run(socket, state, shutdown).await;
     let _ = timer.await;
     Ok(())
 }
