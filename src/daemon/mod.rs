@@ -1,17 +1,29 @@
 //! `daemon` is `splitsign serve`. This file only wires the parts together,
 //! in order: hardening → config summary → stores → key manager (prove the
 //! stores belong together, unseal, reconcile, schedule) → listener (from
-//! systemd or bound here) → audit writer → handler → READY → serve, with
+//! systemd or bound here) → audit writer → shared state → READY → serve, with
 //! the background tasks beside it → STOPPING → checkpoint → exit.
 //!
-//! The parts: `listener` (socket, accept, admission of each peer),
-//! `admission` (per-uid caps, admin reserve, eviction), `connection` (one
-//! peer's lines, batches, backpressure), `handler` (answering a request:
-//! sign, verify, status, admin ops), `access` (client policies),
-//! `revocations`, `key_manager` (key changes while running, store checks,
-//! the JWKS file), `audit_writer` (group commit, aggregation, retention),
-//! `background` (schedule timer, health, watchdog, signals and reload),
-//! `systemd` (socket activation, sd_notify), `memory` (allocator tuning).
+//! The parts:
+//! - `state`: what the listener, the connections and the background tasks
+//!   share (key manager, policies and limits in force, audit writer,
+//!   admission, metrics, the running config).
+//! - `listener`: the socket, the accept loop, the admission of each peer.
+//! - `admission`: per-uid caps, the admin reserve, eviction.
+//! - `connection`: one peer's lines, turns, reply batches, backpressure.
+//! - `handler`: answering a request with the state: sign, verify, status,
+//!   the admin ops, reload.
+//! - `access`: client policies. `limits`: threads, timeouts, caps.
+//! - `key_manager`: key changes while running, the store checks,
+//!   revoking.
+//! - `revocations`: the revocations in force. `cluster`: what a node of a
+//!   PostgreSQL deployment reads of the others.
+//! - `audit_writer`: group commit, aggregation, retention.
+//! - `metrics`: counters and their text. `public_file`: the JWKS and
+//!   metrics files, written whole.
+//! - `background`: the schedule timer, health and watchdog, the metrics
+//!   file, signals, following the other nodes.
+//! - `systemd`: socket activation, sd_notify. `memory`: allocator tuning.
 
 pub mod access;
 pub mod admission;
