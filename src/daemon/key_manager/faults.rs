@@ -1,7 +1,7 @@
-//! The key manager's store checks: whether the stores are still the ones
-//! opened at start (paths, files, the file shares of the keys that may
-//! sign), and the fault that stops signing until a restart when they are
-//! not, or when the cluster's owner removed this node.
+//! `faults`: the key manager's store checks: whether the stores are
+//! still the ones opened at start (paths, files, the file shares of the
+//! keys that may sign), and the fault that stops signing until a restart
+//! when they are not, or when the cluster's owner removed this node.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::cluster::Cluster;
-use super::revocations::{RevocationSet, Revocations};
+use super::revocations::RevocationSet;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::keyset::Keyring;
@@ -118,20 +118,7 @@ impl KeyManager {
             }
         }
         let purge_clock = lifecycle::PurgeClock::new("revocations of expired tokens");
-        let kept_from = lifecycle::revocations_purged_before(purge_clock.now());
-        let revoked = RevocationSet::new(Revocations::default());
-        match &cluster {
-            // What this node has seen, then what the database holds.
-            Some(c) => c.load_revocations(&revoked, kept_from)?,
-            None => {
-                // Streamed into the compact set: no row list of a million.
-                let mut bulk = super::revocations::Bulk::default();
-                stores
-                    .keys
-                    .for_each_revocation(kept_from, &mut |row| bulk.add(row))?;
-                revoked.replace(bulk.build());
-            }
-        }
+        let revoked = revoking::load(&stores, cluster.as_ref(), &purge_clock)?;
         let places = Places {
             deployment: stores.keys.deployment().to_owned(),
             db: stores.local.path().to_owned(),

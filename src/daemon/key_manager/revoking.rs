@@ -1,10 +1,11 @@
-//! The key manager's revocations: `revoke` (one, or pipelined ones in one
-//! transaction), the reads of the other nodes' revocations and the purge
-//! of expired ones. The set in force is `daemon::revocations`.
+//! `revoking`: the key manager's revocations: `revoke` (one, or
+//! pipelined ones in one transaction), the revocations in force at start,
+//! the reads of the other nodes' revocations and the purge of expired
+//! ones. The set in force is `daemon::revocations`.
 
 use super::KeyManager;
 use crate::daemon::cluster::Cluster;
-use crate::daemon::revocations::{self, RevocationSet};
+use crate::daemon::revocations::{self, RevocationSet, Revocations};
 use crate::error::{Error, Result};
 use crate::keys::jws::Policy;
 use crate::lifecycle::{self, wall_now};
@@ -196,4 +197,28 @@ impl KeyManager {
         self.note(&r);
         r
     }
+}
+
+/// The revocations in force at start: in a cluster, what this node has
+/// seen, then what the database holds; else the local store's.
+pub(super) fn load(
+    stores: &Stores,
+    cluster: Option<&Cluster>,
+    purge_clock: &lifecycle::PurgeClock,
+) -> Result<RevocationSet> {
+    let kept_from = lifecycle::revocations_purged_before(purge_clock.now());
+    let revoked = RevocationSet::new(Revocations::default());
+    match cluster {
+        // What this node has seen, then what the database holds.
+        Some(c) => c.load_revocations(&revoked, kept_from)?,
+        None => {
+            // Streamed into the compact set: no row list of a million.
+            let mut bulk = revocations::Bulk::default();
+            stores
+                .keys
+                .for_each_revocation(kept_from, &mut |row| bulk.add(row))?;
+            revoked.replace(bulk.build());
+        }
+    }
+    Ok(revoked)
 }
