@@ -56,7 +56,7 @@ struct RevokeOk<'a> {
 
 /// Run an admin op and append its response; its record goes to the
 /// batch (committed before the reply leaves).
-pub async fn run_admin(
+pub(super) async fn run_admin(
     st: &State,
     req: Request,
     peer: &Peer,
