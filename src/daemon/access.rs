@@ -32,7 +32,7 @@ pub struct ClientPolicy {
 
 /// Why a policy refused a request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Denial {
     Op(String),
     Claim(String),
     Audience,
@@ -49,7 +49,7 @@ impl ClientPolicy {
 
     /// Admin ops need `admin = true` (which grants all of them); the other
     /// ops must be in `ops`.
-    pub fn allows(&self, op: &Op) -> Result<(), Refusal> {
+    pub fn allows(&self, op: &Op) -> Result<(), Denial> {
         let name = op.name();
         let ok = if name.is_admin() {
             self.admin
@@ -59,18 +59,18 @@ impl ClientPolicy {
         if ok {
             Ok(())
         } else {
-            Err(Refusal::Op(name.as_str().to_owned()))
+            Err(Denial::Op(name.as_str().to_owned()))
         }
     }
 
     /// Apply the policy to a sign request's claims: only allowed names,
     /// then forced claims and `sub` from the peer replace what was sent,
     /// then `aud` must be allowed.
-    pub fn apply(&self, claims: &mut Map<String, Value>, peer_name: &str) -> Result<(), Refusal> {
+    pub fn apply(&self, claims: &mut Map<String, Value>, peer_name: &str) -> Result<(), Denial> {
         if let Some(allowed) = &self.claims
             && let Some(bad) = claims.keys().find(|k| !allowed.contains(k))
         {
-            return Err(Refusal::Claim(bad.clone()));
+            return Err(Denial::Claim(bad.clone()));
         }
         for (k, v) in &self.forced {
             claims.insert(k.clone(), v.clone());
@@ -92,7 +92,7 @@ impl ClientPolicy {
                 _ => false,
             };
             if !ok {
-                return Err(Refusal::Audience);
+                return Err(Denial::Audience);
             }
         }
         Ok(())
@@ -285,9 +285,9 @@ mod tests {
         p.apply(&mut m, "x").unwrap();
         assert_eq!(m["tenant"], "t1");
         let mut m: Map<String, Value> = serde_json::from_str(r#"{"aud":"admin"}"#).unwrap();
-        assert_eq!(p.apply(&mut m, "x"), Err(Refusal::Audience));
+        assert_eq!(p.apply(&mut m, "x"), Err(Denial::Audience));
         let mut m: Map<String, Value> = serde_json::from_str(r#"{"role":"root"}"#).unwrap();
-        assert_eq!(p.apply(&mut m, "x"), Err(Refusal::Claim("role".into())));
+        assert_eq!(p.apply(&mut m, "x"), Err(Denial::Claim("role".into())));
         let mut m: Map<String, Value> = serde_json::from_str(r#"{"tenant":"t2"}"#).unwrap();
         let p2 = access(
             "[[policy]]\nname = \"w\"\nuids = [1]\nforced_claims = { tenant = \"t1\" }\nsub_from_peer = true\n",

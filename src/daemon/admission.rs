@@ -75,22 +75,22 @@ impl Drop for Ticket {
 
 /// Why a connection was not let in.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Turnaway {
     /// Its uid already holds `per_peer` connections.
     PeerFull { uid: u32, held: usize },
     /// No slot, and no connection to evict for it.
     Full,
 }
 
-impl std::fmt::Display for Refusal {
+impl std::fmt::Display for Turnaway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::PeerFull { uid, held } => write!(
+            Turnaway::PeerFull { uid, held } => write!(
                 f,
                 "uid {uid} already holds {held} connections, the most one peer may \
                  (max_connections_per_peer); closing"
             ),
-            Refusal::Full => f.write_str("the daemon has no free connection slot; closing"),
+            Turnaway::Full => f.write_str("the daemon has no free connection slot; closing"),
         }
     }
 }
@@ -127,17 +127,17 @@ impl Admission {
         uid: u32,
         admin: bool,
         caps: Caps,
-    ) -> Result<(Ticket, Option<Evicted>), Refusal> {
+    ) -> Result<(Ticket, Option<Evicted>), Turnaway> {
         let mut t = self.table();
         let held = t.per_uid.get(&uid).copied().unwrap_or(0);
         if held >= caps.per_peer {
-            return Err(Refusal::PeerFull { uid, held });
+            return Err(Turnaway::PeerFull { uid, held });
         }
         let full = t.entries.len() >= caps.max_connections
             || (!admin && t.others >= caps.max_connections - caps.admin_reserve);
         let evicted = if full {
             let now = self.millis();
-            let victim = Self::victim(&t, admin).ok_or(Refusal::Full)?;
+            let victim = Self::victim(&t, admin).ok_or(Turnaway::Full)?;
             let e = Self::remove(&mut t, victim).expect("the victim is in the table");
             e.evict.cancel();
             Some(Evicted {
@@ -242,7 +242,7 @@ mod tests {
             .collect();
         assert_eq!(
             a.admit(1000, false, CAPS).err(),
-            Some(Refusal::PeerFull { uid: 1000, held: 4 })
+            Some(Turnaway::PeerFull { uid: 1000, held: 4 })
         );
         assert!(a.admit(1001, false, CAPS).is_ok(), "another uid gets in");
         drop(held);
@@ -289,6 +289,6 @@ mod tests {
         };
         let a = Admission::new();
         let _r: Vec<_> = (0..3).map(|_| a.admit(0, true, caps).unwrap()).collect();
-        assert_eq!(a.admit(7, false, caps).err(), Some(Refusal::Full));
+        assert_eq!(a.admit(7, false, caps).err(), Some(Turnaway::Full));
     }
 }

@@ -58,7 +58,7 @@ enum Job {
 /// Whether the log can be written, and whether its filesystem is down to
 /// the reserve, as the writer last found them.
 #[derive(Debug, Default)]
-pub struct Health {
+pub struct AuditHealth {
     ok: AtomicBool,
     /// Unix seconds of the first failure since the last success.
     failing_since: AtomicI64,
@@ -81,7 +81,7 @@ pub struct Space {
     pub keep_free_bytes: u64,
 }
 
-impl Health {
+impl AuditHealth {
     pub fn ok(&self) -> bool {
         self.ok.load(Ordering::Relaxed)
     }
@@ -173,7 +173,7 @@ impl Tally {
 pub struct Writer {
     tx: mpsc::Sender<Job>,
     tally: Arc<Mutex<Tally>>,
-    health: Arc<Health>,
+    health: Arc<AuditHealth>,
     retention_s: Arc<AtomicI64>,
     keep_free: Arc<Mutex<KeepFree>>,
 }
@@ -203,9 +203,9 @@ impl Writer {
             .map_or(4096, |n| u64::try_from(n).unwrap_or(4096));
         let (tx, rx) = mpsc::channel::<Job>();
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let health = Arc::new(Health {
+        let health = Arc::new(AuditHealth {
             ok: AtomicBool::new(true),
-            ..Health::default()
+            ..AuditHealth::default()
         });
         let retention_s = Arc::new(AtomicI64::new(retention.as_secs() as i64));
         let keep_free = Arc::new(Mutex::new(keep_free));
@@ -277,7 +277,7 @@ impl Writer {
             .unwrap_or_else(|_| Err("the audit writer has stopped".into()))
     }
 
-    pub fn health(&self) -> &Health {
+    pub fn health(&self) -> &AuditHealth {
         &self.health
     }
 
@@ -304,7 +304,7 @@ struct WriterThread {
     path: PathBuf,
     expected: FileId,
     tally: Arc<Mutex<Tally>>,
-    health: Arc<Health>,
+    health: Arc<AuditHealth>,
     retention_s: Arc<AtomicI64>,
     next_prune: Instant,
     metrics: Arc<crate::daemon::metrics::Metrics>,

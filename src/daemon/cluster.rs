@@ -1,7 +1,7 @@
 //! `cluster`: how a node of a PostgreSQL deployment keeps up with the
-//! others, and what it trusts of them. It listens for their `NOTIFY`s (a
-//! hint, never trusted data: a flood of them is one read per
-//! [`READ_GAP`]) and re-reads what changed: the members and bounds the
+//! others, and what it trusts of them. Their `NOTIFY`s are a hint, never
+//! trusted data (`background::follow` listens, a flood of them is one read
+//! per [`READ_GAP`]); this module re-reads what changed: the members and bounds the
 //! owner set and the keys of other nodes (each row judged on its own; a bad
 //! one is skipped, counted and logged once), or the revocations added since
 //! it last looked (from an order the database keeps, which no node can
@@ -22,9 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
-use super::key_manager::KeyManager;
 use super::revocations::{Bulk, News, RevocationSet};
 use crate::error::{Error, Result};
 use crate::store::membership::{Bounds, Member, Skipped};
@@ -620,74 +617,6 @@ impl Cluster {
     }
 }
 
-/// Follow the other nodes until shutdown: listen, and re-read what the
-/// notifications say changed, at most once per [`READ_GAP`].
-pub async fn follow(manager: Arc<KeyManager>, shutdown: CancellationToken) {
-    let Some(cluster) = manager.cluster() else {
-        return;
-    };
-    let listener = cluster.pg.listen();
-    // When the last read that brought nothing new was made: a flood of
-    // forged notifications is one read per gap; one that brings a new
-    // revocation or key is followed at once (a revocation only grown, which
-    // a node can do without end to its own, is not).
-    let mut last_idle: Option<Instant> = None;
-    // A read that failed, to try again (1 s, doubling, at most 30 s).
-    let mut failed = Wanted::default();
-    let mut retry = Duration::from_secs(1);
-    loop {
-        let mut changed = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = listener.changed() => c,
-            _ = tokio::time::sleep(retry), if failed.any() => Changed::default(),
-        };
-        if let Some(gap) = last_idle.map(|t| READ_GAP.saturating_sub(t.elapsed()))
-            && !gap.is_zero()
-        {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(gap) => {}
-            }
-            changed.merge(listener.take());
-        }
-        let wanted = Wanted::from(cluster, &manager, changed).or(failed);
-        if !wanted.any() {
-            continue;
-        }
-        if wanted.all {
-            // Everything, beside the incremental reads (a full read of many
-            // revocations takes a while; none of them waits for it).
-            let m = Arc::clone(&manager);
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = m.read_all_revocations() {
-                    tracing::warn!(error = %e, "could not read every revocation; the schedule tries again");
-                }
-            });
-        }
-        let started = Instant::now();
-        let m = Arc::clone(&manager);
-        let done = tokio::task::spawn_blocking(move || m.follow_cluster(wanted)).await;
-        last_idle = match done {
-            Ok(Ok(true)) => None,
-            _ => Some(started),
-        };
-        match done {
-            Ok(Ok(_)) => {
-                failed = Wanted::default();
-                retry = Duration::from_secs(1);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, retry_s = retry.as_secs(), "could not read the other nodes' changes; retrying");
-                if failed.any() {
-                    retry = (retry * 2).min(Duration::from_secs(30));
-                }
-                failed = wanted;
-            }
-            Err(_) => failed = wanted,
-        }
-    }
-}
-
 /// What to re-read.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Wanted {
@@ -697,10 +626,13 @@ pub struct Wanted {
     pub all: bool,
 }
 
-impl Wanted {
-    fn from(cluster: &Cluster, manager: &KeyManager, c: Changed) -> Wanted {
-        cluster
-            .stats
+impl Cluster {
+    /// What the notifications and connection changes in `c` ask to
+    /// re-read, noting the connection's state (lost: degraded). The second
+    /// value: why PostgreSQL refused this node, if it did (the caller makes
+    /// it the key manager's fault).
+    pub fn wanted(&self, c: Changed) -> (Wanted, Option<String>) {
+        self.stats
             .notifications
             .fetch_add(c.notifications, Ordering::Relaxed);
         let mut w = Wanted {
@@ -709,25 +641,26 @@ impl Wanted {
             all: false,
         };
         if c.connected {
-            cluster.listening.store(true, Ordering::Release);
+            self.listening.store(true, Ordering::Release);
             w.all = true;
         }
         if let Some(why) = c.lost {
-            cluster.listening.store(false, Ordering::Release);
-            cluster.set_down(why);
+            self.listening.store(false, Ordering::Release);
+            self.set_down(why);
         }
-        if let Some(why) = c.refused {
-            cluster.listening.store(false, Ordering::Release);
-            manager.refused(&why);
+        if c.refused.is_some() {
+            self.listening.store(false, Ordering::Release);
         }
-        w
+        (w, c.refused)
     }
+}
 
-    fn any(&self) -> bool {
+impl Wanted {
+    pub fn any(&self) -> bool {
         self.keys || self.revocations || self.all
     }
 
-    fn or(self, other: Wanted) -> Wanted {
+    pub fn or(self, other: Wanted) -> Wanted {
         Wanted {
             keys: self.keys || other.keys,
             revocations: self.revocations || other.revocations,

@@ -36,8 +36,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Ticket;
-use super::handler::{Handled, Handler, Peer};
+use super::handler::{self, Handled, Parsed};
 use super::limits::Limits;
+use super::state::{Peer, State};
 use crate::protocol::{self, Code, Failure, Frame, LineSplitter};
 use crate::store::audit_log::Record;
 
@@ -51,10 +52,6 @@ pub const REPLY_BATCH: usize = 32 * 1024;
 /// The longest a connection answers lines before it lets the others run
 /// (about 5 verifies or 10 signs).
 const TURN: Duration = Duration::from_micros(200);
-
-/// How long a sign request that found no key able to sign waits for the
-/// key schedule to make one (after a clock jump), before `unavailable`.
-const AWAIT_KEY: Duration = Duration::from_secs(2);
 
 /// One response in a batch: where it is in the output buffer, and, for a
 /// response that carries a token, the request's id (to answer
@@ -83,7 +80,7 @@ enum Read {
 }
 
 pub struct Connection<'a> {
-    handler: &'a Handler,
+    state: &'a State,
     stream: UnixStream,
     peer: Peer,
     ticket: Ticket,
@@ -101,10 +98,10 @@ pub struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    pub fn new(stream: UnixStream, handler: &'a Handler, peer: Peer, ticket: Ticket) -> Self {
+    pub fn new(stream: UnixStream, state: &'a State, peer: Peer, ticket: Ticket) -> Self {
         Connection {
-            splitter: LineSplitter::new(handler.limits().max_frame_bytes),
-            handler,
+            splitter: LineSplitter::new(state.limits().max_frame_bytes),
+            state,
             stream,
             peer,
             ticket,
@@ -124,7 +121,7 @@ impl<'a> Connection<'a> {
         // Whole lines of the input left unanswered when the turn ended.
         let mut left = false;
         loop {
-            let limits = *self.handler.limits();
+            let limits = *self.state.limits();
             if !left {
                 match self.read(&limits, shutdown).await {
                     Read::Close => break,
@@ -211,7 +208,7 @@ impl<'a> Connection<'a> {
     /// turn.
     async fn answer_input(&mut self, limits: &Limits, eof: bool) -> Option<bool> {
         let Connection {
-            handler,
+            state,
             stream,
             peer,
             input,
@@ -228,10 +225,10 @@ impl<'a> Connection<'a> {
             match frame {
                 Frame::Line(line) if line.trim_ascii().is_empty() => {}
                 Frame::Line(line) => {
-                    answer(handler, line, peer, batch).await;
+                    answer(state, line, peer, batch).await;
                     answered = true;
                     if batch.out.len() >= REPLY_BATCH
-                        && !flush(handler, stream, peer, batch, limits).await
+                        && !flush(state, stream, peer, batch, limits).await
                     {
                         return None;
                     }
@@ -251,8 +248,8 @@ impl<'a> Connection<'a> {
                     }
                 }
                 Frame::TooLong => {
-                    answer_revokes(handler, peer, batch).await;
-                    handler
+                    answer_revokes(state, peer, batch).await;
+                    state
                         .metrics
                         .refused("request", Code::FrameTooLong.as_str());
                     batch.push_error(Failure::new(
@@ -274,11 +271,11 @@ impl<'a> Connection<'a> {
         more = more && input.contains(&b'\n');
         // A last line without `\n` before EOF (e.g. `printf … | socat`).
         if eof && !close && !more && !input.trim_ascii().is_empty() {
-            answer(handler, input, peer, batch).await;
+            answer(state, input, peer, batch).await;
             answered = true;
         }
         // The revokes held back: this input has no more lines to join them.
-        answer_revokes(handler, peer, batch).await;
+        answer_revokes(state, peer, batch).await;
         if answered {
             self.last_request = Instant::now();
             self.ticket.touch();
@@ -293,7 +290,7 @@ impl<'a> Connection<'a> {
         };
         self.committed |= !self.batch.records.is_empty();
         let written = flush(
-            self.handler,
+            self.state,
             &mut self.stream,
             &self.peer,
             &mut self.batch,
@@ -323,16 +320,14 @@ fn others_waiting() -> bool {
 const MAX_REVOKES: usize = 1024;
 
 /// Answer the revokes held back (see [`answer`]), in order.
-async fn answer_revokes(handler: &Handler, peer: &Peer, batch: &mut Batch) {
+async fn answer_revokes(st: &State, peer: &Peer, batch: &mut Batch) {
     if batch.revokes.is_empty() {
         return;
     }
     let start = batch.out.len();
     let reqs = std::mem::take(&mut batch.revokes);
     let mut out = Vec::new();
-    handler
-        .run_revokes(reqs, peer, &mut out, &mut batch.records)
-        .await;
+    handler::admin::run_revokes(st, reqs, peer, &mut out, &mut batch.records).await;
     // One segment per reply line, as for any other request.
     let mut at = start;
     for line in out.split_inclusive(|&b| b == b'\n') {
@@ -349,47 +344,38 @@ async fn answer_revokes(handler: &Handler, peer: &Peer, batch: &mut Batch) {
 /// Answer one request line (admin ops on a blocking thread) into the batch.
 /// A revoke is held back while more follow in the same input, so that
 /// pipelined revokes share one transaction; any other reply waits for the
-/// held revokes' replies, so replies keep the order of the requests.
-async fn answer(handler: &Handler, line: &[u8], peer: &Peer, batch: &mut Batch) {
+/// held revokes' replies, so replies keep the order of the requests, and
+/// any other admin op runs after them.
+async fn answer(st: &State, line: &[u8], peer: &Peer, batch: &mut Batch) {
     let held = !batch.revokes.is_empty();
     // With revokes held, this line's reply is made aside and appended after
     // theirs (no extra buffer otherwise: the sign path stays as it was).
     let mut aside = Vec::new();
     let out = if held { &mut aside } else { &mut batch.out };
     let start = out.len();
-    let mut handled = match handler.handle(line, peer, out, &mut batch.records, false) {
-        Handled::Admin(req) if matches!(req.op, crate::protocol::Op::Revoke(_)) => {
-            batch.revokes.push(req);
+    let handled = match handler::parse(st, line, peer, out) {
+        None => Handled::Reply,
+        Some(p) if p.is_revoke() => {
+            batch.revokes.push(p.into_request());
             if batch.revokes.len() >= MAX_REVOKES {
-                answer_revokes(handler, peer, batch).await;
+                answer_revokes(st, peer, batch).await;
             }
             return;
         }
-        other => other,
+        Some(p) if held && p.is_admin() => return answer_after_revokes(st, p, peer, batch).await,
+        Some(p) => handler::handle(st, p, peer, out, &mut batch.records).await,
     };
     let start = if held {
-        answer_revokes(handler, peer, batch).await;
+        answer_revokes(st, peer, batch).await;
         let at = batch.out.len();
         batch.out.extend_from_slice(&aside);
         at
     } else {
         start
     };
-    if let Handled::AwaitKey = handled {
-        handler.await_key(AWAIT_KEY).await;
-        batch.out.truncate(start);
-        handled = handler.handle(line, peer, &mut batch.out, &mut batch.records, true);
-    }
     let token_id = match handled {
         Handled::Reply => None,
         Handled::Token { id } => Some(id),
-        Handled::Admin(req) => {
-            handler
-                .run_admin(req, peer, &mut batch.out, &mut batch.records)
-                .await;
-            None
-        }
-        Handled::AwaitKey => unreachable!("a retried line is answered"),
     };
     batch.segments.push(Segment {
         start,
@@ -398,12 +384,25 @@ async fn answer(handler: &Handler, line: &[u8], peer: &Peer, batch: &mut Batch) 
     });
 }
 
+/// Run an admin op that follows held revokes: the revokes are stored and
+/// answered first, then the op.
+async fn answer_after_revokes(st: &State, parsed: Parsed, peer: &Peer, batch: &mut Batch) {
+    answer_revokes(st, peer, batch).await;
+    let start = batch.out.len();
+    handler::handle(st, parsed, peer, &mut batch.out, &mut batch.records).await;
+    batch.segments.push(Segment {
+        start,
+        end: batch.out.len(),
+        token_id: None,
+    });
+}
+
 /// Commit the batch's audit records (group commit), then write its
 /// replies, within `write_timeout`. If the records cannot be committed, no
 /// token leaves: each token reply becomes an `audit_unavailable` error.
 /// Returns false when the connection should close.
 async fn flush(
-    handler: &Handler,
+    st: &State,
     stream: &mut UnixStream,
     peer: &Peer,
     batch: &mut Batch,
@@ -426,7 +425,7 @@ async fn flush(
             None => signed.push((kid.to_owned(), 1)),
         }
     }
-    let committed = match &handler.audit {
+    let committed = match &st.audit {
         Some(audit) if !batch.records.is_empty() => {
             audit.commit(std::mem::take(&mut batch.records)).await
         }
@@ -434,12 +433,11 @@ async fn flush(
     };
     if committed {
         for (kid, n) in &signed {
-            handler.metrics.tokens_issued(&peer.policy.name, kid, *n);
+            st.metrics.tokens_issued(&peer.policy.name, kid, *n);
         }
     } else {
         let n: u64 = signed.iter().map(|(_, n)| n).sum();
-        handler
-            .metrics
+        st.metrics
             .refused_n("sign", Code::AuditUnavailable.as_str(), n);
         batch.withhold_tokens();
     }

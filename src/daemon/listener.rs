@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::Ticket;
 use super::connection::Connection;
-use super::handler::{Handler, Peer};
+use super::state::{Peer, State};
 use crate::error::{Error, Result};
 use crate::protocol::{self, Code, Failure};
 
@@ -85,7 +85,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<(std::os::unix::net::UnixListener,
 
 /// Accept and serve until `shutdown` is cancelled, then wait (bounded) for
 /// open connections to finish what they have read.
-pub async fn run(listener: UnixListener, handler: Arc<Handler>, shutdown: CancellationToken) {
+pub async fn run(listener: UnixListener, state: Arc<State>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -94,13 +94,13 @@ pub async fn run(listener: UnixListener, handler: Arc<Handler>, shutdown: Cancel
             r = listener.accept() => match r {
                 Ok((s, _)) => {
                     backoff = Duration::from_millis(5);
-                    handler.health.accept_failing_since.store(0, Ordering::Relaxed);
+                    state.health.accept_failing_since.store(0, Ordering::Relaxed);
                     s
                 }
                 Err(e) => {
                     // EMFILE and friends: back off rather than spin, and let
                     // the watchdog know if it lasts.
-                    let _ = handler.health.accept_failing_since.compare_exchange(
+                    let _ = state.health.accept_failing_since.compare_exchange(
                         0,
                         crate::lifecycle::wall_now(),
                         Ordering::Relaxed,
@@ -113,13 +113,13 @@ pub async fn run(listener: UnixListener, handler: Arc<Handler>, shutdown: Cancel
                 }
             },
         };
-        let Some((peer, ticket)) = admit(&handler, &stream) else {
+        let Some((peer, ticket)) = admit(&state, &stream) else {
             continue;
         };
-        let handler = Arc::clone(&handler);
+        let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            Connection::new(stream, &handler, peer, ticket)
+            Connection::new(stream, &state, peer, ticket)
                 .serve(&shutdown)
                 .await;
         });
@@ -137,25 +137,25 @@ pub async fn run(listener: UnixListener, handler: Arc<Handler>, shutdown: Cancel
 /// (SO_PEERCRED), whether a policy lets it in, and whether its uid may hold
 /// another connection. A refused peer gets one error line, is closed at
 /// once, and is counted in the audit log (in aggregate).
-fn admit(handler: &Handler, stream: &UnixStream) -> Option<(Peer, Ticket)> {
+fn admit(state: &State, stream: &UnixStream) -> Option<(Peer, Ticket)> {
     let cred = stream.peer_cred().ok()?;
     let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
-    let access = handler.access();
+    let access = state.access();
     let refuse = |code: Code, message: String| {
         let mut line = Vec::new();
         protocol::write_error(&mut line, &Failure::new(None, code, message));
         // A new connection's socket buffer is empty: this never blocks.
         let _ = stream.try_write(&line);
-        handler.tally_refusal(uid, pid, "connect", code.as_str());
+        state.tally_refusal(uid, pid, "connect", code.as_str());
     };
     let Some(policy) = access.for_peer(uid, gid) else {
-        handler.log_refusal(uid, "connection refused: no policy matches this peer");
+        state.log_refusal(uid, "connection refused: no policy matches this peer");
         refuse(Code::Forbidden, "this peer may not use the daemon".into());
         return None;
     };
-    match handler
+    match state
         .admission
-        .admit(uid, access.is_admin(uid), handler.limits().caps())
+        .admit(uid, access.is_admin(uid), state.limits().caps())
     {
         Ok((ticket, evicted)) => {
             if let Some(e) = evicted {
@@ -165,7 +165,7 @@ fn admit(handler: &Handler, stream: &UnixStream) -> Option<(Peer, Ticket)> {
                     newcomer = uid,
                     "connections full: closed the longest-idle connection of the busiest uid"
                 );
-                handler.tally_refusal(e.uid, None, "connect", "evicted");
+                state.tally_refusal(e.uid, None, "connect", "evicted");
             }
             Some((
                 Peer {
@@ -178,7 +178,7 @@ fn admit(handler: &Handler, stream: &UnixStream) -> Option<(Peer, Ticket)> {
             ))
         }
         Err(why) => {
-            handler.log_refusal(uid, "connection refused: busy");
+            state.log_refusal(uid, "connection refused: busy");
             refuse(Code::Busy, why.to_string());
             None
         }

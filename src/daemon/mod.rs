@@ -1,17 +1,29 @@
 //! `daemon` is `splitsign serve`. This file only wires the parts together,
 //! in order: hardening → config summary → stores → key manager (prove the
 //! stores belong together, unseal, reconcile, schedule) → listener (from
-//! systemd or bound here) → audit writer → handler → READY → serve, with
+//! systemd or bound here) → audit writer → shared state → READY → serve, with
 //! the background tasks beside it → STOPPING → checkpoint → exit.
 //!
-//! The parts: `listener` (socket, accept, admission of each peer),
-//! `admission` (per-uid caps, admin reserve, eviction), `connection` (one
-//! peer's lines, batches, backpressure), `handler` (answering a request:
-//! sign, verify, status, admin ops), `access` (client policies),
-//! `revocations`, `key_manager` (key changes while running, store checks,
-//! the JWKS file), `audit_writer` (group commit, aggregation, retention),
-//! `background` (schedule timer, health, watchdog, signals and reload),
-//! `systemd` (socket activation, sd_notify), `memory` (allocator tuning).
+//! The parts:
+//! - `state`: what the listener, the connections and the background tasks
+//!   share (key manager, policies and limits in force, audit writer,
+//!   admission, metrics, the running config).
+//! - `listener`: the socket, the accept loop, the admission of each peer.
+//! - `admission`: per-uid caps, the admin reserve, eviction.
+//! - `connection`: one peer's lines, turns, reply batches, backpressure.
+//! - `handler`: answering a request with the state: sign, verify, status,
+//!   the admin ops, reload.
+//! - `access`: client policies. `limits`: threads, timeouts, caps.
+//! - `key_manager`: key changes while running, the store checks,
+//!   revoking.
+//! - `revocations`: the revocations in force. `cluster`: what a node of a
+//!   PostgreSQL deployment reads of the others.
+//! - `audit_writer`: group commit, aggregation, retention.
+//! - `metrics`: counters and their text. `public_file`: the JWKS and
+//!   metrics files, written whole.
+//! - `background`: the schedule timer, health and watchdog, the metrics
+//!   file, signals, following the other nodes.
+//! - `systemd`: socket activation, sd_notify. `memory`: allocator tuning.
 
 pub mod access;
 pub mod admission;
@@ -25,8 +37,9 @@ pub mod limits;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
-pub mod reload;
+pub mod public_file;
 pub mod revocations;
+pub mod state;
 pub mod systemd;
 
 use std::sync::Arc;
@@ -39,9 +52,9 @@ use crate::error::{Error, Result};
 use crate::store::Stores;
 use access::Access;
 use audit_writer::Writer;
-use handler::Handler;
 use key_manager::KeyManager;
 use listener::BoundSocket;
+use state::State;
 
 pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let started = Instant::now();
@@ -57,9 +70,9 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
     let manager = Arc::new(start_keys(&cfg)?);
     let (std_listener, bound) = listen(activated, &cfg)?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let handler = Arc::new(Handler::new(
+    let state = Arc::new(State::new(
         Arc::clone(&manager),
-        reload::Reloader::new(cfg.clone(), overrides),
+        state::Running::new(cfg.clone(), overrides),
         started,
         start_audit(&cfg, &manager, &metrics)?,
         metrics,
@@ -71,7 +84,7 @@ pub fn serve(cfg: Config, overrides: Overrides) -> Result<()> {
         .enable_all()
         .build()
         .map_err(Error::io("starting the async runtime", "tokio"))?;
-    runtime.block_on(run(std_listener, handler, cfg, started))?;
+    runtime.block_on(run(std_listener, state, cfg, started))?;
     drop(bound);
     stop(&manager);
     Ok(())
@@ -191,15 +204,15 @@ fn start_audit(
 /// Serve until a signal says stop, with the background tasks beside.
 async fn run(
     std_listener: std::os::unix::net::UnixListener,
-    handler: Arc<Handler>,
+    state: Arc<State>,
     cfg: Config,
     started: Instant,
 ) -> Result<()> {
     let socket = tokio::net::UnixListener::from_std(std_listener)
         .map_err(Error::io("registering socket", &cfg.paths.socket))?;
     let shutdown = CancellationToken::new();
-    let timer = background::spawn(&handler, &shutdown);
-    let status = handler.manager.status_line();
+    let timer = background::spawn(&state, &shutdown);
+    let status = state.manager.status_line();
     tracing::info!(
         status = %status,
         socket = %cfg.paths.socket.display(),
@@ -207,7 +220,7 @@ async fn run(
         "ready"
     );
     systemd::ready(&status);
-    listener::run(socket, handler, shutdown).await;
+    listener::run(socket, state, shutdown).await;
     let _ = timer.await;
     Ok(())
 }

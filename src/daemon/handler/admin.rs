@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Handler, Peer};
+use super::record;
 use crate::daemon::key_manager::Rotated;
+use crate::daemon::state::{Peer, State};
 use crate::error::Error;
 use crate::lifecycle::wall_now;
 use crate::protocol::{self, Code, Failure, Op, Request};
@@ -53,145 +54,151 @@ struct RevokeOk<'a> {
     until: i64,
 }
 
-impl Handler {
-    /// Run an admin op and append its response; its record goes to the
-    /// batch (committed before the reply leaves).
-    pub async fn run_admin(
-        &self,
-        req: Request,
-        peer: &Peer,
-        out: &mut Vec<u8>,
-        audit: &mut Vec<Record>,
-    ) {
-        let name = req.op.name().as_str();
-        tracing::info!(uid = peer.uid, pid = peer.pid, op = name, "admin op");
-        if let Op::AuditPrune { before } = req.op {
-            // The writer records the prune itself, once it is done.
-            return self.prune_audit(req.id, before, peer, out).await;
-        }
-        let result = match req.op {
-            // A reload reads the config file (briefly blocking).
-            Op::Reload => tokio::task::block_in_place(|| self.reload("the reload op"))
-                .map(|()| Admin::Reloaded),
-            op => self.on_key_manager(op).await,
+/// Run an admin op and append its response; its record goes to the
+/// batch (committed before the reply leaves).
+pub(super) async fn run_admin(
+    st: &State,
+    req: Request,
+    peer: &Peer,
+    out: &mut Vec<u8>,
+    audit: &mut Vec<Record>,
+) {
+    let name = req.op.name().as_str();
+    tracing::info!(uid = peer.uid, pid = peer.pid, op = name, "admin op");
+    if let Op::AuditPrune { before } = req.op {
+        // The writer records the prune itself, once it is done.
+        return prune_audit(st, req.id, before, peer, out).await;
+    }
+    let result = match req.op {
+        // A reload reads the config file (briefly blocking).
+        Op::Reload => tokio::task::block_in_place(|| super::reload::reload(st, "the reload op"))
+            .map(|()| Admin::Reloaded),
+        op => on_key_manager(st, op).await,
+    };
+    answer_admin(st, name, req.id, result, peer, out, audit);
+}
+
+/// Revoke requests that came pipelined, one after another: stored in
+/// one transaction (one fsync), each answered on its own, in order.
+pub async fn run_revokes(
+    st: &State,
+    reqs: Vec<Request>,
+    peer: &Peer,
+    out: &mut Vec<u8>,
+    audit: &mut Vec<Record>,
+) {
+    tracing::info!(
+        uid = peer.uid,
+        pid = peer.pid,
+        op = "revoke",
+        request_count = reqs.len(),
+        "admin op"
+    );
+    let mut ids = Vec::with_capacity(reqs.len());
+    let mut targets = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let Op::Revoke(t) = r.op else {
+            unreachable!("only revokes are batched")
         };
-        self.answer_admin(name, req.id, result, peer, out, audit);
+        ids.push(r.id);
+        targets.push(t);
     }
-
-    /// Revoke requests that came pipelined, one after another: stored in
-    /// one transaction (one fsync), each answered on its own, in order.
-    pub async fn run_revokes(
-        &self,
-        reqs: Vec<Request>,
-        peer: &Peer,
-        out: &mut Vec<u8>,
-        audit: &mut Vec<Record>,
-    ) {
-        tracing::info!(
-            uid = peer.uid,
-            pid = peer.pid,
-            op = "revoke",
-            request_count = reqs.len(),
-            "admin op"
-        );
-        let mut ids = Vec::with_capacity(reqs.len());
-        let mut targets = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            let Op::Revoke(t) = r.op else {
-                unreachable!("only revokes are batched")
-            };
-            ids.push(r.id);
-            targets.push(t);
-        }
-        let manager = Arc::clone(&self.manager);
-        let policy = self.policy();
-        let n = targets.len();
-        let results = tokio::task::spawn_blocking(move || manager.revoke_many(targets, &policy))
-            .await
-            .unwrap_or_else(|_| {
-                (0..n)
-                    .map(|_| Err(Error::KeyStore("the admin op panicked".into())))
-                    .collect()
-            });
-        for (id, result) in ids.into_iter().zip(results) {
-            self.answer_admin("revoke", id, result.map(Admin::Revoked), peer, out, audit);
-        }
-    }
-
-    /// Append the reply to an admin op and its record.
-    fn answer_admin(
-        &self,
-        name: &'static str,
-        id: Option<Value>,
-        result: Result<Admin, Error>,
-        peer: &Peer,
-        out: &mut Vec<u8>,
-        audit: &mut Vec<Record>,
-    ) {
-        let mut rec = self.record(peer, name, wall_now());
-        match result {
-            Ok(done) => write_done(&done, id.as_ref(), &mut rec, out),
-            Err(e) => {
-                // With its causes: "writing file share …: No space left on
-                // device", not just the step.
-                let message = crate::error::chain(&e);
-                tracing::error!(error = %message, op = name, "admin op failed");
-                let code = match e {
-                    Error::Usage(_)
-                    | Error::Setting { .. }
-                    | Error::Config { .. }
-                    | Error::ReadConfig { .. } => Code::Refused,
-                    // Nothing was stored: try again once it is back.
-                    Error::PostgresUnreachable { .. } => Code::Unavailable,
-                    _ => Code::Internal,
-                };
-                rec.result = code.as_str();
-                self.metrics.refused(name, code.as_str());
-                protocol::write_error(out, &Failure::new(id, code, message));
-            }
-        }
-        audit.push(rec);
-    }
-
-    /// A key change, on a blocking thread (it writes to the stores).
-    async fn on_key_manager(&self, op: Op) -> Result<Admin, Error> {
-        let manager = Arc::clone(&self.manager);
-        let policy = self.policy();
-        tokio::task::spawn_blocking(move || match op {
-            Op::Rotate { emergency } => manager
-                .rotate(emergency)
-                .map(|r| Admin::Rotated(r, emergency)),
-            Op::Reshare => manager.reshare().map(Admin::Reshared),
-            Op::Revoke(target) => manager.revoke(target, &policy).map(Admin::Revoked),
-            _ => unreachable!("only key changes run on the key manager"),
-        })
+    let manager = Arc::clone(&st.manager);
+    let policy = st.policy();
+    let n = targets.len();
+    let results = tokio::task::spawn_blocking(move || manager.revoke_many(targets, &policy))
         .await
-        .unwrap_or_else(|_| Err(Error::KeyStore("the admin op panicked".into())))
+        .unwrap_or_else(|_| {
+            (0..n)
+                .map(|_| Err(Error::KeyStore("the admin op panicked".into())))
+                .collect()
+        });
+    for (id, result) in ids.into_iter().zip(results) {
+        answer_admin(
+            st,
+            "revoke",
+            id,
+            result.map(Admin::Revoked),
+            peer,
+            out,
+            audit,
+        );
     }
+}
 
-    /// `audit_prune`: prune the audit log before `before`, on the writer.
-    async fn prune_audit(&self, id: Option<Value>, before: i64, peer: &Peer, out: &mut Vec<u8>) {
-        let Some(audit) = &self.audit else {
-            protocol::write_error(
-                out,
-                &Failure::new(id, Code::Refused, "the audit log is off (audit = false)"),
-            );
-            return;
-        };
-        let by = self.record(peer, "audit_prune", wall_now());
-        match audit.prune(before, by).await {
-            Ok(p) => protocol::write_ok(
-                out,
-                id.as_ref(),
-                PruneOk {
-                    pruned: p.records,
-                    before: p.before,
-                },
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "audit prune failed");
-                protocol::write_error(out, &Failure::new(id, Code::Internal, e));
-            }
+/// Append the reply to an admin op and its record.
+fn answer_admin(
+    st: &State,
+    name: &'static str,
+    id: Option<Value>,
+    result: Result<Admin, Error>,
+    peer: &Peer,
+    out: &mut Vec<u8>,
+    audit: &mut Vec<Record>,
+) {
+    let mut rec = record(peer, name, wall_now());
+    match result {
+        Ok(done) => write_done(&done, id.as_ref(), &mut rec, out),
+        Err(e) => {
+            // With its causes: "writing file share …: No space left on
+            // device", not just the step.
+            let message = crate::error::chain(&e);
+            tracing::error!(error = %message, op = name, "admin op failed");
+            let code = match e {
+                Error::Usage(_)
+                | Error::Setting { .. }
+                | Error::Config { .. }
+                | Error::ReadConfig { .. } => Code::Refused,
+                // Nothing was stored: try again once it is back.
+                Error::PostgresUnreachable { .. } => Code::Unavailable,
+                _ => Code::Internal,
+            };
+            rec.result = code.as_str();
+            st.metrics.refused(name, code.as_str());
+            protocol::write_error(out, &Failure::new(id, code, message));
+        }
+    }
+    audit.push(rec);
+}
+
+/// A key change, on a blocking thread (it writes to the stores).
+async fn on_key_manager(st: &State, op: Op) -> Result<Admin, Error> {
+    let manager = Arc::clone(&st.manager);
+    let policy = st.policy();
+    tokio::task::spawn_blocking(move || match op {
+        Op::Rotate { emergency } => manager
+            .rotate(emergency)
+            .map(|r| Admin::Rotated(r, emergency)),
+        Op::Reshare => manager.reshare().map(Admin::Reshared),
+        Op::Revoke(target) => manager.revoke(target, &policy).map(Admin::Revoked),
+        _ => unreachable!("only key changes run on the key manager"),
+    })
+    .await
+    .unwrap_or_else(|_| Err(Error::KeyStore("the admin op panicked".into())))
+}
+
+/// `audit_prune`: prune the audit log before `before`, on the writer.
+async fn prune_audit(st: &State, id: Option<Value>, before: i64, peer: &Peer, out: &mut Vec<u8>) {
+    let Some(audit) = &st.audit else {
+        protocol::write_error(
+            out,
+            &Failure::new(id, Code::Refused, "the audit log is off (audit = false)"),
+        );
+        return;
+    };
+    let by = record(peer, "audit_prune", wall_now());
+    match audit.prune(before, by).await {
+        Ok(p) => protocol::write_ok(
+            out,
+            id.as_ref(),
+            PruneOk {
+                pruned: p.records,
+                before: p.before,
+            },
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "audit prune failed");
+            protocol::write_error(out, &Failure::new(id, Code::Internal, e));
         }
     }
 }

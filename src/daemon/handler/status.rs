@@ -4,7 +4,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Handler, Times};
+use super::Times;
+use crate::daemon::state::State;
 use crate::protocol;
 
 #[derive(Serialize)]
@@ -94,134 +95,112 @@ struct MetricsOk {
     metrics: String,
 }
 
-impl Handler {
-    /// The metrics text, with the gauges as they are now.
-    pub fn metrics_text(&self) -> String {
-        let keys = self.manager.keyring.snapshot();
-        let now = self.manager.clock.now();
-        let (revoked_jti, revoked_sub) = self.manager.revocations().len();
-        let own = keys.own_rows();
-        let next = crate::keys::schedule::next_event(&own, now, &self.manager.config().schedule);
-        self.metrics.render(crate::daemon::metrics::Now {
-            connections: self.admission.counts().1,
-            published_keys: keys.published.len(),
+pub(super) fn answer_metrics(st: &State, id: Option<Value>, out: &mut Vec<u8>) {
+    protocol::write_ok(
+        out,
+        id.as_ref(),
+        MetricsOk {
+            metrics: st.metrics_text(),
+        },
+    );
+}
+
+pub(super) fn answer_jwks(st: &State, id: Option<Value>, out: &mut Vec<u8>) {
+    let keys = st.manager.keyring.snapshot();
+    protocol::write_ok(out, id.as_ref(), protocol::JwksOk { jwks: &keys.jwks });
+}
+
+pub(super) fn answer_status(st: &State, id: Option<Value>, at: Times, out: &mut Vec<u8>) {
+    let keys = st.manager.keyring.snapshot();
+    let policy = st.policy();
+    let rows = keys.own_rows();
+    let own_node = st.manager.cluster().map(|c| c.node());
+    let cluster = st.manager.cluster().map(|c| {
+        let reason = c.unreachable();
+        let (revoked_jti, revoked_sub) = st.manager.revocations().len();
+        let view = c.view();
+        ClusterStatus {
+            node: c.node(),
+            database: if reason.is_some() {
+                "unreachable"
+            } else {
+                "ok"
+            },
+            reason,
+            nodes: c.nodes(),
             revoked_jti,
             revoked_sub,
-            active_key_age: keys.signer_at(now).map(|s| now - s.activate_at),
-            next_transition_in: next.map(|t| t - now),
-            nodes: self.manager.cluster().map_or(1, |c| c.nodes()),
-            cluster: self.manager.cluster().map(|c| c.counts()),
-            audit_space: self.audit.as_ref().map(|a| a.health().space()),
-        })
-    }
-
-    pub(super) fn answer_metrics(&self, id: Option<Value>, _at: Times, out: &mut Vec<u8>) {
-        protocol::write_ok(
-            out,
-            id.as_ref(),
-            MetricsOk {
-                metrics: self.metrics_text(),
-            },
-        );
-    }
-
-    pub(super) fn answer_jwks(&self, id: Option<Value>, out: &mut Vec<u8>) {
-        let keys = self.manager.keyring.snapshot();
-        protocol::write_ok(out, id.as_ref(), protocol::JwksOk { jwks: &keys.jwks });
-    }
-
-    pub(super) fn answer_status(&self, id: Option<Value>, at: Times, out: &mut Vec<u8>) {
-        let keys = self.manager.keyring.snapshot();
-        let policy = self.policy();
-        let rows = keys.own_rows();
-        let own_node = self.manager.cluster().map(|c| c.node());
-        let cluster = self.manager.cluster().map(|c| {
-            let reason = c.unreachable();
-            let (revoked_jti, revoked_sub) = self.manager.revocations().len();
-            let view = c.view();
-            ClusterStatus {
-                node: c.node(),
-                database: if reason.is_some() {
-                    "unreachable"
-                } else {
-                    "ok"
-                },
-                reason,
-                nodes: c.nodes(),
-                revoked_jti,
-                revoked_sub,
-                bounds: view.bounds,
-                skipped_keys: view.skipped.clone(),
-                database_went_back: c.went_back(),
-            }
-        });
-        let body = StatusBody {
-            version: env!("CARGO_PKG_VERSION"),
-            issuer: &policy.issuer,
-            alg: policy.alg.as_str(),
-            deployment: self.manager.deployment(),
-            active_kid: keys.signer_at(at.keys).map(|s| s.kid.as_str()),
-            uptime_s: self.started.elapsed().as_secs(),
-            now: at.wall,
-            clock_behind_s: at.keys - at.wall.min(at.keys),
-            store_fault: self.manager.fault(),
-            audit: self.audit_status(),
-            connections: self.admission.counts().0,
-            next_transition: crate::keys::schedule::next_event(
-                &rows,
-                at.keys,
-                &self.manager.config().schedule,
-            ),
-            cluster,
-            keys: keys
-                .published
-                .iter()
-                .map(|p| KeyStatus {
-                    kid: &p.row.kid,
-                    node: p.node.as_deref().or(own_node),
-                    state: crate::keys::state(&p.row, at.keys).as_str(),
-                    alg: p.row.alg.as_str(),
-                    origin: p.row.origin.as_str(),
-                    created_at: p.row.created_at,
-                    activate_at: p.row.activate_at,
-                    deactivate_at: p.row.deactivate_at,
-                    retire_at: p.row.retire_at,
-                })
-                .collect(),
-        };
-        protocol::write_ok(out, id.as_ref(), StatusOk { status: body });
-    }
-
-    fn audit_status(&self) -> AuditStatus {
-        let db = self.manager.db_path();
-        let size = |suffix: &str| {
-            std::fs::metadata(crate::config::with_suffix(db, suffix))
-                .map(|m| m.len())
-                .ok()
-        };
-        let dir = crate::config::dir_of(db);
-        let space = self.audit.as_ref().map(|a| a.health().space());
-        // With the audit log on, the writer's count (the pages the
-        // database freed included), else the filesystem's.
-        let free = space.map(|s| s.free_bytes).or_else(|| {
-            rustix::fs::statvfs(dir)
-                .ok()
-                .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
-        });
-        let (state, failing_since) = match &self.audit {
-            None => ("off", None),
-            Some(a) => match a.health().failing_since() {
-                None => ("ok", None),
-                Some(t) => ("failing", Some(t)),
-            },
-        };
-        AuditStatus {
-            state,
-            failing_since,
-            db_bytes: size("").map(|n| n + size("-wal").unwrap_or(0)),
-            free_bytes: free,
-            keep_free_bytes: space.map(|s| s.keep_free_bytes),
-            reserve_in_use: space.is_some_and(|s| s.in_reserve),
+            bounds: view.bounds,
+            skipped_keys: view.skipped.clone(),
+            database_went_back: c.went_back(),
         }
+    });
+    let body = StatusBody {
+        version: env!("CARGO_PKG_VERSION"),
+        issuer: &policy.issuer,
+        alg: policy.alg.as_str(),
+        deployment: st.manager.deployment(),
+        active_kid: keys.signer_at(at.keys).map(|s| s.kid.as_str()),
+        uptime_s: st.started.elapsed().as_secs(),
+        now: at.wall,
+        clock_behind_s: at.keys - at.wall.min(at.keys),
+        store_fault: st.manager.fault(),
+        audit: audit_status(st),
+        connections: st.admission.counts().0,
+        next_transition: crate::keys::schedule::next_event(
+            &rows,
+            at.keys,
+            &st.manager.config().schedule,
+        ),
+        cluster,
+        keys: keys
+            .published
+            .iter()
+            .map(|p| KeyStatus {
+                kid: &p.row.kid,
+                node: p.node.as_deref().or(own_node),
+                state: crate::keys::state(&p.row, at.keys).as_str(),
+                alg: p.row.alg.as_str(),
+                origin: p.row.origin.as_str(),
+                created_at: p.row.created_at,
+                activate_at: p.row.activate_at,
+                deactivate_at: p.row.deactivate_at,
+                retire_at: p.row.retire_at,
+            })
+            .collect(),
+    };
+    protocol::write_ok(out, id.as_ref(), StatusOk { status: body });
+}
+
+fn audit_status(st: &State) -> AuditStatus {
+    let db = st.manager.db_path();
+    let size = |suffix: &str| {
+        std::fs::metadata(crate::config::with_suffix(db, suffix))
+            .map(|m| m.len())
+            .ok()
+    };
+    let dir = crate::config::dir_of(db);
+    let space = st.audit.as_ref().map(|a| a.health().space());
+    // With the audit log on, the writer's count (the pages the
+    // database freed included), else the filesystem's.
+    let free = space.map(|s| s.free_bytes).or_else(|| {
+        rustix::fs::statvfs(dir)
+            .ok()
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+    });
+    let (state, failing_since) = match &st.audit {
+        None => ("off", None),
+        Some(a) => match a.health().failing_since() {
+            None => ("ok", None),
+            Some(t) => ("failing", Some(t)),
+        },
+    };
+    AuditStatus {
+        state,
+        failing_since,
+        db_bytes: size("").map(|n| n + size("-wal").unwrap_or(0)),
+        free_bytes: free,
+        keep_free_bytes: space.map(|s| s.keep_free_bytes),
+        reserve_in_use: space.is_some_and(|s| s.in_reserve),
     }
 }

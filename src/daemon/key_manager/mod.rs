@@ -1,27 +1,30 @@
-//! `manager` changes keys while the daemon runs: the scheduled rotation
-//! (pre-publish, activation, share destruction, retirement), the admin
-//! operations `rotate` and `reshare`, and the JWKS file. Each change runs
-//! against the stores under one mutex, on a blocking thread, then swaps a
-//! new key set into the keyring; the sign path never waits for it.
+//! `key_manager` changes keys while the daemon runs: the scheduled
+//! rotation (pre-publish, activation, share destruction, retirement), the
+//! admin operations `rotate` and `reshare`, the other nodes' keys beside
+//! this node's, and the JWKS file. Each change runs against the stores
+//! under one mutex, on a blocking thread, then swaps a new key set into
+//! the keyring; the sign path never waits for it. Beside it: `faults` (the
+//! running store checks) and `revoking` (revocations, stored under the
+//! same mutex).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod faults;
+mod revoking;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::snapshot::Shared;
-
+use super::cluster::Cluster;
+use super::revocations::RevocationSet;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::keyset::Keyring;
-use crate::lifecycle::{self, Clock, NewKey, wall_now};
-use crate::store::FileId;
-use crate::store::Revocation;
-
-use super::cluster::{Cluster, Wanted};
-use super::revocations::{RevocationSet, Revocations};
-use crate::store::Stores;
+use crate::lifecycle::{self, Clock, NewKey};
+use crate::snapshot::Shared;
+use crate::store::{FileId, Stores};
+use faults::{Places, stores_changed};
 
 pub struct KeyManager {
     /// std Mutex: held only by blocking tasks, never across an `.await`.
@@ -51,15 +54,6 @@ pub struct KeyManager {
     rev_swap: Mutex<()>,
     /// The time by which revocations of expired tokens are forgotten.
     purge_clock: lifecycle::PurgeClock,
-}
-
-/// The store paths and the files they named when the daemon opened them.
-struct Places {
-    deployment: String,
-    db: PathBuf,
-    db_id: FileId,
-    shares: PathBuf,
-    shares_id: FileId,
 }
 
 /// Result of a `rotate`.
@@ -124,20 +118,7 @@ impl KeyManager {
             }
         }
         let purge_clock = lifecycle::PurgeClock::new("revocations of expired tokens");
-        let kept_from = lifecycle::revocations_purged_before(purge_clock.now());
-        let revoked = RevocationSet::new(Revocations::default());
-        match &cluster {
-            // What this node has seen, then what the database holds.
-            Some(c) => c.load_revocations(&revoked, kept_from)?,
-            None => {
-                // Streamed into the compact set: no row list of a million.
-                let mut bulk = super::revocations::Bulk::default();
-                stores
-                    .keys
-                    .for_each_revocation(kept_from, &mut |row| bulk.add(row))?;
-                revoked.replace(bulk.build());
-            }
-        }
+        let revoked = revoking::load(&stores, cluster.as_ref(), &purge_clock)?;
         let places = Places {
             deployment: stores.keys.deployment().to_owned(),
             db: stores.local.path().to_owned(),
@@ -190,118 +171,6 @@ impl KeyManager {
         Ok(stores)
     }
 
-    /// Why the daemon stopped issuing tokens, if it did (a sentence): the
-    /// stores changed under it, or the cluster's owner removed this node.
-    /// Sticky: only a restart (and its checks) clears it.
-    pub fn fault(&self) -> Option<String> {
-        if !self.faulted.load(Ordering::Acquire) {
-            return None;
-        }
-        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Whether a store fault was found (the sign path's cheap check).
-    pub fn is_faulted(&self) -> bool {
-        self.faulted.load(Ordering::Acquire)
-    }
-
-    fn set_fault(&self, why: String) {
-        let mut f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
-        if f.is_none() {
-            tracing::error!(reason = %why, "no token is issued until the daemon is restarted");
-            *f = Some(why);
-            self.faulted.store(true, Ordering::Release);
-        }
-    }
-
-    /// PostgreSQL refuses this node its login or its rights (`why`): the
-    /// owner removed it. It signs nothing more, creates no key, and says
-    /// why.
-    pub fn refused(&self, why: &str) {
-        self.set_fault(format!(
-            "PostgreSQL refuses this node ({why}): the cluster's owner removed it, or took its \
-             rights away; it signs nothing more (`splitsign node list` on the owner's side)"
-        ));
-    }
-
-    /// Note the outcome of an operation on PostgreSQL (see
-    /// [`Cluster::note`]); a refusal of this node is a fault.
-    fn note<T>(&self, r: &Result<T>) {
-        if let Some(c) = &self.cluster {
-            c.note(r);
-        }
-        if let Err(e) = r
-            && e.is_refusal()
-        {
-            self.refused(&match e {
-                Error::NodeRefused { reason, .. } => reason.clone(),
-                e => crate::error::chain(e),
-            });
-        }
-    }
-
-    /// The running check (about once a second, and before every store
-    /// operation): the database path still names the database opened at
-    /// start, the share directory is the same directory, and the file share
-    /// of every key that may sign is still there. Only `stat`s; never waits
-    /// for the stores' lock. Returns the fault, if any.
-    pub fn check_stores(&self) -> Option<String> {
-        if let Some(f) = self.fault() {
-            return Some(f);
-        }
-        let p = &self.places;
-        let mut problem = p
-            .db_id
-            .still_at(&p.db)
-            .and_then(|()| p.shares_id.still_at(&p.shares))
-            .err();
-        if problem.is_none() {
-            problem = self.missing_share_file();
-        }
-        if let Some(why) = problem {
-            let why = stores_changed(&why);
-            self.set_fault(why.clone());
-            return Some(why);
-        }
-        None
-    }
-
-    /// The file share of a key that may sign, if one is gone. A re-split
-    /// replaces file shares under the stores' lock, so a file found missing
-    /// is judged again under that lock (skipped while a change runs).
-    fn missing_share_file(&self) -> Option<String> {
-        let share_path = |kid: &str, generation: u32| {
-            self.places
-                .shares
-                .join(crate::store::share_files::share_file_name(kid, generation))
-        };
-        let gone = |p: &Path| std::fs::symlink_metadata(p).is_err();
-        let keys = self.keyring.snapshot();
-        if !keys
-            .signers
-            .iter()
-            .any(|s| gone(&share_path(&s.kid, s.share_generation)))
-        {
-            return None;
-        }
-        let _guard = match self.stores.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        let keys = self.keyring.snapshot();
-        keys.signers.iter().find_map(|s| {
-            let path = share_path(&s.kid, s.share_generation);
-            gone(&path).then(|| {
-                format!(
-                    "the file share {} of key {} was removed",
-                    path.display(),
-                    s.kid
-                )
-            })
-        })
-    }
-
     /// Do what the schedule asks for now; returns when to run next.
     pub fn tick(&self) -> Result<Option<i64>> {
         let r = self.run_schedule();
@@ -336,40 +205,7 @@ impl KeyManager {
             }
         }
         self.refresh(&stores, now, created.into_iter().collect())?;
-        // Purge revocations that have covered no valid token for a day
-        // (tokens carry wall-clock times; see `PurgeClock` for a clock
-        // stepped forward).
-        let before = lifecycle::revocations_purged_before(self.purge_clock.now());
-        let purged = match &self.cluster {
-            Some(c) => {
-                let n = {
-                    let _swap = self.rev_swap.lock().unwrap_or_else(|p| p.into_inner());
-                    c.purge(&self.revoked, before)?
-                };
-                if c.full_read_due() {
-                    self.sync_revocations(c, true)?;
-                } else {
-                    // A database restored without a reconnection (and with
-                    // nothing written since) is noticed here too.
-                    c.check_marks(&self.revoked, before)?;
-                }
-                n
-            }
-            None => {
-                // This daemon is the store's only writer: purge in place,
-                // never re-read.
-                let n = stores.keys.purge_revocations(before)?;
-                self.revoked.purge(before);
-                n
-            }
-        };
-        if purged > 0 {
-            tracing::info!(
-                revocation_count = purged,
-                expired_before = before,
-                "purged the revocations of expired tokens"
-            );
-        }
+        self.purge_revocations(&stores)?;
         let rows = stores.keys.keys()?;
         let own = crate::keys::schedule::next_event(&rows, now, &cfg.schedule);
         // The other nodes' keys enter and leave the JWKS at their times.
@@ -450,118 +286,6 @@ impl KeyManager {
         Ok(done)
     }
 
-    /// The revocations in force.
-    pub fn revocations(&self) -> &RevocationSet {
-        &self.revoked
-    }
-
-    /// Revoke (admin): store durably, then take effect for `verify`.
-    pub fn revoke(
-        &self,
-        target: crate::protocol::RevokeTarget,
-        policy: &crate::keys::jws::Policy,
-    ) -> Result<Revocation> {
-        self.revoke_many(vec![target], policy)
-            .pop()
-            .expect("one answer per target")
-    }
-
-    /// Revoke several (a pipelined admin session): each target checked on
-    /// its own, the valid ones stored in one transaction (one fsync), then
-    /// added to the set in force in place. One answer per target, in order.
-    pub fn revoke_many(
-        &self,
-        targets: Vec<crate::protocol::RevokeTarget>,
-        policy: &crate::keys::jws::Policy,
-    ) -> Vec<Result<Revocation>> {
-        let stores = match self.stores() {
-            Ok(s) => s,
-            Err(e) => {
-                let why = crate::error::chain(&e);
-                return targets
-                    .iter()
-                    .map(|_| Err(Error::KeyStore(why.clone())))
-                    .collect();
-            }
-        };
-        let now = wall_now();
-        let cfg = self.config();
-        let keys = self.keyring.snapshot();
-        let mut answers: Vec<Result<Revocation>> = targets
-            .iter()
-            .map(|t| {
-                super::revocations::revocation_for(
-                    t,
-                    &keys,
-                    policy,
-                    cfg.tokens.max_ttl.as_secs() as i64,
-                    self.clock.now(),
-                    now,
-                )
-            })
-            .collect();
-        if let Some(c) = &self.cluster {
-            // Within the cluster's bounds, which the database enforces too.
-            let ttl = c
-                .bounds()
-                .map_or(cfg.tokens.max_ttl.as_secs() as i64, |b| b.max_token_ttl);
-            for a in answers.iter_mut() {
-                if let Ok(r) = a {
-                    *a = super::revocations::within_cluster_bounds(
-                        r,
-                        ttl,
-                        now,
-                        policy.leeway as i64,
-                    );
-                }
-            }
-        }
-        let rows: Vec<Revocation> = answers.iter().flatten().cloned().collect();
-        if rows.is_empty() {
-            return answers;
-        }
-        let stored = stores.keys.add_revocations(&rows, now);
-        self.note(&stored);
-        if let Err(why) = stored {
-            let unreachable = matches!(why, Error::PostgresUnreachable { .. });
-            let text = crate::error::chain(&why);
-            for a in answers.iter_mut().filter(|a| a.is_ok()) {
-                *a = Err(if unreachable {
-                    Error::PostgresUnreachable {
-                        node: self
-                            .cluster
-                            .as_ref()
-                            .map(|c| c.node().to_owned())
-                            .unwrap_or_default(),
-                        reason: text.clone(),
-                    }
-                } else {
-                    Error::KeyStore(text.clone())
-                });
-            }
-            return answers;
-        }
-        drop(stores);
-        if let Some(c) = &self.cluster
-            && let Err(e) = c.record_own(&rows)
-        {
-            // Stored in PostgreSQL: in force. Only the local copy that
-            // outlives a restored database is missing; a full read makes it.
-            tracing::warn!(error = %e, "could not record this node's revocations locally");
-        }
-        self.revoked.add(rows.iter().cloned());
-        if let Some(c) = &self.cluster {
-            // This node's own rows come back with the others'.
-            let _ = self.sync_revocations(c, false);
-        }
-        let (jti_count, sub_count) = rows.iter().fold((0, 0), |(j, s), r| match r {
-            Revocation::Jti { .. } => (j + 1, s),
-            Revocation::Sub { .. } => (j, s + 1),
-        });
-        tracing::warn!(jti_count, sub_count, "revoked by an admin");
-        answers
-    }
-
     /// Destroy what no longer signs, rebuild the key set, swap it in, and
     /// rewrite the JWKS file if it changed.
     fn refresh(&self, stores: &Stores, now: i64, fresh: Vec<NewKey>) -> Result<()> {
@@ -602,7 +326,7 @@ impl KeyManager {
         if let Some(path) = &cfg.outputs.jwks_file {
             let mut last = self.jwks_written.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_deref() != Some(jwks.as_str()) {
-                write_public_file(path, jwks.as_bytes())?;
+                super::public_file::write(path, jwks.as_bytes())?;
                 tracing::info!(path = %path.display(), "wrote the JWKS file");
                 *last = Some(jwks);
             }
@@ -615,66 +339,8 @@ impl KeyManager {
         self.cluster.as_ref()
     }
 
-    /// Re-read what the other nodes changed (see `cluster::follow`).
-    /// Returns whether anything was new (a notification that brought
-    /// nothing may have been forged: the follower then waits before the
-    /// next read).
-    pub fn follow_cluster(&self, wanted: Wanted) -> Result<bool> {
-        let Some(c) = &self.cluster else {
-            return Ok(false);
-        };
-        let r = (|| {
-            let mut news = false;
-            if wanted.all || wanted.revocations {
-                // After a reconnection the follower reads everything beside
-                // (see `cluster::follow`); this catches up at once.
-                news |= self.sync_revocations(c, false)? > 0;
-            }
-            if wanted.all || wanted.keys {
-                let before = c.view();
-                news |= !c.refresh_view(self.clock.now())?.same_as(&before);
-                self.apply_others()?;
-            }
-            Ok(news)
-        })();
-        self.note(&r);
-        if wanted.all && r.is_ok() {
-            // Back in touch: catch up this node's own schedule too (a
-            // rotation that could not be stored). A notification alone
-            // never runs it (any role may send one).
-            self.wake.notify_one();
-        }
-        r
-    }
-
-    /// Read the revocations (all, or those added since the last read) and
-    /// add the new ones to the set in force (a revocation leaves it only
-    /// by time). Incremental reads take turns; a full read (long, with
-    /// many revocations) holds none of them up.
-    /// Returns how many were news.
-    fn sync_revocations(&self, c: &Cluster, full: bool) -> Result<usize> {
-        let _swap = (!full).then(|| self.rev_swap.lock().unwrap_or_else(|p| p.into_inner()));
-        let kept_from = lifecycle::revocations_purged_before(self.purge_clock.now());
-        c.read_revocations(&self.revoked, full, kept_from)
-    }
-
-    /// Read every revocation (a reconnection: anything may have been
-    /// missed), beside the incremental reads.
-    pub fn read_all_revocations(&self) -> Result<()> {
-        let Some(c) = &self.cluster else {
-            return Ok(());
-        };
-        let r = self.sync_revocations(c, true).map(|_| ());
-        if r.is_err() {
-            // The schedule's next step reads everything instead.
-            c.full_read_failed();
-        }
-        self.note(&r);
-        r
-    }
-
     /// Publish the other nodes' keys as last read, beside this node's.
-    fn apply_others(&self) -> Result<()> {
+    pub fn publish_others(&self) -> Result<()> {
         let Some(c) = &self.cluster else {
             return Ok(());
         };
@@ -770,11 +436,6 @@ impl KeyManager {
     }
 }
 
-/// The fault of stores that changed under the daemon (`why`: what).
-fn stores_changed(why: &str) -> String {
-    format!("the key stores changed under the daemon ({why}); restart it")
-}
-
 /// The config within the cluster's bounds: `max_ttl` within its
 /// `max_token_ttl`, a key's lifetime (`rotation_interval` + `max_ttl` +
 /// `leeway`) within its `max_key_lifetime`.
@@ -825,43 +486,4 @@ fn check_unlocked(unlocked: &[(String, std::io::Error)], cfg: &Config) -> Result
         tracing::warn!(%kid, error = %e, "could not mlock the key page (raise LimitMEMLOCK / RLIMIT_MEMLOCK); the key may be swapped");
     }
     Ok(())
-}
-
-/// Write a public file atomically: temp name in the same directory, mode
-/// 0644, fsync, rename over the old one, fsync the directory. A newline is
-/// added (the JWKS).
-pub fn write_public_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut line = Vec::with_capacity(bytes.len() + 1);
-    line.extend_from_slice(bytes);
-    line.push(b'\n');
-    write_public_file_exact(path, &line)
-}
-
-/// [`write_public_file`], with the bytes as they are.
-pub fn write_public_file_exact(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = crate::config::dir_of(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("jwks_file {} has no file name", path.display())))?;
-    let tmp = crate::store::temp_path(dir, &name.to_string_lossy())?;
-    let io = Error::io("writing JWKS file", path);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        // The daemon's umask is 0077; the JWKS is public by design.
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
 }
