@@ -362,7 +362,7 @@ async fn answer(st: &State, line: &[u8], peer: &Peer, batch: &mut Batch) {
             }
             return;
         }
-        Some(p) if held && p.is_admin() => return answer_after_revokes(st, p, peer, batch).await,
+        Some(p) if held && p.waits(st) => return answer_after_revokes(st, p, peer, batch).await,
         Some(p) => handler::handle(st, p, peer, out, &mut batch.records).await,
     };
     let start = if held {
@@ -373,27 +373,23 @@ async fn answer(st: &State, line: &[u8], peer: &Peer, batch: &mut Batch) {
     } else {
         start
     };
-    let token_id = match handled {
-        Handled::Reply => None,
-        Handled::Token { id } => Some(id),
-    };
     batch.segments.push(Segment {
         start,
         end: batch.out.len(),
-        token_id,
+        token_id: handled.token_id(),
     });
 }
 
-/// Run an admin op that follows held revokes: the revokes are stored and
-/// answered first, then the op.
+/// Answer a request that may wait (an admin op, a sign waiting for a key)
+/// after held revokes: the revokes are stored and answered first, then it.
 async fn answer_after_revokes(st: &State, parsed: Parsed, peer: &Peer, batch: &mut Batch) {
     answer_revokes(st, peer, batch).await;
     let start = batch.out.len();
-    handler::handle(st, parsed, peer, &mut batch.out, &mut batch.records).await;
+    let handled = handler::handle(st, parsed, peer, &mut batch.out, &mut batch.records).await;
     batch.segments.push(Segment {
         start,
         end: batch.out.len(),
-        token_id: None,
+        token_id: handled.token_id(),
     });
 }
 

@@ -33,6 +33,17 @@ pub enum Handled {
     Token { id: Option<Value> },
 }
 
+impl Handled {
+    /// The request id of a token reply, for the batch to hold it until its
+    /// record is committed; `None` for any other reply.
+    pub fn token_id(self) -> Option<Option<Value>> {
+        match self {
+            Handled::Reply => None,
+            Handled::Token { id } => Some(id),
+        }
+    }
+}
+
 /// A request line, parsed and allowed by the peer's policy, with when its
 /// handling began.
 pub struct Parsed {
@@ -54,6 +65,16 @@ impl Parsed {
             self.req.op,
             Op::Ping | Op::Sign(_) | Op::Verify(_) | Op::Jwks | Op::Status | Op::Metrics
         )
+    }
+
+    /// Whether answering it may wait, so that revokes held before it must
+    /// be stored first: an admin op, or a sign that finds no key able to
+    /// sign (it waits for the schedule to make one).
+    pub fn waits(&self, st: &State) -> bool {
+        match self.req.op {
+            Op::Sign(_) => sign::must_await_key(st, Times::now(st)),
+            _ => self.is_admin(),
+        }
     }
 
     pub fn into_request(self) -> Request {
