@@ -18,11 +18,11 @@ pub mod seen;
 pub mod share_files;
 pub mod sqlite;
 
-pub use keystore::{KeyStore, NodeKey};
+pub use keystore::{KeyStore, NodeKey, Revocation, Supersede};
 pub use lock::StoreLock;
 pub use postgres::Postgres;
 pub use share_files::{Entry, FileId, ShareDir, temp_path};
-pub use sqlite::{Database, Revocation, Supersede};
+pub use sqlite::Database;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;

@@ -28,8 +28,7 @@ use crate::keys::shamir::{KeyShare, Slot};
 use crate::keys::share_format;
 
 use super::FileId;
-use super::keystore::{KeyStore, NodeKey, RawKey, RawShare, check_share};
-use super::sqlite::{Revocation, Supersede};
+use super::keystore::{KeyStore, NodeKey, RawKey, RawShare, Revocation, Supersede, check_share};
 
 /// The schema, in order; `splitsign_schema` records how far it is applied.
 const MIGRATIONS: &[&str] = &[

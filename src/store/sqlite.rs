@@ -18,7 +18,7 @@ use crate::keys::KeyInfo;
 use crate::keys::shamir::{KeyShare, Slot};
 use crate::keys::share_format;
 use crate::store::FileId;
-use crate::store::keystore::{RawKey, RawShare, check_share};
+use crate::store::keystore::{RawKey, RawShare, Revocation, Supersede, check_share};
 
 const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../../migrations/0001_init.sql")),
@@ -30,15 +30,6 @@ const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../../migrations/0007_cluster_seen.sql")),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
-
-/// New end of a superseded key's signing period (and publication).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Supersede {
-    pub kid: String,
-    pub activate_at: i64,
-    pub deactivate_at: i64,
-    pub retire_at: i64,
-}
 
 pub struct Database {
     pub(super) conn: Connection,
@@ -494,57 +485,6 @@ fn insert_share(conn: &Connection, share: &KeyShare) -> rusqlite::Result<()> {
 #[cfg(test)]
 pub fn migrate_for_test(conn: &mut Connection) {
     MIGRATIONS.to_latest(conn).unwrap();
-}
-
-/// A revocation, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revocation {
-    Jti {
-        jti: String,
-        expires_at: i64,
-    },
-    Sub {
-        sub: String,
-        before: i64,
-        expires_at: i64,
-    },
-}
-
-impl Revocation {
-    /// The columns a revocation is stored in: kind, value, before,
-    /// expires_at.
-    pub fn columns(&self) -> (&'static str, &str, Option<i64>, i64) {
-        match self {
-            Revocation::Jti { jti, expires_at } => ("jti", jti, None, *expires_at),
-            Revocation::Sub {
-                sub,
-                before,
-                expires_at,
-            } => ("sub", sub, Some(*before), *expires_at),
-        }
-    }
-
-    /// A stored row, or `None` for a kind this version does not know (or a
-    /// subject row without `before`).
-    pub fn from_columns(
-        kind: &str,
-        value: String,
-        before: Option<i64>,
-        expires_at: i64,
-    ) -> Option<Revocation> {
-        match kind {
-            "jti" => Some(Revocation::Jti {
-                jti: value,
-                expires_at,
-            }),
-            "sub" => Some(Revocation::Sub {
-                sub: value,
-                before: before?,
-                expires_at,
-            }),
-            _ => None,
-        }
-    }
 }
 
 impl Database {
