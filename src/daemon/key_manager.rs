@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::keys::keyset::Keyring;
 use crate::lifecycle::{self, Clock, NewKey, wall_now};
 use crate::store::FileId;
+use crate::store::KeyStore;
 use crate::store::Revocation;
 
 use super::cluster::{Cluster, Wanted};
