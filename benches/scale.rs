@@ -153,7 +153,7 @@ fn make_keys(dir: &Path, n: usize) {
         let s = &mut stores;
         splitsign::lifecycle::rotate_now(&mut *s.keys, &s.shares, &cfg, t, t + 3600, false, 0)
             .unwrap();
-        stores.reconcile(t).unwrap();
+        splitsign::lifecycle::reconcile_stores(&stores, t).unwrap();
     }
     drop(stores);
     std::env::set_current_dir(cwd).unwrap();
