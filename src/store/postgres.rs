@@ -42,6 +42,11 @@ const MIGRATIONS: &[&str] = &[
 const LOCK_TIMEOUT_MS: u32 = 5_000;
 const STATEMENT_TIMEOUT_MS: u32 = 60_000;
 
+/// The PostgreSQL client's runtime (a cluster node): one worker, and at
+/// most this many threads for blocking work (name lookups). The daemon
+/// counts them in its thread budget (`daemon::limits::MAX_THREADS`).
+pub const PG_BLOCKING: usize = 2;
+
 /// The advisory lock that serializes schema changes between nodes.
 const SCHEMA_LOCK: i64 = 0x7370_6c69_7473_6731; // "splitsg1"
 
@@ -449,7 +454,7 @@ impl Postgres {
         let connector = Connector::new(settings)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .max_blocking_threads(crate::daemon::limits::PG_BLOCKING)
+            .max_blocking_threads(PG_BLOCKING)
             .thread_name("postgres")
             .enable_all()
             .build()
