@@ -628,12 +628,29 @@ impl Config {
                 ),
             );
         }
-        // The connection string is the PostgreSQL store's to read: it
-        // checks it here, when the config loads (and reloads).
-        crate::store::postgres::check_conninfo(&pg.conninfo).map_err(|message| Error::Setting {
+        let parsed = parse_conninfo(&pg.conninfo).map_err(|message| Error::Setting {
             key: "postgres",
             message,
-        })
+        })?;
+        if parsed.get_password().is_some() {
+            return bad(
+                "postgres",
+                "holds a password; put it in postgres_password_file (mode 0600) or PGPASSFILE \
+                 instead"
+                    .into(),
+            );
+        }
+        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Disable
+            && parsed.get_hosts().iter().any(|h| !is_local_host(h))
+        {
+            return bad(
+                "postgres",
+                "sslmode=disable for a host that is not this one: the database shares would \
+                 cross the network in clear; use TLS (the default)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The issuer and token lifetimes.
@@ -1042,6 +1059,49 @@ fn legacy_swapped_layout(shares_dir: &Path, db: &Path) -> bool {
         return false;
     };
     shares_dir.join(name).is_file() && !db.exists() && db_dir.is_dir()
+}
+
+/// Parse a libpq connection string or URL. `sslmode=verify-full` and
+/// `verify-ca` (which the driver does not name) are read as TLS with the
+/// certificate checked against the CA and the host name: splitsign always
+/// checks both, so `verify-ca` is as strict as `verify-full`.
+pub fn parse_conninfo(conninfo: &str) -> std::result::Result<tokio_postgres::Config, String> {
+    let mut text = String::with_capacity(conninfo.len());
+    let mut rest = conninfo;
+    while let Some(at) = rest.find("sslmode") {
+        let (before, after) = rest.split_at(at + "sslmode".len());
+        text.push_str(before);
+        let trimmed = after.trim_start();
+        let Some(value) = trimmed.strip_prefix('=') else {
+            rest = after;
+            continue;
+        };
+        let value = value.trim_start();
+        let end = value
+            .find(|c: char| c.is_whitespace() || c == '&')
+            .unwrap_or(value.len());
+        let mode = &value[..end];
+        let mode = match mode {
+            "verify-full" | "verify-ca" => "require",
+            m => m,
+        };
+        text.push('=');
+        text.push_str(mode);
+        rest = &value[end..];
+    }
+    text.push_str(rest);
+    text.parse()
+        .map_err(|e| format!("not a connection string or URL: {e}"))
+}
+
+/// Whether `host` is this machine: a Unix socket directory, or loopback.
+pub fn is_local_host(host: &tokio_postgres::config::Host) -> bool {
+    match host {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(name) => {
+            matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1")
+        }
+    }
 }
 
 /// A node name (also its PostgreSQL role's name).

@@ -1,8 +1,8 @@
-//! `connect`: how to reach the server, from the settings: the parsed
-//! connection string with this store's timeouts and keepalives, the
-//! password (`postgres_password_file`, or libpq's `PGPASSFILE`), and TLS
-//! (the server's certificate checked against `postgres_ca_file` or the
-//! system's roots).
+//! `connect`: how to reach the server, from the settings: the connection
+//! string (parsed by `config`, which checks it when it loads) with this
+//! store's timeouts and keepalives, the password (`postgres_password_file`,
+//! or libpq's `PGPASSFILE`), and TLS (the server's certificate checked
+//! against `postgres_ca_file` or the system's roots).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::PostgresSettings;
+use crate::config::{PostgresSettings, is_local_host, parse_conninfo};
 use crate::error::{Error, Result};
 
-use super::conninfo::{is_local_host, parse_conninfo};
 use super::listen::{Listener, drive};
 
 /// How long a statement may wait for a lock, and run, before it fails

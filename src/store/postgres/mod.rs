@@ -14,15 +14,14 @@
 //! the owner's list of members and bounds, and judges each key row of
 //! another node on its own.
 //!
-//! The parts: `conninfo` (the connection string: parsed, and checked when
-//! the config loads), `connect` (reaching the server: settings, TLS,
-//! passwords), `bridge` (the runtime, and blocking calls on a connection
-//! that reconnects), `errors` (a driver error as ours: unreachable or
-//! refused, without the server's DETAIL), `node` (opening as a node,
-//! registering it), `schema` (migrations, and the role row-level security
-//! binds), `keystore` (the [`KeyStore`] of one node, and moving a host's
-//! keys in), `revocations` (every node's revocations, read in order, and the
-//! marks that tell a database that went back), `listen` (the other nodes'
+//! The parts: `connect` (reaching the server: settings, TLS, passwords),
+//! `bridge` (the runtime, and blocking calls on a connection that
+//! reconnects), `errors` (a driver error as ours: unreachable or refused,
+//! without the server's DETAIL), `node` (opening as a node, registering
+//! it), `schema` (migrations, and the role row-level security binds),
+//! `keystore` (the [`KeyStore`] of one node, and moving a host's keys in),
+//! `revocations` (every node's revocations, read in order, and the marks
+//! that tell a database that went back), `listen` (the other nodes'
 //! `NOTIFY`s).
 //!
 //! [`Error::PostgresUnreachable`]: crate::error::Error::PostgresUnreachable
@@ -30,7 +29,6 @@
 
 mod bridge;
 mod connect;
-mod conninfo;
 mod errors;
 mod keystore;
 mod listen;
@@ -43,7 +41,6 @@ use std::sync::Mutex;
 use tokio_postgres::Client;
 
 pub use bridge::PG_BLOCKING;
-pub use conninfo::check_conninfo;
 pub(in crate::store) use errors::error_text;
 pub(in crate::store) use keystore::{KEY_COLUMNS, raw_key};
 pub use listen::{Changed, Listener};
