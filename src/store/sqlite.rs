@@ -195,18 +195,6 @@ impl Database {
         self.checkpoint()
     }
 
-    /// Prune audit records older than `before` (offline), keeping the
-    /// chain verifiable from its anchor.
-    pub fn prune_audit(&mut self, before: i64) -> Result<usize> {
-        crate::store::audit_log::prune(&mut self.conn, before).map_err(Error::database(&self.path))
-    }
-
-    /// Append audit records (offline admin commands).
-    pub fn audit(&mut self, records: &[crate::store::audit_log::Record]) -> Result<()> {
-        crate::store::audit_log::append(&mut self.conn, records)
-            .map_err(Error::database(&self.path))
-    }
-
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
