@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use splitsign::config::{AlgLabel, Config, Overrides};
 use splitsign::store::audit_log::Record;
-use splitsign::store::{Database, Revocation, Stores};
+use splitsign::store::{Database, KeyStore, Revocation, Stores};
 
 /// The settings every daemon of this bench runs with.
 const LIMITS: &str = "max_connections = 8192\nmax_connections_per_peer = 8192\n";
@@ -153,7 +153,7 @@ fn make_keys(dir: &Path, n: usize) {
         let s = &mut stores;
         splitsign::lifecycle::rotate_now(&mut *s.keys, &s.shares, &cfg, t, t + 3600, false, 0)
             .unwrap();
-        stores.reconcile(t).unwrap();
+        splitsign::lifecycle::reconcile_stores(&stores, t).unwrap();
     }
     drop(stores);
     std::env::set_current_dir(cwd).unwrap();

@@ -27,11 +27,14 @@
 //!   `reconcile` (prove the stores belong together, then clean up),
 //!   `unseal`, `clock`.
 //! - [`store`]: what lives on disk, never a whole key: `share_files` (the
-//!   file shares), `sqlite` (key rows, database shares, revocations),
-//!   `postgres` (the same for a cluster), `membership` (the owner's members
-//!   and bounds; other nodes' rows judged one by one), `seen` (revocations a
-//!   cluster node has seen), `audit_log` (the hash chain), `backup`;
-//!   [`store::Stores`] opens both under one lock.
+//!   file shares), `keystore` (the trait both key stores implement, and the
+//!   values it takes), `sqlite` (key rows, database shares, revocations),
+//!   `postgres` (the same for a cluster: `connect`, `bridge`, `errors`,
+//!   `node`, `schema`, its `keystore`, `revocations`, `listen`),
+//!   `membership` (the owner's members and bounds; other nodes' rows judged
+//!   one by one), `seen` (revocations a cluster node has seen), `audit_log`
+//!   (the hash chain), `backup`, `lock`; [`store::Stores`] opens both under
+//!   one lock.
 //! - [`keys`]: pure key code, no I/O beyond locking memory: `shamir`
 //!   (split/recover, every `sharks` trap guarded), `share_format` (the share
 //!   file, kids), `locked` (keys in locked, undumpable pages), `keyset` (the

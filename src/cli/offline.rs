@@ -92,7 +92,7 @@ pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), CommandError> {
             delay,
         )?
     };
-    stores.reconcile(now)?;
+    lifecycle::reconcile_stores(&stores, now)?;
     println!(
         "rotated (offline): key {} {}{}",
         new.row.kid,
@@ -187,7 +187,7 @@ pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), CommandErr
     crate::keys::locked::harden_process()?;
     let mut stores = Stores::open(cfg, false)?;
     let now = lifecycle::wall_now();
-    stores.reconcile(now)?;
+    lifecycle::reconcile_stores(&stores, now)?;
     let rows = stores.keys.keys()?;
     let active = crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone());
     for row in rows
@@ -389,7 +389,7 @@ fn create_first(
     };
     let mut stores = Stores::open(cfg, true)?;
     let now = lifecycle::wall_now();
-    stores.reconcile(now)?;
+    lifecycle::reconcile_stores(&stores, now)?;
     if !stores.keys.is_empty()? {
         let kids: Vec<String> = stores.keys.keys()?.into_iter().map(|k| k.kid).collect();
         return Err(usage(format!(

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::admission::Caps;
+use crate::store::postgres::PG_BLOCKING;
 
 /// The async runtime's workers: one per core, at most this many. Signing
 /// is CPU-bound and parallel, but past this the audit writer and the
@@ -15,9 +16,6 @@ pub const MAX_WORKERS: usize = 16;
 /// Threads for store work off the async workers (schedule steps, revoke
 /// batches, reloads, health checks); more wait their turn.
 pub const MAX_BLOCKING: usize = 8;
-/// The PostgreSQL client's runtime (a cluster node): one worker, and at
-/// most this many threads for blocking work (name lookups).
-pub const PG_BLOCKING: usize = 2;
 /// Every thread the daemon can have at once: the main thread, the audit
 /// writer, the start-up keep-alive, the workers, the blocking threads and
 /// the PostgreSQL runtime's. The unit's `TasksMax` must be above it.

@@ -40,7 +40,10 @@ use crate::keys::KeyInfo;
 pub use clock::{Clock, PurgeClock, revocations_purged_before, rfc3339, wall_now, wall_now_ms};
 pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use migrate::{Moved, move_to_postgres};
-pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, survey};
+pub use reconcile::{
+    Leftover, Reconciled, Survey, apply, apply_to_stores, reconcile, reconcile_stores, survey,
+    survey_stores,
+};
 pub use reshare::{Recovered, recover, reshare};
 pub use unseal::{add_published_others, build_keyset, unseal_key};
 

@@ -1,6 +1,8 @@
 //! `reconcile`: proving that the share directory and the database belong
 //! together ([`survey`], which only reads), then cleaning up what
-//! interrupted writes and retired keys left ([`apply`]).
+//! interrupted writes and retired keys left ([`apply`]). On a host's
+//! opened [`Stores`], [`survey_stores`], [`apply_to_stores`] (which logs
+//! what was cleaned up) and [`reconcile_stores`] do the same.
 
 use std::path::PathBuf;
 
@@ -9,7 +11,7 @@ use crate::keys::KeyInfo;
 use crate::keys::shamir::{KeyShare, Slot};
 use crate::store::KeyStore;
 use crate::store::share_files;
-use crate::store::{Entry, ShareDir};
+use crate::store::{Entry, ShareDir, Stores};
 
 /// What reconciliation will change, worked out by [`survey`] without
 /// changing anything, and carried out by [`apply`].
@@ -376,4 +378,41 @@ pub fn apply(database: &dyn KeyStore, dir: &ShareDir, plan: Survey) -> Result<Re
 pub fn reconcile(database: &dyn KeyStore, dir: &ShareDir, now: i64) -> Result<Reconciled> {
     let plan = survey(database, dir, now)?;
     apply(database, dir, plan)
+}
+
+/// Prove that the opened stores belong together and plan the clean-up; see
+/// [`survey`]. Changes nothing.
+pub fn survey_stores(stores: &Stores, now: i64) -> Result<Survey> {
+    survey(&*stores.keys, &stores.shares, now)
+}
+
+/// Carry out a survey's plan on the opened stores and log what was
+/// cleaned up.
+pub fn apply_to_stores(stores: &Stores, plan: Survey) -> Result<Reconciled> {
+    let r = apply(&*stores.keys, &stores.shares, plan)?;
+    for kid in &r.discarded_incomplete {
+        tracing::warn!(%kid, "discarded a key whose creation was interrupted");
+    }
+    for kid in &r.destroyed_shares_of {
+        tracing::info!(%kid, "destroyed the database share of a key that no longer signs");
+    }
+    for (p, why) in &r.removed_files {
+        tracing::info!(path = %p.display(), "removed a file share: {why}");
+    }
+    for p in &r.removed_temps {
+        tracing::info!(path = %p.display(), "removed an interrupted temp file");
+    }
+    for p in &r.upgraded {
+        tracing::info!(path = %p.display(), deployment = %stores.keys.deployment(), "added the deployment id to a share file (format 2)");
+    }
+    for p in &r.foreign {
+        tracing::warn!(path = %p.display(), "unexpected file in the share directory (left alone)");
+    }
+    Ok(r)
+}
+
+/// [`survey_stores`], then [`apply_to_stores`].
+pub fn reconcile_stores(stores: &Stores, now: i64) -> Result<Reconciled> {
+    let plan = survey_stores(stores, now)?;
+    apply_to_stores(stores, plan)
 }

@@ -20,6 +20,10 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
+use crate::error::{Error, Result};
+
+use super::sqlite::Database;
+
 /// One audit record, before it is chained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -500,6 +504,21 @@ pub fn prune(conn: &mut Connection, before: i64) -> rusqlite::Result<usize> {
 /// Records deleted per pruning transaction: small enough that a commit
 /// waiting behind it is not held long.
 pub const PRUNE_BATCH: usize = 5000;
+
+/// The log in the database the admin commands open (offline): the
+/// daemon's writer goes through the functions above instead.
+impl Database {
+    /// Prune audit records older than `before` (offline), keeping the
+    /// chain verifiable from its anchor.
+    pub fn prune_audit(&mut self, before: i64) -> Result<usize> {
+        prune(&mut self.conn, before).map_err(Error::database(&self.path))
+    }
+
+    /// Append audit records (offline admin commands).
+    pub fn audit(&mut self, records: &[Record]) -> Result<()> {
+        append(&mut self.conn, records).map_err(Error::database(&self.path))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,9 @@
 //! the stores: key rows, database shares (x = 2), revocations, and the
 //! deployment id. Two implement it: SQLite (`sqlite`, one host) and
 //! PostgreSQL (`postgres`, a cluster of nodes, each with its own keys).
-//! Neither ever sees a whole key.
+//! Neither ever sees a whole key. The values its methods take and give
+//! ([`Supersede`], [`Revocation`]) are defined here too: the backends
+//! import them from here, and this module imports no backend.
 
 use std::path::Path;
 
@@ -14,7 +16,6 @@ use crate::keys::shamir::{KeyShare, ShareY, Slot};
 use crate::keys::{KeyInfo, Origin, share_format};
 
 use super::FileId;
-use super::sqlite::{Revocation, Supersede};
 
 /// A key of another node (PostgreSQL only): published and verified here,
 /// never signed with.
@@ -22,6 +23,66 @@ use super::sqlite::{Revocation, Supersede};
 pub struct NodeKey {
     pub node: String,
     pub key: KeyInfo,
+}
+
+/// New end of a superseded key's signing period (and publication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supersede {
+    pub kid: String,
+    pub activate_at: i64,
+    pub deactivate_at: i64,
+    pub retire_at: i64,
+}
+
+/// A revocation, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Jti {
+        jti: String,
+        expires_at: i64,
+    },
+    Sub {
+        sub: String,
+        before: i64,
+        expires_at: i64,
+    },
+}
+
+impl Revocation {
+    /// The columns a revocation is stored in: kind, value, before,
+    /// expires_at.
+    pub fn columns(&self) -> (&'static str, &str, Option<i64>, i64) {
+        match self {
+            Revocation::Jti { jti, expires_at } => ("jti", jti, None, *expires_at),
+            Revocation::Sub {
+                sub,
+                before,
+                expires_at,
+            } => ("sub", sub, Some(*before), *expires_at),
+        }
+    }
+
+    /// A stored row, or `None` for a kind this version does not know (or a
+    /// subject row without `before`).
+    pub fn from_columns(
+        kind: &str,
+        value: String,
+        before: Option<i64>,
+        expires_at: i64,
+    ) -> Option<Revocation> {
+        match kind {
+            "jti" => Some(Revocation::Jti {
+                jti: value,
+                expires_at,
+            }),
+            "sub" => Some(Revocation::Sub {
+                sub: value,
+                before: before?,
+                expires_at,
+            }),
+            _ => None,
+        }
+    }
 }
 
 pub trait KeyStore: Send {

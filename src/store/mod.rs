@@ -18,18 +18,17 @@ pub mod seen;
 pub mod share_files;
 pub mod sqlite;
 
-pub use keystore::{KeyStore, NodeKey};
+pub use keystore::{KeyStore, NodeKey, Revocation, Supersede};
 pub use lock::StoreLock;
 pub use postgres::Postgres;
 pub use share_files::{Entry, FileId, ShareDir, temp_path};
-pub use sqlite::{Database, Revocation, Supersede};
+pub use sqlite::Database;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::lifecycle::{self, Reconciled, Survey};
 
 /// The share directory and the key store of one deployment, and the local
 /// SQLite database (the audit log; in a single-host deployment, the key
@@ -149,42 +148,6 @@ impl Stores {
             cluster,
             _lock: lock,
         })
-    }
-
-    /// Prove that the stores belong together and plan the clean-up; see
-    /// [`lifecycle::survey`]. Changes nothing.
-    pub fn survey(&self, now: i64) -> Result<Survey> {
-        lifecycle::survey(&*self.keys, &self.shares, now)
-    }
-
-    /// Carry out a survey's plan and log what was cleaned up.
-    pub fn apply(&self, plan: Survey) -> Result<Reconciled> {
-        let r = lifecycle::apply(&*self.keys, &self.shares, plan)?;
-        for kid in &r.discarded_incomplete {
-            tracing::warn!(%kid, "discarded a key whose creation was interrupted");
-        }
-        for kid in &r.destroyed_shares_of {
-            tracing::info!(%kid, "destroyed the database share of a key that no longer signs");
-        }
-        for (p, why) in &r.removed_files {
-            tracing::info!(path = %p.display(), "removed a file share: {why}");
-        }
-        for p in &r.removed_temps {
-            tracing::info!(path = %p.display(), "removed an interrupted temp file");
-        }
-        for p in &r.upgraded {
-            tracing::info!(path = %p.display(), deployment = %self.keys.deployment(), "added the deployment id to a share file (format 2)");
-        }
-        for p in &r.foreign {
-            tracing::warn!(path = %p.display(), "unexpected file in the share directory (left alone)");
-        }
-        Ok(r)
-    }
-
-    /// [`Stores::survey`], then [`Stores::apply`].
-    pub fn reconcile(&self, now: i64) -> Result<Reconciled> {
-        let plan = self.survey(now)?;
-        self.apply(plan)
     }
 
     /// Whether the store paths still name the files opened: a database

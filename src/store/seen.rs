@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
-use super::sqlite::Revocation;
+use super::keystore::Revocation;
 use crate::error::{Error, Result};
 
 pub struct Seen {

@@ -18,7 +18,7 @@ use crate::keys::KeyInfo;
 use crate::keys::shamir::{KeyShare, Slot};
 use crate::keys::share_format;
 use crate::store::FileId;
-use crate::store::keystore::{RawKey, RawShare, check_share};
+use crate::store::keystore::{KeyStore, RawKey, RawShare, Revocation, Supersede, check_share};
 
 const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../../migrations/0001_init.sql")),
@@ -30,15 +30,6 @@ const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../../migrations/0007_cluster_seen.sql")),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
-
-/// New end of a superseded key's signing period (and publication).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Supersede {
-    pub kid: String,
-    pub activate_at: i64,
-    pub deactivate_at: i64,
-    pub retire_at: i64,
-}
 
 pub struct Database {
     pub(super) conn: Connection,
@@ -105,11 +96,6 @@ impl Database {
         })
     }
 
-    /// The deployment id this database records.
-    pub fn deployment(&self) -> &str {
-        &self.deployment
-    }
-
     /// The file the database path named when it was opened.
     pub fn identity(&self) -> FileId {
         self.identity
@@ -117,11 +103,6 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The database, for messages.
-    pub fn describe(&self) -> String {
-        self.path.display().to_string()
     }
 
     /// Open an existing database read-only (for `check` and offline
@@ -181,236 +162,6 @@ impl Database {
         Error::database(&self.path)
     }
 
-    /// Insert a key row and its database share in one transaction.
-    pub fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()> {
-        debug_assert_eq!(share.slot, Slot::Database);
-        let db_err = Error::database(&self.path);
-        let tx = self.conn.transaction().map_err(db_err)?;
-        tx.execute(
-            "INSERT INTO keys (kid, public_key, origin, created_at, activate_at, deactivate_at,
-                               retire_at, share_generation, verified, alg)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
-            params![
-                row.kid,
-                &row.public_key[..],
-                row.origin.as_str(),
-                row.created_at,
-                row.activate_at,
-                row.deactivate_at,
-                row.retire_at,
-                row.share_generation,
-                row.alg.as_str(),
-            ],
-        )
-        .map_err(db_err)?;
-        insert_share(&tx, share).map_err(db_err)?;
-        tx.commit().map_err(db_err)
-    }
-
-    /// The commit point of a key creation, in one transaction: mark `kid`
-    /// verified (both shares were read back and checked), end the signing
-    /// period of the keys it supersedes, and drop the pending keys it
-    /// replaces. Before this commit the new key does not exist for anyone;
-    /// after it, the old timestamps and the new key hold together.
-    pub fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()> {
-        let db_err = Error::database(&self.path);
-        let tx = self.conn.transaction().map_err(db_err)?;
-        let n = tx
-            .execute("UPDATE keys SET verified = 1 WHERE kid = ?1", [kid])
-            .map_err(db_err)?;
-        if n != 1 {
-            return Err(Error::KeyStore(format!(
-                "database {}: key {kid} vanished before its creation was committed",
-                self.path.display()
-            )));
-        }
-        for s in supersede {
-            tx.execute(
-                "UPDATE keys SET activate_at = ?2, deactivate_at = ?3, retire_at = ?4
-                 WHERE kid = ?1",
-                params![s.kid, s.activate_at, s.deactivate_at, s.retire_at],
-            )
-            .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(())
-    }
-
-    /// The commit point of a re-split: the new database share becomes the
-    /// key's current generation and the old one is deleted, in one
-    /// transaction. (The new file share was written before; the old one is
-    /// removed after.)
-    pub fn commit_reshare(&mut self, share: &KeyShare, old_generation: u32) -> Result<()> {
-        let db_err = Error::database(&self.path);
-        let tx = self.conn.transaction().map_err(db_err)?;
-        insert_share(&tx, share).map_err(db_err)?;
-        let n = tx
-            .execute(
-                "UPDATE keys SET share_generation = ?2, pending_generation = NULL
-                 WHERE kid = ?1 AND share_generation = ?3",
-                params![share.kid, share.generation, old_generation],
-            )
-            .map_err(db_err)?;
-        if n != 1 {
-            return Err(Error::KeyStore(format!(
-                "database {}: key {} is not at share generation {old_generation}",
-                self.path.display(),
-                share.kid
-            )));
-        }
-        tx.execute(
-            "DELETE FROM db_shares WHERE kid = ?1 AND generation <> ?2",
-            params![share.kid, share.generation],
-        )
-        .map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-        self.checkpoint()
-    }
-
-    /// Record that `kid` is being re-split into `generation` (its current
-    /// generation + 1), durably, before that generation's file share is
-    /// written: a file share of a generation ahead of the database is then
-    /// known to be an interrupted re-split's, never taken for one.
-    pub fn begin_reshare(&self, kid: &str, generation: u32) -> Result<()> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE keys SET pending_generation = ?2
-                 WHERE kid = ?1 AND share_generation + 1 = ?2 AND verified = 1",
-                params![kid, generation],
-            )
-            .map_err(self.db_err())?;
-        if n != 1 {
-            return Err(Error::KeyStore(format!(
-                "database {}: key {kid} cannot be re-split into generation {generation}",
-                self.path.display()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Forget an interrupted re-split (its file share is gone).
-    pub fn clear_pending_generation(&self, kid: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE keys SET pending_generation = NULL WHERE kid = ?1",
-                [kid],
-            )
-            .map_err(self.db_err())?;
-        Ok(())
-    }
-
-    /// Record the label of keys made before labels were recorded.
-    pub fn record_legacy_alg(&self) -> Result<usize> {
-        self.conn
-            .execute(
-                "UPDATE keys SET alg = ?1 WHERE alg IS NULL",
-                [self.legacy_alg.as_str()],
-            )
-            .map_err(self.db_err())
-    }
-
-    /// Put back a lost or damaged database share at the key's current
-    /// generation (recovery from the offline share).
-    pub fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
-        let db_err = Error::database(&self.path);
-        let tx = self.conn.transaction().map_err(db_err)?;
-        tx.execute(
-            "DELETE FROM db_shares WHERE kid = ?1 AND generation = ?2",
-            params![share.kid, share.generation],
-        )
-        .map_err(db_err)?;
-        insert_share(&tx, share).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-        self.checkpoint()
-    }
-
-    /// Delete a key and its database share (an interrupted creation), then
-    /// checkpoint so that the share's bytes leave the WAL too.
-    pub fn discard_key(&self, kid: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM keys WHERE kid = ?1", [kid])
-            .map_err(self.db_err())?;
-        self.checkpoint()
-    }
-
-    /// Delete every database share of `kid` (the key stopped signing).
-    /// Returns whether there was one.
-    pub fn delete_db_shares(&self, kid: &str) -> Result<bool> {
-        let n = self
-            .conn
-            .execute("DELETE FROM db_shares WHERE kid = ?1", [kid])
-            .map_err(self.db_err())?;
-        if n > 0 {
-            self.checkpoint()?;
-        }
-        Ok(n > 0)
-    }
-
-    /// Truncating WAL checkpoint: with secure_delete, deleted share bytes are
-    /// then gone from both the database file and its WAL.
-    pub fn checkpoint(&self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(self.db_err())
-    }
-
-    /// Every key row, oldest first, each validated.
-    pub fn keys(&self) -> Result<Vec<KeyInfo>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT kid, public_key, origin, created_at, activate_at, deactivate_at,
-                        retire_at, share_generation, verified, alg, pending_generation
-                 FROM keys ORDER BY activate_at, created_at, kid",
-            )
-            .map_err(self.db_err())?;
-        let raw = stmt
-            .query_map([], |r| {
-                Ok(RawKey {
-                    kid: r.get(0)?,
-                    public_key: r.get(1)?,
-                    origin: r.get(2)?,
-                    times: [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
-                    share_generation: r.get(7)?,
-                    verified: r.get::<_, i64>(8)? == 1,
-                    alg: r.get(9)?,
-                    pending_generation: r.get(10)?,
-                })
-            })
-            .map_err(self.db_err())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.db_err())?;
-        raw.into_iter()
-            .map(|k| k.check(&self.describe(), self.legacy_alg))
-            .collect()
-    }
-
-    /// The kids that still have a database share stored.
-    pub fn kids_with_db_shares(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT DISTINCT kid FROM db_shares")
-            .map_err(self.db_err())?;
-        let kids = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.db_err())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.db_err())?;
-        Ok(kids)
-    }
-
-    /// Whether some key has no recorded `alg` label (made before schema 3).
-    pub fn has_legacy_rows(&self) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM keys WHERE alg IS NULL)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(self.db_err())
-    }
-
     /// Where this database's keys went, if `migrate-store --to-postgres`
     /// moved them: the node and the server.
     pub fn moved_to_postgres(&self) -> Result<Option<(String, String)>> {
@@ -444,34 +195,8 @@ impl Database {
         self.checkpoint()
     }
 
-    /// Whether the database has ever recorded a key.
-    pub fn is_empty(&self) -> Result<bool> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM keys", [], |r| r.get(0))
-            .map_err(self.db_err())?;
-        Ok(n == 0)
-    }
-
-    /// The database share of `row` at its current generation, checked: x = 2,
-    /// 32 bytes, checksum intact.
-    pub fn db_share(&self, row: &KeyInfo) -> Result<KeyShare> {
-        let found = self
-            .conn
-            .query_row(
-                "SELECT x, y, checksum FROM db_shares WHERE kid = ?1 AND generation = ?2",
-                params![row.kid, row.share_generation],
-                |r| {
-                    Ok(RawShare {
-                        x: r.get(0)?,
-                        y: zeroize::Zeroizing::new(r.get(1)?),
-                        checksum: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(self.db_err())?;
-        check_share(found, row, &self.describe(), &self.deployment)
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 }
 
@@ -496,62 +221,277 @@ pub fn migrate_for_test(conn: &mut Connection) {
     MIGRATIONS.to_latest(conn).unwrap();
 }
 
-/// A revocation, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revocation {
-    Jti {
-        jti: String,
-        expires_at: i64,
-    },
-    Sub {
-        sub: String,
-        before: i64,
-        expires_at: i64,
-    },
-}
-
-impl Revocation {
-    /// The columns a revocation is stored in: kind, value, before,
-    /// expires_at.
-    pub fn columns(&self) -> (&'static str, &str, Option<i64>, i64) {
-        match self {
-            Revocation::Jti { jti, expires_at } => ("jti", jti, None, *expires_at),
-            Revocation::Sub {
-                sub,
-                before,
-                expires_at,
-            } => ("sub", sub, Some(*before), *expires_at),
-        }
+impl KeyStore for Database {
+    /// The database, for messages.
+    fn describe(&self) -> String {
+        self.path.display().to_string()
     }
 
-    /// A stored row, or `None` for a kind this version does not know (or a
-    /// subject row without `before`).
-    pub fn from_columns(
-        kind: &str,
-        value: String,
-        before: Option<i64>,
-        expires_at: i64,
-    ) -> Option<Revocation> {
-        match kind {
-            "jti" => Some(Revocation::Jti {
-                jti: value,
-                expires_at,
-            }),
-            "sub" => Some(Revocation::Sub {
-                sub: value,
-                before: before?,
-                expires_at,
-            }),
-            _ => None,
-        }
+    /// The deployment id this database records.
+    fn deployment(&self) -> &str {
+        &self.deployment
     }
-}
 
-impl Database {
+    fn local_file(&self) -> Option<(&Path, FileId)> {
+        Some((&self.path, self.identity))
+    }
+
+    /// Every key row, oldest first, each validated.
+    fn keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT kid, public_key, origin, created_at, activate_at, deactivate_at,
+                        retire_at, share_generation, verified, alg, pending_generation
+                 FROM keys ORDER BY activate_at, created_at, kid",
+            )
+            .map_err(self.db_err())?;
+        let raw = stmt
+            .query_map([], |r| {
+                Ok(RawKey {
+                    kid: r.get(0)?,
+                    public_key: r.get(1)?,
+                    origin: r.get(2)?,
+                    times: [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+                    share_generation: r.get(7)?,
+                    verified: r.get::<_, i64>(8)? == 1,
+                    alg: r.get(9)?,
+                    pending_generation: r.get(10)?,
+                })
+            })
+            .map_err(self.db_err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.db_err())?;
+        raw.into_iter()
+            .map(|k| k.check(&self.describe(), self.legacy_alg))
+            .collect()
+    }
+
+    /// Whether the database has ever recorded a key.
+    fn is_empty(&self) -> Result<bool> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM keys", [], |r| r.get(0))
+            .map_err(self.db_err())?;
+        Ok(n == 0)
+    }
+
+    /// Insert a key row and its database share in one transaction.
+    fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()> {
+        debug_assert_eq!(share.slot, Slot::Database);
+        let db_err = Error::database(&self.path);
+        let tx = self.conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO keys (kid, public_key, origin, created_at, activate_at, deactivate_at,
+                               retire_at, share_generation, verified, alg)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
+            params![
+                row.kid,
+                &row.public_key[..],
+                row.origin.as_str(),
+                row.created_at,
+                row.activate_at,
+                row.deactivate_at,
+                row.retire_at,
+                row.share_generation,
+                row.alg.as_str(),
+            ],
+        )
+        .map_err(db_err)?;
+        insert_share(&tx, share).map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// The commit point of a key creation, in one transaction: mark `kid`
+    /// verified (both shares were read back and checked), end the signing
+    /// period of the keys it supersedes, and drop the pending keys it
+    /// replaces. Before this commit the new key does not exist for anyone;
+    /// after it, the old timestamps and the new key hold together.
+    fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()> {
+        let db_err = Error::database(&self.path);
+        let tx = self.conn.transaction().map_err(db_err)?;
+        let n = tx
+            .execute("UPDATE keys SET verified = 1 WHERE kid = ?1", [kid])
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(Error::KeyStore(format!(
+                "database {}: key {kid} vanished before its creation was committed",
+                self.path.display()
+            )));
+        }
+        for s in supersede {
+            tx.execute(
+                "UPDATE keys SET activate_at = ?2, deactivate_at = ?3, retire_at = ?4
+                 WHERE kid = ?1",
+                params![s.kid, s.activate_at, s.deactivate_at, s.retire_at],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Record that `kid` is being re-split into `generation` (its current
+    /// generation + 1), durably, before that generation's file share is
+    /// written: a file share of a generation ahead of the database is then
+    /// known to be an interrupted re-split's, never taken for one.
+    fn begin_reshare(&self, kid: &str, generation: u32) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE keys SET pending_generation = ?2
+                 WHERE kid = ?1 AND share_generation + 1 = ?2 AND verified = 1",
+                params![kid, generation],
+            )
+            .map_err(self.db_err())?;
+        if n != 1 {
+            return Err(Error::KeyStore(format!(
+                "database {}: key {kid} cannot be re-split into generation {generation}",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forget an interrupted re-split (its file share is gone).
+    fn clear_pending_generation(&self, kid: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE keys SET pending_generation = NULL WHERE kid = ?1",
+                [kid],
+            )
+            .map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// The commit point of a re-split: the new database share becomes the
+    /// key's current generation and the old one is deleted, in one
+    /// transaction. (The new file share was written before; the old one is
+    /// removed after.)
+    fn commit_reshare(&mut self, share: &KeyShare, old_generation: u32) -> Result<()> {
+        let db_err = Error::database(&self.path);
+        let tx = self.conn.transaction().map_err(db_err)?;
+        insert_share(&tx, share).map_err(db_err)?;
+        let n = tx
+            .execute(
+                "UPDATE keys SET share_generation = ?2, pending_generation = NULL
+                 WHERE kid = ?1 AND share_generation = ?3",
+                params![share.kid, share.generation, old_generation],
+            )
+            .map_err(db_err)?;
+        if n != 1 {
+            return Err(Error::KeyStore(format!(
+                "database {}: key {} is not at share generation {old_generation}",
+                self.path.display(),
+                share.kid
+            )));
+        }
+        tx.execute(
+            "DELETE FROM db_shares WHERE kid = ?1 AND generation <> ?2",
+            params![share.kid, share.generation],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        self.checkpoint()
+    }
+
+    /// Put back a lost or damaged database share at the key's current
+    /// generation (recovery from the offline share).
+    fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
+        let db_err = Error::database(&self.path);
+        let tx = self.conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "DELETE FROM db_shares WHERE kid = ?1 AND generation = ?2",
+            params![share.kid, share.generation],
+        )
+        .map_err(db_err)?;
+        insert_share(&tx, share).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        self.checkpoint()
+    }
+
+    /// Delete a key and its database share (an interrupted creation), then
+    /// checkpoint so that the share's bytes leave the WAL too.
+    fn discard_key(&self, kid: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM keys WHERE kid = ?1", [kid])
+            .map_err(self.db_err())?;
+        self.checkpoint()
+    }
+
+    /// Delete every database share of `kid` (the key stopped signing).
+    /// Returns whether there was one.
+    fn delete_db_shares(&self, kid: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM db_shares WHERE kid = ?1", [kid])
+            .map_err(self.db_err())?;
+        if n > 0 {
+            self.checkpoint()?;
+        }
+        Ok(n > 0)
+    }
+
+    /// The kids that still have a database share stored.
+    fn kids_with_db_shares(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT kid FROM db_shares")
+            .map_err(self.db_err())?;
+        let kids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.db_err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.db_err())?;
+        Ok(kids)
+    }
+
+    /// Whether some key has no recorded `alg` label (made before schema 3).
+    fn has_legacy_rows(&self) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM keys WHERE alg IS NULL)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.db_err())
+    }
+
+    /// Record the label of keys made before labels were recorded.
+    fn record_legacy_alg(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE keys SET alg = ?1 WHERE alg IS NULL",
+                [self.legacy_alg.as_str()],
+            )
+            .map_err(self.db_err())
+    }
+
+    /// The database share of `row` at its current generation, checked: x = 2,
+    /// 32 bytes, checksum intact.
+    fn db_share(&self, row: &KeyInfo) -> Result<KeyShare> {
+        let found = self
+            .conn
+            .query_row(
+                "SELECT x, y, checksum FROM db_shares WHERE kid = ?1 AND generation = ?2",
+                params![row.kid, row.share_generation],
+                |r| {
+                    Ok(RawShare {
+                        x: r.get(0)?,
+                        y: zeroize::Zeroizing::new(r.get(1)?),
+                        checksum: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.db_err())?;
+        check_share(found, row, &self.describe(), &self.deployment)
+    }
+
     /// Record revocations in one transaction. A revocation only grows: a
     /// second one of the same jti or sub is another row, and the set in
     /// force keeps the later `before` and `expires_at`.
-    pub fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()> {
+    fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()> {
         let tx = self.conn.unchecked_transaction().map_err(self.db_err())?;
         {
             let mut stmt = tx
@@ -572,7 +512,7 @@ impl Database {
     }
 
     /// Delete the revocations kept until before `before`.
-    pub fn purge_revocations(&self, before: i64) -> Result<u64> {
+    fn purge_revocations(&self, before: i64) -> Result<u64> {
         self.conn
             .execute("DELETE FROM revocations WHERE expires_at < ?1", [before])
             .map(|n| n as u64)
@@ -581,7 +521,7 @@ impl Database {
 
     /// The revocations, one at a time; those kept until before `before`
     /// are purged first.
-    pub fn for_each_revocation(&self, before: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
+    fn for_each_revocation(&self, before: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
         self.purge_revocations(before)?;
         let mut stmt = self
             .conn
@@ -600,86 +540,12 @@ impl Database {
         Ok(())
     }
 
-    /// Prune audit records older than `before` (offline), keeping the
-    /// chain verifiable from its anchor.
-    pub fn prune_audit(&mut self, before: i64) -> Result<usize> {
-        crate::store::audit_log::prune(&mut self.conn, before).map_err(Error::database(&self.path))
-    }
-
-    /// Append audit records (offline admin commands).
-    pub fn audit(&mut self, records: &[crate::store::audit_log::Record]) -> Result<()> {
-        crate::store::audit_log::append(&mut self.conn, records)
-            .map_err(Error::database(&self.path))
-    }
-
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
-}
-
-impl super::KeyStore for Database {
-    fn describe(&self) -> String {
-        Database::describe(self)
-    }
-    fn deployment(&self) -> &str {
-        Database::deployment(self)
-    }
-    fn local_file(&self) -> Option<(&Path, FileId)> {
-        Some((&self.path, self.identity))
-    }
-    fn keys(&self) -> Result<Vec<KeyInfo>> {
-        Database::keys(self)
-    }
-    fn is_empty(&self) -> Result<bool> {
-        Database::is_empty(self)
-    }
-    fn insert_key(&mut self, row: &KeyInfo, share: &KeyShare) -> Result<()> {
-        Database::insert_key(self, row, share)
-    }
-    fn commit_key(&mut self, kid: &str, supersede: &[Supersede]) -> Result<()> {
-        Database::commit_key(self, kid, supersede)
-    }
-    fn begin_reshare(&self, kid: &str, generation: u32) -> Result<()> {
-        Database::begin_reshare(self, kid, generation)
-    }
-    fn clear_pending_generation(&self, kid: &str) -> Result<()> {
-        Database::clear_pending_generation(self, kid)
-    }
-    fn commit_reshare(&mut self, share: &KeyShare, old_generation: u32) -> Result<()> {
-        Database::commit_reshare(self, share, old_generation)
-    }
-    fn restore_db_share(&mut self, share: &KeyShare) -> Result<()> {
-        Database::restore_db_share(self, share)
-    }
-    fn discard_key(&self, kid: &str) -> Result<()> {
-        Database::discard_key(self, kid)
-    }
-    fn delete_db_shares(&self, kid: &str) -> Result<bool> {
-        Database::delete_db_shares(self, kid)
-    }
-    fn kids_with_db_shares(&self) -> Result<Vec<String>> {
-        Database::kids_with_db_shares(self)
-    }
-    fn has_legacy_rows(&self) -> Result<bool> {
-        Database::has_legacy_rows(self)
-    }
-    fn record_legacy_alg(&self) -> Result<usize> {
-        Database::record_legacy_alg(self)
-    }
-    fn db_share(&self, row: &KeyInfo) -> Result<KeyShare> {
-        Database::db_share(self, row)
-    }
-    fn add_revocations(&self, rows: &[Revocation], now: i64) -> Result<()> {
-        Database::add_revocations(self, rows, now)
-    }
-    fn purge_revocations(&self, before: i64) -> Result<u64> {
-        Database::purge_revocations(self, before)
-    }
-    fn for_each_revocation(&self, before: i64, f: &mut dyn FnMut(Revocation)) -> Result<()> {
-        Database::for_each_revocation(self, before, f)
-    }
+    /// Truncating WAL checkpoint: with secure_delete, deleted share bytes are
+    /// then gone from both the database file and its WAL.
     fn checkpoint(&self) -> Result<()> {
-        Database::checkpoint(self)
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(self.db_err())
     }
 }
 

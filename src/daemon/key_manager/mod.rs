@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::keys::keyset::Keyring;
 use crate::lifecycle::{self, Clock, NewKey};
 use crate::snapshot::Shared;
-use crate::store::{FileId, Stores};
+use crate::store::{FileId, KeyStore, Stores};
 use faults::{Places, stores_changed};
 
 pub struct KeyManager {
@@ -94,7 +94,7 @@ impl KeyManager {
         // Prove the stores belong together, then unseal what exists, before
         // anything is deleted or created: a wrong or broken store must stop
         // the daemon with nothing changed, never be papered over.
-        let plan = stores.survey(now)?;
+        let plan = lifecycle::survey_stores(&stores, now)?;
         let (set, unlocked) = lifecycle::build_keyset(
             &*stores.keys,
             &stores.shares,
@@ -105,7 +105,7 @@ impl KeyManager {
             &others,
         )?;
         check_unlocked(&unlocked, &cfg)?;
-        stores.apply(plan)?;
+        lifecycle::apply_to_stores(&stores, plan)?;
         let first = stores.keys.is_empty()?;
         let created = lifecycle::run_due(&mut *stores.keys, &stores.shares, &cfg, now)?;
         if let Some(n) = &created {
@@ -289,7 +289,7 @@ impl KeyManager {
     /// Destroy what no longer signs, rebuild the key set, swap it in, and
     /// rewrite the JWKS file if it changed.
     fn refresh(&self, stores: &Stores, now: i64, fresh: Vec<NewKey>) -> Result<()> {
-        stores.reconcile(now)?;
+        lifecycle::reconcile_stores(stores, now)?;
         let cfg = self.config();
         let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
         let held = self.keyring.snapshot().signers.clone();
