@@ -97,7 +97,7 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
             node: None,
         }],
     ));
-    let now = splitsign::lifecycle::wall_now();
+    let now = splitsign::clock::wall_now();
     let claims: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(r#"{"sub":"bench","aud":"api"}"#).unwrap();
     let sample = token::sign(&signer, &policy, &claims, None, now, None)

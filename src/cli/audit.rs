@@ -6,7 +6,6 @@ use super::output::{CommandError, parse_time, rfc3339};
 use super::{AuditArgs, Ctx};
 use crate::config::Config;
 use crate::error::{Error, exit};
-use crate::lifecycle;
 use crate::store::Stores;
 
 pub fn run(cx: &Ctx, a: AuditArgs) -> Result<(), CommandError> {
@@ -99,7 +98,7 @@ fn prune_audit(cx: &Ctx, time: &str) -> Result<(), CommandError> {
             let mut stores = Stores::open(cx.offline()?, false)?;
             let n = stores.local.prune_audit(before)?;
             stores.local.audit(&[crate::store::audit_log::Record {
-                at: lifecycle::wall_now(),
+                at: crate::clock::wall_now(),
                 uid: Some(rustix::process::getuid().as_raw()),
                 pid: Some(std::process::id() as i32),
                 op: "audit_prune",

@@ -125,7 +125,7 @@ fn remove(pg: &Postgres, node: &str, at_once: bool) -> Result<(), CommandError> 
 }
 
 fn list(pg: &Postgres, json: bool) -> Result<(), CommandError> {
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     let members = pg.member_usage(now)?;
     let b = pg.bounds()?;
     if json {
@@ -223,7 +223,7 @@ pub fn migrate_store(cx: &Ctx, a: MigrateStoreArgs) -> Result<(), CommandError> 
         return Ok(());
     }
     let pg = Postgres::open(settings, &cx.cfg.cluster.node)?;
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     let m = lifecycle::move_to_postgres(&mut stores.local, &stores.shares, pg, now)?;
     println!(
         "moved {} key(s), {} database share(s) and {} revocation(s) to PostgreSQL as node {} \

@@ -278,7 +278,7 @@ fn revoke_values(file: &std::path::Path) -> Result<Vec<String>, CommandError> {
 /// transactions), or offline in one transaction.
 fn bulk_revoke(cx: &Ctx, kind: &str, file: &std::path::Path) -> Result<(), CommandError> {
     let values = revoke_values(file)?;
-    let now = crate::lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     let exp = now.saturating_add(cx.cfg.tokens.max_ttl.as_secs() as i64);
     let target = |v: &str| match kind {
         "jti" => RevokeTarget::Jti {

@@ -36,7 +36,7 @@ pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), CommandError> {
     }
     crate::keys::locked::harden_process()?;
     let mut stores = Stores::open(cx.offline()?, false)?;
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     let (kid, what) = {
         let s = &mut stores;
         lifecycle::recover(&mut *s.keys, &s.shares, &a.recovery_share, now)?
@@ -73,7 +73,7 @@ pub fn backup(cx: &Ctx, a: BackupArgs) -> Result<(), CommandError> {
 pub fn rotate(cfg: &Config, emergency: bool) -> Result<(), CommandError> {
     crate::keys::locked::harden_process()?;
     let mut stores = Stores::open(cfg, false)?;
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     let latest_exp = now.saturating_add(cfg.tokens.max_ttl.as_secs() as i64);
     let (new, previous) = {
         let s = &mut stores;
@@ -112,7 +112,7 @@ pub fn revoke(cfg: &Config, target: &RevokeTarget) -> Result<(), CommandError> {
 /// whole token needs the daemon to check it), in one transaction, each
 /// with its audit record.
 pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), CommandError> {
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     let rows = targets
         .iter()
         .map(|t| {
@@ -186,7 +186,7 @@ pub fn revoke_many(cfg: &Config, targets: &[RevokeTarget]) -> Result<(), Command
 pub fn reshare(cfg: &Config, recovery: Option<PathBuf>) -> Result<(), CommandError> {
     crate::keys::locked::harden_process()?;
     let mut stores = Stores::open(cfg, false)?;
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     lifecycle::reconcile_stores(&stores, now)?;
     let rows = stores.keys.keys()?;
     let active = crate::keys::schedule::active(&rows, now).map(|r| r.kid.clone());
@@ -238,7 +238,7 @@ fn key_store_to_read(cfg: &Config) -> Result<Box<dyn KeyStore>, CommandError> {
 /// (in a cluster, every node's keys).
 pub fn status(cfg: &Config) -> Result<Value, CommandError> {
     let database = key_store_to_read(cfg)?;
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     let rows: Vec<_> = database
         .keys()?
         .into_iter()
@@ -337,7 +337,7 @@ fn check_stores(cfg: &Config) -> Result<(), CommandError> {
     let dir = crate::store::ShareDir::open(&cfg.paths.shares_dir)?;
     let database = key_store_to_read(cfg)?;
     let database = &*database;
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     let plan = lifecycle::survey(database, &dir, now)?;
     let rows = database.keys()?;
     if rows.iter().all(|r| !r.verified) {
@@ -388,7 +388,7 @@ fn create_first(
         Some(path) => Some(read_pem(path)?),
     };
     let mut stores = Stores::open(cfg, true)?;
-    let now = lifecycle::wall_now();
+    let now = crate::clock::wall_now();
     lifecycle::reconcile_stores(&stores, now)?;
     if !stores.keys.is_empty()? {
         let kids: Vec<String> = stores.keys.keys()?.into_iter().map(|k| k.kid).collect();

@@ -7,7 +7,6 @@ use serde_json::Value;
 
 use crate::client::ClientError;
 use crate::error::{Error, exit};
-use crate::lifecycle;
 
 /// A command's failure, with the exit code it maps to.
 #[derive(Debug)]
@@ -55,12 +54,12 @@ pub fn usage(message: String) -> CommandError {
 /// cluster's rotation waits a moment for the other nodes).
 pub fn signs_from(activate_at: Option<i64>) -> String {
     match activate_at {
-        Some(t) if t > lifecycle::wall_now() => format!("signs from {}", rfc3339(t)),
+        Some(t) if t > crate::clock::wall_now() => format!("signs from {}", rfc3339(t)),
         _ => "signs now".into(),
     }
 }
 
-pub use crate::lifecycle::rfc3339;
+pub use crate::clock::rfc3339;
 
 /// A point in time given on the command line: Unix seconds, RFC 3339, or
 /// an age ("90d": that long ago).
@@ -77,7 +76,7 @@ pub fn parse_time(s: &str) -> Result<i64, CommandError> {
             .map_err(|_| bad())?
             .as_secs() as i64
     } else if let Ok(age) = humantime::parse_duration(s) {
-        lifecycle::wall_now().saturating_sub(i64::try_from(age.as_secs()).map_err(|_| bad())?)
+        crate::clock::wall_now().saturating_sub(i64::try_from(age.as_secs()).map_err(|_| bad())?)
     } else {
         return Err(bad());
     };

@@ -224,7 +224,7 @@ impl Writer {
             next_prune: Instant::now() + Duration::from_secs(10),
             pruning: None,
             metrics,
-            purge_clock: crate::lifecycle::PurgeClock::new("audit records past the retention"),
+            purge_clock: crate::clock::PurgeClock::new("audit records past the retention"),
             keep_free: Arc::clone(&keep_free),
             space_dir,
             last_avail: 0,
@@ -311,7 +311,7 @@ struct WriterThread {
     pruning: Option<Pruning>,
     /// The retention counts back from this clock, not the wall clock: a
     /// clock stepped forward prunes nothing early.
-    purge_clock: crate::lifecycle::PurgeClock,
+    purge_clock: crate::clock::PurgeClock,
     keep_free: Arc<Mutex<KeepFree>>,
     /// The directory that holds the database and its WAL (its symlinks
     /// resolved), whose filesystem the reserve is measured on.
@@ -405,7 +405,7 @@ fn judge(
 }
 
 fn wall_now() -> i64 {
-    crate::lifecycle::wall_now()
+    crate::clock::wall_now()
 }
 
 impl WriterThread {

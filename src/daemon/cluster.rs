@@ -543,7 +543,7 @@ impl Cluster {
         );
         self.stats.went_back.fetch_add(1, Ordering::Relaxed);
         *self.went_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(WentBack {
-            at: crate::lifecycle::wall_now(),
+            at: crate::clock::wall_now(),
             seen_mark: seen.high,
             database_mark: now.high,
             seen_beat: seen.beat,
@@ -595,7 +595,7 @@ impl Cluster {
         if missing.is_empty() {
             return Ok(0);
         }
-        let now = crate::lifecycle::wall_now();
+        let now = crate::clock::wall_now();
         for batch in missing.chunks(1024) {
             crate::store::KeyStore::add_revocations(&self.pg, batch, now)?;
         }

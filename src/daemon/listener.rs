@@ -102,7 +102,7 @@ pub async fn run(listener: UnixListener, state: Arc<State>, shutdown: Cancellati
                     // the watchdog know if it lasts.
                     let _ = state.health.accept_failing_since.compare_exchange(
                         0,
-                        crate::lifecycle::wall_now(),
+                        crate::clock::wall_now(),
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );

@@ -18,9 +18,9 @@ use super::audit_writer::Writer;
 use super::key_manager::KeyManager;
 use super::limits::Limits;
 use super::metrics::Metrics;
+use crate::clock::wall_now;
 use crate::config::{Config, Overrides};
 use crate::keys::jws::{self, Policy};
-use crate::lifecycle::wall_now;
 use crate::snapshot::Shared;
 use crate::store::audit_log::Record;
 

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::store::{Database, KeyStore, Postgres, ShareDir};
 
-use super::{reconcile, revocations_purged_before, unseal_key};
+use super::{reconcile, unseal_key};
+use crate::clock::revocations_purged_before;
 
 /// What a move carried.
 #[derive(Debug)]

@@ -26,7 +26,6 @@
 //! from SQLite to PostgreSQL). The daemon's key manager and the
 //! offline admin commands both call these.
 
-mod clock;
 mod create;
 mod migrate;
 mod reconcile;
@@ -37,7 +36,6 @@ use ed25519_dalek::SigningKey;
 
 use crate::keys::KeyInfo;
 
-pub use clock::{Clock, PurgeClock, revocations_purged_before, rfc3339, wall_now, wall_now_ms};
 pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use migrate::{Moved, move_to_postgres};
 pub use reconcile::{

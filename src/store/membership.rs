@@ -36,7 +36,7 @@ impl Member {
             format!(
                 "the owner removed it from the cluster{} at {}",
                 if self.at_once { " at once" } else { "" },
-                crate::lifecycle::rfc3339(self.removed_at.unwrap_or(0))
+                crate::clock::rfc3339(self.removed_at.unwrap_or(0))
             )
         })
     }

@@ -22,7 +22,7 @@ const HEALTH_CHECK: Duration = Duration::from_millis(500);
 pub(super) async fn health_monitor(state: Arc<State>, shutdown: CancellationToken) {
     let mono = Instant::now();
     let offset =
-        |at: Instant| crate::lifecycle::wall_now_ms() - at.duration_since(mono).as_millis() as i64;
+        |at: Instant| crate::clock::wall_now_ms() - at.duration_since(mono).as_millis() as i64;
     let mut last_offset = offset(Instant::now());
     let mut last_status = String::new();
     let mut was_healthy = true;

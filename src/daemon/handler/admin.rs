@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::record;
+use crate::clock::wall_now;
 use crate::daemon::key_manager::Rotated;
 use crate::daemon::state::{Peer, State};
 use crate::error::Error;
-use crate::lifecycle::wall_now;
 use crate::protocol::{self, Code, Failure, Op, Request};
 use crate::store::Revocation;
 use crate::store::audit_log::Record;

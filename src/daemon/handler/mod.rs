@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::access::Denial;
 use super::state::{Peer, State};
-use crate::lifecycle::wall_now;
+use crate::clock::wall_now;
 use crate::protocol::{self, Code, Failure, Op, Request};
 use crate::store::audit_log::Record;
 
@@ -84,7 +84,7 @@ impl Parsed {
 
 /// The two clocks of a request: tokens and records carry the wall clock;
 /// which key signs, and which verify, follow the lifecycle clock (see
-/// `lifecycle::Clock`).
+/// `crate::clock::Clock`).
 #[derive(Debug, Clone, Copy)]
 struct Times {
     wall: i64,

@@ -18,10 +18,11 @@ use tokio::sync::Notify;
 
 use super::cluster::Cluster;
 use super::revocations::RevocationSet;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::keyset::Keyring;
-use crate::lifecycle::{self, Clock, NewKey};
+use crate::lifecycle::{self, NewKey};
 use crate::snapshot::Shared;
 use crate::store::{FileId, KeyStore, Stores};
 use faults::{Places, stores_changed};
@@ -53,7 +54,7 @@ pub struct KeyManager {
     /// Held while the revocations in force are read and swapped.
     rev_swap: Mutex<()>,
     /// The time by which revocations of expired tokens are forgotten.
-    purge_clock: lifecycle::PurgeClock,
+    purge_clock: crate::clock::PurgeClock,
 }
 
 /// Result of a `rotate`.
@@ -117,7 +118,7 @@ impl KeyManager {
                 tracing::info!(kid = %n.row.kid, activate_at = n.row.activate_at, "pre-published the next key");
             }
         }
-        let purge_clock = lifecycle::PurgeClock::new("revocations of expired tokens");
+        let purge_clock = crate::clock::PurgeClock::new("revocations of expired tokens");
         let revoked = revoking::load(&stores, cluster.as_ref(), &purge_clock)?;
         let places = Places {
             deployment: stores.keys.deployment().to_owned(),

@@ -4,11 +4,11 @@
 //! ones. The set in force is `daemon::revocations`.
 
 use super::KeyManager;
+use crate::clock::wall_now;
 use crate::daemon::cluster::Cluster;
 use crate::daemon::revocations::{self, RevocationSet, Revocations};
 use crate::error::{Error, Result};
 use crate::keys::jws::Policy;
-use crate::lifecycle::{self, wall_now};
 use crate::protocol::RevokeTarget;
 use crate::store::{Revocation, Stores};
 
@@ -138,7 +138,7 @@ impl KeyManager {
     pub(super) fn purge_revocations(&self, stores: &Stores) -> Result<()> {
         // Tokens carry wall-clock times; see `PurgeClock` for a clock
         // stepped forward.
-        let before = lifecycle::revocations_purged_before(self.purge_clock.now());
+        let before = crate::clock::revocations_purged_before(self.purge_clock.now());
         let purged = match &self.cluster {
             Some(c) => {
                 let n = {
@@ -179,7 +179,7 @@ impl KeyManager {
     /// Returns how many were news.
     pub(in crate::daemon) fn sync_revocations(&self, c: &Cluster, full: bool) -> Result<usize> {
         let _swap = (!full).then(|| self.rev_swap.lock().unwrap_or_else(|p| p.into_inner()));
-        let kept_from = lifecycle::revocations_purged_before(self.purge_clock.now());
+        let kept_from = crate::clock::revocations_purged_before(self.purge_clock.now());
         c.read_revocations(&self.revoked, full, kept_from)
     }
 
@@ -204,9 +204,9 @@ impl KeyManager {
 pub(super) fn load(
     stores: &Stores,
     cluster: Option<&Cluster>,
-    purge_clock: &lifecycle::PurgeClock,
+    purge_clock: &crate::clock::PurgeClock,
 ) -> Result<RevocationSet> {
-    let kept_from = lifecycle::revocations_purged_before(purge_clock.now());
+    let kept_from = crate::clock::revocations_purged_before(purge_clock.now());
     let revoked = RevocationSet::new(Revocations::default());
     match cluster {
         // What this node has seen, then what the database holds.

@@ -156,7 +156,7 @@ impl KeyStore for Arc<Postgres> {
     }
 
     fn other_nodes_keys(&self) -> Result<Vec<NodeKey>> {
-        Ok(self.view(crate::lifecycle::wall_now())?.keys)
+        Ok(self.view(crate::clock::wall_now())?.keys)
     }
 
     fn is_empty(&self) -> Result<bool> {
