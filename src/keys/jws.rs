@@ -13,7 +13,7 @@
 //!
 //! Two times are involved. `iat`, `nbf` and `exp` are always the wall
 //! clock's. Which key signs, and which keys verify, follows the key
-//! lifecycle's clock, which never goes backwards (see `lifecycle::Clock`).
+//! lifecycle's clock, which never goes backwards (see `clock::Clock`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
