@@ -1,16 +1,22 @@
 //! Test harness: a fresh temp dir per test, the real `splitsign` binary,
 //! and a raw wire-protocol connection. Tests speak bytes, as any client.
+//! The daemon's start-up and stop, the connection and `/proc` are the
+//! `splitsign-testkit` crate's, shared with the benches.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+pub use splitsign_testkit::daemon::{Exited, signal};
+pub use splitsign_testkit::procfs::vm;
+pub use splitsign_testkit::wire::Conn;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_splitsign");
 
@@ -122,19 +128,9 @@ impl Drop for Started {
     }
 }
 
-/// A running daemon. Dropping it sends SIGTERM and checks a clean exit.
-pub struct Daemon {
-    child: Option<Child>,
-    pub socket: PathBuf,
-    stderr: PathBuf,
-}
-
-/// A daemon that exited instead of becoming ready.
-#[derive(Debug)]
-pub struct Exited {
-    pub status: ExitStatus,
-    pub stderr: String,
-}
+/// A running daemon (the testkit's, started in a test's [`Dir`]).
+/// Dropping it sends SIGTERM and checks a clean exit.
+pub struct Daemon(splitsign_testkit::daemon::Daemon);
 
 impl Daemon {
     /// Start `serve` in `dir` (zero config) and wait until it answers ping.
@@ -159,7 +155,6 @@ impl Daemon {
     /// Start `serve` on one CPU: its runtime has one worker thread, so the
     /// order in which it serves connections is its own, not the kernel's.
     pub fn start_on_one_cpu(dir: &Dir, extra: &[&str]) -> Daemon {
-        use std::os::unix::process::CommandExt;
         let mut cmd = dir.cmd();
         // SAFETY: sched_setaffinity is async-signal-safe; the set is local.
         unsafe {
@@ -178,119 +173,32 @@ impl Daemon {
     fn start_cmd(dir: &Dir, mut cmd: Command, extra: &[&str]) -> Result<Daemon, Exited> {
         let socket = socket_of(dir, extra);
         let stderr = dir.path().join(format!("daemon-{}.log", unique()));
-        let child = cmd
-            .args(extra)
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn splitsign serve");
-        let mut d = Daemon {
-            child: Some(child),
+        cmd.args(extra);
+        splitsign_testkit::daemon::Daemon::spawn(
+            cmd,
             socket,
             stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                let stderr = d.log();
-                d.child = None;
-                return Err(Exited { status, stderr });
-            }
-            // Ready means this process logged "ready" (another daemon may
-            // answer on the same socket path) and then answers ping.
-            if d.log().contains(" ready ")
-                && let Ok(mut c) = Conn::open(&d.socket)
-                && c.request(json!({"op":"ping"}))["ok"] == true
-            {
-                return Ok(d);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon not ready in 20s:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn conn(&self) -> Conn {
-        Conn::open(&self.socket).expect("connect")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// Send `sig` to the daemon.
-    pub fn signal(&self, sig: rustix::process::Signal) {
-        signal(self.child.as_ref().expect("running"), sig);
-    }
-
-    /// SIGHUP, then wait (10 s at most) until the log has one more line
-    /// with `expect` ("reloaded the config", "reload refused").
-    pub fn hup_and_wait(&self, expect: &str) {
-        let n = self.log().matches(expect).count();
-        self.signal(rustix::process::Signal::HUP);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.log().matches(expect).count() == n {
-            assert!(Instant::now() < deadline, "no {expect:?}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+        )
+        .map(Daemon)
     }
 
     /// SIGTERM, wait, and require exit 0.
-    pub fn stop(mut self) -> String {
-        self.terminate();
-        self.log()
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = rustix::process::Pid::from_child(&child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let status = wait_timeout(&mut child, Duration::from_secs(20));
-            if !std::thread::panicking() {
-                assert!(
-                    status.is_some_and(|s| s.success()),
-                    "daemon did not exit cleanly on SIGTERM: {status:?}\n{}",
-                    self.log()
-                );
-            }
-        }
+    pub fn stop(self) -> String {
+        self.0.stop()
     }
 
     /// kill -9, as a crash would.
-    pub fn kill(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    pub fn kill(self) {
+        self.0.kill()
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
-
-fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+impl std::ops::Deref for Daemon {
+    type Target = splitsign_testkit::daemon::Daemon;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
@@ -307,50 +215,6 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A raw protocol connection.
-pub struct Conn {
-    pub reader: BufReader<UnixStream>,
-    pub writer: UnixStream,
-}
-
-impl Conn {
-    pub fn open(path: &Path) -> std::io::Result<Conn> {
-        let s = UnixStream::connect(path)?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        Ok(Conn {
-            writer: s.try_clone()?,
-            reader: BufReader::new(s),
-        })
-    }
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-    /// The next response line, parsed; `None` at EOF.
-    pub fn recv(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => None,
-            Ok(_) => Some(serde_json::from_str(&line).expect("response is JSON")),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
-            Err(e) => panic!("reading a response: {e}"),
-        }
-    }
-    pub fn request(&mut self, req: Value) -> Value {
-        let mut line = serde_json::to_vec(&req).unwrap();
-        line.push(b'\n');
-        self.send_raw(&line);
-        self.recv().expect("a response")
-    }
-    /// Whether the daemon closed the connection (EOF on read).
-    pub fn is_closed(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
-    }
-    pub fn sign(&mut self, claims: Value) -> Value {
-        self.request(json!({"op":"sign","claims":claims}))
-    }
 }
 
 /// The error code of a response (panics on success).
@@ -491,10 +355,6 @@ fn as_fd3(fd: i32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-pub fn signal(child: &Child, sig: rustix::process::Signal) {
-    rustix::process::kill_process(rustix::process::Pid::from_child(child), sig).unwrap();
 }
 
 pub fn wait_exit(child: &mut Child, t: Duration) -> std::process::ExitStatus {
@@ -808,16 +668,6 @@ pub fn open_deployment(extra_config: &str) -> (Dir, Daemon, String) {
     .unwrap();
     std::os::unix::fs::chown(&sock, None, Some(NOBODY)).unwrap();
     (dir, d, sock)
-}
-
-/// A field of /proc/PID/status, in its unit (kB for memory).
-pub fn vm(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Raise our descriptor limit to the hard limit (at most 20000); daemons
