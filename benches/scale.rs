@@ -14,9 +14,6 @@
 //! `cargo bench --bench scale` (10 M audit records; the build takes a few
 //! minutes), `-- --quick` for a smoke run with small states.
 
-mod common;
-use common::*;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -25,6 +22,11 @@ use std::time::{Duration, Instant};
 use splitsign::config::{AlgLabel, Config, Overrides};
 use splitsign::store::audit_log::Record;
 use splitsign::store::{Database, KeyStore, Revocation, Stores};
+use splitsign_testkit::daemon::Served;
+use splitsign_testkit::load::{line_load, median, sign_line, verify_line};
+use splitsign_testkit::procfs::rss_kib;
+
+const BIN: &str = env!("CARGO_BIN_EXE_splitsign");
 
 /// The settings every daemon of this bench runs with.
 const LIMITS: &str = "max_connections = 8192\nmax_connections_per_peer = 8192\n";
@@ -159,8 +161,8 @@ fn make_keys(dir: &Path, n: usize) {
     std::env::set_current_dir(cwd).unwrap();
 }
 
-fn start(dir: tempfile::TempDir) -> Daemon {
-    Daemon::start_bin(BIN, dir, LIMITS)
+fn start(dir: tempfile::TempDir) -> Served {
+    Served::start(BIN, dir, LIMITS)
 }
 
 /// `op` at 16×32 on daemons on `a` and `b`, alternating for the rounds;
@@ -178,11 +180,11 @@ fn side_by_side(
         for i in order {
             let d = start(dirs[i].take().unwrap());
             let line = if verify {
-                verify_line(&d.sock())
+                verify_line(d.sock())
             } else {
                 sign_line()
             };
-            rates[i].push(line_load(&d.sock(), &line, 16, 32, z.secs).rate);
+            rates[i].push(line_load(d.sock(), &line, 16, 32, z.secs).rate);
             dirs[i] = Some(d.stop());
         }
     }
@@ -404,7 +406,7 @@ fn main() {
         let dir = deployment();
         load_revocations(dir.path(), existing, 0);
         let d = start(dir);
-        rates.push(pipelined_revokes(&d.sock(), z.revokes));
+        rates.push(pipelined_revokes(d.sock(), z.revokes));
         d.stop();
     }
     for (i, existing) in z.existing.iter().enumerate() {
@@ -425,7 +427,7 @@ fn main() {
     let dir = d.stop();
     let before = db_bytes(dir.path());
     let d = start(dir);
-    sign_many(&d.sock(), z.tokens);
+    sign_many(d.sock(), z.tokens);
     let dir = d.stop();
     let grew = db_bytes(dir.path()) - before;
     println!(

@@ -52,12 +52,15 @@ use splitsign::keys::keyset::{KeySet, Published, Signer};
 use splitsign::keys::locked::LockedKey;
 use splitsign::keys::{KeyInfo, Origin};
 
-mod common;
-use common::*;
-/// The private PostgreSQL server of the integration tests.
-#[path = "../tests/it/pg.rs"]
-#[allow(dead_code)]
-mod pg;
+use splitsign_testkit::daemon::Served;
+use splitsign_testkit::load::{
+    Load, collect, cores, line_load, median, percentile, polite_load, sign_line, verify_line,
+};
+use splitsign_testkit::pg::PgServer;
+use splitsign_testkit::procfs::{cpu_of, cpu_self, rss_kib};
+use splitsign_testkit::wire::Conn;
+
+const BIN: &str = env!("CARGO_BIN_EXE_splitsign");
 
 const CONNS: [usize; 4] = [1, 4, 16, 64];
 const DEPTHS: [usize; 2] = [1, 32];
@@ -167,6 +170,25 @@ fn echo_server(path: &Path) {
 // ---------------------------------------------------------------------------
 // The daemon
 // ---------------------------------------------------------------------------
+
+/// This build's daemon on a new temp dir; `audit`: "full", "normal"
+/// (audit_sync) or "off".
+fn start(audit: &str) -> Served {
+    start_in(tempfile::tempdir().unwrap(), audit)
+}
+
+/// This build's daemon on `dir`, with the `audit` setting of [`start`].
+fn start_in(dir: tempfile::TempDir, audit: &str) -> Served {
+    let audit_cfg = match audit {
+        "off" => "audit = false".to_owned(),
+        sync => format!("audit_sync = \"{sync}\""),
+    };
+    Served::start(
+        BIN,
+        dir,
+        &format!("{audit_cfg}\nmax_connections = 8192\nmax_connections_per_peer = 8192\n"),
+    )
+}
 
 // ---------------------------------------------------------------------------
 // ssh-agent
@@ -294,16 +316,16 @@ fn row(label: &str, l: &Load, extra: &str) {
 /// The fairness rows: sign and verify at 16 and 64 connections x 32 in
 /// flight (p99 against p50 per batch), and a polite client's verify, one at
 /// a time, beside 15 connections pipelining verifies.
-fn fairness(d: &Daemon, secs: f64) -> Vec<(String, Load)> {
-    let (sign, verify) = (sign_line(), verify_line(&d.sock()));
+fn fairness(d: &Served, secs: f64) -> Vec<(String, Load)> {
+    let (sign, verify) = (sign_line(), verify_line(d.sock()));
     let mut rows = Vec::new();
     for (op, line) in [("sign", &sign), ("verify", &verify)] {
         for conns in [16, 64] {
-            let l = line_load(&d.sock(), line, conns, 32, secs);
+            let l = line_load(d.sock(), line, conns, 32, secs);
             rows.push((format!("{op}, {conns} conn x 32"), l));
         }
     }
-    let l = polite_load(&d.sock(), &verify, &verify, 15, 32, secs);
+    let l = polite_load(d.sock(), &verify, &verify, 15, 32, secs);
     rows.push(("polite verify beside 15 x 32 verify".to_owned(), l));
     rows
 }
@@ -329,7 +351,7 @@ fn print_fairness(title: &str, rows: &[(String, Load)]) {
 fn fair_only(other: Option<&str>, rounds: usize, secs: f64) {
     for round in 0..rounds {
         for bin in std::iter::once(BIN).chain(other) {
-            let d = Daemon::start_bin(
+            let d = Served::start(
                 bin,
                 tempfile::tempdir().unwrap(),
                 "max_connections = 8192\nmax_connections_per_peer = 8192\n",
@@ -357,16 +379,16 @@ fn versus(other: &str, rounds: usize, secs: f64, config: &str) {
             let bin = if i == 0 { BIN } else { other };
             // Only settings every version knows; 16 connections fit every
             // version's default limits.
-            let d = Daemon::start_bin(bin, tempfile::tempdir().unwrap(), config);
-            let verify = verify_line(&d.sock());
+            let d = Served::start(bin, tempfile::tempdir().unwrap(), config);
+            let verify = verify_line(d.sock());
             for (k, line) in [sign_line(), verify].iter().enumerate() {
                 let cpu0 = cpu_of(d.pid());
-                let l = line_load(&d.sock(), line, 16, 32, secs);
+                let l = line_load(d.sock(), line, 16, 32, secs);
                 let cpu = cpu_of(d.pid()) - cpu0;
                 rates[i][k].push(l.rate);
                 cpu_us[i][k].push(cpu * 1e6 / (l.rate * secs));
             }
-            seq_p50[i].push(line_load(&d.sock(), &sign_line(), 1, 1, secs).p50_us);
+            seq_p50[i].push(line_load(d.sock(), &sign_line(), 1, 1, secs).p50_us);
             d.stop();
         }
     }
@@ -413,7 +435,7 @@ fn versus(other: &str, rounds: usize, secs: f64, config: &str) {
 /// answering `revoked`, and from a `rotate` answered on A to the new key in
 /// B's JWKS.
 fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
-    let server = pg::PgServer::start();
+    let server = PgServer::start(BIN);
     let limits = "max_connections = 8192\nmax_connections_per_peer = 8192\n";
     let node_dirs: Vec<(String, tempfile::TempDir)> = (0..rounds + 2)
         .map(|i| {
@@ -444,15 +466,15 @@ fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
         let mut pg_dir = Some(pg_dir);
         for i in order {
             let d = if i == 0 {
-                Daemon::start_bin(BIN, tempfile::tempdir().unwrap(), limits)
+                Served::start(BIN, tempfile::tempdir().unwrap(), limits)
             } else {
                 let dir = pg_dir.take().unwrap();
                 let extra = pg_extra(&name, dir.path());
-                Daemon::start_bin(BIN, dir, &extra)
+                Served::start(BIN, dir, &extra)
             };
-            let verify = verify_line(&d.sock());
+            let verify = verify_line(d.sock());
             for (k, line) in [sign_line(), verify].iter().enumerate() {
-                rates[i][k].push(line_load(&d.sock(), line, 16, 32, secs).rate);
+                rates[i][k].push(line_load(d.sock(), line, 16, 32, secs).rate);
             }
             d.stop();
         }
@@ -480,21 +502,21 @@ fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
     let (na, da) = node_dirs.next().unwrap();
     let (nb, db) = node_dirs.next().unwrap();
     let (ea, eb) = (pg_extra(&na, da.path()), pg_extra(&nb, db.path()));
-    let a = Daemon::start_bin(BIN, da, &ea);
-    let b = Daemon::start_bin(BIN, db, &eb);
-    let connect = |d: &Daemon| BufReader::new(UnixStream::connect(d.sock()).unwrap());
+    let a = Served::start(BIN, da, &ea);
+    let b = Served::start(BIN, db, &eb);
+    let connect = |d: &Served| Conn::open(d.sock()).unwrap();
     let (mut ca, mut cb) = (connect(&a), connect(&b));
     let (mut revoke_ms, mut revoke_sent_ms) = (Vec::new(), Vec::new());
     for i in 0..samples {
         let sub = format!("user-{i}");
-        let t = ask(&mut ca, &json!({"op":"sign","claims":{"sub":sub}}));
+        let t = ca.request(json!({"op":"sign","claims":{"sub":sub}}));
         let token = t["token"].as_str().unwrap().to_owned();
         let sent = Instant::now();
-        let r = ask(&mut ca, &json!({"op":"revoke","sub":sub}));
+        let r = ca.request(json!({"op":"revoke","sub":sub}));
         assert_eq!(r["ok"], true, "{r}");
         let t0 = Instant::now();
         loop {
-            let v = ask(&mut cb, &json!({"op":"verify","token":token}));
+            let v = cb.request(json!({"op":"verify","token":token}));
             if v["error"]["code"] == "revoked" {
                 break;
             }
@@ -506,12 +528,12 @@ fn versus_postgres(rounds: usize, secs: f64, samples: usize) {
     let (mut key_ms, mut key_sent_ms) = (Vec::new(), Vec::new());
     for _ in 0..samples.min(30) {
         let sent = Instant::now();
-        let r = ask(&mut ca, &json!({"op":"rotate"}));
+        let r = ca.request(json!({"op":"rotate"}));
         assert_eq!(r["ok"], true, "{r}");
         let kid = r["kid"].as_str().unwrap().to_owned();
         let t0 = Instant::now();
         loop {
-            let j = ask(&mut cb, &json!({"op":"jwks"}));
+            let j = cb.request(json!({"op":"jwks"}));
             if j["jwks"]["keys"]
                 .as_array()
                 .unwrap()
@@ -678,11 +700,11 @@ fn main() {
     );
 
     // The daemon, audit on (the default).
-    let d = Daemon::start("full");
+    let d = start("full");
     let pid = d.pid();
     let rss_idle = rss_kib(pid);
     let sign_line = sign_line();
-    let verify_line = verify_line(&d.sock());
+    let verify_line = verify_line(d.sock());
     let mut sign16p = 0.0;
     let mut verify16p = 0.0;
     let mut sign1_seq_p50 = 0.0;
@@ -691,7 +713,7 @@ fn main() {
     for (op, line) in [("sign", &sign_line), ("verify", &verify_line)] {
         for conns in CONNS {
             for depth in DEPTHS {
-                let l = line_load(&d.sock(), line, conns, depth, o.secs);
+                let l = line_load(d.sock(), line, conns, depth, o.secs);
                 client_cpu += l.client_cpu;
                 let label = format!("  daemon {op}, {conns} conn x {depth} in flight");
                 row(
@@ -747,9 +769,9 @@ fn main() {
     // Audit cost: full (default), normal, off.
     let mut audit_rows = Vec::new();
     for mode in ["normal", "off"] {
-        let d = Daemon::start(mode);
-        let p = line_load(&d.sock(), &sign_line, 16, 32, o.secs);
-        let s1 = line_load(&d.sock(), &sign_line, 1, 1, o.secs);
+        let d = start(mode);
+        let p = line_load(d.sock(), &sign_line, 16, 32, o.secs);
+        let s1 = line_load(d.sock(), &sign_line, 1, 1, o.secs);
         d.stop();
         audit_rows.push((mode, p, s1));
     }
@@ -774,7 +796,7 @@ fn main() {
 
     // Start to ready with 10 live keys.
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir, "full");
+    let d = start_in(dir, "full");
     let dir = d.stop();
     for _ in 0..9 {
         let ok = Command::new(BIN)
@@ -788,7 +810,7 @@ fn main() {
         assert!(ok, "offline rotate");
     }
     let t = Instant::now();
-    let d = Daemon::start_in(dir, "full");
+    let d = start_in(dir, "full");
     let ready_ms = t.elapsed().as_secs_f64() * 1e3;
     let live = {
         let mut s = UnixStream::connect(d.sock()).unwrap();

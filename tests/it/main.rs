@@ -1,5 +1,6 @@
 //! Integration tests: each runs the real `splitsign` binary against a temp
-//! directory and speaks the wire protocol. Shared helpers are in `util`.
+//! directory and speaks the wire protocol. Shared helpers are in `util`
+//! (and what the benches use too, in the `splitsign-testkit` crate).
 //!
 //! - `end_to_end`: init → serve → sign → verify against the JWKS, restart,
 //!   import, the CLI, pipelining.

@@ -1,44 +1,19 @@
-//! What the benches share: the daemon under test, the line-protocol load
-//! and the numbers taken from /proc.
-
-#![allow(dead_code)]
+//! The benches' request load: `conns` connections on the daemon's socket,
+//! each keeping `depth` request lines in flight, for a while; the rate,
+//! the latency percentiles and the client's own CPU time.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_splitsign");
+use crate::procfs::cpu_self;
 
+/// The CPUs this process may run on.
 pub fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-}
-
-pub fn cpu_self() -> f64 {
-    cpu_of(std::process::id())
-}
-
-pub fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = 100.0; // USER_HZ
-    let u: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    let s: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    (u + s) / ticks
-}
-
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 pub struct Load {
@@ -134,81 +109,6 @@ pub fn collect(handles: Vec<std::thread::JoinHandle<(f64, Vec<f64>)>>, cpu0: f64
     }
 }
 
-pub struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    pub fn start(audit: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        Daemon::start_in(dir, audit)
-    }
-
-    /// `audit`: "full", "normal" (audit_sync) or "off".
-    pub fn start_in(dir: tempfile::TempDir, audit: &str) -> Daemon {
-        let audit_cfg = match audit {
-            "off" => "audit = false".to_owned(),
-            sync => format!("audit_sync = \"{sync}\""),
-        };
-        Daemon::start_bin(
-            BIN,
-            dir,
-            &format!("{audit_cfg}\nmax_connections = 8192\nmax_connections_per_peer = 8192\n"),
-        )
-    }
-
-    /// Start `bin` in `dir` with the store paths and `extra` settings.
-    pub fn start_bin(bin: &str, dir: tempfile::TempDir, extra: &str) -> Daemon {
-        std::fs::write(
-            dir.path().join("config.toml"),
-            format!(
-                "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/s.sock\"\n{extra}"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .args(["--config", "config.toml", "serve"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !d.log().contains(" ready ") {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        d
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    pub fn sock(&self) -> PathBuf {
-        self.dir.path().join("var/s.sock")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn stop(mut self) -> tempfile::TempDir {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-        self.dir
-    }
-}
-
 /// The sign and verify lines of the bench (a verify line needs a token of
 /// the daemon at `sock`).
 pub fn sign_line() -> Vec<u8> {
@@ -229,21 +129,13 @@ pub fn verify_line(sock: &Path) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The median (the upper one of an even count).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
-/// One request line and its answer, on an open connection.
-pub fn ask(conn: &mut BufReader<UnixStream>, req: &serde_json::Value) -> serde_json::Value {
-    let mut line = req.to_string();
-    line.push('\n');
-    conn.get_mut().write_all(line.as_bytes()).unwrap();
-    let mut l = String::new();
-    conn.read_line(&mut l).unwrap();
-    serde_json::from_str(&l).unwrap()
-}
-
+/// The `p` quantile (0 to 1) of `v`, nearest rank; sorts `v`.
 pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() - 1) as f64 * p).round() as usize]
