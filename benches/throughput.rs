@@ -47,8 +47,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use splitsign::config::Config;
-use splitsign::keys::jws::{self as token, Policy};
-use splitsign::keys::keyset::{KeySet, Published, Signer};
+use splitsign::keys::jws::{self as token, TokenRules};
+use splitsign::keys::keyring::{KeySet, Published, Signer};
 use splitsign::keys::locked::LockedKey;
 use splitsign::keys::{KeyInfo, Origin};
 
@@ -75,7 +75,7 @@ struct Opts {
 
 fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
     let cfg = Config::from_toml("").unwrap();
-    let policy = Arc::new(Policy::new(&cfg));
+    let policy = Arc::new(TokenRules::new(&cfg.tokens));
     let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
     let pk = key.verifying_key();
     let row = KeyInfo {

@@ -6,7 +6,7 @@
 //! audit log); `output` has what they print and how they fail.
 
 mod audit;
-mod cluster;
+mod cluster_cmds;
 mod daemon_cmds;
 mod docs;
 mod offline;
@@ -519,9 +519,9 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Audit(a) => audit::run(&cx, a),
         Command::Reload => daemon_cmds::reload(&cx),
         Command::Metrics => daemon_cmds::metrics(&cx),
-        Command::PgSchema(a) => cluster::pg_schema(&cx, a),
-        Command::Node(c) => cluster::node(&cx, c),
-        Command::MigrateStore(a) => cluster::migrate_store(&cx, a),
+        Command::PgSchema(a) => cluster_cmds::pg_schema(&cx, a),
+        Command::Node(c) => cluster_cmds::node(&cx, c),
+        Command::MigrateStore(a) => cluster_cmds::migrate_store(&cx, a),
         Command::Completions(_) | Command::Manpage(_) => unreachable!("handled above"),
     }
 }

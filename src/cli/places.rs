@@ -115,7 +115,7 @@ fn no_daemon(cfg: &Config, given: Given) -> String {
 /// only a README, is empty). Stores half there are damage, not a wrong
 /// place: the store code names what is missing then.
 pub fn no_stores(cfg: &Config) -> bool {
-    !cfg.paths.db.exists() && !crate::store::share_files::holds_share_files(&cfg.paths.shares_dir)
+    !cfg.paths.db.exists() && !crate::store::share_dir::holds_share_files(&cfg.paths.shares_dir)
 }
 
 /// The failure of an offline command that finds no store where it

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::keys::jws::{self, Policy};
-use crate::keys::keyset::KeySet;
+use crate::keys::jws::{self, TokenRules};
+use crate::keys::keyring::KeySet;
 use crate::protocol::RevokeTarget;
 use crate::store::Revocation;
 
@@ -381,7 +381,7 @@ pub fn stored_for(
 pub fn revocation_for(
     target: &RevokeTarget,
     keys: &KeySet,
-    policy: &Policy,
+    policy: &TokenRules,
     max_ttl: i64,
     key_now: i64,
     now: i64,

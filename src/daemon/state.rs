@@ -20,7 +20,7 @@ use super::limits::Limits;
 use super::metrics::Metrics;
 use crate::clock::wall_now;
 use crate::config::{Config, Overrides};
-use crate::keys::jws::{self, Policy};
+use crate::keys::jws::{self, TokenRules};
 use crate::snapshot::Shared;
 use crate::store::audit_log::Record;
 
@@ -29,7 +29,7 @@ pub struct State {
     pub manager: Arc<KeyManager>,
     /// Token settings and access policies, swapped whole on reload;
     /// requests clone the `Arc`s.
-    policy: Shared<Policy>,
+    rules: Shared<TokenRules>,
     access: Shared<Access>,
     limits: Shared<Limits>,
     pub started: Instant,
@@ -161,7 +161,7 @@ impl State {
         let cfg = running.config();
         Ok(State {
             manager,
-            policy: Shared::new(Policy::new(&cfg)),
+            rules: Shared::new(TokenRules::new(&cfg.tokens)),
             access: Shared::new(Access::new(&cfg)?),
             limits: Shared::new(Limits::of(&cfg)),
             started,
@@ -209,8 +209,8 @@ impl State {
         }
     }
 
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.get()
+    pub fn rules(&self) -> Arc<TokenRules> {
+        self.rules.get()
     }
 
     pub fn access(&self) -> Arc<Access> {
@@ -228,8 +228,8 @@ impl State {
 
     /// Take a reloaded config's token settings and access policies (rate
     /// limits start over).
-    pub fn set_policies(&self, policy: Policy, access: Access) {
-        self.policy.set(policy);
+    pub fn set_rules(&self, rules: TokenRules, access: Access) {
+        self.rules.set(rules);
         self.access.set(access);
         self.sign_rates.clear();
     }
@@ -258,7 +258,7 @@ impl State {
         let keys = self.manager.keyring.snapshot();
         let signs = keys
             .signer_at(self.manager.clock.now())
-            .is_some_and(|s| jws::sign(s, &self.policy(), &Map::new(), Some(1), now, None).is_ok());
+            .is_some_and(|s| jws::sign(s, &self.rules(), &Map::new(), Some(1), now, None).is_ok());
         if signs {
             Ok(())
         } else {

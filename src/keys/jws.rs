@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::AlgLabel;
-use crate::keys::keyset::{KeySet, Published, Signer};
+use crate::keys::keyring::{KeySet, Published, Signer};
 
 /// Claims only the daemon sets (the protocol's list; `fph` is the
 /// SHA-256 of a client fingerprint, from the sign request's `fingerprint`).
@@ -40,9 +40,11 @@ pub fn fingerprint_hash(fingerprint: &str) -> String {
 /// Length of an Ed25519 signature in base64url.
 const SIG_B64_LEN: usize = 86;
 
-/// Settings the token code needs, derived once from the config.
+/// The token settings the token code needs (the config's `tokens`
+/// section, with the issuer encoded once). Not a client policy: those are
+/// `daemon::access`'s.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub struct TokenRules {
     pub issuer: String,
     /// `issuer` as a JSON string literal, encoded once.
     issuer_json: String,
@@ -53,16 +55,16 @@ pub struct Policy {
     pub leeway: u64,
 }
 
-impl Policy {
-    pub fn new(cfg: &crate::config::Config) -> Policy {
-        Policy {
-            issuer: cfg.tokens.issuer.clone(),
-            issuer_json: serde_json::to_string(&cfg.tokens.issuer).expect("a string serializes"),
-            alg: cfg.tokens.alg,
-            default_ttl: cfg.tokens.default_ttl.as_secs(),
-            max_ttl: cfg.tokens.max_ttl.as_secs(),
-            max_token_bytes: cfg.tokens.max_token_bytes,
-            leeway: cfg.tokens.leeway.as_secs(),
+impl TokenRules {
+    pub fn new(t: &crate::config::Tokens) -> TokenRules {
+        TokenRules {
+            issuer: t.issuer.clone(),
+            issuer_json: serde_json::to_string(&t.issuer).expect("a string serializes"),
+            alg: t.alg,
+            default_ttl: t.default_ttl.as_secs(),
+            max_ttl: t.max_ttl.as_secs(),
+            max_token_bytes: t.max_token_bytes,
+            leeway: t.leeway.as_secs(),
         }
     }
 }
@@ -87,7 +89,7 @@ pub struct Signed {
 /// `fingerprint`, the token is bound to it: only its hash goes in `fph`.
 pub fn sign(
     signer: &Signer,
-    policy: &Policy,
+    policy: &TokenRules,
     claims: &Map<String, Value>,
     ttl: Option<u64>,
     now: i64,
@@ -205,7 +207,7 @@ struct Header {
 /// clock), the issuer, and the wall-clock time `now`.
 pub fn verify(
     keys: &KeySet,
-    policy: &Policy,
+    policy: &TokenRules,
     token: &str,
     audience: Option<&str>,
     key_time: i64,
@@ -304,7 +306,7 @@ fn parse_claims(p: &str) -> Result<Map<String, Value>, VerifyError> {
 fn check_claims(
     keys: &KeySet,
     key: &Published,
-    policy: &Policy,
+    policy: &TokenRules,
     claims: &Map<String, Value>,
     now: i64,
 ) -> Result<(), VerifyError> {
@@ -365,12 +367,12 @@ fn check_audience(claims: &Map<String, Value>, audience: Option<&str>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::keyset::{KeySet, Published};
+    use crate::keys::keyring::{KeySet, Published};
     use crate::keys::locked::LockedKey;
     use crate::keys::{KeyInfo, Origin};
     use std::sync::Arc;
 
-    fn setup(retire_at: i64) -> (Arc<Signer>, KeySet, Policy) {
+    fn setup(retire_at: i64) -> (Arc<Signer>, KeySet, TokenRules) {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
         let pk = key.verifying_key();
         let row = KeyInfo {
@@ -395,7 +397,7 @@ mod tests {
                 node: None,
             }],
         );
-        let policy = Policy {
+        let policy = TokenRules {
             issuer: "iss".into(),
             issuer_json: "\"iss\"".into(),
             alg: AlgLabel::EdDSA,

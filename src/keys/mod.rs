@@ -1,12 +1,12 @@
 //! `keys` is everything about keys that needs no store: Shamir splitting
 //! with every `sharks` trap guarded (`shamir`), the share file format and
 //! key ids (`share_format`), keys in locked memory (`locked`), the set of
-//! keys the daemon holds and publishes (`keyset`), building and checking
+//! keys the daemon holds and publishes (`keyring`), building and checking
 //! tokens (`jws`), and the lifecycle as a pure function of timestamps
 //! (`schedule`). It never imports a store, the daemon or the CLI.
 
 pub mod jws;
-pub mod keyset;
+pub mod keyring;
 pub mod locked;
 pub mod schedule;
 pub mod shamir;

@@ -20,8 +20,8 @@ use crate::keys::shamir::{KeyShare, Slot};
 use crate::keys::share_format;
 use crate::keys::{KeyInfo, Origin};
 use crate::store::ShareDir;
-use crate::store::share_files;
-use crate::store::share_files::Staged;
+use crate::store::share_dir;
+use crate::store::share_dir::Staged;
 use crate::store::{KeyStore, Supersede};
 
 use super::NewKey;
@@ -151,7 +151,7 @@ fn finish(
     dir.publish(staged)?;
     let key = unseal_key(database, dir, row)?;
     if let Some(p) = c.recovery {
-        share_files::write_recovery(p, recovery_share)?;
+        share_dir::write_recovery(p, recovery_share)?;
     }
     if let Some(node) = database.cluster_node() {
         let proof = crate::keys::prove_possession(&key, node, &row.kid);

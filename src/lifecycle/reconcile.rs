@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::keys::KeyInfo;
 use crate::keys::shamir::{KeyShare, Slot};
 use crate::store::KeyStore;
-use crate::store::share_files;
+use crate::store::share_dir;
 use crate::store::{Entry, ShareDir, Stores};
 
 /// What reconciliation will change, worked out by [`survey`] without
@@ -208,7 +208,7 @@ fn read_share_dir(
             } => {
                 // A file that cannot be parsed is judged by its name; if its
                 // key may sign, unsealing it reports what is wrong with it.
-                let parsed = share_files::read_share_file(&path, Slot::File).ok();
+                let parsed = share_dir::read_share_file(&path, Slot::File).ok();
                 if let Some(d) = parsed.as_ref().and_then(|p| p.deployment.as_deref())
                     && d != deployment
                 {
@@ -363,7 +363,7 @@ pub fn apply(database: &dyn KeyStore, dir: &ShareDir, plan: Survey) -> Result<Re
         done.removed_temps.push(path);
     }
     for path in plan.upgrade_files {
-        let mut share = share_files::read_share_file(&path, Slot::File)?;
+        let mut share = share_dir::read_share_file(&path, Slot::File)?;
         share.deployment = Some(database.deployment().to_owned());
         dir.rewrite(&share)?;
         done.upgraded.push(path);

@@ -13,7 +13,7 @@ use crate::keys::shamir;
 use crate::keys::shamir::{KeyShare, Slot};
 use crate::store::KeyStore;
 use crate::store::ShareDir;
-use crate::store::share_files;
+use crate::store::share_dir;
 
 use super::MAX_GENERATIONS;
 use super::create::refuse_existing_recovery;
@@ -64,7 +64,7 @@ pub fn reshare(
             db: database.describe(),
         })?;
         if let Some(p) = recovery {
-            share_files::write_recovery(p, &recovery_share)?;
+            share_dir::write_recovery(p, &recovery_share)?;
         }
         Ok(())
     })();
@@ -179,7 +179,7 @@ pub fn recover(
 
 /// The recovery share at `recovery_path`, if of this deployment.
 fn read_recovery(database: &dyn KeyStore, recovery_path: &Path) -> Result<KeyShare> {
-    let rec = share_files::read_share_file(recovery_path, Slot::Recovery)?;
+    let rec = share_dir::read_share_file(recovery_path, Slot::Recovery)?;
     if let Some(d) = &rec.deployment
         && d != database.deployment()
     {

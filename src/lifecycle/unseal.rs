@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::KeyInfo;
-use crate::keys::keyset::{KeySet, Published, Signer};
+use crate::keys::keyring::{KeySet, Published, Signer};
 use crate::keys::locked::LockedKey;
 use crate::keys::shamir;
 use crate::store::ShareDir;

@@ -1,12 +1,14 @@
-//! `store` keeps what lives on disk: the share directory (`share_files`,
-//! the file shares, x = 1), the SQLite database (`sqlite`: key rows, the
-//! database shares, x = 2, revocations; `audit_log`: the audit chain;
-//! `backup`; `seen`: what a cluster node has seen), PostgreSQL for a
-//! cluster (`postgres`, `membership`), and [`Stores`], the two opened
+//! `store` keeps what lives on disk, never a whole key: the share
+//! directory (`share_dir`: the file shares, x = 1); the database side
+//! behind one trait (`keystore`: `KeyStore` and its value types, and the
+//! checks every row read back gets), kept in SQLite on one host (`sqlite`:
+//! key rows, the database shares, x = 2, revocations) or in PostgreSQL for
+//! a cluster (`postgres`; `membership`: the owner's members and bounds,
+//! other nodes' rows judged one by one; `seen`: the revocations a node has
+//! seen); the audit chain (`audit_log`); `backup`. [`Stores`] opens them
 //! together under one lock (`lock`: by the stores' identity, not their
 //! paths), so that the daemon and offline admin commands never work on the
-//! same stores at once. No module here ever sees a whole
-//! key.
+//! same stores at once.
 
 pub mod audit_log;
 pub mod backup;
@@ -15,13 +17,13 @@ pub mod lock;
 pub mod membership;
 pub mod postgres;
 pub mod seen;
-pub mod share_files;
+pub mod share_dir;
 pub mod sqlite;
 
 pub use keystore::{KeyStore, NodeKey, Revocation, Supersede};
 pub use lock::StoreLock;
 pub use postgres::Postgres;
-pub use share_files::{Entry, FileId, ShareDir, temp_path};
+pub use share_dir::{Entry, FileId, ShareDir, temp_path};
 pub use sqlite::Database;
 
 use std::os::unix::fs::DirBuilderExt;

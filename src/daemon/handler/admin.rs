@@ -104,7 +104,7 @@ pub async fn run_revokes(
         targets.push(t);
     }
     let manager = Arc::clone(&st.manager);
-    let policy = st.policy();
+    let policy = st.rules();
     let n = targets.len();
     let results = tokio::task::spawn_blocking(move || manager.revoke_many(targets, &policy))
         .await
@@ -164,7 +164,7 @@ fn answer_admin(
 /// A key change, on a blocking thread (it writes to the stores).
 async fn on_key_manager(st: &State, op: Op) -> Result<Admin, Error> {
     let manager = Arc::clone(&st.manager);
-    let policy = st.policy();
+    let policy = st.rules();
     tokio::task::spawn_blocking(move || match op {
         Op::Rotate { emergency } => manager
             .rotate(emergency)

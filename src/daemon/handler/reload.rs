@@ -10,7 +10,7 @@ use crate::daemon::limits::Limits;
 use crate::daemon::state::State;
 use crate::daemon::systemd;
 use crate::error::{Error, Result};
-use crate::keys::jws::Policy;
+use crate::keys::jws::TokenRules;
 
 /// Reload (blocking: it reads the config file), telling systemd
 /// (`RELOADING=1` … `READY=1`) and the log. `by` says who asked.
@@ -43,7 +43,7 @@ fn apply_reload(st: &State) -> Result<()> {
     st.manager.check_config(&new)?;
     new.check_output_files()?;
     let access = Access::new(&new)?;
-    st.set_policies(Policy::new(&new), access);
+    st.set_rules(TokenRules::new(&new.tokens), access);
     st.set_limits(Limits::of(&new));
     if let Some(a) = &st.audit {
         a.set_retention(new.audit.retention, new.audit.keep_free);

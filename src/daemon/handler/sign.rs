@@ -12,7 +12,7 @@ use super::{Handled, Times, record, truncate};
 use crate::config::human_bytes;
 use crate::daemon::access::Denial;
 use crate::daemon::state::{Peer, State};
-use crate::keys::jws::{self, Policy, SignError};
+use crate::keys::jws::{self, SignError, TokenRules};
 use crate::protocol::{self, Code, Failure, SignRequest};
 use crate::store::audit_log::Record;
 
@@ -133,7 +133,7 @@ fn sign(
     refuse_in_reserve(st, peer)?;
     refuse_reserved(&r.claims)?;
     apply_policy(st, peer, &mut r.claims)?;
-    let policy = st.policy();
+    let policy = st.rules();
     let ttl = ttl_for(peer, &policy, r.ttl)?;
     if !take_token(st, peer) {
         return Err((
@@ -232,7 +232,7 @@ fn refuse_reserved(claims: &Map<String, Value>) -> Result<(), Refused> {
 
 /// The TTL asked for, or the default, within the client's and the global
 /// `max_ttl`.
-fn ttl_for(peer: &Peer, policy: &Policy, asked: Option<u64>) -> Result<u64, Refused> {
+fn ttl_for(peer: &Peer, policy: &TokenRules, asked: Option<u64>) -> Result<u64, Refused> {
     let max = peer
         .policy
         .max_ttl

@@ -112,7 +112,7 @@ pub(super) fn answer_jwks(st: &State, id: Option<Value>, out: &mut Vec<u8>) {
 
 pub(super) fn answer_status(st: &State, id: Option<Value>, at: Times, out: &mut Vec<u8>) {
     let keys = st.manager.keyring.snapshot();
-    let policy = st.policy();
+    let policy = st.rules();
     let rows = keys.own_rows();
     let own_node = st.manager.cluster().map(|c| c.node());
     let cluster = st.manager.cluster().map(|c| {

@@ -40,7 +40,7 @@ pub(super) fn answer_verify(
 /// The verify path: signature and claims, then revocation and binding.
 fn verify(st: &State, r: &VerifyRequest, at: Times) -> Result<jws::Verified, (Code, String)> {
     let keys = st.manager.keyring.snapshot();
-    let policy = st.policy();
+    let policy = st.rules();
     let (token, aud, fingerprint) = (&r.token, r.aud.as_deref(), r.fingerprint.as_deref());
     let v = jws::verify(&keys, &policy, token, aud, at.keys, at.wall).map_err(|e| match e {
         VerifyError::Invalid(why) => (Code::InvalidToken, why.to_owned()),

@@ -103,7 +103,7 @@ impl KeyManager {
         let share_path = |kid: &str, generation: u32| {
             self.places
                 .shares
-                .join(crate::store::share_files::share_file_name(kid, generation))
+                .join(crate::store::share_dir::share_file_name(kid, generation))
         };
         let gone = |p: &Path| std::fs::symlink_metadata(p).is_err();
         let keys = self.keyring.snapshot();

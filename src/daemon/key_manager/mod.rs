@@ -21,7 +21,7 @@ use super::revocations::RevocationSet;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::keys::keyset::Keyring;
+use crate::keys::keyring::Keyring;
 use crate::lifecycle::{self, NewKey};
 use crate::snapshot::Shared;
 use crate::store::{FileId, KeyStore, Stores};
@@ -314,7 +314,7 @@ impl KeyManager {
 
     /// Swap a new key set in (the caller holds `swap`), and rewrite the
     /// JWKS file if it changed.
-    fn install(&self, mut set: crate::keys::keyset::KeySet, cfg: &Config) -> Result<()> {
+    fn install(&self, mut set: crate::keys::keyring::KeySet, cfg: &Config) -> Result<()> {
         // The cluster's bound on a token's lifetime, for sign and verify.
         set.max_token_ttl = self
             .cluster
@@ -356,7 +356,7 @@ impl KeyManager {
             .cloned()
             .collect();
         lifecycle::add_published_others(&mut published, &c.others(), now);
-        let set = crate::keys::keyset::KeySet::new(current.signers.clone(), published);
+        let set = crate::keys::keyring::KeySet::new(current.signers.clone(), published);
         if set.jwks.get() == current.jwks.get()
             && set.published.len() == current.published.len()
             && c.bounds().map(|b| b.max_token_ttl) == current.max_token_ttl

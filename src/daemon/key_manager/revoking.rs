@@ -8,7 +8,7 @@ use crate::clock::wall_now;
 use crate::daemon::cluster::Cluster;
 use crate::daemon::revocations::{self, RevocationSet, Revocations};
 use crate::error::{Error, Result};
-use crate::keys::jws::Policy;
+use crate::keys::jws::TokenRules;
 use crate::protocol::RevokeTarget;
 use crate::store::{Revocation, Stores};
 
@@ -19,7 +19,7 @@ impl KeyManager {
     }
 
     /// Revoke (admin): store durably, then take effect for `verify`.
-    pub fn revoke(&self, target: RevokeTarget, policy: &Policy) -> Result<Revocation> {
+    pub fn revoke(&self, target: RevokeTarget, policy: &TokenRules) -> Result<Revocation> {
         self.revoke_many(vec![target], policy)
             .pop()
             .expect("one answer per target")
@@ -31,7 +31,7 @@ impl KeyManager {
     pub fn revoke_many(
         &self,
         targets: Vec<RevokeTarget>,
-        policy: &Policy,
+        policy: &TokenRules,
     ) -> Vec<Result<Revocation>> {
         let stores = match self.stores() {
             Ok(s) => s,
@@ -81,7 +81,7 @@ impl KeyManager {
     fn revocations_for(
         &self,
         targets: &[RevokeTarget],
-        policy: &Policy,
+        policy: &TokenRules,
         now: i64,
     ) -> Vec<Result<Revocation>> {
         let cfg = self.config();

@@ -1,4 +1,4 @@
-//! `share_files` keeps the file shares: one file per key and share generation
+//! `share_dir` keeps the file shares: one file per key and share generation
 //! in the share directory. It writes them durably and refuses to read any
 //! file that another user could have read or replaced. It never sees a
 //! whole key.

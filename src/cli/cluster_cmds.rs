@@ -1,4 +1,4 @@
-//! `cluster`: the commands of a PostgreSQL deployment. `pg-schema` applies
+//! `cluster_cmds`: the commands of a PostgreSQL deployment. `pg-schema` applies
 //! the schema (as the tables' owner); `node` lists, adds and removes the
 //! members and sets the bounds (as the owner); `migrate-store
 //! --to-postgres` moves this host's keys from its SQLite database into
