@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Ticket;
 use super::handler::{self, Handled, Parsed};
-use super::limits::Limits;
 use super::state::{Peer, State};
+use crate::config::Limits;
 use crate::protocol::{self, Code, Failure, Frame, LineSplitter};
 use crate::store::audit_log::Record;
 

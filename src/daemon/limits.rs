@@ -1,11 +1,10 @@
-//! `limits`: what bounds the accept loop and each connection, from the
-//! config. All but `max_frame_bytes` and `max_connections` follow a reload
-//! (each connection reads them at every turn of its loop, admission at
-//! every accept).
-
-use std::time::Duration;
+//! `limits`: the daemon's thread counts, and the caps admission applies
+//! from the config's limits (all but `max_frame_bytes` and
+//! `max_connections` follow a reload: each connection reads them at every
+//! turn of its loop, admission at every accept).
 
 use super::admission::Caps;
+use crate::config::Limits;
 use crate::store::postgres::PG_BLOCKING;
 
 /// The async runtime's workers: one per core, at most this many. Signing
@@ -27,39 +26,13 @@ pub fn workers(cores: usize) -> usize {
     cores.clamp(1, MAX_WORKERS)
 }
 
-/// Limits of the accept loop and connections. All but `max_frame_bytes`
-/// and `max_connections` follow a reload (each connection reads them at
-/// every turn of its loop, admission at every accept).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_connections_per_peer: usize,
-    pub admin_connections: usize,
-    pub max_frame_bytes: usize,
-    pub idle_timeout: Duration,
-    pub read_timeout: Duration,
-    pub write_timeout: Duration,
-}
-
-impl Limits {
-    pub fn of(cfg: &crate::config::Config) -> Limits {
-        Limits {
-            max_connections: cfg.limits.max_connections,
-            max_connections_per_peer: cfg.limits.max_connections_per_peer,
-            admin_connections: cfg.limits.admin_connections,
-            max_frame_bytes: cfg.limits.max_frame_bytes,
-            idle_timeout: cfg.limits.idle_timeout,
-            read_timeout: cfg.limits.read_timeout,
-            write_timeout: cfg.limits.write_timeout,
-        }
-    }
-
-    pub fn caps(&self) -> Caps {
-        Caps {
-            max_connections: self.max_connections,
-            per_peer: self.max_connections_per_peer,
-            admin_reserve: self.admin_connections,
-        }
+/// What admission applies, from the config's limits (they follow a
+/// reload).
+pub fn caps(limits: &Limits) -> Caps {
+    Caps {
+        max_connections: limits.max_connections,
+        per_peer: limits.max_connections_per_peer,
+        admin_reserve: limits.admin_connections,
     }
 }
 

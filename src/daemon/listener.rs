@@ -153,10 +153,11 @@ fn admit(state: &State, stream: &UnixStream) -> Option<(Peer, Ticket)> {
         refuse(Code::Forbidden, "this peer may not use the daemon".into());
         return None;
     };
-    match state
-        .admission
-        .admit(uid, access.is_admin(uid), state.limits().caps())
-    {
+    match state.admission.admit(
+        uid,
+        access.is_admin(uid),
+        super::limits::caps(&state.limits()),
+    ) {
         Ok((ticket, evicted)) => {
             if let Some(e) = evicted {
                 tracing::info!(

@@ -16,9 +16,9 @@ use super::access::{Access, ClientPolicy};
 use super::admission::Admission;
 use super::audit_writer::Writer;
 use super::key_manager::KeyManager;
-use super::limits::Limits;
 use super::metrics::Metrics;
 use crate::clock::wall_now;
+use crate::config::Limits;
 use crate::config::{Config, Overrides};
 use crate::keys::jws::{self, TokenRules};
 use crate::snapshot::Shared;
@@ -163,7 +163,7 @@ impl State {
             manager,
             rules: Shared::new(TokenRules::new(&cfg.tokens)),
             access: Shared::new(Access::new(&cfg)?),
-            limits: Shared::new(Limits::of(&cfg)),
+            limits: Shared::new(cfg.limits),
             started,
             health: AcceptHealth::default(),
             audit,

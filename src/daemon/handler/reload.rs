@@ -6,7 +6,6 @@
 
 use crate::config::{Config, Env};
 use crate::daemon::access::Access;
-use crate::daemon::limits::Limits;
 use crate::daemon::state::State;
 use crate::daemon::systemd;
 use crate::error::{Error, Result};
@@ -44,7 +43,7 @@ fn apply_reload(st: &State) -> Result<()> {
     new.check_output_files()?;
     let access = Access::new(&new)?;
     st.set_rules(TokenRules::new(&new.tokens), access);
-    st.set_limits(Limits::of(&new));
+    st.set_limits(new.limits);
     if let Some(a) = &st.audit {
         a.set_retention(new.audit.retention, new.audit.keep_free);
     }
