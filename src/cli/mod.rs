@@ -2,8 +2,10 @@
 //! one error line. `run` is a table of contents: each command is one
 //! function, in `daemon_cmds` (commands that go through the daemon, with
 //! an offline fallback where one makes sense), `offline` (commands on the
-//! stores themselves: init, import, recover, check, backup), `audit` (the
-//! audit log); `output` has what they print and how they fail.
+//! stores themselves: init, import, recover, check, backup),
+//! `cluster_cmds` (pg-schema, node, migrate-store), `audit` (the audit
+//! log) and `docs` (completions, man pages); `output` has what they print
+//! and how they fail, `places` where they looked when they find nothing.
 
 mod audit;
 mod cluster_cmds;
