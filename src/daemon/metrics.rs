@@ -20,6 +20,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::audit_writer::{CommitObserver, Space};
+
 /// How many peer uids get a connections series of their own.
 const MAX_UID_SERIES: usize = 20;
 
@@ -92,6 +94,13 @@ pub struct Metrics {
     render: Mutex<()>,
 }
 
+impl CommitObserver for Metrics {
+    fn committed(&self, took: Duration) {
+        self.audit_batches.inc();
+        self.audit_commit_seconds.observe(took.as_secs_f64());
+    }
+}
+
 /// What the gauges show, read when the text is made.
 pub struct Now {
     /// Open connections per peer uid.
@@ -109,7 +118,7 @@ pub struct Now {
     pub cluster: Option<ClusterNow>,
     /// The audit log's reserve, as the writer last found it (none with
     /// the audit log off).
-    pub audit_space: Option<crate::daemon::audit_writer::Space>,
+    pub audit_space: Option<Space>,
 }
 
 /// A cluster node's counts (running totals since start).
@@ -339,11 +348,6 @@ impl Metrics {
         if let Some((_, h)) = self.request_by_op.iter().find(|(o, _)| *o == op) {
             h.observe(d.as_secs_f64());
         }
-    }
-
-    pub fn audit_committed(&self, d: Duration) {
-        self.audit_batches.inc();
-        self.audit_commit_seconds.observe(d.as_secs_f64());
     }
 
     /// The exposition text, with the gauges set from `now`.
