@@ -166,6 +166,13 @@ impl Tally {
     }
 }
 
+/// Told of each batch the writer commits, with how long its commit took
+/// (the daemon's metrics count them; the writer knows nothing of them).
+pub trait CommitObserver: Send + Sync {
+    /// A batch was committed, in `took` (its fsync included).
+    fn committed(&self, took: Duration);
+}
+
 /// The daemon's audit writer: a thread that commits whatever records have
 /// queued up in one transaction, then acknowledges them all; that writes
 /// the aggregated failures once a second; that prunes past the retention;
@@ -189,13 +196,14 @@ impl Writer {
     /// the writer checks that it still does, and otherwise fails the batch,
     /// so no token leaves whose record is not in the database at the
     /// configured path (a database deleted or replaced under the daemon).
+    /// `on_commit` is told of each batch committed.
     pub fn start(
         path: PathBuf,
         durability: AuditSync,
         expected: FileId,
         retention: Duration,
         keep_free: KeepFree,
-        metrics: Arc<crate::daemon::metrics::Metrics>,
+        on_commit: Arc<impl CommitObserver + 'static>,
     ) -> Result<Writer> {
         let conn = open(&path, durability)?;
         let page_size = conn
@@ -223,7 +231,7 @@ impl Writer {
             // The first retention pass a little after start, not during it.
             next_prune: Instant::now() + Duration::from_secs(10),
             pruning: None,
-            metrics,
+            on_commit,
             purge_clock: crate::clock::PurgeClock::new("audit records past the retention"),
             keep_free: Arc::clone(&keep_free),
             space_dir,
@@ -307,7 +315,8 @@ struct WriterThread {
     health: Arc<AuditHealth>,
     retention_s: Arc<AtomicI64>,
     next_prune: Instant,
-    metrics: Arc<crate::daemon::metrics::Metrics>,
+    /// Told of each batch committed (the daemon's metrics).
+    on_commit: Arc<dyn CommitObserver>,
     pruning: Option<Pruning>,
     /// The retention counts back from this clock, not the wall clock: a
     /// clock stepped forward prunes nothing early.
@@ -505,7 +514,7 @@ impl WriterThread {
         };
         self.health.set(ok, wall_now());
         if ok {
-            self.metrics.audit_committed(started.elapsed());
+            self.on_commit.committed(started.elapsed());
         }
         ok
     }

@@ -79,6 +79,16 @@ enum Read {
     Close,
 }
 
+/// What answering the lines of an input did: whether a line was answered,
+/// whether the connection is to close (a line too long), and whether whole
+/// lines are left for the next turn.
+#[derive(Default)]
+struct Pass {
+    answered: bool,
+    close: bool,
+    more: bool,
+}
+
 pub struct Connection<'a> {
     state: &'a State,
     stream: UnixStream,
@@ -207,6 +217,39 @@ impl<'a> Connection<'a> {
     /// `None` to close, else whether whole lines are left for the next
     /// turn.
     async fn answer_input(&mut self, limits: &Limits, eof: bool) -> Option<bool> {
+        let Pass {
+            mut answered,
+            close,
+            mut more,
+        } = self.answer_lines(limits).await?;
+        self.input.advance(self.splitter.consumed());
+        self.splitter.reset();
+        // Lines may be left only if one of them is whole.
+        more = more && self.input.contains(&b'\n');
+        // A last line without `\n` before EOF (e.g. `printf … | socat`).
+        if eof && !close && !more && !self.input.trim_ascii().is_empty() {
+            answer(self.state, &self.input, &self.peer, &mut self.batch).await;
+            answered = true;
+        }
+        // The revokes held back: this input has no more lines to join them.
+        answer_revokes(self.state, &self.peer, &mut self.batch).await;
+        self.note_answered(answered, more);
+        self.committed |= !self.batch.records.is_empty();
+        let written = flush(
+            self.state,
+            &mut self.stream,
+            &self.peer,
+            &mut self.batch,
+            limits,
+        )
+        .await;
+        (written && !close).then_some(more)
+    }
+
+    /// The first step of [`Self::answer_input`]: answer the whole lines
+    /// of the input until none is left, the turn is over or a line is too
+    /// long. `None` to close (replies could not be written).
+    async fn answer_lines(&mut self, limits: &Limits) -> Option<Pass> {
         let Connection {
             state,
             stream,
@@ -218,64 +261,38 @@ impl<'a> Connection<'a> {
             ..
         } = self;
         let turn = *turn;
-        let mut answered = false;
-        let mut close = false;
-        let mut more = false;
+        let mut pass = Pass::default();
         while let Some(frame) = splitter.next(input) {
             match frame {
                 Frame::Line(line) if line.trim_ascii().is_empty() => {}
                 Frame::Line(line) => {
                     answer(state, line, peer, batch).await;
-                    answered = true;
+                    pass.answered = true;
                     if batch.out.len() >= REPLY_BATCH
                         && !flush(state, stream, peer, batch, limits).await
                     {
                         return None;
                     }
-                    // With token replies waiting for their audit commit,
-                    // a turn may last longer (ending it flushes, and a
-                    // commit per 200 µs cost a fifth of sign throughput):
-                    // a batch of 32 signs fits in one, a sign at the head
-                    // of 31 verifies does not keep the worker for all.
-                    let limit = if batch.records.is_empty() {
-                        TURN
-                    } else {
-                        TURN * 4
-                    };
-                    if turn.elapsed() >= limit {
-                        more = true;
+                    if turn.elapsed() >= turn_limit(batch) {
+                        pass.more = true;
                         break;
                     }
                 }
                 Frame::TooLong => {
-                    answer_revokes(state, peer, batch).await;
-                    state
-                        .metrics
-                        .refused("request", Code::FrameTooLong.as_str());
-                    batch.push_error(Failure::new(
-                        None,
-                        Code::FrameTooLong,
-                        format!(
-                            "request line exceeds {} bytes; closing",
-                            limits.max_frame_bytes
-                        ),
-                    ));
-                    close = true;
+                    refuse_too_long(state, peer, batch, limits).await;
+                    pass.close = true;
                     break;
                 }
             }
         }
-        input.advance(splitter.consumed());
-        splitter.reset();
-        // Lines may be left only if one of them is whole.
-        more = more && input.contains(&b'\n');
-        // A last line without `\n` before EOF (e.g. `printf … | socat`).
-        if eof && !close && !more && !input.trim_ascii().is_empty() {
-            answer(state, input, peer, batch).await;
-            answered = true;
-        }
-        // The revokes held back: this input has no more lines to join them.
-        answer_revokes(state, peer, batch).await;
+        Some(pass)
+    }
+
+    /// The step of [`Self::answer_input`] after its lines are answered:
+    /// the idle clock restarts if any was, and the read deadline of a
+    /// partial line is set.
+    #[inline]
+    fn note_answered(&mut self, answered: bool, more: bool) {
         if answered {
             self.last_request = Instant::now();
             self.ticket.touch();
@@ -288,16 +305,6 @@ impl<'a> Connection<'a> {
             (false, true) => Some(Instant::now()),
             (false, false) => self.partial_since.or(Some(Instant::now())),
         };
-        self.committed |= !self.batch.records.is_empty();
-        let written = flush(
-            self.state,
-            &mut self.stream,
-            &self.peer,
-            &mut self.batch,
-            limits,
-        )
-        .await;
-        (written && !close).then_some(more)
     }
 
     /// Give the buffers back between requests: an idle connection holds
@@ -314,6 +321,36 @@ impl<'a> Connection<'a> {
 /// outside it (by the audit writer's acknowledgements, mostly).
 fn others_waiting() -> bool {
     tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().global_queue_depth() > 0)
+}
+
+/// How long a turn may last with this batch waiting: four times [`TURN`]
+/// while token replies wait for their audit commit.
+#[inline]
+fn turn_limit(batch: &Batch) -> Duration {
+    // With token replies waiting for their audit commit, a turn may last
+    // longer (ending it flushes, and a commit per 200 µs cost a fifth of
+    // sign throughput): a batch of 32 signs fits in one, a sign at the head
+    // of 31 verifies does not keep the worker for all.
+    if batch.records.is_empty() {
+        TURN
+    } else {
+        TURN * 4
+    }
+}
+
+/// Answer a line too long: the held revokes first, then the refusal (the
+/// connection closes after it).
+async fn refuse_too_long(st: &State, peer: &Peer, batch: &mut Batch, limits: &Limits) {
+    answer_revokes(st, peer, batch).await;
+    st.metrics.refused("request", Code::FrameTooLong.as_str());
+    batch.push_error(Failure::new(
+        None,
+        Code::FrameTooLong,
+        format!(
+            "request line exceeds {} bytes; closing",
+            limits.max_frame_bytes
+        ),
+    ));
 }
 
 /// The most pipelined revokes stored in one transaction.

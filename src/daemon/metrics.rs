@@ -20,6 +20,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::audit_writer::{CommitObserver, Space};
+
 /// How many peer uids get a connections series of their own.
 const MAX_UID_SERIES: usize = 20;
 
@@ -92,6 +94,13 @@ pub struct Metrics {
     render: Mutex<()>,
 }
 
+impl CommitObserver for Metrics {
+    fn committed(&self, took: Duration) {
+        self.audit_batches.inc();
+        self.audit_commit_seconds.observe(took.as_secs_f64());
+    }
+}
+
 /// What the gauges show, read when the text is made.
 pub struct Now {
     /// Open connections per peer uid.
@@ -109,7 +118,7 @@ pub struct Now {
     pub cluster: Option<ClusterNow>,
     /// The audit log's reserve, as the writer last found it (none with
     /// the audit log off).
-    pub audit_space: Option<crate::daemon::audit_writer::Space>,
+    pub audit_space: Option<Space>,
 }
 
 /// A cluster node's counts (running totals since start).
@@ -138,164 +147,175 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("splitsign");
-        let tokens = Family::<TokenLabels, Counter>::default();
-        registry.register(
+        let mut m = Metrics {
+            registry: Registry::with_prefix("splitsign"),
+            request_by_op: Vec::new(),
+            tokens: Family::default(),
+            refusals: Family::default(),
+            verify: Family::default(),
+            audit_batches: Counter::default(),
+            audit_commit_seconds: latency_histogram(),
+            connections: Family::default(),
+            published_keys: Gauge::default(),
+            revocations: Family::default(),
+            active_key_age: Gauge::default(),
+            next_transition: Gauge::default(),
+            nodes: Gauge::default(),
+            skipped_keys: Gauge::default(),
+            cluster_reads: Family::default(),
+            notifications: Counter::default(),
+            went_back: Counter::default(),
+            database_unreachable: Gauge::default(),
+            audit_reserve: Gauge::default(),
+            audit_free_bytes: Gauge::default(),
+            render: Mutex::new(()),
+        };
+        // In this order in the text.
+        m.register_requests();
+        m.register_audit_commits();
+        m.register_state();
+        m.register_cluster();
+        m.register_audit_space();
+        m.registry.register(
+            "build",
+            "The running build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        m
+    }
+
+    /// Register the request counters and the request histograms (one made
+    /// per op up front).
+    fn register_requests(&mut self) {
+        self.registry.register(
             "tokens_issued",
             "Tokens issued, by client policy and signing key",
-            tokens.clone(),
+            self.tokens.clone(),
         );
-        let refusals = Family::<RefusalLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "refusals",
             "Requests and connections refused, by op and error code",
-            refusals.clone(),
+            self.refusals.clone(),
         );
-        let verify = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "verifications",
             "verify results, by outcome (ok or the error code)",
-            verify.clone(),
+            self.verify.clone(),
         );
         let request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        let request_by_op = crate::protocol::OpName::ALL
+        self.request_by_op = crate::protocol::OpName::ALL
             .iter()
             .map(|&o| {
                 let op = o.as_str();
                 (o, request_seconds.get_or_create_owned(&OpLabels { op }))
             })
             .collect();
-        registry.register_with_unit(
+        self.registry.register_with_unit(
             "request_duration",
             "Time to handle a request, by op (the wait for the audit commit excluded)",
             Unit::Seconds,
             request_seconds.clone(),
         );
-        let audit_batches = Counter::default();
-        registry.register(
+    }
+
+    /// Register the audit writer's commit counter and histogram.
+    fn register_audit_commits(&mut self) {
+        self.registry.register(
             "audit_batches",
             "Audit log batches committed",
-            audit_batches.clone(),
+            self.audit_batches.clone(),
         );
-        let audit_commit_seconds = latency_histogram();
-        registry.register_with_unit(
+        self.registry.register_with_unit(
             "audit_commit_duration",
             "Time to commit an audit batch (with its fsync)",
             Unit::Seconds,
-            audit_commit_seconds.clone(),
+            self.audit_commit_seconds.clone(),
         );
-        let connections = Family::<UidLabels, Gauge>::default();
-        registry.register(
+    }
+
+    /// Register the gauges of the daemon's state: connections, keys,
+    /// revocations, the key schedule.
+    fn register_state(&mut self) {
+        self.registry.register(
             "connections",
             "Open client connections, by peer uid (the 20 uids with the most; the rest as other)",
-            connections.clone(),
+            self.connections.clone(),
         );
-        let published_keys = Gauge::default();
-        registry.register(
+        self.registry.register(
             "published_keys",
             "Keys in the JWKS (every node's, in a cluster)",
-            published_keys.clone(),
+            self.published_keys.clone(),
         );
-        let revocations = Family::<KindLabels, Gauge>::default();
-        registry.register(
+        self.registry.register(
             "revocations",
             "Revocations in force, by kind (jti or sub)",
-            revocations.clone(),
+            self.revocations.clone(),
         );
-        let active_key_age = Gauge::default();
-        registry.register_with_unit(
+        self.registry.register_with_unit(
             "active_key_age",
             "Age of the active key (since its activation); -1 without one",
             Unit::Seconds,
-            active_key_age.clone(),
+            self.active_key_age.clone(),
         );
-        let next_transition = Gauge::default();
-        registry.register_with_unit(
+        self.registry.register_with_unit(
             "next_transition",
             "Time until this node's next key transition; -1 when none is scheduled",
             Unit::Seconds,
-            next_transition.clone(),
+            self.next_transition.clone(),
         );
-        let nodes = Gauge::default();
-        registry.register(
+    }
+
+    /// Register what a cluster node counts of the others and of the
+    /// database.
+    fn register_cluster(&mut self) {
+        self.registry.register(
             "nodes",
             "Active members of the cluster, this node included (1 without a cluster)",
-            nodes.clone(),
+            self.nodes.clone(),
         );
-        let skipped_keys = Gauge::default();
-        registry.register(
+        self.registry.register(
             "cluster_skipped_keys",
             "Key rows of other nodes skipped at the last read (malformed, out of bounds, \
              over max_keys): not published, not trusted",
-            skipped_keys.clone(),
+            self.skipped_keys.clone(),
         );
-        let cluster_reads = Family::<WhatLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "cluster_reads",
             "Reads of what other nodes changed: keys (with members and bounds), revocations \
              (incremental), revocations_full",
-            cluster_reads.clone(),
+            self.cluster_reads.clone(),
         );
-        let notifications = Counter::default();
-        registry.register(
+        self.registry.register(
             "cluster_notifications",
             "NOTIFYs received (hints only: a flood of forged ones is one read per 100 ms)",
-            notifications.clone(),
+            self.notifications.clone(),
         );
-        let went_back = Counter::default();
-        registry.register(
+        self.registry.register(
             "cluster_database_went_back",
             "Times the cluster's database was found to have gone back (a restored dump); \
              revocations seen stayed in force",
-            went_back.clone(),
+            self.went_back.clone(),
         );
-        let database_unreachable = Gauge::default();
-        registry.register(
+        self.registry.register(
             "cluster_database_unreachable",
             "1 while PostgreSQL cannot be reached (the node is degraded)",
-            database_unreachable.clone(),
+            self.database_unreachable.clone(),
         );
-        let audit_reserve = Gauge::default();
-        registry.register(
+    }
+
+    /// Register the gauges of the audit log's free space and reserve.
+    fn register_audit_space(&mut self) {
+        self.registry.register(
             "audit_reserve_in_use",
             "1 while the audit log's filesystem is down to its reserve (audit_keep_free): \
              only admins may sign",
-            audit_reserve.clone(),
+            self.audit_reserve.clone(),
         );
-        let audit_free_bytes = Gauge::default();
-        registry.register(
+        self.registry.register(
             "audit_free_bytes",
             "Bytes free on the audit log's filesystem, at the audit writer's last check",
-            audit_free_bytes.clone(),
+            self.audit_free_bytes.clone(),
         );
-        registry.register(
-            "build",
-            "The running build",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
-        Metrics {
-            registry,
-            request_by_op,
-            tokens,
-            refusals,
-            verify,
-            audit_batches,
-            audit_commit_seconds,
-            connections,
-            published_keys,
-            revocations,
-            active_key_age,
-            next_transition,
-            nodes,
-            skipped_keys,
-            cluster_reads,
-            notifications,
-            went_back,
-            database_unreachable,
-            audit_reserve,
-            audit_free_bytes,
-            render: Mutex::new(()),
-        }
     }
 
     /// `n` tokens issued under `policy` with `kid`.
@@ -328,11 +348,6 @@ impl Metrics {
         if let Some((_, h)) = self.request_by_op.iter().find(|(o, _)| *o == op) {
             h.observe(d.as_secs_f64());
         }
-    }
-
-    pub fn audit_committed(&self, d: Duration) {
-        self.audit_batches.inc();
-        self.audit_commit_seconds.observe(d.as_secs_f64());
     }
 
     /// The exposition text, with the gauges set from `now`.

@@ -219,23 +219,39 @@ fn insert_sql(n: usize) -> String {
 /// Append records in one transaction, chained to the last stored one.
 /// String fields are bounded here, whoever made the record.
 pub fn append(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
-    use rusqlite::ToSql;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let (mut seq, mut prev) = chain_head(&tx)?;
+    let (seq, prev) = chain_head(&tx)?;
+    let rows = chain_rows(&tx, records, seq, prev)?;
+    insert_rows(&tx, &rows)?;
+    tx.commit()
+}
+
+/// One record as [`append`] stores it: its fields bounded, its kid as the
+/// kid's number, its place and hash in the chain.
+struct Chained<'a> {
+    seq: i64,
+    at: i64,
+    uid: Option<i64>,
+    pid: Option<i64>,
+    op: std::borrow::Cow<'a, str>,
+    kid: Option<i64>,
+    sub: Option<std::borrow::Cow<'a, str>>,
+    jti: Option<std::borrow::Cow<'a, str>>,
+    result: std::borrow::Cow<'a, str>,
+    count: i64,
+    hash: [u8; 32],
+}
+
+/// The step of [`append`] that chains: each record bounded, hashed after
+/// the one before it (from `seq` and `prev`, the chain's head), and its
+/// kid numbered (a new kid is stored in `tx`).
+fn chain_rows<'a>(
+    tx: &Connection,
+    records: &'a [Record],
+    mut seq: i64,
+    mut prev: Vec<u8>,
+) -> rusqlite::Result<Vec<Chained<'a>>> {
     let mut kids = Vec::new();
-    struct Row<'a> {
-        seq: i64,
-        at: i64,
-        uid: Option<i64>,
-        pid: Option<i64>,
-        op: std::borrow::Cow<'a, str>,
-        kid: Option<i64>,
-        sub: Option<std::borrow::Cow<'a, str>>,
-        jti: Option<std::borrow::Cow<'a, str>>,
-        result: std::borrow::Cow<'a, str>,
-        count: i64,
-        hash: [u8; 32],
-    }
     let mut rows = Vec::with_capacity(records.len());
     for r in records {
         seq += 1;
@@ -261,10 +277,10 @@ pub fn append(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()>
             },
         );
         let kid = match &kid {
-            Some(k) => Some(kid_id(&tx, k, &mut kids)?),
+            Some(k) => Some(kid_id(tx, k, &mut kids)?),
             None => None,
         };
-        rows.push(Row {
+        rows.push(Chained {
             seq,
             at: r.at,
             uid: r.uid.map(i64::from),
@@ -280,8 +296,14 @@ pub fn append(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()>
         prev.clear();
         prev.extend_from_slice(&hash);
     }
-    // Whole chunks with one statement, the rest one row at a time: two
-    // statements in the cache, never re-parsed.
+    Ok(rows)
+}
+
+/// The step of [`append`] that inserts the chained rows in `tx`: whole
+/// chunks with one statement, the rest one row at a time (two statements
+/// in the cache, never re-parsed).
+fn insert_rows(tx: &Connection, rows: &[Chained<'_>]) -> rusqlite::Result<()> {
+    use rusqlite::ToSql;
     let whole = rows.len() - rows.len() % ROWS_PER_INSERT;
     let (full, rest) = rows.split_at(whole);
     for chunk in full.chunks(ROWS_PER_INSERT).chain(rest.chunks(1)) {
@@ -309,7 +331,7 @@ pub fn append(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()>
         }
         stmt.execute(params.as_slice())?;
     }
-    tx.commit()
+    Ok(())
 }
 
 /// A record from the first ten columns (seq … count) of a row, its kid

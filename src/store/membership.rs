@@ -432,115 +432,18 @@ impl Postgres {
         let node = node.to_owned();
         let done = self.with("removing a node", async |c| {
             let tx = c.transaction().await?;
-            let was = tx
-                .query_opt(
-                    "SELECT active, at_once FROM splitsign_members WHERE node = $1 FOR UPDATE",
-                    &[&node],
-                )
-                .await?;
-            let Some(was) = was else {
+            let Some(mut out) = mark_removed(&tx, &node, at_once).await? else {
                 return Ok(Err(format!(
                     "there is no member {node:?} (`splitsign node list`)"
                 )));
             };
-            let (active, was_at_once): (bool, bool) = (was.get(0), was.get(1));
-            let mut out = Removed {
-                already: !active && (was_at_once || !at_once),
-                ..Removed::default()
-            };
-            if active {
-                // What the node had committed by now stays trusted (without
-                // --at-once); a transaction it holds open is not.
-                tx.execute(
-                    "UPDATE splitsign_members SET active = false, at_once = $2,
-                         removed_at = greatest(added_at, extract(epoch FROM now())::bigint),
-                         removed_snapshot = pg_current_snapshot()
-                     WHERE node = $1",
-                    &[&node, &at_once],
-                )
-                .await?;
-            } else if at_once && !was_at_once {
-                tx.execute(
-                    "UPDATE splitsign_members SET at_once = true WHERE node = $1",
-                    &[&node],
-                )
-                .await?;
-            }
-            let role_exists = tx
-                .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&node])
-                .await?
-                .is_some();
-            if role_exists {
-                // Its rights, and its right to connect to this database.
-                tx.execute("SELECT splitsign_revoke($1)", &[&node]).await?;
-                tx.batch_execute("SAVEPOINT login").await?;
-                let nologin = format!("ALTER ROLE {} NOLOGIN", quoted(&node));
-                let login = tx.batch_execute(&nologin).await;
-                if login.is_err() {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT login").await?;
-                }
-                let may_connect: bool = tx
-                    .query_one(
-                        "SELECT rolcanlogin AND has_database_privilege(rolname, \
-                                current_database(), 'CONNECT')
-                         FROM pg_roles WHERE rolname = $1",
-                        &[&node],
-                    )
-                    .await?
-                    .get(0);
-                match (login, may_connect) {
-                    (Err(e), true) => out.not_done.push(format!(
-                        "could not disable the role's login ({}), and it may still connect to \
-                         this database: run `{nologin}` with your own tooling. Its rights on the \
-                         tables are taken away, and no row it writes is trusted",
-                        super::postgres::error_text(&e)
-                    )),
-                    (Err(e), false) => out.notes.push(format!(
-                        "could not disable the role's login ({}); it may no longer connect to \
-                         this database",
-                        super::postgres::error_text(&e)
-                    )),
-                    (Ok(()), _) => {}
-                }
-            } else {
-                out.notes.push(format!(
-                    "there is no role {node:?} any more: nothing to disable"
-                ));
-            }
+            take_rights(&tx, &node, &mut out).await?;
             tx.commit().await?;
             // After the commit (a session ended before it could log in
             // again): end the sessions the node still holds.
-            match c
-                .query_one(
-                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
-                     FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
-                    &[&node],
-                )
-                .await
-            {
-                Ok(r) => out.sessions_ended = r.get(0),
-                Err(e) => out.not_done.push(format!(
-                    "could not end the sessions the node still holds ({}): they can do nothing \
-                     but read the list of members, and nothing they commit is trusted; end them \
-                     with pg_terminate_backend as a role that may",
-                    super::postgres::error_text(&e)
-                )),
-            }
+            end_sessions(c, &node, &mut out).await;
             if at_once {
-                // Apart from the removal, which no lock the node holds on its
-                // own rows can hold up (the removal is done either way: none
-                // of its keys is trusted). Run it again to retry.
-                match c
-                    .execute("DELETE FROM splitsign_db_shares WHERE node = $1", &[&node])
-                    .await
-                {
-                    Ok(n) => out.shares_destroyed = n,
-                    Err(e) => out.not_done.push(format!(
-                        "could not destroy the node's database shares ({}): none of its keys is \
-                         trusted any more; run `node remove {node} --at-once` again to retry",
-                        super::postgres::error_text(&e)
-                    )),
-                }
+                destroy_shares(c, &node, &mut out).await;
             }
             Ok(Ok(out))
         })?;
@@ -605,6 +508,140 @@ impl Postgres {
             tx.commit().await?;
             Ok(b)
         })
+    }
+}
+
+/// The first step of `node remove`, in its transaction: lock the member's
+/// row and mark it removed (or removed at once). `None`: no such member.
+async fn mark_removed(
+    tx: &tokio_postgres::Transaction<'_>,
+    node: &str,
+    at_once: bool,
+) -> std::result::Result<Option<Removed>, tokio_postgres::Error> {
+    let was = tx
+        .query_opt(
+            "SELECT active, at_once FROM splitsign_members WHERE node = $1 FOR UPDATE",
+            &[&node],
+        )
+        .await?;
+    let Some(was) = was else {
+        return Ok(None);
+    };
+    let (active, was_at_once): (bool, bool) = (was.get(0), was.get(1));
+    let out = Removed {
+        already: !active && (was_at_once || !at_once),
+        ..Removed::default()
+    };
+    if active {
+        // What the node had committed by now stays trusted (without
+        // --at-once); a transaction it holds open is not.
+        tx.execute(
+            "UPDATE splitsign_members SET active = false, at_once = $2,
+                 removed_at = greatest(added_at, extract(epoch FROM now())::bigint),
+                 removed_snapshot = pg_current_snapshot()
+             WHERE node = $1",
+            &[&node, &at_once],
+        )
+        .await?;
+    } else if at_once && !was_at_once {
+        tx.execute(
+            "UPDATE splitsign_members SET at_once = true WHERE node = $1",
+            &[&node],
+        )
+        .await?;
+    }
+    Ok(Some(out))
+}
+
+/// The second step of `node remove`, in its transaction: take the node's
+/// rights away and disable its login, noting in `out` what could not be
+/// done.
+async fn take_rights(
+    tx: &tokio_postgres::Transaction<'_>,
+    node: &str,
+    out: &mut Removed,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let role_exists = tx
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&node])
+        .await?
+        .is_some();
+    if role_exists {
+        // Its rights, and its right to connect to this database.
+        tx.execute("SELECT splitsign_revoke($1)", &[&node]).await?;
+        tx.batch_execute("SAVEPOINT login").await?;
+        let nologin = format!("ALTER ROLE {} NOLOGIN", quoted(node));
+        let login = tx.batch_execute(&nologin).await;
+        if login.is_err() {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT login").await?;
+        }
+        let may_connect: bool = tx
+            .query_one(
+                "SELECT rolcanlogin AND has_database_privilege(rolname, \
+                        current_database(), 'CONNECT')
+                 FROM pg_roles WHERE rolname = $1",
+                &[&node],
+            )
+            .await?
+            .get(0);
+        match (login, may_connect) {
+            (Err(e), true) => out.not_done.push(format!(
+                "could not disable the role's login ({}), and it may still connect to \
+                 this database: run `{nologin}` with your own tooling. Its rights on the \
+                 tables are taken away, and no row it writes is trusted",
+                super::postgres::error_text(&e)
+            )),
+            (Err(e), false) => out.notes.push(format!(
+                "could not disable the role's login ({}); it may no longer connect to \
+                 this database",
+                super::postgres::error_text(&e)
+            )),
+            (Ok(()), _) => {}
+        }
+    } else {
+        out.notes.push(format!(
+            "there is no role {node:?} any more: nothing to disable"
+        ));
+    }
+    Ok(())
+}
+
+/// The step of `node remove` after its commit: end the sessions the node
+/// still holds, noting in `out` how many or why not.
+async fn end_sessions(c: &tokio_postgres::Client, node: &str, out: &mut Removed) {
+    match c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+             FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
+            &[&node],
+        )
+        .await
+    {
+        Ok(r) => out.sessions_ended = r.get(0),
+        Err(e) => out.not_done.push(format!(
+            "could not end the sessions the node still holds ({}): they can do nothing \
+             but read the list of members, and nothing they commit is trusted; end them \
+             with pg_terminate_backend as a role that may",
+            super::postgres::error_text(&e)
+        )),
+    }
+}
+
+/// The last step of `node remove --at-once`: destroy the node's database
+/// shares, noting in `out` how many or why not.
+async fn destroy_shares(c: &tokio_postgres::Client, node: &str, out: &mut Removed) {
+    // Apart from the removal, which no lock the node holds on its own rows
+    // can hold up (the removal is done either way: none of its keys is
+    // trusted). Run it again to retry.
+    match c
+        .execute("DELETE FROM splitsign_db_shares WHERE node = $1", &[&node])
+        .await
+    {
+        Ok(n) => out.shares_destroyed = n,
+        Err(e) => out.not_done.push(format!(
+            "could not destroy the node's database shares ({}): none of its keys is \
+             trusted any more; run `node remove {node} --at-once` again to retry",
+            super::postgres::error_text(&e)
+        )),
     }
 }
 
