@@ -399,7 +399,7 @@ async fn answer(st: &State, line: &[u8], peer: &Peer, batch: &mut Batch) {
             }
             return;
         }
-        Some(p) if held && p.waits(st) => return answer_after_revokes(st, p, peer, batch).await,
+        Some(p) if held && p.waits() => return answer_after_revokes(st, p, peer, batch).await,
         Some(p) => handler::handle(st, p, peer, out, &mut batch.records).await,
     };
     let start = if held {
@@ -417,8 +417,8 @@ async fn answer(st: &State, line: &[u8], peer: &Peer, batch: &mut Batch) {
     });
 }
 
-/// Answer a request that may wait (an admin op, a sign waiting for a key)
-/// after held revokes: the revokes are stored and answered first, then it.
+/// Answer a request that may wait (an admin op, a sign) after held revokes:
+/// the revokes are stored and answered first, then it.
 async fn answer_after_revokes(st: &State, parsed: Parsed, peer: &Peer, batch: &mut Batch) {
     answer_revokes(st, peer, batch).await;
     let start = batch.out.len();
