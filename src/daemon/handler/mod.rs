@@ -58,22 +58,13 @@ impl Parsed {
         matches!(self.req.op, Op::Revoke(_))
     }
 
-    /// An admin op (run on a blocking thread or the audit writer), as
-    /// opposed to the ops answered inline.
-    pub fn is_admin(&self) -> bool {
-        !matches!(
-            self.req.op,
-            Op::Ping | Op::Sign(_) | Op::Verify(_) | Op::Jwks | Op::Status | Op::Metrics
-        )
-    }
-
     /// Whether answering it may wait, so that revokes held before it are
     /// stored first: an admin op, or a sign (which waits for a key when the
     /// clock jumped past the active key's period). Decided by the op alone:
     /// a check of the keys here could differ from `handle`'s a moment
     /// later, and leave the revokes unstored through the wait.
     pub fn waits(&self) -> bool {
-        matches!(self.req.op, Op::Sign(_)) || self.is_admin()
+        matches!(self.req.op, Op::Sign(_)) || self.req.op.is_admin()
     }
 
     pub fn into_request(self) -> Request {
