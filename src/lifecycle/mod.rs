@@ -38,10 +38,7 @@ use crate::keys::KeyInfo;
 
 pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use migrate::{Moved, move_to_postgres};
-pub use reconcile::{
-    Leftover, Reconciled, Survey, apply, apply_to_stores, reconcile, reconcile_stores, survey,
-    survey_stores,
-};
+pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, reconcile_stores, survey};
 pub use reshare::{Recovered, recover, reshare};
 pub use unseal::{add_published_others, build_keyset, unseal_key};
 

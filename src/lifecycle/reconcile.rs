@@ -1,8 +1,8 @@
 //! `reconcile`: proving that the share directory and the database belong
 //! together ([`survey`], which only reads), then cleaning up what
-//! interrupted writes and retired keys left ([`apply`]). On a host's
-//! opened [`Stores`], [`survey_stores`], [`apply_to_stores`] (which logs
-//! what was cleaned up) and [`reconcile_stores`] do the same.
+//! interrupted writes and retired keys left ([`apply`]), which
+//! [`Reconciled::log`] reports; [`reconcile_stores`] does both on a host's
+//! opened [`Stores`].
 
 use std::path::PathBuf;
 
@@ -69,6 +69,31 @@ pub struct Reconciled {
     pub removed_temps: Vec<PathBuf>,
     pub upgraded: Vec<PathBuf>,
     pub foreign: Vec<PathBuf>,
+}
+
+impl Reconciled {
+    /// Log what was cleaned up (`deployment`: the id added to upgraded
+    /// share files).
+    pub fn log(&self, deployment: &str) {
+        for kid in &self.discarded_incomplete {
+            tracing::warn!(%kid, "discarded a key whose creation was interrupted");
+        }
+        for kid in &self.destroyed_shares_of {
+            tracing::info!(%kid, "destroyed the database share of a key that no longer signs");
+        }
+        for (p, why) in &self.removed_files {
+            tracing::info!(path = %p.display(), "removed a file share: {why}");
+        }
+        for p in &self.removed_temps {
+            tracing::info!(path = %p.display(), "removed an interrupted temp file");
+        }
+        for p in &self.upgraded {
+            tracing::info!(path = %p.display(), %deployment, "added the deployment id to a share file (format 2)");
+        }
+        for p in &self.foreign {
+            tracing::warn!(path = %p.display(), "unexpected file in the share directory (left alone)");
+        }
+    }
 }
 
 /// Prove that the share directory and the database belong together, and
@@ -380,39 +405,9 @@ pub fn reconcile(database: &dyn KeyStore, dir: &ShareDir, now: i64) -> Result<Re
     apply(database, dir, plan)
 }
 
-/// Prove that the opened stores belong together and plan the clean-up; see
-/// [`survey`]. Changes nothing.
-pub fn survey_stores(stores: &Stores, now: i64) -> Result<Survey> {
-    survey(&*stores.keys, &stores.shares, now)
-}
-
-/// Carry out a survey's plan on the opened stores and log what was
-/// cleaned up.
-pub fn apply_to_stores(stores: &Stores, plan: Survey) -> Result<Reconciled> {
-    let r = apply(&*stores.keys, &stores.shares, plan)?;
-    for kid in &r.discarded_incomplete {
-        tracing::warn!(%kid, "discarded a key whose creation was interrupted");
-    }
-    for kid in &r.destroyed_shares_of {
-        tracing::info!(%kid, "destroyed the database share of a key that no longer signs");
-    }
-    for (p, why) in &r.removed_files {
-        tracing::info!(path = %p.display(), "removed a file share: {why}");
-    }
-    for p in &r.removed_temps {
-        tracing::info!(path = %p.display(), "removed an interrupted temp file");
-    }
-    for p in &r.upgraded {
-        tracing::info!(path = %p.display(), deployment = %stores.keys.deployment(), "added the deployment id to a share file (format 2)");
-    }
-    for p in &r.foreign {
-        tracing::warn!(path = %p.display(), "unexpected file in the share directory (left alone)");
-    }
-    Ok(r)
-}
-
-/// [`survey_stores`], then [`apply_to_stores`].
+/// [`reconcile`] on a host's opened stores, logging what was cleaned up.
 pub fn reconcile_stores(stores: &Stores, now: i64) -> Result<Reconciled> {
-    let plan = survey_stores(stores, now)?;
-    apply_to_stores(stores, plan)
+    let done = reconcile(&*stores.keys, &stores.shares, now)?;
+    done.log(stores.keys.deployment());
+    Ok(done)
 }

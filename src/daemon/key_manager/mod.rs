@@ -95,7 +95,7 @@ impl KeyManager {
         // Prove the stores belong together, then unseal what exists, before
         // anything is deleted or created: a wrong or broken store must stop
         // the daemon with nothing changed, never be papered over.
-        let plan = lifecycle::survey_stores(&stores, now)?;
+        let plan = lifecycle::survey(&*stores.keys, &stores.shares, now)?;
         let (set, unlocked) = lifecycle::build_keyset(
             &*stores.keys,
             &stores.shares,
@@ -106,7 +106,7 @@ impl KeyManager {
             &others,
         )?;
         check_unlocked(&unlocked, &cfg)?;
-        lifecycle::apply_to_stores(&stores, plan)?;
+        lifecycle::apply(&*stores.keys, &stores.shares, plan)?.log(stores.keys.deployment());
         let first = stores.keys.is_empty()?;
         let created = lifecycle::run_due(&mut *stores.keys, &stores.shares, &cfg, now)?;
         if let Some(n) = &created {
