@@ -137,7 +137,9 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
+/// Wait up to `t` for `child` to exit; past it, kill and reap it, and
+/// return `None`.
+pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + t;
     loop {
         if let Some(s) = child.try_wait().unwrap() {

@@ -6,7 +6,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use splitsign_testkit::daemon::Exited;
 
@@ -134,13 +134,7 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The exit status of `child`, which must exit within `t` (killed if not).
 pub fn wait_exit(child: &mut Child, t: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the daemon did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    splitsign_testkit::daemon::wait_timeout(child, t).expect("the daemon did not exit")
 }
