@@ -76,11 +76,12 @@ struct Opts {
 fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
     let cfg = Config::from_toml("").unwrap();
     let policy = Arc::new(TokenRules::new(&cfg.tokens));
-    let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
-    let pk = key.verifying_key();
+    let key = splitsign::keys::SecretKey::from_secret(cfg.tokens.alg.key_type(), &[3u8; 32])
+        .expect("a valid secret");
+    let pk = key.public_key();
     let row = KeyInfo {
-        kid: splitsign::keys::share_format::thumbprint(&pk.to_bytes()),
-        public_key: pk.to_bytes(),
+        kid: splitsign::keys::share_format::thumbprint(&pk),
+        public_key: pk,
         origin: Origin::Generated,
         created_at: 0,
         activate_at: 0,
@@ -96,7 +97,7 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
         vec![Arc::clone(&signer)],
         vec![Published {
             row,
-            key: pk,
+            key: pk.verifier().expect("a valid key"),
             node: None,
         }],
     ));

@@ -22,7 +22,7 @@ fn audit(
     limit: i64,
     json: bool,
 ) -> Result<(), CommandError> {
-    let database = crate::store::Database::open_read_only(&cfg.paths.db, cfg.tokens.alg)?;
+    let database = crate::store::Database::open_read_only(&cfg.paths.db, cfg.tokens.alg.legacy())?;
     let conn = database.connection();
     let db_err = Error::database(&cfg.paths.db);
     if verify {

@@ -217,7 +217,7 @@ fn key_store_to_read(cfg: &Config) -> Result<Box<dyn KeyStore>, CommandError> {
     Ok(match &cfg.cluster.postgres {
         None => Box::new(crate::store::Database::open_read_only(
             &cfg.paths.db,
-            cfg.tokens.alg,
+            cfg.tokens.alg.legacy(),
         )?),
         Some(settings) => {
             let pg = crate::store::Postgres::open(settings, &cfg.cluster.node)?;
@@ -311,7 +311,7 @@ fn backup_db(cfg: &Config, file: &Path) -> Result<(), CommandError> {
             file.display()
         )));
     }
-    let database = crate::store::Database::open_read_only(&cfg.paths.db, cfg.tokens.alg)?;
+    let database = crate::store::Database::open_read_only(&cfg.paths.db, cfg.tokens.alg.legacy())?;
     let s = database.backup(file)?;
     println!(
         "backed up database {} to {} (schema {}, deployment {}, {} keys, {} revocations, {} audit records)",
@@ -385,7 +385,7 @@ fn create_first(
     // Read the PEM before touching the stores, so a bad file changes nothing.
     let imported = match &pem {
         None => None,
-        Some(path) => Some(read_pem(path)?),
+        Some(path) => Some(read_pem(path, cfg.tokens.alg)?),
     };
     let mut stores = Stores::open(cfg, true)?;
     let now = crate::clock::wall_now();
@@ -399,7 +399,7 @@ fn create_first(
     }
     let (seed, origin) = match imported {
         Some(seed) => (seed, Origin::Imported),
-        None => (lifecycle::random_seed()?, Origin::Generated),
+        None => (lifecycle::random_seed(cfg)?, Origin::Generated),
     };
     let row = lifecycle::create_key(
         &mut *stores.keys,
@@ -443,19 +443,39 @@ fn create_first(
     Ok(())
 }
 
-fn read_pem(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, CommandError> {
-    use ed25519_dalek::pkcs8::DecodePrivateKey;
+/// The secret of the PKCS#8 PEM key at `path`, which must be of the type
+/// the configured `alg` names (keys are created with that label).
+fn read_pem(
+    path: &Path,
+    alg: crate::config::AlgLabel,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, CommandError> {
     let mut text = zeroize::Zeroizing::new(String::new());
     std::fs::File::open(path)
         .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
         .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
-    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&text).map_err(|_| {
-        usage(format!(
-            "{} is not a PKCS#8 PEM Ed25519 private key (\"-----BEGIN PRIVATE KEY-----\")",
-            path.display()
-        ))
-    })?;
-    Ok(zeroize::Zeroizing::new(key.to_bytes()))
+    let (key_type, secret) =
+        crate::keys::algorithm::secret_from_pkcs8_pem(&text).map_err(|_| {
+            usage(format!(
+                "{} is not a PKCS#8 PEM private key (\"-----BEGIN PRIVATE KEY-----\") of an \
+                 Ed25519 or P-256 key",
+                path.display()
+            ))
+        })?;
+    if key_type != alg.key_type() {
+        return Err(usage(format!(
+            "{} holds a {} key, but keys are created with alg = \"{}\" ({} keys); set \
+             `alg` in the config to {} to import it",
+            path.display(),
+            key_type.name(),
+            alg.as_str(),
+            alg.key_type().name(),
+            match key_type {
+                crate::keys::KeyType::Ed25519 => "\"EdDSA\" or \"Ed25519\"",
+                crate::keys::KeyType::P256 => "\"ES256\"",
+            }
+        )));
+    }
+    Ok(secret)
 }
 
 fn current_generation(stores: &Stores, kid: &str) -> Result<u32, CommandError> {

@@ -7,13 +7,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The JWS `alg` label the daemon writes and accepts. Both name the same
-/// algorithm (Ed25519, RFC 8037); `Ed25519` is the fully-specified name of
-/// RFC 9864, `EdDSA` the label most verifiers know today.
+/// The JWS `alg` label of a key, fixed when the key is created: the
+/// config's `alg` names the label of keys created from then on. `EdDSA` and
+/// `Ed25519` name the same algorithm (Ed25519, RFC 8037; `Ed25519` is the
+/// fully-specified name of RFC 9864, `EdDSA` the label most verifiers know
+/// today). `ES256` is ECDSA on P-256 with SHA-256 (RFC 7518 §3.4), for the
+/// verifiers that have no EdDSA. `keys::algorithm` maps a label to its key
+/// type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum AlgLabel {
     EdDSA,
     Ed25519,
+    ES256,
 }
 
 impl AlgLabel {
@@ -21,13 +26,23 @@ impl AlgLabel {
         match self {
             AlgLabel::EdDSA => "EdDSA",
             AlgLabel::Ed25519 => "Ed25519",
+            AlgLabel::ES256 => "ES256",
         }
     }
 
     pub fn parse(s: &str) -> Option<AlgLabel> {
-        [AlgLabel::EdDSA, AlgLabel::Ed25519]
+        [AlgLabel::EdDSA, AlgLabel::Ed25519, AlgLabel::ES256]
             .into_iter()
             .find(|a| a.as_str() == s)
+    }
+
+    /// The label of keys made before labels were recorded: they are all
+    /// Ed25519, so this label when it is one of Ed25519's, else `EdDSA`.
+    pub fn legacy(self) -> AlgLabel {
+        match self {
+            AlgLabel::EdDSA | AlgLabel::Ed25519 => self,
+            AlgLabel::ES256 => AlgLabel::EdDSA,
+        }
     }
 }
 

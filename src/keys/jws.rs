@@ -1,13 +1,15 @@
 //! `jws` builds and checks compact JWS tokens (RFC 7515 §7.1) and applies
 //! the claims policy. Signing is done by hand: a pre-encoded header,
-//! serde_json claims, base64url and an ed25519-dalek signature; it never
-//! re-parses a key per token.
+//! serde_json claims, base64url and the key's signature (Ed25519, or
+//! ES256's raw `r‖s`: both 64 bytes, see `algorithm`); it never re-parses a
+//! key per token.
 //!
 //! The daemon alone sets `iss`, `iat`, `nbf`, `exp` and `jti` (RFC 8725
 //! §3.10, §3.12); a request that supplies one is rejected, never silently
 //! overwritten. Verification accepts only the key's own `alg` label (fixed
 //! when the key was created) with a header of exactly `alg`, `typ` and `kid`
-//! (no `jku`, `jwk`, `x5u`, `crit`: RFC 8725 §3.1), uses `verify_strict`, and
+//! (no `jku`, `jwk`, `x5u`, `crit`: RFC 8725 §3.1), checks Ed25519 with
+//! `verify_strict` and ES256 in low-S form only, and
 //! reads the payload as strictly as a request: duplicate claim names are
 //! refused.
 //!
@@ -17,7 +19,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ed25519_dalek::{Signature, Signer as _};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -37,8 +38,9 @@ pub fn fingerprint_hash(fingerprint: &str) -> String {
     B64.encode(sha2::Sha256::digest(fingerprint.as_bytes()))
 }
 
-/// Length of an Ed25519 signature in base64url.
+/// Length of a signature (64 bytes, either algorithm) in base64url.
 const SIG_B64_LEN: usize = 86;
+const _: () = assert!(SIG_B64_LEN == (crate::keys::algorithm::SIGNATURE_LEN * 4).div_ceil(3));
 
 /// The token settings the token code needs (the config's `tokens`
 /// section, with the issuer encoded once). Not a client policy: those are
@@ -151,7 +153,7 @@ pub fn sign(
     B64.encode_string(&payload, &mut token);
     let signature = signer.key.key().sign(token.as_bytes());
     token.push('.');
-    B64.encode_string(signature.to_bytes(), &mut token);
+    B64.encode_string(signature, &mut token);
     debug_assert_eq!(token.len(), size);
     Ok(Signed { token, exp, jti })
 }
@@ -281,9 +283,11 @@ fn check_signature(
         _ => return Err(Invalid("signature is not 64 base64url bytes")),
     }
     let signing_input = &token[..h.len() + 1 + p.len()];
-    key.key
-        .verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig))
-        .map_err(|_| Invalid("signature does not verify"))
+    if key.key.verify(signing_input.as_bytes(), &sig) {
+        Ok(())
+    } else {
+        Err(Invalid("signature does not verify"))
+    }
 }
 
 /// Step 4: the payload as a claims object, without duplicate names.
@@ -373,11 +377,21 @@ mod tests {
     use std::sync::Arc;
 
     fn setup(retire_at: i64) -> (Arc<Signer>, KeySet, TokenRules) {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-        let pk = key.verifying_key();
+        setup_with(AlgLabel::EdDSA, retire_at)
+    }
+
+    fn setup_with(alg: AlgLabel, retire_at: i64) -> (Arc<Signer>, KeySet, TokenRules) {
+        let (signer, published) = key_of(alg, 7, retire_at);
+        let set = KeySet::new(vec![Arc::clone(&signer)], vec![published]);
+        (signer, set, rules(alg))
+    }
+
+    fn key_of(alg: AlgLabel, seed: u8, retire_at: i64) -> (Arc<Signer>, Published) {
+        let key = crate::keys::SecretKey::from_secret(alg.key_type(), &[seed; 32]).unwrap();
+        let pk = key.public_key();
         let row = KeyInfo {
-            kid: crate::keys::share_format::thumbprint(&pk.to_bytes()),
-            public_key: pk.to_bytes(),
+            kid: crate::keys::share_format::thumbprint(&pk),
+            public_key: pk,
             origin: Origin::Generated,
             created_at: 0,
             activate_at: 0,
@@ -386,27 +400,27 @@ mod tests {
             share_generation: 1,
             pending_generation: None,
             verified: true,
-            alg: AlgLabel::EdDSA,
+            alg,
         };
         let signer = Arc::new(Signer::new(&row, LockedKey::new(key).0, i64::MIN));
-        let set = KeySet::new(
-            vec![Arc::clone(&signer)],
-            vec![Published {
-                row,
-                key: pk,
-                node: None,
-            }],
-        );
-        let policy = TokenRules {
+        let published = Published {
+            row,
+            key: pk.verifier().unwrap(),
+            node: None,
+        };
+        (signer, published)
+    }
+
+    fn rules(alg: AlgLabel) -> TokenRules {
+        TokenRules {
             issuer: "iss".into(),
             issuer_json: "\"iss\"".into(),
-            alg: AlgLabel::EdDSA,
+            alg,
             default_ttl: 60,
             max_ttl: 3600,
             max_token_bytes: 4096,
             leeway: 0,
-        };
-        (signer, set, policy)
+        }
     }
 
     #[test]
@@ -445,13 +459,90 @@ mod tests {
         let mut t = format!("{}.{}", B64.encode(header), B64.encode(payload));
         let sig = signer.key.key().sign(t.as_bytes());
         t.push('.');
-        t.push_str(&B64.encode(sig.to_bytes()));
+        t.push_str(&B64.encode(sig));
         t
     }
 
     fn forge(signer: &Signer, payload: &str) -> String {
-        let header = format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{}"}}"#, signer.kid);
-        forge_with(signer, &header, payload)
+        let header = B64.decode(&signer.header_b64).unwrap();
+        forge_with(signer, std::str::from_utf8(&header).unwrap(), payload)
+    }
+
+    #[test]
+    fn es256_tokens_are_raw_r_s_and_verify() {
+        let (signer, set, policy) = setup_with(AlgLabel::ES256, 1_000_000);
+        let s = sign(&signer, &policy, &Map::new(), Some(60), 1000, None).unwrap();
+        let parts: Vec<&str> = s.token.split('.').collect();
+        let header: Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(B64.decode(parts[2]).unwrap().len(), 64, "r‖s, not DER");
+        assert!(verify(&set, &policy, &s.token, None, 1000, 1000).is_ok());
+        // Every other one-bit change of the signature is refused.
+        let sig = B64.decode(parts[2]).unwrap();
+        for i in [0, 31, 32, 63] {
+            let mut bad = sig.clone();
+            bad[i] ^= 1;
+            let t = format!("{}.{}.{}", parts[0], parts[1], B64.encode(&bad));
+            assert_eq!(
+                verify(&set, &policy, &t, None, 1000, 1000).unwrap_err(),
+                VerifyError::Invalid("signature does not verify")
+            );
+        }
+        // The high-S twin of the same signature: refused.
+        use p256::elliptic_curve::PrimeField;
+        let s_scalar =
+            p256::Scalar::from_repr(<[u8; 32]>::try_from(&sig[32..]).unwrap().into()).unwrap();
+        let mut twin = sig.clone();
+        twin[32..].copy_from_slice(&(-s_scalar).to_repr());
+        let t = format!("{}.{}.{}", parts[0], parts[1], B64.encode(&twin));
+        assert!(verify(&set, &policy, &t, None, 1000, 1000).is_err());
+        // A DER signature (what a generic ECDSA library emits): refused.
+        let der = p256::ecdsa::Signature::from_slice(&sig).unwrap().to_der();
+        let t = format!("{}.{}.{}", parts[0], parts[1], B64.encode(der.as_bytes()));
+        assert_eq!(
+            verify(&set, &policy, &t, None, 1000, 1000).unwrap_err(),
+            VerifyError::Invalid("signature is not 64 base64url bytes")
+        );
+    }
+
+    #[test]
+    fn a_mixed_set_verifies_each_key_with_its_own_alg_only() {
+        let (ed, ed_pub) = key_of(AlgLabel::EdDSA, 1, 1_000_000);
+        let (ec, ec_pub) = key_of(AlgLabel::ES256, 2, 1_000_000);
+        let set = KeySet::new(vec![Arc::clone(&ed), Arc::clone(&ec)], vec![ed_pub, ec_pub]);
+        let jwks: Value = serde_json::from_str(set.jwks.get()).unwrap();
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys[0]["kty"], "OKP");
+        assert!(keys[0].get("y").is_none());
+        assert_eq!(
+            keys[1].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["alg", "crv", "kid", "kty", "use", "x", "y"]
+        );
+        assert_eq!(
+            (&keys[1]["kty"], &keys[1]["crv"], &keys[1]["alg"]),
+            (&"EC".into(), &"P-256".into(), &"ES256".into())
+        );
+        let policy = rules(AlgLabel::EdDSA);
+        let payload = r#"{"iss":"iss","iat":1000,"exp":2000}"#;
+        for signer in [&ed, &ec] {
+            assert!(verify(&set, &policy, &forge(signer, payload), None, 1000, 1000).is_ok());
+        }
+        // The ES256 key's token claiming EdDSA, and the other way round.
+        for (signer, label) in [(&ec, "EdDSA"), (&ed, "ES256")] {
+            let h = format!(r#"{{"alg":"{label}","typ":"JWT","kid":"{}"}}"#, signer.kid);
+            assert_eq!(
+                verify(
+                    &set,
+                    &policy,
+                    &forge_with(signer, &h, payload),
+                    None,
+                    1000,
+                    1000
+                )
+                .unwrap_err(),
+                VerifyError::Invalid("alg is not the label this key signs with")
+            );
+        }
     }
 
     #[test]

@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::keys::algorithm::JwkMembers;
 use crate::keys::locked::LockedKey;
-use crate::keys::{KeyInfo, state};
+use crate::keys::{KeyInfo, Verifier, state};
 
 /// A key that signs (or will), with its pre-encoded JWS header.
 pub struct Signer {
@@ -76,7 +76,8 @@ impl Signer {
 #[derive(Clone)]
 pub struct Published {
     pub row: KeyInfo,
-    pub key: VerifyingKey,
+    /// The key of `row.public_key`, of the type its `alg` names.
+    pub key: Verifier,
     /// The node whose key it is, when it is another node's (a cluster):
     /// it verifies and is published here, and never signs here.
     pub node: Option<String>,
@@ -96,11 +97,16 @@ pub struct KeySet {
     pub max_token_ttl: Option<i64>,
 }
 
+/// A public JWK: `{"kty":"OKP","crv":"Ed25519","x"}` (RFC 8037) or
+/// `{"kty":"EC","crv":"P-256","x","y"}` (RFC 7518 §6.2), with `kid`, `alg`
+/// and `use`.
 #[derive(Serialize)]
 struct Jwk<'a> {
     kty: &'static str,
     crv: &'static str,
     x: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    y: Option<String>,
     kid: &'a str,
     alg: &'static str,
     #[serde(rename = "use")]
@@ -114,13 +120,17 @@ impl KeySet {
         signers.sort_by_key(|s| s.activate_at);
         let keys: Vec<Jwk> = published
             .iter()
-            .map(|p| Jwk {
-                kty: "OKP",
-                crv: "Ed25519",
-                x: B64.encode(p.row.public_key),
-                kid: &p.row.kid,
-                alg: p.row.alg.as_str(),
-                use_: "sig",
+            .map(|p| {
+                let JwkMembers { crv, kty, x, y } = p.row.public_key.jwk_members();
+                Jwk {
+                    kty,
+                    crv,
+                    x,
+                    y,
+                    kid: &p.row.kid,
+                    alg: p.row.alg.as_str(),
+                    use_: "sig",
+                }
             })
             .collect();
         let json = serde_json::to_string(&serde_json::json!({ "keys": keys }))

@@ -5,7 +5,7 @@
 //! is here.
 #![allow(unsafe_code)]
 
-use ed25519_dalek::SigningKey;
+use crate::keys::SecretKey;
 
 /// Make the process non-dumpable (no ptrace from the same uid, no
 /// /proc/PID/mem) and forbid core files. Fails closed.
@@ -39,30 +39,27 @@ const PAGE: usize = 4096;
 /// One page that holds nothing but a signing key.
 #[repr(C, align(4096))]
 struct KeyPage {
-    key: SigningKey,
+    key: SecretKey,
 }
 
 const _: () = assert!(std::mem::size_of::<KeyPage>() == PAGE);
 
 /// A signing key in its own locked, undumpable page. Dropping it wipes the
-/// key (dalek's `ZeroizeOnDrop`) and then unlocks the page.
+/// key (both key types are `ZeroizeOnDrop`, see `algorithm`) and then
+/// unlocks the page.
 pub struct LockedKey {
     page: Box<KeyPage>,
     locked: bool,
 }
 
-/// Compile-time check that the key type wipes itself.
-fn _assert_zeroize_on_drop<T: zeroize::ZeroizeOnDrop>() {}
-const _: fn() = _assert_zeroize_on_drop::<SigningKey>;
-
 impl LockedKey {
     /// Move `key` into a fresh page and lock it. Returns the key and, when
     /// the page could not be locked (RLIMIT_MEMLOCK), the OS error.
     ///
-    /// The `SigningKey` value passed in is moved (a memcpy); the stack slot
+    /// The `SecretKey` value passed in is moved (a memcpy); the stack slot
     /// it came from is not ours to wipe, which is why callers build keys
     /// right before this call and nowhere else.
-    pub fn new(key: SigningKey) -> (LockedKey, Option<std::io::Error>) {
+    pub fn new(key: SecretKey) -> (LockedKey, Option<std::io::Error>) {
         let mut page = Box::new(KeyPage { key });
         let ptr = (&mut *page as *mut KeyPage).cast::<std::ffi::c_void>();
         // SAFETY: `ptr` is the start of a live, page-aligned allocation of
@@ -75,7 +72,7 @@ impl LockedKey {
         (LockedKey { page, locked }, lock.err().map(Into::into))
     }
 
-    pub fn key(&self) -> &SigningKey {
+    pub fn key(&self) -> &SecretKey {
         &self.page.key
     }
 
@@ -86,11 +83,10 @@ impl LockedKey {
 
 impl Drop for LockedKey {
     fn drop(&mut self) {
-        // Wipe before unlocking, so the bytes never reach swap.
-        use zeroize::Zeroize;
-        let mut wipe = [0u8; 32];
-        self.page.key = SigningKey::from_bytes(&wipe);
-        wipe.zeroize();
+        // Wipe before unlocking, so the bytes never reach swap: the
+        // assignment drops the key in place (its own wipe), and what takes
+        // its place is the all-zero Ed25519 seed.
+        self.page.key = SecretKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[0u8; 32]));
         if self.locked {
             let ptr = (&mut *self.page as *mut KeyPage).cast::<std::ffi::c_void>();
             // SAFETY: the page is still owned by `self.page` and was locked
@@ -112,11 +108,15 @@ mod tests {
 
     #[test]
     fn key_page_is_page_aligned_and_usable() {
-        let key = SigningKey::from_bytes(&[9u8; 32]);
-        let pk = key.verifying_key();
+        for kt in [crate::keys::KeyType::Ed25519, crate::keys::KeyType::P256] {
+            let key = SecretKey::from_secret(kt, &[9u8; 32]).unwrap();
+            let pk = key.public_key();
+            let (locked, _err) = LockedKey::new(key);
+            assert_eq!((&*locked.page as *const KeyPage as usize) % PAGE, 0);
+            assert_eq!(locked.key().public_key(), pk);
+        }
+        let key = SecretKey::from_secret(crate::keys::KeyType::Ed25519, &[9u8; 32]).unwrap();
         let (locked, _err) = LockedKey::new(key);
-        assert_eq!((&*locked.page as *const KeyPage as usize) % PAGE, 0);
-        assert_eq!(locked.key().verifying_key(), pk);
         assert_eq!(format!("{locked:?}"), "LockedKey([redacted])");
     }
 }

@@ -1,10 +1,12 @@
-//! `keys` is everything about keys that needs no store: Shamir splitting
+//! `keys` is everything about keys that needs no store: the two key types
+//! and what differs between them (`algorithm`), Shamir splitting
 //! with every `sharks` trap guarded (`shamir`), the share file format and
 //! key ids (`share_format`), keys in locked memory (`locked`), the set of
 //! keys the daemon holds and publishes (`keyring`), building and checking
 //! tokens (`jws`), and the lifecycle as a pure function of timestamps
 //! (`schedule`). It never imports a store, the daemon or the CLI.
 
+pub mod algorithm;
 pub mod jws;
 pub mod keyring;
 pub mod locked;
@@ -12,6 +14,7 @@ pub mod schedule;
 pub mod shamir;
 pub mod share_format;
 
+pub use algorithm::{KeyType, PublicKey, SecretKey, Verifier};
 pub use schedule::{State, state};
 
 /// What a cluster node signs with a key of its own to prove that it holds
@@ -26,23 +29,19 @@ fn possession_message(node: &str, kid: &str) -> Vec<u8> {
     m
 }
 
-/// The proof that `node` holds `key`, whose kid is `kid`.
-pub fn prove_possession(key: &ed25519_dalek::SigningKey, node: &str, kid: &str) -> [u8; 64] {
-    use ed25519_dalek::Signer;
-    key.sign(&possession_message(node, kid)).to_bytes()
+/// The proof that `node` holds `key`, whose kid is `kid`: a signature by
+/// the key itself, of its own algorithm.
+pub fn prove_possession(key: &SecretKey, node: &str, kid: &str) -> [u8; 64] {
+    key.sign(&possession_message(node, kid))
 }
 
 /// Whether `proof` shows that `node` holds the key `public_key` (kid
 /// `kid`).
-pub fn check_possession(public_key: &[u8; 32], node: &str, kid: &str, proof: &[u8]) -> bool {
-    let (Ok(key), Ok(sig)) = (
-        ed25519_dalek::VerifyingKey::from_bytes(public_key),
-        ed25519_dalek::Signature::from_slice(proof),
-    ) else {
+pub fn check_possession(public_key: &PublicKey, node: &str, kid: &str, proof: &[u8]) -> bool {
+    let (Some(key), Ok(sig)) = (public_key.verifier(), <&[u8; 64]>::try_from(proof)) else {
         return false;
     };
-    key.verify_strict(&possession_message(node, kid), &sig)
-        .is_ok()
+    key.verify(&possession_message(node, kid), sig)
 }
 
 use crate::config::AlgLabel;
@@ -69,7 +68,8 @@ impl Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
     pub kid: String,
-    pub public_key: [u8; 32],
+    /// Of the type `alg` names (checked when the row is read).
+    pub public_key: PublicKey,
     pub origin: Origin,
     pub created_at: i64,
     pub activate_at: i64,

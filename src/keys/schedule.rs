@@ -136,7 +136,7 @@ mod tests {
         let (d, r) = schedule(&cfg.schedule, &cfg.tokens, activate);
         KeyInfo {
             kid: kid.into(),
-            public_key: [0; 32],
+            public_key: crate::keys::PublicKey::Ed25519([0; 32]),
             origin: Origin::Generated,
             created_at: activate,
             activate_at: activate,
@@ -202,7 +202,7 @@ mod tests {
     fn info(activate: i64, deactivate: i64, retire: i64) -> KeyInfo {
         KeyInfo {
             kid: "k".into(),
-            public_key: [0; 32],
+            public_key: crate::keys::PublicKey::Ed25519([0; 32]),
             origin: Origin::Generated,
             created_at: activate - 10,
             activate_at: activate,

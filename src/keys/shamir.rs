@@ -1,5 +1,6 @@
-//! `shamir` splits a key seed into Shamir shares and rebuilds it. It is
-//! pure: no I/O, no clock. (The share file format is `share_format`.)
+//! `shamir` splits a key's 32 secret bytes (the Ed25519 seed or the P-256
+//! scalar, alike) into Shamir shares and rebuilds it. It is pure: no I/O,
+//! no clock. (The share file format is `share_format`.)
 //!
 //! `sharks` 0.5 has known traps (RUSTSEC-2024-0398 and its API): shares carry
 //! no integrity, x = 0 makes `recover` return that share's y, duplicate
@@ -8,14 +9,15 @@
 //! pinned to its store (1 file, 2 database, 3 offline recovery), exactly two
 //! distinct shares are passed to `recover`, and the rebuilt key must derive
 //! the public key stored beside **both** shares, or nothing is returned.
+//! Both shares must name the same algorithm, and a rebuilt P-256 scalar
+//! outside [1, n−1] is refused, never reduced.
 
-use ed25519_dalek::SigningKey;
 use sharks::{Share, Sharks};
 use zeroize::Zeroizing;
 
 /// Threshold of every split. Never configurable: 1 would store the key in clear.
 const THRESHOLD: u8 = 2;
-pub const SEED_LEN: usize = 32;
+pub const SEED_LEN: usize = crate::keys::algorithm::SECRET_LEN;
 
 /// Which store a share belongs to; its value is the share's x coordinate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +84,11 @@ pub struct KeyShare {
     pub kid: String,
     pub generation: u32,
     pub slot: Slot,
-    pub public_key: [u8; 32],
+    /// The key's `alg` label as the share's store records it. `None` for a
+    /// file of format 1 or 2, written when every key was Ed25519 (its
+    /// `public_key` is one).
+    pub alg: Option<crate::config::AlgLabel>,
+    pub public_key: crate::keys::PublicKey,
     pub y: ShareY,
 }
 
@@ -124,8 +130,12 @@ pub enum RecoverError {
     DifferentKeys(String, String),
     #[error("the shares belong to different share generations ({0} and {1})")]
     DifferentGenerations(u32, u32),
+    #[error("the shares record different algorithms ({0} and {1})")]
+    DifferentAlgorithms(&'static str, &'static str),
     #[error("the shares record different public keys")]
     PublicKeysDiffer,
+    #[error("the rebuilt secret is not a {0} private key (a P-256 scalar must be in [1, n-1])")]
+    NotAKey(&'static str),
     #[error("the rebuilt key does not derive the stored public key")]
     Mismatch,
     #[error("sharks refused the shares: {0}")]
@@ -134,7 +144,7 @@ pub enum RecoverError {
 
 /// Rebuild a signing key from two shares of different stores, and require
 /// it to derive the public key that both shares record.
-pub fn recover(a: &KeyShare, b: &KeyShare) -> Result<SigningKey, RecoverError> {
+pub fn recover(a: &KeyShare, b: &KeyShare) -> Result<crate::keys::SecretKey, RecoverError> {
     if a.slot == b.slot {
         return Err(RecoverError::SameSlot(a.slot.x()));
     }
@@ -147,11 +157,27 @@ pub fn recover(a: &KeyShare, b: &KeyShare) -> Result<SigningKey, RecoverError> {
             b.generation,
         ));
     }
+    if let (Some(x), Some(y)) = (a.alg, b.alg)
+        && x != y
+    {
+        return Err(RecoverError::DifferentAlgorithms(x.as_str(), y.as_str()));
+    }
+    for alg in [a.alg, b.alg].into_iter().flatten() {
+        if alg.key_type() != a.public_key.key_type() {
+            return Err(RecoverError::DifferentAlgorithms(
+                alg.as_str(),
+                a.public_key.key_type().name(),
+            ));
+        }
+    }
     if a.public_key != b.public_key {
         return Err(RecoverError::PublicKeysDiffer);
     }
-    let key = combine(a.slot, &a.y, b.slot, &b.y)?;
-    if key.verifying_key().to_bytes() != a.public_key {
+    let key_type = a.public_key.key_type();
+    let secret = combine(a.slot, &a.y, b.slot, &b.y)?;
+    let key = crate::keys::SecretKey::from_secret(key_type, &secret)
+        .ok_or(RecoverError::NotAKey(key_type.name()))?;
+    if key.public_key() != a.public_key {
         return Err(RecoverError::Mismatch);
     }
     Ok(key)
@@ -191,9 +217,14 @@ pub fn derive(a: &KeyShare, b: &KeyShare, target: Slot) -> Result<ShareY, Recove
     ShareY::from_slice(&y).ok_or(RecoverError::Sharks("derived share has the wrong length"))
 }
 
-/// Interpolate two shares with pinned, distinct, non-zero x. No public-key
-/// check: callers use [`recover`].
-fn combine(xa: Slot, ya: &ShareY, xb: Slot, yb: &ShareY) -> Result<SigningKey, RecoverError> {
+/// Interpolate two shares with pinned, distinct, non-zero x into the 32
+/// secret bytes. No public-key check: callers use [`recover`].
+fn combine(
+    xa: Slot,
+    ya: &ShareY,
+    xb: Slot,
+    yb: &ShareY,
+) -> Result<zeroize::Zeroizing<[u8; SEED_LEN]>, RecoverError> {
     let mut ba = Zeroizing::new(Vec::with_capacity(SEED_LEN + 1));
     ba.push(xa.x());
     ba.extend_from_slice(ya.as_bytes());
@@ -214,7 +245,7 @@ fn combine(xa: Slot, ya: &ShareY, xb: Slot, yb: &ShareY) -> Result<SigningKey, R
         ));
     }
     seed.copy_from_slice(&secret);
-    Ok(SigningKey::from_bytes(&seed))
+    Ok(seed)
 }
 
 #[cfg(test)]
@@ -222,17 +253,29 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The three shares of `seed`, as the stores would hold them.
+    use crate::config::AlgLabel;
+    use crate::keys::{KeyType, SecretKey};
+
+    /// The three shares of the Ed25519 key `seed`, as the stores would hold
+    /// them.
     pub(crate) fn shares_of(seed: &[u8; 32]) -> (KeyShare, KeyShare, KeyShare) {
-        let pk = SigningKey::from_bytes(seed).verifying_key().to_bytes();
+        shares_with(AlgLabel::EdDSA, seed)
+    }
+
+    /// The three shares of the `alg` key whose secret is `seed`.
+    pub(crate) fn shares_with(alg: AlgLabel, seed: &[u8; 32]) -> (KeyShare, KeyShare, KeyShare) {
+        let pk = SecretKey::from_secret(alg.key_type(), seed)
+            .expect("a valid secret")
+            .public_key();
         // Any name unique to the key does (the stores use its thumbprint).
-        let kid: String = pk.iter().map(|b| format!("{b:02x}")).collect();
+        let kid: String = pk.bytes().iter().map(|b| format!("{b:02x}")).collect();
         let s = split(seed);
         let mk = |slot, y| KeyShare {
             deployment: Some("0123456789abcdef0123456789abcdef".into()),
             kid: kid.clone(),
             generation: 1,
             slot,
+            alg: Some(alg),
             public_key: pk,
             y,
         };
@@ -248,8 +291,33 @@ pub(crate) mod tests {
         fn any_two_distinct_shares_rebuild_the_key(seed in any::<[u8; 32]>()) {
             let (f, d, r) = shares_of(&seed);
             for (a, b) in [(&f, &d), (&d, &f), (&f, &r), (&d, &r)] {
-                prop_assert_eq!(recover(a, b).unwrap().to_bytes(), seed);
+                prop_assert_eq!(*recover(a, b).unwrap().secret(), seed);
             }
+        }
+
+        #[test]
+        fn any_two_distinct_p256_shares_rebuild_the_scalar(seed in any::<[u8; 32]>()) {
+            prop_assume!(SecretKey::from_secret(KeyType::P256, &seed).is_some());
+            let (f, d, r) = shares_with(AlgLabel::ES256, &seed);
+            for (a, b) in [(&f, &d), (&d, &f), (&f, &r), (&d, &r)] {
+                let key = recover(a, b).unwrap();
+                prop_assert_eq!(key.key_type(), KeyType::P256);
+                prop_assert_eq!(*key.secret(), seed);
+            }
+        }
+
+        #[test]
+        fn a_changed_p256_byte_never_rebuilds(seed in any::<[u8; 32]>(), i in 0usize..32, flip in 1u8..=255) {
+            prop_assume!(SecretKey::from_secret(KeyType::P256, &seed).is_some());
+            let (f, mut d, _) = shares_with(AlgLabel::ES256, &seed);
+            let mut y = *d.y.as_bytes();
+            y[i] ^= flip;
+            d.y = ShareY::from_slice(&y).unwrap();
+            // A scalar out of range, or one that derives another point.
+            prop_assert!(matches!(
+                recover(&f, &d).unwrap_err(),
+                RecoverError::Mismatch | RecoverError::NotAKey(_)
+            ));
         }
 
         #[test]
@@ -278,6 +346,54 @@ pub(crate) mod tests {
         let (f, d, _) = shares_of(&seed);
         assert_ne!(f.y.as_bytes(), &seed);
         assert_ne!(d.y.as_bytes(), &seed);
+    }
+
+    #[test]
+    fn a_share_of_one_algorithm_never_combines_as_the_other() {
+        let (f, d, _) = shares_with(AlgLabel::ES256, &[5u8; 32]);
+        // The same bytes labelled as the other algorithm: refused before
+        // any interpolation.
+        let relabelled = KeyShare {
+            alg: Some(AlgLabel::EdDSA),
+            y: ShareY::from_slice(d.y.as_bytes()).unwrap(),
+            kid: d.kid.clone(),
+            deployment: d.deployment.clone(),
+            ..d
+        };
+        assert!(matches!(
+            recover(&f, &relabelled),
+            Err(RecoverError::DifferentAlgorithms("ES256", "EdDSA"))
+        ));
+        // Both relabelled: the label does not name the public key's type.
+        let f2 = KeyShare {
+            alg: Some(AlgLabel::EdDSA),
+            ..f
+        };
+        assert!(matches!(
+            recover(&f2, &relabelled),
+            Err(RecoverError::DifferentAlgorithms("EdDSA", "P-256"))
+        ));
+        // An Ed25519 key's shares under the ES256 label: refused alike.
+        let (mut f, d, _) = shares_of(&[5u8; 32]);
+        f.alg = Some(AlgLabel::ES256);
+        assert!(matches!(
+            recover(&f, &d),
+            Err(RecoverError::DifferentAlgorithms(..))
+        ));
+    }
+
+    #[test]
+    fn a_p256_scalar_of_zero_is_refused_not_used() {
+        // Shares of an all-zero secret (not a P-256 key) under a real key's
+        // public key: the rebuilt bytes are refused as no key at all.
+        let (f, d, _) = shares_with(AlgLabel::ES256, &[5u8; 32]);
+        let zero = split(&[0u8; 32]);
+        let f = KeyShare { y: zero.file, ..f };
+        let d = KeyShare {
+            y: zero.database,
+            ..d
+        };
+        assert_eq!(recover(&f, &d).unwrap_err(), RecoverError::NotAKey("P-256"));
     }
 
     #[test]

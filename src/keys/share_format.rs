@@ -1,4 +1,4 @@
-//! `share_format` writes and reads a share as a file (format 2), and names
+//! `share_format` writes and reads a share as a file (format 3), and names
 //! keys: the RFC 7638 thumbprint that is every key's `kid`, the deployment
 //! id, the checksum of a database share row. Pure: bytes in, bytes out.
 
@@ -8,15 +8,14 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::shamir::{KeyShare, SEED_LEN, ShareY, Slot};
+use crate::config::AlgLabel;
+use crate::keys::{KeyType, PublicKey};
 
-/// RFC 7638 JWK thumbprint of an Ed25519 public key (RFC 8037 OKP form):
-/// base64url(SHA-256 of `{"crv":"Ed25519","kty":"OKP","x":"…"}`).
-pub fn thumbprint(public_key: &[u8; 32]) -> String {
-    let canonical = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        B64.encode(public_key)
-    );
-    B64.encode(Sha256::digest(canonical.as_bytes()))
+/// RFC 7638 JWK thumbprint of a public key: base64url(SHA-256 of
+/// `{"crv":"Ed25519","kty":"OKP","x":"…"}` (RFC 8037) or
+/// `{"crv":"P-256","kty":"EC","x":"…","y":"…"}`).
+pub fn thumbprint(public_key: &PublicKey) -> String {
+    public_key.thumbprint()
 }
 
 /// A kid as this daemon writes it: 43 base64url characters (a SHA-256).
@@ -28,14 +27,15 @@ pub fn is_valid_kid(kid: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// Share file format (version 2)
+// Share file format (version 3)
 //
-//   splitsign-share 2
+//   splitsign-share 3
 //   deployment <32 lowercase hex digits>
 //   kid <43 base64url chars>
 //   generation <decimal>
 //   x <1|2|3>
-//   public-key <base64url of 32 bytes>
+//   alg <EdDSA|Ed25519|ES256>
+//   public-key <base64url of 32 bytes (Ed25519) or 65 (P-256, SEC1 04‖x‖y)>
 //   y <base64url of 32 bytes>
 //   sha256 <base64url of SHA-256 over every byte above this line>
 //
@@ -44,13 +44,17 @@ pub fn is_valid_kid(kid: &str) -> bool {
 // recovery is what stops a forged share. The deployment line ties the file
 // to one pair of stores, so a share file of another deployment, or a
 // database of another deployment beside this share directory, is named as
-// such instead of being taken for an orphan. Version 1 is the same without
-// the deployment line; it is still read (and rewritten as version 2 once the
-// stores are shown to belong together).
+// such instead of being taken for an orphan. The alg line ties the share to
+// one algorithm: a share of an ES256 key is never combined as an Ed25519
+// one, nor the other way round. Version 2 is the same without the alg line,
+// version 1 also without the deployment line; both were written when every
+// key was Ed25519 and are still read as such (and rewritten as version 3
+// once the stores are shown to belong together).
 // ---------------------------------------------------------------------------
 
 const MAGIC_V1: &str = "splitsign-share 1";
-const MAGIC: &str = "splitsign-share 2";
+const MAGIC_V2: &str = "splitsign-share 2";
+const MAGIC: &str = "splitsign-share 3";
 
 /// A deployment id: 16 random bytes as 32 lowercase hex digits.
 pub fn is_valid_deployment(id: &str) -> bool {
@@ -70,14 +74,16 @@ pub fn new_deployment() -> crate::error::Result<String> {
 /// Any share file larger than this is corrupt.
 pub const MAX_SHARE_FILE: usize = 1024;
 
-/// Serialize a share (format 2; the share must carry its deployment). The
-/// returned buffer is wiped on drop.
+/// Serialize a share (format 3; the share must carry its deployment and
+/// its alg). The returned buffer is wiped on drop.
 pub fn encode_file(share: &KeyShare) -> Zeroizing<Vec<u8>> {
     let deployment = share
         .deployment
         .as_deref()
         .expect("a share is written with its deployment id");
     debug_assert!(is_valid_deployment(deployment));
+    let alg = share.alg.expect("a share is written with its alg label");
+    debug_assert_eq!(alg.key_type(), share.public_key.key_type());
     let mut body = Zeroizing::new(String::with_capacity(360));
     body.push_str(MAGIC);
     body.push('\n');
@@ -85,11 +91,12 @@ pub fn encode_file(share: &KeyShare) -> Zeroizing<Vec<u8>> {
     body.push_str(deployment);
     body.push('\n');
     body.push_str(&format!(
-        "kid {}\ngeneration {}\nx {}\npublic-key {}\ny ",
+        "kid {}\ngeneration {}\nx {}\nalg {}\npublic-key {}\ny ",
         share.kid,
         share.generation,
         share.slot.x(),
-        B64.encode(share.public_key)
+        alg.as_str(),
+        B64.encode(share.public_key.bytes())
     ));
     B64.encode_string(share.y.as_bytes(), &mut body);
     body.push('\n');
@@ -123,7 +130,8 @@ pub fn decode_file(bytes: &[u8]) -> Result<KeyShare, String> {
     }
     let mut lines = body.lines();
     let version = match lines.next() {
-        Some(MAGIC) => 2,
+        Some(MAGIC) => 3,
+        Some(MAGIC_V2) => 2,
         Some(MAGIC_V1) => 1,
         _ => return Err(format!("not a share file (first line must be {MAGIC:?})")),
     };
@@ -154,11 +162,19 @@ pub fn decode_file(bytes: &[u8]) -> Result<KeyShare, String> {
         .parse()
         .map_err(|_| "field `x` is not a number".to_owned())?;
     let slot = Slot::from_x(x).ok_or_else(|| format!("field `x` is {x}, expected 1, 2 or 3"))?;
-    let public_key: [u8; 32] = B64
+    let alg = if version >= 3 {
+        let a = field("alg")?;
+        Some(AlgLabel::parse(a).ok_or("field `alg` is not EdDSA, Ed25519 or ES256")?)
+    } else {
+        None
+    };
+    let key_type = alg.map_or(KeyType::Ed25519, AlgLabel::key_type);
+    let public_key = B64
         .decode(field("public-key")?)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or("field `public-key` is not 32 base64url bytes")?;
+        .map_err(|_| "field `public-key` is not base64url".to_owned())
+        .and_then(|v| {
+            PublicKey::parse(key_type, &v).map_err(|e| format!("field `public-key`: {e}"))
+        })?;
     let y_b64 = field("y")?;
     let mut y = Zeroizing::new([0u8; SEED_LEN]);
     match B64.decode_slice(y_b64, &mut y[..]) {
@@ -176,16 +192,41 @@ pub fn decode_file(bytes: &[u8]) -> Result<KeyShare, String> {
         kid,
         generation,
         slot,
+        alg,
         public_key,
         y: ShareY::from_array(y),
     })
 }
 
-/// Checksum of a database share row, over its identity and bytes, so that
-/// an accidental change to the row reads as corruption.
-pub fn db_checksum(kid: &str, generation: u32, x: u8, y: &ShareY) -> [u8; 32] {
+/// The checksum of `share` as a database row at x = 2.
+pub fn db_share_checksum(share: &KeyShare) -> [u8; 32] {
+    // A share without a recorded label is an Ed25519 key's (format 1 or
+    // 2), and every Ed25519 label has the same checksum.
+    let alg = share.alg.unwrap_or(AlgLabel::EdDSA);
+    db_checksum(
+        &share.kid,
+        share.generation,
+        Slot::Database.x(),
+        alg,
+        &share.y,
+    )
+}
+
+/// Checksum of a database share row, over its identity, its key's alg and
+/// its bytes, so that an accidental change to the row reads as corruption
+/// and a row is never read as a share of another algorithm. The rows of
+/// Ed25519 keys keep the checksum they had before ES256 (version 1); those
+/// of ES256 keys name their label (version 2).
+pub fn db_checksum(kid: &str, generation: u32, x: u8, alg: AlgLabel, y: &ShareY) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"splitsign-db-share 1\0");
+    match alg.key_type() {
+        KeyType::Ed25519 => h.update(b"splitsign-db-share 1\0"),
+        KeyType::P256 => {
+            h.update(b"splitsign-db-share 2\0");
+            h.update(alg.as_str().as_bytes());
+            h.update(b"\0");
+        }
+    }
     h.update(kid.as_bytes());
     h.update(b"\0");
     h.update(generation.to_be_bytes());
@@ -197,14 +238,18 @@ pub fn db_checksum(kid: &str, generation: u32, x: u8, y: &ShareY) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::shamir::tests::shares_of;
+    use crate::keys::shamir::tests::shares_with;
     use crate::keys::shamir::{RecoverError, recover};
     use proptest::prelude::*;
 
     /// The three shares of `seed`, named by the key's thumbprint as the
     /// stores name them.
     fn named_shares_of(seed: &[u8; 32]) -> (KeyShare, KeyShare, KeyShare) {
-        let (mut f, mut d, mut r) = shares_of(seed);
+        named_shares_with(AlgLabel::EdDSA, seed)
+    }
+
+    fn named_shares_with(alg: AlgLabel, seed: &[u8; 32]) -> (KeyShare, KeyShare, KeyShare) {
+        let (mut f, mut d, mut r) = shares_with(alg, seed);
         let kid = thumbprint(&f.public_key);
         for s in [&mut f, &mut d, &mut r] {
             s.kid = kid.clone();
@@ -223,6 +268,17 @@ mod tests {
             prop_assert_eq!(back.generation, generation);
             prop_assert_eq!(back.slot, Slot::File);
             prop_assert_eq!(back.y.as_bytes(), f.y.as_bytes());
+            prop_assert_eq!(back.alg, Some(AlgLabel::EdDSA));
+        }
+
+        #[test]
+        fn es256_file_format_round_trips(seed in any::<[u8; 32]>()) {
+            prop_assume!(crate::keys::SecretKey::from_secret(KeyType::P256, &seed).is_some());
+            let (f, d, _) = named_shares_with(AlgLabel::ES256, &seed);
+            let back = decode_file(&encode_file(&f)).unwrap();
+            prop_assert_eq!(back.alg, Some(AlgLabel::ES256));
+            prop_assert_eq!(back.public_key, f.public_key);
+            prop_assert_eq!(*recover(&back, &d).unwrap().secret(), seed);
         }
 
         #[test]
@@ -231,14 +287,64 @@ mod tests {
         }
     }
 
+    /// `file` rewritten without the lines `drop` starts, under `magic`,
+    /// with its checksum made again.
+    fn rewrite(file: &str, drop: &[&str], magic: &str) -> String {
+        let body: String = file
+            .lines()
+            .filter(|l| !l.starts_with("sha256 ") && !drop.iter().any(|d| l.starts_with(d)))
+            .map(|l| format!("{}\n", l.replace(MAGIC, magic)))
+            .collect();
+        format!(
+            "{body}sha256 {}\n",
+            B64.encode(Sha256::digest(body.as_bytes()))
+        )
+    }
+
+    #[test]
+    fn format_2_files_still_read_as_ed25519() {
+        let (f, d, _) = named_shares_of(&[4u8; 32]);
+        let v3 = String::from_utf8(encode_file(&f).to_vec()).unwrap();
+        let v2 = rewrite(&v3, &["alg "], MAGIC_V2);
+        let back = decode_file(v2.as_bytes()).unwrap();
+        assert_eq!(back.alg, None);
+        assert_eq!(back.public_key, f.public_key);
+        assert!(recover(&back, &d).is_ok());
+        // A format-3 file without its alg line is corrupt, not format 2.
+        let bad = rewrite(&v3, &["alg "], MAGIC);
+        assert!(decode_file(bad.as_bytes()).unwrap_err().contains("alg"));
+    }
+
+    #[test]
+    fn an_es256_share_relabelled_as_eddsa_is_refused() {
+        let (f, _, _) = named_shares_with(AlgLabel::ES256, &[4u8; 32]);
+        let v3 = String::from_utf8(encode_file(&f).to_vec()).unwrap();
+        assert!(v3.contains("\nalg ES256\n"));
+        let relabelled = rewrite(&v3.replace("alg ES256", "alg EdDSA"), &[], MAGIC);
+        assert!(
+            decode_file(relabelled.as_bytes())
+                .unwrap_err()
+                .contains("public-key")
+        );
+        // As a format-2 file (Ed25519 by definition): refused alike.
+        let v2 = rewrite(&v3, &["alg "], MAGIC_V2);
+        assert!(
+            decode_file(v2.as_bytes())
+                .unwrap_err()
+                .contains("public-key")
+        );
+    }
+
     #[test]
     fn format_1_files_still_read_without_a_deployment() {
         let (f, _, _) = named_shares_of(&[4u8; 32]);
         let v2 = String::from_utf8(encode_file(&f).to_vec()).unwrap();
-        // Format 1: no deployment line, its own magic, its own checksum.
+        // Format 1: no deployment or alg line, its own magic, checksum.
         let body: String = v2
             .lines()
-            .filter(|l| !l.starts_with("deployment ") && !l.starts_with("sha256 "))
+            .filter(|l| {
+                !l.starts_with("deployment ") && !l.starts_with("alg ") && !l.starts_with("sha256 ")
+            })
             .map(|l| format!("{}\n", l.replace(MAGIC, MAGIC_V1)))
             .collect();
         let v1 = format!(
@@ -248,7 +354,7 @@ mod tests {
         let back = decode_file(v1.as_bytes()).unwrap();
         assert_eq!(back.deployment, None);
         assert_eq!(back.y.as_bytes(), f.y.as_bytes());
-        // A format-2 file without its deployment line is corrupt, not format 1.
+        // A format-3 file without its deployment line is corrupt, not format 1.
         let bad: String = v2
             .lines()
             .filter(|l| !l.starts_with("deployment ") && !l.starts_with("sha256 "))
@@ -277,19 +383,6 @@ mod tests {
             b[i] ^= 0x01;
             assert!(decode_file(&b).is_err(), "flip at {i}");
         }
-    }
-
-    #[test]
-    fn thumbprint_matches_rfc8037_appendix_a3() {
-        // RFC 8037 A.3: the thumbprint of the A.2 public key.
-        let x = B64
-            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
-            .unwrap();
-        let pk: [u8; 32] = x.try_into().unwrap();
-        assert_eq!(
-            thumbprint(&pk),
-            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use ed25519_dalek::SigningKey;
+use crate::keys::SecretKey;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
@@ -27,11 +27,10 @@ use crate::store::{KeyStore, Supersede};
 use super::NewKey;
 use super::unseal::unseal_key;
 
-/// A fresh random seed.
-pub fn random_seed() -> Result<Zeroizing<[u8; 32]>> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    getrandom::fill(&mut seed[..]).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(seed)
+/// A fresh random secret for a key of the configured `alg` (an Ed25519
+/// seed, or a P-256 scalar in [1, n−1]).
+pub fn random_seed(cfg: &Config) -> Result<Zeroizing<[u8; 32]>> {
+    SecretKey::generate_secret(cfg.tokens.alg.key_type())
 }
 
 /// What a new key does to the keys already there.
@@ -61,6 +60,7 @@ pub fn create_key(
         kid: row.kid.clone(),
         generation: 1,
         slot,
+        alg: Some(row.alg),
         public_key: row.public_key,
         y,
     };
@@ -116,7 +116,16 @@ fn new_row(
     now: i64,
     activate_at: i64,
 ) -> Result<KeyInfo> {
-    let public_key = SigningKey::from_bytes(seed).verifying_key().to_bytes();
+    let alg = cfg.tokens.alg;
+    let public_key = SecretKey::from_secret(alg.key_type(), seed)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "the key is not a {} private key (alg = {:?})",
+                alg.key_type().name(),
+                alg.as_str()
+            ))
+        })?
+        .public_key();
     let kid = share_format::thumbprint(&public_key);
     if database.keys()?.iter().any(|k| k.kid == kid) {
         return Err(Error::Usage(format!(
@@ -135,7 +144,7 @@ fn new_row(
         share_generation: 1,
         pending_generation: None,
         verified: false,
-        alg: cfg.tokens.alg,
+        alg,
     })
 }
 
@@ -147,7 +156,7 @@ fn finish(
     row: &KeyInfo,
     recovery_share: &KeyShare,
     c: &Creation<'_>,
-) -> Result<SigningKey> {
+) -> Result<SecretKey> {
     dir.publish(staged)?;
     let key = unseal_key(database, dir, row)?;
     if let Some(p) = c.recovery {
@@ -197,7 +206,7 @@ fn create_generated(
     now: i64,
     c: Creation<'_>,
 ) -> Result<NewKey> {
-    let seed = random_seed()?;
+    let seed = random_seed(cfg)?;
     create_key(database, dir, cfg, &seed, Origin::Generated, now, c)
 }
 

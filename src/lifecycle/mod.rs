@@ -32,7 +32,7 @@ mod reconcile;
 mod reshare;
 mod unseal;
 
-use ed25519_dalek::SigningKey;
+use crate::keys::SecretKey;
 
 use crate::keys::KeyInfo;
 
@@ -57,5 +57,5 @@ pub const CLUSTER_PUBLISH_DELAY: i64 = 2;
 /// (what `create` hands to `unseal`'s key set builder).
 pub struct NewKey {
     pub row: KeyInfo,
-    pub key: SigningKey,
+    pub key: SecretKey,
 }

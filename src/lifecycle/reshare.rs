@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-use ed25519_dalek::SigningKey;
-use zeroize::Zeroizing;
+use crate::keys::SecretKey;
 
 use crate::error::{Error, Result};
 use crate::keys::KeyInfo;
@@ -26,18 +25,19 @@ pub fn reshare(
     database: &mut dyn KeyStore,
     dir: &ShareDir,
     row: &KeyInfo,
-    key: &SigningKey,
+    key: &SecretKey,
     recovery: Option<&Path>,
 ) -> Result<u32> {
     check_reshare(row, key, recovery)?;
     let generation = row.share_generation + 1;
-    let seed = Zeroizing::new(key.to_bytes());
+    let seed = key.secret();
     let split = shamir::split(&seed);
     let share = |slot, y| KeyShare {
         deployment: Some(database.deployment().to_owned()),
         kid: row.kid.clone(),
         generation,
         slot,
+        alg: Some(row.alg),
         public_key: row.public_key,
         y,
     };
@@ -78,7 +78,7 @@ pub fn reshare(
 }
 
 /// The checks before a re-split: generation cap, recovery path, key in memory.
-fn check_reshare(row: &KeyInfo, key: &SigningKey, recovery: Option<&Path>) -> Result<()> {
+fn check_reshare(row: &KeyInfo, key: &SecretKey, recovery: Option<&Path>) -> Result<()> {
     if row.share_generation >= MAX_GENERATIONS {
         return Err(Error::Usage(format!(
             "key {} has been split {} times, the cap (each split of the same key leaks a \
@@ -87,7 +87,7 @@ fn check_reshare(row: &KeyInfo, key: &SigningKey, recovery: Option<&Path>) -> Re
         )));
     }
     refuse_existing_recovery(recovery)?;
-    if key.verifying_key().to_bytes() != row.public_key {
+    if key.public_key() != row.public_key {
         return Err(Error::KeyStore(format!(
             "the key in memory is not key {}",
             row.kid
@@ -233,6 +233,7 @@ fn rebuilt_share(deployment: &str, row: &KeyInfo, slot: Slot, y: shamir::ShareY)
         kid: row.kid.clone(),
         generation: row.share_generation,
         slot,
+        alg: Some(row.alg),
         public_key: row.public_key,
         y,
     }

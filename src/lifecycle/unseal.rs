@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ed25519_dalek::SigningKey;
+use crate::keys::SecretKey;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -18,7 +18,7 @@ use super::NewKey;
 
 /// Read both shares of `row`, rebuild its key and check it against the
 /// public key stored with both. Fails closed with an error naming the store.
-pub fn unseal_key(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<SigningKey> {
+pub fn unseal_key(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<SecretKey> {
     let file = dir.read(&row.kid, row.share_generation)?;
     let db = database.db_share(row)?;
     if let Some(d) = &file.deployment
@@ -29,6 +29,19 @@ pub fn unseal_key(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Res
             reason: format!(
                 "belongs to deployment {d}, not to the database's ({})",
                 database.deployment()
+            ),
+        });
+    }
+    if let Some(alg) = file.alg
+        && alg != row.alg
+    {
+        return Err(Error::FileShare {
+            path: dir.share_path(&row.kid, row.share_generation),
+            reason: format!(
+                "is a share of an {} key, but key row {} is {}",
+                alg.as_str(),
+                row.kid,
+                row.alg.as_str()
             ),
         });
     }
@@ -101,12 +114,13 @@ pub fn build_keyset(
             signers.push(signer);
         }
         if state.is_published() {
-            let key = ed25519_dalek::VerifyingKey::from_bytes(&row.public_key).map_err(|_| {
-                Error::KeyRow {
-                    kid: row.kid.clone(),
-                    db: database.describe(),
-                    reason: "public key is not a valid Ed25519 point".into(),
-                }
+            let key = row.public_key.verifier().ok_or_else(|| Error::KeyRow {
+                kid: row.kid.clone(),
+                db: database.describe(),
+                reason: format!(
+                    "public key is not a valid {} point",
+                    row.public_key.key_type().name()
+                ),
             })?;
             published.push(Published {
                 row,
@@ -131,7 +145,7 @@ pub fn add_published_others(published: &mut Vec<Published>, others: &[NodeKey], 
         if published.iter().any(|p| p.row.kid == o.key.kid) {
             continue;
         }
-        if let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&o.key.public_key) {
+        if let Some(key) = o.key.public_key.verifier() {
             published.push(Published {
                 row: o.key.clone(),
                 key,

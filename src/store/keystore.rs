@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::config::AlgLabel;
 use crate::error::{Error, Result};
 use crate::keys::shamir::{KeyShare, ShareY, Slot};
-use crate::keys::{KeyInfo, Origin, share_format};
+use crate::keys::{KeyInfo, Origin, PublicKey, share_format};
 
 use super::FileId;
 
@@ -182,11 +182,11 @@ impl RawKey {
             db: db.to_owned(),
             reason: reason.to_owned(),
         };
-        let public_key: [u8; 32] = self
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("public key is not 32 bytes"))?;
+        let alg = match self.alg.as_deref() {
+            None => legacy_alg,
+            Some(a) => AlgLabel::parse(a).ok_or_else(|| bad("unknown alg label"))?,
+        };
+        let public_key = PublicKey::parse(alg.key_type(), &self.public_key).map_err(bad)?;
         if !share_format::is_valid_kid(&self.kid)
             || share_format::thumbprint(&public_key) != self.kid
         {
@@ -211,10 +211,6 @@ impl RawKey {
             .map(u32::try_from)
             .transpose()
             .map_err(|_| bad("pending share generation out of range"))?;
-        let alg = match self.alg.as_deref() {
-            None => legacy_alg,
-            Some(a) => AlgLabel::parse(a).ok_or_else(|| bad("unknown alg label"))?,
-        };
         Ok(KeyInfo {
             kid: self.kid,
             public_key,
@@ -261,7 +257,8 @@ pub fn check_share(
         return Err(bad(&format!("has x = {x}, expected 2")));
     }
     let y = ShareY::from_slice(&y).ok_or_else(|| bad("is not 32 bytes"))?;
-    if checksum[..] != share_format::db_checksum(&row.kid, row.share_generation, 2, &y)[..] {
+    if checksum[..] != share_format::db_checksum(&row.kid, row.share_generation, 2, row.alg, &y)[..]
+    {
         return Err(bad("fails its checksum (altered)"));
     }
     Ok(KeyShare {
@@ -269,6 +266,7 @@ pub fn check_share(
         kid: row.kid.clone(),
         generation: row.share_generation,
         slot: Slot::Database,
+        alg: Some(row.alg),
         public_key: row.public_key,
         y,
     })

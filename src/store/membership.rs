@@ -101,9 +101,11 @@ pub fn judge(
             Error::KeyRow { reason, .. } => reason,
             e => e.to_string(),
         })?;
-    match ed25519_dalek::VerifyingKey::from_bytes(&key.public_key) {
-        Ok(k) if !k.is_weak() => {}
-        _ => return Err("public key is not a valid Ed25519 point".into()),
+    if key.public_key.verifier().is_none() {
+        return Err(format!(
+            "public key is not a valid {} point",
+            key.public_key.key_type().name()
+        ));
     }
     let proven = proof
         .pop
@@ -657,33 +659,68 @@ mod tests {
         max_revocation_bytes: 100,
     };
 
-    fn raw(public_key: [u8; 32], times: [i64; 4]) -> RawKey {
+    use crate::keys::{KeyType, PublicKey, SecretKey};
+
+    fn raw(public_key: PublicKey, times: [i64; 4]) -> RawKey {
+        let alg = match public_key.key_type() {
+            KeyType::Ed25519 => "EdDSA",
+            KeyType::P256 => "ES256",
+        };
         RawKey {
-            kid: crate::keys::share_format::thumbprint(&public_key),
-            public_key: public_key.to_vec(),
+            kid: public_key.thumbprint(),
+            public_key: public_key.bytes().to_vec(),
             origin: "generated".into(),
             times,
             share_generation: 1,
             verified: true,
-            alg: Some("EdDSA".into()),
+            alg: Some(alg.into()),
             pending_generation: None,
         }
     }
 
-    fn good_key(seed: u8) -> [u8; 32] {
-        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
-            .verifying_key()
-            .to_bytes()
+    fn secret(kt: KeyType, seed: u8) -> SecretKey {
+        SecretKey::from_secret(kt, &[seed; 32]).unwrap()
+    }
+
+    fn good_key(seed: u8) -> PublicKey {
+        secret(KeyType::Ed25519, seed).public_key()
     }
 
     /// The proof that node "a" holds the key of `seed`.
     fn proof(seed: u8) -> Proof {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-        let kid = crate::keys::share_format::thumbprint(&key.verifying_key().to_bytes());
+        proof_of(&secret(KeyType::Ed25519, seed))
+    }
+
+    fn proof_of(key: &SecretKey) -> Proof {
+        let kid = key.public_key().thumbprint();
         Proof {
-            pop: Some(crate::keys::prove_possession(&key, "a", &kid).to_vec()),
+            pop: Some(crate::keys::prove_possession(key, "a", &kid).to_vec()),
             legacy: false,
         }
+    }
+
+    #[test]
+    fn another_nodes_es256_row_is_judged_alike() {
+        let key = secret(KeyType::P256, 7);
+        let pk = key.public_key();
+        let times = [0, 10, 20, 30];
+        let ok = judged(raw(pk, times), &proof_of(&key)).unwrap();
+        assert_eq!(ok.alg, crate::config::AlgLabel::ES256);
+        // Its proof is by the key itself: an Ed25519 key's proof fails.
+        let e = judged(raw(pk, times), &proof(7)).unwrap_err();
+        assert!(e.contains("no proof"), "{e}");
+        // The same row labelled EdDSA: its key is not an Ed25519 one.
+        let mut r = raw(pk, times);
+        r.alg = Some("EdDSA".into());
+        let e = judged(r, &proof_of(&key)).unwrap_err();
+        assert!(e.contains("not 32 bytes"), "{e}");
+        // A point off the curve, named by its own thumbprint.
+        let mut bytes = pk.bytes().to_vec();
+        bytes[64] ^= 1;
+        let mut r = raw(pk, times);
+        r.public_key = bytes;
+        let e = judged(r, &proof_of(&key)).unwrap_err();
+        assert!(e.contains("not a point on the curve"), "{e}");
     }
 
     fn judged(r: RawKey, p: &Proof) -> std::result::Result<KeyInfo, String> {
@@ -709,7 +746,11 @@ mod tests {
         // A small-order point (the identity), whose kid is its thumbprint.
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        let e = judged(raw(identity, [0, 10, 20, 30]), &Proof::default()).unwrap_err();
+        let e = judged(
+            raw(PublicKey::Ed25519(identity), [0, 10, 20, 30]),
+            &Proof::default(),
+        )
+        .unwrap_err();
         assert!(e.contains("not a valid Ed25519 point"), "{e}");
     }
 

@@ -104,7 +104,7 @@ impl LocalStores {
         }
         refuse_swapped(cfg, &dir, &db_dir)?;
         let lock = StoreLock::take(&cfg.paths.db, &cfg.paths.shares_dir)?;
-        let local = Database::open(&cfg.paths.db, cfg.tokens.alg)?;
+        let local = Database::open(&cfg.paths.db, cfg.tokens.alg.legacy())?;
         Ok(LocalStores {
             shares: dir,
             local,
@@ -134,7 +134,7 @@ impl Stores {
                     )));
                 }
                 let keys: Box<dyn KeyStore> =
-                    Box::new(Database::open(&cfg.paths.db, cfg.tokens.alg)?);
+                    Box::new(Database::open(&cfg.paths.db, cfg.tokens.alg.legacy())?);
                 (keys, None)
             }
             Some(settings) => {

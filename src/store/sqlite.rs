@@ -201,7 +201,8 @@ impl Database {
 }
 
 fn insert_share(conn: &Connection, share: &KeyShare) -> rusqlite::Result<()> {
-    let sum = share_format::db_checksum(&share.kid, share.generation, share.slot.x(), &share.y);
+    debug_assert_eq!(share.slot, crate::keys::shamir::Slot::Database);
+    let sum = share_format::db_share_checksum(share);
     conn.execute(
         "INSERT INTO db_shares (kid, generation, x, y, checksum) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -287,7 +288,7 @@ impl KeyStore for Database {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
             params![
                 row.kid,
-                &row.public_key[..],
+                row.public_key.bytes(),
                 row.origin.as_str(),
                 row.created_at,
                 row.activate_at,

@@ -516,14 +516,15 @@ fn a_database_dump_holds_no_file_share_and_no_key() {
                 kid: share.kid.clone(),
                 generation: share.generation,
                 slot: splitsign::keys::shamir::Slot::Database,
+                alg: share.alg,
                 public_key: share.public_key,
                 y: splitsign::keys::shamir::ShareY::from_slice(&db.2).unwrap(),
             };
             let key = splitsign::keys::shamir::recover(&share, &db_share).unwrap();
-            assert_eq!(key.verifying_key().to_bytes(), share.public_key);
+            assert_eq!(key.public_key(), share.public_key);
             assert_absent(
                 &dump,
-                &key.to_bytes(),
+                &key.secret()[..],
                 &format!("the seed of {}", share.kid),
             );
             scanned += 1;

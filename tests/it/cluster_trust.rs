@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ed25519_dalek::Signer;
 use serde_json::{Value, json};
+use splitsign::keys::{KeyType, SecretKey};
 
 use crate::cluster::{
     kids, node_dir, refused_start, revoked, sign, start, status, three_nodes, until, verify,
@@ -20,11 +20,11 @@ use crate::util::{Daemon, Dir, assert_ok, code, now, ok, vm};
 
 /// A key pair of the attacker's: the signing key, its kid (the RFC 7638
 /// thumbprint) and its public key in hex.
-fn attacker(seed: u8) -> (ed25519_dalek::SigningKey, String, String) {
-    let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-    let pk = key.verifying_key().to_bytes();
+fn attacker(seed: u8) -> (SecretKey, String, String) {
+    let key = SecretKey::from_secret(KeyType::Ed25519, &[seed; 32]).unwrap();
+    let pk = key.public_key();
     let kid = splitsign::keys::share_format::thumbprint(&pk);
-    (key, kid, hex(&pk))
+    (key, kid, hex(pk.bytes()))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -44,7 +44,7 @@ fn key_row(node: &str, kid: &str, pk_hex: &str, times: [i64; 4]) -> String {
 /// A key row of the attacker's in `node`'s name, active for an hour,
 /// inserted by a path other than the node's login (the superuser: the
 /// owner's own tooling, a session that outlived a removal).
-fn key_in_the_name_of(pg: &PgServer, node: &str, seed: u8) -> (ed25519_dalek::SigningKey, String) {
+fn key_in_the_name_of(pg: &PgServer, node: &str, seed: u8) -> (SecretKey, String) {
     let (key, kid, pk) = attacker(seed);
     let t = now();
     pg.super_sql(&key_row(
@@ -58,8 +58,8 @@ fn key_in_the_name_of(pg: &PgServer, node: &str, seed: u8) -> (ed25519_dalek::Si
 
 /// SQL that inserts a verified key row of `key` for `node`, with the proof
 /// that `node` holds it (a node publishing a key of its own).
-fn proven_key_row(node: &str, key: &ed25519_dalek::SigningKey, times: [i64; 4]) -> String {
-    let pk = key.verifying_key().to_bytes();
+fn proven_key_row(node: &str, key: &SecretKey, times: [i64; 4]) -> String {
+    let pk = key.public_key();
     let kid = splitsign::keys::share_format::thumbprint(&pk);
     let proof = splitsign::keys::prove_possession(key, node, &kid);
     let [c, a, d, r] = times;
@@ -68,13 +68,13 @@ fn proven_key_row(node: &str, key: &ed25519_dalek::SigningKey, times: [i64; 4]) 
          deactivate_at, retire_at, share_generation, verified, alg, pop) VALUES ('{node}', \
          '{kid}', decode('{}', 'hex'), 'generated', {c}, {a}, {d}, {r}, 1, true, 'EdDSA', \
          decode('{}', 'hex'));",
-        hex(&pk),
+        hex(pk.bytes()),
         hex(&proof)
     )
 }
 
 /// A token signed with `key` under `kid`, with these claims.
-fn forge(key: &ed25519_dalek::SigningKey, kid: &str, claims: Value) -> String {
+fn forge(key: &SecretKey, kid: &str, claims: Value) -> String {
     let header = json!({"alg":"EdDSA","typ":"JWT","kid":kid});
     let mut t = format!(
         "{}.{}",
@@ -83,7 +83,7 @@ fn forge(key: &ed25519_dalek::SigningKey, kid: &str, claims: Value) -> String {
     );
     let sig = key.sign(t.as_bytes());
     t.push('.');
-    t.push_str(&B64.encode(sig.to_bytes()));
+    t.push_str(&B64.encode(sig));
     t
 }
 
@@ -145,7 +145,8 @@ fn a_malformed_key_row_of_one_node_stops_no_other_node() {
     let (_, other_kid, _) = attacker(2);
     let mut identity = [0u8; 32];
     identity[0] = 1;
-    let identity_kid = splitsign::keys::share_format::thumbprint(&identity);
+    let identity_kid =
+        splitsign::keys::share_format::thumbprint(&splitsign::keys::PublicKey::Ed25519(identity));
     let times = [t - 5, t - 5, t + 3600, t + 7200];
     let out = as_node(
         &pg,

@@ -367,7 +367,7 @@ async fn insert_key_row(
         &[
             &node,
             &row.kid,
-            &&row.public_key[..],
+            &row.public_key.bytes(),
             &row.origin.as_str(),
             &row.created_at,
             &row.activate_at,
@@ -389,7 +389,7 @@ async fn insert_share(
     share: &KeyShare,
     replace: bool,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    let sum = share_format::db_checksum(&share.kid, share.generation, 2, &share.y);
+    let sum = share_format::db_share_checksum(share);
     let sql = if replace {
         "INSERT INTO splitsign_db_shares (node, kid, generation, x, y, checksum)
          VALUES ($1, $2, $3, 2, $4, $5)
