@@ -28,6 +28,7 @@ const MIGRATION_ARRAY: &[M] = &[
     M::up(include_str!("../../migrations/0005_moved.sql")),
     M::up(include_str!("../../migrations/0006_scale.sql")),
     M::up(include_str!("../../migrations/0007_cluster_seen.sql")),
+    M::up(include_str!("../../migrations/0008_es256.sql")).foreign_key_check(),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_ARRAY);
 
@@ -65,7 +66,10 @@ impl Database {
             .map_err(db_err)?;
         conn.pragma_update(None, "secure_delete", "ON")
             .map_err(db_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
+        // Foreign keys are on once the schema is current: a migration that
+        // rebuilds a table (0008) must not cascade the drop of the old one
+        // to the rows that reference it. It checks them itself after.
+        conn.pragma_update(None, "foreign_keys", "OFF")
             .map_err(db_err)?;
         MIGRATIONS
             .to_latest(&mut conn)
@@ -73,6 +77,8 @@ impl Database {
                 path: path.to_owned(),
                 source,
             })?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err)?;
         Database::finish_open(conn, path, legacy_alg)
     }
 

@@ -230,8 +230,10 @@ fn schema_5_stores_upgrade_without_losing_a_token_a_revocation_or_a_record() {
     let version: i64 = sql
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    // Schema 6, and 7 after it (the cluster's seen revocations: empty here).
-    assert_eq!(version, 7);
+    // Schema 6, 7 after it (the cluster's seen revocations: empty here),
+    // and 8 (the keys table rebuilt for ES256 keys, its rows and shares
+    // kept).
+    assert_eq!(version, 8);
     let columns: Vec<String> = sql
         .prepare("SELECT name FROM pragma_table_info('audit')")
         .unwrap()
@@ -367,8 +369,9 @@ fn a_kill_9_during_the_schema_upgrade_leaves_schema_5_whole_and_the_next_start_f
     assert_eq!(st["active_kid"], expect["status"]["active_kid"]);
     d.stop();
     let sql = dir.sql();
-    // Schema 6, then 7 (which adds the cluster's seen revocations).
-    assert_eq!(version(&sql), 7);
+    // Schema 6, then 7 (which adds the cluster's seen revocations), then 8
+    // (the keys table rebuilt for ES256, its rows and shares kept).
+    assert_eq!(version(&sql), 8);
     assert!(count(&sql) >= before, "no record lost in the upgrade");
 }
 

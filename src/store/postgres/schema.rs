@@ -11,6 +11,7 @@ use super::Postgres;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_trust.sql"),
+    include_str!("../../../migrations/postgres/0003_es256.sql"),
 ];
 
 /// The advisory lock that serializes schema changes between nodes.
