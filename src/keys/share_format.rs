@@ -48,8 +48,9 @@ pub fn is_valid_kid(kid: &str) -> bool {
 // one algorithm: a share of an ES256 key is never combined as an Ed25519
 // one, nor the other way round. Version 2 is the same without the alg line,
 // version 1 also without the deployment line; both were written when every
-// key was Ed25519 and are still read as such (and rewritten as version 3
-// once the stores are shown to belong together).
+// key was Ed25519 and are still read as such. A version-1 file is
+// rewritten as version 3 once the stores are shown to belong together; a
+// version-2 file stays until its key is re-split.
 // ---------------------------------------------------------------------------
 
 const MAGIC_V1: &str = "splitsign-share 1";

@@ -387,9 +387,22 @@ pub fn apply(database: &dyn KeyStore, dir: &ShareDir, plan: Survey) -> Result<Re
         dir.destroy(&path)?;
         done.removed_temps.push(path);
     }
+    let rows = if plan.upgrade_files.is_empty() {
+        Vec::new()
+    } else {
+        database.keys()?
+    };
     for path in plan.upgrade_files {
         let mut share = share_dir::read_share_file(&path, Slot::File)?;
         share.deployment = Some(database.deployment().to_owned());
+        // A format-1 file is an Ed25519 key's: it takes its row's label
+        // (an Ed25519 one, or the share would not have parsed as the key
+        // the kid names).
+        let alg = rows.iter().find(|r| r.kid == share.kid).map(|r| r.alg);
+        share.alg = Some(match alg {
+            Some(a) if a.key_type() == share.public_key.key_type() => a,
+            _ => crate::config::AlgLabel::EdDSA,
+        });
         dir.rewrite(&share)?;
         done.upgraded.push(path);
     }
