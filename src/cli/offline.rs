@@ -254,6 +254,7 @@ pub fn status(cfg: &Config) -> Result<Value, CommandError> {
         let mut v = serde_json::json!({
             "kid": r.kid,
             "state": crate::keys::state(r, now).as_str(),
+            "alg": r.alg.as_str(),
             "origin": r.origin.as_str(),
             "created_at": r.created_at,
             "activate_at": r.activate_at,
@@ -348,12 +349,18 @@ fn check_stores(cfg: &Config) -> Result<(), CommandError> {
         if state.needs_shares() {
             lifecycle::unseal_key(database, &dir, row)?;
             println!(
-                "key {} ({}): file share and database share rebuild its public key",
+                "key {} ({}, {}): file share and database share rebuild its public key",
                 row.kid,
-                state.as_str()
+                state.as_str(),
+                row.alg.as_str()
             );
         } else {
-            println!("key {} ({}): public key only", row.kid, state.as_str());
+            println!(
+                "key {} ({}, {}): public key only",
+                row.kid,
+                state.as_str(),
+                row.alg.as_str()
+            );
         }
     }
     if crate::keys::schedule::active(&rows, now).is_none() {

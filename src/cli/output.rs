@@ -102,8 +102,10 @@ pub fn render_status(status: &Value) -> String {
         Some(up) => format!("daemon up {up}s"),
         None => "daemon not running".into(),
     };
+    // `alg` is the label of keys created from now on; each key's own is
+    // in the table.
     let mut out = format!(
-        "issuer {}  alg {}  {daemon}\nactive key       {}\nnext transition  {}\n",
+        "issuer {}  alg of new keys {}  {daemon}\nactive key       {}\nnext transition  {}\n",
         text(status, "issuer"),
         text(status, "alg"),
         text(status, "active_kid"),
@@ -213,20 +215,22 @@ fn render_keys(out: &mut String, status: &Value) {
         format!("{name:<16} ")
     };
     out.push_str(&format!(
-        "\n{}{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+        "\n{}{:<44} {:<9} {:<7} {:<21} {:<21} {:<21}\n",
         node_col(None),
         "KID",
         "STATE",
+        "ALG",
         "ACTIVATES",
         "DEACTIVATES",
         "RETIRES"
     ));
     for k in keys {
         out.push_str(&format!(
-            "{}{:<44} {:<9} {:<21} {:<21} {:<21}\n",
+            "{}{:<44} {:<9} {:<7} {:<21} {:<21} {:<21}\n",
             node_col(Some(k)),
             text(k, "kid"),
             text(k, "state"),
+            text(k, "alg"),
             time(k, "activate_at"),
             time(k, "deactivate_at"),
             time(k, "retire_at")

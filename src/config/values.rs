@@ -30,10 +30,11 @@ impl AlgLabel {
         }
     }
 
+    /// Every label, in the order the docs list them.
+    pub const ALL: [AlgLabel; 3] = [AlgLabel::EdDSA, AlgLabel::Ed25519, AlgLabel::ES256];
+
     pub fn parse(s: &str) -> Option<AlgLabel> {
-        [AlgLabel::EdDSA, AlgLabel::Ed25519, AlgLabel::ES256]
-            .into_iter()
-            .find(|a| a.as_str() == s)
+        AlgLabel::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
     /// The label of keys made before labels were recorded: they are all

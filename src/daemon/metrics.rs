@@ -21,6 +21,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::audit_writer::{CommitObserver, Space};
+use crate::config::AlgLabel;
 
 /// How many peer uids get a connections series of their own.
 const MAX_UID_SERIES: usize = 20;
@@ -43,6 +44,11 @@ struct RefusalLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlgLabels {
+    alg: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +85,7 @@ pub struct Metrics {
     audit_commit_seconds: Histogram,
     connections: Family<UidLabels, Gauge>,
     published_keys: Gauge,
+    published_by_alg: Family<AlgLabels, Gauge>,
     revocations: Family<KindLabels, Gauge>,
     active_key_age: Gauge,
     next_transition: Gauge,
@@ -106,6 +113,8 @@ pub struct Now {
     /// Open connections per peer uid.
     pub connections: Vec<(u32, usize)>,
     pub published_keys: usize,
+    /// Of `published_keys`, how many carry each `alg` label.
+    pub published_by_alg: Vec<(AlgLabel, usize)>,
     pub revoked_jti: usize,
     pub revoked_sub: usize,
     /// Seconds since the active key's `activate_at` (none: no active key).
@@ -157,6 +166,7 @@ impl Metrics {
             audit_commit_seconds: latency_histogram(),
             connections: Family::default(),
             published_keys: Gauge::default(),
+            published_by_alg: Family::default(),
             revocations: Family::default(),
             active_key_age: Gauge::default(),
             next_transition: Gauge::default(),
@@ -245,6 +255,12 @@ impl Metrics {
             "published_keys",
             "Keys in the JWKS (every node's, in a cluster)",
             self.published_keys.clone(),
+        );
+        self.registry.register(
+            "published_keys_by_alg",
+            "Keys in the JWKS by their alg label (every label, 0 when none): a migration from \
+             one algorithm to another is over when the old label reaches 0",
+            self.published_by_alg.clone(),
         );
         self.registry.register(
             "revocations",
@@ -372,6 +388,16 @@ impl Metrics {
                 .set(other as i64);
         }
         self.published_keys.set(now.published_keys as i64);
+        for alg in AlgLabel::ALL {
+            let n = now
+                .published_by_alg
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .map_or(0, |(_, n)| *n);
+            self.published_by_alg
+                .get_or_create(&AlgLabels { alg: alg.as_str() })
+                .set(n as i64);
+        }
         for (kind, n) in [("jti", now.revoked_jti), ("sub", now.revoked_sub)] {
             self.revocations
                 .get_or_create(&KindLabels { kind })

@@ -289,6 +289,10 @@ impl State {
         self.metrics.render(super::metrics::Now {
             connections: self.admission.counts().1,
             published_keys: keys.published.len(),
+            published_by_alg: crate::config::AlgLabel::ALL
+                .into_iter()
+                .map(|a| (a, keys.published.iter().filter(|p| p.row.alg == a).count()))
+                .collect(),
             revoked_jti,
             revoked_sub,
             active_key_age: keys.signer_at(now).map(|s| now - s.activate_at),

@@ -227,6 +227,18 @@ fn metrics_parse_with_promtool_count_what_happens_and_the_file_is_replaced_whole
     );
     assert!(value(&after, "splitsign_audit_batches_total", &[]) >= 2.0);
     assert_eq!(value(&after, "splitsign_published_keys", &[]), 1.0);
+    // By label: every label has its series, the default key's is 1.
+    for (alg, n) in [("EdDSA", 1.0), ("Ed25519", 0.0), ("ES256", 0.0)] {
+        assert_eq!(
+            value(
+                &after,
+                "splitsign_published_keys_by_alg",
+                &[&format!("alg=\"{alg}\"")]
+            ),
+            n,
+            "{alg}"
+        );
+    }
     assert!(
         value(&after, "splitsign_connections", &["uid=\"0\""]) >= 1.0 || !crate::util::is_root()
     );
