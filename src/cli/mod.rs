@@ -31,7 +31,7 @@ pub use places::Unreached;
 #[command(
     name = "splitsign",
     version,
-    about = "Sign JWTs with an Ed25519 key split between a file and a SQLite database"
+    about = "Sign JWTs with an Ed25519 or P-256 key split between a file and a database"
 )]
 pub struct Cli {
     /// Config file (TOML). Default: /etc/splitsign/config.toml if it exists.
@@ -62,7 +62,8 @@ pub enum Command {
     Serve,
     /// Create the first key offline, optionally with an offline recovery share.
     Init(InitArgs),
-    /// Import an existing Ed25519 key (PKCS#8 PEM) as the first key.
+    /// Import an existing key (PKCS#8 PEM) as the first key: Ed25519 with
+    /// `alg` EdDSA or Ed25519, P-256 with `alg` ES256.
     Import(ImportArgs),
     /// Ask the daemon for a token; prints it.
     Sign(SignArgs),
