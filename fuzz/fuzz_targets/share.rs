@@ -15,10 +15,14 @@ fuzz_target!(|data: &[u8]| {
         kid: share.kid.clone(),
         generation: share.generation,
         slot: if share.slot == Slot::Database { Slot::File } else { Slot::Database },
+        alg: share.alg,
         public_key: share.public_key,
         y: ShareY::from_slice(&[7u8; 32]).unwrap(),
     };
     if let Ok(key) = shamir::recover(&share, &other) {
-        assert_eq!(key.verifying_key().to_bytes(), share.public_key);
+        assert_eq!(key.public_key(), share.public_key);
+        if let Some(alg) = share.alg {
+            assert_eq!(key.key_type(), alg.key_type());
+        }
     }
 });
