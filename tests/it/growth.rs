@@ -178,7 +178,7 @@ fn a_schema_upgrade_keeps_systemd_waiting_and_a_read_only_command_says_how_to_up
     let _daemon = m.spawn(&dir, &["--config", path.to_str().unwrap()], &[]);
     let upgrading = m.expect("EXTEND_TIMEOUT_USEC=", Duration::from_secs(20));
     assert!(
-        upgrading.contains("STATUS=not ready: upgrading the database schema from version 5 to 7"),
+        upgrading.contains("STATUS=not ready: upgrading the database schema from version 5 to 8"),
         "{upgrading}"
     );
     m.expect("READY=1", Duration::from_secs(20));
