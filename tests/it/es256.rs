@@ -2,8 +2,9 @@
 //! (SQLite, share dir): `alg = "ES256"` in the config; the share file
 //! format 3; the EC JWK and its RFC 7638 kid; tokens checked by
 //! independent verifiers (p256, jsonwebtoken) and refused by the daemon
-//! when tampered, high-S, DER or relabelled; rotation to and from EdDSA;
-//! reshare, recover, damaged stores, import, check and backup.
+//! when tampered, high-S, DER or relabelled; rotation to and from EdDSA
+//! (admin and scheduled); reshare, recover, damaged stores, import, check
+//! and backup; stores upgraded from schema 5 taking an ES256 key.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -1042,4 +1043,130 @@ fn check_and_backup_of_an_es256_deployment_keep_the_alg() {
     let s = ok(c.sign(json!({})));
     assert_eq!(s["kid"], kid.as_str());
     verify_es256_with_jwks(s["token"].as_str().unwrap(), &jwks);
+}
+
+/// Poll `f` every 50 ms until it gives a value, for `secs` seconds at most.
+fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {what} in {secs}s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_daemons_own_keys_follow_the_configured_alg_at_first_start_and_on_schedule() {
+    // Keys sign for 4 s, their successor made 2 s ahead.
+    let dir = Dir::new();
+    let cfg = crate::lifecycle::fast_config(&dir, "4s", "2s", "alg = \"ES256\"\n");
+    let d = start(&dir, &cfg);
+    let mut c = d.conn();
+    // The first start made an ES256 key.
+    let (_, by_kid) = algs(&mut c);
+    assert_eq!(by_kid.len(), 1, "{by_kid:?}");
+    let (first, alg) = by_kid[0].clone();
+    assert_eq!(alg, "ES256");
+    assert_es256_share_file(&share_of(&dir, &first), &first, 1, 1);
+    // Its scheduled successor is ES256 too, published before it signs.
+    let (second, alg) = poll("successor", 10, || {
+        algs(&mut c).1.into_iter().find(|(k, _)| *k != first)
+    });
+    assert_eq!(alg, "ES256");
+    let jwks = ok(c.request(json!({"op":"jwks"})))["jwks"].clone();
+    assert_eq!(jwk(&jwks, &second)["kty"], "EC");
+
+    // Switched to EdDSA: a later scheduled key is EdDSA, and signs.
+    let cfg = crate::lifecycle::fast_config(&dir, "4s", "2s", "alg = \"EdDSA\"\n");
+    assert_ok(&run(&dir, &cfg, &["reload"]));
+    let (third, _) = poll("EdDSA successor", 20, || {
+        algs(&mut c).1.into_iter().find(|(_, a)| a == "EdDSA")
+    });
+    assert!(third != first && third != second);
+    let token = poll("a token of the EdDSA key", 20, || {
+        let s = ok(c.sign(json!({"sub":"x"})));
+        (s["kid"] == third.as_str()).then(|| s["token"].as_str().unwrap().to_owned())
+    });
+    assert_eq!(parts(&token).0["alg"], "EdDSA");
+    ok(c.request(json!({"op":"verify","token":token})));
+}
+
+#[test]
+fn stores_upgraded_from_schema_5_take_an_es256_key_beside_their_ed25519_keys() {
+    if !crate::util::have_faketime() {
+        return;
+    }
+    let (dir, expect) = crate::util::fixture_stores("stores-v5");
+    let cfg = config(&dir, "ES256");
+    // At the time the fixture was made: its tokens live an hour.
+    let made_at = expect["made_at"].as_i64().unwrap();
+    let offset = format!("{:+}s", made_at + 60 - crate::util::now());
+    let env = crate::util::faketime(&[("FAKETIME", offset.as_str())]);
+    let start_shifted =
+        || Daemon::start_with_env(&dir, &["--config", &cfg], &env).expect("daemon starts");
+    let old: Vec<(String, String)> = algs_of(&expect["status"]);
+    assert!(old.iter().all(|(_, a)| a == "EdDSA"), "{old:?}");
+
+    let d = start_shifted();
+    let mut c = d.conn();
+    let (st, by_kid) = algs(&mut c);
+    assert_eq!(st["alg"], "ES256");
+    assert_eq!(st["active_kid"], expect["status"]["active_kid"]);
+    assert_eq!(by_kid, old, "the upgrade keeps each key and its label");
+    let r = ok(c.request(json!({"op":"rotate"})));
+    let new = r["kid"].as_str().unwrap().to_owned();
+    let s = ok(c.sign(json!({"sub":"after"})));
+    assert_eq!(s["kid"], new.as_str());
+    let jwks = ok(c.request(json!({"op":"jwks"})))["jwks"].clone();
+    assert_eq!(jwk(&jwks, &new)["kty"], "EC");
+    p256_verifies(s["token"].as_str().unwrap(), &sec1_of(jwk(&jwks, &new)));
+    let mut want = old.clone();
+    want.push((new.clone(), "ES256".into()));
+    want.sort();
+    assert_eq!(algs(&mut c).1, want);
+    for t in expect["valid"].as_array().unwrap() {
+        ok(c.request(json!({"op":"verify","token":t})));
+    }
+    drop(c);
+    d.stop();
+
+    // Schema 8 holds both kinds of rows.
+    let sql = dir.sql();
+    let version: i64 = sql
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 8);
+    let mut rows: Vec<(String, String, i64)> = sql
+        .prepare("SELECT kid, alg, length(public_key) FROM keys")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows.sort();
+    drop(sql);
+    let lens: Vec<(String, String, i64)> = want
+        .iter()
+        .map(|(k, a)| (k.clone(), a.clone(), if a == "ES256" { 65 } else { 32 }))
+        .collect();
+    assert_eq!(rows, lens);
+    let out = dir
+        .cmd()
+        .args(["--config", &cfg, "check"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+
+    // And after a restart, the same keys, labels and tokens.
+    let d = start_shifted();
+    let mut c = d.conn();
+    assert_eq!(algs(&mut c).1, want);
+    for t in expect["valid"].as_array().unwrap() {
+        ok(c.request(json!({"op":"verify","token":t})));
+    }
+    ok(c.request(json!({"op":"verify","token":s["token"]})));
+    assert_eq!(ok(c.sign(json!({})))["kid"], new.as_str());
 }
