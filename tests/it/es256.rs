@@ -198,10 +198,11 @@ fn assert_es256_share_file(path: &Path, kid: &str, generation: u32, x: u8) -> Ve
     pk
 }
 
-/// The P-256 key that the file share (x = 1) and the database share
-/// (x = 2) of `kid` rebuild, recombined with `sharks` directly, as an
-/// attacker holding both stores would.
-fn recombine(dir: &Dir, kid: &str) -> p256::ecdsa::SigningKey {
+/// The 32 secret bytes (Ed25519 seed or P-256 scalar) that the file
+/// share (x = 1) and the database share (x = 2) of `kid` rebuild,
+/// recombined with `sharks` directly, as an attacker holding both stores
+/// would.
+fn recombine_secret(dir: &Dir, kid: &str) -> [u8; 32] {
     let file = y_of(&std::fs::read_to_string(share_of(dir, kid)).unwrap());
     let db: Vec<u8> = dir
         .sql()
@@ -211,12 +212,16 @@ fn recombine(dir: &Dir, kid: &str) -> p256::ecdsa::SigningKey {
         .unwrap();
     let a = sharks::Share::try_from(&[&[1u8][..], &file].concat()[..]).unwrap();
     let b = sharks::Share::try_from(&[&[2u8][..], &db].concat()[..]).unwrap();
-    let secret: [u8; 32] = sharks::Sharks(2)
+    sharks::Sharks(2)
         .recover([&a, &b])
         .unwrap()
         .try_into()
-        .unwrap();
-    p256::ecdsa::SigningKey::from_bytes(&secret.into()).expect("a P-256 scalar")
+        .unwrap()
+}
+
+/// The P-256 key of `kid`, from its two shares ([`recombine_secret`]).
+fn recombine(dir: &Dir, kid: &str) -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_bytes(&recombine_secret(dir, kid).into()).expect("a P-256 scalar")
 }
 
 /// The SEC1 point of a P-256 key.
@@ -396,6 +401,29 @@ fn the_daemon_refuses_tampered_high_s_der_and_relabelled_es256_tokens() {
         "DER signature",
     );
 
+    // Signatures whose r or s is out of [1, n−1].
+    let n = order_minus(&[0u8; 32]);
+    for (why, bad) in [
+        ("r = s = 0", [[0u8; 32], [0u8; 32]].concat()),
+        ("s = 0", [&sig[..32], &[0u8; 32][..]].concat()),
+        ("r = 0", [&[0u8; 32][..], &sig[32..]].concat()),
+        ("s = n", [&sig[..32], &n[..]].concat()),
+        ("r = n", [&n[..], &sig[32..]].concat()),
+    ] {
+        refused(&mut c, &format!("{input}.{}", B64.encode(&bad)), why);
+    }
+    // And a signature one byte short or long.
+    refused(
+        &mut c,
+        &format!("{input}.{}", B64.encode(&sig[..63])),
+        "63 bytes",
+    );
+    refused(
+        &mut c,
+        &format!("{input}.{}", B64.encode([&sig[..], &[0u8]].concat())),
+        "65 bytes",
+    );
+
     // With the key itself (the two stores recombined): a token it signs
     // under an ES256 header verifies (the check below is not of the
     // signature), and the same key's signature under a header that says
@@ -491,6 +519,8 @@ fn rotating_from_eddsa_to_es256_and_back_keeps_every_token_verifying() {
     let a = ok(c.sign(json!({"sub":"a","aud":"api"})));
     let kid_a = a["kid"].as_str().unwrap().to_owned();
     let token_a = a["token"].as_str().unwrap().to_owned();
+    // The Ed25519 key itself, while it still has its shares.
+    let seed_a = ed25519_dalek::SigningKey::from_bytes(&recombine_secret(&dir, &kid_a));
 
     // To ES256: the new key is P-256 and signs; the JWKS is mixed.
     let kid_b = reload_and_rotate(&dir, "ES256");
@@ -514,6 +544,22 @@ fn rotating_from_eddsa_to_es256_and_back_keeps_every_token_verifying() {
     }
     verify_with_jwks_at(&token_a, &jwks, Some("api"));
     verify_es256_with_jwks(&token_b, &jwks);
+    // In the mixed set, the Ed25519 key verifies under its own label only:
+    // its own signature under a header that says ES256 is refused.
+    let payload_a = token_a.split('.').nth(1).unwrap();
+    let ed_token = |alg: &str| {
+        use ed25519_dalek::Signer;
+        let header = json!({"alg":alg,"typ":"JWT","kid":kid_a});
+        let input = format!(
+            "{}.{payload_a}",
+            B64.encode(serde_json::to_vec(&header).unwrap())
+        );
+        let sig = seed_a.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(sig.to_bytes()))
+    };
+    ok(c.request(json!({"op":"verify","token":ed_token("EdDSA")})));
+    let r = c.request(json!({"op":"verify","token":ed_token("ES256")}));
+    assert_eq!(code(&r), "invalid_token", "{r}");
     let (st, by_kid) = algs(&mut c);
     assert_eq!(st["alg"], "ES256", "keys are created with ES256 now");
     assert_eq!(st["active_kid"], kid_b.as_str());
@@ -625,15 +671,26 @@ fn reshare_an_es256_key_through_the_daemon_and_offline_keeps_the_kid() {
     drop(c);
     d.stop();
 
-    // Offline.
-    let out = run(&dir, &cfg, &["reshare"]);
+    // Offline, with a new recovery share.
+    let out = run(&dir, &cfg, &["reshare", "--recovery-share", "rec.share"]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("generation 3"));
     let p = dir.keys().join(format!("{kid}.3.share"));
     assert_eq!(dir.share_files(), vec![p.clone()]);
     assert_eq!(assert_es256_share_file(&p, &kid, 3, 1), pk);
+    let rec = dir.path().join("rec.share");
+    assert_eq!(assert_es256_share_file(&rec, &kid, 3, 3), pk);
     assert_eq!(sec1_of_key(recombine(&dir, &kid).verifying_key()), pk);
     assert_ok(&run(&dir, &cfg, &["check"]));
+    // The new recovery share rebuilds the file share.
+    let file = std::fs::read(&p).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    assert_ok(&run(
+        &dir,
+        &cfg,
+        &["recover", "--recovery-share", "rec.share"],
+    ));
+    assert_eq!(std::fs::read(&p).unwrap(), file);
 
     // The daemon restarts on generation 3 with the same key.
     let d = start(&dir, &cfg);
@@ -863,6 +920,30 @@ fn damaged_or_swapped_es256_shares_are_refused_and_left_alone() {
         .execute("UPDATE db_shares SET checksum = ?1", [&sum])
         .unwrap();
 
+    // The key row's public key replaced by another P-256 point.
+    let other_point = sec1_of_key(
+        p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into())
+            .unwrap()
+            .verifying_key(),
+    );
+    let sql = dir.sql();
+    sql.execute("PRAGMA foreign_keys = OFF", []).unwrap();
+    let stored: Vec<u8> = sql
+        .query_row("SELECT public_key FROM keys", [], |r| r.get(0))
+        .unwrap();
+    sql.execute("UPDATE keys SET public_key = ?1", [&other_point])
+        .unwrap();
+    // Relabelling the row as an Ed25519 key's is refused by the schema.
+    assert!(
+        sql.execute("UPDATE keys SET alg = 'EdDSA'", []).is_err(),
+        "a 65-byte public key cannot be labelled EdDSA"
+    );
+    drop(sql);
+    refused_unchanged(&dir, &[&kid, "thumbprint", "splitsign.db"]);
+    dir.sql()
+        .execute("UPDATE keys SET public_key = ?1", [&stored])
+        .unwrap();
+
     // Another ES256 deployment's share in place of this one's.
     let (other, _, _) = es256_init(&[]);
     std::fs::write(&p, std::fs::read(other.share_file()).unwrap()).unwrap();
@@ -956,6 +1037,44 @@ fn import_takes_a_p256_pem_only_when_alg_is_es256() {
         "{err}"
     );
     assert!(!dir.db().exists() && dir.share_files().is_empty());
+
+    // Keys OpenSSL writes that are not a PKCS#8 P-256 key (a P-384 key;
+    // a P-256 key in SEC1 "EC PRIVATE KEY" form): refused, nothing created.
+    if crate::util::runs("openssl", &["version"]) {
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert_ok(&out);
+        };
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+            "p384.pem",
+        ]);
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "sec1.pem",
+        ]);
+        for f in ["p384.pem", "sec1.pem"] {
+            let out = run(&dir, &cfg, &["import", "--pem", f]);
+            assert_eq!(out.status.code(), Some(2), "{f}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(f) && err.contains("PKCS#8"), "{err}");
+            assert!(!dir.db().exists() && dir.share_files().is_empty());
+        }
+    }
 
     // With alg = "ES256": imported; the kid is the key's thumbprint.
     let out = run(&dir, &cfg, &["import", "--pem", "p256.pem"]);
@@ -1169,4 +1288,44 @@ fn stores_upgraded_from_schema_5_take_an_es256_key_beside_their_ed25519_keys() {
     }
     ok(c.request(json!({"op":"verify","token":s["token"]})));
     assert_eq!(ok(c.sign(json!({})))["kid"], new.as_str());
+}
+
+#[test]
+fn offline_rotate_after_a_lost_store_makes_an_es256_key_and_keeps_the_old_one_published() {
+    // An EdDSA deployment whose database share is lost, and no recovery
+    // share: the offline rotate is the way back, with the configured alg.
+    let dir = Dir::new();
+    let cfg = config(&dir, "EdDSA");
+    let d = start(&dir, &cfg);
+    let t = ok(d.conn().sign(json!({"sub":"a","aud":"api"})));
+    let old = t["kid"].as_str().unwrap().to_owned();
+    d.stop();
+    dir.sql().execute("DELETE FROM db_shares", []).unwrap();
+    let cfg = config(&dir, "ES256");
+    let out = run(&dir, &cfg, &["rotate"]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("offline"));
+    let out = run(&dir, &cfg, &["status", "--json"]);
+    assert_ok(&out);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new = st["active_kid"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(
+        algs_of(&st),
+        sorted(vec![
+            (old.clone(), "EdDSA".into()),
+            (new.clone(), "ES256".into())
+        ])
+    );
+    assert_eq!(dir.share_files(), vec![share_of(&dir, &new)]);
+    assert_es256_share_file(&share_of(&dir, &new), &new, 1, 1);
+
+    let d = start(&dir, &cfg);
+    let mut c = d.conn();
+    let s = ok(c.sign(json!({"sub":"b"})));
+    assert_eq!(s["kid"], new.as_str());
+    let jwks = ok(c.request(json!({"op":"jwks"})))["jwks"].clone();
+    verify_es256_with_jwks(s["token"].as_str().unwrap(), &jwks);
+    ok(c.request(json!({"op":"verify","token":t["token"]})));
+    verify_with_jwks_at(t["token"].as_str().unwrap(), &jwks, Some("api"));
 }
