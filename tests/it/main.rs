@@ -4,6 +4,9 @@
 //!
 //! - `end_to_end`: init → serve → sign → verify against the JWKS, restart,
 //!   import, the CLI, pipelining.
+//! - `es256`: a single-host ES256 (P-256) deployment end to end: init,
+//!   the EC JWK, independent verifiers, rotation to and from EdDSA,
+//!   reshare, recover, damaged shares, import, check and backup.
 //! - `protocol_input`: hostile request lines.
 //! - `cli`: the command line's promises: exit codes, flag values, where it
 //!   looked, start checks, log fields.
@@ -36,6 +39,7 @@ mod container;
 mod crash;
 mod docs;
 mod end_to_end;
+mod es256;
 mod examples;
 mod fairness;
 mod growth;

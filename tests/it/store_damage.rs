@@ -13,7 +13,7 @@ use crate::util::{Daemon, Dir, initialised, ok};
 
 /// Start must fail with exit 65, a message containing `needle`, and the
 /// same single key row and share files as before.
-fn assert_refused(dir: &Dir, needle: &str) {
+pub(crate) fn assert_refused(dir: &Dir, needle: &str) {
     let files_before = dir.share_files();
     let keys_before = dir.key_count();
     let e = Daemon::start_with(dir, &[])
