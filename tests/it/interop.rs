@@ -37,7 +37,7 @@ struct Signed {
 /// rotate) with two ES256 keys, all three keys published.
 struct Mixed {
     dir: Dir,
-    _daemon: Daemon,
+    daemon: Daemon,
     /// The EdDSA token.
     a: Signed,
     /// ES256, the first ES256 key (retired, still published).
@@ -98,7 +98,7 @@ impl Mixed {
 
         let m = Mixed {
             dir,
-            _daemon: d,
+            daemon: d,
             a,
             b1,
             b,
@@ -107,7 +107,7 @@ impl Mixed {
         let jwks = m.jwks();
         assert_eq!(
             jwks,
-            ok(m._daemon.conn().request(json!({"op":"jwks"})))["jwks"]
+            ok(m.daemon.conn().request(json!({"op":"jwks"})))["jwks"]
         );
         let kty = |kid: &str| {
             jwks["keys"]
