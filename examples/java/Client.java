@@ -1,7 +1,7 @@
 // splitsign from Java 17, with the JDK only: sign a token over the Unix
 // socket (UnixDomainSocketAddress), fetch the JWKS, and verify the token
-// locally with the JDK's own Ed25519 Signature, as a verifier on another
-// host would.
+// locally with the JDK's own Signature (Ed25519 for an OKP key, ECDSA P-256
+// for an EC key), as a verifier on another host would.
 //
 // From the repository root, with the zero-config daemon of
 // `cargo run --release -- serve` running there:
@@ -9,21 +9,29 @@
 //   SPLITSIGN_SOCKET=var/splitsign.sock java examples/java/Client.java alice
 //
 // SPLITSIGN_ALG is the `alg` label to pin (default EdDSA; the JDK also
-// verifies tokens labelled Ed25519).
+// verifies tokens labelled Ed25519 or ES256), or several, comma-separated
+// (EdDSA,ES256 while the JWKS holds keys of both kinds).
 //
 // The JSON handling is deliberately minimal (no dependency): it reads the
 // few string fields this example needs.
 
 import java.io.ByteArrayOutputStream;
+import java.math.BigInteger;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.ByteBuffer;
 import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
+import java.security.AlgorithmParameters;
 import java.security.KeyFactory;
 import java.security.PublicKey;
 import java.security.Signature;
+import java.security.spec.ECGenParameterSpec;
+import java.security.spec.ECParameterSpec;
+import java.security.spec.ECPoint;
+import java.security.spec.ECPublicKeySpec;
 import java.security.spec.X509EncodedKeySpec;
+import java.util.Arrays;
 import java.util.Base64;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -83,6 +91,16 @@ public class Client {
         return KeyFactory.getInstance("Ed25519").generatePublic(new X509EncodedKeySpec(der));
     }
 
+    /** A P-256 public key from the JWK's x and y (32 bytes each). */
+    static PublicKey p256(byte[] x, byte[] y) throws Exception {
+        if (x.length != 32 || y.length != 32) throw new SecurityException("not a P-256 key");
+        AlgorithmParameters params = AlgorithmParameters.getInstance("EC");
+        params.init(new ECGenParameterSpec("secp256r1"));
+        ECParameterSpec curve = params.getParameterSpec(ECParameterSpec.class);
+        ECPoint point = new ECPoint(new BigInteger(1, x), new BigInteger(1, y));
+        return KeyFactory.getInstance("EC").generatePublic(new ECPublicKeySpec(point, curve));
+    }
+
     public static void main(String[] args) throws Exception {
         String subject = args.length > 0 ? args[0] : "alice";
         String issuer = System.getenv().getOrDefault("SPLITSIGN_ISSUER", "splitsign");
@@ -91,22 +109,36 @@ public class Client {
         String jwks = daemon.call("{\"id\":2,\"op\":\"jwks\"}");
         daemon.channel.close();
 
-        // Verify locally: header alg and kid, the key with that kid, the
-        // Ed25519 signature, then exp, iss and aud.
+        // Verify locally: header alg (a pinned one) and kid, the key with
+        // that kid (of the type the alg needs), the signature, then exp, iss
+        // and aud.
         Base64.Decoder b64 = Base64.getUrlDecoder();
         String[] parts = token.split("\\.");
         String header = new String(b64.decode(parts[0]), StandardCharsets.UTF_8);
-        String alg = System.getenv().getOrDefault("SPLITSIGN_ALG", "EdDSA");
-        if (!field(header, "alg").equals(alg)) throw new SecurityException("unexpected alg");
+        String alg = field(header, "alg");
+        String pinned = System.getenv().getOrDefault("SPLITSIGN_ALG", "EdDSA");
+        if (!Arrays.asList(pinned.split(",")).contains(alg)) throw new SecurityException("unexpected alg " + alg);
         String kid = field(header, "kid");
-        String x = null;
+        String jwk = null;
         Matcher keys = Pattern.compile("\\{[^{}]*\\}").matcher(jwks.substring(jwks.indexOf("\"keys\"")));
         while (keys.find()) {
-            if (field(keys.group(), "kid").equals(kid)) x = field(keys.group(), "x");
+            if (field(keys.group(), "kid").equals(kid)) jwk = keys.group();
         }
-        if (x == null) throw new SecurityException("kid not in the JWKS");
-        Signature verifier = Signature.getInstance("Ed25519");
-        verifier.initVerify(ed25519(b64.decode(x)));
+        if (jwk == null) throw new SecurityException("kid not in the JWKS");
+        Signature verifier;
+        PublicKey key;
+        String kty = field(jwk, "kty");
+        if (kty.equals("OKP") && (alg.equals("EdDSA") || alg.equals("Ed25519")) && field(jwk, "crv").equals("Ed25519")) {
+            verifier = Signature.getInstance("Ed25519");
+            key = ed25519(b64.decode(field(jwk, "x")));
+        } else if (kty.equals("EC") && alg.equals("ES256") && field(jwk, "crv").equals("P-256")) {
+            // JWS ECDSA signatures are r||s (RFC 7518 3.4), not DER.
+            verifier = Signature.getInstance("SHA256withECDSAinP1363Format");
+            key = p256(b64.decode(field(jwk, "x")), b64.decode(field(jwk, "y")));
+        } else {
+            throw new SecurityException("the key " + kid + " (" + kty + ") is not for " + alg);
+        }
+        verifier.initVerify(key);
         verifier.update((parts[0] + "." + parts[1]).getBytes(StandardCharsets.US_ASCII));
         if (!verifier.verify(b64.decode(parts[2]))) throw new SecurityException("bad signature");
         String claims = new String(b64.decode(parts[1]), StandardCharsets.UTF_8);

@@ -9,7 +9,8 @@
 //   SPLITSIGN_SOCKET=var/splitsign.sock node examples/node/client.mjs alice
 //
 // SPLITSIGN_ALG is the `alg` label to pin (default EdDSA; jose also knows
-// Ed25519).
+// Ed25519 and ES256), or several, comma-separated (EdDSA,ES256 while the
+// JWKS holds keys of both kinds).
 import net from "node:net";
 import { createLocalJWKSet, jwtVerify } from "jose";
 
@@ -48,9 +49,10 @@ const { token } = await daemon.call({ id: 1, op: "sign", claims: { sub: subject,
 const { jwks } = await daemon.call({ id: 2, op: "jwks" });
 daemon.close();
 
-// Verify locally: the key named by the token's kid, the pinned alg only.
+// Verify locally: the key named by the token's kid (of the type its alg
+// needs), the pinned algs only.
 const { payload } = await jwtVerify(token, createLocalJWKSet(jwks), {
-  algorithms: [process.env.SPLITSIGN_ALG ?? "EdDSA"],
+  algorithms: (process.env.SPLITSIGN_ALG ?? "EdDSA").split(","),
   audience: "api",
   issuer: process.env.SPLITSIGN_ISSUER ?? "splitsign",
 });

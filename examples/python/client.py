@@ -9,8 +9,10 @@ From the repository root, with the zero-config daemon of
     SPLITSIGN_SOCKET=var/splitsign.sock .venv/bin/python examples/python/client.py alice
 
 Needs only the standard library to talk to the daemon; PyJWT (with
-`cryptography`, for EdDSA) only for the local verification. SPLITSIGN_ALG
-is the `alg` label to pin (default EdDSA); PyJWT knows no other.
+`cryptography`, for EdDSA and ES256) only for the local verification.
+SPLITSIGN_ALG is the `alg` label to pin (default EdDSA), or several,
+comma-separated (EdDSA,ES256 while the JWKS holds keys of both kinds);
+PyJWT knows EdDSA and ES256, not Ed25519.
 """
 import json
 import os
@@ -40,14 +42,16 @@ def main():
         token = call(f, {"id": 1, "op": "sign", "claims": {"sub": subject, "aud": "api"}, "ttl": 300})["token"]
         jwks = call(f, {"id": 2, "op": "jwks"})["jwks"]
 
-    # Verify locally: the key named by the token's kid, the pinned alg only.
-    alg = os.environ.get("SPLITSIGN_ALG", "EdDSA")
-    if alg != "EdDSA":
-        sys.exit(f"PyJWT does not accept the {alg} label: keep alg = \"EdDSA\" in the daemon")
+    # Verify locally: the key named by the token's kid, the pinned algs only.
+    algs = os.environ.get("SPLITSIGN_ALG", "EdDSA").split(",")
+    if "Ed25519" in algs:
+        sys.exit("PyJWT does not accept the Ed25519 label: use alg = \"EdDSA\" (or \"ES256\") in the daemon")
     kid = jwt.get_unverified_header(token)["kid"]
     jwk = next(k for k in jwks["keys"] if k["kid"] == kid)
+    # PyJWK builds the key its kty and crv say (OKP Ed25519 or EC P-256);
+    # decode then refuses a key of another type than the token's alg.
     key = jwt.PyJWK(jwk).key
-    claims = jwt.decode(token, key, algorithms=[alg], audience="api", issuer=issuer)
+    claims = jwt.decode(token, key, algorithms=algs, audience="api", issuer=issuer)
     print(claims["sub"])
 
 

@@ -23,6 +23,8 @@
 //! - `crash`: kill -9 at every store system call of a key change.
 //! - `systemd`: the units, socket activation, sd_notify, watchdog, reload.
 //! - `examples`: the client examples against the real daemon.
+//! - `interop`: third-party verifiers (npm jsonwebtoken + jwks-rsa, jose,
+//!   PyJWT, the JDK) on ES256 tokens from a mixed EdDSA/ES256 JWKS.
 //! - `docs`: every runnable command of the client docs, as written.
 //! - `operators`: completions, man pages, metrics, the Debian package.
 //! - `container`: the package installed and run under a real systemd
@@ -43,6 +45,7 @@ mod es256;
 mod examples;
 mod fairness;
 mod growth;
+mod interop;
 mod lifecycle;
 mod operators;
 mod pg;
