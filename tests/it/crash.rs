@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use crate::util::{BIN, Daemon, Dir, Started, copy_dir, have_strace, ok};
 
 /// The syscalls through which a command changes the stores.
-const STEPS: &str = "openat,pwrite64,fsync,fdatasync,rename,renameat2,unlink,unlinkat,ftruncate";
+pub(crate) const STEPS: &str =
+    "openat,pwrite64,fsync,fdatasync,rename,renameat2,unlink,unlinkat,ftruncate";
 /// With PostgreSQL, also every message sent to the server.
 const PG_STEPS: &str =
     "openat,pwrite64,fsync,fdatasync,rename,renameat2,unlink,unlinkat,ftruncate,sendto";
@@ -131,17 +132,19 @@ fn run_killed_at(
     status.signal() == Some(9)
 }
 
-/// The invariants after a crash and restart. Tokens issued before verify,
+/// The invariants after a crash and a restart with `start` (the
+/// arguments of `serve`). Tokens issued before verify,
 /// except after a committed emergency rotation (`revoked_if_switched`),
 /// whose whole point is that they stop verifying.
-fn check_after_crash(
+pub(crate) fn check_after_crash(
     dir: &Dir,
+    start: &[&str],
     tokens: &[String],
     old_kid: &str,
     revoked_if_switched: bool,
     what: &str,
 ) -> String {
-    let d = Daemon::start_with(dir, &[])
+    let d = Daemon::start_with(dir, start)
         .unwrap_or_else(|e| panic!("{what}: the daemon must restart after the crash: {e:?}"));
     let mut c = d.conn();
     let status = ok(c.request(json!({"op":"status"})))["status"].clone();
@@ -233,17 +236,17 @@ fn template() -> (Dir, Vec<String>, String) {
 /// How a crash loop runs: the command, the syscalls it is killed at,
 /// whether it is a daemon (killed on its way to ready), and what to put
 /// back in the shared PostgreSQL before each run.
-struct Loop<'a> {
-    args: &'a [&'a str],
-    steps: &'a str,
-    daemon: bool,
-    reset: &'a dyn Fn(),
+pub(crate) struct Loop<'a> {
+    pub args: &'a [&'a str],
+    pub steps: &'a str,
+    pub daemon: bool,
+    pub reset: &'a dyn Fn(),
 }
 
 /// Kill `l.args` at every step of a clean traced run, each time in a fresh
 /// copy of `tpl`, then call `check(dir, what)`. Returns the per-syscall
 /// counts of the clean run and how many runs were killed.
-fn at_every_step(
+pub(crate) fn at_every_step(
     tpl: &Dir,
     l: &Loop,
     mut check: impl FnMut(&Dir, &str),
@@ -284,7 +287,7 @@ fn every_step(args: &[&str]) -> (usize, usize) {
         reset: &|| {},
     };
     let (_, killed) = at_every_step(&tpl, &l, |dir, what| {
-        if check_after_crash(dir, &tokens, &kid, emergency, what) != kid {
+        if check_after_crash(dir, &[], &tokens, &kid, emergency, what) != kid {
             switched += 1;
         }
     });

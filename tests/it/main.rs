@@ -33,6 +33,8 @@
 //!   server started per test (`pg`).
 //! - `cluster_trust`: a node's login in an attacker's hands, a node
 //!   removed, a restored dump: what one node can do to the others.
+//! - `es256_cluster`: ES256 keys beside EdDSA ones in a cluster, moved from
+//!   SQLite, re-split, and kill -9 during an ES256 rotation.
 mod access;
 mod cli;
 mod cluster;
@@ -42,6 +44,7 @@ mod crash;
 mod docs;
 mod end_to_end;
 mod es256;
+mod es256_cluster;
 mod examples;
 mod fairness;
 mod growth;
