@@ -488,7 +488,7 @@ fn kill_9_at_every_step_of_a_rotation_against_postgresql() {
 /// The invariants after a crash, for a node whose key store is PostgreSQL.
 /// Returns whether the rotation happened (a new key is active, or, in a
 /// cluster's rotation, published to sign in a moment).
-fn check_after_crash_pg(
+pub(crate) fn check_after_crash_pg(
     pg: &crate::pg::PgServer,
     dir: &Dir,
     tokens: &[String],

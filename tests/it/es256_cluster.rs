@@ -538,3 +538,101 @@ fn kill_9_at_every_step_of_an_es256_rotation() {
         "switched {switched} of {killed}"
     );
 }
+
+/// The steps of an ES256 rotation against PostgreSQL a kill interrupts:
+/// every message to the server, and the file share's publication and
+/// removal. (The SQLite test above kills at every file step, openat and
+/// fsync too; the file share is written alike whatever the database.)
+const PG_ES256_STEPS: &str = "sendto,rename,renameat2,unlink,unlinkat";
+
+/// kill -9 at every step of an ES256 rotation against PostgreSQL
+/// ([`PG_ES256_STEPS`]): after each, the node restarts
+/// with one active key, tokens issued before verify, both shares rebuild
+/// every key (`check`), no share or row is left half made, and every
+/// verified key row of the node is ES256 with a valid ES256 proof that
+/// the node holds it (what the other nodes need to publish it).
+#[test]
+fn kill_9_at_every_step_of_an_es256_rotation_against_postgresql() {
+    if !have_strace() {
+        return;
+    }
+    let pg = PgServer::start();
+    let tpl = node_dir(&pg, "node_a", ES256);
+    pg.apply_schema(&["node_a"]);
+    let (tokens, kid) = {
+        let d = start(&tpl);
+        let tokens: Vec<String> = (0..3).map(|i| sign(&d, &format!("u{i}")).0).collect();
+        let kid = status(&d)["active_kid"].as_str().unwrap().to_owned();
+        d.stop();
+        (tokens, kid)
+    };
+    assert!(tokens.iter().all(|t| header(t)["alg"] == "ES256"));
+    pg.super_sql(
+        "CREATE TABLE snap_keys AS SELECT * FROM splitsign_keys WHERE node = 'node_a';
+         CREATE TABLE snap_shares AS SELECT * FROM splitsign_db_shares WHERE node = 'node_a';",
+    );
+    let restore = || {
+        pg.super_sql(
+            "BEGIN;
+             DELETE FROM splitsign_keys WHERE node = 'node_a';
+             INSERT INTO splitsign_keys SELECT * FROM snap_keys;
+             INSERT INTO splitsign_db_shares SELECT * FROM snap_shares;
+             COMMIT;",
+        );
+    };
+    let args = [CFG[0], CFG[1], "rotate"];
+    let l = crate::crash::Loop {
+        args: &args,
+        steps: PG_ES256_STEPS,
+        daemon: false,
+        reset: &restore,
+    };
+    let mut switched = 0;
+    let (counts, killed) = crate::crash::at_every_step(&tpl, &l, |dir, what| {
+        if crate::crash::check_after_crash_pg(&pg, dir, &tokens, &kid, false, what) {
+            switched += 1;
+        }
+        let rows = pg.super_sql(
+            "SELECT kid, alg, encode(public_key, 'hex'), coalesce(encode(pop, 'hex'), '')
+               FROM splitsign_keys WHERE node = 'node_a' AND verified;",
+        );
+        assert!(rows.contains(&kid), "{what}: the old key is lost: {rows}");
+        for line in rows.lines() {
+            let f: Vec<&str> = line.split('|').collect();
+            assert_eq!(f[1], "ES256", "{what}: {line}");
+            let pk = splitsign::keys::PublicKey::parse(KeyType::P256, &unhex(f[2]))
+                .unwrap_or_else(|e| panic!("{what}: {e}: {line}"));
+            assert!(
+                splitsign::keys::check_possession(&pk, "node_a", f[0], &unhex(f[3])),
+                "{what}: no valid proof of possession: {line}"
+            );
+        }
+        for f in dir.share_files() {
+            let text = String::from_utf8(std::fs::read(&f).unwrap()).unwrap();
+            assert!(
+                text.starts_with("splitsign-share 3\n") && text.contains("\nalg ES256\n"),
+                "{what}: {} is not an ES256 share file",
+                f.display()
+            );
+        }
+    });
+    eprintln!(
+        "ES256 rotation against PostgreSQL: {counts:?}: killed {killed}, switched {switched}"
+    );
+    assert!(
+        counts.get("sendto").copied().unwrap_or(0) > 20,
+        "the trace saw the messages to the server: {counts:?}"
+    );
+    // Early kills leave the old key active, late ones the new key.
+    assert!(
+        killed > 30 && switched > 0 && switched < killed,
+        "switched {switched} of {killed}"
+    );
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
