@@ -67,7 +67,7 @@ fn ec_thumbprint(x: &str, y: &str) -> String {
 }
 
 /// The JWK of `kid` in `jwks`.
-fn jwk<'a>(jwks: &'a Value, kid: &str) -> &'a Value {
+pub(crate) fn jwk<'a>(jwks: &'a Value, kid: &str) -> &'a Value {
     jwks["keys"]
         .as_array()
         .unwrap()
@@ -129,7 +129,7 @@ fn jsonwebtoken_verifies(token: &str, x: &str, y: &str) -> Value {
 
 /// [`jsonwebtoken_verifies`] with the key `jwks` publishes under the
 /// token's kid (which must be an EC P-256 key).
-fn verify_es256_with_jwks(token: &str, jwks: &Value) -> Value {
+pub(crate) fn verify_es256_with_jwks(token: &str, jwks: &Value) -> Value {
     let (header, _, _) = parts(token);
     let k = jwk(jwks, header["kid"].as_str().unwrap());
     assert_eq!((&k["kty"], &k["crv"]), (&json!("EC"), &json!("P-256")));
@@ -328,7 +328,7 @@ fn es256_init_publishes_an_ec_jwk_and_signs_tokens_independent_verifiers_accept(
 
 /// n − s for a P-256 signature's s (both 32 bytes big-endian), computed
 /// here with schoolbook subtraction: the curve order n is from SEC 2.
-fn order_minus(s: &[u8]) -> [u8; 32] {
+pub(crate) fn order_minus(s: &[u8]) -> [u8; 32] {
     const N: [u8; 32] = [
         0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
         0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,

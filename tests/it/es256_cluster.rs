@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use splitsign::keys::{KeyType, SecretKey};
 
 use crate::cluster::{kids, node_dir, start, status, until, verify};
+use crate::es256::{jwk, order_minus, verify_es256_with_jwks};
 use crate::pg::{PgServer, show, write_node_config};
 use crate::util::{Daemon, Dir, assert_ok, code, have_strace, now, ok};
 
@@ -26,29 +27,6 @@ fn es256_single_host(dir: &Dir) {
 }
 
 const CFG: [&str; 2] = ["--config", "config.toml"];
-
-/// The order n of the P-256 group, big-endian.
-const P256_N: [u8; 32] = [
-    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
-];
-
-/// a - b for 32-byte big-endian numbers (a >= b).
-fn sub_be(a: &[u8; 32], b: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let mut borrow = 0i16;
-    for i in (0..32).rev() {
-        let mut d = a[i] as i16 - b[i] as i16 - borrow;
-        borrow = 0;
-        if d < 0 {
-            d += 256;
-            borrow = 1;
-        }
-        out[i] = d as u8;
-    }
-    assert_eq!(borrow, 0, "a >= b");
-    out
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -67,16 +45,6 @@ fn sign(d: &Daemon, sub: &str) -> (String, String) {
 
 fn jwks(d: &Daemon) -> Value {
     ok(d.conn().request(json!({"op":"jwks"})))["jwks"].clone()
-}
-
-/// The JWK of `kid` in `jwks` (panics if it is not there).
-fn jwk<'a>(jwks: &'a Value, kid: &str) -> &'a Value {
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["kid"] == kid)
-        .unwrap_or_else(|| panic!("{kid} is not in {jwks}"))
 }
 
 /// Require `jwk` to be an ES256 key as RFC 7518 §6.2 publishes one, and
@@ -100,33 +68,16 @@ fn assert_ed25519_jwk(jwk: &Value) {
     assert!(jwk.get("y").is_none() && jwk.get("d").is_none(), "{jwk}");
 }
 
-/// Verify `token` as a relying party would, with jsonwebtoken, against
-/// the key `jwks` publishes under its kid, in the algorithm of that key;
-/// the claims.
+/// Verify `token` as a relying party would, against the key `jwks`
+/// publishes under its kid, in the algorithm of that key (the header's
+/// alg must be the key's); the claims.
 fn rp_verify(token: &str, jwks: &Value) -> Value {
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-    let h = jsonwebtoken::decode_header(token).unwrap();
-    let k = jwk(jwks, &h.kid.expect("kid"));
-    let (key, alg) = match k["kty"].as_str().unwrap() {
-        "EC" => (
-            DecodingKey::from_ec_components(k["x"].as_str().unwrap(), k["y"].as_str().unwrap())
-                .unwrap(),
-            Algorithm::ES256,
-        ),
-        "OKP" => (
-            DecodingKey::from_ed_components(k["x"].as_str().unwrap()).unwrap(),
-            Algorithm::EdDSA,
-        ),
+    let kid = header(token)["kid"].as_str().unwrap().to_owned();
+    match jwk(jwks, &kid)["kty"].as_str().unwrap() {
+        "EC" => verify_es256_with_jwks(token, jwks),
+        "OKP" => crate::util::verify_with_jwks_at(token, jwks, None),
         other => panic!("kty {other}"),
-    };
-    assert_eq!(h.alg, alg, "the header's alg is the key's");
-    let mut v = Validation::new(alg);
-    v.validate_aud = false;
-    v.set_required_spec_claims(&["exp", "iat", "iss"]);
-    v.leeway = 0;
-    jsonwebtoken::decode::<Value>(token, &key, &v)
-        .expect("token verifies with jsonwebtoken")
-        .claims
+    }
 }
 
 /// `token` with its ES256 signature r‖s replaced by r‖(n - s): as valid
@@ -137,7 +88,7 @@ fn high_s(token: &str) -> String {
     assert_eq!(sig.len(), 64, "ES256 signatures are raw r||s");
     let s: [u8; 32] = sig[32..].try_into().unwrap();
     // splitsign signs low-S: s <= n/2, so n - s > n/2 (and != s).
-    let flipped = sub_be(&P256_N, &s);
+    let flipped = order_minus(&s);
     assert!(flipped > s, "the daemon signed low-S");
     let mut out = sig[..32].to_vec();
     out.extend_from_slice(&flipped);
