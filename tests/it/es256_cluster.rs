@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 use splitsign::keys::{KeyType, SecretKey};
 
-use crate::cluster::{kids, node_dir, start, status, until, verify};
+use crate::cluster::{kids, node_dir, sign, start, status, until, verify};
 use crate::es256::{jwk, order_minus, verify_es256_with_jwks};
 use crate::pg::{PgServer, show, write_node_config};
 use crate::util::{Daemon, Dir, assert_ok, code, have_strace, now, ok};
@@ -36,11 +36,6 @@ fn hex(b: &[u8]) -> String {
 fn header(token: &str) -> Value {
     let h = token.split('.').next().unwrap();
     serde_json::from_slice(&B64.decode(h).unwrap()).unwrap()
-}
-
-/// Sign on `d` (sub `sub`, 10 minutes); the token and its kid.
-fn sign(d: &Daemon, sub: &str) -> (String, String) {
-    crate::cluster::sign(d, sub)
 }
 
 fn jwks(d: &Daemon) -> Value {
@@ -104,7 +99,7 @@ fn p256_attacker(seed: u8) -> (SecretKey, String, String) {
 }
 
 /// SQL that inserts a verified ES256 key row for `node`, active for an
-/// hour, with `pop` (hex) as its proof of possession, or none.
+/// hour, with `pop` as its proof of possession, or none.
 fn es256_row(node: &str, kid: &str, pk_hex: &str, pop: Option<&[u8]>) -> String {
     let t = now();
     let pop = match pop {
