@@ -470,10 +470,13 @@ fn read_pem(
         })?;
     if key_type != alg.key_type() {
         return Err(usage(format!(
-            "{} holds a {} key, but keys are created with alg = \"{}\" ({} keys); set \
+            "{} holds {} key, but keys are created with alg = \"{}\" ({} keys); set \
              `alg` in the config to {} to import it",
             path.display(),
-            key_type.name(),
+            match key_type {
+                crate::keys::KeyType::Ed25519 => "an Ed25519",
+                crate::keys::KeyType::P256 => "a P-256",
+            },
             alg.as_str(),
             alg.key_type().name(),
             match key_type {

@@ -196,7 +196,8 @@ impl SecretKey {
             KeyType::Ed25519 => Some(SecretKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(
                 secret,
             ))),
-            KeyType::P256 => p256::ecdsa::SigningKey::from_bytes(&(*secret).into())
+            // From the slice: no by-value copy of the scalar on our stack.
+            KeyType::P256 => p256::ecdsa::SigningKey::from_slice(&secret[..])
                 .ok()
                 .map(SecretKey::P256),
         }
@@ -219,12 +220,7 @@ impl SecretKey {
     pub fn secret(&self) -> Zeroizing<[u8; SECRET_LEN]> {
         match self {
             SecretKey::Ed25519(k) => Zeroizing::new(k.to_bytes()),
-            SecretKey::P256(k) => {
-                let mut bytes = k.to_bytes();
-                let out = Zeroizing::new(<[u8; SECRET_LEN]>::from(bytes));
-                zeroize::Zeroize::zeroize(&mut bytes[..]);
-                out
-            }
+            SecretKey::P256(k) => wiped_copy(&mut k.to_bytes()),
         }
     }
 
@@ -293,6 +289,14 @@ impl Verifier {
     }
 }
 
+/// `bytes` copied into a buffer wiped on drop, and wiped where they were.
+fn wiped_copy(bytes: &mut [u8]) -> Zeroizing<[u8; SECRET_LEN]> {
+    let mut out = Zeroizing::new([0u8; SECRET_LEN]);
+    out.copy_from_slice(bytes);
+    zeroize::Zeroize::zeroize(bytes);
+    out
+}
+
 /// A PKCS#8 private key (PEM, `-----BEGIN PRIVATE KEY-----`) of either
 /// type, as its type and 32 secret bytes. The error names what the text is
 /// not; it never quotes it.
@@ -305,12 +309,7 @@ pub fn secret_from_pkcs8_pem(
         return Ok((KeyType::Ed25519, Zeroizing::new(k.to_bytes())));
     }
     match <p256::SecretKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_pem(text) {
-        Ok(k) => {
-            let mut bytes = k.to_bytes();
-            let out = Zeroizing::new(<[u8; SECRET_LEN]>::from(bytes));
-            zeroize::Zeroize::zeroize(&mut bytes[..]);
-            Ok((KeyType::P256, out))
-        }
+        Ok(k) => Ok((KeyType::P256, wiped_copy(&mut k.to_bytes()))),
         Err(_) => Err("not a PKCS#8 PEM private key of an Ed25519 or P-256 key"),
     }
 }
