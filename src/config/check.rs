@@ -20,7 +20,33 @@ impl Config {
             self.check_policy(p)?;
         }
         self.check_paths()?;
+        self.check_sealing()?;
         self.check_cluster()
+    }
+
+    /// The TCTI names a TPM: `device:PATH`, `swtpm:…`, `mssim:…`, `tabrmd:…`
+    /// or a bare library name, printable, bounded.
+    fn check_sealing(&self) -> Result<()> {
+        let t = &self.sealing.tcti;
+        let ok = !t.is_empty()
+            && t.len() <= 512
+            && t.chars().all(|c| c.is_ascii_graphic())
+            && t.split(':').next().is_some_and(|kind| {
+                !kind.is_empty()
+                    && kind
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            });
+        if !ok {
+            return Err(Error::Setting {
+                key: "tpm_tcti",
+                message: format!(
+                    "{t:?} is not a TCTI: like \"device:/dev/tpmrm0\" or \
+                     \"swtpm:host=127.0.0.1,port=2321\" (printable, at most 512 bytes)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The node name, and the PostgreSQL connection: parseable, no

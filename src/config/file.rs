@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::values::{AlgLabel, AuditSync, KeepFree, MlockMode, PolicyFile};
+use super::values::{AlgLabel, AuditSync, KeepFree, MlockMode, PolicyFile, ShareSeal};
 use crate::error::{Error, Result};
 
 /// A config file larger than this is refused before it is parsed.
@@ -39,6 +39,8 @@ pub(super) struct FileConfig {
     #[serde(default, with = "humantime_serde::option")]
     pub(super) write_timeout: Option<Duration>,
     pub(super) mlock: Option<MlockMode>,
+    pub(super) share_seal: Option<ShareSeal>,
+    pub(super) tpm_tcti: Option<String>,
     pub(super) audit: Option<bool>,
     pub(super) audit_sync: Option<AuditSync>,
     #[serde(default, with = "humantime_serde::option")]

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 pub use conninfo::{is_local_host, parse_conninfo};
 pub use places::{dir_of, valid_node, with_suffix};
 pub use values::{
-    AlgLabel, AuditSync, KeepFree, MlockMode, PolicyFile, PostgresSettings, human_bytes,
+    AlgLabel, AuditSync, KeepFree, MlockMode, PolicyFile, PostgresSettings, ShareSeal, human_bytes,
 };
 
 use file::{FileConfig, parse_mode, read_file};
@@ -71,7 +71,23 @@ pub struct Config {
     pub clients: Clients,
     pub cluster: Cluster,
     pub mlock: MlockMode,
+    pub sealing: Sealing,
 }
+
+/// How file shares are sealed (fixed while running: the share directory
+/// is opened with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealing {
+    /// How new file shares are written (`share_seal`). Sealed files are
+    /// read whatever it says, as long as the TPM is there.
+    pub seal: ShareSeal,
+    /// Where the TPM is, as a TSS2 TCTI string (`tpm_tcti`):
+    /// `device:/dev/tpmrm0` (the kernel's resource manager) by default.
+    pub tcti: String,
+}
+
+/// The TPM of a host: the kernel's resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 
 /// The stores and the socket (fixed while running).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,6 +351,13 @@ impl Config {
                 node: file.node.clone().unwrap_or_else(host_name),
             },
             mlock: file.mlock.unwrap_or(MlockMode::Warn),
+            sealing: Sealing {
+                seal: file.share_seal.unwrap_or(ShareSeal::None),
+                tcti: file
+                    .tpm_tcti
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_TCTI.to_owned()),
+            },
         }
     }
 

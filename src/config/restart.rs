@@ -2,7 +2,7 @@
 //! every field (the destructuring has no `..`), so a new setting must be
 //! classified before the crate compiles.
 
-use super::{Audit, Cluster, Config, Limits, Paths};
+use super::{Audit, Cluster, Config, Limits, Paths, Sealing};
 
 impl Config {
     /// The first setting that differs between `self` (running) and `new`
@@ -27,9 +27,11 @@ impl Config {
             limits,
             audit,
             cluster,
+            sealing,
         } = self;
         paths
             .needs_restart(&new.paths)
+            .or_else(|| sealing.needs_restart(&new.sealing))
             .or_else(|| limits.needs_restart(&new.limits))
             .or_else(|| audit.needs_restart(&new.audit))
             .or_else(|| cluster.needs_restart(&new.cluster))
@@ -61,6 +63,16 @@ impl Paths {
             ("db", *db != new.db),
             ("socket", *socket != new.socket),
             ("socket_mode", *socket_mode != new.socket_mode),
+        ])
+    }
+}
+
+impl Sealing {
+    fn needs_restart(&self, new: &Sealing) -> Option<&'static str> {
+        let Sealing { seal, tcti } = self;
+        first_change([
+            ("share_seal", *seal != new.seal),
+            ("tpm_tcti", *tcti != new.tcti),
         ])
     }
 }

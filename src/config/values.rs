@@ -201,6 +201,25 @@ impl<'de> Deserialize<'de> for KeepFree {
     }
 }
 
+/// How file shares are kept (`share_seal`): as written (`none`), or each
+/// share's secret bytes sealed to the host's TPM 2.0 (`tpm2`), so that a
+/// copy of the disk holds nothing that rebuilds a key off the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareSeal {
+    None,
+    Tpm2,
+}
+
+impl ShareSeal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareSeal::None => "none",
+            ShareSeal::Tpm2 => "tpm2",
+        }
+    }
+}
+
 /// What to do when key pages cannot be locked in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
