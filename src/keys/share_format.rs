@@ -37,6 +37,12 @@ pub fn is_valid_kid(kid: &str) -> bool {
 //   alg <EdDSA|Ed25519|ES256>
 //   public-key <base64url of 32 bytes (Ed25519) or 65 (P-256, SEC1 04‖x‖y)>
 //   y <base64url of 32 bytes>
+//
+// or, for a file share sealed to the host's TPM (`share_seal = "tpm2"`),
+// in place of the `y` line:
+//
+//   seal tpm2 <base64url of the Name of the TPM's storage root key>
+//   sealed-y <base64url of the sealed object (TPM2B_PUBLIC, TPM2B_PRIVATE)>
 //   sha256 <base64url of SHA-256 over every byte above this line>
 //
 // The checksum makes a truncated or bit-flipped file read as corrupt rather
@@ -73,11 +79,47 @@ pub fn new_deployment() -> crate::error::Result<String> {
 }
 
 /// Any share file larger than this is corrupt.
-pub const MAX_SHARE_FILE: usize = 1024;
+pub const MAX_SHARE_FILE: usize = 4096;
+
+/// The longest sealed object a file may hold (a TPM's sealed data object
+/// is a few hundred bytes).
+pub const MAX_SEALED_BYTES: usize = 2048;
+
+/// A file share's y bytes as sealed to a TPM: what it is sealed to (the
+/// Name of the TPM's storage root key, a digest that differs between
+/// TPMs), and the sealed object, which only that TPM unseals.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedY {
+    pub to: Vec<u8>,
+    pub blob: Vec<u8>,
+}
+
+impl SealedY {
+    /// What it is sealed to, as the files and `check` print it.
+    pub fn describe_to(&self) -> String {
+        format!("tpm2 {}", B64.encode(&self.to))
+    }
+}
+
+impl std::fmt::Debug for SealedY {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedY({}, {} bytes)", self.describe_to(), self.blob.len())
+    }
+}
 
 /// Serialize a share (format 3; the share must carry its deployment and
 /// its alg). The returned buffer is wiped on drop.
 pub fn encode_file(share: &KeyShare) -> Zeroizing<Vec<u8>> {
+    encode(share, None)
+}
+
+/// Serialize a file share whose y bytes are `sealed` (format 3, sealed):
+/// the file holds no y, only the sealed object.
+pub fn encode_sealed_file(share: &KeyShare, sealed: &SealedY) -> Zeroizing<Vec<u8>> {
+    encode(share, Some(sealed))
+}
+
+fn encode(share: &KeyShare, sealed: Option<&SealedY>) -> Zeroizing<Vec<u8>> {
     let deployment = share
         .deployment
         .as_deref()
@@ -92,14 +134,25 @@ pub fn encode_file(share: &KeyShare) -> Zeroizing<Vec<u8>> {
     body.push_str(deployment);
     body.push('\n');
     body.push_str(&format!(
-        "kid {}\ngeneration {}\nx {}\nalg {}\npublic-key {}\ny ",
+        "kid {}\ngeneration {}\nx {}\nalg {}\npublic-key {}\n",
         share.kid,
         share.generation,
         share.slot.x(),
         alg.as_str(),
         B64.encode(share.public_key.bytes())
     ));
-    B64.encode_string(share.y.as_bytes(), &mut body);
+    match sealed {
+        None => {
+            body.push_str("y ");
+            B64.encode_string(share.y.as_bytes(), &mut body);
+        }
+        Some(s) => {
+            body.push_str("seal ");
+            body.push_str(&s.describe_to());
+            body.push_str("\nsealed-y ");
+            B64.encode_string(&s.blob, &mut body);
+        }
+    }
     body.push('\n');
     let sum = B64.encode(Sha256::digest(body.as_bytes()));
     body.push_str("sha256 ");
@@ -108,8 +161,25 @@ pub fn encode_file(share: &KeyShare) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(body.as_bytes().to_vec())
 }
 
-/// Parse a share file's bytes. The error says what is wrong, never the bytes.
+/// Parse a share file's bytes, which must hold its y in clear. The error
+/// says what is wrong, never the bytes.
 pub fn decode_file(bytes: &[u8]) -> Result<KeyShare, String> {
+    decode_file_with(bytes, &|_| {
+        Err("is sealed to a TPM, and this command does not unseal".into())
+    })
+    .map(|(share, _)| share)
+}
+
+/// How a sealed y is unsealed: its 32 bytes, or why not.
+pub type Unseal<'a> = dyn Fn(&SealedY) -> Result<Zeroizing<[u8; SEED_LEN]>, String> + 'a;
+
+/// Parse a share file's bytes; a sealed y is given to `unseal`, after every
+/// other field has been checked. Also returns what it was sealed to, if it
+/// was. The error says what is wrong, never the bytes.
+pub fn decode_file_with(
+    bytes: &[u8],
+    unseal: &Unseal<'_>,
+) -> Result<(KeyShare, Option<SealedY>), String> {
     if bytes.is_empty() {
         return Err("empty (truncated?)".into());
     }
@@ -176,19 +246,39 @@ pub fn decode_file(bytes: &[u8]) -> Result<KeyShare, String> {
         .and_then(|v| {
             PublicKey::parse(key_type, &v).map_err(|e| format!("field `public-key`: {e}"))
         })?;
-    let y_b64 = field("y")?;
-    let mut y = Zeroizing::new([0u8; SEED_LEN]);
-    match B64.decode_slice(y_b64, &mut y[..]) {
-        Ok(SEED_LEN) => {}
-        _ => return Err("field `y` is not 32 base64url bytes".into()),
-    }
+    let stored = match lines.next() {
+        Some(l) if l.starts_with("y ") => Stored::Plain(parse_y(&l[2..])?),
+        Some(l) if version >= 3 && l.starts_with("seal ") => {
+            let to = parse_seal(&l[5..])?;
+            let blob = lines
+                .next()
+                .and_then(|l| l.strip_prefix("sealed-y "))
+                .ok_or("missing or misplaced field `sealed-y`")?;
+            let blob = B64
+                .decode(blob)
+                .ok()
+                .filter(|b| !b.is_empty() && b.len() <= MAX_SEALED_BYTES)
+                .ok_or_else(|| {
+                    format!("field `sealed-y` is not 1 to {MAX_SEALED_BYTES} base64url bytes")
+                })?;
+            if slot != Slot::File {
+                return Err("only a file share (x = 1) may be sealed".into());
+            }
+            Stored::Sealed(SealedY { to, blob })
+        }
+        _ => return Err("missing or misplaced field `y`".into()),
+    };
     if lines.next().is_some() {
         return Err("unexpected lines after `y`".into());
     }
     if thumbprint(&public_key) != kid {
         return Err("field `kid` is not the thumbprint of `public-key`".into());
     }
-    Ok(KeyShare {
+    let (y, sealed) = match stored {
+        Stored::Plain(y) => (y, None),
+        Stored::Sealed(s) => (unseal(&s)?, Some(s)),
+    };
+    let share = KeyShare {
         deployment,
         kid,
         generation,
@@ -196,7 +286,34 @@ pub fn decode_file(bytes: &[u8]) -> Result<KeyShare, String> {
         alg,
         public_key,
         y: ShareY::from_array(y),
-    })
+    };
+    Ok((share, sealed))
+}
+
+/// A file's y as stored: in clear, or sealed.
+enum Stored {
+    Plain(Zeroizing<[u8; SEED_LEN]>),
+    Sealed(SealedY),
+}
+
+fn parse_y(text: &str) -> Result<Zeroizing<[u8; SEED_LEN]>, String> {
+    let mut y = Zeroizing::new([0u8; SEED_LEN]);
+    match B64.decode_slice(text, &mut y[..]) {
+        Ok(SEED_LEN) => Ok(y),
+        _ => Err("field `y` is not 32 base64url bytes".into()),
+    }
+}
+
+/// `tpm2 <Name>`: the only sealing there is, and the Name of the storage
+/// root key (a TPM2B_NAME: at most 66 bytes).
+fn parse_seal(text: &str) -> Result<Vec<u8>, String> {
+    let name = text
+        .strip_prefix("tpm2 ")
+        .ok_or("field `seal` does not name tpm2")?;
+    B64.decode(name)
+        .ok()
+        .filter(|n| !n.is_empty() && n.len() <= 66)
+        .ok_or_else(|| "field `seal` does not hold a TPM Name".to_owned())
 }
 
 /// The checksum of `share` as a database row at x = 2.
@@ -300,6 +417,47 @@ mod tests {
             "{body}sha256 {}\n",
             B64.encode(Sha256::digest(body.as_bytes()))
         )
+    }
+
+    #[test]
+    fn a_sealed_file_holds_no_y_and_reads_only_through_its_unsealer() {
+        let (f, d, _) = named_shares_of(&[8u8; 32]);
+        let sealed = SealedY {
+            to: vec![0, 11, 1, 2, 3],
+            blob: b"an opaque sealed object".to_vec(),
+        };
+        let bytes = encode_sealed_file(&f, &sealed);
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(!text.contains("\ny "), "{text}");
+        assert!(!text.contains(&B64.encode(f.y.as_bytes())));
+        assert!(text.contains("\nseal tpm2 AAsBAgM\nsealed-y "), "{text}");
+        // Without an unsealer: refused, saying why.
+        assert!(decode_file(&bytes).unwrap_err().contains("sealed to a TPM"));
+        // The unsealer gets exactly what was sealed, after the other checks.
+        let y = *f.y.as_bytes();
+        let (back, to) = decode_file_with(&bytes, &|s: &SealedY| {
+            assert_eq!(s, &sealed);
+            Ok(Zeroizing::new(y))
+        })
+        .unwrap();
+        assert_eq!(to, Some(sealed.clone()));
+        assert!(recover(&back, &d).is_ok());
+        // Its refusal is the file's error.
+        let e = decode_file_with(&bytes, &|_: &SealedY| Err("sealed to another TPM".into()))
+            .unwrap_err();
+        assert_eq!(e, "sealed to another TPM");
+        // A damaged file is refused before the TPM is asked.
+        let mut bad = bytes.to_vec();
+        let at = bad.len() - 60;
+        bad[at] ^= 1;
+        assert!(decode_file_with(&bad, &|_: &SealedY| panic!("not asked")).is_err());
+        // Only a file share is ever sealed.
+        let (_, _, r) = named_shares_of(&[8u8; 32]);
+        let e = decode_file_with(&encode_sealed_file(&r, &sealed), &|_: &SealedY| {
+            panic!("not asked")
+        })
+        .unwrap_err();
+        assert!(e.contains("only a file share"), "{e}");
     }
 
     #[test]
