@@ -88,6 +88,13 @@ struct Opts {
 /// for `secs`, with a key of the type `alg` labels (set as the config's
 /// `alg`, as the daemon reads it).
 fn in_process(alg: AlgLabel, threads: usize, secs: f64, verify: bool) -> f64 {
+    in_process_cpu(alg, threads, secs, verify).0
+}
+
+/// [`in_process`], and the CPU time (µs) this process spent per token
+/// while the threads ran: the work per token, which other load on the
+/// machine disturbs much less than the rate.
+fn in_process_cpu(alg: AlgLabel, threads: usize, secs: f64, verify: bool) -> (f64, f64) {
     let cfg = Config::from_toml(&alg_config(alg)).unwrap();
     assert_eq!(cfg.tokens.alg, alg, "the config's alg");
     let policy = Arc::new(TokenRules::new(&cfg.tokens));
@@ -124,6 +131,7 @@ fn in_process(alg: AlgLabel, threads: usize, secs: f64, verify: bool) -> f64 {
         .token;
     // What is measured is the algorithm named: the token says so.
     assert_eq!(header_alg(&sample), alg.as_str(), "in-process token");
+    let cpu0 = cpu_self();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let (signer, set, policy, claims, sample) = (
@@ -146,11 +154,17 @@ fn in_process(alg: AlgLabel, threads: usize, secs: f64, verify: bool) -> f64 {
                     }
                     n += 64;
                 }
-                n as f64 / start.elapsed().as_secs_f64()
+                (n, start.elapsed().as_secs_f64())
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).sum()
+    let (mut rate, mut ops) = (0.0, 0);
+    for h in handles {
+        let (n, t) = h.join().unwrap();
+        rate += n as f64 / t;
+        ops += n;
+    }
+    (rate, (cpu_self() - cpu0) * 1e6 / ops.max(1) as f64)
 }
 
 // ---------------------------------------------------------------------------
@@ -414,8 +428,15 @@ struct AlgRound {
     vern: f64,
     sock_sign: f64,
     sock_verify: f64,
+    /// In process, all cores: CPU µs per token.
+    signn_cpu_us: f64,
+    vern_cpu_us: f64,
+    /// Over the socket, 16 x 32: the daemon's and the client's CPU µs per
+    /// request.
     sign_cpu_us: f64,
     verify_cpu_us: f64,
+    sign_client_us: f64,
+    verify_client_us: f64,
     seq_p50: f64,
 }
 
@@ -425,11 +446,15 @@ struct AlgRound {
 /// daemon's CPU time per operation) and sequential signs on one connection.
 fn alg_round(alg: AlgLabel, secs: f64) -> AlgRound {
     let n = cores();
+    let (signn, signn_cpu_us) = in_process_cpu(alg, n, secs, false);
+    let (vern, vern_cpu_us) = in_process_cpu(alg, n, secs, true);
     let mut r = AlgRound {
         sign1: in_process(alg, 1, secs, false),
-        signn: in_process(alg, n, secs, false),
+        signn,
         ver1: in_process(alg, 1, secs, true),
-        vern: in_process(alg, n, secs, true),
+        vern,
+        signn_cpu_us,
+        vern_cpu_us,
         ..AlgRound::default()
     };
     let d = Served::start(
@@ -451,11 +476,13 @@ fn alg_round(alg: AlgLabel, secs: f64) -> AlgRound {
     for (k, line) in [sign_line(), verify].iter().enumerate() {
         let cpu0 = cpu_of(d.pid());
         let l = line_load(d.sock(), line, 16, 32, secs);
-        let cpu_us = (cpu_of(d.pid()) - cpu0) * 1e6 / (l.rate * secs).max(1.0);
+        let ops = (l.rate * secs).max(1.0);
+        let cpu_us = (cpu_of(d.pid()) - cpu0) * 1e6 / ops;
+        let client_us = l.client_cpu * 1e6 / ops;
         if k == 0 {
-            (r.sock_sign, r.sign_cpu_us) = (l.rate, cpu_us);
+            (r.sock_sign, r.sign_cpu_us, r.sign_client_us) = (l.rate, cpu_us, client_us);
         } else {
-            (r.sock_verify, r.verify_cpu_us) = (l.rate, cpu_us);
+            (r.sock_verify, r.verify_cpu_us, r.verify_client_us) = (l.rate, cpu_us, client_us);
         }
     }
     r.seq_p50 = line_load(d.sock(), &sign_line(), 1, 1, secs).p50_us;
@@ -484,49 +511,85 @@ fn algorithms(rounds: usize, secs: f64) {
         "ES256",
         "ES256/EdDSA"
     );
-    let line = |label: &str, f: &dyn Fn(&AlgRound) -> f64, prec: usize| {
-        let (e, p) = (med(0, f), med(1, f));
-        println!(
-            "  {label:<44} {e:>10.prec$} {p:>10.prec$} {:>12.3}",
-            p / e.max(1e-9)
-        );
-    };
-    println!("in process (no socket), ops/s");
-    line("sign, 1 thread", &|r| r.sign1, 0);
-    line(&format!("sign, {n} threads"), &|r| r.signn, 0);
-    line("verify, 1 thread", &|r| r.ver1, 0);
-    line(&format!("verify, {n} threads"), &|r| r.vern, 0);
-    line("sign, us per op (1 thread)", &|r| 1e6 / r.sign1, 1);
-    line("verify, us per op (1 thread)", &|r| 1e6 / r.ver1, 1);
-    println!("the daemon over its socket (audit on)");
-    line("sign, 16 conn x 32 in flight, ops/s", &|r| r.sock_sign, 0);
-    line(
-        "verify, 16 conn x 32 in flight, ops/s",
-        &|r| r.sock_verify,
-        0,
-    );
-    line(
-        "sign, daemon CPU us per op (16 x 32)",
-        &|r| r.sign_cpu_us,
-        1,
-    );
-    line(
-        "verify, daemon CPU us per op (16 x 32)",
-        &|r| r.verify_cpu_us,
-        1,
-    );
-    line("sign p50 us, 1 conn sequential", &|r| r.seq_p50, 1);
-    println!("socket / in process, all cores");
-    line(
-        "sign 16x32 / in-process sign",
-        &|r| r.sock_sign / r.signn,
-        3,
-    );
-    line(
-        "verify 16x32 / in-process verify",
-        &|r| r.sock_verify / r.vern,
-        3,
-    );
+    // (label, the number of a round, decimals); no number: a heading.
+    type Get = fn(&AlgRound) -> f64;
+    let h = |label: &str| (label.to_owned(), None, 0);
+    let r = |label: &str, get: Get, prec: usize| (format!("  {label}"), Some(get), prec);
+    let rows: Vec<(String, Option<Get>, usize)> = vec![
+        h("in process (no socket), ops/s"),
+        r("sign, 1 thread", |r| r.sign1, 0),
+        r(&format!("sign, {n} threads"), |r| r.signn, 0),
+        r("verify, 1 thread", |r| r.ver1, 0),
+        r(&format!("verify, {n} threads"), |r| r.vern, 0),
+        r(
+            &format!("sign, CPU us per op ({n} threads)"),
+            |r| r.signn_cpu_us,
+            1,
+        ),
+        r(
+            &format!("verify, CPU us per op ({n} threads)"),
+            |r| r.vern_cpu_us,
+            1,
+        ),
+        h("the daemon over its socket (audit on)"),
+        r("sign, 16 conn x 32 in flight, ops/s", |r| r.sock_sign, 0),
+        r(
+            "verify, 16 conn x 32 in flight, ops/s",
+            |r| r.sock_verify,
+            0,
+        ),
+        r("sign, daemon CPU us per op (16 x 32)", |r| r.sign_cpu_us, 1),
+        r(
+            "verify, daemon CPU us per op (16 x 32)",
+            |r| r.verify_cpu_us,
+            1,
+        ),
+        r(
+            "sign, client CPU us per op (16 x 32)",
+            |r| r.sign_client_us,
+            1,
+        ),
+        r(
+            "verify, client CPU us per op (16 x 32)",
+            |r| r.verify_client_us,
+            1,
+        ),
+        r("sign p50 us, 1 conn sequential", |r| r.seq_p50, 1),
+        h(&format!("socket (16 x 32) / in process ({n} threads)")),
+        r("sign", |r| r.sock_sign / r.signn, 3),
+        r("verify", |r| r.sock_verify / r.vern, 3),
+        // The same from CPU time per operation, in process against the
+        // daemon's plus the client's (which share the cores): what the
+        // rates' ratio would be with nothing else running. Other load on
+        // the machine favours the side with more threads (the daemon),
+        // which the rates' ratio cannot tell apart.
+        h("the same from CPU per op: in process / (daemon + client)"),
+        r(
+            "sign",
+            |r| r.signn_cpu_us / (r.sign_cpu_us + r.sign_client_us),
+            3,
+        ),
+        r(
+            "verify",
+            |r| r.vern_cpu_us / (r.verify_cpu_us + r.verify_client_us),
+            3,
+        ),
+    ];
+    for (label, get, prec) in rows {
+        match get {
+            None => println!("{label}"),
+            Some(f) => {
+                let (e, p) = (med(0, &f), med(1, &f));
+                // A CPU time below the clock's tick reads 0: no ratio.
+                let ratio = if e > 1e-6 {
+                    format!("{:.3}", p / e)
+                } else {
+                    "-".to_owned()
+                };
+                println!("{label:<46} {e:>10.prec$} {p:>10.prec$} {ratio:>12}");
+            }
+        }
+    }
     // The ratio: per round (the two halves measured together),
     // then their median.
     let ratios: Vec<f64> = runs[1].iter().map(|r| r.sock_sign / r.signn).collect();
