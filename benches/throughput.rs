@@ -10,13 +10,24 @@
 //! - fairness: p99 against p50 at 16 and 64 connections x 32 in flight,
 //!   and a polite client's verify beside 15 pipelining connections;
 //! - the daemon's memory, its start-to-ready time with 10 live keys, and the
-//!   audit log's cost.
+//!   audit log's cost;
+//! - the two algorithms side by side, EdDSA (Ed25519) and ES256 (P-256):
+//!   in process (sign and verify, 1 thread and all cores) and over the
+//!   socket (a daemon whose config says `alg = "ES256"`: sign and verify at
+//!   16 connections x 32 in flight, the daemon's CPU time per operation),
+//!   with ES256's socket sign against its in-process sign on all cores
+//!   (target >= 0.6, printed PASS or FAIL; a measurement, not a test).
+//!   `--rounds N` rounds, the two alternating, medians (default 3, 1 with
+//!   `--quick`). The sections above it are EdDSA's.
 //!
 //! `cargo bench --bench throughput` (add `-- --quick` for a short smoke run).
 //!
+//! `cargo bench --bench throughput -- --algs [--rounds N] [--quick]` prints
+//! only the algorithms side by side (default 5 rounds).
+//!
 //! `cargo bench --bench throughput -- --versus PATH [--rounds N]` instead
 //! compares this build's daemon with another `splitsign` binary (an older
-//! release, say) side by side: sign and verify at 16 connections × 32 in
+//! release, say; EdDSA keys, which every version has) side by side: sign and verify at 16 connections × 32 in
 //! flight and the p50 of sequential signs on one connection, the two
 //! daemons alternating, N rounds (default 6), and prints the medians and
 //! their ratio. `--config TEXT` adds settings to both daemons' config (for
@@ -46,7 +57,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use splitsign::config::Config;
+use splitsign::config::{AlgLabel, Config};
 use splitsign::keys::jws::{self as token, TokenRules};
 use splitsign::keys::keyring::{KeySet, Published, Signer};
 use splitsign::keys::locked::LockedKey;
@@ -73,8 +84,19 @@ struct Opts {
 // In process
 // ---------------------------------------------------------------------------
 
-fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
-    let cfg = Config::from_toml("").unwrap();
+/// Tokens per second signed (or verified) in process by `threads` threads
+/// for `secs`, with a key of the type `alg` labels (set as the config's
+/// `alg`, as the daemon reads it).
+fn in_process(alg: AlgLabel, threads: usize, secs: f64, verify: bool) -> f64 {
+    in_process_cpu(alg, threads, secs, verify).0
+}
+
+/// [`in_process`], and the CPU time (µs) this process spent per token
+/// while the threads ran: the work per token, which other load on the
+/// machine disturbs much less than the rate.
+fn in_process_cpu(alg: AlgLabel, threads: usize, secs: f64, verify: bool) -> (f64, f64) {
+    let cfg = Config::from_toml(&alg_config(alg)).unwrap();
+    assert_eq!(cfg.tokens.alg, alg, "the config's alg");
     let policy = Arc::new(TokenRules::new(&cfg.tokens));
     let key = splitsign::keys::SecretKey::from_secret(cfg.tokens.alg.key_type(), &[3u8; 32])
         .expect("a valid secret");
@@ -107,6 +129,9 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
     let sample = token::sign(&signer, &policy, &claims, None, now, None)
         .unwrap()
         .token;
+    // What is measured is the algorithm named: the token says so.
+    assert_eq!(header_alg(&sample), alg.as_str(), "in-process token");
+    let cpu0 = cpu_self();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let (signer, set, policy, claims, sample) = (
@@ -129,11 +154,17 @@ fn in_process(threads: usize, secs: f64, verify: bool) -> f64 {
                     }
                     n += 64;
                 }
-                n as f64 / start.elapsed().as_secs_f64()
+                (n, start.elapsed().as_secs_f64())
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).sum()
+    let (mut rate, mut ops) = (0.0, 0);
+    for h in handles {
+        let (n, t) = h.join().unwrap();
+        rate += n as f64 / t;
+        ops += n;
+    }
+    (rate, (cpu_self() - cpu0) * 1e6 / ops.max(1) as f64)
 }
 
 // ---------------------------------------------------------------------------
@@ -363,6 +394,215 @@ fn fair_only(other: Option<&str>, rounds: usize, secs: f64) {
             print_fairness(&format!("fairness, {who}, round {}", round + 1), &rows);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Algorithms side by side
+// ---------------------------------------------------------------------------
+
+/// The algorithms measured side by side: the default (Ed25519) and ES256.
+const ALGS: [AlgLabel; 2] = [AlgLabel::EdDSA, AlgLabel::ES256];
+
+/// The config line that makes new keys of `alg`.
+fn alg_config(alg: AlgLabel) -> String {
+    format!("alg = \"{}\"\n", alg.as_str())
+}
+
+/// The `alg` of a compact JWS's protected header.
+fn header_alg(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().expect("a JWS");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("a base64url header");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON header");
+    v["alg"].as_str().expect("an alg").to_owned()
+}
+
+/// One round's numbers of one algorithm.
+#[derive(Default, Clone)]
+struct AlgRound {
+    sign1: f64,
+    signn: f64,
+    ver1: f64,
+    vern: f64,
+    sock_sign: f64,
+    sock_verify: f64,
+    /// In process, all cores: CPU µs per token.
+    signn_cpu_us: f64,
+    vern_cpu_us: f64,
+    /// Over the socket, 16 x 32: the daemon's and the client's CPU µs per
+    /// request.
+    sign_cpu_us: f64,
+    verify_cpu_us: f64,
+    sign_client_us: f64,
+    verify_client_us: f64,
+    seq_p50: f64,
+}
+
+/// One algorithm, one round: in process (1 thread and all cores), then a
+/// daemon of this build whose config's `alg` is `alg` (audit on, the
+/// default), sign and verify at 16 connections x 32 in flight (with the
+/// daemon's CPU time per operation) and sequential signs on one connection.
+fn alg_round(alg: AlgLabel, secs: f64) -> AlgRound {
+    let n = cores();
+    let (signn, signn_cpu_us) = in_process_cpu(alg, n, secs, false);
+    let (vern, vern_cpu_us) = in_process_cpu(alg, n, secs, true);
+    let mut r = AlgRound {
+        sign1: in_process(alg, 1, secs, false),
+        signn,
+        ver1: in_process(alg, 1, secs, true),
+        vern,
+        signn_cpu_us,
+        vern_cpu_us,
+        ..AlgRound::default()
+    };
+    let d = Served::start(
+        BIN,
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "{}max_connections = 8192\nmax_connections_per_peer = 8192\n",
+            alg_config(alg)
+        ),
+    );
+    // The daemon signs with the algorithm named, else this measures the
+    // other one: its tokens say which.
+    let t = Conn::open(d.sock())
+        .unwrap()
+        .request(json!({"op":"sign","claims":{"sub":"bench"}}));
+    let token = t["token"].as_str().unwrap_or_else(|| panic!("sign: {t}"));
+    assert_eq!(header_alg(token), alg.as_str(), "the daemon's token");
+    let verify = verify_line(d.sock());
+    for (k, line) in [sign_line(), verify].iter().enumerate() {
+        let cpu0 = cpu_of(d.pid());
+        let l = line_load(d.sock(), line, 16, 32, secs);
+        let ops = (l.rate * secs).max(1.0);
+        let cpu_us = (cpu_of(d.pid()) - cpu0) * 1e6 / ops;
+        let client_us = l.client_cpu * 1e6 / ops;
+        if k == 0 {
+            (r.sock_sign, r.sign_cpu_us, r.sign_client_us) = (l.rate, cpu_us, client_us);
+        } else {
+            (r.sock_verify, r.verify_cpu_us, r.verify_client_us) = (l.rate, cpu_us, client_us);
+        }
+    }
+    r.seq_p50 = line_load(d.sock(), &sign_line(), 1, 1, secs).p50_us;
+    d.stop();
+    r
+}
+
+/// EdDSA and ES256 side by side, `rounds` rounds (the two alternating),
+/// medians; and the ratio issue 23 names: ES256 over the socket (sign, 16
+/// conn x 32) against ES256 in process (sign, all cores), target >= 0.6.
+/// A measurement: it prints PASS or FAIL, never panics on it.
+fn algorithms(rounds: usize, secs: f64) {
+    let n = cores();
+    let mut runs: [Vec<AlgRound>; 2] = Default::default();
+    for round in 0..rounds.max(1) {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            runs[i].push(alg_round(ALGS[i], secs));
+        }
+    }
+    let med = |i: usize, f: &dyn Fn(&AlgRound) -> f64| median(runs[i].iter().map(f).collect());
+    println!(
+        "{:<46} {:>10} {:>10} {:>12}",
+        format!("algorithms side by side (medians of {})", runs[0].len()),
+        "EdDSA",
+        "ES256",
+        "ES256/EdDSA"
+    );
+    // (label, the number of a round, decimals); no number: a heading.
+    type Get = fn(&AlgRound) -> f64;
+    let h = |label: &str| (label.to_owned(), None, 0);
+    let r = |label: &str, get: Get, prec: usize| (format!("  {label}"), Some(get), prec);
+    let rows: Vec<(String, Option<Get>, usize)> = vec![
+        h("in process (no socket), ops/s"),
+        r("sign, 1 thread", |r| r.sign1, 0),
+        r(&format!("sign, {n} threads"), |r| r.signn, 0),
+        r("verify, 1 thread", |r| r.ver1, 0),
+        r(&format!("verify, {n} threads"), |r| r.vern, 0),
+        r(
+            &format!("sign, CPU us per op ({n} threads)"),
+            |r| r.signn_cpu_us,
+            1,
+        ),
+        r(
+            &format!("verify, CPU us per op ({n} threads)"),
+            |r| r.vern_cpu_us,
+            1,
+        ),
+        h("the daemon over its socket (audit on)"),
+        r("sign, 16 conn x 32 in flight, ops/s", |r| r.sock_sign, 0),
+        r(
+            "verify, 16 conn x 32 in flight, ops/s",
+            |r| r.sock_verify,
+            0,
+        ),
+        r("sign, daemon CPU us per op (16 x 32)", |r| r.sign_cpu_us, 1),
+        r(
+            "verify, daemon CPU us per op (16 x 32)",
+            |r| r.verify_cpu_us,
+            1,
+        ),
+        r(
+            "sign, client CPU us per op (16 x 32)",
+            |r| r.sign_client_us,
+            1,
+        ),
+        r(
+            "verify, client CPU us per op (16 x 32)",
+            |r| r.verify_client_us,
+            1,
+        ),
+        r("sign p50 us, 1 conn sequential", |r| r.seq_p50, 1),
+        h(&format!("socket (16 x 32) / in process ({n} threads)")),
+        r("sign", |r| r.sock_sign / r.signn, 3),
+        r("verify", |r| r.sock_verify / r.vern, 3),
+        // The same from CPU time per operation, in process against the
+        // daemon's plus the client's (which share the cores): what the
+        // rates' ratio would be with nothing else running. Other load on
+        // the machine favours the side with more threads (the daemon),
+        // which the rates' ratio cannot tell apart.
+        h("the same from CPU per op: in process / (daemon + client)"),
+        r(
+            "sign",
+            |r| r.signn_cpu_us / (r.sign_cpu_us + r.sign_client_us),
+            3,
+        ),
+        r(
+            "verify",
+            |r| r.vern_cpu_us / (r.verify_cpu_us + r.verify_client_us),
+            3,
+        ),
+    ];
+    for (label, get, prec) in rows {
+        match get {
+            None => println!("{label}"),
+            Some(f) => {
+                let (e, p) = (med(0, &f), med(1, &f));
+                // A CPU time below the clock's tick reads 0: no ratio.
+                let ratio = if e > 1e-6 {
+                    format!("{:.3}", p / e)
+                } else {
+                    "-".to_owned()
+                };
+                println!("{label:<46} {e:>10.prec$} {p:>10.prec$} {ratio:>12}");
+            }
+        }
+    }
+    // The issue's ratio: per round (the two halves measured together),
+    // then their median.
+    let ratios: Vec<f64> = runs[1].iter().map(|r| r.sock_sign / r.signn).collect();
+    let ratio = median(ratios.clone());
+    println!(
+        "ES256 socket sign (16 conn x 32) / ES256 in-process sign, {n} threads: {ratio:.3} \
+         (target >= 0.6) {}",
+        if ratio >= 0.6 { "PASS" } else { "FAIL" }
+    );
+    println!(
+        "  per round: {:?}",
+        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
+    );
 }
 
 /// `--versus PATH`: this build against another binary, alternating. Both
@@ -601,7 +841,8 @@ fn rounds(args: &[String], default: usize) -> usize {
 }
 
 fn main() {
-    // `--profile-sign N`: only N in-process signs, for a profiler.
+    // `--profile-sign N [--alg ES256]`: only N in-process signs, for a
+    // profiler.
     let args: Vec<String> = std::env::args().collect();
     // `--load SOCKET SECS`: only sign at 16 connections x 32 in flight
     // against a daemon started by hand, for a profiler attached to it.
@@ -649,13 +890,25 @@ fn main() {
         versus(other, rounds, secs, &config);
         return;
     }
+    if args.iter().any(|a| a == "--algs") {
+        let quick = args.iter().any(|a| a == "--quick");
+        let rounds = rounds(&args, if quick { 1 } else { 5 });
+        algorithms(rounds, if quick { 0.2 } else { 1.5 });
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--profile-sign") {
         let n: u64 = args
             .get(i + 1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(20_000);
         let secs = n as f64 / 40_000.0;
-        println!("{:.0} signs/s", in_process(1, secs, false));
+        let alg = args
+            .iter()
+            .position(|a| a == "--alg")
+            .and_then(|j| args.get(j + 1))
+            .map(|a| AlgLabel::parse(a).expect("--alg EdDSA|Ed25519|ES256"))
+            .unwrap_or(AlgLabel::EdDSA);
+        println!("{:.0} signs/s", in_process(alg, 1, secs, false));
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
@@ -672,11 +925,12 @@ fn main() {
     );
 
     // In process.
-    let sign1 = in_process(1, o.secs, false);
-    let signn = in_process(n, o.secs, false);
-    let ver1 = in_process(1, o.secs, true);
-    let vern = in_process(n, o.secs, true);
-    println!("{:<44} {:>10}", "in process (no socket)", "ops/s");
+    let eddsa = AlgLabel::EdDSA;
+    let sign1 = in_process(eddsa, 1, o.secs, false);
+    let signn = in_process(eddsa, n, o.secs, false);
+    let ver1 = in_process(eddsa, 1, o.secs, true);
+    let vern = in_process(eddsa, n, o.secs, true);
+    println!("{:<44} {:>10}", "in process (no socket), EdDSA", "ops/s");
     println!("{:<44} {:>10.0}", "  sign, 1 thread", sign1);
     println!("{:<44} {:>10.0}", format!("  sign, {n} threads"), signn);
     println!("{:<44} {:>10.0}", "  verify, 1 thread", ver1);
@@ -689,7 +943,7 @@ fn main() {
     let floor = line_load(&echo, b"{\"op\":\"ping\"}\n", 1, 1, o.secs);
     println!(
         "{:<44} {:>10} {:>10} {:>10}",
-        "over a Unix socket", "ops/s", "p50 us", "p99 us"
+        "over a Unix socket (the daemon: EdDSA)", "ops/s", "p50 us", "p99 us"
     );
     row("  bare JSON-lines echo, 1 conn, sequential", &floor, "");
     // The fsync floor: what one audit commit must wait for, on the
@@ -871,4 +1125,8 @@ fn main() {
         "  client CPU share during the daemon runs                  {:>6.0} %",
         100.0 * client_cpu / (client_cpu + daemon_cpu).max(1e-9)
     );
+
+    // EdDSA and ES256 side by side.
+    println!();
+    algorithms(rounds(&args, if quick { 1 } else { 3 }), o.secs);
 }
