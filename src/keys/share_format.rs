@@ -103,7 +103,12 @@ impl SealedY {
 
 impl std::fmt::Debug for SealedY {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealedY({}, {} bytes)", self.describe_to(), self.blob.len())
+        write!(
+            f,
+            "SealedY({}, {} bytes)",
+            self.describe_to(),
+            self.blob.len()
+        )
     }
 }
 
