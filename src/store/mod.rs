@@ -19,6 +19,7 @@ pub mod postgres;
 pub mod seen;
 pub mod share_dir;
 pub mod sqlite;
+pub mod tpm;
 
 pub use keystore::{KeyStore, NodeKey, Revocation, Supersede};
 pub use lock::StoreLock;
