@@ -20,8 +20,10 @@ fn main() -> ExitCode {
 /// Level from `SPLITSIGN_LOG` (default `info`).
 fn init_logging() {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPLITSIGN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SPLITSIGN_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn,tss_esapi=warn")
+        });
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journald) = tracing_journald::layer()
     {

@@ -87,6 +87,11 @@ pub enum Command {
     /// Rebuild a lost file share or database share from the other store and
     /// the offline recovery share. Offline (stop the daemon first).
     Recover(RecoverArgs),
+    /// Keep the current file shares as `share_seal` says: sealed to this
+    /// host's TPM, or in clear. The same shares move to a new share
+    /// generation, crash-safely; the recovery share stays valid. Offline
+    /// (stop the daemon first).
+    Reseal(ResealArgs),
     /// Check both stores offline: they must belong together (the same
     /// deployment, no share the database cannot account for), and every key
     /// that may sign must rebuild from its two shares. Exit 0, or 65 with
@@ -391,6 +396,15 @@ pub struct RecoverArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ResealArgs {
+    /// What the shares become: `tpm2` (sealed) or `none` (in clear). It
+    /// must be the config's `share_seal`, so that the shares written from
+    /// then on are kept the same way (default: the config's).
+    #[arg(long, value_name = "SEAL", value_parser = ["tpm2", "none"])]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct BackupArgs {
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
@@ -517,6 +531,7 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Reshare(a) => daemon_cmds::reshare(&cx, a),
         Command::Revoke(a) => daemon_cmds::revoke(&cx, a),
         Command::Recover(a) => offline::recover(&cx, a),
+        Command::Reseal(a) => offline::reseal(&cx, a),
         Command::Check => offline::check(&cx),
         Command::Backup(a) => offline::backup(&cx, a),
         Command::Audit(a) => audit::run(&cx, a),

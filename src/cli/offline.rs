@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::output::{CommandError, previous_note, usage};
-use super::{BackupArgs, Ctx, ImportArgs, InitArgs, RecoverArgs};
+use super::{BackupArgs, Ctx, ImportArgs, InitArgs, RecoverArgs, ResealArgs};
 use crate::config::Config;
 use crate::error::Error;
 use crate::keys::Origin;
@@ -23,6 +23,71 @@ pub fn init(cx: &Ctx, a: InitArgs) -> Result<(), CommandError> {
 
 pub fn import(cx: &Ctx, a: ImportArgs) -> Result<(), CommandError> {
     create_first(&cx.cfg, Some(a.pem), a.recovery_share)
+}
+
+/// `reseal`: each key that may sign gets its file share kept as
+/// `share_seal` says (the same shares, in a new share generation).
+pub fn reseal(cx: &Ctx, a: ResealArgs) -> Result<(), CommandError> {
+    let cfg = cx.offline()?;
+    let want = cfg.sealing.seal.as_str();
+    if let Some(to) = a.to.as_deref()
+        && to != want
+    {
+        return Err(usage(format!(
+            "--to {to}, but the config says share_seal = \"{want}\": set share_seal = \"{to}\" \
+             in the config first, so that the shares written from then on (rotations, \
+             reshares) are kept the same way"
+        )));
+    }
+    if !cx.daemon().is_err_and(|e| e.no_daemon()) {
+        return Err(usage(
+            "a daemon is running: stop it first (reseal works offline, on the stores)".into(),
+        ));
+    }
+    crate::keys::locked::harden_process()?;
+    let mut stores = Stores::open(cfg, false)?;
+    let now = crate::clock::wall_now();
+    lifecycle::reconcile_stores(&stores, now)?;
+    let rows = stores.keys.keys()?;
+    let mut moved = 0;
+    for row in rows
+        .iter()
+        .filter(|r| r.verified && crate::keys::state(r, now).needs_shares())
+    {
+        let s = &mut stores;
+        match lifecycle::reseal(&mut *s.keys, &s.shares, row)? {
+            lifecycle::Resealed::AsIs => println!(
+                "key {}: its file share already is {}",
+                row.kid,
+                seal_words(&s.shares, &row.kid, row.share_generation)
+            ),
+            lifecycle::Resealed::Moved(g) => {
+                moved += 1;
+                println!(
+                    "key {}: file share generation {g} is {}",
+                    row.kid,
+                    seal_words(&s.shares, &row.kid, g)
+                );
+            }
+        }
+    }
+    if moved > 0 && stores.shares.seals() {
+        println!(
+            "copies of the share directory taken before (backups, images) still hold the \
+             shares in clear: with a copy of the database they rebuild the keys. `splitsign \
+             rotate` makes them useless"
+        );
+    }
+    Ok(())
+}
+
+/// How a file share is kept, in words.
+fn seal_words(dir: &crate::store::ShareDir, kid: &str, generation: u32) -> String {
+    match dir.sealed_to(kid, generation) {
+        Ok(Some(s)) => format!("sealed to {}", s.describe_to()),
+        Ok(None) => "in clear (share_seal = \"none\")".into(),
+        Err(e) => format!("unreadable ({e})"),
+    }
 }
 
 pub fn recover(cx: &Ctx, a: RecoverArgs) -> Result<(), CommandError> {
@@ -250,6 +315,17 @@ pub fn status(cfg: &Config) -> Result<Value, CommandError> {
         .as_ref()
         .map(|_| cfg.cluster.node.as_str());
     let others = database.other_nodes_keys()?;
+    // How this node's file shares are kept, from their headers (when the
+    // share directory can be read by whoever runs this).
+    let dir = crate::store::ShareDir::open(&cfg.paths.shares_dir).ok();
+    let file_share = |r: &crate::keys::KeyInfo| -> Option<String> {
+        let dir = dir.as_ref()?;
+        if !crate::keys::state(r, now).needs_shares() {
+            return None;
+        }
+        let sealed = dir.sealed_to(&r.kid, r.share_generation).ok()?;
+        Some(sealed.map_or_else(|| "none".into(), |s| s.describe_to()))
+    };
     let key = |r: &crate::keys::KeyInfo, node: Option<&str>| {
         let mut v = serde_json::json!({
             "kid": r.kid,
@@ -261,6 +337,11 @@ pub fn status(cfg: &Config) -> Result<Value, CommandError> {
             "deactivate_at": r.deactivate_at,
             "retire_at": r.retire_at,
         });
+        if node == own_node
+            && let Some(f) = file_share(r)
+        {
+            v["file_share"] = f.into();
+        }
         if let Some(n) = node {
             v["node"] = n.into();
         }
@@ -335,7 +416,7 @@ fn backup_db(cfg: &Config, file: &Path) -> Result<(), CommandError> {
 /// may sign from its two shares, read-only.
 fn check_stores(cfg: &Config) -> Result<(), CommandError> {
     crate::keys::locked::harden_process()?;
-    let dir = crate::store::ShareDir::open(&cfg.paths.shares_dir)?;
+    let dir = crate::store::ShareDir::open(&cfg.paths.shares_dir)?.with_sealing(&cfg.sealing);
     let database = key_store_to_read(cfg)?;
     let database = &*database;
     let now = crate::clock::wall_now();
@@ -349,10 +430,12 @@ fn check_stores(cfg: &Config) -> Result<(), CommandError> {
         if state.needs_shares() {
             lifecycle::unseal_key(database, &dir, row)?;
             println!(
-                "key {} ({}, {}): file share and database share rebuild its public key",
+                "key {} ({}, {}): file share and database share rebuild its public key; the \
+                 file share is {}",
                 row.kid,
                 state.as_str(),
-                row.alg.as_str()
+                row.alg.as_str(),
+                seal_words(&dir, &row.kid, row.share_generation)
             );
         } else {
             println!(
@@ -397,6 +480,14 @@ fn create_first(
     let mut stores = Stores::open(cfg, true)?;
     let now = crate::clock::wall_now();
     lifecycle::reconcile_stores(&stores, now)?;
+    if stores.shares.seals() && recovery.is_none() {
+        eprintln!(
+            "splitsign: warning: share_seal = \"tpm2\" and no --recovery-share: the file share \
+             is sealed to this host's TPM, so if the TPM is cleared or replaced the key cannot \
+             be rebuilt (a new key can be rotated in, but verifiers pinning this one lose it). \
+             Give --recovery-share PATH and keep the file offline"
+        );
+    }
     if !stores.keys.is_empty()? {
         let kids: Vec<String> = stores.keys.keys()?.into_iter().map(|k| k.kid).collect();
         return Err(usage(format!(

@@ -215,22 +215,29 @@ fn render_keys(out: &mut String, status: &Value) {
         format!("{name:<16} ")
     };
     out.push_str(&format!(
-        "\n{}{:<44} {:<9} {:<7} {:<21} {:<21} {:<21}\n",
+        "\n{}{:<44} {:<9} {:<7} {:<6} {:<21} {:<21} {:<21}\n",
         node_col(None),
         "KID",
         "STATE",
         "ALG",
+        "SHARE",
         "ACTIVATES",
         "DEACTIVATES",
         "RETIRES"
     ));
     for k in keys {
         out.push_str(&format!(
-            "{}{:<44} {:<9} {:<7} {:<21} {:<21} {:<21}\n",
+            "{}{:<44} {:<9} {:<7} {:<6} {:<21} {:<21} {:<21}\n",
             node_col(Some(k)),
             text(k, "kid"),
             text(k, "state"),
             text(k, "alg"),
+            // How the file share is kept: sealed to the TPM, or in clear.
+            match k.get("file_share").and_then(Value::as_str) {
+                Some("none") => "clear",
+                Some(_) => "sealed",
+                None => "-",
+            },
             time(k, "activate_at"),
             time(k, "deactivate_at"),
             time(k, "retire_at")

@@ -27,6 +27,15 @@ impl Config {
     /// The TCTI names a TPM: `device:PATH`, `swtpm:…`, `mssim:…`, `tabrmd:…`
     /// or a bare library name, printable, bounded.
     fn check_sealing(&self) -> Result<()> {
+        if self.sealing.seal == super::ShareSeal::Tpm2 && !cfg!(feature = "tpm2") {
+            return Err(Error::Setting {
+                key: "share_seal",
+                message: "\"tpm2\", but this splitsign was built without TPM support: build \
+                          it with `cargo build --release --features tpm2` (needs Debian's \
+                          libtss2-dev), or install the package, which has it"
+                    .into(),
+            });
+        }
         let t = &self.sealing.tcti;
         let ok = !t.is_empty()
             && t.len() <= 512

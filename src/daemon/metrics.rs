@@ -52,6 +52,11 @@ struct AlgLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SealLabels {
+    seal: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
@@ -86,6 +91,7 @@ pub struct Metrics {
     connections: Family<UidLabels, Gauge>,
     published_keys: Gauge,
     published_by_alg: Family<AlgLabels, Gauge>,
+    file_shares: Family<SealLabels, Gauge>,
     revocations: Family<KindLabels, Gauge>,
     active_key_age: Gauge,
     next_transition: Gauge,
@@ -115,6 +121,10 @@ pub struct Now {
     pub published_keys: usize,
     /// Of `published_keys`, how many carry each `alg` label.
     pub published_by_alg: Vec<(AlgLabel, usize)>,
+    /// The file shares of the keys held: how many are sealed to the TPM,
+    /// how many in clear.
+    pub file_shares_sealed: usize,
+    pub file_shares_clear: usize,
     pub revoked_jti: usize,
     pub revoked_sub: usize,
     /// Seconds since the active key's `activate_at` (none: no active key).
@@ -167,6 +177,7 @@ impl Metrics {
             connections: Family::default(),
             published_keys: Gauge::default(),
             published_by_alg: Family::default(),
+            file_shares: Family::default(),
             revocations: Family::default(),
             active_key_age: Gauge::default(),
             next_transition: Gauge::default(),
@@ -261,6 +272,12 @@ impl Metrics {
             "Keys in the JWKS by their alg label (every label, 0 when none): a migration from \
              one algorithm to another is over when the old label reaches 0",
             self.published_by_alg.clone(),
+        );
+        self.registry.register(
+            "file_shares",
+            "File shares of the keys this daemon holds, by how they are kept: sealed to the \
+             host's TPM (tpm2) or in clear (none)",
+            self.file_shares.clone(),
         );
         self.registry.register(
             "revocations",
@@ -388,6 +405,14 @@ impl Metrics {
                 .set(other as i64);
         }
         self.published_keys.set(now.published_keys as i64);
+        for (seal, n) in [
+            ("tpm2", now.file_shares_sealed),
+            ("none", now.file_shares_clear),
+        ] {
+            self.file_shares
+                .get_or_create(&SealLabels { seal })
+                .set(n as i64);
+        }
         for alg in AlgLabel::ALL {
             let n = now
                 .published_by_alg

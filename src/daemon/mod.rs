@@ -149,6 +149,19 @@ fn open_and_start(cfg: &Config) -> Result<KeyManager> {
         ))
     });
     let stores = Stores::open(cfg, true)?;
+    if stores.shares.seals() {
+        // New shares are sealed (rotations, reshares): a TPM that cannot be
+        // reached is found now, not at the next rotation.
+        let name = stores.shares.tpm().srk_name().map_err(|e| Error::Setting {
+            key: "tpm_tcti",
+            message: format!("share_seal = \"tpm2\", but {e}"),
+        })?;
+        tracing::info!(
+            tcti = stores.shares.tpm().tcti(),
+            storage_root_key = %crate::keys::share_format::SealedY { to: name, blob: Vec::new() }.describe_to(),
+            "file shares are sealed to the TPM"
+        );
+    }
     KeyManager::start(stores, cfg.clone()).inspect_err(|e| {
         // Stores that do not belong together say what to do themselves.
         if e.exit_code() == crate::error::exit::KEY_STORE

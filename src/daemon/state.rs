@@ -286,9 +286,12 @@ impl State {
         let (revoked_jti, revoked_sub) = self.manager.revocations().len();
         let own = keys.own_rows();
         let next = crate::keys::schedule::next_event(&own, now, &self.manager.config().schedule);
+        let seals = self.manager.file_share_seals();
         self.metrics.render(super::metrics::Now {
             connections: self.admission.counts().1,
             published_keys: keys.published.len(),
+            file_shares_sealed: seals.iter().filter(|(_, to)| to.is_some()).count(),
+            file_shares_clear: seals.iter().filter(|(_, to)| to.is_none()).count(),
             published_by_alg: crate::config::AlgLabel::ALL
                 .into_iter()
                 .map(|a| (a, keys.published.iter().filter(|p| p.row.alg == a).count()))

@@ -185,6 +185,49 @@ pub fn decode_file_with(
     bytes: &[u8],
     unseal: &Unseal<'_>,
 ) -> Result<(KeyShare, Option<SealedY>), String> {
+    let (h, stored) = decode_parts(bytes)?;
+    let (y, sealed) = match stored {
+        Stored::Plain(y) => (y, None),
+        Stored::Sealed(s) => (unseal(&s)?, Some(s)),
+    };
+    let share = KeyShare {
+        deployment: h.deployment,
+        kid: h.kid,
+        generation: h.generation,
+        slot: h.slot,
+        alg: h.alg,
+        public_key: h.public_key,
+        y: ShareY::from_array(y),
+    };
+    Ok((share, sealed))
+}
+
+/// What a share file says about itself, without its y: enough to judge
+/// whether it belongs to the stores, without asking a TPM.
+#[derive(Debug, Clone)]
+pub struct ShareHeader {
+    pub deployment: Option<String>,
+    pub kid: String,
+    pub generation: u32,
+    pub slot: Slot,
+    pub alg: Option<AlgLabel>,
+    pub public_key: PublicKey,
+    /// What its y is sealed to, if it is sealed.
+    pub sealed: Option<SealedY>,
+}
+
+/// Parse a share file's bytes as [`decode_file`] does, but leave its y
+/// alone (a sealed one is not unsealed).
+pub fn decode_header(bytes: &[u8]) -> Result<ShareHeader, String> {
+    let (mut h, stored) = decode_parts(bytes)?;
+    if let Stored::Sealed(s) = stored {
+        h.sealed = Some(s);
+    }
+    Ok(h)
+}
+
+/// Every check of a share file, and its y as stored.
+fn decode_parts(bytes: &[u8]) -> Result<(ShareHeader, Stored), String> {
     if bytes.is_empty() {
         return Err("empty (truncated?)".into());
     }
@@ -279,20 +322,16 @@ pub fn decode_file_with(
     if thumbprint(&public_key) != kid {
         return Err("field `kid` is not the thumbprint of `public-key`".into());
     }
-    let (y, sealed) = match stored {
-        Stored::Plain(y) => (y, None),
-        Stored::Sealed(s) => (unseal(&s)?, Some(s)),
-    };
-    let share = KeyShare {
+    let header = ShareHeader {
         deployment,
         kid,
         generation,
         slot,
         alg,
         public_key,
-        y: ShareY::from_array(y),
+        sealed: None,
     };
-    Ok((share, sealed))
+    Ok((header, stored))
 }
 
 /// A file's y as stored: in clear, or sealed.

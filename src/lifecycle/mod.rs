@@ -39,7 +39,7 @@ use crate::keys::KeyInfo;
 pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use migrate::{Moved, move_to_postgres};
 pub use reconcile::{Leftover, Reconciled, Survey, apply, reconcile, reconcile_stores, survey};
-pub use reshare::{Recovered, recover, reshare};
+pub use reshare::{Recovered, Resealed, recover, reseal, reshare};
 pub use unseal::{add_published_others, build_keyset, unseal_key};
 
 /// How many times one key may be split (its share generations). Each split

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::keys::KeyInfo;
-use crate::keys::shamir::{KeyShare, Slot};
+use crate::keys::shamir::Slot;
 use crate::store::KeyStore;
 use crate::store::share_dir;
 use crate::store::{Entry, ShareDir, Stores};
@@ -153,7 +153,7 @@ struct ShareFile {
     kid: String,
     generation: u32,
     path: PathBuf,
-    parsed: Option<KeyShare>,
+    parsed: Option<crate::keys::share_format::ShareHeader>,
 }
 
 impl Findings {
@@ -233,7 +233,9 @@ fn read_share_dir(
             } => {
                 // A file that cannot be parsed is judged by its name; if its
                 // key may sign, unsealing it reports what is wrong with it.
-                let parsed = share_dir::read_share_file(&path, Slot::File).ok();
+                // Its header is enough here: a sealed one is not unsealed
+                // (a TPM that is gone must not decide what is removed).
+                let parsed = share_dir::read_share_header(&path).ok();
                 if let Some(d) = parsed.as_ref().and_then(|p| p.deployment.as_deref())
                     && d != deployment
                 {

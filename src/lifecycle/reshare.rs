@@ -1,6 +1,8 @@
 //! `reshare`: re-splitting a key into a new share generation (its intent
-//! recorded first), and rebuilding a lost file or database share from the
-//! other store and the offline recovery share.
+//! recorded first), resealing (the same shares in a new generation, the
+//! file share now sealed to the TPM or in clear), and rebuilding a lost
+//! file or database share from the other store and the offline recovery
+//! share.
 
 use std::path::Path;
 
@@ -29,9 +31,28 @@ pub fn reshare(
     recovery: Option<&Path>,
 ) -> Result<u32> {
     check_reshare(row, key, recovery)?;
-    let generation = row.share_generation + 1;
     let seed = key.secret();
     let split = shamir::split(&seed);
+    let recovery = recovery.map(|p| (p, split.recovery));
+    replace_generation(database, dir, row, split.file, split.database, recovery)
+}
+
+/// Write the file share `file_y` and the database share `db_y` of `row`'s
+/// key as its next share generation, crash-safely: the intent first, then
+/// the file, read back and checked with the database share, then (with
+/// `recovery`) the offline share, then the switch in one transaction, and
+/// only then the old file share is destroyed. A crash leaves the old
+/// generation or the new one usable (start-up reconciliation finishes or
+/// undoes it). Returns the new generation.
+fn replace_generation(
+    database: &mut dyn KeyStore,
+    dir: &ShareDir,
+    row: &KeyInfo,
+    file_y: shamir::ShareY,
+    db_y: shamir::ShareY,
+    recovery: Option<(&Path, shamir::ShareY)>,
+) -> Result<u32> {
+    let generation = row.share_generation + 1;
     let share = |slot, y| KeyShare {
         deployment: Some(database.deployment().to_owned()),
         kid: row.kid.clone(),
@@ -41,9 +62,9 @@ pub fn reshare(
         public_key: row.public_key,
         y,
     };
-    let file_share = share(Slot::File, split.file);
-    let db_share = share(Slot::Database, split.database);
-    let recovery_share = share(Slot::Recovery, split.recovery);
+    let file_share = share(Slot::File, file_y);
+    let db_share = share(Slot::Database, db_y);
+    let recovery = recovery.map(|(p, y)| (p, share(Slot::Recovery, y)));
 
     // The intent first: a file share of the next generation is then known
     // to be this re-split's if it is interrupted.
@@ -63,8 +84,8 @@ pub fn reshare(
             file: new_file.clone(),
             db: database.describe(),
         })?;
-        if let Some(p) = recovery {
-            share_dir::write_recovery(p, &recovery_share)?;
+        if let Some((p, recovery_share)) = &recovery {
+            share_dir::write_recovery(p, recovery_share)?;
         }
         Ok(())
     })();
@@ -75,6 +96,32 @@ pub fn reshare(
     }
     switch_generation(database, dir, row, &db_share, generation)?;
     Ok(generation)
+}
+
+/// How a key's file share was kept before a reseal, and is now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resealed {
+    /// It already was as the config says.
+    AsIs,
+    /// Moved to this share generation.
+    Moved(u32),
+}
+
+/// Reseal `row`'s key: write its current file share and database share,
+/// unchanged (the same split, so no new leak and the offline recovery
+/// share stays valid), as the next share generation, the file share now
+/// written as `dir` writes shares (sealed to the TPM, or in clear). A key
+/// whose file share already is so is left as it is.
+pub fn reseal(database: &mut dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<Resealed> {
+    let (file, sealed) = dir.read_sealed(&row.kid, row.share_generation)?;
+    if sealed.is_some() == dir.seals() {
+        return Ok(Resealed::AsIs);
+    }
+    let db = database.db_share(row)?;
+    // Both rebuild the key before anything is written.
+    unseal_key(database, dir, row)?;
+    let (file_y, db_y) = (file.y, db.y);
+    replace_generation(database, dir, row, file_y, db_y, None).map(Resealed::Moved)
 }
 
 /// The checks before a re-split: generation cap, recovery path, key in memory.

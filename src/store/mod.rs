@@ -61,9 +61,9 @@ impl LocalStores {
         // Everything we create is private: shares, database, WAL, temp files.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         let dir = if create {
-            ShareDir::open_or_create(&cfg.paths.shares_dir)?
+            ShareDir::open_or_create(&cfg.paths.shares_dir)?.with_sealing(&cfg.sealing)
         } else {
-            ShareDir::open(&cfg.paths.shares_dir)?
+            ShareDir::open(&cfg.paths.shares_dir)?.with_sealing(&cfg.sealing)
         };
         let db_dir = crate::config::dir_of(&cfg.paths.db).to_owned();
         if !db_dir.exists() {

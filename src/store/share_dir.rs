@@ -13,6 +13,7 @@ use rustix::fs::{OFlags, RenameFlags};
 use crate::error::{Error, Result};
 use crate::keys::shamir::{KeyShare, Slot};
 use crate::keys::share_format;
+use crate::store::tpm::Tpm;
 
 const SUFFIX: &str = ".share";
 
@@ -61,6 +62,10 @@ impl FileId {
 pub struct ShareDir {
     path: PathBuf,
     identity: FileId,
+    /// The TPM that unseals sealed file shares (and seals new ones).
+    tpm: Tpm,
+    /// Whether new file shares are sealed (`share_seal = "tpm2"`).
+    seal_new: bool,
 }
 
 /// A file share written durably under a temp name, not yet visible under
@@ -111,6 +116,8 @@ impl ShareDir {
             let unchecked = ShareDir {
                 path: path.to_owned(),
                 identity: FileId::of(path).map_err(Error::io("examining", path))?,
+                tpm: Tpm::new(crate::config::DEFAULT_TCTI),
+                seal_new: false,
             };
             let holds_shares = unchecked
                 .list()?
@@ -155,7 +162,26 @@ impl ShareDir {
                 dev: meta.dev(),
                 ino: meta.ino(),
             },
+            tpm: Tpm::new(crate::config::DEFAULT_TCTI),
+            seal_new: false,
         })
+    }
+
+    /// Seal new file shares as `sealing` says, and unseal with its TPM.
+    pub fn with_sealing(mut self, sealing: &crate::config::Sealing) -> ShareDir {
+        self.tpm = Tpm::new(&sealing.tcti);
+        self.seal_new = sealing.seal == crate::config::ShareSeal::Tpm2;
+        self
+    }
+
+    /// Whether new file shares are sealed to the TPM.
+    pub fn seals(&self) -> bool {
+        self.seal_new
+    }
+
+    /// The TPM this directory seals to and unseals with.
+    pub fn tpm(&self) -> &Tpm {
+        &self.tpm
     }
 
     pub fn path(&self) -> &Path {
@@ -189,6 +215,22 @@ impl ShareDir {
     pub fn stage(&self, share: &KeyShare) -> Result<Staged> {
         debug_assert_eq!(share.slot, Slot::File);
         let final_path = self.share_path(&share.kid, share.generation);
+        let bytes = if self.seal_new {
+            let sealed = self
+                .tpm
+                .seal(share.y.as_bytes())
+                .map_err(|e| Error::WriteShare {
+                    path: final_path.clone(),
+                    source: std::io::Error::other(format!("sealing it to the TPM: {e}")),
+                })?;
+            let sealed = share_format::SealedY {
+                to: sealed.srk_name,
+                blob: sealed.blob,
+            };
+            share_format::encode_sealed_file(share, &sealed)
+        } else {
+            share_format::encode_file(share)
+        };
         let tmp = self.temp_path(&share.kid, share.generation)?;
         let written = (|| {
             let mut file = OpenOptions::new()
@@ -197,7 +239,7 @@ impl ShareDir {
                 .mode(0o600)
                 .custom_flags(nofollow())
                 .open(&tmp)?;
-            file.write_all(&share_format::encode_file(share))?;
+            file.write_all(&bytes)?;
             file.sync_all()
         })();
         if let Err(source) = written {
@@ -264,8 +306,25 @@ impl ShareDir {
     /// Read and parse the file share of `kid` at `generation`. The contents
     /// must name the same kid and generation and x = 1.
     pub fn read(&self, kid: &str, generation: u32) -> Result<KeyShare> {
+        self.read_sealed(kid, generation).map(|(share, _)| share)
+    }
+
+    /// [`ShareDir::read`], and what the file was sealed to, if it was.
+    pub fn read_sealed(
+        &self,
+        kid: &str,
+        generation: u32,
+    ) -> Result<(KeyShare, Option<share_format::SealedY>)> {
         let path = self.share_path(kid, generation);
-        let share = read_share_file(&path, Slot::File)?;
+        let bytes = read_private_file(&path)?;
+        let (share, sealed) =
+            share_format::decode_file_with(&bytes, &|s| unseal_with(&self.tpm, s)).map_err(
+                |reason| Error::FileShare {
+                    path: path.clone(),
+                    reason,
+                },
+            )?;
+        check_slot(&path, &share, Slot::File)?;
         if share.kid != kid || share.generation != generation {
             return Err(Error::FileShare {
                 path,
@@ -275,7 +334,14 @@ impl ShareDir {
                 ),
             });
         }
-        Ok(share)
+        Ok((share, sealed))
+    }
+
+    /// What the file share of `kid` at `generation` is sealed to (`None`:
+    /// it is in clear), from its header alone: the TPM is not asked.
+    pub fn sealed_to(&self, kid: &str, generation: u32) -> Result<Option<share_format::SealedY>> {
+        let path = self.share_path(kid, generation);
+        read_share_header(&path).map(|h| h.sealed)
     }
 
     /// Everything in the directory, classified.
@@ -368,6 +434,73 @@ fn parse_share_name(name: &str) -> Option<(String, u32)> {
 /// a regular file, owned by this uid, no group or other bits, one link; a
 /// symlink is refused.
 pub fn read_share_file(path: &Path, slot: Slot) -> Result<KeyShare> {
+    let bytes = read_private_file(path)?;
+    let share = share_format::decode_file(&bytes).map_err(|reason| Error::FileShare {
+        path: path.to_owned(),
+        reason,
+    })?;
+    check_slot(path, &share, slot)?;
+    Ok(share)
+}
+
+/// A share file's header (see [`share_format::decode_header`]), with the
+/// same checks of the open file: no TPM is asked, nothing unsealed.
+pub fn read_share_header(path: &Path) -> Result<share_format::ShareHeader> {
+    let bytes = read_private_file(path)?;
+    share_format::decode_header(&bytes).map_err(|reason| Error::FileShare {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// Unseal a file share's y with `tpm`, after checking that it was sealed to
+/// this TPM, so that the error names the cause.
+fn unseal_with(
+    tpm: &Tpm,
+    sealed: &share_format::SealedY,
+) -> std::result::Result<zeroize::Zeroizing<[u8; 32]>, String> {
+    let here = tpm
+        .srk_name()
+        .map_err(|e| format!("is sealed to a TPM, which cannot be asked: {e}"))?;
+    if here != sealed.to {
+        return Err(format!(
+            "is sealed to another TPM (its storage root key is {}; the TPM at {:?} has {}): \
+             the TPM was cleared or replaced, or the share directory was copied from another \
+             host. Nothing was changed. On a new TPM, `splitsign recover --recovery-share FILE` \
+             writes shares sealed to it",
+            sealed.describe_to(),
+            tpm.tcti(),
+            share_format::SealedY {
+                to: here,
+                blob: Vec::new()
+            }
+            .describe_to()
+        ));
+    }
+    tpm.unseal(&sealed.blob)
+        .map_err(|e| format!("cannot be unsealed by the TPM at {:?}: {e}", tpm.tcti()))
+}
+
+/// The share in `share` must be of `slot`.
+fn check_slot(path: &Path, share: &KeyShare, slot: Slot) -> Result<()> {
+    if share.slot != slot {
+        return Err(Error::FileShare {
+            path: path.to_owned(),
+            reason: format!(
+                "holds a {} (x = {}), not a {} (x = {})",
+                share.slot.name(),
+                share.slot.x(),
+                slot.name(),
+                slot.x()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The bytes of a private share file (checked on the open file, see
+/// [`read_share_file`]), bounded, wiped on drop.
+fn read_private_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let bad = |reason: String| Error::FileShare {
         path: path.to_owned(),
         reason,
@@ -391,17 +524,7 @@ pub fn read_share_file(path: &Path, slot: Slot) -> Result<KeyShare> {
     file.take(share_format::MAX_SHARE_FILE as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| bad(format!("cannot be read: {e}")))?;
-    let share = share_format::decode_file(&bytes).map_err(bad)?;
-    if share.slot != slot {
-        return Err(bad(format!(
-            "holds a {} (x = {}), not a {} (x = {})",
-            share.slot.name(),
-            share.slot.x(),
-            slot.name(),
-            slot.x()
-        )));
-    }
-    Ok(share)
+    Ok(bytes)
 }
 
 /// fstat checks on an open share file.

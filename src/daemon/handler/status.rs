@@ -16,6 +16,10 @@ struct KeyStatus<'a> {
     node: Option<&'a str>,
     state: &'static str,
     alg: &'static str,
+    /// This node's keys that it holds: how the file share is kept (`none`,
+    /// or `tpm2 <storage root key Name>` when sealed to the TPM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_share: Option<String>,
     origin: &'static str,
     created_at: i64,
     activate_at: i64,
@@ -135,6 +139,7 @@ pub(super) fn answer_status(st: &State, id: Option<Value>, at: Times, out: &mut 
             database_went_back: c.went_back(),
         }
     });
+    let seals = st.manager.file_share_seals();
     let body = StatusBody {
         version: env!("CARGO_PKG_VERSION"),
         issuer: &policy.issuer,
@@ -161,6 +166,10 @@ pub(super) fn answer_status(st: &State, id: Option<Value>, at: Times, out: &mut 
                 node: p.node.as_deref().or(own_node),
                 state: crate::keys::state(&p.row, at.keys).as_str(),
                 alg: p.row.alg.as_str(),
+                file_share: seals
+                    .iter()
+                    .find(|(k, _)| p.node.is_none() && *k == p.row.kid)
+                    .map(|(_, to)| to.clone().unwrap_or_else(|| "none".into())),
                 origin: p.row.origin.as_str(),
                 created_at: p.row.created_at,
                 activate_at: p.row.activate_at,

@@ -55,6 +55,9 @@ pub struct KeyManager {
     rev_swap: Mutex<()>,
     /// The time by which revocations of expired tokens are forgotten.
     purge_clock: crate::clock::PurgeClock,
+    /// How the file share of each key held is kept (what it is sealed to,
+    /// `None`: in clear), as its file said when the key set was built.
+    seals: Mutex<Vec<(String, Option<String>)>>,
 }
 
 /// Result of a `rotate`.
@@ -143,6 +146,7 @@ impl KeyManager {
             cluster,
             swap: Mutex::new(()),
             rev_swap: Mutex::new(()),
+            seals: Mutex::new(Vec::new()),
         };
         let stores = m.lock();
         m.refresh(&stores, now, created.into_iter().collect())?;
@@ -309,7 +313,29 @@ impl KeyManager {
             &others,
         )?;
         check_unlocked(&unlocked, &cfg)?;
+        // Read from the headers of the files just unsealed (or held): the
+        // TPM is not asked again.
+        let seals = set
+            .signers
+            .iter()
+            .map(|s| {
+                let to = stores
+                    .shares
+                    .sealed_to(&s.kid, s.share_generation)
+                    .ok()
+                    .flatten()
+                    .map(|t| t.describe_to());
+                (s.kid.clone(), to)
+            })
+            .collect();
+        *self.seals.lock().unwrap_or_else(|p| p.into_inner()) = seals;
         self.install(set, &cfg)
+    }
+
+    /// How the file share of each key held is kept: `Some(what it is sealed
+    /// to)`, or `None` in clear.
+    pub fn file_share_seals(&self) -> Vec<(String, Option<String>)> {
+        self.seals.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Swap a new key set in (the caller holds `swap`), and rewrite the
