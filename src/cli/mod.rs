@@ -88,9 +88,9 @@ pub enum Command {
     /// the offline recovery share. Offline (stop the daemon first).
     Recover(RecoverArgs),
     /// Keep the current file shares as `share_seal` says: sealed to this
-    /// host's TPM, or in clear. The same shares move to a new share
-    /// generation, crash-safely; the recovery share stays valid. Offline
-    /// (stop the daemon first).
+    /// host's TPM, or in clear. Each is written again (the same share) and
+    /// renamed over the old file, crash-safely; the database share and the
+    /// recovery share stay valid. Offline (stop the daemon first).
     Reseal(ResealArgs),
     /// Check both stores offline: they must belong together (the same
     /// deployment, no share the database cannot account for), and every key

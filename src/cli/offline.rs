@@ -45,7 +45,7 @@ pub fn reseal(cx: &Ctx, a: ResealArgs) -> Result<(), CommandError> {
         ));
     }
     crate::keys::locked::harden_process()?;
-    let mut stores = Stores::open(cfg, false)?;
+    let stores = Stores::open(cfg, false)?;
     let now = crate::clock::wall_now();
     lifecycle::reconcile_stores(&stores, now)?;
     let rows = stores.keys.keys()?;
@@ -54,20 +54,15 @@ pub fn reseal(cx: &Ctx, a: ResealArgs) -> Result<(), CommandError> {
         .iter()
         .filter(|r| r.verified && crate::keys::state(r, now).needs_shares())
     {
-        let s = &mut stores;
-        match lifecycle::reseal(&mut *s.keys, &s.shares, row)? {
-            lifecycle::Resealed::AsIs => println!(
-                "key {}: its file share already is {}",
-                row.kid,
-                seal_words(&s.shares, &row.kid, row.share_generation)
-            ),
-            lifecycle::Resealed::Moved(g) => {
+        let s = &stores;
+        let now_is = || seal_words(&s.shares, &row.kid, row.share_generation);
+        match lifecycle::reseal(&*s.keys, &s.shares, row)? {
+            lifecycle::Resealed::AsIs => {
+                println!("key {}: its file share already is {}", row.kid, now_is())
+            }
+            lifecycle::Resealed::Rewritten => {
                 moved += 1;
-                println!(
-                    "key {}: file share generation {g} is {}",
-                    row.kid,
-                    seal_words(&s.shares, &row.kid, g)
-                );
+                println!("key {}: its file share is now {}", row.kid, now_is());
             }
         }
     }

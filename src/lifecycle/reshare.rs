@@ -1,6 +1,6 @@
 //! `reshare`: re-splitting a key into a new share generation (its intent
-//! recorded first), resealing (the same shares in a new generation, the
-//! file share now sealed to the TPM or in clear), and rebuilding a lost
+//! recorded first), resealing (the same file share written again, now
+//! sealed to the TPM or in clear), and rebuilding a lost
 //! file or database share from the other store and the offline recovery
 //! share.
 
@@ -98,30 +98,35 @@ fn replace_generation(
     Ok(generation)
 }
 
-/// How a key's file share was kept before a reseal, and is now.
+/// What a reseal did to a key's file share.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resealed {
     /// It already was as the config says.
     AsIs,
-    /// Moved to this share generation.
-    Moved(u32),
+    /// Rewritten as the config says.
+    Rewritten,
 }
 
-/// Reseal `row`'s key: write its current file share and database share,
-/// unchanged (the same split, so no new leak and the offline recovery
-/// share stays valid), as the next share generation, the file share now
-/// written as `dir` writes shares (sealed to the TPM, or in clear). A key
-/// whose file share already is so is left as it is.
-pub fn reseal(database: &mut dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<Resealed> {
+/// Reseal `row`'s key: write its current file share again, unchanged, as
+/// `dir` writes shares (sealed to the TPM, or in clear), in place of the
+/// old file: a temp file, fsync, a rename over the old one, fsync of the
+/// directory. A crash leaves the old file or the new one, which hold the
+/// same share of the same generation, so the database share and the
+/// offline recovery share stay as they are and valid (a new generation
+/// would tie the recovery share to an old one; a new split would spend a
+/// re-split and void the recovery share). The new file is read back (and
+/// unsealed) and must rebuild the key. A key whose file share already is
+/// as configured is left alone.
+pub fn reseal(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<Resealed> {
     let (file, sealed) = dir.read_sealed(&row.kid, row.share_generation)?;
     if sealed.is_some() == dir.seals() {
         return Ok(Resealed::AsIs);
     }
-    let db = database.db_share(row)?;
-    // Both rebuild the key before anything is written.
+    // The pair rebuilds the key before anything is written.
     unseal_key(database, dir, row)?;
-    let (file_y, db_y) = (file.y, db.y);
-    replace_generation(database, dir, row, file_y, db_y, None).map(Resealed::Moved)
+    dir.rewrite(&file)?;
+    unseal_key(database, dir, row)?;
+    Ok(Resealed::Rewritten)
 }
 
 /// The checks before a re-split: generation cap, recovery path, key in memory.
