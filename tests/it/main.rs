@@ -35,6 +35,8 @@
 //!   removed, a restored dump: what one node can do to the others.
 //! - `es256_cluster`: ES256 keys beside EdDSA ones in a cluster, moved from
 //!   SQLite, re-split, and kill -9 during an ES256 rotation.
+//! - `tpm`: file shares sealed to a TPM 2.0 (`--features tpm2`, a swtpm
+//!   per test); `tpm_absent`: without the feature, sealing is refused.
 mod access;
 mod cli;
 mod cluster;
@@ -56,4 +58,8 @@ mod protocol_input;
 mod store_damage;
 mod store_integrity;
 mod systemd;
+#[cfg(feature = "tpm2")]
+mod tpm;
+#[cfg(not(feature = "tpm2"))]
+mod tpm_absent;
 mod util;
