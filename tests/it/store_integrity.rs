@@ -710,10 +710,12 @@ fn stores_made_by_0_1_upgrade_in_place_and_keep_every_token() {
             assert_eq!(r["error"]["code"], "revoked", "{r}");
         }
         assert_eq!(ok(c.sign(json!({})))["kid"], st["active_kid"]);
-        // The share file now carries the database's deployment id.
+        // The share file now carries the database's deployment id (and,
+        // format 3, its key's alg label).
         let text = std::fs::read_to_string(dir.share_file()).unwrap();
+        assert!(text.contains("\nalg EdDSA\n"), "{text}");
         let mut lines = text.lines();
-        assert_eq!(lines.next(), Some("splitsign-share 2"));
+        assert_eq!(lines.next(), Some("splitsign-share 3"));
         let id = lines
             .next()
             .unwrap()

@@ -633,7 +633,7 @@ fn generation_of(p: &Path) -> u32 {
 }
 
 #[test]
-fn reseal_moves_the_same_shares_to_a_sealed_generation_and_back() {
+fn reseal_writes_the_same_shares_sealed_in_place_and_back() {
     if !have_swtpm() {
         return;
     }
@@ -695,33 +695,27 @@ fn reseal_moves_the_same_shares_to_a_sealed_generation_and_back() {
         "the daemon started with sealing on keeps the shares it has"
     );
 
-    // Offline: each key's file share moves to the next generation, sealed.
+    // Offline: each key's file share is written again, sealed, in place of
+    // the clear one (the same generation; the database is not touched).
     let out = run(&dir, &cfg, &["reseal"]);
     assert_ok(&out);
     let said = stdout(&out);
     for (k, (g, _)) in &clear {
         assert!(
-            said.contains(&format!(
-                "key {k}: file share generation {} is sealed to {srk}",
-                g + 1
-            )),
+            said.contains(&format!("key {k}: its file share is now sealed to {srk}")),
             "{said}"
         );
         let p = share_of(&dir, k);
-        assert_eq!(generation_of(&p), g + 1);
+        assert_eq!(generation_of(&p), *g);
         assert_eq!(assert_sealed(&p), srk);
     }
     assert_eq!(
         dir.share_files().len(),
         clear.len(),
-        "the old files are gone"
+        "one file per key: the clear one is gone"
     );
     let db_after = db_shares(&dir);
-    for (k, (g, y)) in &db_before {
-        if clear.contains_key(k) {
-            assert_eq!(db_after[k], (g + 1, y.clone()), "the same database share");
-        }
-    }
+    assert_eq!(db_after, db_before, "the same database shares");
     assert_ok(&run(&dir, &cfg, &["check"]));
 
     // Again: already sealed, no new generation.
@@ -741,7 +735,8 @@ fn reseal_moves_the_same_shares_to_a_sealed_generation_and_back() {
 
     // The recovery share of the first split is still of this split: with
     // the (unchanged) database share it rebuilds the published key
-    // (recombined with sharks, not the daemon's code).
+    // (recombined with sharks, not the daemon's code), and `recover` takes
+    // it: with the sealed file share lost, it writes it again, sealed.
     let rec_text = std::fs::read_to_string(dir.path().join("rec.share")).unwrap();
     let rec_y = B64.decode(field(&rec_text, "y")).unwrap();
     let a = sharks::Share::try_from(&[&[3u8][..], &rec_y].concat()[..]).unwrap();
@@ -762,6 +757,17 @@ fn reseal_moves_the_same_shares_to_a_sealed_generation_and_back() {
             .any(|k| k["kid"] == kid.as_str() && k["x"] == B64.encode(public).as_str()),
         "{jwks}"
     );
+
+    let lost = share_of(&dir, &kid);
+    std::fs::remove_file(&lost).unwrap();
+    let out = run(&dir, &cfg, &["recover", "--recovery-share", "rec.share"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("rebuilt the file share"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(assert_sealed(&share_of(&dir, &kid)), srk);
 
     // Tokens verify after the restart, with the same keys.
     let d = start(&dir, &cfg);
@@ -784,10 +790,7 @@ fn reseal_moves_the_same_shares_to_a_sealed_generation_and_back() {
         let p = share_of(&dir, k);
         assert_eq!(&assert_clear(&p), y, "{k}: the same file share");
         assert!(
-            stdout(&out).contains(&format!(
-                "key {k}: file share generation {} is in clear",
-                generation_of(&p)
-            )),
+            stdout(&out).contains(&format!("key {k}: its file share is now in clear")),
             "{}",
             stdout(&out)
         );
