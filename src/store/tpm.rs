@@ -940,6 +940,60 @@ mod swtpm_tests {
         }
     }
 
+    /// The SRK is the standard one: tpm2-tools' TCG SRK (ECC P-256 with
+    /// the provisioning-guidance attributes and 32-byte zero x and y) has
+    /// the same Name. Skipped where tpm2-tools is not installed.
+    #[test]
+    fn srk_is_the_one_tpm2_tools_makes() {
+        use std::io::Write;
+        if Command::new("tpm2_createprimary")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            println!("tpm2-tools not installed: skipped");
+            return;
+        }
+        let sw = Swtpm::start();
+        let ours = sw.tpm().srk_name().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("tpm2_createprimary")
+            .env("TPM2TOOLS_TCTI", &sw.tcti)
+            .args([
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:null:aes128cfb",
+                "-a",
+            ])
+            .arg("restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda")
+            .args(["-u", "-", "-c"])
+            .arg(dir.path().join("srk.ctx"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&[0u8; 64]).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let out = Command::new("tpm2_readpublic")
+            .env("TPM2TOOLS_TCTI", &sw.tcti)
+            .arg("-c")
+            .arg(dir.path().join("srk.ctx"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let out = String::from_utf8(out.stdout).unwrap();
+        let name = out
+            .lines()
+            .find_map(|l| l.strip_prefix("name: "))
+            .unwrap_or_else(|| panic!("no name in {out}"));
+        assert_eq!(name.trim(), hex(&ours), "{out}");
+        println!("SRK name {name} (tpm2_createprimary agrees)");
+    }
+
     #[test]
     fn measure_seal_and_unseal() {
         let sw = Swtpm::start();
