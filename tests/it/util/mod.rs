@@ -18,6 +18,7 @@
 //! - `privileges`: root, the `nobody` peer and what it can reach, limits.
 //! - `tmpfs`: small filesystems, filled.
 //! - `tools`: optional tools: a test skips, or fails in CI.
+//! - `swtpm`: a real TPM 2.0 (a simulator per test) for sealed file shares.
 
 mod clock;
 mod daemon;
@@ -26,6 +27,8 @@ mod fake_systemd;
 mod fixtures;
 mod jwks;
 mod privileges;
+#[cfg(feature = "tpm2")]
+mod swtpm;
 mod tmpfs;
 mod tools;
 mod wire;
@@ -39,6 +42,8 @@ pub use jwks::{verify_with_jwks, verify_with_jwks_at};
 pub use privileges::{NOBODY, is_root, open_deployment, raise_nofile};
 pub use splitsign_testkit::daemon::{Exited, signal};
 pub use splitsign_testkit::procfs::vm;
+#[cfg(feature = "tpm2")]
+pub use swtpm::{Swtpm, have_swtpm};
 pub use tmpfs::{Tmpfs, fill};
 pub use tools::{CARGO_DEB, have_strace, optional_tool, runs};
 pub use wire::{Conn, SignLoop, code, jti_revocations, ok};
