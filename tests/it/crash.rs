@@ -267,6 +267,7 @@ pub(crate) fn at_every_step(
 /// store's path: the others (the dynamic loader's, a TSS library looking
 /// for its TCTI module in a dozen directories) change no store, so a kill
 /// there leaves the stores as a kill at the next store step does.
+#[cfg(feature = "tpm2")]
 fn at_every_store_step(
     tpl: &Dir,
     l: &Loop,
@@ -670,24 +671,19 @@ fn kill_9_at_every_step_of_a_move_to_postgresql() {
 #[cfg(feature = "tpm2")]
 #[test]
 fn kill_9_during_reseal() {
-    if !have_strace() || !swtpm::have_swtpm() {
+    if !have_strace() || !crate::util::have_swtpm() {
         return;
     }
     // One simulator for the whole (sequential) loop: every copy of the
     // deployment seals to the same TPM.
-    let tpm = swtpm::Swtpm::start();
+    let tpm = crate::util::Swtpm::start();
     let cfg = ["--config", "config.toml"];
-    let config = |seal: &str| {
-        format!(
-            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
-             share_seal = \"{seal}\"\ntpm_tcti = \"{}\"\n",
-            tpm.tcti()
-        )
-    };
+    let paths =
+        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n";
     // A deployment in clear, with an offline recovery share, one key and
     // tokens issued; then switched to share_seal = "tpm2".
     let tpl = Dir::new();
-    tpl.write_config(&config("none"));
+    tpl.write_config(&format!("{paths}share_seal = \"none\"\n"));
     let out = tpl.run(&[
         "--config",
         "config.toml",
@@ -716,7 +712,7 @@ fn kill_9_during_reseal() {
     let old = tpl.share_file();
     let old_generation = generation_of(&old);
     assert!(!is_sealed(&old), "the template's file share is in clear");
-    tpl.write_config(&config("tpm2"));
+    tpl.write_config(&format!("{paths}{}", tpm.config()));
 
     let args = ["--config", "config.toml", "reseal"];
     let (mut clear, mut sealed) = (0, 0);
@@ -793,66 +789,4 @@ fn is_sealed(file: &Path) -> bool {
         file.display()
     );
     sealed
-}
-
-/// A swtpm for this file's test, until `util::swtpm` is merged.
-#[cfg(feature = "tpm2")]
-mod swtpm {
-    use std::net::{TcpListener, TcpStream};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    use crate::util::{Started, optional_tool, runs};
-
-    pub fn have_swtpm() -> bool {
-        optional_tool(
-            runs("swtpm", &["--version"]),
-            "swtpm (apt-get install swtpm swtpm-tools; .ci/run installs it)",
-        )
-    }
-
-    pub struct Swtpm {
-        _child: Started,
-        tcti: String,
-        _state: tempfile::TempDir,
-    }
-
-    impl Swtpm {
-        pub fn start() -> Swtpm {
-            let state = tempfile::tempdir().unwrap();
-            let port = loop {
-                let a = TcpListener::bind("127.0.0.1:0").unwrap();
-                let port = a.local_addr().unwrap().port();
-                if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                    break port;
-                }
-            };
-            let child = Started::spawn(
-                Command::new("swtpm")
-                    .args(["socket", "--tpm2", "--server"])
-                    .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                    .arg("--ctrl")
-                    .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                    .arg("--tpmstate")
-                    .arg(format!("dir={}", state.path().display()))
-                    .args(["--flags", "not-need-init,startup-clear"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null()),
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
-                assert!(Instant::now() < deadline, "swtpm did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Swtpm {
-                _child: child,
-                tcti: format!("swtpm:host=127.0.0.1,port={port}"),
-                _state: state,
-            }
-        }
-
-        pub fn tcti(&self) -> &str {
-            &self.tcti
-        }
-    }
 }
