@@ -11,6 +11,14 @@ use serde_json::Value;
 
 use crate::util::Started;
 
+/// What the root holds besides minbase: systemd, and the TSS libraries
+/// the package links (it is built `--features tpm2`; `dpkg -i` installs no
+/// dependency). The cached root's name says which list made it: a change
+/// here must change [`ROOT`], or an old root without them is reused.
+const INCLUDE: &str = "--include=systemd,systemd-sysv,dbus,\
+    libtss2-esys-3.0.2-0,libtss2-mu0,libtss2-sys1,libtss2-tctildr0";
+const ROOT: &str = "bookworm-tss2-root";
+
 /// The cached Debian 12 root: made once with debootstrap (about a minute,
 /// from the Debian mirror), into a temporary name first so that an
 /// interrupted run leaves no half root behind.
@@ -18,18 +26,14 @@ fn cached_root() -> PathBuf {
     let cache = std::env::var_os("SPLITSIGN_CI_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/splitsign-ci"));
-    let root = cache.join("bookworm-root");
+    let root = cache.join(ROOT);
     if root.join("usr/bin/systemctl").exists() {
         return root;
     }
     std::fs::create_dir_all(&cache).unwrap();
-    let partial = cache.join(format!("bookworm-root.partial-{}", std::process::id()));
+    let partial = cache.join(format!("{ROOT}.partial-{}", std::process::id()));
     let out = Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus",
-            "bookworm",
-        ])
+        .args(["--variant=minbase", INCLUDE, "bookworm"])
         .arg(&partial)
         .output()
         .expect("debootstrap (apt-get install debootstrap; .ci/run installs it)");

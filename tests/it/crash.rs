@@ -29,13 +29,16 @@ fn strace() -> &'static str {
     "strace"
 }
 
-/// Per-syscall counts of a clean traced run of `args` in `dir`.
+/// Per-syscall counts of a clean traced run of `args` in `dir`, and, with
+/// `store_opens_only`, the numbers of the `openat` calls that open a path
+/// in `dir` (the stores), of all the calls to `openat`.
 fn count_steps(
     dir: &Dir,
     args: &[&str],
     until_ready: bool,
     steps: &str,
-) -> BTreeMap<String, usize> {
+    store_opens_only: bool,
+) -> (BTreeMap<String, usize>, Option<Vec<usize>>) {
     let trace = dir.path().join("trace.txt");
     let mut cmd = dir.cmd();
     cmd.current_dir(dir.path());
@@ -58,21 +61,27 @@ fn count_steps(
         "clean run of {args:?} failed"
     );
     let mut counts = BTreeMap::new();
+    let mut store_opens = Vec::new();
+    let store = format!("\"{}/", dir.path().display());
     for line in std::fs::read_to_string(&trace).unwrap().lines() {
         let rest = line
             .trim_start_matches(|c: char| c.is_ascii_digit())
             .trim_start();
-        if let Some((name, _)) = rest.split_once('(')
+        if let Some((name, args)) = rest.split_once('(')
             && !name.is_empty()
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
-            *counts.entry(name.to_owned()).or_default() += 1;
+            let n: &mut usize = counts.entry(name.to_owned()).or_default();
+            *n += 1;
+            if name == "openat" && args.contains(&store) {
+                store_opens.push(*n);
+            }
         }
     }
     let _ = std::fs::remove_file(trace);
-    counts
+    (counts, store_opens_only.then_some(store_opens))
 }
 
 /// Wait until a traced daemon logs "ready" (then SIGTERM it) or exits.
@@ -249,19 +258,45 @@ pub(crate) struct Loop<'a> {
 pub(crate) fn at_every_step(
     tpl: &Dir,
     l: &Loop,
+    check: impl FnMut(&Dir, &str),
+) -> (BTreeMap<String, usize>, usize) {
+    at_steps(tpl, l, false, check)
+}
+
+/// [`at_every_step`], but of the `openat` calls only those that open a
+/// store's path: the others (the dynamic loader's, a TSS library looking
+/// for its TCTI module in a dozen directories) change no store, so a kill
+/// there leaves the stores as a kill at the next store step does.
+#[cfg(feature = "tpm2")]
+fn at_every_store_step(
+    tpl: &Dir,
+    l: &Loop,
+    check: impl FnMut(&Dir, &str),
+) -> (BTreeMap<String, usize>, usize) {
+    at_steps(tpl, l, true, check)
+}
+
+fn at_steps(
+    tpl: &Dir,
+    l: &Loop,
+    store_opens_only: bool,
     mut check: impl FnMut(&Dir, &str),
 ) -> (BTreeMap<String, usize>, usize) {
     let probe = Dir::new();
     copy_dir(tpl.path(), probe.path());
     (l.reset)();
-    let counts = count_steps(&probe, l.args, l.daemon, l.steps);
+    let (counts, store_opens) = count_steps(&probe, l.args, l.daemon, l.steps, store_opens_only);
     assert!(
         counts.values().sum::<usize>() > 10,
         "the trace saw the steps: {counts:?}"
     );
     let mut killed = 0;
     for (syscall, &count) in &counts {
-        for n in 1..=count {
+        let at: Vec<usize> = match &store_opens {
+            Some(opens) if syscall == "openat" => opens.clone(),
+            _ => (1..=count).collect(),
+        };
+        for n in at {
             let dir = Dir::new();
             copy_dir(tpl.path(), dir.path());
             (l.reset)();
@@ -642,4 +677,132 @@ fn kill_9_at_every_step_of_a_move_to_postgresql() {
         "moved {moved} of {killed}"
     );
     eprintln!("migrate-store: killed {killed}, already moved {moved}");
+}
+
+/// kill -9 at every store step of `reseal` (clear → sealed to a real TPM,
+/// swtpm): afterwards `check` passes, the next start signs with the same
+/// key and verifies the tokens issued before, exactly one file share of the
+/// key is left and it is the old generation in clear or the next one
+/// sealed, and running `reseal` again leaves it sealed.
+#[cfg(feature = "tpm2")]
+#[test]
+fn kill_9_during_reseal() {
+    if !have_strace() || !crate::util::have_swtpm() {
+        return;
+    }
+    // One simulator for the whole (sequential) loop: every copy of the
+    // deployment seals to the same TPM.
+    let tpm = crate::util::Swtpm::start();
+    let cfg = ["--config", "config.toml"];
+    let paths =
+        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n";
+    // A deployment in clear, with an offline recovery share, one key and
+    // tokens issued; then switched to share_seal = "tpm2".
+    let tpl = Dir::new();
+    tpl.write_config(&format!("{paths}share_seal = \"none\"\n"));
+    let out = tpl.run(&[
+        "--config",
+        "config.toml",
+        "init",
+        "--recovery-share",
+        "recovery.share",
+    ]);
+    crate::util::assert_ok(&out);
+    let (tokens, kid) = {
+        let d = Daemon::start_with(&tpl, &cfg).unwrap();
+        let mut c = d.conn();
+        let tokens: Vec<String> = (0..3)
+            .map(|i| {
+                ok(c.request(json!({"op":"sign","claims":{"sub":format!("u{i}")},"ttl":3600})))
+                    ["token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let kid = ok(c.sign(json!({})))["kid"].as_str().unwrap().to_owned();
+        drop(c);
+        d.stop();
+        (tokens, kid)
+    };
+    let old = tpl.share_file();
+    let old_generation = generation_of(&old);
+    assert!(!is_sealed(&old), "the template's file share is in clear");
+    tpl.write_config(&format!("{paths}{}", tpm.config()));
+
+    let args = ["--config", "config.toml", "reseal"];
+    let (mut clear, mut sealed) = (0, 0);
+    let l = Loop {
+        args: &args,
+        steps: STEPS,
+        daemon: false,
+        reset: &|| {},
+    };
+    let (counts, killed) = at_every_store_step(&tpl, &l, |dir, what| {
+        // Both shares rebuild the key, read as the stores are.
+        let out = dir.run(&["--config", "config.toml", "check"]);
+        assert!(
+            out.status.success(),
+            "{what}: check: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Starts, signs with the same key, verifies the tokens issued
+        // before; no orphan, no old generation left.
+        let active = check_after_crash(dir, &cfg, &tokens, &kid, false, what);
+        assert_eq!(active, kid, "{what}: the kid is unchanged");
+        // Exactly one file share: the old one in clear, or the next
+        // generation sealed.
+        let file = dir.share_file();
+        match (generation_of(&file) - old_generation, is_sealed(&file)) {
+            (0, false) => clear += 1,
+            (1, true) => sealed += 1,
+            other => panic!("{what}: {} is {other:?}", file.display()),
+        }
+        // Running it again finishes the job.
+        let out = dir.run(&args);
+        assert!(
+            out.status.success(),
+            "{what}: reseal again: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = dir.share_file();
+        assert!(is_sealed(&file), "{what}: sealed after the second reseal");
+        let out = dir.run(&["--config", "config.toml", "check"]);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sealed to tpm2"),
+            "{what}: check after the second reseal: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    eprintln!("reseal: {counts:?}; killed {killed}: {clear} left in clear, {sealed} sealed");
+    assert!(killed > 15, "most steps were interrupted ({killed})");
+    // Early kills leave the clear share, late ones the sealed one.
+    assert!(clear > 0 && sealed > 0, "clear {clear}, sealed {sealed}");
+    drop(tpm);
+}
+
+/// The generation of a share file `KID.GENERATION.share`.
+#[cfg(feature = "tpm2")]
+fn generation_of(file: &Path) -> u32 {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    name.strip_suffix(".share")
+        .and_then(|s| s.rsplit_once('.'))
+        .and_then(|(_, g)| g.parse().ok())
+        .unwrap_or_else(|| panic!("not a share file: {name}"))
+}
+
+/// Whether a share file holds its y sealed (`seal tpm2`, `sealed-y`).
+#[cfg(feature = "tpm2")]
+fn is_sealed(file: &Path) -> bool {
+    let text = std::fs::read_to_string(file).unwrap();
+    let sealed = text.lines().any(|l| l.starts_with("sealed-y "));
+    assert_eq!(
+        sealed,
+        text.lines().any(|l| l.starts_with("seal tpm2 ")),
+        "{}: {text}",
+        file.display()
+    );
+    sealed
 }
