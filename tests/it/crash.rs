@@ -682,8 +682,9 @@ fn kill_9_at_every_step_of_a_move_to_postgresql() {
 /// kill -9 at every store step of `reseal` (clear → sealed to a real TPM,
 /// swtpm): afterwards `check` passes, the next start signs with the same
 /// key and verifies the tokens issued before, exactly one file share of the
-/// key is left and it is the old generation in clear or the next one
-/// sealed, and running `reseal` again leaves it sealed.
+/// key is left, of the same generation, in clear (the old one) or sealed
+/// (the new one), the recovery share still recovers, and running `reseal`
+/// again leaves it sealed.
 #[cfg(feature = "tpm2")]
 #[test]
 fn kill_9_during_reseal() {
@@ -751,12 +752,12 @@ fn kill_9_during_reseal() {
         // before; no orphan, no old generation left.
         let active = check_after_crash(dir, &cfg, &tokens, &kid, false, what);
         assert_eq!(active, kid, "{what}: the kid is unchanged");
-        // Exactly one file share: the old one in clear, or the next
-        // generation sealed.
+        // Exactly one file share, of the same generation (reseal writes it
+        // again in place): the old one in clear, or the new one sealed.
         let file = dir.share_file();
         match (generation_of(&file) - old_generation, is_sealed(&file)) {
             (0, false) => clear += 1,
-            (1, true) => sealed += 1,
+            (0, true) => sealed += 1,
             other => panic!("{what}: {} is {other:?}", file.display()),
         }
         // Running it again finishes the job.
@@ -772,6 +773,23 @@ fn kill_9_during_reseal() {
         assert!(
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sealed to tpm2"),
             "{what}: check after the second reseal: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The recovery share made before still recovers the key (reseal
+        // kept the generation and the split): with the file share lost,
+        // `recover` writes it again, sealed.
+        std::fs::remove_file(&file).unwrap();
+        let out = dir.run(&[
+            "--config",
+            "config.toml",
+            "recover",
+            "--recovery-share",
+            "recovery.share",
+        ]);
+        assert!(
+            out.status.success() && is_sealed(&dir.share_file()),
+            "{what}: recover after the reseal: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
