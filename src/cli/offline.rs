@@ -68,9 +68,10 @@ pub fn reseal(cx: &Ctx, a: ResealArgs) -> Result<(), CommandError> {
     }
     if moved > 0 && stores.shares.seals() {
         println!(
-            "copies of the share directory taken before (backups, images) still hold the \
-             shares in clear: with a copy of the database they rebuild the keys. `splitsign \
-             rotate` makes them useless"
+            "copies of the share directory taken before (backups, images, a copy-on-write \
+             filesystem's old blocks) still hold the shares in clear: with a copy of the \
+             database they rebuild the keys. `splitsign rotate` makes them useless. Keep the \
+             recovery share offline: if this TPM is cleared or replaced, it is the way back"
         );
     }
     Ok(())

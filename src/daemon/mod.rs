@@ -159,10 +159,11 @@ fn open_and_start(cfg: &Config) -> Result<KeyManager> {
         tracing::info!(
             tcti = stores.shares.tpm().tcti(),
             storage_root_key = %crate::keys::share_format::SealedY { to: name, blob: Vec::new() }.describe_to(),
-            "file shares are sealed to the TPM"
+            "new file shares are sealed to the TPM"
         );
     }
-    KeyManager::start(stores, cfg.clone()).inspect_err(|e| {
+    let seals = stores.shares.seals();
+    let manager = KeyManager::start(stores, cfg.clone()).inspect_err(|e| {
         // Stores that do not belong together say what to do themselves.
         if e.exit_code() == crate::error::exit::KEY_STORE
             && !matches!(e, Error::StoresDisagree { .. })
@@ -174,7 +175,23 @@ fn open_and_start(cfg: &Config) -> Result<KeyManager> {
                  new key and keeps the old public key published until its tokens expire"
             );
         }
-    })
+    })?;
+    if seals {
+        // Shares written before sealing was turned on stay in clear until
+        // `reseal`: say so, rather than let the line above stand alone.
+        for (kid, _) in manager
+            .file_share_seals()
+            .into_iter()
+            .filter(|(_, to)| to.is_none())
+        {
+            tracing::warn!(
+                %kid,
+                "share_seal = \"tpm2\", but this key's file share is in clear (written before \
+                 sealing was turned on): stop the daemon and run `splitsign reseal`"
+            );
+        }
+    }
+    Ok(manager)
 }
 
 /// The listening socket: systemd's, or one bound here (removed at stop).

@@ -207,8 +207,10 @@ pub fn recover(
         (None, Some(d)) => {
             let y = shamir::derive(d, &rec, Slot::File).map_err(|_| mismatch())?;
             let share = rebuilt_share(database.deployment(), row, Slot::File, y);
-            dir.destroy(&dir.share_path(&row.kid, row.share_generation))?;
-            dir.write_new(&share)?;
+            // Staged (and sealed) first: a TPM that cannot seal leaves the
+            // old file as it was.
+            let staged = dir.stage(&share)?;
+            dir.replace_unreadable(staged)?;
             unseal_key(database, dir, row)?;
             Ok((row.kid.clone(), Recovered::FileShare))
         }

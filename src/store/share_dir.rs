@@ -282,21 +282,65 @@ impl ShareDir {
     }
 
     /// Replace an existing share file with `share` (the same share, in the
-    /// current format): temp file, fsync, rename over the old one, fsync of
-    /// the directory. A crash leaves the old file or the new one, which
-    /// hold the same share.
+    /// current format, or sealed now): temp file, fsync, rename over the
+    /// old one, fsync of the directory. A crash leaves the old file or the
+    /// new one, which hold the same share. Then the old file's bytes are
+    /// overwritten through a descriptor opened before the rename, so that
+    /// a y once in clear does not stay in the disk's free blocks (on a
+    /// filesystem that writes in place).
     pub fn rewrite(&self, share: &KeyShare) -> Result<PathBuf> {
         let staged = self.stage(share)?;
         let wrap = |source| Error::WriteShare {
             path: staged.final_path.clone(),
             source,
         };
+        let old = OpenOptions::new()
+            .write(true)
+            .custom_flags(nofollow())
+            .open(&staged.final_path)
+            .ok();
         if let Err(e) = std::fs::rename(&staged.tmp, &staged.final_path) {
             let _ = std::fs::remove_file(&staged.tmp);
             return Err(wrap(e));
         }
         self.sync().map_err(wrap)?;
+        if let Some(f) = old {
+            wipe(f);
+        }
         Ok(staged.final_path)
+    }
+
+    /// Give a staged share the final name of a file share that cannot be
+    /// read (lost, damaged, or sealed to another TPM), replacing it: a
+    /// sealed one is kept beside, as `NAME.replaced-TIME` (left alone at
+    /// start, and useless without its TPM: a wrong `tpm_tcti` must not
+    /// cost the only copy), any other is overwritten and removed. The new
+    /// share is staged (and sealed) before anything is touched.
+    pub fn replace_unreadable(&self, staged: Staged) -> Result<PathBuf> {
+        let path = staged.final_path.clone();
+        if read_share_header(&path).is_ok_and(|h| h.sealed.is_some()) {
+            let aside = path.with_file_name(format!(
+                "{}.replaced-{}",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("share"),
+                crate::clock::wall_now()
+            ));
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &path,
+                rustix::fs::CWD,
+                &aside,
+                RenameFlags::NOREPLACE,
+            )
+            .map_err(|e| Error::io("setting aside", &path)(e.into()))?;
+            tracing::warn!(
+                file = %path.display(),
+                kept_as = %aside.display(),
+                "a file share sealed to another TPM was set aside, not destroyed"
+            );
+        } else {
+            self.destroy(&path)?;
+        }
+        self.publish(staged)
     }
 
     fn temp_path(&self, kid: &str, generation: u32) -> Result<PathBuf> {
@@ -377,16 +421,12 @@ impl ShareDir {
     /// directory. (Overwriting is best effort on journaling or copy-on-write
     /// file systems; the unlink is what counts.)
     pub fn destroy(&self, path: &Path) -> Result<()> {
-        if let Ok(mut f) = OpenOptions::new()
+        if let Ok(f) = OpenOptions::new()
             .write(true)
             .custom_flags(nofollow())
             .open(path)
-            && let Ok(meta) = f.metadata()
-            && meta.is_file()
-            && meta.len() <= share_format::MAX_SHARE_FILE as u64
         {
-            let _ = f.write_all(&vec![0u8; meta.len() as usize]);
-            let _ = f.sync_all();
+            wipe(f);
         }
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -441,6 +481,18 @@ pub fn read_share_file(path: &Path, slot: Slot) -> Result<KeyShare> {
     })?;
     check_slot(path, &share, slot)?;
     Ok(share)
+}
+
+/// Overwrite a share file's bytes with zeros and fsync (a regular file no
+/// larger than a share file; best effort: it is about to go anyway).
+fn wipe(mut f: File) {
+    if let Ok(meta) = f.metadata()
+        && meta.is_file()
+        && meta.len() <= share_format::MAX_SHARE_FILE as u64
+    {
+        let _ = f.write_all(&vec![0u8; meta.len() as usize]);
+        let _ = f.sync_all();
+    }
 }
 
 /// A share file's header (see [`share_format::decode_header`]), with the

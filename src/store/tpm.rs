@@ -438,6 +438,7 @@ mod imp {
 
     /// Open the TPM: one connection, closed when the context drops.
     fn open(tcti: &str) -> Result<Context> {
+        refuse_verbose_tss_log()?;
         let conf = TctiNameConf::from_str(tcti).map_err(|_| TpmError::BadTcti {
             tcti: tcti.to_owned(),
         })?;
@@ -445,6 +446,28 @@ mod imp {
         // Empty owner auth, empty object auth: a password session.
         ctx.set_sessions((Some(AuthSession::Password), None, None));
         Ok(ctx)
+    }
+
+    /// The C TSS reads `TSS2_LOG` itself: at debug or trace it hexdumps
+    /// every command and response, which would put the secret being sealed
+    /// or unsealed in the logs (journald, on the same disk). Refused, not
+    /// obeyed.
+    fn refuse_verbose_tss_log() -> Result<()> {
+        let Some(v) = std::env::var_os("TSS2_LOG") else {
+            return Ok(());
+        };
+        let v = v.to_string_lossy().to_ascii_lowercase();
+        if v.contains("debug") || v.contains("trace") {
+            return Err(TpmError::Tpm {
+                tcti: String::new(),
+                what: "be used",
+                detail: format!(
+                    "TSS2_LOG={v:?} makes the TSS library dump every TPM command and response, \
+                     the unsealed share among them: unset it (or keep it at warning or error)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The TCG ECC P-256 SRK template (see the module doc).

@@ -64,11 +64,8 @@ fn shares_of(dir: &Dir, kid: &str) -> Vec<PathBuf> {
     dir.share_files()
         .into_iter()
         .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with(&format!("{kid}."))
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with(&format!("{kid}.")) && name.ends_with(".share")
         })
         .collect()
 }
@@ -378,11 +375,42 @@ fn a_copy_of_the_stores_on_another_tpm_is_refused_untouched_and_recovered_from_t
     assert_eq!(stores_hashed(&a), before_a, "the original is unchanged");
     assert_eq!(stores_hashed(&b), before_b, "the copy is unchanged");
 
+    // `recover` while no TPM answers (a wrong tpm_tcti, a TPM down): it
+    // cannot seal the new share, so it fails and the old file stays.
+    let dead = config(
+        &b,
+        "share_seal = \"tpm2\"\ntpm_tcti = \"swtpm:host=127.0.0.1,port=9\"\n",
+    );
+    let out = run(&b, &dead, &["recover", "--recovery-share", "rec.share"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains("TPM not reachable"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stores_hashed(&b),
+        before_b,
+        "nothing lost to a TPM that is down"
+    );
+    let cfg_b = config(&b, &tpm_b.config());
+
     // The recovery share brings the copy up, sealed to its own TPM.
+    let old_bytes = std::fs::read(share_of(&b, &kid)).unwrap();
     let out = run(&b, &cfg_b, &["recover", "--recovery-share", "rec.share"]);
     assert_ok(&out);
     let share_b = share_of(&b, &kid);
     assert_eq!(assert_sealed(&share_b), srk_b);
+    // The file sealed to the other TPM is kept beside it, not destroyed
+    // (it is useless without that TPM, and a wrong tpm_tcti must not cost
+    // the only copy), and the start leaves it alone.
+    let aside: Vec<PathBuf> = std::fs::read_dir(b.keys())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_str().unwrap().contains(".share.replaced-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), old_bytes);
     let d = start(&b, &cfg_b);
     let mut c = d.conn();
     let jwks_b = ok(c.request(json!({"op":"jwks"})))["jwks"].clone();
@@ -851,4 +879,72 @@ fn a_tampered_sealed_blob_is_refused_and_nothing_is_deleted() {
     assert!(stderr(&out).contains(name), "{}", stderr(&out));
     assert_eq!(stores_hashed(&dir), before, "nothing deleted or changed");
     assert_eq!(dir.key_count(), 1);
+}
+
+#[test]
+fn reseal_overwrites_the_clear_file_it_replaces() {
+    // The clear file's inode, held open here across the reseal: the bytes
+    // it held are zeros afterwards, so the y in clear is not left in the
+    // disk's free blocks when the rename drops it.
+    use std::io::{Read, Seek};
+    if !have_swtpm() {
+        return;
+    }
+    let tpm = Swtpm::start();
+    let dir = Dir::new();
+    let clear = config(&dir, &format!("tpm_tcti = \"{}\"\n", tpm.tcti()));
+    let kid = init(&dir, &clear, &[]);
+    let path = share_of(&dir, &kid);
+    let y = assert_clear(&path);
+    let mut old = std::fs::File::open(&path).unwrap();
+    let cfg = config(&dir, &tpm.config());
+    assert_ok(&run(&dir, &cfg, &["reseal"]));
+    assert_eq!(assert_sealed(&share_of(&dir, &kid)), srk_of(&tpm.tcti()));
+    let mut bytes = Vec::new();
+    old.rewind().unwrap();
+    old.read_to_end(&mut bytes).unwrap();
+    assert!(!bytes.is_empty());
+    assert!(
+        bytes.iter().all(|b| *b == 0),
+        "the old file was overwritten"
+    );
+    assert!(!holds(&bytes, &y));
+    assert_ok(&run(&dir, &cfg, &["check"]));
+}
+
+#[test]
+fn a_verbose_tss_log_is_refused_rather_than_logging_the_share() {
+    // TSS2_LOG at debug makes the C TSS hexdump every command and
+    // response, the unsealed share among them.
+    if !have_swtpm() {
+        return;
+    }
+    let tpm = Swtpm::start();
+    let dir = Dir::new();
+    let cfg = config(&dir, &tpm.config());
+    let kid = init(&dir, &cfg, &[]);
+    let before = stores_hashed(&dir);
+    let out = dir
+        .cmd()
+        .args(["--config", &cfg, "check"])
+        .env("TSS2_LOG", "all+debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(stderr(&out).contains("TSS2_LOG"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("0x0000"),
+        "no TSS hexdump: {}",
+        stderr(&out)
+    );
+    assert_eq!(stores_hashed(&dir), before);
+    // At warning level (the library's default) it works.
+    let out = dir
+        .cmd()
+        .args(["--config", &cfg, "check"])
+        .env("TSS2_LOG", "all+warning")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(stdout(&out).contains(&kid));
 }
