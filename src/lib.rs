@@ -1,5 +1,5 @@
-//! splitsign: a local daemon that signs JSON Web Tokens with an Ed25519 key
-//! that is never stored whole. The key is split with Shamir's scheme into a
+//! splitsign: a local daemon that signs JSON Web Tokens with an Ed25519 or
+//! P-256 key that is never stored whole. The key is split with Shamir's scheme into a
 //! file share and a database share; the daemon rebuilds it in locked memory
 //! at start and answers sign/verify requests on a Unix socket.
 //!
@@ -45,13 +45,14 @@
 //! - [`lifecycle`]: the sequences over both stores, for the daemon and the
 //!   CLI.
 //!   - `create`: new keys (first, scheduled, rotation).
-//!   - `reshare`: re-splitting a key; recovering a lost share.
+//!   - `reshare`: re-splitting a key; resealing; recovering a lost share.
 //!   - `reconcile`: prove the stores belong together, then clean up.
 //!   - `unseal`: rebuild keys into memory, build the key set.
 //!   - `migrate`: a host's keys from SQLite to PostgreSQL.
 //! - [`store`]: what lives on disk, never a whole key; [`store::Stores`]
 //!   opens them under one lock.
-//!   - `share_dir`: the file shares (x = 1).
+//!   - `share_dir`: the file shares (x = 1), sealed or in clear.
+//!   - `tpm`: sealing a file share to the host's TPM 2.0 (cargo feature tpm2).
 //!   - `keystore`: the `KeyStore` trait, its value types, row checks.
 //!   - `sqlite`: key rows, database shares (x = 2), revocations on one host.
 //!   - `postgres`: the same for a cluster: `connect`, `bridge`, `errors`,
@@ -62,6 +63,7 @@
 //!   - `backup`: consistent copies of the database.
 //!   - `lock`: one process per store, by identity.
 //! - [`keys`]: pure key code, no I/O beyond locking memory.
+//!   - `algorithm`: the two key types (Ed25519, P-256) and their JOSE.
 //!   - `shamir`: split and recover, every `sharks` trap guarded.
 //!   - `share_format`: the share file's bytes, kids, the deployment id.
 //!   - `locked`: keys in locked, undumpable pages.

@@ -384,26 +384,9 @@ impl Metrics {
     }
 
     /// The exposition text, with the gauges set from `now`.
-    pub fn render(&self, now: Now) -> String {
-        let _one = self.render.lock().unwrap_or_else(|p| p.into_inner());
-        let mut by_uid = now.connections;
-        by_uid.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        self.connections.clear();
-        let other: usize = by_uid.iter().skip(MAX_UID_SERIES).map(|(_, n)| n).sum();
-        for (uid, n) in by_uid.iter().take(MAX_UID_SERIES) {
-            self.connections
-                .get_or_create(&UidLabels {
-                    uid: uid.to_string(),
-                })
-                .set(*n as i64);
-        }
-        if other > 0 {
-            self.connections
-                .get_or_create(&UidLabels {
-                    uid: "other".into(),
-                })
-                .set(other as i64);
-        }
+    /// The key gauges: published keys, by label, and the file shares by
+    /// how they are kept.
+    fn set_keys(&self, now: &Now) {
         self.published_keys.set(now.published_keys as i64);
         for (seal, n) in [
             ("tpm2", now.file_shares_sealed),
@@ -422,6 +405,29 @@ impl Metrics {
             self.published_by_alg
                 .get_or_create(&AlgLabels { alg: alg.as_str() })
                 .set(n as i64);
+        }
+    }
+
+    pub fn render(&self, now: Now) -> String {
+        let _one = self.render.lock().unwrap_or_else(|p| p.into_inner());
+        self.set_keys(&now);
+        let mut by_uid = now.connections;
+        by_uid.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.connections.clear();
+        let other: usize = by_uid.iter().skip(MAX_UID_SERIES).map(|(_, n)| n).sum();
+        for (uid, n) in by_uid.iter().take(MAX_UID_SERIES) {
+            self.connections
+                .get_or_create(&UidLabels {
+                    uid: uid.to_string(),
+                })
+                .set(*n as i64);
+        }
+        if other > 0 {
+            self.connections
+                .get_or_create(&UidLabels {
+                    uid: "other".into(),
+                })
+                .set(other as i64);
         }
         for (kind, n) in [("jti", now.revoked_jti), ("sub", now.revoked_sub)] {
             self.revocations

@@ -228,32 +228,8 @@ pub fn decode_header(bytes: &[u8]) -> Result<ShareHeader, String> {
 
 /// Every check of a share file, and its y as stored.
 fn decode_parts(bytes: &[u8]) -> Result<(ShareHeader, Stored), String> {
-    if bytes.is_empty() {
-        return Err("empty (truncated?)".into());
-    }
-    if bytes.len() > MAX_SHARE_FILE {
-        return Err(format!("larger than {MAX_SHARE_FILE} bytes"));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
-    let Some(sum_at) = text.rfind("sha256 ") else {
-        return Err("no checksum line (truncated?)".into());
-    };
-    let (body, sum_line) = text.split_at(sum_at);
-    let sum = sum_line
-        .strip_prefix("sha256 ")
-        .and_then(|s| s.strip_suffix('\n'))
-        .ok_or("checksum line is not terminated (truncated?)")?;
-    let expected = B64.encode(Sha256::digest(body.as_bytes()));
-    if sum != expected {
-        return Err("checksum mismatch (altered or truncated)".into());
-    }
-    let mut lines = body.lines();
-    let version = match lines.next() {
-        Some(MAGIC) => 3,
-        Some(MAGIC_V2) => 2,
-        Some(MAGIC_V1) => 1,
-        _ => return Err(format!("not a share file (first line must be {MAGIC:?})")),
-    };
+    let (body, version) = checked_body(bytes)?;
+    let mut lines = body.lines().skip(1);
     let mut field = |name: &str| -> Result<&str, String> {
         lines
             .next()
@@ -294,28 +270,7 @@ fn decode_parts(bytes: &[u8]) -> Result<(ShareHeader, Stored), String> {
         .and_then(|v| {
             PublicKey::parse(key_type, &v).map_err(|e| format!("field `public-key`: {e}"))
         })?;
-    let stored = match lines.next() {
-        Some(l) if l.starts_with("y ") => Stored::Plain(parse_y(&l[2..])?),
-        Some(l) if version >= 3 && l.starts_with("seal ") => {
-            let to = parse_seal(&l[5..])?;
-            let blob = lines
-                .next()
-                .and_then(|l| l.strip_prefix("sealed-y "))
-                .ok_or("missing or misplaced field `sealed-y`")?;
-            let blob = B64
-                .decode(blob)
-                .ok()
-                .filter(|b| !b.is_empty() && b.len() <= MAX_SEALED_BYTES)
-                .ok_or_else(|| {
-                    format!("field `sealed-y` is not 1 to {MAX_SEALED_BYTES} base64url bytes")
-                })?;
-            if slot != Slot::File {
-                return Err("only a file share (x = 1) may be sealed".into());
-            }
-            Stored::Sealed(SealedY { to, blob })
-        }
-        _ => return Err("missing or misplaced field `y`".into()),
-    };
+    let stored = parse_stored(&mut lines, version, slot)?;
     if lines.next().is_some() {
         return Err("unexpected lines after `y`".into());
     }
@@ -332,6 +287,69 @@ fn decode_parts(bytes: &[u8]) -> Result<(ShareHeader, Stored), String> {
         sealed: None,
     };
     Ok((header, stored))
+}
+
+/// The body of a share file (every line above its checksum line), once
+/// its size, encoding and checksum are right, and its format version.
+fn checked_body(bytes: &[u8]) -> Result<(&str, u32), String> {
+    if bytes.is_empty() {
+        return Err("empty (truncated?)".into());
+    }
+    if bytes.len() > MAX_SHARE_FILE {
+        return Err(format!("larger than {MAX_SHARE_FILE} bytes"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+    let Some(sum_at) = text.rfind("sha256 ") else {
+        return Err("no checksum line (truncated?)".into());
+    };
+    let (body, sum_line) = text.split_at(sum_at);
+    let sum = sum_line
+        .strip_prefix("sha256 ")
+        .and_then(|s| s.strip_suffix('\n'))
+        .ok_or("checksum line is not terminated (truncated?)")?;
+    let expected = B64.encode(Sha256::digest(body.as_bytes()));
+    if sum != expected {
+        return Err("checksum mismatch (altered or truncated)".into());
+    }
+    let mut lines = body.lines();
+    let version = match lines.next() {
+        Some(MAGIC) => 3,
+        Some(MAGIC_V2) => 2,
+        Some(MAGIC_V1) => 1,
+        _ => return Err(format!("not a share file (first line must be {MAGIC:?})")),
+    };
+    Ok((body, version))
+}
+
+/// The y as stored, from the line after `public-key`: `y`, or (format 3,
+/// a file share) `seal` and `sealed-y`.
+fn parse_stored<'a>(
+    lines: &mut impl Iterator<Item = &'a str>,
+    version: u32,
+    slot: Slot,
+) -> Result<Stored, String> {
+    match lines.next() {
+        Some(l) if l.starts_with("y ") => Ok(Stored::Plain(parse_y(&l[2..])?)),
+        Some(l) if version >= 3 && l.starts_with("seal ") => {
+            let to = parse_seal(&l[5..])?;
+            let blob = lines
+                .next()
+                .and_then(|l| l.strip_prefix("sealed-y "))
+                .ok_or("missing or misplaced field `sealed-y`")?;
+            let blob = B64
+                .decode(blob)
+                .ok()
+                .filter(|b| !b.is_empty() && b.len() <= MAX_SEALED_BYTES)
+                .ok_or_else(|| {
+                    format!("field `sealed-y` is not 1 to {MAX_SEALED_BYTES} base64url bytes")
+                })?;
+            if slot != Slot::File {
+                return Err("only a file share (x = 1) may be sealed".into());
+            }
+            Ok(Stored::Sealed(SealedY { to, blob }))
+        }
+        _ => Err("missing or misplaced field `y`".into()),
+    }
 }
 
 /// A file's y as stored: in clear, or sealed.
