@@ -192,3 +192,37 @@ fn the_audit_reserve_is_a_size_or_a_share() {
         assert!(!e.contains("enum") && !e.contains("Raw"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn es256_and_the_tpm_settings_parse_and_are_checked() {
+    let c = from_toml("alg = \"ES256\"").unwrap();
+    assert_eq!(c.tokens.alg, AlgLabel::ES256);
+    // Keys made before labels were stored are Ed25519's, whatever alg says.
+    assert_eq!(c.tokens.alg.legacy(), AlgLabel::EdDSA);
+    let d = from_toml("").unwrap();
+    assert_eq!(d.sealing.seal, ShareSeal::None);
+    assert_eq!(d.sealing.tcti, DEFAULT_TCTI);
+    for bad in ["", ":x", "device:/dev/tpm rm0", "dev\u{1}ice:/x"] {
+        let e = from_toml(&format!("tpm_tcti = {bad:?}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tpm_tcti"), "{bad:?}: {e}");
+    }
+    let t = from_toml("tpm_tcti = \"swtpm:host=127.0.0.1,port=2321\"").unwrap();
+    assert_eq!(t.sealing.tcti, "swtpm:host=127.0.0.1,port=2321");
+    // Sealing needs a restart to change, either way.
+    assert_eq!(d.needs_restart(&t), Some("tpm_tcti"));
+    let e = from_toml("share_seal = \"tpm3\"").unwrap_err().to_string();
+    assert!(e.contains("share_seal"), "{e}");
+    match from_toml("share_seal = \"tpm2\"") {
+        Ok(s) => {
+            assert!(cfg!(feature = "tpm2"));
+            assert_eq!(s.sealing.seal, ShareSeal::Tpm2);
+            assert_eq!(d.needs_restart(&s), Some("share_seal"));
+        }
+        Err(e) => {
+            assert!(!cfg!(feature = "tpm2"));
+            assert!(e.to_string().contains("--features tpm2"), "{e}");
+        }
+    }
+}
