@@ -226,7 +226,14 @@ pub(crate) fn check_after_crash(
 /// A stopped deployment with one key and three tokens issued.
 fn template() -> (Dir, Vec<String>, String) {
     let dir = Dir::new();
-    let d = Daemon::start(&dir);
+    let (tokens, kid) = issue_tokens(&dir, &[]);
+    (dir, tokens, kid)
+}
+
+/// Start the daemon of `dir` (with `args`), issue three tokens of an hour
+/// and stop it: the tokens, and the kid that signs.
+pub(crate) fn issue_tokens(dir: &Dir, args: &[&str]) -> (Vec<String>, String) {
+    let d = Daemon::start_with(dir, args).unwrap();
     let mut c = d.conn();
     let tokens: Vec<String> = (0..3)
         .map(|i| {
@@ -239,7 +246,7 @@ fn template() -> (Dir, Vec<String>, String) {
     let kid = ok(c.sign(json!({})))["kid"].as_str().unwrap().to_owned();
     drop(c);
     d.stop();
-    (dir, tokens, kid)
+    (tokens, kid)
 }
 
 /// How a crash loop runs: the command, the syscalls it is killed at,
@@ -458,22 +465,7 @@ fn kill_9_at_every_step_of_a_rotation_against_postgresql() {
     let tpl = crate::cluster::node_dir(&pg, "node_a", "");
     pg.apply_schema(&["node_a"]);
     let cfg = ["--config", "config.toml"];
-    let (tokens, kid) = {
-        let d = Daemon::start_with(&tpl, &cfg).unwrap();
-        let mut c = d.conn();
-        let tokens: Vec<String> = (0..3)
-            .map(|i| {
-                ok(c.request(json!({"op":"sign","claims":{"sub":format!("u{i}")},"ttl":3600})))
-                    ["token"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        let kid = ok(c.sign(json!({})))["kid"].as_str().unwrap().to_owned();
-        d.stop();
-        (tokens, kid)
-    };
+    let (tokens, kid) = issue_tokens(&tpl, &cfg);
     // The node's rows as the template left them, to put back before each run.
     pg.super_sql(
         "CREATE TABLE snap_keys AS SELECT * FROM splitsign_keys WHERE node = 'node_a';
@@ -709,23 +701,7 @@ fn kill_9_during_reseal() {
         "recovery.share",
     ]);
     crate::util::assert_ok(&out);
-    let (tokens, kid) = {
-        let d = Daemon::start_with(&tpl, &cfg).unwrap();
-        let mut c = d.conn();
-        let tokens: Vec<String> = (0..3)
-            .map(|i| {
-                ok(c.request(json!({"op":"sign","claims":{"sub":format!("u{i}")},"ttl":3600})))
-                    ["token"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        let kid = ok(c.sign(json!({})))["kid"].as_str().unwrap().to_owned();
-        drop(c);
-        d.stop();
-        (tokens, kid)
-    };
+    let (tokens, kid) = issue_tokens(&tpl, &cfg);
     let old = tpl.share_file();
     let old_generation = generation_of(&old);
     assert!(!is_sealed(&old), "the template's file share is in clear");

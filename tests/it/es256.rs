@@ -20,22 +20,12 @@ use crate::util::{Daemon, Dir, assert_ok, code, ok, verify_with_jwks_at};
 
 /// The config of a test's stores, keys created with `alg`; its path.
 fn config(dir: &Dir, alg: &str) -> String {
-    dir.write_config(&format!(
-        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
-         alg = \"{alg}\"\n"
-    ))
-    .to_str()
-    .unwrap()
-    .to_owned()
+    dir.store_config(&format!("alg = \"{alg}\"\n"))
 }
 
 /// `splitsign --config CFG ARGS...` in `dir`.
 fn run(dir: &Dir, cfg: &str, args: &[&str]) -> Output {
-    dir.cmd()
-        .args(["--config", cfg])
-        .args(args)
-        .output()
-        .unwrap()
+    dir.run_config(cfg, args)
 }
 
 fn start(dir: &Dir, cfg: &str) -> Daemon {
@@ -819,20 +809,18 @@ fn rewrite_share(p: &Path, edit: impl Fn(&str) -> String) {
 /// from the format the lead described: a row of an ES256 key names its
 /// label.
 fn es256_row_checksum(kid: &str, generation: u32, y: &[u8]) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(b"splitsign-db-share 2\0ES256\0");
-    h.update(kid.as_bytes());
-    h.update(b"\0");
-    h.update(generation.to_be_bytes());
-    h.update([2u8]);
-    h.update(y);
-    h.finalize().to_vec()
+    row_checksum(b"splitsign-db-share 2\0ES256\0", kid, generation, y)
 }
 
 /// The same for an Ed25519 key's row (the checksum from before ES256).
 fn ed25519_row_checksum(kid: &str, generation: u32, y: &[u8]) -> Vec<u8> {
+    row_checksum(b"splitsign-db-share 1\0", kid, generation, y)
+}
+
+/// SHA-256 of `prefix`, the kid, a NUL, the generation, x = 2 and y.
+fn row_checksum(prefix: &[u8], kid: &str, generation: u32, y: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
-    h.update(b"splitsign-db-share 1\0");
+    h.update(prefix);
     h.update(kid.as_bytes());
     h.update(b"\0");
     h.update(generation.to_be_bytes());

@@ -420,21 +420,7 @@ fn kill_9_at_every_step_of_an_es256_rotation() {
     }
     let tpl = Dir::new();
     es256_single_host(&tpl);
-    let (tokens, kid) = {
-        let d = Daemon::start_with(&tpl, &CFG).unwrap();
-        let mut c = d.conn();
-        let tokens: Vec<String> = (0..3)
-            .map(|i| {
-                let r =
-                    ok(c.request(json!({"op":"sign","claims":{"sub":format!("u{i}")},"ttl":3600})));
-                r["token"].as_str().unwrap().to_owned()
-            })
-            .collect();
-        let kid = ok(c.sign(json!({})))["kid"].as_str().unwrap().to_owned();
-        drop(c);
-        d.stop();
-        (tokens, kid)
-    };
+    let (tokens, kid) = crate::crash::issue_tokens(&tpl, &CFG);
     assert!(tokens.iter().all(|t| header(t)["alg"] == "ES256"));
     let args = [CFG[0], CFG[1], "rotate"];
     let l = crate::crash::Loop {

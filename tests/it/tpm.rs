@@ -21,22 +21,12 @@ use crate::util::{
 
 /// The config of a test's stores with `extra` lines; its path.
 fn config(dir: &Dir, extra: &str) -> String {
-    dir.write_config(&format!(
-        "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
-         {extra}"
-    ))
-    .to_str()
-    .unwrap()
-    .to_owned()
+    dir.store_config(extra)
 }
 
 /// `splitsign --config CFG ARGS...` in `dir`.
 fn run(dir: &Dir, cfg: &str, args: &[&str]) -> Output {
-    dir.cmd()
-        .args(["--config", cfg])
-        .args(args)
-        .output()
-        .unwrap()
+    dir.run_config(cfg, args)
 }
 
 fn stdout(out: &Output) -> String {
@@ -50,6 +40,20 @@ fn stderr(out: &Output) -> String {
 fn start(dir: &Dir, cfg: &str) -> Daemon {
     Daemon::start_with(dir, &["--config", cfg])
         .unwrap_or_else(|e| panic!("daemon did not start: {e:?}"))
+}
+
+/// A swtpm, and a deployment sealed to it made by `init ARGS`: the TPM,
+/// the directory, the config's path and the kid. `None` without swtpm
+/// (the test then skips, or fails under `SPLITSIGN_REQUIRE_ALL=1`).
+fn sealed_deployment(args: &[&str]) -> Option<(Swtpm, Dir, String, String)> {
+    if !have_swtpm() {
+        return None;
+    }
+    let tpm = Swtpm::start();
+    let dir = Dir::new();
+    let cfg = config(&dir, &tpm.config());
+    let kid = init(&dir, &cfg, args);
+    Some((tpm, dir, cfg, kid))
 }
 
 /// `init ARGS` with `cfg`; the kid it printed.
@@ -243,14 +247,10 @@ fn the_daemon_refuses_to_start_when_the_tpm_cannot_be_reached() {
 
 #[test]
 fn a_sealed_deployment_signs_rotates_reshares_and_restarts() {
-    if !have_swtpm() {
+    let Some((tpm, dir, cfg, kid)) = sealed_deployment(&["--recovery-share", "rec.share"]) else {
         return;
-    }
-    let tpm = Swtpm::start();
+    };
     let srk = srk_of(&tpm.tcti());
-    let dir = Dir::new();
-    let cfg = config(&dir, &tpm.config());
-    let kid = init(&dir, &cfg, &["--recovery-share", "rec.share"]);
     assert_eq!(assert_sealed(&share_of(&dir, &kid)), srk);
     // Recovery shares are always in clear.
     assert_eq!(assert_clear(&dir.path().join("rec.share")).len(), 32);
@@ -461,13 +461,9 @@ fn encodings(y: &[u8]) -> Vec<Vec<u8>> {
 fn no_file_holds_the_plaintext_file_share() {
     use splitsign::keys::shamir::{KeyShare, ShareY, Slot, derive};
     use splitsign::keys::{KeyType, PublicKey};
-    if !have_swtpm() {
+    let Some((_tpm, dir, cfg, kid)) = sealed_deployment(&["--recovery-share", "rec.share"]) else {
         return;
-    }
-    let tpm = Swtpm::start();
-    let dir = Dir::new();
-    let cfg = config(&dir, &tpm.config());
-    let kid = init(&dir, &cfg, &["--recovery-share", "rec.share"]);
+    };
     let d = start(&dir, &cfg);
     let jwks = ok(d.conn().request(json!({"op":"jwks"})))["jwks"].clone();
     sign_checked(&mut d.conn());
@@ -830,13 +826,9 @@ fn reseal_writes_the_same_shares_sealed_in_place_and_back() {
 
 #[test]
 fn a_tampered_sealed_blob_is_refused_and_nothing_is_deleted() {
-    if !have_swtpm() {
+    let Some((_tpm, dir, cfg, kid)) = sealed_deployment(&[]) else {
         return;
-    }
-    let tpm = Swtpm::start();
-    let dir = Dir::new();
-    let cfg = config(&dir, &tpm.config());
-    let kid = init(&dir, &cfg, &[]);
+    };
     let p = share_of(&dir, &kid);
     // Flip the last byte of the blob (inside the TPM's encrypted, HMACed
     // private part), and give the file a checksum that matches, as an
@@ -916,13 +908,9 @@ fn reseal_overwrites_the_clear_file_it_replaces() {
 fn a_verbose_tss_log_is_refused_rather_than_logging_the_share() {
     // TSS2_LOG at debug makes the C TSS hexdump every command and
     // response, the unsealed share among them.
-    if !have_swtpm() {
+    let Some((_tpm, dir, cfg, kid)) = sealed_deployment(&[]) else {
         return;
-    }
-    let tpm = Swtpm::start();
-    let dir = Dir::new();
-    let cfg = config(&dir, &tpm.config());
-    let kid = init(&dir, &cfg, &[]);
+    };
     let before = stores_hashed(&dir);
     let out = dir
         .cmd()

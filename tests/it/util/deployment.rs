@@ -58,6 +58,25 @@ impl Dir {
         std::fs::write(&p, text).unwrap();
         p
     }
+    /// Write `config.toml` naming this directory's stores and socket
+    /// (`keys`, `var/`) and then `extra`; its path, for `--config`.
+    pub fn store_config(&self, extra: &str) -> String {
+        self.write_config(&format!(
+            "shares_dir = \"keys\"\ndb = \"var/splitsign.db\"\nsocket = \"var/splitsign.sock\"\n\
+             {extra}"
+        ))
+        .to_str()
+        .unwrap()
+        .to_owned()
+    }
+    /// `splitsign --config CFG ARGS...` here.
+    pub fn run_config(&self, cfg: &str, args: &[&str]) -> Output {
+        self.cmd()
+            .args(["--config", cfg])
+            .args(args)
+            .output()
+            .expect("run splitsign")
+    }
     /// The file share paths present now.
     pub fn share_files(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.keys())
