@@ -118,12 +118,16 @@ pub enum Resealed {
 /// unsealed) and must rebuild the key. A key whose file share already is
 /// as configured is left alone.
 pub fn reseal(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<Resealed> {
-    let (file, sealed) = dir.read_sealed(&row.kid, row.share_generation)?;
+    let (mut file, sealed) = dir.read_sealed(&row.kid, row.share_generation)?;
     if sealed.is_some() == dir.seals() {
         return Ok(Resealed::AsIs);
     }
-    // The pair rebuilds the key before anything is written.
+    // The pair rebuilds the key before anything is written (and so the
+    // row's label fits the file's key).
     unseal_key(database, dir, row)?;
+    // A file of format 1 or 2 has no label: it is written as format 3
+    // with its row's.
+    file.alg.get_or_insert(row.alg);
     dir.rewrite(&file)?;
     unseal_key(database, dir, row)?;
     Ok(Resealed::Rewritten)

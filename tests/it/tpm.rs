@@ -936,3 +936,40 @@ fn a_verbose_tss_log_is_refused_rather_than_logging_the_share() {
     assert_ok(&out);
     assert!(stdout(&out).contains(&kid));
 }
+
+#[test]
+fn reseal_takes_a_share_file_of_format_2() {
+    // Deployments upgraded from before ES256 keep format-2 files (no alg
+    // line) until their key is re-split: reseal writes them as format 3,
+    // sealed, with the key row's label.
+    if !have_swtpm() {
+        return;
+    }
+    let tpm = Swtpm::start();
+    let dir = Dir::new();
+    let clear = config(&dir, &format!("tpm_tcti = \"{}\"\n", tpm.tcti()));
+    let kid = init(&dir, &clear, &[]);
+    let path = share_of(&dir, &kid);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("alg ") && !l.starts_with("sha256 "))
+        .map(|l| format!("{}\n", l.replace("splitsign-share 3", "splitsign-share 2")))
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            "{body}sha256 {}\n",
+            B64.encode(Sha256::digest(body.as_bytes()))
+        ),
+    )
+    .unwrap();
+    assert_ok(&run(&dir, &clear, &["check"]));
+    let cfg = config(&dir, &tpm.config());
+    assert_ok(&run(&dir, &cfg, &["reseal"]));
+    let text = std::fs::read_to_string(share_of(&dir, &kid)).unwrap();
+    assert!(text.starts_with("splitsign-share 3\n"), "{text}");
+    assert!(text.contains("\nalg EdDSA\n"), "{text}");
+    assert_eq!(assert_sealed(&share_of(&dir, &kid)), srk_of(&tpm.tcti()));
+    assert_ok(&run(&dir, &cfg, &["check"]));
+}
