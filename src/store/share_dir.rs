@@ -505,32 +505,33 @@ pub fn read_share_header(path: &Path) -> Result<share_format::ShareHeader> {
     })
 }
 
-/// Unseal a file share's y with `tpm`, after checking that it was sealed to
-/// this TPM, so that the error names the cause.
+/// Unseal a file share's y with `tpm`, which must be the TPM it was sealed
+/// to, so that the error names the cause.
 fn unseal_with(
     tpm: &Tpm,
     sealed: &share_format::SealedY,
 ) -> std::result::Result<zeroize::Zeroizing<[u8; 32]>, String> {
-    let here = tpm
-        .srk_name()
-        .map_err(|e| format!("is sealed to a TPM, which cannot be asked: {e}"))?;
-    if here != sealed.to {
-        return Err(format!(
-            "is sealed to another TPM (its storage root key is {}; the TPM at {:?} has {}): \
-             the TPM was cleared or replaced, or the share directory was copied from another \
-             host. Nothing was changed. On a new TPM, `splitsign recover --recovery-share FILE` \
-             writes shares sealed to it",
-            sealed.describe_to(),
-            tpm.tcti(),
-            share_format::SealedY {
-                to: here,
-                blob: Vec::new()
+    use crate::store::tpm::TpmError;
+    tpm.unseal_sealed_to(&sealed.blob, &sealed.to)
+        .map_err(|e| match e {
+            TpmError::SealedElsewhere { here } => format!(
+                "is sealed to another TPM (its storage root key is {}; the TPM at {:?} has {}): \
+                 the TPM was cleared or replaced, or the share directory was copied from another \
+                 host. Nothing was changed. On a new TPM, `splitsign recover --recovery-share \
+                 FILE` writes shares sealed to it",
+                sealed.describe_to(),
+                tpm.tcti(),
+                share_format::SealedY {
+                    to: here,
+                    blob: Vec::new()
+                }
+                .describe_to()
+            ),
+            e @ (TpmError::NotBuilt | TpmError::BadTcti { .. } | TpmError::Unreachable { .. }) => {
+                format!("is sealed to a TPM, which cannot be asked: {e}")
             }
-            .describe_to()
-        ));
-    }
-    tpm.unseal(&sealed.blob)
-        .map_err(|e| format!("cannot be unsealed by the TPM at {:?}: {e}", tpm.tcti()))
+            e => format!("cannot be unsealed by the TPM at {:?}: {e}", tpm.tcti()),
+        })
 }
 
 /// The share in `share` must be of `slot`.

@@ -111,6 +111,10 @@ pub enum TpmError {
          TPM was cleared since (a new owner seed), or the blob was altered"
     )]
     NotSealedHere { detail: String },
+    /// The blob records another SRK than this TPM's (found before the TPM
+    /// is asked to load it).
+    #[error("the sealed share is sealed to another TPM (this TPM's storage root key differs)")]
+    SealedElsewhere { here: Vec<u8> },
     #[error("the TPM at {tcti:?} failed to {what}: {detail}")]
     Tpm {
         tcti: String,
@@ -153,13 +157,32 @@ impl Tpm {
 
     /// Re-create the SRK, load the blob under it, unseal, flush everything.
     pub fn unseal(&self, blob: &[u8]) -> Result<Zeroizing<[u8; 32]>, TpmError> {
+        self.unseal_expecting(blob, None)
+    }
+
+    /// [`Tpm::unseal`], refusing with [`TpmError::SealedElsewhere`] (and
+    /// this TPM's SRK Name) when the SRK is not the one `sealed_to` names:
+    /// one connection and one SRK for the check and the unseal.
+    pub fn unseal_sealed_to(
+        &self,
+        blob: &[u8],
+        sealed_to: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, TpmError> {
+        self.unseal_expecting(blob, Some(sealed_to))
+    }
+
+    fn unseal_expecting(
+        &self,
+        blob: &[u8],
+        sealed_to: Option<&[u8]>,
+    ) -> Result<Zeroizing<[u8; 32]>, TpmError> {
         #[cfg(feature = "tpm2")]
         {
-            imp::unseal(&self.tcti, blob)
+            imp::unseal(&self.tcti, blob, sealed_to)
         }
         #[cfg(not(feature = "tpm2"))]
         {
-            let _ = blob;
+            let _ = (blob, sealed_to);
             Err(TpmError::NotBuilt)
         }
     }
@@ -615,10 +638,20 @@ mod imp {
         Ok((public, private))
     }
 
-    pub(super) fn unseal(tcti: &str, blob: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+    pub(super) fn unseal(
+        tcti: &str,
+        blob: &[u8],
+        sealed_to: Option<&[u8]>,
+    ) -> Result<Zeroizing<[u8; 32]>> {
         let (public, private) = parse(blob)?;
         let mut ctx = open(tcti)?;
         with_srk(tcti, &mut ctx, |ctx, srk| {
+            if let Some(want) = sealed_to {
+                let here = name_of(tcti, ctx, srk)?;
+                if here != want {
+                    return Err(TpmError::SealedElsewhere { here });
+                }
+            }
             let object = ctx
                 .load(srk, private, public)
                 .map_err(|e| load_err(tcti, e))?;
