@@ -6,19 +6,17 @@
 
 use std::path::Path;
 
-use crate::keys::SecretKey;
-
 use crate::error::{Error, Result};
-use crate::keys::KeyInfo;
 use crate::keys::shamir;
 use crate::keys::shamir::{KeyShare, Slot};
+use crate::keys::{KeyInfo, SecretKey};
 use crate::store::KeyStore;
 use crate::store::ShareDir;
 use crate::store::share_dir;
 
 use super::MAX_GENERATIONS;
 use super::create::refuse_existing_recovery;
-use super::unseal::unseal_key;
+use super::unseal::{rebuild, unseal_key};
 
 /// Re-split `key` (the key of `row`) into a new share generation, so that
 /// shares stolen before are useless. With `recovery`, also write a new
@@ -31,28 +29,8 @@ pub fn reshare(
     recovery: Option<&Path>,
 ) -> Result<u32> {
     check_reshare(row, key, recovery)?;
-    let seed = key.secret();
-    let split = shamir::split(&seed);
-    let recovery = recovery.map(|p| (p, split.recovery));
-    replace_generation(database, dir, row, split.file, split.database, recovery)
-}
-
-/// Write the file share `file_y` and the database share `db_y` of `row`'s
-/// key as its next share generation, crash-safely: the intent first, then
-/// the file, read back and checked with the database share, then (with
-/// `recovery`) the offline share, then the switch in one transaction, and
-/// only then the old file share is destroyed. A crash leaves the old
-/// generation or the new one usable (start-up reconciliation finishes or
-/// undoes it). Returns the new generation.
-fn replace_generation(
-    database: &mut dyn KeyStore,
-    dir: &ShareDir,
-    row: &KeyInfo,
-    file_y: shamir::ShareY,
-    db_y: shamir::ShareY,
-    recovery: Option<(&Path, shamir::ShareY)>,
-) -> Result<u32> {
     let generation = row.share_generation + 1;
+    let split = shamir::split(&key.secret());
     let share = |slot, y| KeyShare {
         deployment: Some(database.deployment().to_owned()),
         kid: row.kid.clone(),
@@ -62,9 +40,9 @@ fn replace_generation(
         public_key: row.public_key,
         y,
     };
-    let file_share = share(Slot::File, file_y);
-    let db_share = share(Slot::Database, db_y);
-    let recovery = recovery.map(|(p, y)| (p, share(Slot::Recovery, y)));
+    let file_share = share(Slot::File, split.file);
+    let db_share = share(Slot::Database, split.database);
+    let recovery_share = share(Slot::Recovery, split.recovery);
 
     // The intent first: a file share of the next generation is then known
     // to be this re-split's if it is interrupted.
@@ -84,8 +62,8 @@ fn replace_generation(
             file: new_file.clone(),
             db: database.describe(),
         })?;
-        if let Some((p, recovery_share)) = &recovery {
-            share_dir::write_recovery(p, recovery_share)?;
+        if let Some(p) = recovery {
+            share_dir::write_recovery(p, &recovery_share)?;
         }
         Ok(())
     })();
@@ -124,7 +102,7 @@ pub fn reseal(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<
     }
     // The pair rebuilds the key before anything is written (and so the
     // row's label fits the file's key).
-    unseal_key(database, dir, row)?;
+    rebuild(database, dir, row, &file)?;
     // A file of format 1 or 2 has no label: it is written as format 3
     // with its row's.
     file.alg.get_or_insert(row.alg);

@@ -3,14 +3,12 @@
 
 use std::sync::Arc;
 
-use crate::keys::SecretKey;
-
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::keys::KeyInfo;
 use crate::keys::keyring::{KeySet, Published, Signer};
 use crate::keys::locked::LockedKey;
-use crate::keys::shamir;
+use crate::keys::shamir::{self, KeyShare};
+use crate::keys::{KeyInfo, SecretKey};
 use crate::store::ShareDir;
 use crate::store::{KeyStore, NodeKey};
 
@@ -20,6 +18,16 @@ use super::NewKey;
 /// public key stored with both. Fails closed with an error naming the store.
 pub fn unseal_key(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Result<SecretKey> {
     let file = dir.read(&row.kid, row.share_generation)?;
+    rebuild(database, dir, row, &file)
+}
+
+/// [`unseal_key`] with the file share already read (and unsealed).
+pub(super) fn rebuild(
+    database: &dyn KeyStore,
+    dir: &ShareDir,
+    row: &KeyInfo,
+    file: &KeyShare,
+) -> Result<SecretKey> {
     let db = database.db_share(row)?;
     if let Some(d) = &file.deployment
         && d != database.deployment()
@@ -51,7 +59,7 @@ pub fn unseal_key(database: &dyn KeyStore, dir: &ShareDir, row: &KeyInfo) -> Res
             reason: format!("records a different public key than key row {}", row.kid),
         });
     }
-    shamir::recover(&file, &db).map_err(|_| Error::SharesMismatch {
+    shamir::recover(file, &db).map_err(|_| Error::SharesMismatch {
         kid: row.kid.clone(),
         file: dir.share_path(&row.kid, row.share_generation),
         db: database.describe(),
