@@ -26,7 +26,7 @@ pub fn import(cx: &Ctx, a: ImportArgs) -> Result<(), CommandError> {
 }
 
 /// `reseal`: each key that may sign gets its file share kept as
-/// `share_seal` says (the same shares, in a new share generation).
+/// `share_seal` says (the same share, written again in place).
 pub fn reseal(cx: &Ctx, a: ResealArgs) -> Result<(), CommandError> {
     let cfg = cx.offline()?;
     let want = cfg.sealing.seal.as_str();

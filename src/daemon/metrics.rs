@@ -119,7 +119,8 @@ pub struct Now {
     /// Open connections per peer uid.
     pub connections: Vec<(u32, usize)>,
     pub published_keys: usize,
-    /// Of `published_keys`, how many carry each `alg` label.
+    /// Of `published_keys`, how many carry each `alg` label: every label,
+    /// 0 when none.
     pub published_by_alg: Vec<(AlgLabel, usize)>,
     /// The file shares of the keys held: how many are sealed to the TPM,
     /// how many in clear.
@@ -383,7 +384,6 @@ impl Metrics {
         }
     }
 
-    /// The exposition text, with the gauges set from `now`.
     /// The key gauges: published keys, by label, and the file shares by
     /// how they are kept.
     fn set_keys(&self, now: &Now) {
@@ -396,18 +396,14 @@ impl Metrics {
                 .get_or_create(&SealLabels { seal })
                 .set(n as i64);
         }
-        for alg in AlgLabel::ALL {
-            let n = now
-                .published_by_alg
-                .iter()
-                .find(|(a, _)| *a == alg)
-                .map_or(0, |(_, n)| *n);
+        for (alg, n) in &now.published_by_alg {
             self.published_by_alg
                 .get_or_create(&AlgLabels { alg: alg.as_str() })
-                .set(n as i64);
+                .set(*n as i64);
         }
     }
 
+    /// The exposition text, with the gauges set from `now`.
     pub fn render(&self, now: Now) -> String {
         let _one = self.render.lock().unwrap_or_else(|p| p.into_inner());
         self.set_keys(&now);

@@ -149,7 +149,8 @@ fn open_and_start(cfg: &Config) -> Result<KeyManager> {
         ))
     });
     let stores = Stores::open(cfg, true)?;
-    if stores.shares.seals() {
+    let seals = stores.shares.seals();
+    if seals {
         // New shares are sealed (rotations, reshares): a TPM that cannot be
         // reached is found now, not at the next rotation.
         let name = stores.shares.tpm().srk_name().map_err(|e| Error::Setting {
@@ -162,7 +163,6 @@ fn open_and_start(cfg: &Config) -> Result<KeyManager> {
             "new file shares are sealed to the TPM"
         );
     }
-    let seals = stores.shares.seals();
     let manager = KeyManager::start(stores, cfg.clone()).inspect_err(|e| {
         // Stores that do not belong together say what to do themselves.
         if e.exit_code() == crate::error::exit::KEY_STORE

@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use crate::keys::SecretKey;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
@@ -18,7 +17,7 @@ use crate::keys::schedule::{Due, active, due, schedule};
 use crate::keys::shamir;
 use crate::keys::shamir::{KeyShare, Slot};
 use crate::keys::share_format;
-use crate::keys::{KeyInfo, Origin};
+use crate::keys::{KeyInfo, Origin, SecretKey};
 use crate::store::ShareDir;
 use crate::store::share_dir;
 use crate::store::share_dir::Staged;

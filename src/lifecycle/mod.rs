@@ -32,9 +32,7 @@ mod reconcile;
 mod reshare;
 mod unseal;
 
-use crate::keys::SecretKey;
-
-use crate::keys::KeyInfo;
+use crate::keys::{KeyInfo, SecretKey};
 
 pub use create::{Creation, create_key, random_seed, rotate_now, run_due};
 pub use migrate::{Moved, move_to_postgres};
