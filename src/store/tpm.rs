@@ -765,68 +765,16 @@ mod tests {
 /// own, with its own state directory, stopped by its pid.
 #[cfg(all(test, feature = "tpm2"))]
 mod swtpm_tests {
-    use std::net::{TcpListener, TcpStream};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::net::TcpListener;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
 
     use super::*;
 
-    struct Swtpm {
-        child: Child,
-        tcti: String,
-        _state: tempfile::TempDir,
-    }
+    use splitsign_testkit::swtpm::Swtpm;
 
-    impl Swtpm {
-        fn start() -> Swtpm {
-            let state = tempfile::tempdir().unwrap();
-            // Two free neighbouring ports: the swtpm TCTI finds the control
-            // channel at port + 1 (the listeners close before swtpm binds).
-            let (port, ctrl) = loop {
-                let a = TcpListener::bind("127.0.0.1:0").unwrap();
-                let port = a.local_addr().unwrap().port();
-                if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                    break (port, port + 1);
-                }
-            };
-            let child = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--server"])
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-                .arg("--tpmstate")
-                .arg(format!("dir={}", state.path().display()))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("swtpm (Debian package swtpm) must be installed");
-            let swtpm = Swtpm {
-                child,
-                tcti: format!("swtpm:host=127.0.0.1,port={port}"),
-                _state: state,
-            };
-            // Ready when the control port answers (the data port is left
-            // alone: it serves one connection at a time).
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while TcpStream::connect(("127.0.0.1", ctrl)).is_err() {
-                assert!(Instant::now() < deadline, "swtpm did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            swtpm
-        }
-
-        fn tpm(&self) -> Tpm {
-            Tpm::new(&self.tcti)
-        }
-    }
-
-    impl Drop for Swtpm {
-        fn drop(&mut self) {
-            // By its pid: the child we started, nothing else.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn tpm_of(sw: &Swtpm) -> Tpm {
+        Tpm::new(&sw.tcti())
     }
 
     fn secret(seed: u8) -> [u8; 32] {
@@ -834,9 +782,26 @@ mod swtpm_tests {
     }
 
     #[test]
+    fn unseal_sealed_to_checks_the_srk_on_the_same_connection() {
+        let (a, b) = (Swtpm::start(), Swtpm::start());
+        let sealed = tpm_of(&a).seal(&secret(4)).unwrap();
+        let back = tpm_of(&a)
+            .unseal_sealed_to(&sealed.blob, &sealed.srk_name)
+            .unwrap();
+        assert_eq!(*back, secret(4));
+        // On another TPM: named before the load, with that TPM's SRK Name.
+        match tpm_of(&b).unseal_sealed_to(&sealed.blob, &sealed.srk_name) {
+            Err(TpmError::SealedElsewhere { here }) => {
+                assert_eq!(here, tpm_of(&b).srk_name().unwrap());
+            }
+            other => panic!("{:?}", other.map(|_| "unsealed")),
+        }
+    }
+
+    #[test]
     fn seal_unseal_round_trip() {
         let sw = Swtpm::start();
-        let tpm = sw.tpm();
+        let tpm = tpm_of(&sw);
         let s = secret(1);
         let sealed = tpm.seal(&s).unwrap();
         assert_eq!(sealed.srk_name.len(), 34, "nameAlg SHA-256 + digest");
@@ -858,30 +823,30 @@ mod swtpm_tests {
     #[test]
     fn srk_name_stable_on_one_tpm_differs_between_two() {
         let (a, b) = (Swtpm::start(), Swtpm::start());
-        let n1 = a.tpm().srk_name().unwrap();
-        let n2 = a.tpm().srk_name().unwrap();
+        let n1 = tpm_of(&a).srk_name().unwrap();
+        let n2 = tpm_of(&a).srk_name().unwrap();
         assert_eq!(n1, n2);
-        assert_eq!(a.tpm().seal(&secret(2)).unwrap().srk_name, n1);
-        let m = b.tpm().srk_name().unwrap();
+        assert_eq!(tpm_of(&a).seal(&secret(2)).unwrap().srk_name, n1);
+        let m = tpm_of(&b).srk_name().unwrap();
         assert_ne!(n1, m);
     }
 
     #[test]
     fn blob_from_another_tpm_is_named() {
         let (a, b) = (Swtpm::start(), Swtpm::start());
-        let sealed = a.tpm().seal(&secret(3)).unwrap();
-        let err = b.tpm().unseal(&sealed.blob).unwrap_err();
+        let sealed = tpm_of(&a).seal(&secret(3)).unwrap();
+        let err = tpm_of(&b).unseal(&sealed.blob).unwrap_err();
         println!("another TPM: {err}");
         assert!(matches!(err, TpmError::NotSealedHere { .. }), "{err:?}");
         assert!(err.to_string().contains("sealed to another TPM"), "{err}");
         // Still fine on its own TPM.
-        assert_eq!(*a.tpm().unseal(&sealed.blob).unwrap(), secret(3));
+        assert_eq!(*tpm_of(&a).unseal(&sealed.blob).unwrap(), secret(3));
     }
 
     #[test]
     fn every_flipped_byte_is_refused_without_panic() {
         let sw = Swtpm::start();
-        let tpm = sw.tpm();
+        let tpm = tpm_of(&sw);
         let sealed = tpm.seal(&secret(4)).unwrap();
         let mut shown = std::collections::BTreeSet::new();
         for i in 0..sealed.blob.len() {
@@ -911,7 +876,7 @@ mod swtpm_tests {
     #[test]
     fn random_and_truncated_blobs_never_panic() {
         let sw = Swtpm::start();
-        let tpm = sw.tpm();
+        let tpm = tpm_of(&sw);
         let sealed = tpm.seal(&secret(5)).unwrap();
         for n in 0..sealed.blob.len() {
             assert!(tpm.unseal(&sealed.blob[..n]).is_err(), "truncated to {n}");
@@ -1011,10 +976,10 @@ mod swtpm_tests {
             return;
         }
         let sw = Swtpm::start();
-        let ours = sw.tpm().srk_name().unwrap();
+        let ours = tpm_of(&sw).srk_name().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("tpm2_createprimary")
-            .env("TPM2TOOLS_TCTI", &sw.tcti)
+            .env("TPM2TOOLS_TCTI", sw.tcti())
             .args([
                 "-C",
                 "o",
@@ -1035,7 +1000,7 @@ mod swtpm_tests {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         let out = Command::new("tpm2_readpublic")
-            .env("TPM2TOOLS_TCTI", &sw.tcti)
+            .env("TPM2TOOLS_TCTI", sw.tcti())
             .arg("-c")
             .arg(dir.path().join("srk.ctx"))
             .output()
@@ -1053,7 +1018,7 @@ mod swtpm_tests {
     #[test]
     fn measure_seal_and_unseal() {
         let sw = Swtpm::start();
-        let tpm = sw.tpm();
+        let tpm = tpm_of(&sw);
         let s = secret(6);
         let mut blob = Vec::new();
         for run in 0..5 {

@@ -9,6 +9,7 @@
 //! - [`wire`]: a raw protocol connection (JSON lines on the Unix socket).
 //! - [`pg`]: a private PostgreSQL server for one test or bench run.
 //! - [`procfs`]: a process's numbers from `/proc`.
+//! - [`swtpm`]: a TPM 2.0 simulator for one test.
 //! - [`load`]: the benches' request load (connections, lines in flight,
 //!   latency percentiles).
 
@@ -16,4 +17,5 @@ pub mod daemon;
 pub mod load;
 pub mod pg;
 pub mod procfs;
+pub mod swtpm;
 pub mod wire;
