@@ -467,19 +467,7 @@ fn kill_9_at_every_step_of_a_rotation_against_postgresql() {
     let cfg = ["--config", "config.toml"];
     let (tokens, kid) = issue_tokens(&tpl, &cfg);
     // The node's rows as the template left them, to put back before each run.
-    pg.super_sql(
-        "CREATE TABLE snap_keys AS SELECT * FROM splitsign_keys WHERE node = 'node_a';
-         CREATE TABLE snap_shares AS SELECT * FROM splitsign_db_shares WHERE node = 'node_a';",
-    );
-    let restore = || {
-        pg.super_sql(
-            "BEGIN;
-             DELETE FROM splitsign_keys WHERE node = 'node_a';
-             INSERT INTO splitsign_keys SELECT * FROM snap_keys;
-             INSERT INTO splitsign_db_shares SELECT * FROM snap_shares;
-             COMMIT;",
-        );
-    };
+    let restore = snapshot_node_a(&pg);
     let mut totals = Vec::new();
     for emergency in [false, true] {
         let mut args = vec!["--config", "config.toml", "rotate"];
@@ -510,6 +498,24 @@ fn kill_9_at_every_step_of_a_rotation_against_postgresql() {
         totals.push((killed, switched));
     }
     eprintln!("killed/switched (rotate, rotate --emergency): {totals:?}");
+}
+
+/// Take a copy of node_a's key rows and database shares; the closure puts
+/// them back (before each run of a crash loop against PostgreSQL).
+pub(crate) fn snapshot_node_a(pg: &crate::pg::PgServer) -> impl Fn() + '_ {
+    pg.super_sql(
+        "CREATE TABLE snap_keys AS SELECT * FROM splitsign_keys WHERE node = 'node_a';
+         CREATE TABLE snap_shares AS SELECT * FROM splitsign_db_shares WHERE node = 'node_a';",
+    );
+    move || {
+        pg.super_sql(
+            "BEGIN;
+             DELETE FROM splitsign_keys WHERE node = 'node_a';
+             INSERT INTO splitsign_keys SELECT * FROM snap_keys;
+             INSERT INTO splitsign_db_shares SELECT * FROM snap_shares;
+             COMMIT;",
+        );
+    }
 }
 
 /// The invariants after a crash, for a node whose key store is PostgreSQL.

@@ -499,19 +499,7 @@ fn kill_9_at_every_step_of_an_es256_rotation_against_postgresql() {
         (tokens, kid)
     };
     assert!(tokens.iter().all(|t| header(t)["alg"] == "ES256"));
-    pg.super_sql(
-        "CREATE TABLE snap_keys AS SELECT * FROM splitsign_keys WHERE node = 'node_a';
-         CREATE TABLE snap_shares AS SELECT * FROM splitsign_db_shares WHERE node = 'node_a';",
-    );
-    let restore = || {
-        pg.super_sql(
-            "BEGIN;
-             DELETE FROM splitsign_keys WHERE node = 'node_a';
-             INSERT INTO splitsign_keys SELECT * FROM snap_keys;
-             INSERT INTO splitsign_db_shares SELECT * FROM snap_shares;
-             COMMIT;",
-        );
-    };
+    let restore = crate::crash::snapshot_node_a(&pg);
     let args = [CFG[0], CFG[1], "rotate"];
     let l = crate::crash::Loop {
         args: &args,

@@ -56,6 +56,20 @@ fn sealed_deployment(args: &[&str]) -> Option<(Swtpm, Dir, String, String)> {
     Some((tpm, dir, cfg, kid))
 }
 
+/// A swtpm, and a deployment in clear (`share_seal = "none"`, the TPM
+/// named by `tpm_tcti`) made by `init`: the TPM, the directory, the
+/// config's path and the kid. `None` without swtpm.
+fn clear_deployment() -> Option<(Swtpm, Dir, String, String)> {
+    if !have_swtpm() {
+        return None;
+    }
+    let tpm = Swtpm::start();
+    let dir = Dir::new();
+    let clear = config(&dir, &format!("tpm_tcti = \"{}\"\n", tpm.tcti()));
+    let kid = init(&dir, &clear, &[]);
+    Some((tpm, dir, clear, kid))
+}
+
 /// `init ARGS` with `cfg`; the kid it printed.
 fn init(dir: &Dir, cfg: &str, args: &[&str]) -> String {
     let out = run(dir, cfg, &[&["init"], args].concat());
@@ -879,13 +893,9 @@ fn reseal_overwrites_the_clear_file_it_replaces() {
     // it held are zeros afterwards, so the y in clear is not left in the
     // disk's free blocks when the rename drops it.
     use std::io::{Read, Seek};
-    if !have_swtpm() {
+    let Some((tpm, dir, _, kid)) = clear_deployment() else {
         return;
-    }
-    let tpm = Swtpm::start();
-    let dir = Dir::new();
-    let clear = config(&dir, &format!("tpm_tcti = \"{}\"\n", tpm.tcti()));
-    let kid = init(&dir, &clear, &[]);
+    };
     let path = share_of(&dir, &kid);
     let y = assert_clear(&path);
     let mut old = std::fs::File::open(&path).unwrap();
@@ -942,13 +952,9 @@ fn reseal_takes_a_share_file_of_format_2() {
     // Deployments upgraded from before ES256 keep format-2 files (no alg
     // line) until their key is re-split: reseal writes them as format 3,
     // sealed, with the key row's label.
-    if !have_swtpm() {
+    let Some((tpm, dir, clear, kid)) = clear_deployment() else {
         return;
-    }
-    let tpm = Swtpm::start();
-    let dir = Dir::new();
-    let clear = config(&dir, &format!("tpm_tcti = \"{}\"\n", tpm.tcti()));
-    let kid = init(&dir, &clear, &[]);
+    };
     let path = share_of(&dir, &kid);
     let text = std::fs::read_to_string(&path).unwrap();
     let body: String = text
