@@ -159,7 +159,7 @@ fn open_and_start(cfg: &Config) -> Result<KeyManager> {
         })?;
         tracing::info!(
             tcti = stores.shares.tpm().tcti(),
-            storage_root_key = %crate::keys::share_format::SealedY { to: name, blob: Vec::new() }.describe_to(),
+            storage_root_key = %crate::keys::share_format::describe_srk(&name),
             "new file shares are sealed to the TPM"
         );
     }

@@ -97,8 +97,14 @@ pub struct SealedY {
 impl SealedY {
     /// What it is sealed to, as the files and `check` print it.
     pub fn describe_to(&self) -> String {
-        format!("tpm2 {}", B64.encode(&self.to))
+        describe_srk(&self.to)
     }
+}
+
+/// A TPM's storage root key Name as the files, `check` and the logs print
+/// it: `tpm2 <base64url>`.
+pub fn describe_srk(name: &[u8]) -> String {
+    format!("tpm2 {}", B64.encode(name))
 }
 
 impl std::fmt::Debug for SealedY {

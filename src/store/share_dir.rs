@@ -521,11 +521,7 @@ fn unseal_with(
                  FILE` writes shares sealed to it",
                 sealed.describe_to(),
                 tpm.tcti(),
-                share_format::SealedY {
-                    to: here,
-                    blob: Vec::new()
-                }
-                .describe_to()
+                share_format::describe_srk(&here)
             ),
             e @ (TpmError::NotBuilt | TpmError::BadTcti { .. } | TpmError::Unreachable { .. }) => {
                 format!("is sealed to a TPM, which cannot be asked: {e}")
